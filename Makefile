@@ -1,0 +1,26 @@
+# The two commands: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the gateway on the embedded default config (127.0.0.1:2525, STARTTLS, spool in ./var).
+run: $(STAMP)
+	$(BIN)/gateway run
+
+## Install everything the tests need, then run them.
+test: $(STAMP)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

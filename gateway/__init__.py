@@ -1,0 +1,3 @@
+"""Filtering SMTP smarthost gateway."""
+
+__version__ = "0.1.0"

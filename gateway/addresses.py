@@ -1,0 +1,73 @@
+"""RFC 5321 mailbox handling for relay decisions.
+
+aiosmtpd parses addresses with ``email._header_value_parser``, which accepts
+source routes (stripped), ``%`` hacks, bang paths and quoted local parts. A
+relay decision must not trust that: :func:`split_mailbox` gives the domain we
+would route to, and :func:`has_routing_tricks` flags local parts that ask a
+downstream host to route on (Postfix ``allow_untrusted_routing = no``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A parsed ``local@domain``; the domain is lower case without a trailing dot."""
+
+    local: str
+    domain: str
+
+    def __str__(self) -> str:
+        return f"{self.local}@{self.domain}" if self.domain else self.local
+
+
+def split_mailbox(address: str) -> Mailbox:
+    """Split at the last ``@`` outside quotes; IDNA domains are kept as given (lower case).
+
+    Raises:
+        ValueError: when there is no ``@``, or the local part or domain is empty.
+    """
+    in_quotes = False
+    escaped = False
+    at = -1
+    for index, char in enumerate(address):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            in_quotes = not in_quotes
+        elif char == "@" and not in_quotes:
+            at = index
+    if at <= 0 or at == len(address) - 1:
+        raise ValueError(f"{address!r} is not local@domain")
+    domain = address[at + 1:].lower().rstrip(".")
+    if domain.startswith("[") and not domain.endswith("]"):
+        raise ValueError(f"{address!r} has a malformed address literal")
+    return Mailbox(address[:at], domain)
+
+
+def has_routing_tricks(mailbox: Mailbox) -> bool:
+    """True for a local part that routes on: ``user%other``, ``other!user``, ``"user@other"``.
+
+    Source routes (``@a:user@b``) never reach here: aiosmtpd's parser drops the
+    route, so the address is judged by its final domain.
+    """
+    local = mailbox.local
+    if local.startswith('"') and local.endswith('"'):
+        local = local[1:-1]
+    return any(char in local for char in "%!@")
+
+
+def domain_matches(domain: str, patterns: tuple[str, ...]) -> bool:
+    """Postfix-style domain list match: ``example.com`` exactly, ``.example.com`` any subdomain."""
+    domain = domain.lower().rstrip(".")
+    for pattern in patterns:
+        if pattern.startswith("."):
+            if domain.endswith(pattern):
+                return True
+        elif domain == pattern:
+            return True
+    return False

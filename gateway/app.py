@@ -1,0 +1,137 @@
+"""The gateway process: build everything from the Config, serve, shut down gracefully.
+
+Start-up order: spool (create, lock, recover) → TLS material (files, or a local
+CA and server certificate in ``state_dir/tls``) → pipeline → relay worker →
+listeners. Shutdown (SIGTERM/SIGINT): stop accepting, let open transactions
+finish (up to ``shutdown_timeout`` seconds), wait for running spool commits,
+stop the relay worker, release the spool lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from gateway.config import Config
+from gateway.dns import make_resolver
+from gateway.errors import ConfigError
+from gateway.listener import Listener
+from gateway.local_ca import ensure_local_certificates
+from gateway.pipeline import Pipeline
+from gateway.relay.client import ConnectionCache, SmtpClient
+from gateway.relay.routing import Router
+from gateway.relay.worker import RelayWorker
+from gateway.smtp_handler import SmtpHandler
+from gateway.smtp_server import ConnectionLimiter
+from gateway.spool import Spool
+from gateway.tls import client_context, server_context
+from policies.relay_access import RelayAccess
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """One running gateway; ``await Gateway(config).serve()`` runs until a stop signal."""
+
+    def __init__(self, config: Config, shutdown_timeout: float = 30.0) -> None:
+        self.config = config
+        self.shutdown_timeout = shutdown_timeout
+        self.spool = Spool(config.spool_dir)
+        self.listeners: list[Listener] = []
+        self.handlers: list[SmtpHandler] = []
+        self.worker: RelayWorker | None = None
+        self.worker_task: asyncio.Task[None] | None = None
+        self.stop_event = asyncio.Event()
+
+    def _server_tls(self) -> ssl.SSLContext | None:
+        config = self.config
+        if not any(listener.tls != "none" for listener in config.listeners):
+            return None
+        if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
+            return server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file, config.smtpd_tls_CAfile)
+        local = ensure_local_certificates(config.tls_dir, config.myhostname)
+        log.info("using the local CA %s%s; clients can pin it:\n%s", local.ca_cert,
+                 " (server certificate renewed)" if local.renewed else "", local.ca_cert.read_text().strip())
+        return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile)
+
+    async def start(self) -> None:
+        """Set everything up and start listening.
+
+        Raises:
+            ConfigError: bad TLS files or an address that cannot be bound.
+            SpoolError: the spool cannot be created or is locked by another process.
+        """
+        config = self.config
+        await asyncio.to_thread(self.spool.create)
+        self.spool.lock()
+        report = await asyncio.to_thread(self.spool.recover)
+        log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
+                 "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
+                 report.removed_orphan_data, len(report.corrupt))
+        tls = self._server_tls()
+        pipeline = Pipeline([RelayAccess(config)])
+        router = Router(config, make_resolver(config))
+        client = SmtpClient(config, client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
+                                                   config.smtp_tls_cert_file, config.smtp_tls_key_file),
+                            ConnectionCache(config.smtp_connection_cache_time_limit))
+        self.worker = RelayWorker(config, self.spool, router, client)
+        limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
+        for listener_config in config.listeners:
+            handler = SmtpHandler(config, listener_config.name, pipeline, self.spool, self.worker.notify)
+            listener = Listener(listener_config, handler, tls, limiter, config.smtpd_data_timeout)
+            try:
+                await listener.start()
+            except OSError as error:
+                raise ConfigError(f"listener.{listener_config.name}.address",
+                                  f"{listener_config.host}:{listener_config.port}",
+                                  f"an address this host can listen on ({error.strerror})") from None
+            self.handlers.append(handler)
+            self.listeners.append(listener)
+        self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
+        relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
+        log.info("gateway ready: listeners=%s relayhost=%s",
+                 " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners),
+                 relay)
+
+    async def serve(self) -> None:
+        """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self.stop_event.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    def request_stop(self) -> None:
+        """Ask the gateway to shut down gracefully."""
+        log.info("stop requested")
+        self.stop_event.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain sessions and commits, stop the worker, release the spool."""
+        for listener in self.listeners:
+            listener.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while any(h.sessions for h in self.handlers) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for handler in self.handlers:
+            for session in list(handler.sessions):
+                if session.transport is not None:
+                    session.transport.close()
+        commits = [c for h in self.handlers for c in h.commits]
+        if commits:
+            await asyncio.gather(*commits, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.worker_task is not None:
+            self.worker_task.cancel()
+            await asyncio.gather(self.worker_task, return_exceptions=True)
+        self.spool.unlock()
+        log.info("gateway stopped")

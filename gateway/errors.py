@@ -1,0 +1,60 @@
+"""The gateway's exception tree.
+
+::
+
+    GatewayError
+    ├── ConfigError          a configuration key has a bad value (names key, value, what is allowed)
+    ├── SpoolError           the spool cannot be read or written
+    │   ├── SpoolFullError   no space left (ENOSPC/EDQUOT): new mail gets 452 4.3.1
+    │   └── NotInQueue       no such queue ID in the states asked for
+    └── DeliveryError        a delivery attempt failed before any per-recipient reply
+
+Only ``gateway.cli`` turns these into exit codes; the SMTP layer turns them into
+replies (unknown errors become ``451 4.3.0``).
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration value is invalid.
+
+    Attributes:
+        key: dotted config key, e.g. ``"relayhost"`` or ``"listener[0].tls"``.
+        value: the offending value as given.
+        allowed: what would have been accepted.
+    """
+
+    def __init__(self, key: str, value: object, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"config key {key!r}: invalid value {value!r}: {allowed}")
+
+
+class SpoolError(GatewayError):
+    """The spool could not be read or written."""
+
+
+class SpoolFullError(SpoolError):
+    """The spool's file system has no space left (ENOSPC or EDQUOT)."""
+
+
+class NotInQueue(SpoolError):
+    """No message with that queue ID is in the requested queue states."""
+
+
+class DeliveryError(GatewayError):
+    """A delivery attempt failed as a whole (connection, TLS, greeting, MAIL FROM or DATA).
+
+    Attributes:
+        reply: the Reply recorded for every recipient of the attempt.
+    """
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+        super().__init__(str(reply))

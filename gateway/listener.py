@@ -1,0 +1,74 @@
+"""One SMTP listener: ``address:port`` with a TLS mode, served on the gateway's own loop.
+
+aiosmtpd's ``Controller`` runs its own loop in a thread; the gateway instead
+calls ``loop.create_server`` (as ``aiosmtpd.main`` does) so that listeners, the
+relay worker and metrics share one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from functools import partial
+
+from gateway.config import ListenerConfig
+from gateway.smtp_handler import SmtpHandler
+from gateway.smtp_server import ConnectionLimiter, GatewaySMTP
+
+log = logging.getLogger("gateway.listener")
+
+
+class Listener:
+    """A listening socket and the SMTP sessions it spawns.
+
+    Args:
+        config: address, port, TLS mode, require_tls.
+        handler: the handler shared by its sessions.
+        tls_context: server SSLContext; required unless ``config.tls == "none"``.
+        limiter: connection counter (shared by all listeners).
+        data_timeout: seconds for a whole DATA phase.
+    """
+
+    def __init__(self, config: ListenerConfig, handler: SmtpHandler, tls_context: ssl.SSLContext | None,
+                 limiter: ConnectionLimiter, data_timeout: float) -> None:
+        self.config = config
+        self.handler = handler
+        self.tls_context = tls_context
+        self.limiter = limiter
+        self.data_timeout = data_timeout
+        self.server: asyncio.Server | None = None
+
+    def _protocol(self) -> GatewaySMTP:
+        starttls = self.config.tls == "starttls"
+        return GatewaySMTP(
+            self.handler, limiter=self.limiter, implicit_tls=self.config.tls == "implicit",
+            data_timeout=self.data_timeout,
+            tls_context=self.tls_context if starttls else None,
+            require_starttls=starttls and self.config.require_tls,
+            loop=asyncio.get_running_loop(), **self.handler.factory_kwargs())
+
+    async def start(self) -> None:
+        """Bind and start accepting.
+
+        Raises:
+            OSError: when the address cannot be bound (the caller names the listener).
+        """
+        loop = asyncio.get_running_loop()
+        implicit = self.tls_context if self.config.tls == "implicit" else None
+        self.server = await loop.create_server(
+            partial(self._protocol), host=self.config.host, port=self.config.port,
+            ssl=implicit, reuse_address=True, start_serving=True)
+        log.info("listener %s on %s:%d tls=%s%s", self.config.name, self.config.host, self.bound_port,
+                 self.config.tls, " require_tls" if self.config.require_tls else "")
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually bound (useful when configured as 0)."""
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open sessions go on."""
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,45 @@
+"""Trusted client networks: ``mynetworks`` and the host's own interface networks."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Iterable
+
+from gateway.config import Network
+
+
+def interface_networks() -> tuple[Network, ...]:
+    """Networks of this host's interfaces (``auto_trust_networks``), via psutil.
+
+    Containers on the same docker network as the gateway are then trusted, like
+    the ServerContainers image's AUTO_TRUST_NETWORKS. Link-local IPv6 is skipped.
+    """
+    import psutil
+
+    result: list[Network] = []
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family not in (socket.AF_INET, socket.AF_INET6) or not address.netmask:
+                continue
+            host = address.address.split("%", 1)[0]
+            try:
+                network = ipaddress.ip_network(f"{host}/{address.netmask}", strict=False)
+            except ValueError:
+                continue
+            if network.is_link_local:
+                continue
+            result.append(network)
+    return tuple(result)
+
+
+class NetworkSet:
+    """A set of networks with membership for an address (IPv4-mapped IPv6 is unmapped)."""
+
+    def __init__(self, networks: Iterable[Network]) -> None:
+        self.networks = tuple(networks)
+
+    def __contains__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address.version == net.version and address in net for net in self.networks)

@@ -1,0 +1,1 @@
+"""The relay side: routing, delivery attempts, retries, bounces."""

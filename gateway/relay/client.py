@@ -1,0 +1,206 @@
+"""One delivery attempt to one SMTP server, with aiosmtplib, and a connection cache.
+
+Outcome rules (Postfix smtp(8)):
+
+* connection refused, timeout, a 4xx/5xx greeting or EHLO, a TLS failure, or a
+  4xx reply to MAIL FROM → :class:`~gateway.errors.DeliveryError`: the caller
+  tries the next host;
+* a 5xx reply to MAIL FROM is final for every recipient of the attempt;
+* RCPT replies are per recipient; the DATA reply applies to every recipient the
+  server accepted.
+
+TLS follows ``smtp_tls_security_level``: ``none`` never, ``may`` when offered
+(unverified), ``encrypt`` required (unverified), ``verify`` required with the
+certificate checked against the host name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from gateway.config import Config
+from gateway.errors import DeliveryError
+from gateway.relay.routing import TargetHost
+from gateway.reply import Reply
+
+log = logging.getLogger("gateway.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """Per-recipient replies of one attempt, keyed by recipient address."""
+
+    replies: dict[str, Reply]
+    host: TargetHost
+
+
+def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:
+    return Reply.from_remote(error.code, error.message)
+
+
+class ConnectionCache:
+    """Idle SMTP connections per target host, kept at most ``ttl`` seconds
+    (Postfix ``smtp_connection_cache_time_limit``)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._idle: dict[tuple[str, int], list[tuple[float, aiosmtplib.SMTP]]] = {}
+
+    def take(self, host: TargetHost) -> aiosmtplib.SMTP | None:
+        """An idle, still connected session to ``host``, or None."""
+        idle = self._idle.get((host.address, host.port), [])
+        now = time.monotonic()
+        while idle:
+            since, smtp = idle.pop()
+            if now - since <= self.ttl and smtp.is_connected:
+                return smtp
+            smtp.close()
+        return None
+
+    def put(self, host: TargetHost, smtp: aiosmtplib.SMTP) -> None:
+        """Keep a session whose transaction is complete."""
+        self._idle.setdefault((host.address, host.port), []).append((time.monotonic(), smtp))
+
+    def sweep(self) -> None:
+        """Close sessions idle longer than ``ttl``."""
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for since, smtp in idle:
+                if now - since <= self.ttl and smtp.is_connected:
+                    keep.append((since, smtp))
+                else:
+                    smtp.close()
+            self._idle[key] = keep
+
+    async def close(self) -> None:
+        """QUIT every cached session (bounded by a short timeout)."""
+        for idle in self._idle.values():
+            for _, smtp in idle:
+                try:
+                    await asyncio.wait_for(smtp.quit(), 2)
+                except Exception:
+                    smtp.close()
+        self._idle.clear()
+
+
+class SmtpClient:
+    """Delivers one message to one host (see the module docstring for outcome rules)."""
+
+    def __init__(self, config: Config, tls_context: ssl.SSLContext | None, cache: ConnectionCache) -> None:
+        self.config = config
+        self.tls_context = tls_context
+        self.cache = cache
+
+    async def _open(self, host: TargetHost) -> aiosmtplib.SMTP:
+        level = self.config.smtp_tls_security_level
+        smtp = aiosmtplib.SMTP(hostname=host.address, port=host.port, local_hostname=self.config.myhostname,
+                               timeout=self.config.smtp_timeout, start_tls=False, validate_certs=False)
+        try:
+            await asyncio.wait_for(smtp.connect(), self.config.smtp_connect_timeout)
+        except aiosmtplib.SMTPConnectResponseError as error:
+            raise DeliveryError(_reply(error)) from None
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+            raise DeliveryError(Reply(451, "4.4.1", f"connect to {host.describe()} failed: "
+                                      f"{type(error).__name__}: {error}"[:300])) from None
+        try:
+            if level != "none" and (smtp.supports_extension("starttls") or level in ("encrypt", "verify")):
+                if not smtp.supports_extension("starttls"):
+                    raise DeliveryError(Reply(451, "4.7.4", f"TLS is required, but {host.describe()} "
+                                              "did not offer STARTTLS"))
+                await smtp.starttls(server_hostname=host.name, tls_context=self.tls_context)
+            credentials = self.config.smtp_sasl_password_maps.get(str(host.hop))
+            if credentials:
+                if not smtp.supports_extension("auth"):
+                    raise DeliveryError(Reply(451, "4.7.0", f"{host.describe()} offers no AUTH"))
+                await smtp.login(*credentials)
+        except DeliveryError:
+            smtp.close()
+            raise
+        except aiosmtplib.SMTPResponseException as error:
+            smtp.close()
+            reply = _reply(error)
+            if isinstance(error, aiosmtplib.SMTPAuthenticationError):
+                reply = Reply(451 if error.code < 500 else 535, "4.7.8" if error.code < 500 else "5.7.8",
+                              f"authentication failed: {reply.text}"[:300])
+            raise DeliveryError(reply) from None
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as error:
+            smtp.close()
+            raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "
+                                      f"{type(error).__name__}: {error}"[:300])) from None
+        return smtp
+
+    async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes, *,
+                      smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
+        """Send ``message`` to ``recipients`` through ``host``.
+
+        Raises:
+            DeliveryError: when the attempt failed before per-recipient replies.
+        """
+        smtp = self.cache.take(host)
+        if smtp is not None:
+            try:
+                await smtp.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                smtp.close()
+                smtp = None
+        if smtp is None:
+            smtp = await self._open(host)
+        try:
+            result = await self._transaction(smtp, host, sender, recipients, message,
+                                             smtputf8=smtputf8, body_8bitmime=body_8bitmime)
+        except DeliveryError:
+            smtp.close()
+            raise
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+            smtp.close()
+            raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "
+                                      f"{type(error).__name__}: {error}"[:300])) from None
+        self.cache.put(host, smtp)
+        return result
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
+                           message: bytes, *, smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
+        options = []
+        encoding = "ascii"
+        if smtputf8 and smtp.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
+        if (body_8bitmime or smtputf8) and smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(message)}")
+        try:
+            await smtp.mail(sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPSenderRefused as error:
+            reply = _reply(error)
+            if reply.is_transient:
+                raise DeliveryError(reply) from None
+            return AttemptResult({r: reply for r in recipients}, host)
+        replies: dict[str, Reply] = {}
+        accepted: list[str] = []
+        for recipient in recipients:
+            try:
+                response = await smtp.rcpt(recipient, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as error:
+                replies[recipient] = _reply(error)
+                continue
+            accepted.append(recipient)
+            replies[recipient] = Reply.from_remote(response.code, response.message)
+        if not accepted:
+            await smtp.rset()
+            return AttemptResult(replies, host)
+        try:
+            response = await smtp.data(message)
+            data_reply = Reply.from_remote(response.code, response.message)
+        except aiosmtplib.SMTPDataError as error:
+            data_reply = _reply(error)
+        for recipient in accepted:
+            replies[recipient] = data_reply
+        return AttemptResult(replies, host)

@@ -1,0 +1,163 @@
+"""Where a recipient's mail goes next (Postfix trivial-rewrite + smtp(8) host lookup).
+
+Order: ``transport_maps`` entry for the recipient domain (exact, then parent
+``.domain`` entries) → ``relayhost`` (an ordered failover list) → the
+recipient domain's MX hosts by preference, falling back to its A/AAAA records
+(RFC 5321 §5.1). ``[host]:port`` skips the MX lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from gateway.addresses import split_mailbox
+from gateway.config import Config, NextHop
+from gateway.reply import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A delivery destination: recipients sharing it are delivered together.
+
+    name: what concurrency limits and logs key on (``[relay]:587`` or ``example.com``).
+    hops: next hops tried in order (relayhost failover list).
+    """
+
+    name: str
+    hops: tuple[NextHop, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetHost:
+    """One SMTP server to try: its name (for TLS and logs), address and port."""
+
+    name: str
+    address: str
+    port: int
+    hop: NextHop
+
+    def describe(self) -> str:
+        """Postfix log form ``name[address]:port``."""
+        return f"{self.name}[{self.address}]:{self.port}"
+
+
+class RoutingError(Exception):
+    """No host can be found for a destination; ``reply`` says why (4xx: retry, 5xx: bounce)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+class Router:
+    """Maps recipients to destinations and destinations to target hosts."""
+
+    def __init__(self, config: Config, resolver: dns.asyncresolver.Resolver) -> None:
+        self.config = config
+        self.resolver = resolver
+
+    def destination_for(self, recipient: str) -> Destination:
+        """The destination of ``recipient``.
+
+        Raises:
+            RoutingError: 5.1.3 for an address without a domain.
+        """
+        try:
+            domain = split_mailbox(recipient).domain
+        except ValueError:
+            raise RoutingError(Reply(550, "5.1.3", "bad address syntax")) from None
+        transport = self._transport(domain)
+        if transport:
+            return Destination(", ".join(str(h) for h in transport), transport)
+        if self.config.relayhost:
+            return Destination(", ".join(str(h) for h in self.config.relayhost), self.config.relayhost)
+        return Destination(domain, (NextHop(domain, None, True),))
+
+    def _transport(self, domain: str) -> tuple[NextHop, ...] | None:
+        maps = self.config.transport_maps
+        if domain in maps:
+            return maps[domain]
+        labels = domain.split(".")
+        for index in range(1, len(labels)):
+            parent = "." + ".".join(labels[index:])
+            if parent in maps:
+                return maps[parent]
+        return None
+
+    async def hosts(self, destination: Destination) -> list[TargetHost]:
+        """The hosts to try, in order.
+
+        Raises:
+            RoutingError: when no hop yields a host (the last hop's reason).
+        """
+        result: list[TargetHost] = []
+        error: RoutingError | None = None
+        for hop in destination.hops:
+            try:
+                result.extend(await self._hop_hosts(hop))
+            except RoutingError as exc:
+                error = exc
+        if not result:
+            raise error or RoutingError(Reply(451, "4.4.4", "no route to destination"))
+        return result
+
+    async def _hop_hosts(self, hop: NextHop) -> list[TargetHost]:
+        port = hop.port or self.config.smtp_default_port
+        if not hop.mx_lookup:
+            return [TargetHost(hop.host, address, port, hop) for address in await self._addresses(hop.host)]
+        names = await self._mx_names(hop.host)
+        hosts: list[TargetHost] = []
+        last: RoutingError | None = None
+        for name in names:
+            try:
+                hosts.extend(TargetHost(name, a, port, hop) for a in await self._addresses(name))
+            except RoutingError as exc:
+                last = exc
+        if not hosts and last:
+            raise last
+        return hosts
+
+    async def _mx_names(self, domain: str) -> list[str]:
+        try:
+            answer = await self.resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            raise RoutingError(Reply(550, "5.1.2", f"Host or domain name not found: {domain}")) from None
+        except dns.resolver.NoAnswer:
+            return [domain]  # implicit MX (RFC 5321 §5.1)
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
+            raise RoutingError(Reply(451, "4.4.3", f"Host or domain name lookup failed: {domain}")) from error
+        records = sorted(answer, key=lambda r: (r.preference, random.random()))
+        if len(records) == 1 and str(records[0].exchange) == ".":
+            raise RoutingError(Reply(556, "5.1.10", f"Domain {domain} does not accept mail (null MX)"))
+        return [str(r.exchange).rstrip(".").lower() for r in records if str(r.exchange) != "."]
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        if host == "localhost":
+            return ["127.0.0.1"]
+        addresses: list[str] = []
+        nxdomain = False
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.resolve(host, rdtype)
+                addresses.extend(str(r) for r in answer)
+            except dns.resolver.NXDOMAIN:
+                nxdomain = True
+            except dns.resolver.NoAnswer:
+                continue
+            except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
+                raise RoutingError(Reply(451, "4.4.3", f"Host lookup failed: {host}")) from error
+        if not addresses:
+            if nxdomain:
+                raise RoutingError(Reply(550, "5.1.2", f"Host not found: {host}"))
+            raise RoutingError(Reply(451, "4.4.3", f"No address for host {host}"))
+        return addresses

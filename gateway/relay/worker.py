@@ -1,0 +1,246 @@
+"""The relay worker: drains the spool to the next hops (Postfix qmgr + smtp).
+
+* Freshly committed messages are handed over in memory (:meth:`RelayWorker.notify`);
+  ``incoming/`` is also scanned every second (messages released or flushed by
+  ``gateway queue``), and ``deferred/`` every ``queue_run_delay`` for records
+  whose next attempt (their mtime) has come.
+* A message is claimed by renaming its record into ``active/``; its pending
+  recipients are grouped by destination and each group is delivered under a
+  per-destination concurrency limit, hosts tried in order until one answers.
+* Per recipient: 2xx → delivered (never tried again), 5xx → bounced, 4xx or
+  no answer → deferred with backoff, until ``maximal_queue_lifetime``
+  (``bounce_queue_lifetime`` for our own DSNs) has passed: then bounced.
+* Recipients bounced in this pass get one RFC 3464 DSN to the sender (never to
+  ``<>``, never for a DSN). The DSN is committed before the original's record
+  is updated, so a crash can duplicate a DSN but never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import defaultdict
+
+from gateway.config import Config
+from gateway.envelope import ClientInfo
+from gateway.errors import DeliveryError, NotInQueue, SpoolError
+from gateway.relay.backoff import is_expired, next_attempt
+from gateway.relay.bounce import FailedRecipient, build_dsn, should_bounce
+from gateway.relay.client import SmtpClient
+from gateway.relay.routing import Destination, Router, RoutingError
+from gateway.reply import Reply
+from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+
+log = logging.getLogger("gateway.relay")
+
+INCOMING_SCAN_INTERVAL = 1.0  # seconds
+
+
+class RelayWorker:
+    """Delivers spooled mail; one per gateway process.
+
+    Args:
+        config: timing, lifetimes and concurrency limits.
+        spool: the spool to drain.
+        router: recipient → destination → hosts.
+        client: performs single delivery attempts.
+    """
+
+    def __init__(self, config: Config, spool: Spool, router: Router, client: SmtpClient) -> None:
+        self.config = config
+        self.spool = spool
+        self.router = router
+        self.client = client
+        self.inflight: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.wakeup = asyncio.Event()
+        self.pending_incoming: list[str] = []
+        self.slots = asyncio.Semaphore(config.delivery_concurrency_limit)
+        self.destination_slots: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(config.default_destination_concurrency_limit))
+        self.stopping = False
+
+    def notify(self, entry: SpoolEntry) -> None:
+        """Hand over a freshly committed message (called on the event loop)."""
+        self.pending_incoming.append(entry.queue_id)
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Main loop until :meth:`stop`; never raises (errors are logged and retried)."""
+        last_deferred_scan = 0.0
+        last_incoming_scan = 0.0
+        while not self.stopping:
+            now = time.time()
+            try:
+                if now - last_incoming_scan >= INCOMING_SCAN_INTERVAL:
+                    last_incoming_scan = now
+                    self.pending_incoming.extend(await asyncio.to_thread(self.spool.ids, QueueState.INCOMING))
+                if now - last_deferred_scan >= self.config.queue_run_delay:
+                    last_deferred_scan = now
+                    for queue_id in await asyncio.to_thread(self.spool.due_deferred, now):
+                        self._start(queue_id, QueueState.DEFERRED)
+                incoming, self.pending_incoming = self.pending_incoming, []
+                for queue_id in incoming:
+                    self._start(queue_id, QueueState.INCOMING)
+                self.client.cache.sweep()
+            except Exception:
+                log.exception("relay worker scan failed; retrying")
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), INCOMING_SCAN_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    def _start(self, queue_id: str, source: QueueState) -> None:
+        if queue_id in self.inflight or self.stopping:
+            return
+        self.inflight.add(queue_id)
+        task = asyncio.create_task(self._process(queue_id, source), name=f"deliver-{queue_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop scanning; let deliveries finish for ``timeout`` seconds, then cancel them.
+
+        A cancelled delivery leaves its record in ``active/``; it goes back to
+        ``incoming/`` at the next start.
+        """
+        self.stopping = True
+        self.wakeup.set()
+        if self.tasks:
+            done, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("cancelled %d deliveries in progress at shutdown", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self.client.cache.close()
+
+    async def _process(self, queue_id: str, source: QueueState) -> None:
+        try:
+            async with self.slots:
+                entry = await asyncio.to_thread(self.spool.claim, queue_id, source)
+                if entry is None:
+                    return
+                await self._deliver_entry(entry)
+        except Exception:
+            log.exception("%s: delivery pass failed; left for retry", queue_id)
+        finally:
+            self.inflight.discard(queue_id)
+
+    async def _deliver_entry(self, entry: SpoolEntry) -> None:
+        try:
+            message = await asyncio.to_thread(self.spool.read_message, entry)
+        except SpoolError as error:
+            log.error("%s: %s; moved to corrupt", entry.queue_id, error)
+            await asyncio.to_thread(self.spool.move, entry.queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
+            return
+        was_pending = entry.pending()
+        groups: dict[Destination, list[RecipientStatus]] = defaultdict(list)
+        for recipient in was_pending:
+            try:
+                groups[self.router.destination_for(recipient.address)].append(recipient)
+            except RoutingError as error:
+                self._record(entry, [recipient], error.reply, None)
+        await asyncio.gather(*(self._deliver_group(entry, message, destination, recipients)
+                               for destination, recipients in groups.items()))
+        await self._finish(entry, message, was_pending)
+
+    async def _deliver_group(self, entry: SpoolEntry, message: bytes, destination: Destination,
+                             recipients: list[RecipientStatus]) -> None:
+        async with self.destination_slots[destination.name]:
+            try:
+                hosts = await self.router.hosts(destination)
+            except RoutingError as error:
+                self._record(entry, recipients, error.reply, None)
+                return
+            last_reply = Reply(451, "4.4.1", "no host answered")
+            last_host = None
+            for host in hosts:
+                try:
+                    result = await self.client.deliver(
+                        host, entry.sender, [r.address for r in recipients], message,
+                        smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime)
+                except DeliveryError as error:
+                    assert isinstance(error.reply, Reply)
+                    log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
+                             error.reply)
+                    last_reply, last_host = error.reply, host.describe()
+                    continue
+                for recipient in recipients:
+                    self._record(entry, [recipient], result.replies[recipient.address], host.describe())
+                return
+            self._record(entry, recipients, last_reply, last_host)
+
+    def _record(self, entry: SpoolEntry, recipients: list[RecipientStatus], reply: Reply,
+                relay: str | None) -> None:
+        now = time.time()
+        for recipient in recipients:
+            recipient.attempts += 1
+            recipient.last_attempt = now
+            recipient.last_reply = reply
+            recipient.relay = relay
+            if reply.is_success:
+                recipient.state = RecipientState.DELIVERED
+            elif reply.is_permanent:
+                recipient.state = RecipientState.BOUNCED
+            else:
+                recipient.state = RecipientState.DEFERRED
+            status = {RecipientState.DELIVERED: "sent", RecipientState.BOUNCED: "bounced",
+                      RecipientState.DEFERRED: "deferred"}[recipient.state]
+            log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
+                     recipient.address, relay or "none", now - entry.arrival, recipient.attempts, status, reply)
+
+    async def _finish(self, entry: SpoolEntry, message: bytes, was_pending: list[RecipientStatus]) -> None:
+        now = time.time()
+        lifetime = self.config.bounce_queue_lifetime if entry.is_bounce else self.config.maximal_queue_lifetime
+        deferred = [r for r in entry.recipients if r.state is RecipientState.DEFERRED]
+        if deferred and is_expired(now, entry.arrival, lifetime):
+            for recipient in deferred:
+                recipient.state = RecipientState.BOUNCED
+                log.info("%s: to=<%s>, status=expired, returned to sender (%s)", entry.queue_id,
+                         recipient.address, recipient.last_reply)
+        bounced_now = [r for r in was_pending if r.state is RecipientState.BOUNCED]
+        if bounced_now:
+            await self._bounce(entry, message, bounced_now)
+        if entry.pending():
+            retry = next_attempt(now, entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
+                                 self.config.maximal_backoff_time)
+            entry.next_attempt, entry.last_delay = retry.at, retry.delay
+            await asyncio.to_thread(self.spool.update_and_move, entry, QueueState.DEFERRED)
+            log.info("%s: deferred, %d recipient(s) left, next attempt in %.0fs", entry.queue_id,
+                     len(entry.pending()), retry.delay)
+        else:
+            await asyncio.to_thread(self.spool.remove, entry.queue_id, QueueState.ACTIVE)
+            log.info("%s: removed", entry.queue_id)
+
+    async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
+        if should_bounce(entry.sender, entry.is_bounce):
+            now = time.time()
+            dsn = build_dsn(
+                reporting_mta=self.config.myhostname, original_sender=entry.sender,
+                original_queue_id=entry.queue_id, arrival=entry.arrival,
+                recipients=[FailedRecipient(r.address, r.last_reply or Reply(550, "5.0.0", "failed"), r.relay)
+                            for r in recipients],
+                original_message=message, now=now)
+            bounce = SpoolEntry(
+                queue_id=new_queue_id(now), arrival=now, sender="",
+                recipients=[RecipientStatus(entry.sender)],
+                client=ClientInfo(address=ipaddress.ip_address("127.0.0.1"), port=0,
+                                  listener="bounce", helo=self.config.myhostname),
+                message_size=len(dsn), message_sha256="", is_bounce=True,
+                smtputf8=entry.smtputf8, body_8bitmime=True)
+            try:
+                await asyncio.to_thread(self.spool.commit, bounce, dsn)
+            except SpoolError as error:
+                log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
+                for recipient in recipients:
+                    recipient.state = RecipientState.DEFERRED
+                return
+            log.info("%s: sender non-delivery notification: %s", entry.queue_id, bounce.queue_id)
+            self.notify(bounce)
+        else:
+            log.info("%s: no DSN for %s (null sender or a DSN itself)", entry.queue_id,
+                     ", ".join(r.address for r in recipients))

@@ -1,0 +1,125 @@
+"""SMTP replies with RFC 3463 enhanced status codes, and the catalogue we send.
+
+Every reply the gateway writes to a client (or records for a recipient) is a
+:class:`Reply`. The type enforces the invariant that aiosmtpd's own test suite
+checks (``qa/test_1testsuite.py: test_enhanced``): the class digit of the
+enhanced status code equals the class of the basic reply code, so a
+``450 5.7.1`` cannot be built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_REPLY_LINE_RE = re.compile(r"^([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3}) (.*)$", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply line (RFC 5321 §4.2) with an enhanced status code.
+
+    Attributes:
+        code: basic reply code, 200-599 (2xx, 4xx or 5xx).
+        status: enhanced status code ``"c.s.d"`` (RFC 3463); ``c`` equals ``code // 100``.
+        text: one line of text; never contains CR or LF.
+
+    Raises:
+        ValueError: on a code outside 2xx/4xx/5xx, a malformed or mismatched
+            status, or a text with CR/LF.
+    """
+
+    code: int
+    status: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if not (200 <= self.code < 600) or self.code // 100 == 3:
+            raise ValueError(f"reply code {self.code} is not 2xx, 4xx or 5xx")
+        match = _STATUS_RE.match(self.status)
+        if not match:
+            raise ValueError(f"enhanced status {self.status!r} is not of the form c.s.d")
+        if int(match.group(1)) != self.code // 100:
+            raise ValueError(f"class of {self.status} does not match reply code {self.code}")
+        if "\r" in self.text or "\n" in self.text:
+            raise ValueError("reply text must be a single line")
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+    @property
+    def is_success(self) -> bool:
+        """True for 2xx."""
+        return 200 <= self.code < 300
+
+    @property
+    def is_transient(self) -> bool:
+        """True for 4xx (RFC 5321 §4.2.1: try again later)."""
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        """True for 5xx."""
+        return 500 <= self.code < 600
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form ``{"code": int, "status": str, "text": str}``."""
+        return {"code": self.code, "status": self.status, "text": self.text}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Reply:
+        """Inverse of :meth:`to_dict`. Raises ValueError/KeyError/TypeError on bad data."""
+        return cls(int(data["code"]), str(data["status"]), str(data["text"]))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_remote(cls, code: int, message: str) -> Reply:
+        """Build a Reply from a remote server's code and (possibly multi-line) text.
+
+        The enhanced code is taken from the text when the server sent one whose
+        class matches; otherwise a generic ``c.0.0`` is used (RFC 3463 §3.1).
+        Multi-line texts are joined with ``" / "``; codes outside 2xx/4xx/5xx
+        (a broken server) become ``451 4.5.0`` transient errors.
+        """
+        text = " / ".join(part.strip() for part in message.splitlines() if part.strip())
+        if not (200 <= code < 600) or code // 100 == 3:
+            return cls(451, "4.5.0", f"unexpected reply code {code}: {text}"[:400])
+        match = re.match(r"^([245])\.(\d{1,3})\.(\d{1,3})\s*(.*)$", text, re.S)
+        if match and int(match.group(1)) == code // 100:
+            status = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
+            return cls(code, status, match.group(4) or text)
+        return cls(code, f"{code // 100}.0.0", text or "(no text)")
+
+
+def parse_reply_line(line: str) -> Reply | None:
+    """Parse ``"550 5.7.1 text"`` into a Reply, or None when it has no enhanced code."""
+    match = _REPLY_LINE_RE.match(line)
+    if not match:
+        return None
+    try:
+        return Reply(int(match.group(1)), match.group(2), match.group(3))
+    except ValueError:
+        return None
+
+
+# The catalogue: every fixed reply the gateway sends, in one place (tested for the invariant).
+OK = Reply(250, "2.0.0", "Ok")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+TEMP_POLICY_FAILURE = Reply(451, "4.7.1", "Content check unavailable, try again later")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+TLS_ALREADY_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections, try again later")
+BAD_ADDRESS_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
+
+
+def queued(queue_id: str) -> Reply:
+    """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
+    return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -1,0 +1,264 @@
+"""The aiosmtpd handler: SMTP stages → pipeline → spool → reply.
+
+This is the one seam to aiosmtpd (policies never import it). Every outcome is
+turned into a :class:`~gateway.reply.Reply` here; an unexpected exception
+becomes ``451 4.3.0`` with a generic text (never the exception text).
+
+The spool commit runs in a worker thread and is shielded from cancellation:
+aiosmtpd cancels ``handle_DATA`` when the client disconnects or times out, but
+a commit that has started always finishes and the message is then delivered,
+even if the 250 never reached the client (a duplicate is acceptable, a loss
+is not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from typing import Any, Callable
+
+from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
+
+from gateway import reply as replies
+from gateway.addresses import split_mailbox
+from gateway.config import Config
+from gateway.envelope import ClientInfo, Direction, Envelope
+from gateway.errors import SpoolError, SpoolFullError
+from gateway.message import apply_edits
+from gateway.pipeline import Pipeline
+from gateway.policy import PolicyContext
+from gateway.received import received_header
+from gateway.reply import Reply
+from gateway.smtp_server import GatewaySMTP
+from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+from gateway.tls import peer_certificate_fingerprints, tls_session_info
+from gateway.verdict import Action
+
+log = logging.getLogger("gateway.smtpd")
+
+
+def _addresses(recipients: list[str]) -> str:
+    return ",".join(f"<{r}>" for r in recipients)
+
+
+class SmtpHandler:
+    """Handler object given to every :class:`GatewaySMTP` of one listener.
+
+    Args:
+        config: the gateway configuration.
+        listener_name: the listener's name, recorded in ClientInfo and logs.
+        pipeline: the policies to run.
+        spool: where accepted mail is committed.
+        on_committed: called with the SpoolEntry after each successful commit
+            (hands the message to the relay worker).
+    """
+
+    def __init__(self, config: Config, listener_name: str, pipeline: Pipeline, spool: Spool,
+                 on_committed: Callable[[SpoolEntry], None]) -> None:
+        self.config = config
+        self.listener_name = listener_name
+        self.pipeline = pipeline
+        self.spool = spool
+        self.on_committed = on_committed
+        self.commits: set[asyncio.Future[None]] = set()
+        self.sessions: set[GatewaySMTP] = set()
+
+    # ---- connection life ----
+
+    def _describe_tls(self, server: AioSMTP, client: ClientInfo) -> None:
+        transport = server.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        client.tls_version, client.tls_cipher = tls_session_info(ssl_object)
+        fingerprints = peer_certificate_fingerprints(ssl_object)
+        client.cert_sha256, client.cert_sha1 = fingerprints if fingerprints else (None, None)
+
+    async def start_session(self, server: GatewaySMTP) -> Reply | None:
+        """Describe the client and run connect policies; a Reply refuses the connection."""
+        peer = server.transport.get_extra_info("peername") if server.transport else None
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0]) if peer else ipaddress.ip_address("0.0.0.0")
+        client = ClientInfo(address=address, port=int(peer[1]) if peer else 0, listener=self.listener_name)
+        self._describe_tls(server, client)
+        ctx = PolicyContext(client=client)
+        server.gateway_ctx = ctx  # on the protocol: aiosmtpd replaces the Session at STARTTLS
+        self.sessions.add(server)
+        log.info("connect from %s listener=%s%s", client.describe(), self.listener_name,
+                 f" tls={client.tls_version}" if client.tls_version else "")
+        result = await self.pipeline.connect(ctx)
+        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            assert result.verdict.reply is not None
+            log.info("NOQUEUE: reject: CONNECT from %s: %s", client.describe(), result.verdict.reply)
+            return Reply(421, "4.7.0", "Service not available, closing transmission channel") \
+                if result.verdict.reply.is_transient else result.verdict.reply
+        return None
+
+    def end_session(self, server: GatewaySMTP) -> None:
+        """Forget the session (called when the connection ends, however it ends)."""
+        self.sessions.discard(server)
+        ctx = getattr(server, "gateway_ctx", None)
+        if ctx is not None:
+            log.info("disconnect from %s", ctx.client.describe())
+
+    @staticmethod
+    def _ctx(server: AioSMTP) -> PolicyContext:
+        return server.gateway_ctx  # type: ignore[attr-defined,no-any-return]
+
+    def handle_STARTTLS(self, server: AioSMTP, session: Session, envelope: AioEnvelope) -> bool:
+        """After a STARTTLS handshake: record TLS version, cipher and a verified client certificate."""
+        client = self._ctx(server).client
+        self._describe_tls(server, client)
+        client.helo = None
+        log.info("STARTTLS from %s %s %s%s", client.describe(), client.tls_version, client.tls_cipher,
+                 f" cert_sha256={client.cert_sha256}" if client.cert_sha256 else "")
+        return True
+
+    # ---- commands ----
+
+    async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """Record the EHLO name; advertise PIPELINING and ENHANCEDSTATUSCODES, no AUTH yet."""
+        ctx = self._ctx(server)
+        result = await self.pipeline.helo(ctx, hostname)
+        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            assert result.verdict.reply is not None
+            return [str(result.verdict.reply)]
+        session.host_name = hostname
+        ctx.client.helo = hostname
+        lines = [line for line in responses if not line[4:].upper().startswith("AUTH")]
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return lines[:1] + extra + lines[1:]
+
+    async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
+                          hostname: str) -> str:
+        """Record the HELO name."""
+        ctx = self._ctx(server)
+        result = await self.pipeline.helo(ctx, hostname)
+        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            assert result.verdict.reply is not None
+            return str(result.verdict.reply)
+        session.host_name = hostname
+        ctx.client.helo = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
+                          address: str, mail_options: list[str]) -> str:
+        """Check the sender and start a transaction; the queue ID is assigned here."""
+        ctx = self._ctx(server)
+        sender = "" if address == "<>" else address
+        if sender:
+            try:
+                split_mailbox(sender)
+            except ValueError:
+                return str(replies.BAD_SENDER_SYNTAX)
+        options = [option.upper() for option in mail_options]
+        declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
+        ctx.envelope = Envelope(sender=sender, smtputf8=envelope.smtp_utf8,
+                                body_8bitmime="BODY=8BITMIME" in options,
+                                declared_size=int(declared) if declared and declared.isdigit() else None)
+        ctx.queue_id = new_queue_id()
+        result = await self.pipeline.mail(ctx, sender)
+        ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
+        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            assert result.verdict.reply is not None
+            log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s>", ctx.client.describe(),
+                     result.verdict.reply, sender)
+            ctx.envelope = None
+            return str(result.verdict.reply)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return str(replies.SENDER_OK)
+
+    async def handle_RCPT(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        """Default-deny recipient check through the pipeline, plus smtpd_recipient_limit."""
+        ctx = self._ctx(server)
+        if ctx.envelope is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        result = await self.pipeline.rcpt(ctx, address)
+        verdict = result.verdict
+        if verdict.action is Action.ACCEPT:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            ctx.envelope.recipients.append(address)
+            return str(replies.RECIPIENT_OK)
+        assert verdict.reply is not None
+        reply = Reply(verdict.reply.code, verdict.reply.status, f"<{address}>: {verdict.reply.text}")
+        log.info("NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> helo=<%s>", ctx.client.describe(),
+                 reply, ctx.envelope.sender, address, ctx.client.helo or "")
+        return str(reply)
+
+    async def handle_VRFY(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
+                          address: str) -> str:
+        """VRFY is disabled, as Postfix ``disable_vrfy_command = yes``."""
+        return str(replies.VRFY_DISABLED)
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: AioEnvelope) -> str:
+        """Run DATA policies, add Received:, commit to the spool, then say 250."""
+        ctx = self._ctx(server)
+        assert ctx.envelope is not None and ctx.queue_id is not None
+        content = envelope.original_content or b""
+        recipients = list(ctx.envelope.recipients)
+        result = await self.pipeline.data(ctx, content)
+        verdict = result.verdict
+        summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
+                   f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
+                   f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}")
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL):
+            assert verdict.reply is not None
+            log.info("%s, result=reject (%s) reason=%s", summary, verdict.reply, verdict.reason)
+            return str(verdict.reply)
+        if verdict.action is Action.DISCARD:
+            log.info("%s, result=discard reason=%s", summary, verdict.reason)
+            return str(replies.queued(ctx.queue_id))
+        now = time.time()
+        trace = received_header(ctx.client, by_host=self.config.myhostname, queue_id=ctx.queue_id,
+                                recipients=recipients, extended=session.extended_smtp,
+                                smtputf8=ctx.envelope.smtputf8, now=now)
+        message = apply_edits(content, trace, result.headers)
+        entry = SpoolEntry(
+            queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
+            recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,
+            message_size=len(message), message_sha256="", smtputf8=ctx.envelope.smtputf8,
+            body_8bitmime=ctx.envelope.body_8bitmime,
+            hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
+        state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING
+        try:
+            await self._commit(entry, message, state)
+        except SpoolFullError as error:
+            log.error("%s, result=tempfail (%s): %s", summary, replies.SPOOL_FULL, error)
+            return str(replies.SPOOL_FULL)
+        except SpoolError as error:
+            log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
+            return str(replies.INTERNAL_ERROR)
+        log.info("%s, result=%s", summary, "hold" if state is QueueState.HOLD else "queued")
+        ctx.queue_id = None
+        return str(replies.queued(entry.queue_id))
+
+    async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
+        commit = asyncio.ensure_future(asyncio.to_thread(self.spool.commit, entry, message, state))
+        self.commits.add(commit)
+
+        def finished(future: asyncio.Future[None]) -> None:
+            self.commits.discard(future)
+            if not future.cancelled() and future.exception() is None and state is QueueState.INCOMING:
+                self.on_committed(entry)
+        commit.add_done_callback(finished)
+        # The shield keeps the commit (and the hand-off) running if the client goes away.
+        await asyncio.shield(commit)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any unexpected error: log it, answer ``451 4.3.0`` without internals."""
+        if isinstance(error, TLSSetupException):
+            log.info("TLS handshake failed: %s", error.__cause__ or error)
+            return str(replies.INTERNAL_ERROR)
+        log.error("unexpected error in SMTP session: %r", error, exc_info=error)
+        return str(replies.INTERNAL_ERROR)
+
+    def factory_kwargs(self) -> dict[str, Any]:
+        """aiosmtpd SMTP keyword arguments common to all connections of this handler."""
+        return {"data_size_limit": self.config.message_size_limit, "enable_SMTPUTF8": True,
+                "decode_data": False, "hostname": self.config.myhostname, "ident": "ESMTP",
+                "timeout": self.config.smtpd_timeout}

@@ -1,0 +1,176 @@
+"""aiosmtpd's ``SMTP`` protocol with the gateway's fixes at its choke points.
+
+* every reply aiosmtpd writes itself gets an RFC 3463 enhanced status code
+  (it sends e.g. ``503 Error: need MAIL command``): :func:`enhance` in ``push``;
+* a second STARTTLS inside TLS, or STARTTLS on an implicit-TLS listener, is
+  refused ``554 5.5.1`` instead of starting another handshake;
+* the whole DATA phase has its own timeout (``smtpd_data_timeout``);
+* connections over ``smtpd_connection_limit`` or the per-client
+  ``smtpd_client_connection_count_limit`` get ``421 4.7.0`` and are closed;
+* the client (address, TLS, verified certificate) is described once the
+  connection is up, for implicit TLS too, where ``session.ssl`` stays empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, AnyStr, Callable, Awaitable
+
+from aiosmtpd.smtp import SMTP
+
+from gateway import reply as replies
+
+log = logging.getLogger("gateway.smtpd")
+
+_HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
+_BASIC = re.compile(r"^([2345]\d\d)([ -])(.*)$", re.S)
+
+# aiosmtpd's own texts mapped to RFC 3463 codes (and friendlier words).
+_KNOWN = [
+    (re.compile(r"^500 (Error: )?(Command line too long|Line too long.*)$"), "500 5.5.2 Error: line too long"),
+    (re.compile(r"^500 Error: bad syntax$"), "500 5.5.2 Error: bad syntax"),
+    (re.compile(r"^500 Error: strict ASCII mode$"), "500 5.6.7 Error: non-ASCII input without SMTPUTF8"),
+    (re.compile(r'^500 Error: command "(.*)" not recognized$'), r"502 5.5.2 Error: command not recognized"),
+    (re.compile(r"^503 Error: send (\w+) first$"), r"503 5.5.1 Error: send \1 first"),
+    (re.compile(r"^503 Error: need MAIL command$"), "503 5.5.1 Error: need MAIL command"),
+    (re.compile(r"^503 Error: need RCPT command$"), "503 5.5.1 Error: need RCPT command"),
+    (re.compile(r"^503 Error: nested MAIL command$"), "503 5.5.1 Error: nested MAIL command"),
+    (re.compile(r"^552 Error: (message size exceeds fixed maximum message size|Too much mail data)$", re.I),
+     str(replies.MESSAGE_TOO_BIG)),
+    (re.compile(r"^530 Must issue a STARTTLS command first$"), str(replies.TLS_REQUIRED)),
+    (re.compile(r"^554 Command refused due to lack of security$"), "554 5.7.0 Error: TLS handshake failed"),
+    (re.compile(r"^454 TLS not available$"), "454 4.7.0 TLS not available"),
+    (re.compile(r"^220 Ready to start TLS$"), "220 2.0.0 Ready to start TLS"),
+    (re.compile(r"^501 (.*)$"), r"501 5.5.4 \1"),
+    (re.compile(r"^555 (.*)$"), r"555 5.5.4 \1"),
+    (re.compile(r"^502 (EXPN|Could not VRFY).*$"), "502 5.5.1 Error: command not implemented"),
+]
+
+
+def enhance(line: str) -> str:
+    """Add an RFC 3463 enhanced code to a reply line that lacks one.
+
+    Greeting (220 banner) and EHLO/HELO lines are left alone by the caller
+    (RFC 2034 §3 excludes them); 3xx intermediate replies have no enhanced code.
+    """
+    if _HAS_ENHANCED.match(line):
+        return line
+    for pattern, replacement in _KNOWN:
+        if pattern.match(line):
+            return pattern.sub(replacement, line)
+    match = _BASIC.match(line)
+    if not match or match.group(1)[0] == "3":
+        return line
+    code, sep, text = match.groups()
+    return f"{code}{sep}{code[0]}.0.0 {text}"
+
+
+class ConnectionLimiter:
+    """Counts open connections, in all and per client address."""
+
+    def __init__(self, total_limit: int, per_client_limit: int) -> None:
+        self.total_limit = total_limit
+        self.per_client_limit = per_client_limit
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+
+    def try_acquire(self, client: str) -> bool:
+        """Count a new connection; False (nothing counted) when a limit is reached."""
+        if self.total >= self.total_limit or self.per_client.get(client, 0) >= self.per_client_limit:
+            return False
+        self.total += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        return True
+
+    def release(self, client: str) -> None:
+        """Forget one connection of ``client``."""
+        self.total -= 1
+        left = self.per_client.get(client, 1) - 1
+        if left:
+            self.per_client[client] = left
+        else:
+            self.per_client.pop(client, None)
+
+
+class GatewaySMTP(SMTP):
+    """The SMTP protocol object of one connection.
+
+    Args:
+        handler: the :class:`~gateway.smtp_handler.SmtpHandler`; its
+            ``start_session(server)`` coroutine runs once the connection is up and
+            returns a Reply to refuse the connection with, or None.
+        limiter: shared connection counter of the listener.
+        implicit_tls: the listener wraps the socket in TLS before SMTP starts.
+        data_timeout: seconds allowed for the whole DATA phase.
+        kwargs: passed to aiosmtpd's ``SMTP``.
+    """
+
+    def __init__(self, handler: Any, *, limiter: ConnectionLimiter, implicit_tls: bool,
+                 data_timeout: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.limiter = limiter
+        self.implicit_tls = implicit_tls
+        self.data_timeout = data_timeout
+        self.in_ehlo = False
+        self.gateway_ctx: Any = None
+
+    @property
+    def tls_active(self) -> bool:
+        """True once the connection is encrypted (STARTTLS done, or implicit TLS)."""
+        return self.implicit_tls or self._tls_protocol is not None
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not self.in_ehlo and not status.startswith("220 " + self.hostname):
+            status = enhance(status)
+        await super().push(status)
+
+    async def _handle_client(self) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        client_key = str(peer[0]) if peer else "?"
+        if not self.limiter.try_acquire(client_key):
+            log.warning("connection limit reached, refusing %s", client_key)
+            await super().push(str(replies.TOO_MANY_CONNECTIONS))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        try:
+            refusal = await self.event_handler.start_session(self)
+            if refusal is not None:
+                await super().push(str(refusal))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            await super()._handle_client()
+        finally:
+            self.limiter.release(client_key)
+            self.event_handler.end_session(self)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self.in_ehlo = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self.in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self.in_ehlo = False
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self.tls_active:
+            await self.push(str(replies.TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # SMTP AUTH is not offered yet (a later issue); say so instead of failing every login.
+        await self.push("502 5.5.1 Error: authentication not enabled")
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self.data_timeout)
+        await super().smtp_DATA(arg)

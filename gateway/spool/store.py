@@ -1,0 +1,370 @@
+"""The spool on disk and its commit protocol.
+
+Layout under the spool directory::
+
+    data/<id>.eml        the message, written once (mode 0600), never changed
+    tmp/<id>.json        records being written
+    incoming/ active/ deferred/ hold/ corrupt/   <id>.json envelope records
+    lock                 flock()ed by the running gateway
+
+Commit (what makes ``250 2.0.0 Ok: queued as <id>`` true):
+
+1. write ``data/<id>.eml`` with O_EXCL, fsync it;
+2. write ``tmp/<id>.json``, fsync it; fsync ``data/`` so the message's name is durable;
+3. rename ``tmp/<id>.json`` to ``incoming/<id>.json`` (atomic publish), fsync ``incoming/``.
+
+The record is the commit point: a crash before step 3 leaves a message file
+without a record, which :meth:`Spool.recover` deletes (it was never
+acknowledged); after step 3 the message is complete on disk. Its SHA-256 in the
+record detects a damaged message file later (moved to ``corrupt/``).
+
+Every later change is one atomic step: a state change is a rename of the
+record between directories, a status change rewrites the record through
+``tmp/`` + rename. A record is only rewritten by the relay worker while it is
+in ``active/`` (claimed by rename, so two claimers cannot both win), which
+makes the queue commands safe against a running gateway: they too only rename
+or delete records outside ``active/``. Deferred records carry their next
+attempt time as the file's mtime (as Postfix warps deferred queue files), so
+finding due messages is a directory scan without reading records.
+
+Batching the directory fsyncs of concurrent commits (group commit) changes no
+file: only when the fsyncs of steps 2-3 happen.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from gateway.errors import NotInQueue, SpoolError, SpoolFullError
+from gateway.spool.entry import QueueState, SpoolEntry
+from gateway.spool.queue_id import is_queue_id
+
+log = logging.getLogger("gateway.spool")
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What :meth:`Spool.recover` found at start (counts of files)."""
+
+    requeued_active: int = 0
+    removed_tmp: int = 0
+    removed_orphan_data: int = 0
+    corrupt: list[str] = field(default_factory=list)
+
+
+class Spool:
+    """A spool directory. Methods are synchronous and block on disk I/O.
+
+    Call them from a worker thread (``asyncio.to_thread``) in the event loop.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.data_dir = self.root / "data"
+        self.tmp_dir = self.root / "tmp"
+        self._lock_fd: int | None = None
+
+    def state_dir(self, state: QueueState) -> Path:
+        """The directory holding records in ``state``."""
+        return self.root / state.value
+
+    def record_path(self, queue_id: str, state: QueueState) -> Path:
+        """Path of the record of ``queue_id`` in ``state``."""
+        return self.state_dir(state) / f"{queue_id}.json"
+
+    def message_path(self, queue_id: str) -> Path:
+        """Path of the message file of ``queue_id``."""
+        return self.data_dir / f"{queue_id}.eml"
+
+    def create(self) -> None:
+        """Create the directories (mode 0700) if missing.
+
+        Raises:
+            SpoolError: when they cannot be created.
+        """
+        try:
+            for path in [self.root, self.data_dir, self.tmp_dir, *(self.state_dir(s) for s in QueueState)]:
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise SpoolError(f"cannot create spool directory {error.filename}: {error.strerror}") from None
+
+    def lock(self) -> None:
+        """Take the spool lock for this process (one running gateway per spool).
+
+        Raises:
+            SpoolError: when another process holds it.
+        """
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError(f"spool {self.root} is in use by another gateway process") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the spool lock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- commit ----
+
+    def commit(self, entry: SpoolEntry, message: bytes, state: QueueState = QueueState.INCOMING) -> None:
+        """Store a new message durably; when this returns, 250 may be said.
+
+        Sets ``entry.message_size``, ``entry.message_sha256`` and ``entry.state``.
+
+        Raises:
+            SpoolFullError: on ENOSPC/EDQUOT (nothing is left behind).
+            SpoolError: on any other I/O error (nothing is left behind).
+        """
+        entry.message_size = len(message)
+        entry.message_sha256 = hashlib.sha256(message).hexdigest()
+        entry.state = state
+        data_path = self.message_path(entry.queue_id)
+        tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
+        try:
+            _write_file(data_path, message, exclusive=True)
+            _write_file(tmp_path, entry.to_json(), exclusive=True)
+            _fsync_dir(self.data_dir)
+            os.rename(tmp_path, self.record_path(entry.queue_id, state))
+            _fsync_dir(self.state_dir(state))
+        except OSError as error:
+            for path in (tmp_path, data_path):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+            if error.errno in _FULL_ERRNOS:
+                raise SpoolFullError(f"spool file system full: {error.strerror}") from None
+            raise SpoolError(f"cannot write to spool: {error.strerror}") from None
+
+    # ---- reading ----
+
+    def read(self, queue_id: str, state: QueueState) -> SpoolEntry:
+        """Load the record of ``queue_id`` in ``state``.
+
+        Raises:
+            NotInQueue: when there is no such record.
+            ValueError: when the record is malformed.
+        """
+        try:
+            raw = self.record_path(queue_id, state).read_bytes()
+        except FileNotFoundError:
+            raise NotInQueue(f"{queue_id}: not in {state.value}") from None
+        return SpoolEntry.from_json(raw, state)
+
+    def find(self, queue_id: str) -> SpoolEntry:
+        """Load ``queue_id`` from whichever state holds it.
+
+        Raises:
+            NotInQueue: when no state holds it (or the ID is malformed).
+        """
+        if not is_queue_id(queue_id):
+            raise NotInQueue(f"{queue_id!r} is not a queue ID")
+        for state in QueueState:
+            try:
+                return self.read(queue_id, state)
+            except NotInQueue:
+                continue
+            except ValueError as error:
+                raise SpoolError(f"{queue_id}: unreadable record in {state.value}: {error}") from None
+        raise NotInQueue(f"{queue_id}: no such message in the queue")
+
+    def read_message(self, entry: SpoolEntry) -> bytes:
+        """Read and verify the message file.
+
+        Raises:
+            SpoolError: when it is missing or its SHA-256 does not match (corrupt).
+        """
+        try:
+            data = self.message_path(entry.queue_id).read_bytes()
+        except FileNotFoundError:
+            raise SpoolError(f"{entry.queue_id}: message file missing") from None
+        if hashlib.sha256(data).hexdigest() != entry.message_sha256:
+            raise SpoolError(f"{entry.queue_id}: message file damaged (checksum mismatch)")
+        return data
+
+    def ids(self, state: QueueState) -> list[str]:
+        """Queue IDs with a record in ``state``, oldest first."""
+        try:
+            names = os.listdir(self.state_dir(state))
+        except FileNotFoundError:
+            return []
+        return sorted(name[:-5] for name in names if name.endswith(".json") and is_queue_id(name[:-5]))
+
+    def entries(self, states: tuple[QueueState, ...] = tuple(QueueState)) -> Iterator[SpoolEntry]:
+        """Every readable record in ``states`` (unreadable ones are skipped and logged)."""
+        for state in states:
+            for queue_id in self.ids(state):
+                try:
+                    yield self.read(queue_id, state)
+                except NotInQueue:
+                    continue  # moved or delivered while we listed
+                except ValueError as error:
+                    log.warning("%s: unreadable record in %s: %s", queue_id, state.value, error)
+
+    def due_deferred(self, now: float) -> list[str]:
+        """IDs in ``deferred/`` whose next attempt (the record's mtime) has come."""
+        due = []
+        directory = self.state_dir(QueueState.DEFERRED)
+        for queue_id in self.ids(QueueState.DEFERRED):
+            try:
+                if os.stat(directory / f"{queue_id}.json").st_mtime <= now:
+                    due.append(queue_id)
+            except FileNotFoundError:
+                continue
+        return due
+
+    # ---- state changes ----
+
+    def move(self, queue_id: str, source: QueueState, target: QueueState) -> None:
+        """Rename the record from ``source`` to ``target`` and fsync both directories.
+
+        Raises:
+            NotInQueue: when it is not (any longer) in ``source``.
+        """
+        try:
+            os.rename(self.record_path(queue_id, source), self.record_path(queue_id, target))
+        except FileNotFoundError:
+            raise NotInQueue(f"{queue_id}: not in {source.value}") from None
+        _fsync_dir(self.state_dir(target))
+        _fsync_dir(self.state_dir(source))
+
+    def claim(self, queue_id: str, source: QueueState) -> SpoolEntry | None:
+        """Move a record into ``active/`` and load it; None when someone else took it first.
+
+        A record that cannot be parsed is moved to ``corrupt/`` and None is returned.
+        """
+        try:
+            os.rename(self.record_path(queue_id, source), self.record_path(queue_id, QueueState.ACTIVE))
+        except FileNotFoundError:
+            return None
+        try:
+            return self.read(queue_id, QueueState.ACTIVE)
+        except (ValueError, NotInQueue) as error:
+            log.error("%s: unreadable record, moved to corrupt: %s", queue_id, error)
+            self.move(queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
+            return None
+
+    def write(self, entry: SpoolEntry) -> None:
+        """Rewrite ``entry``'s record in its current state atomically (tmp + fsync + rename).
+
+        For a deferred entry the file's mtime is set to ``entry.next_attempt``.
+
+        Raises:
+            SpoolError: on an I/O error (the old record stays intact).
+        """
+        tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
+        target = self.record_path(entry.queue_id, entry.state)
+        try:
+            _write_file(tmp_path, entry.to_json(), exclusive=False)
+            if entry.state is QueueState.DEFERRED:
+                os.utime(tmp_path, (entry.next_attempt, entry.next_attempt))
+            os.rename(tmp_path, target)
+            _fsync_dir(target.parent)
+        except OSError as error:
+            raise SpoolError(f"{entry.queue_id}: cannot rewrite record: {error.strerror}") from None
+
+    def update_and_move(self, entry: SpoolEntry, target: QueueState) -> None:
+        """Persist ``entry``'s new statuses in place, then move it to ``target``.
+
+        Two atomic steps: a crash between them leaves the updated record in its
+        old state, so no status is ever lost.
+        """
+        self.write(entry)
+        if target is not entry.state:
+            if target is QueueState.DEFERRED:
+                os.utime(self.record_path(entry.queue_id, entry.state), (entry.next_attempt, entry.next_attempt))
+            self.move(entry.queue_id, entry.state, target)
+            entry.state = target
+
+    def remove(self, queue_id: str, state: QueueState) -> None:
+        """Delete the record in ``state``, then the message file (record first: no orphan record).
+
+        Raises:
+            NotInQueue: when the record is not in ``state``.
+        """
+        try:
+            self.record_path(queue_id, state).unlink()
+        except FileNotFoundError:
+            raise NotInQueue(f"{queue_id}: not in {state.value}") from None
+        _fsync_dir(self.state_dir(state))
+        try:
+            self.message_path(queue_id).unlink()
+        except FileNotFoundError:
+            pass
+
+    # ---- start-up ----
+
+    def recover(self) -> RecoveryReport:
+        """Repair the spool after a crash; call at start, holding the lock.
+
+        ``active/`` goes back to ``incoming/``; ``tmp/`` is emptied; message files
+        without a record anywhere are deleted (never acknowledged); records
+        without a message file are moved to ``corrupt/``.
+        """
+        report = RecoveryReport()
+        for queue_id in self.ids(QueueState.ACTIVE):
+            self.move(queue_id, QueueState.ACTIVE, QueueState.INCOMING)
+            report.requeued_active += 1
+        for name in os.listdir(self.tmp_dir):
+            (self.tmp_dir / name).unlink()
+            report.removed_tmp += 1
+        known: set[str] = set()
+        for state in QueueState:
+            for queue_id in self.ids(state):
+                known.add(queue_id)
+                if state is not QueueState.CORRUPT and not self.message_path(queue_id).exists():
+                    self.move(queue_id, state, QueueState.CORRUPT)
+                    report.corrupt.append(queue_id)
+        for name in os.listdir(self.data_dir):
+            if not name.endswith(".eml") or name[:-4] not in known:
+                (self.data_dir / name).unlink()
+                report.removed_orphan_data += 1
+        _fsync_dir(self.data_dir)
+        _fsync_dir(self.tmp_dir)
+        return report
+
+    def age_of_oldest(self, now: float | None = None) -> float:
+        """Seconds since the arrival of the oldest queued message (0 when empty); by queue ID time."""
+        now = time.time() if now is None else now
+        oldest = [ids[0] for state in QueueState if state is not QueueState.CORRUPT
+                  if (ids := self.ids(state))]
+        if not oldest:
+            return 0.0
+        return max(0.0, now - int(min(oldest)[:13], 16) / 1_000_000)

@@ -1,0 +1,73 @@
+"""Relay access, in Postfix's order (``smtpd_relay_restrictions``).
+
+At connect the client is classified once: trusted when its address is in
+``mynetworks`` (plus the host's interface networks with
+``auto_trust_networks``), or when it presented a client certificate that
+verified against ``smtpd_tls_CAfile`` and whose SHA-256 or SHA-1 fingerprint is
+listed in ``relay_clientcerts`` (``permit_mynetworks``,
+``permit_tls_clientcerts``).
+
+At RCPT a trusted client may send to any domain (``permit``); anyone may send
+to ``relay_domains`` (``permit_auth_destination``) unless the local part asks a
+later host to route on (``user%other``, ``other!user``, ``"user@other"``:
+Postfix ``allow_untrusted_routing = no``); everything else gets
+``554 5.7.1 Relay access denied`` (``reject_unauth_destination``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from gateway import reply as replies
+from gateway.addresses import domain_matches, has_routing_tricks, split_mailbox
+from gateway.config import Config
+from gateway.networks import NetworkSet, interface_networks
+from gateway.policy import Policy, PolicyContext
+from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
+
+_DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")
+
+
+class RelayAccess(Policy):
+    """Decides who may relay; the only policy that ACCEPTs at RCPT."""
+
+    name: ClassVar[str] = "relay_access"
+
+    def __init__(self, config: Config) -> None:
+        networks = list(config.mynetworks)
+        if config.auto_trust_networks:
+            networks.extend(interface_networks())
+        self.trusted_networks = NetworkSet(networks)
+        self.relay_clientcerts = config.relay_clientcerts
+        self.relay_domains = config.relay_domains
+
+    def classify(self, ctx: PolicyContext) -> None:
+        """Set ``ctx.client.trusted`` / ``trusted_by`` from address and verified certificate."""
+        client = ctx.client
+        if client.address in self.trusted_networks:
+            client.trusted, client.trusted_by = True, "mynetworks"
+        elif client.cert_sha256 and (client.cert_sha256 in self.relay_clientcerts
+                                     or (client.cert_sha1 or "") in self.relay_clientcerts):
+            client.trusted, client.trusted_by = True, "relay_clientcerts"
+        else:
+            client.trusted, client.trusted_by = False, None
+
+    async def on_connect(self, ctx: PolicyContext) -> Verdict:
+        self.classify(ctx)
+        return CONTINUE
+
+    async def on_mail(self, ctx: PolicyContext, sender: str) -> Verdict:
+        # Again per transaction: a client certificate arrives with STARTTLS, after connect.
+        self.classify(ctx)
+        return CONTINUE
+
+    async def on_rcpt(self, ctx: PolicyContext, recipient: str) -> Verdict:
+        try:
+            mailbox = split_mailbox(recipient)
+        except ValueError:
+            return Verdict(Action.REJECT, replies.BAD_ADDRESS_SYNTAX, reason="bad_address")
+        if ctx.client.trusted:
+            return ACCEPT
+        if domain_matches(mailbox.domain, self.relay_domains) and not has_routing_tricks(mailbox):
+            return ACCEPT
+        return _DENIED

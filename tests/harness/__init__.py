@@ -1,0 +1,1 @@
+"""Real network peers for end-to-end tests: an SMTP sink and a loopback DNS server."""
