@@ -1,0 +1,65 @@
+"""Shared fixtures: a relayhost sink, a gateway subprocess factory, ports, client TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.smtp_sink import SmtpSink
+
+CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    """A running SMTP sink on 127.0.0.1 acting as relayhost."""
+    with SmtpSink() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Build (not start) gateway processes; all are stopped at teardown.
+
+    ``make(config_text, port=None, name="gw")`` returns a GatewayProcess whose
+    config has a STARTTLS listener on 127.0.0.1:<port> (free port when None)
+    prepended unless ``config_text`` defines listeners itself; ``.port`` is set.
+    """
+    made: list[GatewayProcess] = []
+
+    def make(config_text: str = "", *, port: int | None = None, name: str = "gw",
+             env: dict[str, str] | None = None) -> GatewayProcess:
+        port = port or free_port()
+        text = config_text
+        if "[[listener]]" not in config_text:
+            text = (config_text + f'\n[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\n'
+                    'tls = "starttls"\n')
+        gateway = GatewayProcess(tmp_path / name, text, env)
+        gateway.port = port  # type: ignore[attr-defined]
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        gateway.stop()
+
+
+def client_tls(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    """A client context that verifies the gateway's certificate against its local CA."""
+    context = ssl.create_default_context(cafile=str(ca_file))  # checks the name: SAN has IP 127.0.0.1
+    if cert:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+def relay_config(sink_port: int, extra: str = "") -> str:
+    """Top-level config keys for a gateway relaying to a sink, with short timers for tests."""
+    return (f'relayhost = ["[127.0.0.1]:{sink_port}"]\n'
+            'mynetworks = ["127.0.0.1/32"]\n'
+            'relay_domains = ["example.net"]\n'
+            'minimal_backoff_time = "1s"\nmaximal_backoff_time = "2s"\nqueue_run_delay = "1s"\n'
+            'myhostname = "gw.test"\n' + extra)
