@@ -284,6 +284,25 @@ class SmtpSink:
                 self._cond.wait(remaining)
             return list(self._messages)
 
+    def wait_for_recipient(self, address: str, timeout: float = 10.0) -> list[ReceivedMessage]:
+        """Block until a message for ``address`` (case-insensitive) was accepted; returns those messages.
+
+        Raises:
+            AssertionError: on timeout.
+        """
+        wanted = address.lower()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [m for m in self._messages if wanted in (r.lower() for r in m.rcpt_tos)]
+                if found:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no message for <{address}> within {timeout:g} s\n"
+                                         + self._describe_timeout(len(self._messages) + 1, timeout))
+                self._cond.wait(remaining)
+
     def _describe_timeout(self, count: int, timeout: float) -> str:
         got = [
             f"  from=<{m.mail_from}> to={m.rcpt_tos} {len(m.data)} bytes" for m in self._messages
