@@ -56,10 +56,13 @@ def client_tls(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSLC
     return context
 
 
-def relay_config(sink_port: int, extra: str = "") -> str:
-    """Top-level config keys for a gateway relaying to a sink, with short timers for tests."""
-    return (f'relayhost = ["[127.0.0.1]:{sink_port}"]\n'
-            'mynetworks = ["127.0.0.1/32"]\n'
-            'relay_domains = ["example.net"]\n'
-            'minimal_backoff_time = "1s"\nmaximal_backoff_time = "2s"\nqueue_run_delay = "1s"\n'
-            'myhostname = "gw.test"\n' + extra)
+def relay_config(sink_port: int, extra: str = "", **overrides: str) -> str:
+    """Top-level config keys for a gateway relaying to a sink, with short timers for tests.
+
+    ``overrides`` replace a default key's TOML value text, e.g. ``minimal_backoff_time='"1h"'``.
+    """
+    keys = {"relayhost": f'["[127.0.0.1]:{sink_port}"]', "mynetworks": '["127.0.0.1/32"]',
+            "relay_domains": '["example.net"]', "minimal_backoff_time": '"1s"',
+            "maximal_backoff_time": '"2s"', "queue_run_delay": '"1s"', "myhostname": '"gw.test"'}
+    keys.update(overrides)
+    return "".join(f"{key} = {value}\n" for key, value in keys.items()) + extra

@@ -41,9 +41,8 @@ def delivery_status(dsn: email.message.EmailMessage) -> str:
 
 def test_relayhost_failover_to_second_host(gateway_factory, sink):
     dead_port = free_port()  # nothing listens here
-    gateway = gateway_factory(relay_config(sink.port).replace(
-        f'relayhost = ["[127.0.0.1]:{sink.port}"]',
-        f'relayhost = ["[127.0.0.1]:{dead_port}", "[127.0.0.1]:{sink.port}"]'))
+    gateway = gateway_factory(relay_config(
+        sink.port, relayhost=f'["[127.0.0.1]:{dead_port}", "[127.0.0.1]:{sink.port}"]'))
     with gateway:
         queue_id = submit(gateway.port, "a@example.com", ["b@elsewhere.org"])
         (message,) = sink.wait_for_messages(1)
@@ -151,7 +150,7 @@ def test_routing_to_mx_via_dns(gateway_factory, sink):
                ("mx1.mx-domain.test", "A"): ["127.0.0.9"],        # nothing listens there
                ("mx2.mx-domain.test", "A"): ["127.0.0.1"]}
     with TestDnsServer(records) as dns_server:
-        config = relay_config(sink.port).replace(f'relayhost = ["[127.0.0.1]:{sink.port}"]', "relayhost = []")
+        config = relay_config(sink.port, relayhost="[]")
         config += f'dns_nameservers = ["127.0.0.1:{dns_server.port}"]\nsmtp_default_port = {sink.port}\n'
         config += 'smtp_connect_timeout = "2s"\n'
         with gateway_factory(config) as gateway:
