@@ -41,9 +41,9 @@ def split_mailbox(address: str) -> Mailbox:
             in_quotes = not in_quotes
         elif char == "@" and not in_quotes:
             at = index
-    if at <= 0 or at == len(address) - 1:
+    domain = address[at + 1:].lower().rstrip(".") if at > 0 else ""
+    if at <= 0 or not domain:
         raise ValueError(f"{address!r} is not local@domain")
-    domain = address[at + 1:].lower().rstrip(".")
     if domain.startswith("[") and not domain.endswith("]"):
         raise ValueError(f"{address!r} has a malformed address literal")
     return Mailbox(address[:at], domain)

@@ -218,9 +218,9 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     return parse
 
 
-def _parse_map(key: str, raw: object) -> dict[str, str]:
+def _parse_map(key: str, raw: object) -> dict[str, Any]:
     if isinstance(raw, Mapping):
-        return {str(k): str(v) for k, v in raw.items()}
+        return {str(k): v if isinstance(v, list) else str(v) for k, v in raw.items()}
     if isinstance(raw, str):
         result = {}
         for item in _as_list(key, raw):
@@ -380,7 +380,7 @@ def _relay_clientcerts(raw: object) -> list[str]:
 def _sasl_maps(raw: object) -> dict[str, tuple[str, str]]:
     result = {}
     for hop, credentials in _parse_map("smtp_sasl_password_maps", raw).items():
-        user, sep, password = credentials.partition(":")
+        user, sep, password = str(credentials).partition(":")
         if not sep or not user:
             raise ConfigError(f"smtp_sasl_password_maps.{hop}", "***", "user:password")
         next_hop = _wrap("smtp_sasl_password_maps", hop, parse_next_hop, "next hop as in relayhost")

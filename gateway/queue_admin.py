@@ -8,7 +8,6 @@ changed; the command says so and can be repeated a moment later.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -43,13 +42,19 @@ def _when(stamp: float) -> str:
 def rows(spool: Spool) -> list[QueueRow]:
     """Every queued message, oldest first within each state."""
     result = []
+    listed = set()
     for entry in spool.entries(LISTED_STATES):
+        listed.add(entry.queue_id)
         errors = [f"<{r.address}>: {r.last_reply}" for r in entry.pending() if r.last_reply]
         result.append(QueueRow(
             queue_id=entry.queue_id, state=entry.state.value, size=entry.message_size, arrival=entry.arrival,
             sender=entry.sender, recipients=tuple(r.address for r in entry.pending()),
             next_attempt=entry.next_attempt if entry.state is QueueState.DEFERRED else None,
             last_error="; ".join(errors) or None))
+    for queue_id in spool.ids(QueueState.CORRUPT):
+        if queue_id not in listed:  # an unreadable record still shows, so it can be deleted
+            result.append(QueueRow(queue_id, QueueState.CORRUPT.value, 0, int(queue_id[:13], 16) / 1e6, "?",
+                                   (), None, "unreadable record"))
     return result
 
 
@@ -80,28 +85,24 @@ def show(spool: Spool, queue_id: str) -> str:
             + "\n\n" + header.decode("utf-8", "replace"))
 
 
-def _move(spool: Spool, queue_id: str, sources: tuple[QueueState, ...], target: QueueState,
-          next_attempt: float | None = None) -> SpoolEntry:
-    entry = spool.find(queue_id)
-    if entry.state is QueueState.ACTIVE:
+def _move(spool: Spool, queue_id: str, sources: tuple[QueueState, ...], target: QueueState) -> None:
+    # One rename, no rewrite: rewriting a record the worker may claim meanwhile would recreate it.
+    state = spool.locate(queue_id)
+    if state is QueueState.ACTIVE:
         raise MessageBusy(f"{queue_id}: being delivered right now; try again in a moment")
-    if entry.state not in sources:
-        raise NotInQueue(f"{queue_id}: is {entry.state.value}, not " + " or ".join(s.value for s in sources))
-    if next_attempt is not None:
-        entry.next_attempt = next_attempt
-        spool.write(entry)
-    spool.move(queue_id, entry.state, target)
-    entry.state = target
-    return entry
+    if state not in sources:
+        raise NotInQueue(f"{queue_id}: is {state.value}, not " + " or ".join(s.value for s in sources))
+    if state is not target:
+        spool.move(queue_id, state, target)
 
 
 def flush(spool: Spool, queue_id: str | None = None) -> list[str]:
     """Move deferred mail (one ID or all) to incoming for immediate delivery (postqueue -f / -i)."""
-    ids = [queue_id] if queue_id else spool.ids(QueueState.DEFERRED)
+    ids = [queue_id] if queue_id is not None else spool.ids(QueueState.DEFERRED)
     done = []
     for one in ids:
         try:
-            _move(spool, one, (QueueState.DEFERRED, QueueState.INCOMING), QueueState.INCOMING, time.time())
+            _move(spool, one, (QueueState.DEFERRED, QueueState.INCOMING), QueueState.INCOMING)
         except NotInQueue:
             if queue_id:
                 raise
@@ -117,7 +118,7 @@ def hold(spool: Spool, queue_id: str) -> None:
 
 def release(spool: Spool, queue_id: str) -> None:
     """Release a held message for delivery now (postsuper -H)."""
-    _move(spool, queue_id, (QueueState.HOLD,), QueueState.INCOMING, time.time())
+    _move(spool, queue_id, (QueueState.HOLD,), QueueState.INCOMING)
 
 
 def delete(spool: Spool, queue_id: str | None = None, all_messages: bool = False) -> list[str]:
@@ -135,8 +136,8 @@ def delete(spool: Spool, queue_id: str | None = None, all_messages: bool = False
                     continue
         return deleted
     assert queue_id is not None
-    entry = spool.find(queue_id)
-    if entry.state is QueueState.ACTIVE:
+    state = spool.locate(queue_id)
+    if state is QueueState.ACTIVE:
         raise MessageBusy(f"{queue_id}: being delivered right now; try again in a moment")
-    spool.remove(queue_id, entry.state)
+    spool.remove(queue_id, state)
     return [queue_id]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_STATUS_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
+_STATUS_RE = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})")
 _REPLY_LINE_RE = re.compile(r"^([245]\d\d)[ -]([245]\.\d{1,3}\.\d{1,3}) (.*)$", re.S)
 
 
@@ -37,7 +37,7 @@ class Reply:
     def __post_init__(self) -> None:
         if not (200 <= self.code < 600) or self.code // 100 == 3:
             raise ValueError(f"reply code {self.code} is not 2xx, 4xx or 5xx")
-        match = _STATUS_RE.match(self.status)
+        match = _STATUS_RE.fullmatch(self.status)
         if not match:
             raise ValueError(f"enhanced status {self.status!r} is not of the form c.s.d")
         if int(match.group(1)) != self.code // 100:
@@ -84,7 +84,7 @@ class Reply:
         text = " / ".join(part.strip() for part in message.splitlines() if part.strip())
         if not (200 <= code < 600) or code // 100 == 3:
             return cls(451, "4.5.0", f"unexpected reply code {code}: {text}"[:400])
-        match = re.match(r"^([245])\.(\d{1,3})\.(\d{1,3})\s*(.*)$", text, re.S)
+        match = re.match(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+(.*))?$", text, re.S)
         if match and int(match.group(1)) == code // 100:
             status = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
             return cls(code, status, match.group(4) or text)

@@ -8,6 +8,7 @@ a number with an optional suffix ``s`` (seconds, the default), ``m`` (minutes),
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -25,8 +26,8 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{value!r} is negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{value!r} is not a finite, non-negative number of seconds")
         return float(value)
     match = _DURATION_RE.match(str(value))
     if not match:

@@ -69,8 +69,11 @@ def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
             written = os.write(fd, view)
             view = view[written:]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink(missing_ok=True)  # a partial file of ours; never someone else's (O_EXCL held)
+        raise
+    os.close(fd)
 
 
 @dataclass(slots=True)
@@ -157,14 +160,20 @@ class Spool:
         entry.state = state
         data_path = self.message_path(entry.queue_id)
         tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
+        record_path = self.record_path(entry.queue_id, state)
+        created: list[Path] = []  # only what this call made is removed on failure
         try:
             _write_file(data_path, message, exclusive=True)
+            created.append(data_path)
+            created.append(tmp_path)
             _write_file(tmp_path, entry.to_json(), exclusive=True)
             _fsync_dir(self.data_dir)
-            os.rename(tmp_path, self.record_path(entry.queue_id, state))
+            os.rename(tmp_path, record_path)
+            created[-1] = record_path
             _fsync_dir(self.state_dir(state))
         except OSError as error:
-            for path in (tmp_path, data_path):
+            # Never acknowledged: withdraw the record first (no record without message), then the data.
+            for path in reversed(created):
                 try:
                     path.unlink()
                 except OSError:
@@ -187,6 +196,19 @@ class Spool:
         except FileNotFoundError:
             raise NotInQueue(f"{queue_id}: not in {state.value}") from None
         return SpoolEntry.from_json(raw, state)
+
+    def locate(self, queue_id: str) -> QueueState:
+        """The state whose directory holds a record for ``queue_id`` (the record is not parsed).
+
+        Raises:
+            NotInQueue: when no state holds it (or the ID is malformed).
+        """
+        if not is_queue_id(queue_id):
+            raise NotInQueue(f"{queue_id!r} is not a queue ID")
+        for state in QueueState:
+            if self.record_path(queue_id, state).exists():
+                return state
+        raise NotInQueue(f"{queue_id}: no such message in the queue")
 
     def find(self, queue_id: str) -> SpoolEntry:
         """Load ``queue_id`` from whichever state holds it.
