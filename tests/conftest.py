@@ -21,8 +21,15 @@ def sink() -> Iterator[SmtpSink]:
         yield server
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    """Remember each phase's report on the test item (used to print gateway logs of failed tests)."""
+    outcome = yield
+    setattr(item, f"report_{call.when}", outcome.get_result())
+
+
 @pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+def gateway_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., GatewayProcess]]:
     """Build (not start) gateway processes; all are stopped at teardown.
 
     ``make(config_text, port=None, name="gw")`` returns a GatewayProcess whose
@@ -46,6 +53,10 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield make
     for gateway in made:
         gateway.stop()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for gateway in made:
+            print(f"---- log of gateway {gateway.state_dir.name} ----\n{gateway.log_text}")
 
 
 def client_tls(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:

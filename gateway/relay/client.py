@@ -110,11 +110,13 @@ class SmtpClient:
             raise DeliveryError(Reply(451, "4.4.1", f"connect to {host.describe()} failed: "
                                       f"{type(error).__name__}: {error}"[:300])) from None
         try:
+            await self._hello(smtp)
             if level != "none" and (smtp.supports_extension("starttls") or level in ("encrypt", "verify")):
                 if not smtp.supports_extension("starttls"):
                     raise DeliveryError(Reply(451, "4.7.4", f"TLS is required, but {host.describe()} "
                                               "did not offer STARTTLS"))
                 await smtp.starttls(server_hostname=host.name, tls_context=self.tls_context)
+                await self._hello(smtp)  # RFC 3207 §4.2: forget what was learnt before TLS
             credentials = self.config.smtp_sasl_password_maps.get(str(host.hop))
             if credentials:
                 if not smtp.supports_extension("auth"):
@@ -127,14 +129,23 @@ class SmtpClient:
             smtp.close()
             reply = _reply(error)
             if isinstance(error, aiosmtplib.SMTPAuthenticationError):
-                reply = Reply(451 if error.code < 500 else 535, "4.7.8" if error.code < 500 else "5.7.8",
-                              f"authentication failed: {reply.text}"[:300])
+                # Always transient, as Postfix smtp_sasl_auth_soft_bounce = yes: a password fix
+                # should not have bounced the queue.
+                reply = Reply(451, "4.7.8", f"SASL authentication failed; server said: {error.code} "
+                              f"{reply.status} {reply.text}"[:300])
             raise DeliveryError(reply) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as error:
             smtp.close()
             raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "
                                       f"{type(error).__name__}: {error}"[:300])) from None
         return smtp
+
+    @staticmethod
+    async def _hello(smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()
 
     async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes, *,
                       smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
