@@ -24,7 +24,9 @@ def interface_networks() -> tuple[Network, ...]:
                 continue
             host = address.address.split("%", 1)[0]
             try:
-                network = ipaddress.ip_network(f"{host}/{address.netmask}", strict=False)
+                # psutil gives IPv6 masks as "ffff:ffff::", which ip_network() does not take: count the bits
+                prefix = bin(int(ipaddress.ip_address(address.netmask))).count("1")
+                network = ipaddress.ip_network(f"{host}/{prefix}", strict=False)
             except ValueError:
                 continue
             if network.is_link_local:
