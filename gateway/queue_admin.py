@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from gateway.errors import NotInQueue, SpoolError
-from gateway.spool import QueueState, Spool, SpoolEntry
+from gateway.spool import QueueState, Spool
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
 

@@ -13,10 +13,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from typing import Any, AnyStr, Callable, Awaitable
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 

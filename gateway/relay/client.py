@@ -180,7 +180,12 @@ class SmtpClient:
                            message: bytes, *, smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
         options = []
         encoding = "ascii"
-        if smtputf8 and smtp.supports_extension("smtputf8"):
+        needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
+        if needs_utf8 and not smtp.supports_extension("smtputf8"):
+            # RFC 6531 §3.4: a non-ASCII address cannot be downgraded
+            reply = Reply(550, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {host.describe()}")
+            return AttemptResult({r: reply for r in recipients}, host)
+        if (smtputf8 or needs_utf8) and smtp.supports_extension("smtputf8"):
             options.append("SMTPUTF8")
             encoding = "utf-8"
         if (body_8bitmime or smtputf8) and smtp.supports_extension("8bitmime"):

@@ -25,7 +25,7 @@ from collections import defaultdict
 
 from gateway.config import Config
 from gateway.envelope import ClientInfo
-from gateway.errors import DeliveryError, NotInQueue, SpoolError
+from gateway.errors import DeliveryError, SpoolError
 from gateway.relay.backoff import is_expired, next_attempt
 from gateway.relay.bounce import FailedRecipient, build_dsn, should_bounce
 from gateway.relay.client import SmtpClient
@@ -124,11 +124,26 @@ class RelayWorker:
                 entry = await asyncio.to_thread(self.spool.claim, queue_id, source)
                 if entry is None:
                     return
-                await self._deliver_entry(entry)
+                try:
+                    await self._deliver_entry(entry)
+                except Exception:
+                    log.exception("%s: delivery pass failed; deferred for retry", queue_id)
+                    await self._defer_after_error(entry)
         except Exception:
-            log.exception("%s: delivery pass failed; left for retry", queue_id)
+            log.exception("%s: could not process the queue entry", queue_id)
         finally:
             self.inflight.discard(queue_id)
+
+    async def _defer_after_error(self, entry: SpoolEntry) -> None:
+        # Move the record as it is on disk (statuses of this pass may be half-made) out of active/.
+        retry = next_attempt(time.time(), entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
+                             self.config.maximal_backoff_time)
+        try:
+            stored = await asyncio.to_thread(self.spool.read, entry.queue_id, QueueState.ACTIVE)
+            stored.next_attempt, stored.last_delay = retry.at, retry.delay
+            await asyncio.to_thread(self.spool.update_and_move, stored, QueueState.DEFERRED)
+        except (SpoolError, ValueError, OSError):
+            log.exception("%s: left in active/; it is retried at the next start", entry.queue_id)
 
     async def _deliver_entry(self, entry: SpoolEntry) -> None:
         try:

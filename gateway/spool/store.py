@@ -215,17 +215,13 @@ class Spool:
 
         Raises:
             NotInQueue: when no state holds it (or the ID is malformed).
+            SpoolError: when its record cannot be parsed.
         """
-        if not is_queue_id(queue_id):
-            raise NotInQueue(f"{queue_id!r} is not a queue ID")
-        for state in QueueState:
-            try:
-                return self.read(queue_id, state)
-            except NotInQueue:
-                continue
-            except ValueError as error:
-                raise SpoolError(f"{queue_id}: unreadable record in {state.value}: {error}") from None
-        raise NotInQueue(f"{queue_id}: no such message in the queue")
+        state = self.locate(queue_id)
+        try:
+            return self.read(queue_id, state)
+        except ValueError as error:
+            raise SpoolError(f"{queue_id}: unreadable record in {state.value}: {error}") from None
 
     def read_message(self, entry: SpoolEntry) -> bytes:
         """Read and verify the message file.

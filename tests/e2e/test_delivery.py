@@ -5,9 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-import time
 
-import pytest
 
 from tests.conftest import relay_config
 from tests.harness.gateway_process import free_port
@@ -159,3 +157,19 @@ def test_routing_to_mx_via_dns(gateway_factory, sink):
             gateway.wait_for_log(rf"{queue_id}: to=<user@mx-domain\.test>, relay=mx2\.mx-domain\.test"
                                  rf"\[127\.0\.0\.1\]:{sink.port}.*status=sent")
     assert message.rcpt_tos == ["user@mx-domain.test"]
+
+
+def test_smtputf8_addresses_relay_with_smtputf8(gateway_factory, sink):
+    with gateway_factory(relay_config(sink.port)) as gateway:
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+            client.ehlo("client.test")
+            assert client.has_extn("smtputf8")
+            body = "Subject: héllo\r\nFrom: José <josé@exämple.com>\r\n\r\nünïcode body\r\n".encode()
+            refused = client.sendmail("josé@exämple.com", ["zoë@elsewhere.org"], body,
+                                      mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            assert refused == {}
+        (message,) = sink.wait_for_messages(1)
+    assert message.mail_from == "josé@exämple.com" and message.rcpt_tos == ["zoë@elsewhere.org"]
+    assert "SMTPUTF8" in message.mail_options and "BODY=8BITMIME" in message.mail_options
+    assert b"with UTF8SMTP id" in message.data
+    assert message.data.endswith(body)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import smtplib
 import ssl
-from pathlib import Path
 
 import pytest
 import trustme
