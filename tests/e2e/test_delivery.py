@@ -173,3 +173,18 @@ def test_smtputf8_addresses_relay_with_smtputf8(gateway_factory, sink):
     assert "SMTPUTF8" in message.mail_options and "BODY=8BITMIME" in message.mail_options
     assert b"with UTF8SMTP id" in message.data
     assert message.data.endswith(body)
+
+
+def test_a_dsn_lives_at_most_bounce_queue_lifetime_and_is_never_bounced(gateway_factory, sink):
+    sink.rcpt_replies["nobody@elsewhere.org"] = ["550 5.1.1 No such user"]
+    sink.rcpt_replies["alice@example.com"] = ["451 4.2.0 sender's mailbox busy"] * 50
+    config = relay_config(sink.port, 'bounce_queue_lifetime = "2s"\n')
+    with gateway_factory(config) as gateway:
+        queue_id = submit(gateway.port, "alice@example.com", ["nobody@elsewhere.org"])
+        line = gateway.wait_for_log(rf"{queue_id}: sender non-delivery notification: ")[0]
+        dsn_id = line.rsplit(" ", 1)[1]
+        gateway.wait_for_log(rf"{dsn_id}: to=<alice@example\.com>, status=expired", timeout=20)
+        gateway.wait_for_log(rf"{dsn_id}: no DSN for alice@example\.com")
+        gateway.wait_for_log(rf"{dsn_id}: removed")
+    assert sink.messages == []
+    assert sink.attempts["alice@example.com"] >= 2
