@@ -19,7 +19,7 @@ from gateway.dns import make_resolver
 from gateway.errors import ConfigError
 from gateway.listener import Listener
 from gateway.local_ca import ensure_local_certificates
-from gateway.pipeline import Pipeline
+from gateway.pipelines import Pipelines, build_pipelines
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
@@ -27,7 +27,6 @@ from gateway.smtp_handler import SmtpHandler
 from gateway.smtp_server import ConnectionLimiter
 from gateway.spool import Spool
 from gateway.tls import client_context, server_context
-from policies.relay_access import RelayAccess
 
 log = logging.getLogger("gateway")
 
@@ -43,6 +42,7 @@ class Gateway:
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
         self.worker_task: asyncio.Task[None] | None = None
+        self.pipelines: Pipelines | None = None
         self.stop_event = asyncio.Event()
 
     def _server_tls(self) -> ssl.SSLContext | None:
@@ -71,7 +71,7 @@ class Gateway:
                  "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
                  report.removed_orphan_data, len(report.corrupt))
         tls = self._server_tls()
-        pipeline = Pipeline([RelayAccess(config)])
+        self.pipelines = pipelines = build_pipelines(config)
         router = Router(config, make_resolver(config))
         client = SmtpClient(config, client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
                                                    config.smtp_tls_cert_file, config.smtp_tls_key_file),
@@ -79,7 +79,7 @@ class Gateway:
         self.worker = RelayWorker(config, self.spool, router, client)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         for listener_config in config.listeners:
-            handler = SmtpHandler(config, listener_config.name, pipeline, self.spool, self.worker.notify)
+            handler = SmtpHandler(config, listener_config.name, pipelines, self.spool, self.worker.notify)
             listener = Listener(listener_config, handler, tls, limiter, config.smtpd_data_timeout)
             try:
                 await listener.start()
@@ -133,5 +133,7 @@ class Gateway:
         if self.worker_task is not None:
             self.worker_task.cancel()
             await asyncio.gather(self.worker_task, return_exceptions=True)
+        if self.pipelines is not None:
+            await self.pipelines.aclose()
         self.spool.unlock()
         log.info("gateway stopped")

@@ -115,6 +115,11 @@ class Config:
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The raw TOML table ``[name]`` of a policy (empty when absent); the policy validates it."""
+        return self.sections.get(name, {})
 
     @property
     def tls_dir(self) -> Path:
@@ -279,11 +284,14 @@ _PATH_KEYS = (
     "state_dir", "spool_dir", "smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_CAfile",
     "smtp_tls_CAfile", "smtp_tls_cert_file", "smtp_tls_key_file",
 )
-KNOWN_KEYS = frozenset(f.name for f in fields(Config)) - {"listeners"} | {"listener"}
+# Tables owned by policies and the pipeline: validated by their modules (gateway.settings helpers).
+SECTION_KEYS = frozenset({"pipeline", "content_filter", "antivirus", "spamassassin", "rspamd",
+                          "spam_levels", "header_checks"})
+KNOWN_KEYS = (frozenset(f.name for f in fields(Config)) - {"listeners", "sections"}) | {"listener"} | SECTION_KEYS
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
-    by_upper = {key.upper(): key for key in KNOWN_KEYS if key != "listener"}
+    by_upper = {key.upper(): key for key in KNOWN_KEYS if key != "listener" and key not in SECTION_KEYS}
     result: dict[str, str] = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] in by_upper:
@@ -361,6 +369,13 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if not isinstance(listeners, list):
         raise ConfigError("listener", listeners, "an array of tables [[listener]]")
     values["listeners"] = tuple(_parse_listener(i, item) for i, item in enumerate(listeners))
+    sections = {}
+    for name in SECTION_KEYS:
+        if name in raw:
+            if not isinstance(raw[name], Mapping):
+                raise ConfigError(name, raw[name], f"a table [{name}]")
+            sections[name] = dict(raw[name])
+    values["sections"] = sections
     config = Config(**values)
     _check_consistency(config)
     return config
@@ -435,6 +450,11 @@ def describe(config: Config) -> str:
         value = getattr(config, item.name)
         if item.name == "smtp_sasl_password_maps":
             value = {hop: f"{user}:***" for hop, (user, _) in value.items()}
+        elif item.name == "sections":
+            for name, table in sorted(value.items()):
+                for key, setting in table.items():
+                    lines.append(f"{name}.{key} = {setting!r}")
+            continue
         elif item.name == "listeners":
             for listener in value:
                 lines.append(f"listener = {listener.name} {listener.host}:{listener.port} "

@@ -7,7 +7,8 @@
     ├── SpoolError           the spool cannot be read or written
     │   ├── SpoolFullError   no space left (ENOSPC/EDQUOT): new mail gets 452 4.3.1
     │   └── NotInQueue       no such queue ID in the states asked for
-    └── DeliveryError        a delivery attempt failed before any per-recipient reply
+    ├── DeliveryError        a delivery attempt failed before any per-recipient reply
+    └── ScannerError         a content scanner is down, too slow, or answered garbage
 
 Only ``gateway.cli`` turns these into exit codes; the SMTP layer turns them into
 replies (unknown errors become ``451 4.3.0``).
@@ -58,3 +59,11 @@ class DeliveryError(GatewayError):
     def __init__(self, reply: object) -> None:
         self.reply = reply
         super().__init__(str(reply))
+
+
+class ScannerError(GatewayError):
+    """A content scanner (clamd, spamd, rspamd) failed: unreachable, timed out, or answered garbage.
+
+    The pipeline applies the policy's ``on_error`` setting: tempfail (``451 4.7.1``,
+    the default) or pass the message unscanned with a header saying so.
+    """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 from gateway.verdict import HeaderEdit
 
@@ -15,31 +16,82 @@ def header_end(raw: bytes) -> int:
     return match.end() if match else len(raw)
 
 
+def raw_fields(raw: bytes) -> Iterator[bytes]:
+    """The header section's fields as raw bytes, each with its continuation lines and line ending.
+
+    A leading line that is not a field (an mbox ``From `` line) comes as one item too.
+    """
+    end = header_end(raw)
+    current = b""
+    for line in raw[:end].splitlines(keepends=True):
+        if line.strip() == b"":
+            break
+        if line[:1] in (b" ", b"\t") and current:
+            current += line
+            continue
+        if current:
+            yield current
+        current = line
+    if current:
+        yield current
+
+
+def field_name(field: bytes) -> str:
+    """Lower-case name of a raw field ("" when it has no colon)."""
+    name, colon, _ = field.partition(b":")
+    return name.strip().lower().decode("ascii", "replace") if colon else ""
+
+
+def unfolded(field: bytes) -> str:
+    """``Name: value`` with continuation lines joined (RFC 5322 §2.2.3), surrogate-escaped."""
+    text = field.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
+    return re.sub(r"\r?\n(?=[ \t])", "", text)
+
+
+def field_value(field: bytes) -> str:
+    """The unfolded value of a raw field, without the leading space."""
+    return unfolded(field).partition(":")[2].lstrip(" \t")
+
+
 def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> bytes:
-    """Return ``prepend`` + policy headers + ``raw`` minus removed fields; the body is untouched.
+    """Return ``prepend`` + policy headers + ``raw`` with fields removed/replaced; the body is untouched.
 
     ``prepend`` is ready-made header bytes (e.g. the Received field) ending in CRLF.
-    Removed fields are matched by name, case-insensitively, with their continuation lines.
     """
-    added = b"".join(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
-                     for edit in edits for name, value in edit.prepend)
-    removed = {name.lower().encode() for edit in edits for name in edit.remove}
-    if removed:
-        raw = _remove_fields(raw, removed)
+    added = b"".join(_encode_field(name, value) for edit in edits for name, value in edit.prepend)
+    removed = {name.lower() for edit in edits for name in edit.remove}
+    replaced = {name.lower(): (name, value) for edit in edits for name, value in edit.replace}
+    dropped = [field for edit in edits for field in edit.drop]
+    if removed or replaced or dropped:
+        raw = _rewrite(raw, removed, replaced, dropped)
+        missing = [pair for key, pair in replaced.items() if key not in _names(raw)]
+        added += b"".join(_encode_field(name, value) for name, value in missing)
     return prepend + added + raw
 
 
-def _remove_fields(raw: bytes, names: set[bytes]) -> bytes:
-    end = header_end(raw)
+def _encode_field(name: str, value: str) -> bytes:
+    return f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+
+
+def _names(raw: bytes) -> set[str]:
+    return {field_name(field) for field in raw_fields(raw)}
+
+
+def _rewrite(raw: bytes, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]) -> bytes:
     kept: list[bytes] = []
-    dropping = False
-    for line in raw[:end].splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and kept is not None:
-            if not dropping:
-                kept.append(line)
+    done: set[str] = set()
+    total = 0
+    for field in raw_fields(raw):
+        total += len(field)
+        name = field_name(field)
+        bare = field.rstrip(b"\r\n")
+        if bare in dropped:
+            dropped.remove(bare)
             continue
-        name = line.split(b":", 1)[0].strip().lower()
-        dropping = name in names and b":" in line
-        if not dropping:
-            kept.append(line)
-    return b"".join(kept) + raw[end:]
+        if name in removed:
+            continue
+        if name in replaced and name not in done:
+            done.add(name)
+            field = _encode_field(*replaced[name])
+        kept.append(field)
+    return b"".join(kept) + raw[total:]

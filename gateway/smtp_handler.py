@@ -27,7 +27,7 @@ from gateway.config import Config
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.message import apply_edits
-from gateway.pipeline import Pipeline
+from gateway.pipelines import Pipelines
 from gateway.policy import PolicyContext
 from gateway.received import received_header
 from gateway.reply import Reply
@@ -49,17 +49,17 @@ class SmtpHandler:
     Args:
         config: the gateway configuration.
         listener_name: the listener's name, recorded in ClientInfo and logs.
-        pipeline: the policies to run.
+        pipelines: the access pipeline and the content pipelines per direction.
         spool: where accepted mail is committed.
         on_committed: called with the SpoolEntry after each successful commit
             (hands the message to the relay worker).
     """
 
-    def __init__(self, config: Config, listener_name: str, pipeline: Pipeline, spool: Spool,
+    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, spool: Spool,
                  on_committed: Callable[[SpoolEntry], None]) -> None:
         self.config = config
         self.listener_name = listener_name
-        self.pipeline = pipeline
+        self.pipelines = pipelines
         self.spool = spool
         self.on_committed = on_committed
         self.commits: set[asyncio.Future[None]] = set()
@@ -85,7 +85,7 @@ class SmtpHandler:
         self.sessions.add(server)
         log.info("connect from %s listener=%s%s", client.describe(), self.listener_name,
                  f" tls={client.tls_version}" if client.tls_version else "")
-        result = await self.pipeline.connect(ctx)
+        result = await self.pipelines.access.connect(ctx)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
             log.info("NOQUEUE: reject: CONNECT from %s: %s", client.describe(), result.verdict.reply)
@@ -119,7 +119,7 @@ class SmtpHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         """Record the EHLO name; advertise PIPELINING and ENHANCEDSTATUSCODES, no AUTH yet."""
         ctx = self._ctx(server)
-        result = await self.pipeline.helo(ctx, hostname)
+        result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
             return [str(result.verdict.reply)]
@@ -133,7 +133,7 @@ class SmtpHandler:
                           hostname: str) -> str:
         """Record the HELO name."""
         ctx = self._ctx(server)
-        result = await self.pipeline.helo(ctx, hostname)
+        result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
             return str(result.verdict.reply)
@@ -157,8 +157,10 @@ class SmtpHandler:
                                 body_8bitmime="BODY=8BITMIME" in options,
                                 declared_size=int(declared) if declared and declared.isdigit() else None)
         ctx.queue_id = new_queue_id()
-        result = await self.pipeline.mail(ctx, sender)
+        result = await self.pipelines.access.mail(ctx, sender)
         ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
+        if result.verdict.action is Action.CONTINUE:
+            result = await self.pipelines.for_direction(ctx.envelope.direction).mail(ctx, sender)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
             log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s>", ctx.client.describe(),
@@ -177,7 +179,12 @@ class SmtpHandler:
             return "503 5.5.1 Error: need MAIL command"
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
             return str(replies.TOO_MANY_RECIPIENTS)
-        result = await self.pipeline.rcpt(ctx, address)
+        result = await self.pipelines.access.rcpt(ctx, address)
+        if result.verdict.action is Action.ACCEPT:
+            content = await self.pipelines.for_direction(ctx.envelope.direction).rcpt(
+                ctx, address, require_accept=False)
+            if content.verdict.action in (Action.REJECT, Action.TEMPFAIL):
+                result = content
         verdict = result.verdict
         if verdict.action is Action.ACCEPT:
             envelope.rcpt_tos.append(address)
@@ -201,14 +208,16 @@ class SmtpHandler:
         assert ctx.envelope is not None and ctx.queue_id is not None
         content = envelope.original_content or b""
         recipients = list(ctx.envelope.recipients)
-        result = await self.pipeline.data(ctx, content)
+        pipeline = self.pipelines.for_direction(ctx.envelope.direction)
+        result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
         verdict = result.verdict
         summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
                    f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
                    f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}")
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
-            log.info("%s, result=reject (%s) reason=%s", summary, verdict.reply, verdict.reason)
+            log.info("%s, result=%s (%s) reason=%s%s", summary, verdict.action.value, verdict.reply,
+                     verdict.reason, f" detail={verdict.detail}" if verdict.detail else "")
             return str(verdict.reply)
         if verdict.action is Action.DISCARD:
             log.info("%s, result=discard reason=%s", summary, verdict.reason)
@@ -233,7 +242,8 @@ class SmtpHandler:
         except SpoolError as error:
             log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
             return str(replies.INTERNAL_ERROR)
-        log.info("%s, result=%s", summary, "hold" if state is QueueState.HOLD else "queued")
+        log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",
+                 f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
         ctx.queue_id = None
         return str(replies.queued(entry.queue_id))
 

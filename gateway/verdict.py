@@ -29,10 +29,18 @@ PRECEDENCE = {Action.REJECT: 5, Action.TEMPFAIL: 4, Action.DISCARD: 3, Action.HO
 
 @dataclass(frozen=True, slots=True)
 class HeaderEdit:
-    """Header fields to prepend (in order) and field names to remove."""
+    """Header fields to prepend (in order), field names to remove, fields whose value to replace.
+
+    replace: (name, new value) pairs; the first field of that name keeps its place and
+    gets the new value (e.g. a rewritten Subject), or is prepended when absent.
+    drop: exact raw fields (name, colon, value and continuation lines, without the
+    final CRLF) to remove, one occurrence each (header_checks IGNORE).
+    """
 
     prepend: tuple[tuple[str, str], ...] = ()
     remove: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
+    drop: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ import time
 
 from gateway.config import build
 from gateway.envelope import ClientInfo
-from gateway.pipeline import Pipeline
+from gateway.pipelines import build_pipelines
 from gateway.smtp_handler import SmtpHandler
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 
@@ -33,7 +33,7 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path):
 
     spool.commit = slow_commit  # type: ignore[method-assign]
     handed_over: list[str] = []
-    handler = SmtpHandler(build({}), "smtp", Pipeline([]), spool, lambda e: handed_over.append(e.queue_id))
+    handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), spool, lambda e: handed_over.append(e.queue_id))
     entry = SpoolEntry(queue_id=new_queue_id(), arrival=time.time(), sender="a@example.com",
                        recipients=[RecipientStatus("b@example.org")],
                        client=ClientInfo(ipaddress.ip_address("127.0.0.1"), 1, "smtp"),

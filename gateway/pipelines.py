@@ -1,0 +1,126 @@
+"""Builds the gateway's pipelines from the configuration, and the scan switches.
+
+* the access pipeline (relay access) runs for every session, first;
+* ``[pipeline] inbound = [...]`` runs for mail from untrusted clients to
+  ``relay_domains``; ``outbound = [...]`` for mail from trusted clients. The
+  lists name policies of :data:`policies.REGISTRY`, in order, e.g.
+  ``inbound = ["header_checks", "antivirus", "rspamd"]``. Both default to none.
+* ``[content_filter]`` holds the switches of the ServerContainers image:
+  ``disable_scanning`` (all virus and spam scanners), ``disable_virus_checks``,
+  ``disable_spam_checks``, and the bypass lists ``bypass_domains`` (when every
+  recipient's domain is listed; ``.example.com`` covers subdomains) and
+  ``bypass_clients`` (client networks). Header checks are not scanning: they
+  always run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.addresses import domain_matches, split_mailbox
+from gateway.config import Config, Network, parse_network
+from gateway.envelope import ClientInfo, Direction
+from gateway.errors import ConfigError
+from gateway.networks import NetworkSet
+from gateway.pipeline import Pipeline, PolicyEntry
+from gateway.policy import Policy
+from gateway.settings import Section
+
+VIRUS_SCANNERS = frozenset({"antivirus"})
+SPAM_SCANNERS = frozenset({"spamassassin", "rspamd"})
+
+
+@dataclass(frozen=True, slots=True)
+class ScanSwitches:
+    """Which scanners are off, globally or for some recipients/clients."""
+
+    disable_virus_checks: bool = False
+    disable_spam_checks: bool = False
+    bypass_domains: tuple[str, ...] = ()
+    bypass_clients: NetworkSet = NetworkSet(())
+
+    @classmethod
+    def from_config(cls, config: Config) -> ScanSwitches:
+        """Read ``[content_filter]``; raises ConfigError naming ``content_filter.<key>``."""
+        section = Section("content_filter", config.section("content_filter"), known={
+            "disable_scanning", "disable_virus_checks", "disable_spam_checks", "bypass_domains",
+            "bypass_clients"})
+        everything = section.flag("disable_scanning", False)
+        networks: list[Network] = []
+        for item in section.strings("bypass_clients"):
+            try:
+                networks.append(parse_network(item))
+            except ValueError:
+                raise ConfigError("content_filter.bypass_clients", item, "CIDR networks such as 10.0.0.0/8") from None
+        return cls(disable_virus_checks=everything or section.flag("disable_virus_checks", False),
+                   disable_spam_checks=everything or section.flag("disable_spam_checks", False),
+                   bypass_domains=tuple(d.lower().rstrip(".") for d in section.strings("bypass_domains")),
+                   bypass_clients=NetworkSet(networks))
+
+    def skipped(self, client: ClientInfo, recipients: list[str]) -> frozenset[str]:
+        """Names of the policies not to run for this message."""
+        skip: set[str] = set()
+        if self.disable_virus_checks:
+            skip |= VIRUS_SCANNERS
+        if self.disable_spam_checks:
+            skip |= SPAM_SCANNERS
+        if client.address in self.bypass_clients or (
+                recipients and self.bypass_domains and all(self._bypassed(r) for r in recipients)):
+            skip |= VIRUS_SCANNERS | SPAM_SCANNERS
+        return frozenset(skip)
+
+    def _bypassed(self, recipient: str) -> bool:
+        try:
+            return domain_matches(split_mailbox(recipient).domain, self.bypass_domains)
+        except ValueError:
+            return False
+
+
+@dataclass(slots=True)
+class Pipelines:
+    """The access pipeline and one content pipeline per direction."""
+
+    access: Pipeline
+    inbound: Pipeline
+    outbound: Pipeline
+    switches: ScanSwitches
+
+    def for_direction(self, direction: Direction) -> Pipeline:
+        """The content pipeline of ``direction``."""
+        return self.outbound if direction is Direction.OUTBOUND else self.inbound
+
+    async def aclose(self) -> None:
+        """Close every policy once."""
+        seen: set[int] = set()
+        for pipeline in (self.access, self.inbound, self.outbound):
+            for policy in pipeline.policies:
+                if id(policy) not in seen:
+                    seen.add(id(policy))
+                    await policy.aclose()
+
+
+def build_pipelines(config: Config) -> Pipelines:
+    """Construct every configured policy once and the pipelines that use them.
+
+    Raises:
+        ConfigError: an unknown policy name, or a policy's own bad setting.
+    """
+    from policies import REGISTRY
+    from policies.relay_access import RelayAccess
+
+    section = Section("pipeline", config.section("pipeline"), known={"inbound", "outbound"})
+    built: dict[str, Policy] = {}
+
+    def entries(key: str) -> list[PolicyEntry]:
+        result = []
+        for name in section.strings(key):
+            if name not in REGISTRY or name == RelayAccess.name:
+                allowed = ", ".join(sorted(n for n in REGISTRY if n != RelayAccess.name))
+                raise ConfigError(f"pipeline.{key}", name, f"one of {allowed} (relay access always runs first)")
+            if name not in built:
+                built[name] = REGISTRY[name](config)
+            result.append(PolicyEntry.of(built[name], concurrent=name in VIRUS_SCANNERS | SPAM_SCANNERS))
+        return result
+
+    return Pipelines(access=Pipeline([RelayAccess(config)]), inbound=Pipeline(entries("inbound")),
+                     outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config))

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite runs as real peers (clamd, spamd, rspamd, swaks).
+# Idempotent and quick when everything is present; needs root (or sudo) otherwise.
+set -euo pipefail
+PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl)
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+# Daemons must not start on their own (and must not try to reach the internet): policy-rc.d says no.
+if [ ! -x /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+fi
+echo "installing Debian packages for the test peers: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# spamassassin's postinst leaves a gpg-agent running for sa-update keys
+$SUDO gpgconf --homedir /var/lib/spamassassin/sa-update-keys --kill gpg-agent 2>/dev/null || true
