@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install test-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gateway run
 
+## Debian packages of the real peers the tests run (clamd, spamd, rspamd, swaks).
+test-peers:
+	bash tests/peers/install-debian-packages.sh
+
 ## Install everything the tests need, then run them.
-test: $(STAMP)
+test: $(STAMP) test-peers
 	$(BIN)/pytest
 
 clean:
