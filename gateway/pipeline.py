@@ -149,8 +149,6 @@ class Pipeline:
         if decided.action is Action.CONTINUE:
             return StageResult(ACCEPT, None, tuple(headers))
         name = concurrent[verdicts.index(decided)].policy.name
-        if decided.action is Action.HOLD:  # held mail keeps the scanners' headers
-            return StageResult(decided, name, tuple(headers))
         return StageResult(decided, name, tuple(headers))
 
     async def aclose(self) -> None:

@@ -34,7 +34,7 @@ from gateway.reply import Reply
 from gateway.smtp_server import GatewaySMTP
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.tls import peer_certificate_fingerprints, tls_session_info
-from gateway.verdict import Action
+from gateway.verdict import Action, HeaderEdit
 
 log = logging.getLogger("gateway.smtpd")
 
@@ -226,7 +226,10 @@ class SmtpHandler:
         trace = received_header(ctx.client, by_host=self.config.myhostname, queue_id=ctx.queue_id,
                                 recipients=recipients, extended=session.extended_smtp,
                                 smtputf8=ctx.envelope.smtputf8, now=now)
-        message = apply_edits(content, trace, result.headers)
+        edits = result.headers
+        if verdict.action is Action.HOLD and verdict.headers != HeaderEdit():
+            edits += (verdict.headers,)  # held mail keeps what the holding policy added or removed
+        message = apply_edits(content, trace, edits)
         entry = SpoolEntry(
             queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
             recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,

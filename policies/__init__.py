@@ -1,7 +1,13 @@
-"""Checks that plug into the pipeline; each module holds one :class:`gateway.policy.Policy`."""
+"""Checks that plug into the pipeline; each module holds one :class:`gateway.policy.Policy`.
+
+REGISTRY maps the names used in ``[pipeline] inbound/outbound`` to the classes;
+each class is built once with the whole Config and reads its own table.
+"""
 
 from __future__ import annotations
 
+from gateway.policy import Policy
+from policies.header_checks import HeaderChecks
 from policies.relay_access import RelayAccess
 
-REGISTRY = {RelayAccess.name: RelayAccess}
+REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks)}
