@@ -7,7 +7,8 @@ each class is built once with the whole Config and reads its own table.
 from __future__ import annotations
 
 from gateway.policy import Policy
+from policies.antivirus import Antivirus
 from policies.header_checks import HeaderChecks
 from policies.relay_access import RelayAccess
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks)}
+REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks, Antivirus)}
