@@ -10,5 +10,7 @@ from gateway.policy import Policy
 from policies.antivirus import Antivirus
 from policies.header_checks import HeaderChecks
 from policies.relay_access import RelayAccess
+from policies.rspamd import Rspamd
+from policies.spamassassin import SpamAssassin
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks, Antivirus)}
+REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks, Antivirus, SpamAssassin, Rspamd)}

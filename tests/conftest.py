@@ -11,6 +11,8 @@ import pytest
 from tests.harness.gateway_process import GatewayProcess, free_port
 from tests.harness.smtp_sink import SmtpSink
 
+pytest_plugins = ["tests.harness.clamd", "tests.harness.spam_daemons"]  # daemon fixtures
+
 CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
