@@ -219,7 +219,7 @@ def test_stopping_rspamd_mid_run(gateway_factory, sink, clamd, spamd, on_error):
                 messages = sink.wait_for_messages(2)
                 assert b"\r\nX-Scan-Skipped: rspamd (scanner unavailable)\r\n" in messages[1].data
     finally:
-        daemon.stop()
+        daemon.cleanup()  # stops it and removes its folder
 
 
 @pytest.fixture(scope="module")
