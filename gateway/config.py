@@ -286,7 +286,7 @@ _PATH_KEYS = (
 )
 # Tables owned by policies and the pipeline: validated by their modules (gateway.settings helpers).
 SECTION_KEYS = frozenset({"pipeline", "content_filter", "antivirus", "spamassassin", "rspamd",
-                          "spam_levels", "header_checks"})
+                          "spam_levels", "header_checks", "dkim", "sender_auth"})
 KNOWN_KEYS = (frozenset(f.name for f in fields(Config)) - {"listeners", "sections"}) | {"listener"} | SECTION_KEYS
 
 

@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite runs as real peers (clamd, spamd, rspamd, swaks).
 # Idempotent and quick when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
-PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl)
+PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl
+          libmail-dkim-perl libnet-dns-perl)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
