@@ -14,11 +14,16 @@ import logging
 import signal
 import ssl
 
+from pathlib import Path
+
+from gateway import metrics
 from gateway.config import Config
+from gateway.health import HealthCheck, run_checks
+from gateway.http_server import MetricsServer
 from gateway.dns import make_resolver
 from gateway.errors import ConfigError
 from gateway.listener import Listener
-from gateway.local_ca import ensure_local_certificates
+from gateway.local_ca import certificate_not_after, ensure_local_certificates
 from gateway.pipelines import Pipelines, build_pipelines
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
@@ -43,6 +48,8 @@ class Gateway:
         self.worker: RelayWorker | None = None
         self.worker_task: asyncio.Task[None] | None = None
         self.pipelines: Pipelines | None = None
+        self.cert_file: Path | None = None
+        self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
 
     def _server_tls(self) -> ssl.SSLContext | None:
@@ -50,11 +57,22 @@ class Gateway:
         if not any(listener.tls != "none" for listener in config.listeners):
             return None
         if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
-            return server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file, config.smtpd_tls_CAfile)
-        local = ensure_local_certificates(config.tls_dir, config.myhostname)
-        log.info("using the local CA %s%s; clients can pin it:\n%s", local.ca_cert,
-                 " (server certificate renewed)" if local.renewed else "", local.ca_cert.read_text().strip())
-        return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile)
+            context = server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file,
+                                     config.smtpd_tls_CAfile)
+            self.cert_file = config.smtpd_tls_cert_file
+        else:
+            local = ensure_local_certificates(config.tls_dir, config.myhostname)
+            log.info("using the local CA %s%s; clients can pin it:\n%s", local.ca_cert,
+                     " (server certificate renewed)" if local.renewed else "", local.ca_cert.read_text().strip())
+            context = server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile)
+            self.cert_file = local.server_cert
+        metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(self.cert_file).timestamp())
+        return context
+
+    async def health(self) -> list[HealthCheck]:
+        """The current health checks (listeners, spool, certificate)."""
+        listeners = [(l.config.name, l.config.host, l.bound_port) for l in self.listeners]
+        return await run_checks(listeners, self.config.spool_dir, self.cert_file)
 
     async def start(self) -> None:
         """Set everything up and start listening.
@@ -79,7 +97,8 @@ class Gateway:
         self.worker = RelayWorker(config, self.spool, router, client)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         for listener_config in config.listeners:
-            handler = SmtpHandler(config, listener_config.name, pipelines, self.spool, self.worker.notify)
+            handler = SmtpHandler(config, listener_config.name, pipelines, self.spool, self.worker.notify,
+                                  tls_mode=listener_config.tls)
             listener = Listener(listener_config, handler, tls, limiter, config.smtpd_data_timeout)
             try:
                 await listener.start()
@@ -89,6 +108,14 @@ class Gateway:
                                   f"an address this host can listen on ({error.strerror})") from None
             self.handlers.append(handler)
             self.listeners.append(listener)
+        metrics.watch_spool(self.spool)
+        if config.metrics_listen:
+            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health)
+            try:
+                await self.metrics_server.start()
+            except OSError as error:
+                raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
+                                  f"an address this host can listen on ({error.strerror})") from None
         self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
         log.info("gateway ready: listeners=%s relayhost=%s",
@@ -135,5 +162,7 @@ class Gateway:
             await asyncio.gather(self.worker_task, return_exceptions=True)
         if self.pipelines is not None:
             await self.pipelines.aclose()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         self.spool.unlock()
         log.info("gateway stopped")

@@ -115,6 +115,7 @@ class Config:
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Any]:
@@ -363,6 +364,8 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
             for item in _as_list("dns_nameservers", raw["dns_nameservers"]))
     if "log_level" in raw:
         values["log_level"] = _wrap("log_level", raw["log_level"], _choice(LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS))
+    if "metrics_listen" in raw:
+        values["metrics_listen"] = _parse_metrics_listen(raw["metrics_listen"])
     if "log_format" in raw:
         values["log_format"] = _wrap("log_format", raw["log_format"], _choice(LOG_FORMATS), "text or json")
     listeners = raw.get("listener", [])
@@ -379,6 +382,16 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     config = Config(**values)
     _check_consistency(config)
     return config
+
+
+def _parse_metrics_listen(raw: object) -> tuple[str, int] | None:
+    if raw in ("", None, False):
+        return None
+    text = str(raw).strip()
+    host, sep, port = text[1:].partition("]:") if text.startswith("[") else text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError("metrics_listen", raw, 'host:port such as 127.0.0.1:9464 (port 0: any), or "" for off')
+    return host, int(port)
 
 
 def _relay_clientcerts(raw: object) -> list[str]:
@@ -460,6 +473,8 @@ def describe(config: Config) -> str:
                 lines.append(f"listener = {listener.name} {listener.host}:{listener.port} "
                              f"tls={listener.tls} require_tls={str(listener.require_tls).lower()}")
             continue
+        elif item.name == "metrics_listen":
+            value = f"{value[0]}:{value[1]}" if value else ""
         elif item.name in ("relayhost",):
             value = ", ".join(str(hop) for hop in value)
         elif item.name == "transport_maps":

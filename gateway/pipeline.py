@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Sequence
 
+from gateway import metrics
 from gateway import reply as replies
 from gateway.errors import ScannerError
 from gateway.policy import Policy, PolicyContext
@@ -78,9 +80,13 @@ class Pipeline:
     async def _call(self, entry: PolicyEntry, stage: str, call: Callable[[Policy], Awaitable[Verdict]],
                     ctx: PolicyContext) -> Verdict:
         name = entry.policy.name
+        started = time.monotonic()
         try:
-            return await asyncio.wait_for(call(entry.policy), entry.timeout)
+            verdict = await asyncio.wait_for(call(entry.policy), entry.timeout)
         except (ScannerError, asyncio.TimeoutError) as error:
+            if stage == "data":
+                metrics.SCANNER_UP.labels(name).set(0)
+                metrics.SCAN_VERDICTS.labels(name, "error").inc()
             what = f"timed out after {entry.timeout:g}s" if isinstance(error, asyncio.TimeoutError) else str(error)
             if entry.on_error == "pass":
                 log.warning("%s: policy %s failed at %s (%s); passing unscanned", ctx.queue_id or "NOQUEUE",
@@ -94,6 +100,11 @@ class Pipeline:
         except Exception:
             log.exception("%s: policy %s crashed at %s", ctx.queue_id or "NOQUEUE", name, stage)
             return Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="policy_error")
+        if stage == "data":
+            metrics.SCAN_DURATION.labels(name).observe(time.monotonic() - started)
+            metrics.SCAN_VERDICTS.labels(name, verdict.action.value).inc()
+            metrics.SCANNER_UP.labels(name).set(1)
+        return verdict
 
     async def _run(self, stage: str, ctx: PolicyContext,
                    call: Callable[[Policy], Awaitable[Verdict]], entries: Sequence[PolicyEntry]) -> StageResult:

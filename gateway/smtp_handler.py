@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
+from gateway import metrics
 from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
@@ -34,7 +35,7 @@ from gateway.reply import Reply
 from gateway.smtp_server import GatewaySMTP
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.tls import peer_certificate_fingerprints, tls_session_info
-from gateway.verdict import Action, HeaderEdit
+from gateway.verdict import Action, HeaderEdit, Verdict
 
 log = logging.getLogger("gateway.smtpd")
 
@@ -56,9 +57,10 @@ class SmtpHandler:
     """
 
     def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, spool: Spool,
-                 on_committed: Callable[[SpoolEntry], None]) -> None:
+                 on_committed: Callable[[SpoolEntry], None], tls_mode: str = "none") -> None:
         self.config = config
         self.listener_name = listener_name
+        self.tls_mode = tls_mode
         self.pipelines = pipelines
         self.spool = spool
         self.on_committed = on_committed
@@ -83,11 +85,15 @@ class SmtpHandler:
         ctx = PolicyContext(client=client)
         server.gateway_ctx = ctx  # on the protocol: aiosmtpd replaces the Session at STARTTLS
         self.sessions.add(server)
+        metrics.CONNECTIONS.labels(self.listener_name, self.tls_mode).inc()
+        metrics.SESSIONS_OPEN.labels(self.listener_name).inc()
         log.info("connect from %s listener=%s%s", client.describe(), self.listener_name,
                  f" tls={client.tls_version}" if client.tls_version else "")
         result = await self.pipelines.access.connect(ctx)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
+            self._count_reject("connect", result.verdict)
+            metrics.CONNECTIONS_REFUSED.labels(self.listener_name).inc()
             log.info("NOQUEUE: reject: CONNECT from %s: %s", client.describe(), result.verdict.reply)
             return Reply(421, "4.7.0", "Service not available, closing transmission channel") \
                 if result.verdict.reply.is_transient else result.verdict.reply
@@ -95,10 +101,18 @@ class SmtpHandler:
 
     def end_session(self, server: GatewaySMTP) -> None:
         """Forget the session (called when the connection ends, however it ends)."""
+        if server in self.sessions:
+            metrics.SESSIONS_OPEN.labels(self.listener_name).dec()
         self.sessions.discard(server)
         ctx = getattr(server, "gateway_ctx", None)
         if ctx is not None:
             log.info("disconnect from %s", ctx.client.describe())
+
+    @staticmethod
+    def _count_reject(stage: str, verdict: Verdict) -> None:
+        assert verdict.reply is not None
+        metrics.MESSAGES_REJECTED.labels(stage, verdict.reason or "policy",
+                                         metrics.reply_class(verdict.reply.code)).inc()
 
     @staticmethod
     def _ctx(server: AioSMTP) -> PolicyContext:
@@ -163,6 +177,7 @@ class SmtpHandler:
             result = await self.pipelines.for_direction(ctx.envelope.direction).mail(ctx, sender)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
+            self._count_reject("mail", result.verdict)
             log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s>", ctx.client.describe(),
                      result.verdict.reply, sender)
             ctx.envelope = None
@@ -178,6 +193,7 @@ class SmtpHandler:
         if ctx.envelope is None:
             return "503 5.5.1 Error: need MAIL command"
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
+            self._count_reject("rcpt", Verdict(Action.TEMPFAIL, replies.TOO_MANY_RECIPIENTS, reason="recipient_limit"))
             return str(replies.TOO_MANY_RECIPIENTS)
         result = await self.pipelines.access.rcpt(ctx, address)
         if result.verdict.action is Action.ACCEPT:
@@ -192,6 +208,7 @@ class SmtpHandler:
             ctx.envelope.recipients.append(address)
             return str(replies.RECIPIENT_OK)
         assert verdict.reply is not None
+        self._count_reject("rcpt", verdict)
         reply = Reply(verdict.reply.code, verdict.reply.status, f"<{address}>: {verdict.reply.text}")
         log.info("NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> helo=<%s>", ctx.client.describe(),
                  reply, ctx.envelope.sender, address, ctx.client.helo or "")
@@ -216,10 +233,13 @@ class SmtpHandler:
                    f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}")
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
+            self._count_reject("data", verdict)
             log.info("%s, result=%s (%s) reason=%s%s", summary, verdict.action.value, verdict.reply,
                      verdict.reason, f" detail={verdict.detail}" if verdict.detail else "")
             return str(verdict.reply)
+        direction = ctx.envelope.direction.value
         if verdict.action is Action.DISCARD:
+            metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, "discard").inc()
             log.info("%s, result=discard reason=%s", summary, verdict.reason)
             return str(replies.queued(ctx.queue_id))
         now = time.time()
@@ -240,18 +260,26 @@ class SmtpHandler:
         try:
             await self._commit(entry, message, state)
         except SpoolFullError as error:
+            self._count_reject("data", Verdict(Action.TEMPFAIL, replies.SPOOL_FULL, reason="spool_full"))
             log.error("%s, result=tempfail (%s): %s", summary, replies.SPOOL_FULL, error)
             return str(replies.SPOOL_FULL)
         except SpoolError as error:
+            self._count_reject("data", Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="spool_error"))
             log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
             return str(replies.INTERNAL_ERROR)
+        metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
+        metrics.RECEIVED_BYTES.inc(len(message))
         log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",
                  f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
         ctx.queue_id = None
         return str(replies.queued(entry.queue_id))
 
+    def _timed_commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
+        with metrics.SPOOL_COMMIT.time():
+            self.spool.commit(entry, message, state)
+
     async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
-        commit = asyncio.ensure_future(asyncio.to_thread(self.spool.commit, entry, message, state))
+        commit = asyncio.ensure_future(asyncio.to_thread(self._timed_commit, entry, message, state))
         self.commits.add(commit)
 
         def finished(future: asyncio.Future[None]) -> None:

@@ -27,10 +27,12 @@ class Destination:
 
     name: what concurrency limits and logs key on (``[relay]:587`` or ``example.com``).
     hops: next hops tried in order (relayhost failover list).
+    label: bounded metric label: the configured next hop, or ``mx`` for direct delivery.
     """
 
     name: str
     hops: tuple[NextHop, ...]
+    label: str = "mx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +76,11 @@ class Router:
             raise RoutingError(Reply(550, "5.1.3", "bad address syntax")) from None
         transport = self._transport(domain)
         if transport:
-            return Destination(", ".join(str(h) for h in transport), transport)
+            name = ", ".join(str(h) for h in transport)
+            return Destination(name, transport, name)
         if self.config.relayhost:
-            return Destination(", ".join(str(h) for h in self.config.relayhost), self.config.relayhost)
+            name = ", ".join(str(h) for h in self.config.relayhost)
+            return Destination(name, self.config.relayhost, name)
         return Destination(domain, (NextHop(domain, None, True),))
 
     def _transport(self, domain: str) -> tuple[NextHop, ...] | None:

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import defaultdict
 
+from gateway import metrics
 from gateway.config import Config
 from gateway.envelope import ClientInfo
 from gateway.errors import DeliveryError, SpoolError
@@ -158,7 +159,7 @@ class RelayWorker:
             try:
                 groups[self.router.destination_for(recipient.address)].append(recipient)
             except RoutingError as error:
-                self._record(entry, [recipient], error.reply, None)
+                self._record(entry, [recipient], error.reply, None, "none")
         await asyncio.gather(*(self._deliver_group(entry, message, destination, recipients)
                                for destination, recipients in groups.items()))
         await self._finish(entry, message, was_pending)
@@ -166,31 +167,37 @@ class RelayWorker:
     async def _deliver_group(self, entry: SpoolEntry, message: bytes, destination: Destination,
                              recipients: list[RecipientStatus]) -> None:
         async with self.destination_slots[destination.name]:
+            with metrics.DELIVERY_DURATION.labels(destination.label).time():
+                await self._attempt(entry, message, destination, recipients)
+
+    async def _attempt(self, entry: SpoolEntry, message: bytes, destination: Destination,
+                       recipients: list[RecipientStatus]) -> None:
+        try:
+            hosts = await self.router.hosts(destination)
+        except RoutingError as error:
+            self._record(entry, recipients, error.reply, None, destination.label)
+            return
+        last_reply = Reply(451, "4.4.1", "no host answered")
+        last_host = None
+        for host in hosts:
             try:
-                hosts = await self.router.hosts(destination)
-            except RoutingError as error:
-                self._record(entry, recipients, error.reply, None)
-                return
-            last_reply = Reply(451, "4.4.1", "no host answered")
-            last_host = None
-            for host in hosts:
-                try:
-                    result = await self.client.deliver(
-                        host, entry.sender, [r.address for r in recipients], message,
-                        smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime)
-                except DeliveryError as error:
-                    assert isinstance(error.reply, Reply)
-                    log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
-                             error.reply)
-                    last_reply, last_host = error.reply, host.describe()
-                    continue
-                for recipient in recipients:
-                    self._record(entry, [recipient], result.replies[recipient.address], host.describe())
-                return
-            self._record(entry, recipients, last_reply, last_host)
+                result = await self.client.deliver(
+                    host, entry.sender, [r.address for r in recipients], message,
+                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime)
+            except DeliveryError as error:
+                assert isinstance(error.reply, Reply)
+                log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
+                         error.reply)
+                last_reply, last_host = error.reply, host.describe()
+                continue
+            for recipient in recipients:
+                self._record(entry, [recipient], result.replies[recipient.address], host.describe(),
+                             destination.label)
+            return
+        self._record(entry, recipients, last_reply, last_host, destination.label)
 
     def _record(self, entry: SpoolEntry, recipients: list[RecipientStatus], reply: Reply,
-                relay: str | None) -> None:
+                relay: str | None, nexthop: str) -> None:
         now = time.time()
         for recipient in recipients:
             recipient.attempts += 1
@@ -205,6 +212,7 @@ class RelayWorker:
                 recipient.state = RecipientState.DEFERRED
             status = {RecipientState.DELIVERED: "sent", RecipientState.BOUNCED: "bounced",
                       RecipientState.DEFERRED: "deferred"}[recipient.state]
+            metrics.RECIPIENTS.labels(recipient.state.value, nexthop).inc()
             log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
                      recipient.address, relay or "none", now - entry.arrival, recipient.attempts, status, reply)
 
@@ -254,6 +262,7 @@ class RelayWorker:
                 for recipient in recipients:
                     recipient.state = RecipientState.DEFERRED
                 return
+            metrics.BOUNCES.inc()
             log.info("%s: sender non-delivery notification: %s", entry.queue_id, bounce.queue_id)
             self.notify(bounce)
         else:

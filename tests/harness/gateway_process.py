@@ -40,7 +40,8 @@ class GatewayProcess:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.state_dir / "gateway.toml"
-        self.config_path.write_text(f'state_dir = "{self.state_dir}"\n' + config_text)
+        metrics = "" if "metrics_listen" in config_text else 'metrics_listen = "127.0.0.1:0"\n'
+        self.config_path.write_text(f'state_dir = "{self.state_dir}"\n' + metrics + config_text)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         self.env.update(env or {})
         self.process: subprocess.Popen[str] | None = None
@@ -107,6 +108,12 @@ class GatewayProcess:
                                          f"(process {'exited' if exited else 'running'}); log:\n"
                                          + "\n".join(self.lines[-80:]))
                 self._cond.wait(min(left, 0.2))
+
+    @property
+    def metrics_url(self) -> str:
+        """Base URL of the metrics/health listener, read from the start-up log line."""
+        line = self.wait_for_log(r"metrics and health on http://")[-1]
+        return re.search(r"(http://[^/ ]+)/metrics", line).group(1)  # type: ignore[union-attr]
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -1,0 +1,114 @@
+"""Every Prometheus metric of the gateway, in one registry.
+
+Names follow Prometheus conventions: prefix ``gateway_``, base units
+(seconds, bytes), ``_total`` counters, ``_seconds`` histograms. Label values
+come from bounded sets only: listener names, policy names and reason tokens
+set in code, next hops from the configuration (direct MX delivery is ``mx``),
+DKIM domains from the configuration; never an address or a queue ID.
+
+Queue gauges are computed at scrape time from the spool directories, so they
+are right even for changes made by ``gateway queue`` commands.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from gateway.spool import QueueState, Spool
+
+PREFIX = "gateway"
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+
+CONNECTIONS = Counter(f"{PREFIX}_smtp_connections_total", "SMTP connections accepted, by listener and TLS mode",
+                      ["listener", "tls"], registry=REGISTRY)
+CONNECTIONS_REFUSED = Counter(f"{PREFIX}_smtp_connections_refused_total",
+                              "SMTP connections refused at connect (limits or connect policies)", ["listener"],
+                              registry=REGISTRY)
+SESSIONS_OPEN = Gauge(f"{PREFIX}_smtp_sessions_open", "SMTP sessions open now, by listener", ["listener"],
+                      registry=REGISTRY)
+MESSAGES_RECEIVED = Counter(f"{PREFIX}_messages_received_total",
+                            "Messages acknowledged with 250 (queued, held or discarded), by direction and result",
+                            ["listener", "direction", "result"], registry=REGISTRY)
+MESSAGES_REJECTED = Counter(f"{PREFIX}_messages_rejected_total",
+                            "Commands refused by policy, by stage, reason and reply class (4xx, 5xx)",
+                            ["stage", "reason", "reply_class"], registry=REGISTRY)
+RECEIVED_BYTES = Counter(f"{PREFIX}_messages_received_bytes_total", "Bytes of acknowledged messages",
+                         registry=REGISTRY)
+RECIPIENTS = Counter(f"{PREFIX}_recipients_total",
+                     "Delivery outcomes per recipient and attempt: delivered, deferred, bounced; by next hop",
+                     ["status", "nexthop"], registry=REGISTRY)
+DELIVERY_DURATION = Histogram(f"{PREFIX}_delivery_attempt_duration_seconds",
+                              "Duration of one delivery attempt to a next hop (all its hosts)", ["nexthop"],
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                              registry=REGISTRY)
+BOUNCES = Counter(f"{PREFIX}_bounces_total", "Delivery status notifications generated", registry=REGISTRY)
+SCAN_DURATION = Histogram(f"{PREFIX}_scan_duration_seconds", "Duration of one content check at DATA",
+                          ["scanner"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+                          registry=REGISTRY)
+SCAN_VERDICTS = Counter(f"{PREFIX}_scan_verdicts_total", "Content check outcomes at DATA, by scanner and action",
+                        ["scanner", "action"], registry=REGISTRY)
+SCANNER_UP = Gauge(f"{PREFIX}_scanner_up", "1 when the scanner's last call succeeded, 0 when it failed",
+                   ["scanner"], registry=REGISTRY)
+DKIM_SIGNATURES = Counter(f"{PREFIX}_dkim_signatures_total", "DKIM signatures added, by domain and algorithm",
+                          ["domain", "algorithm"], registry=REGISTRY)
+AUTH_RESULTS = Counter(f"{PREFIX}_inbound_auth_results_total",
+                       "Inbound SPF, DKIM and DMARC results (RFC 8601 result words)", ["method", "result"],
+                       registry=REGISTRY)
+CERT_EXPIRY = Gauge(f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time when the server certificate expires", ["certificate"], registry=REGISTRY)
+SPOOL_COMMIT = Histogram(f"{PREFIX}_spool_commit_duration_seconds", "Time to commit a message durably",
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+                         registry=REGISTRY)
+
+
+def reply_class(code: int) -> str:
+    """``"4xx"`` or ``"5xx"`` (bounded label)."""
+    return f"{code // 100}xx"
+
+
+class SpoolCollector(Collector):
+    """Queue size by state, the oldest message's age and the spool's bytes, read at scrape time."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sizes = GaugeMetricFamily(f"{PREFIX}_queue_messages", "Messages in the queue, by state", labels=["state"])
+        for state in QueueState:
+            sizes.add_metric([state.value], len(self.spool.ids(state)))
+        yield sizes
+        yield GaugeMetricFamily(f"{PREFIX}_queue_oldest_message_age_seconds",
+                                "Age of the oldest queued message (0 when the queue is empty)",
+                                value=self.spool.age_of_oldest(time.time()))
+        total = 0
+        try:
+            with os.scandir(self.spool.data_dir) as entries:
+                for entry in entries:
+                    try:
+                        total += entry.stat().st_size
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            pass
+        yield GaugeMetricFamily(f"{PREFIX}_spool_bytes", "Bytes of queued message files", value=total)
+
+
+_spool_collector: SpoolCollector | None = None
+
+
+def watch_spool(spool: Spool) -> None:
+    """Register the queue gauges for ``spool`` (once per process; a second call replaces the spool)."""
+    global _spool_collector
+    if _spool_collector is None:
+        _spool_collector = SpoolCollector(spool)
+        REGISTRY.register(_spool_collector)
+    else:
+        _spool_collector.spool = spool
