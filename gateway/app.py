@@ -1,10 +1,18 @@
-"""The gateway process: build everything from the Config, serve, shut down gracefully.
+"""The gateway process: build everything from the Config, serve, reload, shut down gracefully.
 
 Start-up order: spool (create, lock, recover) → TLS material (files, or a local
 CA and server certificate in ``state_dir/tls``) → pipeline → relay worker →
 listeners. Shutdown (SIGTERM/SIGINT): stop accepting, let open transactions
 finish (up to ``shutdown_timeout`` seconds), wait for running spool commits,
 stop the relay worker, release the spool lock.
+
+Reload (SIGHUP): the config file is read and validated again; an invalid one is
+refused with a log line and the running config stays. A valid one replaces the
+server certificate (in the live SSL context, so new handshakes use it and open
+connections are not dropped), the policies and their lists and files (header
+checks, DKIM keys), relay settings (relayhost, transport_maps, lifetimes,
+backoff) and limits. Listener addresses and the spool location need a restart;
+a change there is logged and ignored.
 """
 
 from __future__ import annotations
@@ -39,8 +47,11 @@ log = logging.getLogger("gateway")
 class Gateway:
     """One running gateway; ``await Gateway(config).serve()`` runs until a stop signal."""
 
-    def __init__(self, config: Config, shutdown_timeout: float = 30.0) -> None:
+    def __init__(self, config: Config, shutdown_timeout: float = 30.0,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.tls_context: ssl.SSLContext | None = None
         self.shutdown_timeout = shutdown_timeout
         self.spool = Spool(config.spool_dir)
         self.listeners: list[Listener] = []
@@ -88,12 +99,13 @@ class Gateway:
         log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
                  "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
                  report.removed_orphan_data, len(report.corrupt))
-        tls = self._server_tls()
+        tls = self.tls_context = self._server_tls()
         self.pipelines = pipelines = build_pipelines(config)
         router = Router(config, make_resolver(config))
         client = SmtpClient(config, client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
                                                    config.smtp_tls_cert_file, config.smtp_tls_key_file),
                             ConnectionCache(config.smtp_connection_cache_time_limit))
+        self.router, self.client = router, client
         self.worker = RelayWorker(config, self.spool, router, client)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         for listener_config in config.listeners:
@@ -127,13 +139,59 @@ class Gateway:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.start()
             await self.stop_event.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply what can change live (see the module docstring).
+
+        Returns False (and keeps the running config) when the new one is invalid.
+        """
+        from gateway.config import load
+
+        log.info("reload requested (SIGHUP)")
+        try:
+            config = load(self.config_path)
+            pipelines = build_pipelines(config)
+            if self.tls_context is not None:
+                cert, key = ((config.smtpd_tls_cert_file, config.smtpd_tls_key_file)
+                             if config.smtpd_tls_cert_file and config.smtpd_tls_key_file else (None, None))
+                if cert is None:
+                    local = ensure_local_certificates(config.tls_dir, config.myhostname)
+                    cert, key = local.server_cert, local.server_key
+                server_context(cert, key, config.smtpd_tls_CAfile)  # validates before touching the live one
+        except ConfigError as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
+            return False
+        except Exception:
+            log.exception("reload failed, keeping the running configuration")
+            return False
+        if [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
+                (l.name, l.host, l.port, l.tls) for l in self.config.listeners] or config.spool_dir != self.config.spool_dir:
+            log.warning("listener or spool changes need a restart; they are not applied")
+        if self.tls_context is not None and cert is not None:
+            self.tls_context.load_cert_chain(cert, key)
+            if config.smtpd_tls_CAfile:
+                self.tls_context.load_verify_locations(config.smtpd_tls_CAfile)
+            self.cert_file = cert
+            metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(cert).timestamp())
+        old = self.pipelines
+        self.pipelines = pipelines
+        for handler in self.handlers:
+            handler.config, handler.pipelines = config, pipelines
+        if self.worker is not None:
+            self.worker.config = self.router.config = self.client.config = config
+        self.config = config
+        if old is not None:
+            asyncio.get_running_loop().call_later(60, lambda: asyncio.ensure_future(old.aclose()))
+        log.info("reload done")
+        return True
 
     def request_stop(self) -> None:
         """Ask the gateway to shut down gracefully."""

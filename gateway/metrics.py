@@ -40,7 +40,7 @@ MESSAGES_RECEIVED = Counter(f"{PREFIX}_messages_received_total",
 MESSAGES_REJECTED = Counter(f"{PREFIX}_messages_rejected_total",
                             "Commands refused by policy, by stage, reason and reply class (4xx, 5xx)",
                             ["stage", "reason", "reply_class"], registry=REGISTRY)
-RECEIVED_BYTES = Counter(f"{PREFIX}_messages_received_bytes_total", "Bytes of acknowledged messages",
+RECEIVED_BYTES = Counter(f"{PREFIX}_received_message_bytes_total", "Bytes of acknowledged messages",
                          registry=REGISTRY)
 RECIPIENTS = Counter(f"{PREFIX}_recipients_total",
                      "Delivery outcomes per recipient and attempt: delivered, deferred, bounced; by next hop",

@@ -3,7 +3,7 @@
 # Idempotent and quick when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
 PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl
-          libmail-dkim-perl libnet-dns-perl)
+          libmail-dkim-perl libnet-dns-perl prometheus)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
