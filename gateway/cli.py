@@ -1,7 +1,7 @@
-"""Command line: ``gateway run | check-config | queue ...``. The only module that exits.
+"""Command line: ``gateway run | check-config | health | queue ... | dkim ... | dns-check``. The only module that exits.
 
-Exit codes: 0 success, 1 runtime error (spool, queue ID), 2 configuration error
-or bad usage (argparse).
+Exit codes: 0 success, 1 runtime error (spool, queue ID, an existing or missing
+DKIM key, a failed DNS check), 2 configuration error or bad usage (argparse).
 """
 
 from __future__ import annotations
@@ -14,13 +14,24 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from gateway import __version__, queue_admin
+from gateway import __version__, dkim_keys, queue_admin
 from gateway.config import Config, describe, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway")
+
+
+def _positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not more than 0 seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +53,23 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--all", action="store_true")
     queue.add_parser("hold", help="put a message on hold").add_argument("queue_id")
     queue.add_parser("release", help="release a held message").add_argument("queue_id")
+    dkim = commands.add_parser("dkim", help="DKIM signing keys and their DNS records").add_subparsers(
+        dest="dkim_command", required=True)
+    genkey = dkim.add_parser("genkey", help="create a signing key under [dkim] key_directory, print its DNS record")
+    genkey.add_argument("domain", metavar="DOMAIN")
+    genkey.add_argument("--selector", default="mail", help="DKIM selector (default: mail)")
+    genkey.add_argument("--algorithm", choices=dkim_keys.ALGORITHMS, default="rsa", help="default: rsa")
+    genkey.add_argument("--bits", type=int, default=dkim_keys.DEFAULT_RSA_BITS,
+                        help=f"RSA key size (default: {dkim_keys.DEFAULT_RSA_BITS})")
+    genkey.add_argument("--force", action="store_true", help="replace an existing key")
+    dkim.add_parser("show", help="print the DNS records of the keys on disk").add_argument(
+        "domains", nargs="*", metavar="DOMAIN", help="default: every domain that has a key")
+    commands.add_parser("health", help="check listeners, spool and certificate (exit 0 when healthy)")
+    dns_parser = commands.add_parser("dns-check", help="check MX, A/AAAA, PTR, SPF, DKIM and DMARC in DNS")
+    dns_parser.add_argument("domains", nargs="*", metavar="DOMAIN",
+                            help="default: [dkim] domains, else relay_domains")
+    dns_parser.add_argument("--timeout", type=_positive_seconds, default=10.0,
+                            help="seconds one DNS query may take (default: 10)")
     for sub in (parser,):
         sub.set_defaults(config_path=None)
     return parser
@@ -77,6 +105,93 @@ def _queue(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dkim(config: Config, args: argparse.Namespace) -> int:
+    """``dkim genkey`` / ``dkim show``: keys under ``[dkim] key_directory``, records on stdout."""
+    directory = dkim_keys.key_directory(config)
+    if args.dkim_command == "genkey":
+        try:
+            path = dkim_keys.key_path(directory, args.domain, args.selector, args.algorithm)
+            clash = [key for key in dkim_keys.list_keys(directory, args.domain)
+                     if key.selector == dkim_keys.dns_name(args.selector, "selector")
+                     and key.algorithm != args.algorithm]
+            if clash:
+                # One key record per selector name (RFC 6376 §3.6.2.2), so a second
+                # algorithm needs its own selector (RFC 8463 §4 signs with both).
+                print(f"gateway dkim genkey: selector {clash[0].selector} already has a {clash[0].algorithm} "
+                      f"key ({clash[0].path}); choose another --selector, e.g. "
+                      f"{clash[0].selector}-{args.algorithm}", file=sys.stderr)
+                return 1
+            dkim_keys.generate_key(path, args.algorithm, args.bits, overwrite=args.force)
+        except ValueError as error:
+            print(f"gateway dkim genkey: {error}", file=sys.stderr)
+            return 2
+        except FileExistsError:
+            print(f"gateway dkim genkey: {path} exists; use --force to replace it "
+                  "(the old DNS record stops verifying), or 'gateway dkim show'", file=sys.stderr)
+            return 1
+        except OSError as error:
+            print(f"gateway dkim genkey: cannot write {path}: {error.strerror}", file=sys.stderr)
+            return 1
+        private_key = dkim_keys.load_private_key(path)
+        print(f"; DKIM {args.algorithm} key of {dkim_keys.dns_name(args.domain)}, selector "
+              f"{dkim_keys.dns_name(args.selector, 'selector')}: {path}")
+        print(dkim_keys.dns_record(args.domain, args.selector, private_key))
+        return 0
+    try:
+        keys = {domain: dkim_keys.list_keys(directory, domain) for domain in args.domains}
+    except ValueError as error:
+        print(f"gateway dkim show: {error}", file=sys.stderr)
+        return 2
+    if not args.domains:
+        for key_file in dkim_keys.list_keys(directory):
+            keys.setdefault(key_file.domain, []).append(key_file)
+    status = 0
+    if not keys:
+        print(f"gateway dkim show: no DKIM keys under {directory}; create one with "
+              "'gateway dkim genkey DOMAIN'", file=sys.stderr)
+        status = 1
+    for domain, found in keys.items():
+        if not found:
+            print(f"gateway dkim show: no DKIM key for {domain} under {directory}", file=sys.stderr)
+            status = 1
+        for key_file in found:
+            print(f"; DKIM {key_file.algorithm} key of {key_file.domain}, selector {key_file.selector}: "
+                  f"{key_file.path}")
+            print(dkim_keys.dns_record(key_file.domain, key_file.selector,
+                                       dkim_keys.load_private_key(key_file.path)))
+    return status
+
+
+def _dns_check(config: Config, args: argparse.Namespace) -> int:
+    """``dns-check``: one PASS/FAIL line per check, then the records to publish; 1 if any failed."""
+    from gateway import dns_check  # imported late: pyspf is needed by this command only
+
+    try:
+        domains = [dkim_keys.dns_name(domain) for domain in args.domains] or list(dns_check.default_domains(config))
+    except ValueError as error:
+        print(f"gateway dns-check: {error}", file=sys.stderr)
+        return 2
+    if not domains:
+        print("gateway dns-check: no domains: give DOMAIN arguments or set [dkim] domains or relay_domains",
+              file=sys.stderr)
+        return 2
+    results = asyncio.run(dns_check.check_domains(config, domains, timeout=args.timeout))
+    print(dns_check.format_report(results))
+    return 0 if all(result.passed for result in results) else 1
+
+
+def _health(config: Config) -> int:
+    from gateway.health import report, run_checks
+
+    cert_file = None
+    if any(listener.tls != "none" for listener in config.listeners):
+        cert_file = config.smtpd_tls_cert_file or config.tls_dir / "server.crt"
+    listeners = [(l.name, l.host, l.port) for l in config.listeners]
+    results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file))
+    print(report(results), end="")
+    return 0 if all(r.ok for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -91,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "queue":
             return _queue(config, args)
+        if args.command == "dkim":
+            return _dkim(config, args)
+        if args.command == "dns-check":
+            return _dns_check(config, args)
+        if args.command == "health":
+            return _health(config)
         setup_logging(config.log_level, config.log_format)
         from gateway.app import Gateway  # imported late: the queue commands do not need the SMTP stack
 
-        asyncio.run(Gateway(config).serve())
+        asyncio.run(Gateway(config, config_path=args.config).serve())
         return 0
     except ConfigError as error:
         log.error("configuration error: %s", error)

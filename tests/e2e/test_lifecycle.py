@@ -1,0 +1,75 @@
+"""Signals: SIGHUP reloads (or refuses a broken config and keeps serving); SIGTERM loses nothing."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+
+from tests.conftest import relay_config
+from tests.harness.smtp_sink import SmtpSink
+
+
+def send(port: int, recipient: str = "b@elsewhere.org") -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        assert client.sendmail("a@example.com", [recipient], b"Subject: s\r\n\r\nbody\r\n") == {}
+
+
+def test_sighup_with_a_broken_config_keeps_serving(gateway_factory, sink):
+    gateway = gateway_factory(relay_config(sink.port))
+    with gateway:
+        good = gateway.config_path.read_text()
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as open_session:
+            open_session.ehlo("client.test")
+            gateway.config_path.write_text(good + 'maximal_queue_lifetime = "forever"\n')
+            gateway.process.send_signal(signal.SIGHUP)
+            gateway.wait_for_log(r"reload refused, keeping the running configuration: .*maximal_queue_lifetime")
+            # the session opened before the reload goes on, and new ones work
+            assert open_session.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: 1\r\n\r\nx\r\n") == {}
+        send(gateway.port, "c@elsewhere.org")
+        assert len(sink.wait_for_messages(2)) == 2
+        assert gateway.process.poll() is None
+
+
+def test_sighup_applies_a_new_relayhost_and_certificate(gateway_factory, sink):
+    with SmtpSink() as second:
+        gateway = gateway_factory(relay_config(sink.port))
+        with gateway:
+            send(gateway.port, "first@elsewhere.org")
+            sink.wait_for_messages(1)
+            text = gateway.config_path.read_text().replace(f"[127.0.0.1]:{sink.port}", f"[127.0.0.1]:{second.port}")
+            gateway.config_path.write_text(text)
+            gateway.process.send_signal(signal.SIGHUP)
+            gateway.wait_for_log("reload done")
+            send(gateway.port, "second@elsewhere.org")
+            (message,) = second.wait_for_messages(1)
+            assert message.rcpt_tos == ["second@elsewhere.org"]
+            assert len(sink.messages) == 1
+
+
+def test_sigterm_during_a_transaction_loses_nothing(gateway_factory):
+    sink = SmtpSink()  # relayhost down: the message must survive in the spool
+    try:
+        gateway = gateway_factory(relay_config(sink.port))
+        gateway.start()
+        client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+        client.ehlo("client.test")
+        client.mail("a@example.com")
+        client.rcpt("late@elsewhere.org")
+        client.putcmd("DATA")
+        assert client.getreply()[0] == 354
+        client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.wait_for_log("stop requested")
+        client.send(b"second half\r\n.\r\n")
+        code, text = client.getreply()
+        assert code == 250, text
+        client.quit()
+        assert gateway.process.wait(30) == 0
+        listed = gateway.cli("queue", "list").stdout
+        assert "late@elsewhere.org" in listed
+        sink.start()
+        gateway.start()
+        (message,) = sink.wait_for_messages(1)
+        assert message.data.endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
+    finally:
+        sink.stop()
