@@ -11,6 +11,8 @@ from policies.antivirus import Antivirus
 from policies.header_checks import HeaderChecks
 from policies.relay_access import RelayAccess
 from policies.rspamd import Rspamd
+from policies.sender_auth import SenderAuthentication
 from policies.spamassassin import SpamAssassin
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (RelayAccess, HeaderChecks, Antivirus, SpamAssassin, Rspamd)}
+REGISTRY: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (RelayAccess, SenderAuthentication, HeaderChecks, Antivirus, SpamAssassin, Rspamd)}
