@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.config import Config, Network, parse_network
+from gateway.dkim_signer import DkimSettings, DkimSigner
 from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet
@@ -78,12 +80,17 @@ class ScanSwitches:
 
 @dataclass(slots=True)
 class Pipelines:
-    """The access pipeline and one content pipeline per direction."""
+    """The access pipeline, one content pipeline per direction, and the outbound DKIM signer.
+
+    The signer runs last on outbound mail, after every header the gateway adds
+    (maddy ``msgpipeline.Body`` order), so the signature covers them.
+    """
 
     access: Pipeline
     inbound: Pipeline
     outbound: Pipeline
     switches: ScanSwitches
+    signer: DkimSigner | None = None
 
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
@@ -122,5 +129,11 @@ def build_pipelines(config: Config) -> Pipelines:
             result.append(PolicyEntry.of(built[name], concurrent=name in VIRUS_SCANNERS | SPAM_SCANNERS))
         return result
 
+    settings = DkimSettings.from_config(config)
+    signer = None
+    if settings.enabled:
+        signer = DkimSigner(settings)
+        signer.prepare(logging.getLogger("gateway.dkim"))
     return Pipelines(access=Pipeline([RelayAccess(config)]), inbound=Pipeline(entries("inbound")),
-                     outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config))
+                     outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
+                     signer=signer)
