@@ -53,10 +53,30 @@ def field_value(field: bytes) -> str:
     return unfolded(field).partition(":")[2].lstrip(" \t")
 
 
+def mbox_separator(raw: bytes) -> bytes:
+    """A leading Unix mbox ``From `` line (with its line ending), or b"".
+
+    It is not an RFC 5322 field; some clients send one. It stays first, as it
+    came, and the gateway's own fields go after it (a field line below it
+    would make the header section unparsable for DKIM signers).
+    """
+    if raw.startswith(b"From "):
+        end = raw.find(b"\n")
+        return raw[:end + 1] if end >= 0 else raw
+    return b""
+
+
+def insert_fields(raw: bytes, fields: bytes) -> bytes:
+    """Put ready-made header ``fields`` (CRLF-terminated) on top of ``raw`` (after an mbox separator)."""
+    separator = mbox_separator(raw)
+    return separator + fields + raw[len(separator):]
+
+
 def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> bytes:
     """Return ``prepend`` + policy headers + ``raw`` with fields removed/replaced; the body is untouched.
 
-    ``prepend`` is ready-made header bytes (e.g. the Received field) ending in CRLF.
+    ``prepend`` is ready-made header bytes (e.g. the Received field) ending in CRLF;
+    they go below a leading mbox separator line (:func:`mbox_separator`).
     """
     added = b"".join(_encode_field(name, value) for edit in edits for name, value in edit.prepend)
     removed = {name.lower() for edit in edits for name in edit.remove}
@@ -66,7 +86,7 @@ def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> by
         raw = _rewrite(raw, removed, replaced, dropped)
         missing = [pair for key, pair in replaced.items() if key not in _names(raw)]
         added += b"".join(_encode_field(name, value) for name, value in missing)
-    return prepend + added + raw
+    return insert_fields(raw, prepend + added)
 
 
 def _encode_field(name: str, value: str) -> bytes:

@@ -29,7 +29,7 @@ from gateway.config import Config
 from gateway.dkim_signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import apply_edits
+from gateway.message import apply_edits, insert_fields
 from gateway.pipelines import Pipelines
 from gateway.policy import PolicyContext
 from gateway.received import received_header
@@ -291,7 +291,7 @@ class SmtpHandler:
             domain, algorithm = tags.get(b"d", b"?").decode(), tags.get(b"a", b"?").decode()
             metrics.DKIM_SIGNATURES.labels(domain, algorithm).inc()
             log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, domain, algorithm)
-        return signatures + message
+        return insert_fields(message, signatures)
 
     def _timed_commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
         with metrics.SPOOL_COMMIT.time():

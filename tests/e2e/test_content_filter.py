@@ -8,6 +8,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from gateway.message import mbox_separator
 from tests.conftest import CORPUS_DIR, relay_config
 from tests.harness.clamd import ClamdDaemon
 
@@ -256,11 +257,13 @@ def test_corpus_passes_clean_and_byte_intact(corpus_scanning_gateway, path):
     code, text = send(gateway.port, expected, recipient=recipient)
     assert code == 250, text
     (message,) = sink.wait_for_recipient(recipient, timeout=30)
-    data = message.data
+    separator = mbox_separator(expected)  # a leading mbox "From " line stays first
+    assert message.data.startswith(separator)
+    data = message.data[len(separator):]
     added = []
     while (match := ADDED_FIELD.match(data)) and (not added or match.group(1) != b"Received"):
         added.append(match.group(1))  # our Received on top, then the policies' fields; then the original
         data = data[match.end():]
-    assert data == expected
+    assert separator + data == expected
     assert b"Received" in added and b"X-Virus-Scanned" in added
     assert b"X-Scan-Skipped" not in added

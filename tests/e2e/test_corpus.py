@@ -12,11 +12,12 @@ import smtplib
 
 import pytest
 
+from gateway.message import mbox_separator
 from tests.conftest import CORPUS_DIR, relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 CORPUS = sorted(p for p in CORPUS_DIR.rglob("*") if p.is_file() and p.name != "LICENSE")
-RECEIVED = re.compile(rb"^Received: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
+RECEIVED = re.compile(rb"Received: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 
 
 def test_corpus_is_present():
@@ -48,6 +49,9 @@ def test_corpus_message_relays_byte_intact(corpus_gateway, path):
         # smtplib sends bytes as they are: give it the CRLF form an SMTP client must send
         assert client.sendmail("corpus@example.com", [recipient], expected) == {}
     (message,) = sink.wait_for_recipient(recipient)
-    trace = RECEIVED.match(message.data)
+    # Our Received goes on top, below a leading mbox "From " separator line when the message has one.
+    separator = mbox_separator(expected)
+    assert message.data.startswith(separator)
+    trace = RECEIVED.match(message.data, len(separator))
     assert trace, message.data[:200]
-    assert message.data[trace.end():] == expected
+    assert separator + message.data[trace.end():] == expected

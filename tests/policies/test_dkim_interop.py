@@ -4,7 +4,10 @@ Each message of ``shared/corpus`` (all files but LICENSE) is turned into CRLF
 and gets ``From: Sender <sender@example.com>`` in place of its first From field
 (or added on top when it has none); everything else stays byte for byte. It
 is dual-signed (rsa-sha256 with ``s=mail``, ed25519-sha256 with
-``s=mail-ed25519``) and then verified by:
+``s=mail-ed25519``) twice: by the signer directly, and by relaying it through
+the real gateway (``gateway run`` as a subprocess, trusted client, a real SMTP
+sink as relayhost), where the signature also covers the gateway's own
+``Received:`` field. Both are then verified by:
 
 * Perl Mail::DKIM 1.20230212 (RSA only: it reports ed25519 as an unsupported
   algorithm), with the key records served by an override of
@@ -38,7 +41,7 @@ import pytest
 
 from gateway import config as gateway_config
 from gateway.dkim_signer import DkimSettings, DkimSigner
-from gateway.message import field_name, raw_fields
+from gateway.message import field_name, insert_fields, mbox_separator, raw_fields
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary
 
@@ -160,22 +163,60 @@ class SignedCorpus:
     directory: Path  # signed messages as files, named by index
 
 
-@pytest.fixture(scope="module")
-def signed_corpus(tmp_path_factory: pytest.TempPathFactory) -> SignedCorpus:
-    """Every corpus message dual-signed for example.com with fresh keys."""
+_DKIM_FIELDS = re.compile(rb"(?:DKIM-Signature:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
+
+
+def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, str]]:
+    """Relay each message through a real gateway that dual-signs; split what the sink got into
+    (message as relayed, the DKIM-Signature fields the gateway put on top)."""
+    import smtplib
+
+    from gateway.dkim_keys import dns_txt_value, list_keys, load_private_key
+    from tests.harness.gateway_process import GatewayProcess, free_port
+    from tests.harness.smtp_sink import SmtpSink
+
+    result = {}
+    with SmtpSink() as sink:
+        port = free_port()
+        config = (f'relayhost = ["[127.0.0.1]:{sink.port}"]\nmynetworks = ["127.0.0.1/32"]\n'
+                  f'myhostname = "gw.test"\nmessage_size_limit = "50M"\n'
+                  f'[dkim]\ndomains = ["{DOMAIN}"]\nalgorithms = {list(SELECTORS)!r}\n'.replace("'", '"')
+                  + f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n')
+        with GatewayProcess(state, config) as gateway:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                for index, (name, message) in enumerate(messages.items()):
+                    assert client.sendmail("sender@example.com", [f"r{index}@elsewhere.org"], message) == {}
+            for index, name in enumerate(messages):
+                (received,) = sink.wait_for_recipient(f"r{index}@elsewhere.org", timeout=30)
+                separator = mbox_separator(received.data)  # fields go below a leading mbox line
+                signatures = _DKIM_FIELDS.match(received.data, len(separator)).group(0)
+                result[name] = (separator + received.data[len(separator) + len(signatures):], signatures)
+                assert insert_fields(*result[name]) == received.data
+    records = {f"{key.selector}._domainkey.{key.domain}": dns_txt_value(load_private_key(key.path))
+               for key in list_keys(state / "dkim")}
+    return result, records
+
+
+@pytest.fixture(scope="module", params=["signer", "gateway"])
+def signed_corpus(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> SignedCorpus:
+    """Every corpus message dual-signed for example.com with fresh keys: by the signer, or
+    relayed through the real gateway."""
     state = tmp_path_factory.mktemp("dkim-state")
-    config = gateway_config.build({"state_dir": str(state), "dkim": {
-        "domains": [DOMAIN], "algorithms": list(SELECTORS)}})
-    signer = DkimSigner(DkimSettings.from_config(config))
-    records = {record.name: record.value for record in signer.prepare()}
+    prepared = {name: EXTRA[name] if name in EXTRA else with_sender((CORPUS / name).read_bytes())
+                for name in NAMES}
+    if request.param == "gateway":
+        messages, records = _through_gateway(state, prepared)
+    else:
+        config = gateway_config.build({"state_dir": str(state), "dkim": {
+            "domains": [DOMAIN], "algorithms": list(SELECTORS)}})
+        signer = DkimSigner(DkimSettings.from_config(config))
+        records = {record.name: record.value for record in signer.prepare()}
+        messages = {name: (message, signer.sign(message)) for name, message in prepared.items()}
     assert sorted(records) == sorted(f"{s}._domainkey.{DOMAIN}" for s in SELECTORS.values())
     directory = tmp_path_factory.mktemp("dkim-signed")
-    messages = {}
     for index, name in enumerate(NAMES):
-        message = EXTRA[name] if name in EXTRA else with_sender((CORPUS / name).read_bytes())
-        signature = signer.sign(message)
-        messages[name] = (message, signature)
-        (directory / f"{index:03d}.eml").write_bytes(signature + message)
+        message, signature = messages[name]
+        (directory / f"{index:03d}.eml").write_bytes(insert_fields(message, signature))
     return SignedCorpus(messages, records, directory)
 
 
@@ -203,7 +244,7 @@ def test_signed_unless_listed(signed_corpus: SignedCorpus, name: str) -> None:
 def _signed(signed_corpus: SignedCorpus, name: str) -> bytes:
     message, signature = signed_corpus.messages[name]
     assert signature, name
-    return signature + message
+    return insert_fields(message, signature)
 
 
 # ---- (a) Perl Mail::DKIM, RSA -------------------------------------------------------------
@@ -217,7 +258,7 @@ def mail_dkim_results(signed_corpus: SignedCorpus, tmp_path_factory: pytest.Temp
     records = work / "records.txt"
     records.write_text("".join(f"{name}\t{value}\n" for name, value in signed_corpus.records.items()))
     message, signature = signed_corpus.messages[TAMPERED_FROM]
-    (work / "tampered.eml").write_bytes(signature + message + b"P.S. added on the way\r\n")
+    (work / "tampered.eml").write_bytes(insert_fields(message, signature) + b"P.S. added on the way\r\n")
     files = sorted(signed_corpus.directory.iterdir()) + [work / "tampered.eml"]
     done = subprocess.run(["perl", str(script), str(records), *map(str, files)], capture_output=True,
                           text=True, timeout=120, check=False)
@@ -312,7 +353,7 @@ def test_rspamd_verifies_rsa_and_ed25519(signed_corpus: SignedCorpus, dkim_rspam
 def test_rspamd_rejects_a_tampered_body(signed_corpus: SignedCorpus, dkim_rspamd: RspamdDaemon) -> None:
     """The rspamd check is not vacuous: both signatures fail once the body changes."""
     message, signature = signed_corpus.messages[TAMPERED_FROM]
-    tampered = signature + message + b"P.S. added on the way\r\n"
+    tampered = insert_fields(message, signature) + b"P.S. added on the way\r\n"
     symbols = rspamd_symbols(dkim_rspamd, tampered)
     assert "R_DKIM_ALLOW" not in symbols, symbols
     assert sorted(symbols["R_DKIM_REJECT"]) == sorted(f"{DOMAIN}:s={s}" for s in SELECTORS.values())
@@ -343,4 +384,4 @@ def test_dkimpy_rejects_a_tampered_body(signed_corpus: SignedCorpus) -> None:
     require_nacl()
     for index in (0, 1):
         with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
-            dkim.DKIM(signature + message + b"P.S.\r\n").verify(idx=index, dnsfunc=dnsfunc)
+            dkim.DKIM(insert_fields(message, signature) + b"P.S.\r\n").verify(idx=index, dnsfunc=dnsfunc)
