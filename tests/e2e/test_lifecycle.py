@@ -73,3 +73,19 @@ def test_sigterm_during_a_transaction_loses_nothing(gateway_factory):
         assert message.data.endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
     finally:
         sink.stop()
+
+
+def test_json_log_format(gateway_factory, sink):
+    import json
+
+    gateway = gateway_factory(relay_config(sink.port, 'log_format = "json"\nlog_level = "info"\n'))
+    with gateway:
+        send(gateway.port)
+        sink.wait_for_messages(1)
+        gateway.wait_for_log(r'"msg": "[0-9A-F]{19}: removed"')
+    records = [json.loads(line) for line in gateway.lines if line.startswith("{")]
+    assert len(records) >= 5
+    assert all({"ts", "level", "logger", "msg"} <= set(record) for record in records)
+    assert any(record["logger"] == "gateway.relay" and "status=sent" in record["msg"] for record in records)
+    # the multi-line CA certificate is one JSON record, not loose lines
+    assert all(line.startswith("{") for line in gateway.lines if line.strip())
