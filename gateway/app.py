@@ -159,10 +159,11 @@ class Gateway:
         try:
             config = load(self.config_path)
             pipelines = build_pipelines(config)
+            cert = key = None
             if self.tls_context is not None:
-                cert, key = ((config.smtpd_tls_cert_file, config.smtpd_tls_key_file)
-                             if config.smtpd_tls_cert_file and config.smtpd_tls_key_file else (None, None))
-                if cert is None:
+                if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
+                    cert, key = config.smtpd_tls_cert_file, config.smtpd_tls_key_file
+                else:
                     local = ensure_local_certificates(config.tls_dir, config.myhostname)
                     cert, key = local.server_cert, local.server_key
                 server_context(cert, key, config.smtpd_tls_CAfile)  # validates before touching the live one

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from gateway.config import Config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.verdict import CONTINUE, Verdict
 
@@ -35,6 +36,9 @@ class Policy:
     """
 
     name: ClassVar[str] = "policy"
+
+    def __init__(self, config: Config | None = None) -> None:
+        """Policies are built once with the whole Config and read their own ``[name]`` table."""
 
     async def on_connect(self, ctx: PolicyContext) -> Verdict:
         """After the TCP (and implicit TLS) connection is set up."""
