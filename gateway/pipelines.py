@@ -106,8 +106,11 @@ class Pipelines:
                     await policy.aclose()
 
 
-def build_pipelines(config: Config) -> Pipelines:
+def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
     """Construct every configured policy once and the pipelines that use them.
+
+    ``prepare_keys`` generates missing DKIM keys (start and reload); ``check-config``
+    validates without it.
 
     Raises:
         ConfigError: an unknown policy name, or a policy's own bad setting.
@@ -133,7 +136,8 @@ def build_pipelines(config: Config) -> Pipelines:
     signer = None
     if settings.enabled:
         signer = DkimSigner(settings)
-        signer.prepare(logging.getLogger("gateway.dkim"))
+        if prepare_keys:
+            signer.prepare(logging.getLogger("gateway.dkim"))
     return Pipelines(access=Pipeline([RelayAccess(config)]), inbound=Pipeline(entries("inbound")),
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
                      signer=signer)

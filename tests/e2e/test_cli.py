@@ -110,3 +110,25 @@ def test_bad_queue_id_is_a_clear_error(gateway_factory):
     gateway = gateway_factory("")
     result = gateway.cli("queue", "hold", "../../etc/passwd", check=False)
     assert result.returncode == 1 and "is not a queue ID" in result.stderr
+
+
+@pytest.mark.parametrize("config, key", [
+    ('[pipeline]\ninbound = ["antivirus", "nonsense"]\n', "pipeline.inbound"),
+    ('[pipeline]\ninbound = ["antivirus"]\n[antivirus]\nclamd = "carrier-pigeon"\n', "antivirus.clamd"),
+    ('[spam_levels]\ntag_level = 9.0\ntag2_level = 3.0\n[pipeline]\ninbound = ["spamassassin"]\n',
+     "spam_levels.tag_level"),
+    ('[dkim]\ndomains = ["example.com"]\nalgorithms = ["rsa-sha1"]\n', "dkim.algorithms"),
+])
+def test_check_config_validates_policy_tables(tmp_path, config, key):
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    result = run_cli("--config", str(path), "check-config")
+    assert result.returncode == 2 and f"config key '{key}'" in result.stderr, result.stderr
+
+
+def test_check_config_generates_no_keys(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(f'state_dir = "{tmp_path / "var"}"\n[dkim]\ndomains = ["example.com"]\n')
+    result = run_cli("--config", str(path), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "var" / "dkim").exists()
