@@ -35,11 +35,14 @@ from gateway.policy import PolicyContext
 from gateway.received import received_header
 from gateway.reply import Reply
 from gateway.smtp_server import GatewaySMTP
-from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
 from gateway.tls import peer_certificate_fingerprints, tls_session_info
 from gateway.verdict import Action, HeaderEdit, Verdict
 
 log = logging.getLogger("gateway.smtpd")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _addresses(recipients: list[str]) -> str:
@@ -167,6 +170,8 @@ class SmtpHandler:
                 split_mailbox(sender)
             except ValueError:
                 return str(replies.BAD_SENDER_SYNTAX)
+            if _CONTROL.search(sender):
+                return str(replies.BAD_SENDER_SYNTAX)
         options = [option.upper() for option in mail_options]
         declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
         ctx.envelope = Envelope(sender=sender, smtputf8=envelope.smtp_utf8,
@@ -194,6 +199,8 @@ class SmtpHandler:
         ctx = self._ctx(server)
         if ctx.envelope is None:
             return "503 5.5.1 Error: need MAIL command"
+        if _CONTROL.search(address):  # could never be sent on (RFC 5321 §4.1.2)
+            return str(replies.BAD_ADDRESS_SYNTAX)
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
             self._count_reject("rcpt", Verdict(Action.TEMPFAIL, replies.TOO_MANY_RECIPIENTS, reason="recipient_limit"))
             return str(replies.TOO_MANY_RECIPIENTS)
@@ -298,7 +305,7 @@ class SmtpHandler:
             self.spool.commit(entry, message, state)
 
     async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
-        commit = asyncio.ensure_future(asyncio.to_thread(self._timed_commit, entry, message, state))
+        commit = asyncio.ensure_future(run_io(self._timed_commit, entry, message, state))
         self.commits.add(commit)
 
         def finished(future: asyncio.Future[None]) -> None:

@@ -169,6 +169,11 @@ class SmtpClient:
         except DeliveryError:
             smtp.close()
             raise
+        except (ValueError, UnicodeError) as error:
+            # aiosmtplib refuses control characters or unencodable addresses: they never can be sent
+            smtp.close()
+            reply = Reply(553, "5.1.3", f"address cannot be sent: {error}"[:300])
+            return AttemptResult({r: reply for r in recipients}, host)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
             smtp.close()
             raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "

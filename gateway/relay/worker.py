@@ -32,7 +32,7 @@ from gateway.relay.bounce import FailedRecipient, build_dsn, should_bounce
 from gateway.relay.client import SmtpClient
 from gateway.relay.routing import Destination, Router, RoutingError
 from gateway.reply import Reply
-from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
 
 log = logging.getLogger("gateway.relay")
 
@@ -77,10 +77,10 @@ class RelayWorker:
             try:
                 if now - last_incoming_scan >= INCOMING_SCAN_INTERVAL:
                     last_incoming_scan = now
-                    self.pending_incoming.extend(await asyncio.to_thread(self.spool.ids, QueueState.INCOMING))
+                    self.pending_incoming.extend(await run_io(self.spool.ids, QueueState.INCOMING))
                 if now - last_deferred_scan >= self.config.queue_run_delay:
                     last_deferred_scan = now
-                    for queue_id in await asyncio.to_thread(self.spool.due_deferred, now):
+                    for queue_id in await run_io(self.spool.due_deferred, now):
                         self._start(queue_id, QueueState.DEFERRED)
                 incoming, self.pending_incoming = self.pending_incoming, []
                 for queue_id in incoming:
@@ -122,7 +122,7 @@ class RelayWorker:
     async def _process(self, queue_id: str, source: QueueState) -> None:
         try:
             async with self.slots:
-                entry = await asyncio.to_thread(self.spool.claim, queue_id, source)
+                entry = await run_io(self.spool.claim, queue_id, source)
                 if entry is None:
                     return
                 try:
@@ -140,18 +140,25 @@ class RelayWorker:
         retry = next_attempt(time.time(), entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
                              self.config.maximal_backoff_time)
         try:
-            stored = await asyncio.to_thread(self.spool.read, entry.queue_id, QueueState.ACTIVE)
+            stored = await run_io(self.spool.read, entry.queue_id, QueueState.ACTIVE)
             stored.next_attempt, stored.last_delay = retry.at, retry.delay
-            await asyncio.to_thread(self.spool.update_and_move, stored, QueueState.DEFERRED)
-        except (SpoolError, ValueError, OSError):
+            await run_io(self.spool.update_and_move, stored, QueueState.DEFERRED)
+            return
+        except (SpoolError, ValueError, OSError) as error:
+            log.error("%s: cannot rewrite the record (%s); moving it unchanged", entry.queue_id, error)
+        try:
+            # A rename and a timestamp need no free blocks (a full spool): the record goes back
+            # to deferred/ as it was, so at worst this pass's deliveries are repeated.
+            await run_io(self.spool.defer_unchanged, entry.queue_id, retry.at)
+        except (SpoolError, OSError):
             log.exception("%s: left in active/; it is retried at the next start", entry.queue_id)
 
     async def _deliver_entry(self, entry: SpoolEntry) -> None:
         try:
-            message = await asyncio.to_thread(self.spool.read_message, entry)
+            message = await run_io(self.spool.read_message, entry)
         except SpoolError as error:
             log.error("%s: %s; moved to corrupt", entry.queue_id, error)
-            await asyncio.to_thread(self.spool.move, entry.queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
+            await run_io(self.spool.move, entry.queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
             return
         was_pending = entry.pending()
         groups: dict[Destination, list[RecipientStatus]] = defaultdict(list)
@@ -232,11 +239,11 @@ class RelayWorker:
             retry = next_attempt(now, entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
                                  self.config.maximal_backoff_time)
             entry.next_attempt, entry.last_delay = retry.at, retry.delay
-            await asyncio.to_thread(self.spool.update_and_move, entry, QueueState.DEFERRED)
+            await run_io(self.spool.update_and_move, entry, QueueState.DEFERRED)
             log.info("%s: deferred, %d recipient(s) left, next attempt in %.0fs", entry.queue_id,
                      len(entry.pending()), retry.delay)
         else:
-            await asyncio.to_thread(self.spool.remove, entry.queue_id, QueueState.ACTIVE)
+            await run_io(self.spool.remove, entry.queue_id, QueueState.ACTIVE)
             log.info("%s: removed", entry.queue_id)
 
     async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
@@ -256,7 +263,7 @@ class RelayWorker:
                 message_size=len(dsn), message_sha256="", is_bounce=True,
                 smtputf8=entry.smtputf8, body_8bitmime=True)
             try:
-                await asyncio.to_thread(self.spool.commit, bounce, dsn)
+                await run_io(self.spool.commit, bounce, dsn)
             except SpoolError as error:
                 log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
                 for recipient in recipients:

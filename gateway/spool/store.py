@@ -331,6 +331,19 @@ class Spool:
             self.move(entry.queue_id, entry.state, target)
             entry.state = target
 
+    def defer_unchanged(self, queue_id: str, next_attempt: float) -> None:
+        """Move a record from ``active/`` to ``deferred/`` without rewriting it (works on a full disk).
+
+        Raises:
+            NotInQueue: when it is not in ``active/``.
+        """
+        path = self.record_path(queue_id, QueueState.ACTIVE)
+        try:
+            os.utime(path, (next_attempt, next_attempt))
+        except FileNotFoundError:
+            raise NotInQueue(f"{queue_id}: not in active") from None
+        self.move(queue_id, QueueState.ACTIVE, QueueState.DEFERRED)
+
     def remove(self, queue_id: str, state: QueueState) -> None:
         """Delete the record in ``state``, then the message file (record first: no orphan record).
 

@@ -31,16 +31,16 @@ from gateway.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, Verdict
 from policies.spamassassin import SKIPPED_TOO_LARGE, SpamAssassin
+from tests.harness.samples import (  # noqa: F401
+    CORPUS,
+    CORPUS_FILES,
+    GTUBE,
+    GTUBE_MAIL,
+    HAM,
+    HEADER,
+    UNDATED,
+)
 from tests.harness.spam_daemons import SpamdDaemon, free_ports
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and path.name != "LICENSE")
-
-GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"  # halves: no scanner trips on us
-HEADER = b"From: a@example.com\r\nTo: b@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
-GTUBE_MAIL = HEADER + b"Subject: gtube\r\nMessage-ID: <g@example.com>\r\n\r\n" + GTUBE.encode() + b"\r\n"
-HAM = HEADER + b"Subject: lunch\r\nMessage-ID: <h@example.com>\r\n\r\nSee you at noon.\r\n"
-UNDATED = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
 
 # Corpus messages SpamAssassin scores at or above the default kill_level 6.9, with the rule
 # that carries them there. They are parser test cases (broken dates, advance-fee text, a

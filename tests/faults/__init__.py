@@ -1,0 +1,1 @@
+"""Fault-injection tests: crashes, outages, a full disk, hung scanners, hostile clients, properties."""

@@ -1,0 +1,151 @@
+"""A full spool file system: 452 4.3.1 for new mail, accepted mail intact, recovery when space returns.
+
+The spool (``state_dir/spool``) is a 2 MB tmpfs mounted for the test (root
+only; the test is skipped with the reason when the mount is refused) and
+filled with a file the test writes and later deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import relay_config
+from tests.faults.helpers import (
+    fill_filesystem,
+    mount_tmpfs,
+    still_serving,
+    submit,
+    unmount,
+    wait_until,
+)
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.smtp_sink import SmtpSink
+
+SPOOL_SIZE = "2m"
+
+
+def body(number: int, size: int) -> bytes:
+    """A message of about ``size`` bytes, unique per ``number``."""
+    line = f"line of message {number} ".ljust(70, "x").encode() + b"\r\n"
+    return f"Subject: disk {number}\r\nMessage-ID: <disk{number}@faults.test>\r\n\r\n".encode() \
+        + line * (size // len(line))
+
+
+@pytest.fixture
+def tmpfs_spool(gateway_factory, tmp_path: Path) -> Iterator[tuple[Path, list[GatewayProcess]]]:
+    """(spool mount point for a gateway named "gw", list to register gateways to stop before unmount)."""
+    spool = tmp_path / "gw" / "spool"
+    why = mount_tmpfs(spool, SPOOL_SIZE)
+    if why is not None:
+        pytest.skip(f"cannot simulate a full disk: {why}")
+    started: list[GatewayProcess] = []
+    try:
+        yield spool, started
+    finally:
+        for gateway in started:
+            gateway.stop()  # it holds the spool lock file open: stop it before unmounting
+        unmount(spool)
+
+
+def queue_ids_on_disk(spool: Path) -> set[str]:
+    return {path.stem for path in (spool / "data").iterdir()}
+
+
+def reply_to_data(port: int, recipient: str, message: bytes) -> tuple[tuple[int, bytes], int]:
+    """(reply to the end of data, reply code to a NOOP afterwards on the same session)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+        client.ehlo("client.test")
+        assert client.mail("sender@example.com")[0] == 250
+        assert client.rcpt(recipient)[0] == 250
+        reply = client.data(message)
+        return reply, client.noop()[0]
+
+
+def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tmpfs_spool):
+    spool, started = tmpfs_spool
+    sink = SmtpSink()  # down: accepted mail stays queued
+    # Deferred mail is not retried during the test unless flushed (the retry on a full spool has its own test below).
+    config = relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"1h"')
+    gateway = gateway_factory(config, name="gw")
+    started.append(gateway)
+    gateway.start()
+    try:
+        earlier = {}
+        for number in range(3):
+            queue_id = submit(gateway.port, "sender@example.com", [f"early{number}@elsewhere.org"],
+                              body(number, 100_000))
+            earlier[queue_id] = (f"early{number}@elsewhere.org", body(number, 100_000))
+        for queue_id in earlier:
+            gateway.wait_for_log(rf"{queue_id}: deferred, 1 recipient\(s\) left")
+
+        filler = spool / "filler"
+        assert fill_filesystem(filler) > 0
+
+        for number, size in ((10, 50_000), (11, 100)):
+            (code, text), after = reply_to_data(gateway.port, f"late{number}@elsewhere.org", body(number, size))
+            assert (code, text) == (452, b"4.3.1 Insufficient system storage"), (number, code, text)
+            assert after == 250  # the session goes on
+        gateway.wait_for_log(r"result=tempfail \(452 4\.3\.1 Insufficient system storage\): spool file system full")
+        still_serving(gateway.port)
+
+        # Nothing accepted before is damaged, nothing half-written is left behind.
+        assert queue_ids_on_disk(spool) == set(earlier)
+        assert list((spool / "tmp").iterdir()) == []
+        listing = gateway.cli("queue", "list").stdout
+        assert all(queue_id in listing for queue_id in earlier), listing
+        assert "-- " in listing and " in 3 Requests." in listing, listing
+
+        # Space returns: new mail is accepted again.
+        filler.unlink()
+        late_id = submit(gateway.port, "sender@example.com", ["late12@elsewhere.org"], body(12, 50_000))
+        gateway.wait_for_log(rf"{late_id}: deferred, 1 recipient\(s\) left")  # not in delivery during the flush
+
+        # The relayhost comes up: everything, early and late, arrives once and byte-identical.
+        sink.start()
+        assert gateway.cli("queue", "flush").returncode == 0
+        for queue_id in [*earlier, late_id]:
+            gateway.wait_for_log(rf"{queue_id}: removed", timeout=30)
+    finally:
+        sink.stop()
+    expected = {**{recipient: data for recipient, data in earlier.values()},
+                "late12@elsewhere.org": body(12, 50_000)}
+    assert sink.delivered == {recipient: 1 for recipient in expected}
+    for recipient, data in expected.items():
+        (message,) = sink.messages_for(recipient)
+        assert message.data.endswith(data)
+    assert not sink.messages_for("late10@elsewhere.org") and not sink.messages_for("late11@elsewhere.org")
+
+
+def test_retry_during_full_spool_is_delivered_once_space_returns(gateway_factory, tmpfs_spool):
+    spool, started = tmpfs_spool
+    sink = SmtpSink()  # down while the disk is full
+    gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1s"', maximal_backoff_time='"1s"'),
+                              name="gw")
+    started.append(gateway)
+    gateway.start()
+    try:
+        queue_ids = [submit(gateway.port, "sender@example.com", [f"stuck{n}@elsewhere.org"], body(n, 20_000))
+                     for n in range(3)]
+        for queue_id in queue_ids:
+            gateway.wait_for_log(rf"{queue_id}: deferred, 1 recipient\(s\) left")
+        filler = spool / "filler"
+        fill_filesystem(filler)
+        # Let every message have at least one more (failing) attempt while the spool is full.
+        for queue_id in queue_ids:
+            gateway.wait_for_log(rf"{queue_id}: to=<stuck\d@elsewhere\.org>, .*attempts=2, status=deferred",
+                                 timeout=20)
+            # ... and let that pass conclude (the message deferred again, or given up on) before space returns.
+            with contextlib.suppress(AssertionError):
+                gateway.wait_for_log(rf"{queue_id}: (deferred, \d+ recipient|left in active)", timeout=10, count=2)
+        filler.unlink()
+        sink.start()
+        # Space and the relayhost are back: each message must be delivered without a restart.
+        wait_until(lambda: len(sink.messages) == 3, timeout=8, what="the three messages at the relayhost")
+    finally:
+        sink.stop()
+    assert sink.delivered == {f"stuck{n}@elsewhere.org": 1 for n in range(3)}
