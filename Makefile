@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install test-peers clean
+.PHONY: run test install test-peers clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-peers:
 ## Install everything the tests need, then run them.
 test: $(STAMP) test-peers
 	$(BIN)/pytest
+
+## Benchmark the gateway against a private Postfix instance (as root, about 20 minutes);
+## writes docs/benchmarks.md. BENCH_ARGS passes options, e.g. BENCH_ARGS=--quick.
+bench: $(STAMP)
+	bash bench/install.sh && $(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
