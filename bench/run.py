@@ -352,7 +352,9 @@ class GatewaySystem(System):
             self.process = subprocess.Popen(
                 [sys.executable, *program, "--config", str(self.config_path), "run"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        ready = wait_until(lambda: "gateway ready" in self.log_text() or self.process.poll() is not None, 90, 0.1)
+        # "gateway ready" is an info line; with log_level = "warning" the listener's port tells
+        ready = wait_until(lambda: "gateway ready" in self.log_text() or port_open(self.port)
+                           or self.process.poll() is not None, 90, 0.1)
         if not ready or self.process.poll() is not None:
             self.stop()
             raise RuntimeError(f"gateway did not start; log:\n{self.log_text()[-3000:]}")
@@ -558,6 +560,8 @@ class RunResult:
     peak_processes: int = 0
     delivered: int = 0
     drain_seconds: float = 0.0  # from all-at-sink until the queue was empty
+    loop_thread_busy: float = 0.0  # gateway: CPU of its main (event loop) thread / wall time
+    user_share: float = 0.0  # user CPU / (user + system CPU)
     scanner_cpu_seconds: float = 0.0
     scanner_cpu_per_1000: float = 0.0
     scanner_peak_pss_mb: float = 0.0
@@ -573,6 +577,27 @@ def smtp_source(port: int, messages: int, sessions: int, body_bytes: int,
                           timeout=timeout)
 
 
+def cpu_split(root_pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of the trees, as :func:`tree_cpu`."""
+    user = system = 0.0
+    for root_pid in root_pids:
+        for process in tree(root_pid):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                user += times.user + times.children_user
+                system += times.system + times.children_system
+    return user, system
+
+
+def main_thread_cpu(pid: int) -> float:
+    """CPU seconds of the thread whose id is the process id (the main thread: the event loop)."""
+    with contextlib.suppress(psutil.Error):
+        for thread in psutil.Process(pid).threads():
+            if thread.id == pid:
+                return float(thread.user_time + thread.system_time)
+    return 0.0
+
+
 def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = BODY_BYTES,
             sessions: int = SESSIONS, sample_interval: float = 0.25,
             scanner_pids: Callable[[], list[int]] | None = None) -> RunResult:
@@ -582,6 +607,9 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
     scanner_sampler = MemorySampler(scanner_pids, sample_interval) if scanner_pids else None
     scanner_cpu0 = tree_cpu(scanner_pids()) if scanner_pids else 0.0
     cpu0 = tree_cpu(system.root_pids())
+    split0 = cpu_split(system.root_pids())
+    gateway_pid = system.root_pids()[0] if isinstance(system, GatewaySystem) else None
+    loop0 = main_thread_cpu(gateway_pid) if gateway_pid else 0.0
     with MemorySampler(system.root_pids, sample_interval) as sampler, \
             (scanner_sampler or contextlib.nullcontext()):
         start = time.monotonic()
@@ -599,6 +627,8 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
         if not drained:
             result.error += f" queue not empty ({system.queued()}) after the sink had all"
         result.cpu_seconds = tree_cpu(system.root_pids()) - cpu0
+        split1 = cpu_split(system.root_pids())
+        loop1 = main_thread_cpu(gateway_pid) if gateway_pid else 0.0
     if scanner_pids:
         result.scanner_cpu_seconds = tree_cpu(scanner_pids()) - scanner_cpu0
         result.scanner_cpu_per_1000 = result.scanner_cpu_seconds * 1000 / n
@@ -608,6 +638,10 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
     result.e2e_rate = n / result.e2e_seconds
     result.cpu_per_1000 = result.cpu_seconds * 1000 / n
     result.cores_busy = result.cpu_seconds / (result.e2e_seconds + result.drain_seconds)
+    user, kernel = split1[0] - split0[0], split1[1] - split0[1]
+    result.user_share = user / (user + kernel) if user + kernel > 0 else 0.0
+    if gateway_pid:
+        result.loop_thread_busy = (loop1 - loop0) / (result.e2e_seconds + result.drain_seconds)
     result.peak_memory_mb = system.peak_memory_kib(sampler) / 1024
     result.peak_pss_mb = sampler.peak_pss_kib / 1024
     result.peak_processes = sampler.peak_processes
@@ -675,12 +709,13 @@ class Bench:
         return path
 
     def make_system(self, kind: str, variant: str, sink_port: int, workdir: Path,
-                    gateway_extra: str = "", postfix_extra: dict[str, str] | None = None) -> System:
+                    gateway_extra: str = "", postfix_extra: dict[str, str] | None = None,
+                    whatif: str = "") -> System:
         if kind == "postfix":
             return PostfixSystem(workdir, sink_port, postfix_extra)
         scanners = self.scanners.addresses() if (variant == "scan" and self.scanners) else None
         return GatewaySystem(workdir, sink_port, variant=variant, dkim_keys=self.dkim_keys, scanners=scanners,
-                             extra=gateway_extra)
+                             extra=gateway_extra, whatif=whatif)
 
     @contextlib.contextmanager
     def running(self, system: System) -> Iterator[System]:
@@ -734,6 +769,63 @@ class Bench:
                 self.scanners = None
 
     # ---- extras
+
+    def small_run(self, kind: str, messages: int, *, sessions: int = SESSIONS, whatif: str = "",
+                  gateway_extra: str = "", label: str = "") -> RunResult:
+        """One plain run outside the rounds (fresh instance and sink); errors are recorded, not raised."""
+        workdir = self.fresh_dir(f"{label or 'small'}-{kind}")
+        result = RunResult(system=kind, variant=label or "small", round=1, position=1, messages=messages)
+        sink = Sink(workdir, free_port()).start()
+        try:
+            system = self.make_system(kind, "plain", sink.port, workdir, gateway_extra=gateway_extra, whatif=whatif)
+            with self.running(system):
+                time.sleep(self.args.settle)
+                measure(system, sink, result, sessions=sessions)
+        except Exception as error:
+            result.error += f" {type(error).__name__}: {error}"
+            traceback.print_exc()
+        finally:
+            sink.stop()
+            if not self.args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return result
+
+    def sessions(self) -> None:
+        """Does throughput grow with concurrent sessions? (1, 5, 20, 50; both systems)."""
+        messages = self.args.small_messages
+        log(f"sessions: {messages} messages with 1, 5, 20 and 50 concurrent sessions, each system")
+        out: dict[str, Any] = {"messages": messages, "runs": []}
+        for sessions in (1, 5, 20, 50):
+            for kind in ("gateway", "postfix"):
+                result = self.small_run(kind, messages, sessions=sessions, label=f"sessions{sessions}")
+                log(f"  {kind:7} {sessions:2} sessions: accept {result.accept_rate:6.0f}, end-to-end "
+                    f"{result.e2e_rate:6.0f} msg/s, CPU {result.cpu_per_1000:.2f} s/1000, "
+                    f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}")
+                out["runs"].append(asdict(result) | {"sessions": sessions})
+        self.extras["sessions"] = out
+
+    WHATIFS = [  # label, WHATIF patches, extra config, what it shows
+        ("as measured", "", "", "the gateway as it is (first of two runs)"),
+        ("log_level = warning", "", 'log_level = "warning"\n',
+         "the per-message info lines (connect, queued, sent, removed, disconnect) not written"),
+        ("16 spool threads", "spool16", "", "the spool's own thread pool with 16 threads instead of "
+                                          "gateway.spool.io.SPOOL_THREADS"),
+        ("no fsync (NOT durable)", "nofsync", "", "os.fsync patched out: the cost of the five fsyncs per message"),
+        ("no fsync + warning log", "nofsync", 'log_level = "warning"\n', "both: what is left is Python work"),
+        ("as measured, again", "", "", "the gateway as it is (second run: the spread shows the noise)"),
+    ]
+
+    def whatif(self) -> None:
+        """The gateway with one cost removed at a time (bench/whatif_gateway.py patches; never durable figures)."""
+        messages = self.args.small_messages
+        log(f"what-if: {messages} messages, {SESSIONS} sessions, the gateway with one cost removed at a time")
+        out: dict[str, Any] = {"messages": messages, "runs": []}
+        for label, patches, extra, meaning in self.WHATIFS:
+            result = self.small_run("gateway", messages, whatif=patches, gateway_extra=extra, label="whatif")
+            log(f"  {label:24}: end-to-end {result.e2e_rate:6.0f} msg/s, CPU {result.cpu_per_1000:.2f} s/1000, "
+                f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}")
+            out["runs"].append(asdict(result) | {"label": label, "meaning": meaning})
+        self.extras["whatif"] = out
 
     def big_message(self) -> None:
         size = self.args.big_message_mb * 1024 * 1024
@@ -1117,6 +1209,8 @@ METRICS = [  # attribute, title, format, better
     ("e2e_rate", "end-to-end msg/s", ".0f", "higher"),
     ("cpu_per_1000", "CPU s per 1000 msg", ".2f", "lower"),
     ("cores_busy", "cores busy (CPU s / wall s)", ".2f", "-"),
+    ("user_share", "user share of that CPU (rest: kernel)", ".2f", "-"),
+    ("loop_thread_busy", "gateway event-loop thread busy (its CPU s / wall s)", ".2f", "-"),
     ("peak_memory_mb", "peak memory MB¹", ".1f", "lower"),
     ("peak_processes", "processes (peak)", ".0f", "-"),
 ]
@@ -1205,6 +1299,8 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> str:
             gw = [getattr(r, attr) for r in runs if r.system == "gateway" and not r.error]
             pf = [getattr(r, attr) for r in runs if r.system == "postfix" and not r.error]
             ratios = [getattr(g, attr) / getattr(p, attr) for g, p in pairs if getattr(p, attr)]
+            if attr == "loop_thread_busy":
+                pf = []
             add(f"| {title} | {spread(gw, fmt)} | {spread(pf, fmt)} | "
                 f"{spread(ratios, '.2f') if better != '-' else '–'} |")
         add("")
@@ -1275,6 +1371,39 @@ def mean_metric(metrics: dict[str, float], name: str, label: str = "") -> float 
 
 def extras_report(bench: Bench, lines: list[str]) -> None:
     add = lines.append
+    sessions = bench.extras.get("sessions")
+    if sessions:
+        add(f"## Does throughput grow with concurrency? ({sessions['messages']} messages per run)")
+        add("")
+        add("The plain workload with 1, 5, 20 and 50 concurrent smtp-source sessions; one run each, fresh instances.")
+        add("")
+        add("| sessions | gateway accept / e2e msg/s | gateway event-loop thread busy | Postfix accept / e2e msg/s | "
+            "ratio e2e |")
+        add("|---|---|---|---|---|")
+        by = {(r["system"], r["sessions"]): r for r in sessions["runs"]}
+        for count in sorted({r["sessions"] for r in sessions["runs"]}):
+            g, p = by.get(("gateway", count)), by.get(("postfix", count))
+            if not g or not p:
+                continue
+            ratio = f"{g['e2e_rate'] / p['e2e_rate']:.2f}" if p["e2e_rate"] else "–"
+            add(f"| {count} | {g['accept_rate']:.0f} / {g['e2e_rate']:.0f} | {g['loop_thread_busy']:.2f} | "
+                f"{p['accept_rate']:.0f} / {p['e2e_rate']:.0f} | {ratio} |"
+                + (f" {(g['error'] + ' ' + p['error']).strip()}" if g["error"] or p["error"] else ""))
+        add("")
+    whatif = bench.extras.get("whatif")
+    if whatif:
+        add(f"## What if: the gateway with one cost removed ({whatif['messages']} messages per run)")
+        add("")
+        add("Experiments, not configurations to run: `bench/whatif_gateway.py` starts the gateway's CLI with a patch "
+            "applied in-process (the gateway's files are unchanged); one run each, plain workload, "
+            f"{SESSIONS} sessions.")
+        add("")
+        add("| run | what it shows | end-to-end msg/s | CPU s per 1000 msg | event-loop thread busy |")
+        add("|---|---|---|---|---|")
+        for r in whatif["runs"]:
+            add(f"| {r['label']} | {r['meaning']} | {r['e2e_rate']:.0f} | {r['cpu_per_1000']:.2f} | "
+                f"{r['loop_thread_busy']:.2f} |" + (f" {r['error'].strip()}" if r["error"] else ""))
+        add("")
     big = bench.extras.get("big_message")
     if big:
         add(f"## One {big['bytes'] // (1024 * 1024)} MB message")
@@ -1437,11 +1566,41 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
     add("")
     gw_cores, pf_cores = median_of("plain", "gateway", "cores_busy"), median_of("plain", "postfix", "cores_busy")
     gw_cpu, pf_cpu = median_of("plain", "gateway", "cpu_per_1000"), median_of("plain", "postfix", "cpu_per_1000")
+    loop = median_of("plain", "gateway", "loop_thread_busy")
+    gw_user, pf_user = median_of("plain", "gateway", "user_share"), median_of("plain", "postfix", "user_share")
     if gw_cores is not None and pf_cores is not None:
-        add(f"* **One core.** The gateway kept {gw_cores:.2f} cores busy during the plain runs (Postfix "
-            f"{pf_cores:.2f}, spread over smtpd, cleanup, qmgr and smtp processes). Its Python code runs under one "
-            "GIL in one process, so about 1.0 is its ceiling on any machine"
-            + (": it is at that ceiling, throughput is bounded by its CPU cost per message." if gw_cores >= 0.75 else "."))
+        add(f"* **One event loop.** The gateway kept {gw_cores:.2f} cores busy during the plain runs (Postfix "
+            f"{pf_cores:.2f}, spread over its smtpd, cleanup, qmgr and smtp processes)"
+            + (f"; its event-loop thread alone was busy {loop:.0%} of the time (its own CPU; time spent waiting for "
+               "the GIL held by the spool threads comes on top)" if loop else "")
+            + ". Every SMTP command of every session, in and out, and all Python work of the spool threads "
+            "share that one thread and one GIL: a second core helps only with the kernel side of the I/O."
+            + (f" User time was {gw_user:.0%} of the gateway's CPU (Postfix {pf_user:.0%}); the rest is kernel "
+               "time: fsync, file and socket system calls." if gw_user and pf_user else ""))
+    sess = bench.extras.get("sessions")
+    if sess:
+        g = {r["sessions"]: r for r in sess["runs"] if r["system"] == "gateway" and not r["error"]}
+        p = {r["sessions"]: r for r in sess["runs"] if r["system"] == "postfix" and not r["error"]}
+        if 1 in g and 20 in g and 1 in p and 20 in p:
+            gain = g[20]["e2e_rate"] / g[1]["e2e_rate"]
+            add(f"* **{'Little gain from concurrency' if gain < 1.5 else 'Concurrency'}.** With one session the "
+                f"gateway relayed {g[1]['e2e_rate']:.0f} msg/s, with 20 sessions {g[20]['e2e_rate']:.0f} msg/s "
+                f"({gain:.1f}×); Postfix {p[1]['e2e_rate']:.0f} and {p[20]['e2e_rate']:.0f} msg/s. One session takes "
+                f"{1000 / g[1]['e2e_rate']:.1f} ms per message through the gateway against "
+                f"{1000 / p[1]['e2e_rate']:.1f} ms through Postfix"
+                + (", and more sessions mostly queue on the same event loop" if gain < 1.5 else "")
+                + (f" (its thread busy {g[1]['loop_thread_busy']:.0%} with one session, "
+                   f"{g[20]['loop_thread_busy']:.0%} with 20)." if g[1].get("loop_thread_busy") else "."))
+    wi = bench.extras.get("whatif")
+    if wi:
+        runs = {r["label"]: r for r in wi["runs"] if not r["error"]}
+        base = [r["e2e_rate"] for k, r in runs.items() if k.startswith("as measured")]
+        if base:
+            b0 = med(base)
+            parts = [f"{k}: {r['e2e_rate']:.0f} msg/s ({r['e2e_rate'] / b0 - 1:+.0%})" for k, r in runs.items()
+                     if not k.startswith("as measured")]
+            add(f"* **What each cost is worth** (what-if runs, against {b0:.0f} msg/s as measured, "
+                f"{', '.join(format(x, '.0f') for x in base)} in two runs): " + "; ".join(parts) + ".")
     if gw_cpu is not None and pf_cpu is not None:
         add(f"* **CPU per message.** {gw_cpu:.2f} ms for the gateway against {pf_cpu:.2f} ms for Postfix "
             f"({gw_cpu / pf_cpu:.2f}×).")
@@ -1457,8 +1616,9 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
             "fsyncs the message file, the record, the data directory and the queue directory, and the removal after "
             "delivery fsyncs the directory again; Postfix fsyncs its one queue file and relies on the file "
             f"system for directory entries. The gateway also made {g.get('futex', 0):g} futex calls per message "
-            f"(Postfix {p.get('futex', 0):g}): the spool commit, claim, message read and removal each hop to the "
-            "default thread pool (`asyncio.to_thread`) and back.")
+            f"(Postfix {p.get('futex', 0):g}): the spool commit, claim, message read and removal each hop to "
+            f"{spool_pool_text()} and back, and every system call there releases and retakes the GIL that the "
+            "event loop needs.")
     commit = [mean_metric(r.metrics, "gateway_spool_commit_duration_seconds") for r in results
               if r.variant == "plain" and r.system == "gateway" and r.metrics]
     commit = [c * 1000 for c in commit if c is not None]
@@ -1511,6 +1671,14 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
     add("")
 
 
+def spool_pool_text() -> str:
+    try:
+        import gateway.spool.io as spool_io
+        return f"the spool's own pool of {spool_io.SPOOL_THREADS} threads (`gateway/spool/io.py`)"
+    except (ImportError, AttributeError):
+        return "the default thread pool (`asyncio.to_thread`)"
+
+
 def fmt_ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
@@ -1533,7 +1701,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="N per run of the scan variant (default N/20: spamd is the bottleneck)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per variant (default 3)")
     parser.add_argument("--variants", default="plain,dkim,scan", help="comma list of plain, dkim, scan")
-    parser.add_argument("--extras", default="big,outage,profile", help="comma list of big, outage, profile ('' for none)")
+    parser.add_argument("--extras", default="sessions,whatif,big,outage,profile",
+                        help="comma list of sessions, whatif, big, outage, profile ('' for none)")
+    parser.add_argument("--small-messages", type=int, default=None,
+                        help="N of the sessions and what-if runs (default N/8, at most 3000)")
     parser.add_argument("--big-message-mb", type=int, default=50)
     parser.add_argument("--outage-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--profile-messages", type=int, default=None, help="default N/4, at most 5000")
@@ -1554,6 +1725,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.scan_messages = max(50, args.messages // 20)
     if args.outage_messages is None:
         args.outage_messages = min(5000, max(50, args.messages // 4))
+    if args.small_messages is None:
+        args.small_messages = min(3000, max(100, args.messages // 8))
     if args.profile_messages is None:
         args.profile_messages = min(5000, max(100, args.messages // 4))
     if args.quick:
@@ -1585,6 +1758,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for variant in args.variants:
             bench.variant_rounds(variant)
+        if "sessions" in args.extras:
+            bench.sessions()
+        if "whatif" in args.extras:
+            bench.whatif()
         if "big" in args.extras:
             bench.big_message()
         if "outage" in args.extras:

@@ -5,6 +5,7 @@ starts, from the comma list in the environment variable WHATIF:
 
 * ``pool32``  - the event loop's default executor (``asyncio.to_thread``) gets 32 threads instead
   of Python's default min(32, CPUs + 4);
+* ``spool16`` - the spool's own thread pool (``gateway.spool.io``) gets 16 threads;
 * ``nofsync`` - ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost);
 * ``uvloop``  - uvloop's event loop, when the module is importable (skipped otherwise).
 
@@ -33,6 +34,14 @@ if "pool32" in PATCHES:
         return _asyncio_run(wrapper(), **kwargs)
 
     asyncio.run = _run_with_pool
+
+if "spool16" in PATCHES:
+    try:
+        import gateway.spool.io as spool_io
+        spool_io._executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool")
+        spool_io.SPOOL_THREADS = 16
+    except (ImportError, AttributeError):
+        print("whatif: gateway.spool.io has no pool to resize", file=sys.stderr)
 
 if "nofsync" in PATCHES:
     os.fsync = lambda fd: None
