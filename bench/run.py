@@ -810,7 +810,7 @@ class Bench:
          "the per-message info lines (connect, queued, sent, removed, disconnect) not written"),
         ("16 spool threads", "spool16", "", "the spool's own thread pool with 16 threads instead of "
                                           "gateway.spool.io.SPOOL_THREADS"),
-        ("no fsync (NOT durable)", "nofsync", "", "os.fsync patched out: the cost of the five fsyncs per message"),
+        ("no fsync (NOT durable)", "nofsync", "", "os.fsync patched out: what the fsyncs cost (their count per message: see the strace table)"),
         ("no fsync + warning log", "nofsync", 'log_level = "warning"\n', "both: what is left is Python work"),
         ("as measured, again", "", "", "the gateway as it is (second run: the spread shows the noise)"),
     ]
@@ -965,9 +965,9 @@ class Bench:
                     spy.kill()
                     spy.wait(10)
             summary = summarise_py_spy(raw.read_text(errors="replace")) if raw.exists() else {"error": "no output"}
-            if raw.exists():  # kept for a closer look (speedscope, flamegraph.pl): bench/profiles/
-                keep = ROOT / "bench" / "profiles"
-                keep.mkdir(exist_ok=True)
+            if raw.exists():  # kept for a closer look (speedscope, flamegraph.pl) next to the raw results
+                keep = profiles_dir(self.args.json)
+                keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(raw, keep / f"{variant}{'-gil' if gil else '-all-threads'}.collapsed.txt")
             summary["run"] = {"messages": messages, "e2e_rate": result.e2e_rate, "cpu_per_1000": result.cpu_per_1000,
                               "gil": gil}
@@ -1024,6 +1024,12 @@ class Bench:
             self.scanners.close()
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def profiles_dir(json_path: str) -> Path:
+    """Where the raw py-spy stacks of a run go: bench/last-run-profiles/ next to bench/last-run.json."""
+    path = Path(json_path)
+    return path.parent / f"{path.stem}-profiles"
 
 
 def find_py_spy() -> str | None:
@@ -1090,11 +1096,33 @@ def bucket_of(frames: list[str]) -> str:
     return "other"
 
 
+# Known costs looked for in every profile: (key, frames that must all be on the stack (prefix match, any of
+# the alternatives separated by |), what it is). Shares are of all samples of that profile.
+PROFILE_PATTERNS = [
+    ("getaddr", ("aiosmtpd/smtp.py:SMTP._getaddr",),
+     "aiosmtpd's `SMTP._getaddr` (MAIL FROM / RCPT TO address parsing through `email._header_value_parser`)"),
+    ("getaddr_class", ("aiosmtpd/smtp.py:SMTP._getaddr", "<frozen abc>:ABCMeta.__new__|typing.py:Protocol.__init_subclass__"),
+     "of which creating a class: `_getaddr` defines `class AddrSpec(typing.Protocol)` inside the function, "
+     "so every MAIL and RCPT command builds a new ABC class"),
+    ("logging", ("logging/",), "the standard `logging` module (formatting and writing the log lines)"),
+    ("metrics", ("prometheus_client/",), "prometheus_client counters and histograms"),
+    ("commit_gil", ("gateway/spool/store.py:Spool.commit",),
+     "the Python side of the spool commit (hashing, JSON, file calls) while holding the GIL"),
+    ("to_json", ("gateway/spool/entry.py:",), "building and parsing spool records (`gateway/spool/entry.py`)"),
+    ("received", ("gateway/received.py:",), "building the Received: header (`email.utils.format_datetime` ...)"),
+    ("aiosmtplib", ("aiosmtplib/",), "aiosmtplib, the relay's SMTP client"),
+    ("dkim", ("gateway/dkim_signer.py:",), "DKIM signing (dkimpy canonicalisation, hashing, the RSA signature)"),
+    ("aiospamc_ssl", ("aiospamc/", "ssl.py:SSLContext.load_default_certs"),
+     "`ssl.create_default_context()` run by aiospamc for every request"),
+]
+
+
 def summarise_py_spy(raw: str) -> dict[str, Any]:
     """Self time per function and time per bucket from py-spy's collapsed stacks."""
     self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     buckets: collections.Counter[str] = collections.Counter()
+    patterns: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -1110,14 +1138,21 @@ def summarise_py_spy(raw: str) -> dict[str, Any]:
         for name in set(frames):
             inclusive[name] += count
         buckets[bucket_of(frames)] += count
+        for key, required, _text in PROFILE_PATTERNS:
+            if all(any(f.startswith(tuple(alt.split("|"))) for f in frames) for alt in required):
+                patterns[key] += count
     if not total:
         return {"error": "no samples"}
     pct = lambda c: round(100.0 * c / total, 1)  # noqa: E731
+
+    def ranked(counter: collections.Counter[str]) -> list[tuple[str, int]]:
+        return sorted(counter.items(), key=lambda item: (-item[1], item[0]))
     return {
         "samples": total,
-        "buckets": [(label, pct(count)) for label, count in buckets.most_common()],
-        "self": [(name, pct(count)) for name, count in self_time.most_common(20)],
-        "inclusive": [(name, pct(count)) for name, count in inclusive.most_common(60)
+        "buckets": [(label, pct(count)) for label, count in ranked(buckets)],
+        "patterns": {key: pct(count) for key, count in patterns.items()},
+        "self": [(name, pct(count)) for name, count in ranked(self_time)[:20]],
+        "inclusive": [(name, pct(count)) for name, count in ranked(inclusive)[:60]
                       if name.startswith(("gateway/", "policies/", "aiosmtpd/", "aiosmtplib/", "logging/",
                                           "prometheus_client/", "email/", "asyncio/selector_events",
                                           "asyncio/streams", "aiospamc/", "pyclamd/", "ssl.py", "dkim/"))
@@ -1229,9 +1264,11 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> str:
     add = lines.append
     add("# Benchmarks: the gateway and Postfix side by side")
     add("")
+    argv = REPORT_ARGV if REPORT_ARGV is not None else sys.argv[1:]
+    finished = REPORT_TIME or time.time()
     add("Generated by `make bench` (`bench/run.py"
-        + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "") + f"`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"the run took {(time.time() - started) / 60:.1f} minutes. Do not edit by hand: run it again.")
+        + (" " + " ".join(argv) if argv else "") + f"`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(finished))}; "
+        f"the run took {(finished - started) / 60:.1f} minutes. Do not edit by hand: run it again.")
     add("")
     add("## Machine")
     add("")
@@ -1458,7 +1495,7 @@ def extras_report(bench: Bench, lines: list[str]) -> None:
             + " when any frame of its stack is theirs; otherwise in the area of its innermost frame that has one ("
             + ", ".join(label for label, _ in PROFILE_BUCKETS[STACK_WIDE_BUCKETS:-1])
             + "), and in the event loop area only when nothing else is on the stack. Raw collapsed stacks are "
-            "kept in `bench/profiles/` (not committed).")
+            "kept in `bench/last-run-profiles/` (not committed).")
         add("")
         spies = profile.get("py_spy") or {}
         for name, spy in spies.items():
@@ -1597,18 +1634,34 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
         base = [r["e2e_rate"] for k, r in runs.items() if k.startswith("as measured")]
         if base:
             b0 = med(base)
-            parts = [f"{k}: {r['e2e_rate']:.0f} msg/s ({r['e2e_rate'] / b0 - 1:+.0%})" for k, r in runs.items()
-                     if not k.startswith("as measured")]
-            add(f"* **What each cost is worth** (what-if runs, against {b0:.0f} msg/s as measured, "
-                f"{', '.join(format(x, '.0f') for x in base)} in two runs): " + "; ".join(parts) + ".")
+            noise = (max(base) - min(base)) / b0 if len(base) > 1 else 0.0
+            parts = []
+            for k, r in runs.items():
+                if k.startswith("as measured"):
+                    continue
+                change = r["e2e_rate"] / b0 - 1
+                parts.append(f"{k}: {r['e2e_rate']:.0f} msg/s ({change:+.0%}"
+                             + (", within the noise" if abs(change) <= noise else "") + ")")
+            add(f"* **What each cost is worth** (what-if runs, against {b0:.0f} msg/s as measured: "
+                f"{' and '.join(format(x, '.0f') for x in base)} in two runs, a spread of {noise:.0%}): "
+                + "; ".join(parts) + "."
+                + (" On this shared machine single what-if runs are too noisy to rank the costs; run them again "
+                   "on a quiet machine (`--extras whatif --small-messages 10000`)." if noise > 0.1 else ""))
     if gw_cpu is not None and pf_cpu is not None:
+        per_round = [g.cpu_per_1000 / p.cpu_per_1000 for g, p in paired(results, "plain") if p.cpu_per_1000]
         add(f"* **CPU per message.** {gw_cpu:.2f} ms for the gateway against {pf_cpu:.2f} ms for Postfix "
-            f"({gw_cpu / pf_cpu:.2f}×).")
+            f"(medians; per round the gateway used {spread(per_round, '.2f')}× Postfix's CPU).")
     plain = spies.get("plain") or {}
     if plain.get("buckets"):
-        top = ", ".join(f"{label} {pct}%" for label, pct in plain["buckets"][:5])
-        own = ", ".join(f"`{name}` {pct}%" for name, pct in plain["self"][:6])
-        add(f"  Where its GIL time goes (py-spy --gil, plain): {top}. Hottest functions (own time): {own}.")
+        top = ", ".join(f"{label} {pct}%" for label, pct in plain["buckets"][:6])
+        add(f"  Where its GIL time goes (py-spy --gil, plain): {top}. No single function dominates; the "
+            "largest identifiable costs, as shares of all GIL samples:")
+        found = plain.get("patterns", {})
+        for key, _required, text in PROFILE_PATTERNS:
+            if key in ("dkim", "aiospamc_ssl"):
+                continue
+            if found.get(key, 0) >= 1.0:
+                add(f"  * {found[key]}%: {text}")
     g, p = strace.get("gateway", {}).get("per_message", {}), strace.get("postfix", {}).get("per_message", {})
     if g and p:
         add(f"* **Durability I/O.** {g.get('fsync', 0) + g.get('fdatasync', 0):g} fsync per message for the gateway "
@@ -1716,6 +1769,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="raw results (default bench/last-run.json)")
     parser.add_argument("--workdir", default=None, help="where instances live (default a new /tmp/mailbench.*)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, spools)")
+    parser.add_argument("--report-only", metavar="JSON", default=None,
+                        help="only rewrite the report from the raw results of an earlier run (e.g. bench/last-run.json)")
     args = parser.parse_args(argv)
     if args.messages is None:
         args.messages = 300 if args.quick else 20000
@@ -1743,8 +1798,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def report_only(args: argparse.Namespace) -> int:
+    """Rewrite the report from a JSON of an earlier run (older profile summaries redone from its -profiles/ dir)."""
+    data = json.loads(Path(args.report_only).read_text())
+    saved = data.get("args", {})
+    for key in ("messages", "scan_messages", "rounds", "variants", "extras", "spamd_children", "big_message_mb",
+                "outage_messages", "profile_messages", "small_messages"):
+        if key in saved:
+            setattr(args, key, saved[key])
+    bench = Bench.__new__(Bench)
+    bench.args = args
+    fields_ = {f for f in RunResult.__dataclass_fields__}
+    bench.results = [RunResult(**{k: v for k, v in r.items() if k in fields_}) for r in data["runs"]]
+    bench.extras = data.get("extras", {})
+    spies = (bench.extras.get("profile") or {}).get("py_spy") or {}
+    for name, spy in spies.items():
+        # summaries made by an older bench/run.py lack newer fields: summarise the kept raw stacks again
+        variant, _, kind = name.partition("-")
+        gil = bool((spy.get("run") or {}).get("gil"))
+        raw = profiles_dir(args.report_only) / f"{variant}{'-gil' if gil else '-all-threads'}.collapsed.txt"
+        if "patterns" not in spy and raw.exists() and not spy.get("error"):
+            spies[name] = summarise_py_spy(raw.read_text(errors="replace")) | {"run": spy.get("run", {})}
+    info = data["machine"]
+    global REPORT_ARGV, REPORT_TIME
+    REPORT_ARGV = data.get("argv", [])
+    REPORT_TIME = data.get("finished") or time.time()
+    started = REPORT_TIME - 60 * (data.get("minutes") or 0)
+    text = report(bench, info, started)
+    Path(args.output).write_text(text)
+    log(f"report rewritten from {args.report_only} to {args.output}")
+    return 0
+
+
+REPORT_ARGV: list[str] | None = None
+REPORT_TIME: float | None = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        return report_only(args)
     check_tools()
     started = time.time()
     info = machine()
@@ -1773,6 +1866,8 @@ def main(argv: list[str] | None = None) -> int:
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": info, "args": {k: v for k, v in vars(args).items()},
+                                           "argv": sys.argv[1:], "minutes": (time.time() - started) / 60,
+                                           "finished": time.time(),
                                            "runs": [asdict(r) for r in bench.results], "extras": bench.extras},
                                           indent=1, default=str))
     text = report(bench, info, started)
