@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -179,6 +180,38 @@ def test_user_is_sent_to_spamd(spamd):
     while "for gwtestuser:" not in log.read_text(errors="replace"):
         assert time.monotonic() < deadline, "spamd did not log the user"
         time.sleep(0.1)
+
+
+def test_messages_after_the_first_build_no_ssl_contexts(spamd, monkeypatch):
+    """The spamd client is built once: scanning must not parse CA bundles per message.
+
+    aiospamc's one-shot ``aiospamc.symbols()`` made two ``ssl.create_default_context()``
+    per call (~40 ms CPU on the event loop); every ``SSLContext``, however created, is
+    counted here while the real spamd scans several messages, one after another and
+    concurrently on one loop.
+    """
+    created: list[type] = []
+    original_new = ssl.SSLContext.__new__
+
+    def counting_new(cls: type[ssl.SSLContext], *args: Any, **kwargs: Any) -> ssl.SSLContext:
+        created.append(cls)
+        return original_new(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "__new__", staticmethod(counting_new))
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    assert len(created) == 1, "the SSLContext counter is not wired"
+    policy = make_policy(spamd.address)
+    assert scan(policy, GTUBE_MAIL).action is Action.REJECT
+    after_first = len(created)
+
+    for message in (HAM, GTUBE_MAIL, UNDATED):
+        assert isinstance(scan(policy, message), Verdict)
+
+    async def concurrently() -> list[Verdict]:
+        return list(await asyncio.gather(*(policy.on_data(context(), m) for m in (HAM, GTUBE_MAIL, HAM))))
+
+    assert [v.action for v in asyncio.run(concurrently())] == [Action.CONTINUE, Action.REJECT, Action.CONTINUE]
+    assert len(created) == after_first, f"{len(created) - after_first} SSL contexts built for 6 more messages"
 
 
 # ---- failures ----
