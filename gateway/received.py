@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from email.utils import format_datetime
 from datetime import datetime, timezone
@@ -9,6 +10,35 @@ from datetime import datetime, timezone
 from gateway.envelope import ClientInfo
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+# The last formatted second: (unix second, RFC 5322 date). One tuple, replaced
+# whole, so a reader in another thread sees a matching pair.
+_last_date: tuple[int, str] = (-1, "")
+
+# 1970-01-01 .. 9999-12-31: the fast path's range; outside it (and for NaN) the
+# plain computation runs and raises what it raises.
+_MAX_TIMESTAMP = 253402300800.0
+
+
+def rfc5322_date(now: float) -> str:
+    """``email.utils.format_datetime`` of ``now`` (unix seconds) in UTC, e.g. ``Tue, 14 Nov 2023 22:13:20 +0000``.
+
+    Byte-identical to ``format_datetime(datetime.fromtimestamp(now, timezone.utc))``,
+    formatted once per whole second instead of once per message.
+    """
+    global _last_date
+    if not 0.0 <= now < _MAX_TIMESTAMP:
+        return format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    second = math.floor(now)
+    if now - second >= 0.999:
+        # fromtimestamp rounds to whole microseconds (half to even), which can
+        # carry into the next second: let it decide.
+        return format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    cached = _last_date
+    if cached[0] != second:
+        cached = (second, format_datetime(datetime.fromtimestamp(second, timezone.utc)))
+        _last_date = cached
+    return cached[1]
 
 
 def protocol_name(extended: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
@@ -32,7 +62,7 @@ def received_header(client: ClientInfo, *, by_host: str, queue_id: str, recipien
         lines.append(f"\t(using {client.tls_version} with cipher {client.tls_cipher or 'unknown'})")
     with_name = protocol_name(extended, bool(client.tls_version), bool(client.auth_user), smtputf8)
     lines.append(f"\tby {by_host} (gateway) with {with_name} id {queue_id}")
-    date = format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    date = rfc5322_date(now)
     if len(recipients) == 1 and not _UNSAFE.search(recipients[0]):
         lines.append(f"\tfor <{recipients[0]}>; {date}")
     else:
