@@ -39,6 +39,7 @@ from gateway.relay.worker import RelayWorker
 from gateway.smtp_handler import SmtpHandler
 from gateway.smtp_server import ConnectionLimiter
 from gateway.spool import Spool
+from gateway.spool.batcher import SpoolBatcher
 from gateway.tls import client_context, server_context
 
 log = logging.getLogger("gateway")
@@ -57,6 +58,7 @@ class Gateway:
         self.listeners: list[Listener] = []
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
+        self.batcher: SpoolBatcher | None = None
         self.worker_task: asyncio.Task[None] | None = None
         self.pipelines: Pipelines | None = None
         self.cert_file: Path | None = None
@@ -106,10 +108,11 @@ class Gateway:
                                                    config.smtp_tls_cert_file, config.smtp_tls_key_file),
                             ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
-        self.worker = RelayWorker(config, self.spool, router, client)
+        self.batcher = SpoolBatcher(self.spool)
+        self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         for listener_config in config.listeners:
-            handler = SmtpHandler(config, listener_config.name, pipelines, self.spool, self.worker.notify,
+            handler = SmtpHandler(config, listener_config.name, pipelines, self.batcher, self.worker,
                                   tls_mode=listener_config.tls)
             listener = Listener(listener_config, handler, tls, limiter, config.smtpd_data_timeout)
             try:
@@ -214,6 +217,8 @@ class Gateway:
         commits = [c for h in self.handlers for c in h.commits]
         if commits:
             await asyncio.gather(*commits, return_exceptions=True)
+        if self.batcher is not None:
+            await self.batcher.drain()
         if self.worker is not None:
             await self.worker.stop()
         if self.worker_task is not None:

@@ -4,11 +4,12 @@ This is the one seam to aiosmtpd (policies never import it). Every outcome is
 turned into a :class:`~gateway.reply.Reply` here; an unexpected exception
 becomes ``451 4.3.0`` with a generic text (never the exception text).
 
-The spool commit runs in a worker thread and is shielded from cancellation:
-aiosmtpd cancels ``handle_DATA`` when the client disconnects or times out, but
-a commit that has started always finishes and the message is then delivered,
-even if the 250 never reached the client (a duplicate is acceptable, a loss
-is not).
+The spool commit is batched with other sessions' commits (group commit,
+:mod:`gateway.spool.batcher`), runs in a spool thread and is shielded from
+cancellation: aiosmtpd cancels ``handle_DATA`` when the client disconnects or
+times out, but a commit that has started always finishes and the message is
+then delivered, even if the 250 never reached the client (a duplicate is
+acceptable, a loss is not).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ipaddress
 import logging
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
@@ -35,7 +36,8 @@ from gateway.policy import PolicyContext
 from gateway.received import received_header
 from gateway.reply import Reply
 from gateway.smtp_server import GatewaySMTP
-from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
+from gateway.spool import QueueState, RecipientStatus, SpoolEntry, new_queue_id
+from gateway.spool.batcher import SpoolBatcher
 from gateway.tls import peer_certificate_fingerprints, tls_session_info
 from gateway.verdict import Action, HeaderEdit, Verdict
 
@@ -49,6 +51,22 @@ def _addresses(recipients: list[str]) -> str:
     return ",".join(f"<{r}>" for r in recipients)
 
 
+class DeliveryIntake(Protocol):
+    """What the handler needs of the relay worker (:class:`gateway.relay.worker.RelayWorker`)."""
+
+    def reserve(self, size: int) -> bool:
+        """Reserve ``size`` bytes of in-memory hand-over room; False when there is none."""
+
+    def release(self, size: int) -> None:
+        """Give back a reservation whose commit failed."""
+
+    def accept(self, entry: SpoolEntry, message: bytes) -> None:
+        """Take a message committed into ``active/`` under a reservation."""
+
+    def notify(self, entry: SpoolEntry) -> None:
+        """Learn of a message committed into ``incoming/``."""
+
+
 class SmtpHandler:
     """Handler object given to every :class:`GatewaySMTP` of one listener.
 
@@ -56,19 +74,18 @@ class SmtpHandler:
         config: the gateway configuration.
         listener_name: the listener's name, recorded in ClientInfo and logs.
         pipelines: the access pipeline and the content pipelines per direction.
-        spool: where accepted mail is committed.
-        on_committed: called with the SpoolEntry after each successful commit
-            (hands the message to the relay worker).
+        batcher: commits accepted mail to the spool (group commit).
+        intake: the relay worker, which takes committed messages.
     """
 
-    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, spool: Spool,
-                 on_committed: Callable[[SpoolEntry], None], tls_mode: str = "none") -> None:
+    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, batcher: SpoolBatcher,
+                 intake: DeliveryIntake, tls_mode: str = "none") -> None:
         self.config = config
         self.listener_name = listener_name
         self.tls_mode = tls_mode
         self.pipelines = pipelines
-        self.spool = spool
-        self.on_committed = on_committed
+        self.batcher = batcher
+        self.intake = intake
         self.commits: set[asyncio.Future[None]] = set()
         self.sessions: set[GatewaySMTP] = set()
 
@@ -300,18 +317,22 @@ class SmtpHandler:
             log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, domain, algorithm)
         return insert_fields(message, signatures)
 
-    def _timed_commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
-        with metrics.SPOOL_COMMIT.time():
-            self.spool.commit(entry, message, state)
-
     async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
-        commit = asyncio.ensure_future(run_io(self._timed_commit, entry, message, state))
+        # With room at the worker the message goes straight to active/ and its bytes to the worker.
+        handed_over = state is QueueState.INCOMING and self.intake.reserve(len(message))
+        commit = self.batcher.submit(entry, message, QueueState.ACTIVE if handed_over else state)
         self.commits.add(commit)
 
         def finished(future: asyncio.Future[None]) -> None:
             self.commits.discard(future)
-            if not future.cancelled() and future.exception() is None and state is QueueState.INCOMING:
-                self.on_committed(entry)
+            succeeded = not future.cancelled() and future.exception() is None
+            if handed_over:
+                if succeeded:
+                    self.intake.accept(entry, message)
+                else:
+                    self.intake.release(len(message))
+            elif succeeded and state is QueueState.INCOMING:
+                self.intake.notify(entry)
         commit.add_done_callback(finished)
         # The shield keeps the commit (and the hand-off) running if the client goes away.
         await asyncio.shield(commit)

@@ -1,10 +1,14 @@
 """The relay worker: drains the spool to the next hops (Postfix qmgr + smtp).
 
-* Freshly committed messages are handed over in memory (:meth:`RelayWorker.notify`);
-  ``incoming/`` is also scanned every second (messages released or flushed by
-  ``gateway queue``), and ``deferred/`` every ``queue_run_delay`` for records
-  whose next attempt (their mtime) has come.
-* A message is claimed by renaming its record into ``active/``; its pending
+* Freshly received messages are handed over in memory: the session reserves
+  room (:meth:`RelayWorker.reserve`, bounded by ``HANDOFF_LIMIT_BYTES``) and
+  commits the message straight into ``active/``; the worker then gets the
+  record and the bytes (:meth:`RelayWorker.accept`) with no claim and no
+  re-read. Without room it commits into ``incoming/`` and calls
+  :meth:`RelayWorker.notify`. ``incoming/`` is also scanned every second
+  (messages released or flushed by ``gateway queue``), and ``deferred/`` every
+  ``queue_run_delay`` for records whose next attempt (their mtime) has come.
+* Other messages are claimed by renaming their record into ``active/``; the pending
   recipients are grouped by destination and each group is delivered under a
   per-destination concurrency limit, hosts tried in order until one answers.
 * Per recipient: 2xx → delivered (never tried again), 5xx → bounced, 4xx or
@@ -33,10 +37,12 @@ from gateway.relay.client import SmtpClient
 from gateway.relay.routing import Destination, Router, RoutingError
 from gateway.reply import Reply
 from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
+from gateway.spool.batcher import SpoolBatcher
 
 log = logging.getLogger("gateway.relay")
 
 INCOMING_SCAN_INTERVAL = 1.0  # seconds
+HANDOFF_LIMIT_BYTES = 32 * 1024 * 1024  # messages held in memory for delivery; beyond it they wait on disk
 
 
 class RelayWorker:
@@ -47,11 +53,17 @@ class RelayWorker:
         spool: the spool to drain.
         router: recipient → destination → hosts.
         client: performs single delivery attempts.
+        batcher: batches the spool commits (DSNs) and removals.
+        handoff_limit: bytes of handed-over messages held in memory at most.
     """
 
-    def __init__(self, config: Config, spool: Spool, router: Router, client: SmtpClient) -> None:
+    def __init__(self, config: Config, spool: Spool, router: Router, client: SmtpClient,
+                 batcher: SpoolBatcher, handoff_limit: int = HANDOFF_LIMIT_BYTES) -> None:
         self.config = config
         self.spool = spool
+        self.batcher = batcher
+        self.handoff_limit = handoff_limit
+        self.handoff_bytes = 0
         self.router = router
         self.client = client
         self.inflight: set[str] = set()
@@ -64,9 +76,38 @@ class RelayWorker:
         self.stopping = False
 
     def notify(self, entry: SpoolEntry) -> None:
-        """Hand over a freshly committed message (called on the event loop)."""
+        """Tell the worker of a message freshly committed into ``incoming/`` (called on the event loop)."""
         self.pending_incoming.append(entry.queue_id)
         self.wakeup.set()
+
+    def reserve(self, size: int) -> bool:
+        """Reserve ``size`` bytes of hand-over room for a message about to be committed into ``active/``.
+
+        False (nothing reserved) when the room is used up or the worker is stopping:
+        commit into ``incoming/`` then. A reservation ends with :meth:`accept` or :meth:`release`.
+        """
+        if self.stopping or (self.handoff_bytes and self.handoff_bytes + size > self.handoff_limit):
+            return False
+        self.handoff_bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        """Give back a reservation whose commit failed."""
+        self.handoff_bytes -= size
+
+    def accept(self, entry: SpoolEntry, message: bytes) -> None:
+        """Take a message committed into ``active/`` under a reservation of ``len(message)`` bytes.
+
+        If the worker is stopping the record stays in ``active/`` and goes back to
+        ``incoming/`` at the next start.
+        """
+        if self.stopping or entry.queue_id in self.inflight:
+            self.handoff_bytes -= len(message)
+            return
+        self.inflight.add(entry.queue_id)
+        task = asyncio.create_task(self._process_accepted(entry, message), name=f"deliver-{entry.queue_id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def run(self) -> None:
         """Main loop until :meth:`stop`; never raises (errors are logged and retried)."""
@@ -126,14 +167,33 @@ class RelayWorker:
                 if entry is None:
                     return
                 try:
-                    await self._deliver_entry(entry)
-                except Exception:
-                    log.exception("%s: delivery pass failed; deferred for retry", queue_id)
-                    await self._defer_after_error(entry)
+                    message = await run_io(self.spool.read_message, entry)
+                except SpoolError as error:
+                    log.error("%s: %s; moved to corrupt", entry.queue_id, error)
+                    await run_io(self.spool.move, entry.queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
+                    return
+                await self._deliver_claimed(entry, message)
         except Exception:
             log.exception("%s: could not process the queue entry", queue_id)
         finally:
             self.inflight.discard(queue_id)
+
+    async def _process_accepted(self, entry: SpoolEntry, message: bytes) -> None:
+        try:
+            async with self.slots:
+                await self._deliver_claimed(entry, message)
+        except Exception:
+            log.exception("%s: could not process the queue entry", entry.queue_id)
+        finally:
+            self.inflight.discard(entry.queue_id)
+            self.handoff_bytes -= len(message)
+
+    async def _deliver_claimed(self, entry: SpoolEntry, message: bytes) -> None:
+        try:
+            await self._deliver_entry(entry, message)
+        except Exception:
+            log.exception("%s: delivery pass failed; deferred for retry", entry.queue_id)
+            await self._defer_after_error(entry)
 
     async def _defer_after_error(self, entry: SpoolEntry) -> None:
         # Move the record as it is on disk (statuses of this pass may be half-made) out of active/.
@@ -153,13 +213,7 @@ class RelayWorker:
         except (SpoolError, OSError):
             log.exception("%s: left in active/; it is retried at the next start", entry.queue_id)
 
-    async def _deliver_entry(self, entry: SpoolEntry) -> None:
-        try:
-            message = await run_io(self.spool.read_message, entry)
-        except SpoolError as error:
-            log.error("%s: %s; moved to corrupt", entry.queue_id, error)
-            await run_io(self.spool.move, entry.queue_id, QueueState.ACTIVE, QueueState.CORRUPT)
-            return
+    async def _deliver_entry(self, entry: SpoolEntry, message: bytes) -> None:
         was_pending = entry.pending()
         groups: dict[Destination, list[RecipientStatus]] = defaultdict(list)
         for recipient in was_pending:
@@ -243,7 +297,7 @@ class RelayWorker:
             log.info("%s: deferred, %d recipient(s) left, next attempt in %.0fs", entry.queue_id,
                      len(entry.pending()), retry.delay)
         else:
-            await run_io(self.spool.remove, entry.queue_id, QueueState.ACTIVE)
+            await self.batcher.remove(entry.queue_id)
             log.info("%s: removed", entry.queue_id)
 
     async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
@@ -263,7 +317,7 @@ class RelayWorker:
                 message_size=len(dsn), message_sha256="", is_bounce=True,
                 smtputf8=entry.smtputf8, body_8bitmime=True)
             try:
-                await run_io(self.spool.commit, bounce, dsn)
+                await self.batcher.commit(bounce, dsn)
             except SpoolError as error:
                 log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
                 for recipient in recipients:

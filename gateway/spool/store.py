@@ -27,8 +27,11 @@ or delete records outside ``active/``. Deferred records carry their next
 attempt time as the file's mtime (as Postfix warps deferred queue files), so
 finding due messages is a directory scan without reading records.
 
-Batching the directory fsyncs of concurrent commits (group commit) changes no
-file: only when the fsyncs of steps 2-3 happen.
+Concurrent commits are batched (group commit, :meth:`Spool.commit_many`): the
+files of every message in the batch are written, then fsynced, then one fsync
+of ``data/``, the renames, and one fsync per target directory. No file changes;
+each message's 250 still waits for its own record to be durable. Removals after
+delivery are batched the same way (:meth:`Spool.remove_many`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,63 @@ def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
         path.unlink(missing_ok=True)  # a partial file of ours; never someone else's (O_EXCL held)
         raise
     os.close(fd)
+
+
+def _create_and_write(path: Path, data: bytes) -> int:
+    """Create ``path`` (O_EXCL, mode 0600), write ``data``; returns the open fd (not fsynced)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)  # ours: O_EXCL created it
+        raise
+    return fd
+
+
+@dataclass(slots=True)
+class PendingCommit:
+    """One message of a group commit: its record, its bytes, the state to publish it in.
+
+    ``error`` is set by :meth:`Spool.commit_many` when this message could not be committed.
+    """
+
+    entry: SpoolEntry
+    message: bytes
+    state: QueueState = QueueState.INCOMING
+    error: SpoolError | None = None
+
+
+@dataclass(slots=True)
+class _CommitFiles:
+    item: PendingCommit
+    tmp_path: Path
+    data_fd: int = -1
+    record_fd: int = -1
+    created: list[Path] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in (self.data_fd, self.record_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.data_fd = self.record_fd = -1
+
+    def fail(self, error: OSError) -> None:
+        # Never acknowledged: withdraw the record first (no record without message), then the data.
+        self.close()
+        for path in reversed(self.created):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        self.created.clear()
+        if self.item.error is None:
+            if error.errno in _FULL_ERRNOS:
+                self.item.error = SpoolFullError(f"spool file system full: {error.strerror}")
+            else:
+                self.item.error = SpoolError(f"cannot write to spool: {error.strerror}")
 
 
 @dataclass(slots=True)
@@ -155,32 +215,74 @@ class Spool:
             SpoolFullError: on ENOSPC/EDQUOT (nothing is left behind).
             SpoolError: on any other I/O error (nothing is left behind).
         """
-        entry.message_size = len(message)
-        entry.message_sha256 = hashlib.sha256(message).hexdigest()
-        entry.state = state
-        data_path = self.message_path(entry.queue_id)
-        tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
-        record_path = self.record_path(entry.queue_id, state)
-        created: list[Path] = []  # only what this call made is removed on failure
+        pending = PendingCommit(entry, message, state)
+        self.commit_many([pending])
+        if pending.error is not None:
+            raise pending.error
+
+    def commit_many(self, batch: list[PendingCommit]) -> None:
+        """Commit several new messages with shared directory fsyncs (group commit).
+
+        Each item succeeds or fails on its own: on return ``item.error`` is None
+        when that message is durable (250 may be said), else the
+        :class:`SpoolFullError` or :class:`SpoolError` to answer with; a failed
+        item leaves no file behind. Never raises for an I/O error.
+        """
+        live: list[_CommitFiles] = []
+        for item in batch:
+            files = self._write_unsynced(item)
+            if files is not None:
+                live.append(files)
+        for files in live:  # fsync after all writes: the file system can merge them into few journal commits
+            try:
+                os.fsync(files.data_fd)
+                os.fsync(files.record_fd)
+            except OSError as error:
+                files.fail(error)
+        for files in live:
+            files.close()
+        live = [files for files in live if files.item.error is None]
+        if not live:
+            return
         try:
-            _write_file(data_path, message, exclusive=True)
-            created.append(data_path)
-            created.append(tmp_path)
-            _write_file(tmp_path, entry.to_json(), exclusive=True)
             _fsync_dir(self.data_dir)
-            os.rename(tmp_path, record_path)
-            created[-1] = record_path
-            _fsync_dir(self.state_dir(state))
         except OSError as error:
-            # Never acknowledged: withdraw the record first (no record without message), then the data.
-            for path in reversed(created):
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
-            if error.errno in _FULL_ERRNOS:
-                raise SpoolFullError(f"spool file system full: {error.strerror}") from None
-            raise SpoolError(f"cannot write to spool: {error.strerror}") from None
+            for files in live:
+                files.fail(error)
+            return
+        published: dict[QueueState, list[_CommitFiles]] = {}
+        for files in live:
+            record_path = self.record_path(files.item.entry.queue_id, files.item.state)
+            try:
+                os.rename(files.tmp_path, record_path)
+            except OSError as error:
+                files.fail(error)
+                continue
+            files.created[-1] = record_path
+            published.setdefault(files.item.state, []).append(files)
+        for state, members in published.items():
+            try:
+                _fsync_dir(self.state_dir(state))
+            except OSError as error:
+                for files in members:
+                    files.fail(error)
+
+    def _write_unsynced(self, item: PendingCommit) -> _CommitFiles | None:
+        entry = item.entry
+        entry.message_size = len(item.message)
+        entry.message_sha256 = hashlib.sha256(item.message).hexdigest()
+        entry.state = item.state
+        files = _CommitFiles(item, self.tmp_dir / f"{entry.queue_id}.json")
+        try:
+            data_path = self.message_path(entry.queue_id)
+            files.data_fd = _create_and_write(data_path, item.message)
+            files.created.append(data_path)
+            files.record_fd = _create_and_write(files.tmp_path, entry.to_json())
+            files.created.append(files.tmp_path)
+        except OSError as error:
+            files.fail(error)
+            return None
+        return files
 
     # ---- reading ----
 
@@ -359,6 +461,32 @@ class Spool:
             self.message_path(queue_id).unlink()
         except FileNotFoundError:
             pass
+
+    def remove_many(self, queue_ids: list[str], state: QueueState) -> list[str]:
+        """Delete several records in ``state`` with one directory fsync, then their message files.
+
+        Returns the IDs that had no record in ``state`` (nothing was removed for them).
+
+        Raises:
+            OSError: when the directory cannot be fsynced (the records are gone
+                from the directory but that may not be durable; after a crash
+                such a message is delivered again, never lost).
+        """
+        missing, removed = [], []
+        for queue_id in queue_ids:
+            try:
+                self.record_path(queue_id, state).unlink()
+                removed.append(queue_id)
+            except FileNotFoundError:
+                missing.append(queue_id)
+        if removed:
+            _fsync_dir(self.state_dir(state))
+        for queue_id in removed:
+            try:
+                self.message_path(queue_id).unlink()
+            except FileNotFoundError:
+                pass
+        return missing
 
     # ---- start-up ----
 

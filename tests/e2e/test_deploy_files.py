@@ -585,7 +585,7 @@ def test_every_dashboard_metric_exists_in_a_running_gateway(gateway_factory, sin
         with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
             client.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: deploy\r\n\r\nx\r\n")
         sink.wait_for_messages(1)
-        gateway.wait_for_log("removed")
+        gateway.wait_for_log(r"[0-9A-F]{19}: removed")
         status, text = get(gateway.metrics_url + "/metrics")
     assert status == 200
     available = sample_names(exposed_families(text))

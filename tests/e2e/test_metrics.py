@@ -65,7 +65,7 @@ def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
         with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
             client.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: m\r\n\r\nx\r\n")
         sink.wait_for_messages(1)
-        gateway.wait_for_log("removed")
+        gateway.wait_for_log(r"[0-9A-F]{19}: removed")
         status, text = get(gateway.metrics_url + "/metrics")
     assert status == 200
     families = dict(re.findall(r"^# TYPE (gateway_\S+) (\S+)$", text, re.M))

@@ -13,27 +13,55 @@ import ipaddress
 import threading
 import time
 
+import pytest
+
 from gateway.config import build
 from gateway.envelope import ClientInfo
 from gateway.pipelines import build_pipelines
 from gateway.smtp_handler import SmtpHandler
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+from gateway.spool.batcher import SpoolBatcher
 
 
-def test_commit_finishes_and_hands_over_after_cancellation(tmp_path):
+class RecordingIntake:
+    """Stands in for the relay worker: records what it is handed (the worker has its own tests)."""
+
+    def __init__(self, room: bool) -> None:
+        self.room = room
+        self.reserved = 0
+        self.accepted: list[tuple[str, bytes]] = []
+        self.notified: list[str] = []
+
+    def reserve(self, size: int) -> bool:
+        if self.room:
+            self.reserved += size
+        return self.room
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+
+    def accept(self, entry: SpoolEntry, message: bytes) -> None:
+        self.accepted.append((entry.queue_id, message))
+
+    def notify(self, entry: SpoolEntry) -> None:
+        self.notified.append(entry.queue_id)
+
+
+@pytest.mark.parametrize("room", [True, False], ids=["handed-over-in-memory", "left-in-incoming"])
+def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
     spool = Spool(tmp_path / "spool")
     spool.create()
     started = threading.Event()
-    real_commit = spool.commit
+    real_commit_many = spool.commit_many
 
-    def slow_commit(entry, message, state=QueueState.INCOMING):
+    def slow_commit_many(batch):
         started.set()
         time.sleep(0.3)
-        real_commit(entry, message, state)
+        real_commit_many(batch)
 
-    spool.commit = slow_commit  # type: ignore[method-assign]
-    handed_over: list[str] = []
-    handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), spool, lambda e: handed_over.append(e.queue_id))
+    spool.commit_many = slow_commit_many  # type: ignore[method-assign]
+    intake = RecordingIntake(room)
+    handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), SpoolBatcher(spool), intake)
     entry = SpoolEntry(queue_id=new_queue_id(), arrival=time.time(), sender="a@example.com",
                        recipients=[RecipientStatus("b@example.org")],
                        client=ClientInfo(ipaddress.ip_address("127.0.0.1"), 1, "smtp"),
@@ -52,6 +80,13 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path):
             await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
-    assert handed_over == [entry.queue_id]
-    stored = spool.read(entry.queue_id, QueueState.INCOMING)
-    assert spool.read_message(stored) == b"Subject: x\r\n\r\nbody\r\n"
+    message = b"Subject: x\r\n\r\nbody\r\n"
+    if room:
+        assert intake.accepted == [(entry.queue_id, message)] and intake.notified == []
+        assert intake.reserved == len(message)  # the worker gives it back after delivery
+        state = QueueState.ACTIVE  # recovery moves it back to incoming/ after a crash
+    else:
+        assert intake.notified == [entry.queue_id] and intake.accepted == []
+        state = QueueState.INCOMING
+    stored = spool.read(entry.queue_id, state)
+    assert spool.read_message(stored) == message
