@@ -9,6 +9,11 @@ Outcome rules (Postfix smtp(8)):
 * RCPT replies are per recipient; the DATA reply applies to every recipient the
   server accepted.
 
+A cached session is reused without a probing RSET (the previous transaction
+ended with its DATA reply, RFC 5321 §4.1.4): if the server has gone away or
+answers the first command with 421, the attempt is made again once on a new
+connection, so a stale cached session never defers mail.
+
 TLS follows ``smtp_tls_security_level``: ``none`` never, ``may`` when offered
 (unverified), ``encrypt`` required (unverified), ``verify`` required with the
 certificate checked against the host name.
@@ -42,6 +47,10 @@ class AttemptResult:
 
 def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:
     return Reply.from_remote(error.code, error.message)
+
+
+class _StaleSession(Exception):
+    """A reused session failed at its first command: try again on a new connection."""
 
 
 class ConnectionCache:
@@ -157,16 +166,20 @@ class SmtpClient:
         smtp = self.cache.take(host)
         if smtp is not None:
             try:
-                await smtp.rset()
-            except (aiosmtplib.SMTPException, OSError):
-                smtp.close()
-                smtp = None
-        if smtp is None:
-            smtp = await self._open(host)
+                return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
+                                              body_8bitmime=body_8bitmime, reused=True)
+            except _StaleSession:
+                pass
+        smtp = await self._open(host)
+        return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
+                                      body_8bitmime=body_8bitmime, reused=False)
+
+    async def _attempt_on(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
+                          message: bytes, *, smtputf8: bool, body_8bitmime: bool, reused: bool) -> AttemptResult:
         try:
             result = await self._transaction(smtp, host, sender, recipients, message,
-                                             smtputf8=smtputf8, body_8bitmime=body_8bitmime)
-        except DeliveryError:
+                                             smtputf8=smtputf8, body_8bitmime=body_8bitmime, reused=reused)
+        except (DeliveryError, _StaleSession):
             smtp.close()
             raise
         except (ValueError, UnicodeError) as error:
@@ -182,7 +195,8 @@ class SmtpClient:
         return result
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                           message: bytes, *, smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
+                           message: bytes, *, smtputf8: bool, body_8bitmime: bool,
+                           reused: bool = False) -> AttemptResult:
         options = []
         encoding = "ascii"
         needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
@@ -200,10 +214,16 @@ class SmtpClient:
         try:
             await smtp.mail(sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as error:
+            if reused and error.code == 421:
+                raise _StaleSession() from None  # e.g. an idle timeout at the server
             reply = _reply(error)
             if reply.is_transient:
                 raise DeliveryError(reply) from None
             return AttemptResult({r: reply for r in recipients}, host)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            if reused:
+                raise _StaleSession() from None
+            raise
         replies: dict[str, Reply] = {}
         accepted: list[str] = []
         for recipient in recipients:

@@ -55,7 +55,7 @@ log = logging.getLogger("gateway.spool")
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -79,7 +79,7 @@ def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
     os.close(fd)
 
 
-def _create_and_write(path: Path, data: bytes) -> int:
+def _create_and_write(path: str, data: bytes) -> int:
     """Create ``path`` (O_EXCL, mode 0600), write ``data``; returns the open fd (not fsynced)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -88,7 +88,7 @@ def _create_and_write(path: Path, data: bytes) -> int:
             view = view[os.write(fd, view):]
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)  # ours: O_EXCL created it
+        os.unlink(path)  # ours: O_EXCL created it
         raise
     return fd
 
@@ -109,10 +109,10 @@ class PendingCommit:
 @dataclass(slots=True)
 class _CommitFiles:
     item: PendingCommit
-    tmp_path: Path
+    tmp_path: str
     data_fd: int = -1
     record_fd: int = -1
-    created: list[Path] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # plain strings: pathlib costs show in profiles
 
     def close(self) -> None:
         for fd in (self.data_fd, self.record_fd):
@@ -125,7 +125,7 @@ class _CommitFiles:
         self.close()
         for path in reversed(self.created):
             try:
-                path.unlink()
+                os.unlink(path)
             except OSError:
                 pass
         self.created.clear()
@@ -156,6 +156,10 @@ class Spool:
         self.root = Path(root)
         self.data_dir = self.root / "data"
         self.tmp_dir = self.root / "tmp"
+        # The hot paths (commit_many, remove_many) build names as plain strings.
+        self._data_prefix = f"{self.data_dir}{os.sep}"
+        self._tmp_prefix = f"{self.tmp_dir}{os.sep}"
+        self._state_prefix = {state: f"{self.root / state.value}{os.sep}" for state in QueueState}
         self._lock_fd: int | None = None
 
     def state_dir(self, state: QueueState) -> Path:
@@ -252,7 +256,7 @@ class Spool:
             return
         published: dict[QueueState, list[_CommitFiles]] = {}
         for files in live:
-            record_path = self.record_path(files.item.entry.queue_id, files.item.state)
+            record_path = f"{self._state_prefix[files.item.state]}{files.item.entry.queue_id}.json"
             try:
                 os.rename(files.tmp_path, record_path)
             except OSError as error:
@@ -272,9 +276,9 @@ class Spool:
         entry.message_size = len(item.message)
         entry.message_sha256 = hashlib.sha256(item.message).hexdigest()
         entry.state = item.state
-        files = _CommitFiles(item, self.tmp_dir / f"{entry.queue_id}.json")
+        files = _CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
         try:
-            data_path = self.message_path(entry.queue_id)
+            data_path = f"{self._data_prefix}{entry.queue_id}.eml"
             files.data_fd = _create_and_write(data_path, item.message)
             files.created.append(data_path)
             files.record_fd = _create_and_write(files.tmp_path, entry.to_json())
@@ -473,17 +477,18 @@ class Spool:
                 such a message is delivered again, never lost).
         """
         missing, removed = [], []
+        prefix = self._state_prefix[state]
         for queue_id in queue_ids:
             try:
-                self.record_path(queue_id, state).unlink()
+                os.unlink(f"{prefix}{queue_id}.json")
                 removed.append(queue_id)
             except FileNotFoundError:
                 missing.append(queue_id)
         if removed:
-            _fsync_dir(self.state_dir(state))
+            _fsync_dir(prefix)
         for queue_id in removed:
             try:
-                self.message_path(queue_id).unlink()
+                os.unlink(f"{self._data_prefix}{queue_id}.eml")
             except FileNotFoundError:
                 pass
         return missing

@@ -85,3 +85,21 @@ def test_connection_to_the_next_hop_is_reused(gateway_factory, sink):
             send(gateway.port, [f"r{index}@elsewhere.org"])
             sink.wait_for_messages(index + 1)
     assert len({message.peer for message in sink.messages}) == 1  # one TCP connection carried all three
+
+
+def test_a_stale_cached_connection_is_replaced_without_deferring(gateway_factory, sink):
+    # Cached sessions are reused without a probing RSET; a server that timed the idle session out
+    # answers the next MAIL with 421 and closes: the gateway retries at once on a new connection.
+    with gateway_factory(relay_config(sink.port, 'smtp_connection_cache_time_limit = "10s"\n')) as gateway:
+        send(gateway.port, ["first@elsewhere.org"])
+        sink.wait_for_messages(1)
+        gateway.wait_for_log(r"to=<first@elsewhere\.org>.*status=sent")
+        sink.mail_replies.append("421 4.4.2 sink.test Error: timeout exceeded")
+        send(gateway.port, ["second@elsewhere.org"])
+        sink.wait_for_messages(2)
+        [line] = gateway.wait_for_log(r"to=<second@elsewhere\.org>.*status=")
+        assert "status=sent" in line and "attempts=1" in line
+        assert not any("deferred" in entry for entry in gateway.lines)
+    assert sink.mail_replies == []  # the 421 was given to the cached session
+    assert sink.delivered == {"first@elsewhere.org": 1, "second@elsewhere.org": 1}
+    assert len({message.peer for message in sink.messages}) == 2

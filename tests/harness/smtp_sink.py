@@ -113,6 +113,8 @@ class SmtpSink:
             with ``250 2.0.0 Ok queued``. A non-2xx reply means the message is
             not recorded.
         refuse_all: when set, every MAIL FROM gets this reply.
+        mail_replies: FIFO of replies, one consumed per MAIL FROM (before
+            ``refuse_all``); None or exhausted goes on as without it.
 
     Raises:
         OSError: from the constructor if the address cannot be bound.
@@ -139,6 +141,7 @@ class SmtpSink:
         self.rcpt_replies: dict[str, list[str | None]] = {}
         self.data_replies: list[str | None] = []
         self.refuse_all: str | None = None
+        self.mail_replies: list[str | None] = []
 
         self._cond = threading.Condition()
         self._messages: list[ReceivedMessage] = []
@@ -327,6 +330,7 @@ class SmtpSink:
             self._delivered.clear()
             self.rcpt_replies.clear()
             self.data_replies.clear()
+            self.mail_replies.clear()
             self.refuse_all = None
 
     # -- called from the sink thread --------------------------------------
@@ -395,7 +399,8 @@ class _SinkHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        refuse = self._sink.refuse_all
+        scripted = self._sink.mail_replies.pop(0) if self._sink.mail_replies else None
+        refuse = scripted if scripted is not None else self._sink.refuse_all
         if refuse is not None:
             _close_after_reply_if_421(server, refuse)
             return refuse
