@@ -812,6 +812,9 @@ class Bench:
                                           "gateway.spool.io.SPOOL_THREADS"),
         ("no fsync (NOT durable)", "nofsync", "", "os.fsync patched out: what the fsyncs cost (their count per message: see the strace table)"),
         ("no fsync + warning log", "nofsync", 'log_level = "warning"\n', "both: what is left is Python work"),
+        ("uvloop", "uvloop", "", "uvloop's event loop instead of asyncio's (when uvloop is installed)"),
+        ("one commit batch in flight", "commit1", "", "group commits one batch at a time instead of "
+                                                       "gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT"),
         ("as measured, again", "", "", "the gateway as it is (second run: the spread shows the noise)"),
     ]
 

@@ -7,7 +7,9 @@ starts, from the comma list in the environment variable WHATIF:
   of Python's default min(32, CPUs + 4);
 * ``spool16`` - the spool's own thread pool (``gateway.spool.io``) gets 16 threads;
 * ``nofsync`` - ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost);
-* ``uvloop``  - uvloop's event loop, when the module is importable (skipped otherwise).
+* ``uvloop``  - uvloop's event loop, when the module is importable (skipped otherwise);
+* ``commitN`` - N group commit batches in flight (e.g. ``commit1``) instead of
+  ``gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT``.
 
 Logging is not patched here: the bench sets ``log_level = "warning"`` in the config for that.
 """
@@ -52,6 +54,13 @@ if "uvloop" in PATCHES:
         uvloop.install()
     except ImportError:
         print("whatif: uvloop not importable, running the default loop", file=sys.stderr)
+
+for _patch in [p for p in PATCHES if p.startswith("commit") and p[6:].isdigit()]:
+    try:
+        import gateway.spool.batcher as batcher
+        batcher.COMMIT_BATCHES_IN_FLIGHT = int(_patch[6:])
+    except (ImportError, AttributeError):
+        print("whatif: gateway.spool.batcher has no COMMIT_BATCHES_IN_FLIGHT", file=sys.stderr)
 
 from gateway.cli import main  # noqa: E402
 

@@ -24,6 +24,8 @@ from gateway.spool.store import PendingCommit, Spool
 log = logging.getLogger("gateway.spool")
 
 MAX_BATCH = 64  # messages per group commit; bounds a batch's latency
+# Batches written at the same time: while one waits for its fsyncs the next can be written.
+COMMIT_BATCHES_IN_FLIGHT = 2
 
 
 class SpoolBatcher:
@@ -39,7 +41,7 @@ class SpoolBatcher:
         self.max_batch = max_batch
         self._commits: list[tuple[PendingCommit, float, asyncio.Future[None]]] = []
         self._removals: list[tuple[str, asyncio.Future[None]]] = []
-        self._commit_task: asyncio.Task[None] | None = None
+        self._commit_tasks: set[asyncio.Task[None]] = set()
         self._removal_task: asyncio.Task[None] | None = None
 
     def submit(self, entry: SpoolEntry, message: bytes,
@@ -52,8 +54,10 @@ class SpoolBatcher:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commits.append((PendingCommit(entry, message, state), time.monotonic(), future))
-        if self._commit_task is None:
-            self._commit_task = asyncio.create_task(self._run_commits(), name="spool-commit")
+        if len(self._commit_tasks) < COMMIT_BATCHES_IN_FLIGHT:
+            task = asyncio.create_task(self._run_commits(), name="spool-commit")
+            self._commit_tasks.add(task)
+            task.add_done_callback(self._commit_tasks.discard)
         return future
 
     async def commit(self, entry: SpoolEntry, message: bytes, state: QueueState = QueueState.INCOMING) -> None:
@@ -75,31 +79,28 @@ class SpoolBatcher:
 
     async def drain(self) -> None:
         """Wait until every queued commit and removal has finished (used at shutdown)."""
-        while self._commit_task is not None or self._removal_task is not None:
-            await asyncio.gather(*(t for t in (self._commit_task, self._removal_task) if t is not None),
+        while self.busy:
+            await asyncio.gather(*self._commit_tasks, *(t for t in (self._removal_task,) if t is not None),
                                  return_exceptions=True)
 
     @property
     def busy(self) -> bool:
         """True while commits or removals are queued or running."""
-        return self._commit_task is not None or self._removal_task is not None
+        return bool(self._commit_tasks) or self._removal_task is not None
 
     async def _run_commits(self) -> None:
-        try:
-            while self._commits:
-                batch, self._commits = self._commits[:self.max_batch], self._commits[self.max_batch:]
-                try:
-                    await run_io(self.spool.commit_many, [pending for pending, _, _ in batch])
-                except BaseException as error:  # a bug, or cancellation at loop shutdown: fail the batch
-                    for pending, _, _ in batch:
-                        if pending.error is None:
-                            pending.error = SpoolError(f"spool commit failed: {error!r}")
-                    if not isinstance(error, Exception):
-                        raise
-                finally:
-                    self._settle_commits(batch)
-        finally:
-            self._commit_task = None
+        while self._commits:
+            batch, self._commits = self._commits[:self.max_batch], self._commits[self.max_batch:]
+            try:
+                await run_io(self.spool.commit_many, [pending for pending, _, _ in batch])
+            except BaseException as error:  # a bug, or cancellation at loop shutdown: fail the batch
+                for pending, _, _ in batch:
+                    if pending.error is None:
+                        pending.error = SpoolError(f"spool commit failed: {error!r}")
+                if not isinstance(error, Exception):
+                    raise
+            finally:
+                self._settle_commits(batch)
 
     @staticmethod
     def _settle_commits(batch: list[tuple[PendingCommit, float, asyncio.Future[None]]]) -> None:
