@@ -54,7 +54,7 @@ class Gateway:
         self.config_path = config_path
         self.tls_context: ssl.SSLContext | None = None
         self.shutdown_timeout = shutdown_timeout
-        self.spool = Spool(config.spool_dir)
+        self.spool = Spool(config.spool_dir, config.spool_sync_method)
         self.listeners: list[Listener] = []
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None

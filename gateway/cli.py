@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _queue(config: Config, args: argparse.Namespace) -> int:
-    spool = Spool(config.spool_dir)
+    spool = Spool(config.spool_dir, config.spool_sync_method)
     command = args.queue_command
     if command == "list":
         rows = queue_admin.rows(spool)

@@ -35,6 +35,7 @@ ENV_PREFIX = "GATEWAY_"
 TLS_MODES = ("starttls", "implicit", "none")
 SMTP_TLS_LEVELS = ("none", "may", "encrypt", "verify")
 LOG_FORMATS = ("text", "json")
+SPOOL_SYNC_METHODS = ("fsync", "syncfs")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,6 +116,7 @@ class Config:
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    spool_sync_method: str = "fsync"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -368,6 +370,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         values["metrics_listen"] = _parse_metrics_listen(raw["metrics_listen"])
     if "log_format" in raw:
         values["log_format"] = _wrap("log_format", raw["log_format"], _choice(LOG_FORMATS), "text or json")
+    if "spool_sync_method" in raw:
+        values["spool_sync_method"] = _wrap("spool_sync_method", raw["spool_sync_method"],
+                                            _choice(SPOOL_SYNC_METHODS), "fsync or syncfs")
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list):
         raise ConfigError("listener", listeners, "an array of tables [[listener]]")

@@ -66,11 +66,13 @@ def reply_to_data(port: int, recipient: str, message: bytes) -> tuple[tuple[int,
         return reply, client.noop()[0]
 
 
-def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tmpfs_spool):
+@pytest.mark.parametrize("sync_method", ["fsync", "syncfs"])
+def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tmpfs_spool, sync_method):
     spool, started = tmpfs_spool
     sink = SmtpSink()  # down: accepted mail stays queued
     # Deferred mail is not retried during the test unless flushed (the retry on a full spool has its own test below).
-    config = relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"1h"')
+    config = relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"1h"',
+                          spool_sync_method=f'"{sync_method}"')
     gateway = gateway_factory(config, name="gw")
     started.append(gateway)
     gateway.start()

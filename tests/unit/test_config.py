@@ -54,6 +54,7 @@ def test_build_empty_gives_documented_defaults(tmp_path: Path) -> None:
     assert config.tls_dir == tmp_path / "var" / "tls"
     assert config.smtpd_tls_cert_file is None and config.smtpd_tls_key_file is None
     assert config.log_level == "info" and config.log_format == "text"
+    assert config.spool_sync_method == "fsync"
 
 
 def test_load_without_file_uses_embedded_default() -> None:
@@ -424,6 +425,7 @@ def test_smtpd_tls_cert_and_key(tmp_path: Path) -> None:
     ({"relay_domains": ["user@example.com"]}, "relay_domains", "user@example.com"),
     ({"log_level": "verbose"}, "log_level", "verbose"),
     ({"log_format": "xml"}, "log_format", "xml"),
+    ({"spool_sync_method": "fdatasync"}, "spool_sync_method", "fdatasync"),
 ])
 def test_config_error_names_key_and_value(raw: dict[str, Any], key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:

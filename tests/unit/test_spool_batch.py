@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.spool.store as store
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
@@ -23,9 +24,16 @@ from gateway.spool.store import PendingCommit
 from tests.unit.test_spool import MESSAGE, files_under, make_entry
 
 
+@pytest.fixture(params=["fsync", "syncfs"])
+def spool(tmp_path: Path, request: pytest.FixtureRequest) -> Spool:
+    result = Spool(tmp_path / "spool", request.param)
+    result.create()
+    return result
+
+
 @pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    result = Spool(tmp_path / "spool")
+def fsync_spool(tmp_path: Path) -> Spool:
+    result = Spool(tmp_path / "spool", "fsync")
     result.create()
     return result
 
@@ -48,7 +56,8 @@ def message_files(spool: Spool, pending: PendingCommit) -> list[str]:
     return [f"data/{queue_id}.eml", f"{pending.state.value}/{queue_id}.json"]
 
 
-def test_commit_many_shares_the_directory_fsyncs(spool: Spool, fsync_count: list[int]) -> None:
+def test_commit_many_shares_the_directory_fsyncs(fsync_spool: Spool, fsync_count: list[int]) -> None:
+    spool = fsync_spool
     batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(10)]
     batch.append(PendingCommit(make_entry(), MESSAGE, QueueState.HOLD))
     spool.commit_many(batch)
@@ -94,7 +103,9 @@ def test_failed_publish_of_one_message_leaves_nothing_of_it(spool: Spool, monkey
     assert files_under(spool) == sorted(message_files(spool, batch[0]) + message_files(spool, batch[2]))
 
 
-def test_failed_data_directory_fsync_fails_the_whole_batch(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_data_directory_fsync_fails_the_whole_batch(fsync_spool: Spool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = fsync_spool
     real_fsync = os.fsync
     data_dir_inode = os.stat(spool.data_dir).st_ino
 
@@ -112,7 +123,8 @@ def test_failed_data_directory_fsync_fails_the_whole_batch(spool: Spool, monkeyp
 
 
 def test_remove_many_removes_records_and_messages_with_one_directory_fsync(
-        spool: Spool, fsync_count: list[int]) -> None:
+        fsync_spool: Spool, fsync_count: list[int]) -> None:
+    spool = fsync_spool
     entries = [make_entry() for _ in range(5)]
     for entry in entries:
         spool.commit(entry, MESSAGE, QueueState.ACTIVE)
@@ -123,6 +135,46 @@ def test_remove_many_removes_records_and_messages_with_one_directory_fsync(
     assert missing == ["0000000000000AAAAAAAAAAAA"]
     assert len(fsync_count) == 1
     assert files_under(spool) == sorted(message_files(spool, PendingCommit(kept, MESSAGE, QueueState.ACTIVE)))
+
+
+def test_syncfs_method_makes_two_syncfs_calls_per_batch_and_no_fsync(
+        tmp_path: Path, fsync_count: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", "syncfs")
+    spool.create()
+    calls: list[int] = []
+    real_syncfs = store._syncfs
+
+    def counting_syncfs(fd: int) -> None:
+        calls.append(fd)
+        real_syncfs(fd)  # the real syncfs(2) still runs
+
+    monkeypatch.setattr(store, "_syncfs", counting_syncfs)
+    batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(8)]
+    spool.commit_many(batch)
+    assert [p.error for p in batch] == [None] * 8
+    assert len(calls) == 2 and fsync_count == []
+    for pending in batch:
+        assert spool.read_message(spool.read(pending.entry.queue_id, QueueState.INCOMING)) == pending.message
+
+
+def test_failed_syncfs_fails_the_whole_batch_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", "syncfs")
+    spool.create()
+
+    def failing_syncfs(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(store, "_syncfs", failing_syncfs)
+    batch = [PendingCommit(make_entry(), MESSAGE) for _ in range(3)]
+    spool.commit_many(batch)
+    assert all(isinstance(p.error, SpoolError) for p in batch)
+    assert files_under(spool) == []
+
+
+def test_unknown_sync_method_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fdatasync"):
+        Spool(tmp_path / "spool", "fdatasync")
 
 
 # ---- the loop-side batcher
