@@ -1601,7 +1601,8 @@ def targets_report(bench: Bench, lines: list[str]) -> None:
     big = bench.extras.get("big_message", {}).get("gateway", {})
     if big.get("peak_mb"):
         value = big["peak_mb"]
-        add(f"| gateway RSS < 100 MB (one {bench.args.big_message_mb} MB message) | {value:.1f} MB | "
+        add(f"| gateway RSS < 100 MB with one {bench.args.big_message_mb} MB message (our own goal; the issue "
+            f"asks for the peak to be reported) | {value:.1f} MB | "
             f"{'met' if value < 100 else f'**missed** by {value - 100:.0f} MB'} |")
     add("")
 
@@ -1684,18 +1685,35 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
     g, p = strace.get("gateway", {}).get("per_message", {}), strace.get("postfix", {}).get("per_message", {})
     if g and p:
         add(f"* **Durability I/O.** {g.get('fsync', 0) + g.get('fdatasync', 0):g} fsync per message for the gateway "
-            f"against {p.get('fsync', 0) + p.get('fdatasync', 0):g} for Postfix (strace). The gateway's commit "
-            "fsyncs the message file, the record, the data directory and the queue directory, and the removal after "
-            "delivery fsyncs the directory again; Postfix fsyncs its one queue file and relies on the file "
-            f"system for directory entries. The gateway also made {g.get('futex', 0):g} futex calls per message "
-            f"(Postfix {p.get('futex', 0):g}): the spool commit, claim, message read and removal each hop to "
-            f"{spool_pool_text()} and back, and every system call there releases and retakes the GIL that the "
-            "event loop needs.")
-    commit = [mean_metric(r.metrics, "gateway_spool_commit_duration_seconds") for r in results
-              if r.variant == "plain" and r.system == "gateway" and r.metrics]
-    commit = [c * 1000 for c in commit if c is not None]
+            f"against {p.get('fsync', 0) + p.get('fdatasync', 0):g} for Postfix (strace, default "
+            "`spool_sync_method = \"fsync\"`). The gateway fsyncs each message's file and its envelope record "
+            "(two files, where Postfix keeps one queue file); the directory fsyncs of the commit are shared by "
+            "all messages committed together (group commit, up to two batches in flight), and removals after "
+            "delivery are batched the same way. The thread hops that remain "
+            f"({g.get('futex', 0):g} futex calls per message, Postfix {p.get('futex', 0):g}) come from those "
+            f"batches going to {spool_pool_text()} and back; a freshly received message is handed to the relay "
+            "worker in memory (committed straight into `active/`), so it needs no claim or re-read.")
+    def commit_ms(variant: str) -> list[float]:
+        values = [mean_metric(r.metrics, "gateway_spool_commit_duration_seconds") for r in results
+                  if r.variant == variant and r.system == "gateway" and r.metrics]
+        return [c * 1000 for c in values if c is not None]
+
+    commit = commit_ms("plain")
     if commit:
-        add(f"  Mean spool commit (its histogram, plain runs): {spread(commit, '.1f')} ms per message.")
+        add(f"  Mean spool commit (its histogram, plain runs): {spread(commit, '.1f')} ms per message, from the "
+            "end of DATA until the message is durable; each session waits that long for its 250, so with "
+            "sessions that send one message after the other it bounds the throughput.")
+    gw_syncfs = median_of("syncfs", "gateway", "e2e_rate")
+    gw_plain = median_of("plain", "gateway", "e2e_rate")
+    if gw_syncfs is not None and gw_plain is not None:
+        fast = commit_ms("syncfs")
+        add(f"* **fsync or syncfs.** With `spool_sync_method = \"syncfs\"` the gateway relayed {gw_syncfs:.0f} msg/s "
+            f"end-to-end against {gw_plain:.0f} with the default (medians)"
+            + (f"; its mean spool commit was {spread(fast, '.1f')} ms" if fast else "")
+            + ". A batch of N messages then costs two `syncfs(2)` calls (two journal commits) instead of 2N file "
+            "fsyncs plus the directory fsyncs, each of which on ext4 waits for a journal commit of its own. The "
+            "price: syncfs also writes back whatever else is dirty on that file system, so it suits a spool on a "
+            "file system of its own (README).")
     gw_dkim = median_of("dkim", "gateway", "cpu_per_1000")
     if gw_dkim is not None and gw_cpu is not None:
         line = (f"* **DKIM.** Signing changed the gateway's CPU per message by {gw_dkim - gw_cpu:+.2f} ms "
@@ -1737,8 +1755,8 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
         add(f"* **Large messages.** One {size_mb:.0f} MB message raised the gateway's RSS from {g_big['idle_mb']:.0f} "
             f"to {g_big['peak_mb']:.0f} MB, {(g_big['peak_mb'] - g_big['idle_mb']) / size_mb:.1f}× the message size: "
             "the whole message is held in memory several times over (aiosmtpd collects the DATA lines and joins "
-            "them, inserting the Received: header makes a new copy, the relay reads the file back and aiosmtplib's "
-            "DATA encoding copies it again). Postfix streams it through its queue file"
+            "them, inserting the Received: header makes a new copy, and aiosmtplib's DATA encoding makes two more "
+            "for line ends and dot-stuffing while the relay sends it). Postfix streams it through its queue file"
             + (f" (peak {big['postfix']['peak_mb']:.0f} MB PSS for all its processes)." if big.get("postfix", {}).get("peak_mb") else "."))
     add("")
 
