@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -43,6 +45,34 @@ class AttemptResult:
 
     replies: dict[str, Reply]
     host: TargetHost
+
+
+DATA_CHUNK_BYTES = 256 * 1024  # message bytes encoded and written at a time; bounds the extra memory
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib: bare CR or LF become CRLF
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator[bytes]:
+    """``message`` encoded for the DATA phase, in pieces, without the final ``.`` line.
+
+    Line ends become CRLF, lines starting with ``.`` get another one (RFC 5321
+    §4.5.2), and the last line ends in CRLF: the bytes aiosmtplib's ``data()``
+    sends, but made ``chunk_bytes`` (plus the rest of a line) at a time, so a
+    large message is not copied whole two or three times. Pieces are cut right
+    after a LF, so no line end or line start is split.
+    """
+    start, size = 0, len(message)
+    if size == 0:
+        yield b"\r\n"
+        return
+    while start < size:
+        cut = message.find(b"\n", start + chunk_bytes - 1)
+        end = size if cut == -1 else cut + 1
+        piece = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message[start:end]))
+        if end == size and not piece.endswith(b"\r\n"):
+            piece += b"\r\n"
+        yield piece
+        start = end
 
 
 def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:
@@ -194,6 +224,48 @@ class SmtpClient:
         self.cache.put(host, smtp)
         return result
 
+    async def _send_data(self, smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, the message in pieces (:func:`data_chunks`) under flow control, and the final reply.
+
+        Raises:
+            aiosmtplib.SMTPDataError: the server refused DATA or the message.
+            aiosmtplib.SMTPException, OSError, asyncio.TimeoutError: the session failed; the
+                server took no bytes for ``smtp_timeout`` seconds.
+        """
+        start = await smtp.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = smtp.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+        transport = protocol.transport
+        assert isinstance(transport, asyncio.WriteTransport)
+        for piece in data_chunks(message):
+            protocol.write(piece)
+            await self._drained(transport)
+        # No await between the end of data and reading the reply: aiosmtplib only keeps a
+        # reply that arrives while a read is pending.
+        protocol.write(b".\r\n")
+        response = await protocol.read_response(timeout=self.config.smtp_timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+    async def _drained(self, transport: asyncio.WriteTransport) -> None:
+        # Public transport API only: wait while more than a piece is buffered, as long as bytes move.
+        buffered = transport.get_write_buffer_size()
+        stalled_since = time.monotonic()
+        while buffered > DATA_CHUNK_BYTES:
+            if transport.is_closing():
+                raise aiosmtplib.SMTPServerDisconnected("connection lost during the message")
+            await asyncio.sleep(0.002)
+            now_buffered = transport.get_write_buffer_size()
+            if now_buffered < buffered:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > self.config.smtp_timeout:
+                raise asyncio.TimeoutError(f"no message bytes taken for {self.config.smtp_timeout:.0f}s")
+            buffered = now_buffered
+
     async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
                            message: bytes, *, smtputf8: bool, body_8bitmime: bool,
                            reused: bool = False) -> AttemptResult:
@@ -238,7 +310,7 @@ class SmtpClient:
             await smtp.rset()
             return AttemptResult(replies, host)
         try:
-            response = await smtp.data(message)
+            response = await self._send_data(smtp, message)
             data_reply = Reply.from_remote(response.code, response.message)
         except aiosmtplib.SMTPDataError as error:
             data_reply = _reply(error)
