@@ -49,6 +49,7 @@ if "nofsync" in PATCHES:
     os.fsync = lambda fd: None
 
 if "uvloop" in PATCHES:
+    sys.path.append(str(Path(__file__).resolve().parent / ".tools"))  # bench/install.sh puts it there
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
