@@ -705,6 +705,10 @@ class Bench:
         self.counter = 0
 
     def fresh_dir(self, name: str) -> Path:
+        # Every run starts from the same state: what earlier runs left dirty (queue files, their
+        # deletion) is written back first, so a run does not pay for its predecessor's writeback.
+        os.sync()
+        time.sleep(self.args.settle)
         self.counter += 1
         path = self.workdir / f"{self.counter:03d}-{name}"
         path.mkdir()
@@ -1317,7 +1321,8 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> str:
         f"processes, sampled every 0.25 s from /proc/PID/smaps_rollup (PSS splits shared pages between processes; "
         "a RSS sum would count the shared libraries once per process).")
     add(f"* {args.rounds} rounds per variant; the order alternates (odd rounds: gateway first). Each run starts a fresh "
-        "instance, spool and sink; figures are medians with (min–max) over the rounds; ratios are taken per round "
+        "instance, spool and sink, after `sync` and a moment of idle (so no run pays for the writeback of the run "
+        "before it); figures are medians with (min–max) over the rounds; ratios are taken per round "
         "(gateway / Postfix of the same round), then the median and range of those.")
     add("* Variants: **plain**; **dkim**: the gateway signs every message (RSA-2048, rsa-sha256, relaxed/relaxed) "
         "and is compared with plain Postfix (the target is \"with DKIM at least 0.9× Postfix's plain figure\"; "

@@ -1,9 +1,10 @@
 """Group commit and batched removal: the event loop's side of the spool.
 
 Sessions that finish DATA at about the same time share one trip to a spool
-thread: while one batch is being written and fsynced, new commits wait in a
-list; when it returns, the next batch takes all of them (up to
-``max_batch``). Each session still gets its 250 only after its own message is
+thread: while a batch is being written and fsynced, new commits wait in a
+list, and the next batch takes all of them (up to ``max_batch``). Up to
+``COMMIT_BATCHES_IN_FLIGHT`` batches run at once, so one can be written while
+another waits for the disk. Each session still gets its 250 only after its own message is
 durable. Removals after delivery are batched the same way. This trades a
 little latency under no load (none: a lone commit goes at once) for far fewer
 thread hops and directory fsyncs under load.
@@ -29,7 +30,7 @@ COMMIT_BATCHES_IN_FLIGHT = 2
 
 
 class SpoolBatcher:
-    """Runs the spool's commits and removals in batches, one batch of each kind at a time.
+    """Runs the spool's commits and removals in batches (commits: up to two batches at once).
 
     Args:
         spool: the spool written to.
