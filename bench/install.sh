@@ -50,11 +50,3 @@ if [ ! -x bench/.tools/bin/py-spy ]; then
   "$PY" -m pip install --quiet --target bench/.tools py-spy >/dev/null 2>&1 \
     || echo "bench/install.sh: py-spy not installed (the profile section will be skipped)" >&2
 fi
-# uvloop for the "uvloop" what-if run only (bench/whatif_gateway.py finds it in bench/.tools);
-# the gateway itself runs on asyncio's loop.
-if [ ! -d bench/.tools/uvloop ]; then
-  PY=python3
-  [ -x .venv/bin/python ] && PY=.venv/bin/python
-  "$PY" -m pip install --quiet --target bench/.tools uvloop >/dev/null 2>&1 \
-    || echo "bench/install.sh: uvloop not installed (its what-if run uses asyncio's loop)" >&2
-fi

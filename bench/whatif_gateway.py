@@ -49,7 +49,6 @@ if "nofsync" in PATCHES:
     os.fsync = lambda fd: None
 
 if "uvloop" in PATCHES:
-    sys.path.append(str(Path(__file__).resolve().parent / ".tools"))  # bench/install.sh puts it there
     try:
         import uvloop  # type: ignore[import-not-found]
         uvloop.install()
