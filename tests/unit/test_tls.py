@@ -26,6 +26,7 @@ from gateway.tls import (
     server_context,
     tls_session_info,
 )
+from tests.harness.capabilities import missing
 
 TIMEOUT = 10.0
 
@@ -221,7 +222,7 @@ def test_server_rejects_tls11_client(
     permissive.set_ciphers("DEFAULT:@SECLEVEL=0")
     _, control = run_handshake(permissive, _tls11_client(server_ca))
     if control.error is not None:
-        pytest.skip(f"this OpenSSL cannot do TLS 1.1 at all: {control.error}")
+        missing("tls11", f"this OpenSSL cannot do TLS 1.1 at all: {control.error}")
     assert control.version == "TLSv1.1"
 
     server, client = run_handshake(server_context(*server_files, None), _tls11_client(server_ca))
