@@ -89,18 +89,21 @@ def _fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def _write_file(path: Path, data: bytes, *, exclusive: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # os.write may take less than all
+        view = view[os.write(fd, view):]
+
+
+def _rewrite_file(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` (created mode 0600 if missing) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)  # a partial file of ours; never someone else's (O_EXCL held)
+        path.unlink(missing_ok=True)  # a partial tmp/ file of ours
         raise
     os.close(fd)
 
@@ -109,9 +112,7 @@ def _create_and_write(path: str, data: bytes) -> int:
     """Create ``path`` (O_EXCL, mode 0600), write ``data``; returns the open fd (not fsynced)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     except BaseException:
         os.close(fd)
         os.unlink(path)  # ours: O_EXCL created it
@@ -461,7 +462,7 @@ class Spool:
         tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
         target = self.record_path(entry.queue_id, entry.state)
         try:
-            _write_file(tmp_path, entry.to_json(), exclusive=False)
+            _rewrite_file(tmp_path, entry.to_json())
             if entry.state is QueueState.DEFERRED:
                 os.utime(tmp_path, (entry.next_attempt, entry.next_attempt))
             os.rename(tmp_path, target)
@@ -501,15 +502,8 @@ class Spool:
         Raises:
             NotInQueue: when the record is not in ``state``.
         """
-        try:
-            self.record_path(queue_id, state).unlink()
-        except FileNotFoundError:
-            raise NotInQueue(f"{queue_id}: not in {state.value}") from None
-        _fsync_dir(self.state_dir(state))
-        try:
-            self.message_path(queue_id).unlink()
-        except FileNotFoundError:
-            pass
+        if self.remove_many([queue_id], state):
+            raise NotInQueue(f"{queue_id}: not in {state.value}")
 
     def remove_many(self, queue_ids: list[str], state: QueueState) -> list[str]:
         """Delete several records in ``state`` with one directory fsync, then their message files.
