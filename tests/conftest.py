@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import smtplib
 import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -79,3 +82,21 @@ def relay_config(sink_port: int, extra: str = "", **overrides: str) -> str:
             "maximal_backoff_time": '"2s"', "queue_run_delay": '"1s"', "myhostname": '"gw.test"'}
     keys.update(overrides)
     return "".join(f"{key} = {value}\n" for key, value in keys.items()) + extra
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(HTTP status, body text) of a GET; error statuses are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metrics_after_one_delivery(gateway: GatewayProcess, sink: SmtpSink, subject: str) -> tuple[int, str]:
+    """Relay one message to ``b@elsewhere.org`` through ``gateway``, wait until it is removed, scrape /metrics."""
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.sendmail("a@example.com", ["b@elsewhere.org"], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+    sink.wait_for_messages(1)
+    gateway.wait_for_log(r"[0-9A-F]{19}: removed")
+    return http_get(gateway.metrics_url + "/metrics")

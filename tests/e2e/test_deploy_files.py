@@ -28,13 +28,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import smtplib
 import subprocess
 import sys
 import tomllib
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +40,7 @@ import yaml
 
 from gateway import seed_env
 from gateway.config import build
-from tests.conftest import relay_config
+from tests.conftest import http_get, metrics_after_one_delivery, relay_config
 from tests.harness import prometheus as prometheus_harness
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -572,21 +569,9 @@ def sample_names(families: dict[str, str]) -> set[str]:
     return names
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 def test_every_dashboard_metric_exists_in_a_running_gateway(gateway_factory, sink):
     with gateway_factory(relay_config(sink.port)) as gateway:
-        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
-            client.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: deploy\r\n\r\nx\r\n")
-        sink.wait_for_messages(1)
-        gateway.wait_for_log(r"[0-9A-F]{19}: removed")
-        status, text = get(gateway.metrics_url + "/metrics")
+        status, text = metrics_after_one_delivery(gateway, sink, "deploy")
     assert status == 200
     available = sample_names(exposed_families(text))
     used: set[str] = set()
@@ -611,5 +596,5 @@ def test_every_dashboard_expression_parses_in_prometheus():
         for expression in dashboard_expressions():
             query = _grafana_to_promql(expression)
             url = f"{server.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
-            status, body = get(url)
+            status, body = http_get(url)
             assert status == 200 and json.loads(body)["status"] == "success", (query, body)

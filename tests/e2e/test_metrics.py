@@ -5,26 +5,16 @@ from __future__ import annotations
 import os
 import re
 import smtplib
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import trustme
 
-from tests.conftest import relay_config
+from tests.conftest import http_get, metrics_after_one_delivery, relay_config
 from tests.harness.prometheus import PrometheusServer, available
 from tests.harness.smtp_sink import SmtpSink
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_prometheus_counts_match_what_happened(gateway_factory):
@@ -62,11 +52,7 @@ def test_prometheus_counts_match_what_happened(gateway_factory):
 
 def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
     with gateway_factory(relay_config(sink.port)) as gateway:
-        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
-            client.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: m\r\n\r\nx\r\n")
-        sink.wait_for_messages(1)
-        gateway.wait_for_log(r"[0-9A-F]{19}: removed")
-        status, text = get(gateway.metrics_url + "/metrics")
+        status, text = metrics_after_one_delivery(gateway, sink, "m")
     assert status == 200
     families = dict(re.findall(r"^# TYPE (gateway_\S+) (\S+)$", text, re.M))
     assert len(families) >= 15, families
@@ -89,7 +75,7 @@ def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
 
 def test_healthz_reports_each_check(gateway_factory, sink):
     with gateway_factory(relay_config(sink.port)) as gateway:
-        status, text = get(gateway.metrics_url + "/healthz")
+        status, text = http_get(gateway.metrics_url + "/healthz")
         assert status == 200, text
         assert "ok   listener:smtp" in text and "ok   spool" in text and "ok   certificate" in text
         spool_tmp = gateway.state_dir / "spool" / "tmp"
@@ -99,14 +85,14 @@ def test_healthz_reports_each_check(gateway_factory, sink):
                 os.chmod(spool_tmp, 0o700)
                 spool_tmp.rename(spool_tmp.with_name("tmp.away"))
                 spool_tmp.write_bytes(b"")  # a file where the directory was: creating inside fails
-            status, text = get(gateway.metrics_url + "/healthz")
+            status, text = http_get(gateway.metrics_url + "/healthz")
             assert status == 503 and "FAIL spool" in text, text
         finally:
             if spool_tmp.is_file():
                 spool_tmp.unlink()
                 spool_tmp.with_name("tmp.away").rename(spool_tmp)
             os.chmod(spool_tmp, 0o700)
-        assert get(gateway.metrics_url + "/healthz")[0] == 200
+        assert http_get(gateway.metrics_url + "/healthz")[0] == 200
 
 
 def test_healthz_fails_when_the_certificate_expires_within_3_days(gateway_factory, sink, tmp_path):
@@ -118,7 +104,7 @@ def test_healthz_fails_when_the_certificate_expires_within_3_days(gateway_factor
     leaf.private_key_pem.write_to_path(str(key))
     config = relay_config(sink.port, f'smtpd_tls_cert_file = "{cert}"\nsmtpd_tls_key_file = "{key}"\n')
     with gateway_factory(config) as gateway:
-        status, text = get(gateway.metrics_url + "/healthz")
+        status, text = http_get(gateway.metrics_url + "/healthz")
     assert status == 503 and "FAIL certificate" in text and "in 2.0 days" in text, text
 
 
