@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.protocol import LINE_ENDINGS_REGEX, PERIOD_REGEX  # the encoding data() uses
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
@@ -48,8 +48,6 @@ class AttemptResult:
 
 
 DATA_CHUNK_BYTES = 256 * 1024  # message bytes encoded and written at a time; bounds the extra memory
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")  # as aiosmtplib: bare CR or LF become CRLF
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator[bytes]:
@@ -68,7 +66,7 @@ def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator
     while start < size:
         cut = message.find(b"\n", start + chunk_bytes - 1)
         end = size if cut == -1 else cut + 1
-        piece = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", message[start:end]))
+        piece = PERIOD_REGEX.sub(b"..", LINE_ENDINGS_REGEX.sub(b"\r\n", message[start:end]))
         if end == size and not piece.endswith(b"\r\n"):
             piece += b"\r\n"
         yield piece
