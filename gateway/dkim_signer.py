@@ -376,6 +376,20 @@ def _dkimpy_key(key: PrivateKey) -> bytes:
     return base64.b64encode(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class DkimSignature:
+    """One ``DKIM-Signature`` field made by :meth:`DkimSigner.signatures`.
+
+    Attributes:
+        domain: its ``d=`` (ASCII). algorithm: its ``a=`` (``"rsa-sha256"`` or ``"ed25519-sha256"``).
+        field: the whole field, folded, ending in CRLF.
+    """
+
+    domain: str
+    algorithm: str
+    field: bytes
+
+
 class DkimSigner:
     """Signs messages for the configured domains (see the module docstring).
 
@@ -465,6 +479,13 @@ class DkimSigner:
     def sign(self, message: bytes) -> bytes:
         """The ``DKIM-Signature`` field(s) for ``message``, to prepend to it; b"" when not signed.
 
+        The fields of :meth:`signatures`, joined; see there.
+        """
+        return b"".join(signature.field for signature in self.signatures(message))
+
+    def signatures(self, message: bytes) -> list[DkimSignature]:
+        """The ``DKIM-Signature`` fields for ``message`` with their ``d=`` and ``a=``; [] when not signed.
+
         ``message`` is the whole message as it will be sent (CRLF line ends).
         Signed when the first address of the first ``From`` field has a
         configured domain (or, with ``subdomains``, a subdomain of one); one
@@ -476,25 +497,26 @@ class DkimSigner:
         ``asyncio.to_thread`` for large messages.
 
         Returns:
-            bytes: ``DKIM-Signature: ...`` fields, each folded and ending in CRLF.
+            list[DkimSignature]: one per algorithm; each ``field`` is a ``DKIM-Signature: ...``
+            field, folded and ending in CRLF.
 
         Raises:
             RuntimeError: a key is missing because :meth:`prepare` was not run.
         """
         if not self.settings.domains:
-            return b""
+            return []
         parsed = parse_message(message)
         if parsed is None:
-            return b""
+            return []
         headers, body = parsed
         from_values = [value for name, value in headers if name.lower() == b"from"]
         if not from_values:
-            return b""
+            return []
         unfolded = re.sub(rb"\r?\n(?=[ \t])", b"", from_values[0]).strip()
         domain_name = author_domain(unfolded.decode("utf-8", "surrogateescape"))
         domain = self.settings.signing_domain(domain_name) if domain_name else None
         if domain is None:
-            return b""
+            return []
         keys = []
         for algorithm in domain.algorithms:
             key = self._keys.get((domain.domain, algorithm))
@@ -507,13 +529,14 @@ class DkimSigner:
         # t= read once so dual signatures carry the same time
         timestamp = str(int(time.time())).encode("ascii")
         if not self.use_cryptography:
-            return b"".join(self._sign_dkimpy(message, domain, algorithm, key, include)
-                            for algorithm, key in keys)
+            return [DkimSignature(domain.domain, algorithm,
+                                  self._sign_dkimpy(message, domain, algorithm, key, include))
+                    for algorithm, key in keys]
         canonical_headers = _RELAXED.canonicalize_headers(headers)
         body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
-        return b"".join(
-            _signature_field(canonical_headers, include, domain, algorithm, key, timestamp, body_hash)
-            for algorithm, key in keys)
+        return [DkimSignature(domain.domain, algorithm, _signature_field(
+                    canonical_headers, include, domain, algorithm, key, timestamp, body_hash))
+                for algorithm, key in keys]
 
     @staticmethod
     def _sign_dkimpy(message: bytes, domain: DkimDomain, algorithm: str, key: PrivateKey,

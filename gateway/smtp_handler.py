@@ -311,13 +311,12 @@ class SmtpHandler:
     async def _sign(signer: DkimSigner, queue_id: str, message: bytes) -> bytes:
         # In threads of its own: OpenSSL's RSA/Ed25519 step and the hashing of large messages
         # release the GIL, so the event loop serves other sessions meanwhile, on the other core.
-        signatures = await asyncio.get_running_loop().run_in_executor(_SIGNING_THREADS, signer.sign, message)
-        for field in re.findall(rb"DKIM-Signature:(.*?)(?=\r\n(?![ \t]))", signatures, re.S):
-            tags = dict(re.findall(rb"\b([ad])=([^;\s]+)", field))
-            domain, algorithm = tags.get(b"d", b"?").decode(), tags.get(b"a", b"?").decode()
-            metrics.DKIM_SIGNATURES.labels(domain, algorithm).inc()
-            log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, domain, algorithm)
-        return insert_fields(message, signatures)
+        signatures = await asyncio.get_running_loop().run_in_executor(
+            _SIGNING_THREADS, signer.signatures, message)
+        for signature in signatures:
+            metrics.DKIM_SIGNATURES.labels(signature.domain, signature.algorithm).inc()
+            log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, signature.domain, signature.algorithm)
+        return insert_fields(message, b"".join(signature.field for signature in signatures))
 
     async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
         # With room at the worker the message goes straight to active/ and its bytes to the worker.

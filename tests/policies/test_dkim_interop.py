@@ -172,6 +172,7 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
     import smtplib
 
     from gateway.dkim_keys import dns_txt_value, list_keys, load_private_key
+    from tests.conftest import http_get
     from tests.harness.gateway_process import GatewayProcess, free_port
     from tests.harness.smtp_sink import SmtpSink
 
@@ -192,6 +193,16 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
                 signatures = _DKIM_FIELDS.match(received.data, len(separator)).group(0)
                 result[name] = (separator + received.data[len(separator) + len(signatures):], signatures)
                 assert insert_fields(*result[name]) == received.data
+            # each field added is counted by domain and algorithm and logged with the queue ID
+            signed = sum(1 for _, fields in result.values() if fields)
+            _, scrape = http_get(gateway.metrics_url + "/metrics")
+            for algorithm in SELECTORS:
+                counted = re.search(rf'^gateway_dkim_signatures_total\{{algorithm="{algorithm}",'
+                                    rf'domain="{DOMAIN}"\}} (\S+)$', scrape, re.M)
+                assert counted and float(counted.group(1)) == signed, (algorithm, signed, counted)
+                logged = [line for line in gateway.lines
+                          if re.search(rf"[0-9A-F]{{19}}: DKIM-Signature added: d={DOMAIN} a={algorithm}$", line)]
+                assert len(logged) == signed, (algorithm, signed, len(logged))
     records = {f"{key.selector}._domainkey.{key.domain}": dns_txt_value(load_private_key(key.path))
                for key in list_keys(state / "dkim")}
     return result, records

@@ -376,8 +376,12 @@ def test_dual_signing_gives_two_fields_that_both_verify(key_dir: Path, frozen_ti
     assert tags(parts[0])["t"] == tags(parts[1])["t"] == str(NOW)
     assert tags(parts[0])["bh"] == tags(parts[1])["bh"]
     assert verify_all(signer, fields + MESSAGE) == [True, True]
-    assert DkimSigner(settings(key_dir, domains=["example.com"], algorithms=BOTH),
-                      use_cryptography=False).sign(MESSAGE) == fields
+    dkimpy = DkimSigner(settings(key_dir, domains=["example.com"], algorithms=BOTH), use_cryptography=False)
+    assert dkimpy.sign(MESSAGE) == fields
+    for one in (signer, dkimpy):  # the labels for metrics and logs come with each field
+        signatures = one.signatures(MESSAGE)
+        assert [(s.domain, s.algorithm) for s in signatures] == [("example.com", a) for a in BOTH]
+        assert [s.field for s in signatures] == parts
 
 
 def test_signature_tags_and_signed_fields(key_dir: Path, frozen_time: None) -> None:
