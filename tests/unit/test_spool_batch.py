@@ -122,6 +122,37 @@ def test_failed_data_directory_fsync_fails_the_whole_batch(fsync_spool: Spool,
     assert files_under(spool) == []
 
 
+def test_a_failed_file_fsync_fails_only_its_message(fsync_spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An EIO from one message's fsync (a writeback error) fails that message alone and leaves nothing of it.
+    spool = fsync_spool
+    batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(12)]
+    victim = batch[5]
+    victim_inode: list[int] = []
+    real_write = store._create_and_write
+
+    def create_and_write(path: str, data: bytes) -> int:
+        fd = real_write(path, data)
+        if path.endswith(f"{victim.entry.queue_id}.eml"):
+            victim_inode.append(os.fstat(fd).st_ino)
+        return fd
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino in victim_inode:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(store, "_create_and_write", create_and_write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool.commit_many(batch)
+    monkeypatch.undo()
+    assert isinstance(victim.error, SpoolError) and not isinstance(victim.error, SpoolFullError)
+    survivors = [p for p in batch if p is not victim]
+    assert [p.error for p in survivors] == [None] * 11
+    assert files_under(spool) == sorted(name for p in survivors for name in message_files(spool, p))
+
+
 def test_remove_many_removes_records_and_messages_with_one_directory_fsync(
         fsync_spool: Spool, fsync_count: list[int]) -> None:
     spool = fsync_spool
