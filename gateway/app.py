@@ -2,9 +2,10 @@
 
 Start-up order: spool (create, lock, recover) → TLS material (files, or a local
 CA and server certificate in ``state_dir/tls``) → pipeline → relay worker →
-listeners. Shutdown (SIGTERM/SIGINT): stop accepting, let open transactions
-finish (up to ``shutdown_timeout`` seconds), wait for running spool commits,
-stop the relay worker, release the spool lock.
+listeners. Shutdown (SIGTERM/SIGINT): stop accepting, close sessions without an
+open transaction with ``421 4.3.2``, let open transactions finish (up to
+``shutdown_timeout`` seconds; each session then gets its 421 too), wait for
+running spool commits, stop the relay worker, release the spool lock.
 
 Reload (SIGHUP): the config file is read and validated again; an invalid one is
 refused with a log line and the running config stays. A valid one replaces the
@@ -208,8 +209,14 @@ class Gateway:
             listener.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
-        while any(h.sessions for h in self.handlers) and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        # Sessions without an open transaction get 421 4.3.2 at once; the others as soon as
+        # their transaction ends (after the DATA reply), or are cut at the deadline.
+        while loop.time() < deadline:
+            open_transactions = [session for handler in self.handlers for session in list(handler.sessions)
+                                 if not session.close_if_idle()]
+            if not open_transactions and not any(h.sessions for h in self.handlers):
+                break
+            await asyncio.sleep(0.05)
         for handler in self.handlers:
             for session in list(handler.sessions):
                 if session.transport is not None:

@@ -140,6 +140,24 @@ class GatewaySMTP(SMTP):
         """True once the connection is encrypted (STARTTLS done, or implicit TLS)."""
         return self.implicit_tls or self._tls_protocol is not None
 
+    def close_if_idle(self) -> bool:
+        """At shutdown: with no mail transaction open, say ``421 4.3.2`` and close (RFC 5321 §3.8).
+
+        A session between MAIL and the end of DATA is left alone (its message may still be
+        acknowledged); aiosmtpd clears the envelope and writes the DATA reply without a
+        pause in between, so a 250 is always written before this can close the connection.
+
+        Returns:
+            bool: True when the connection is closed (or closing), False while a transaction is open.
+        """
+        if self.transport is None or self.transport.is_closing():
+            return True
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            return False
+        self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
+        self.transport.close()
+        return True
+
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Split ``<local@domain> params`` into the address and the rest.
 

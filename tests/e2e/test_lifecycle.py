@@ -1,4 +1,5 @@
-"""Signals: SIGHUP reloads (or refuses a broken config and keeps serving); SIGTERM loses nothing."""
+"""Signals: SIGHUP reloads (or refuses a broken config and keeps serving); SIGTERM loses nothing
+and closes idle sessions with 421 4.3.2 at once."""
 
 from __future__ import annotations
 
@@ -73,6 +74,35 @@ def test_sigterm_during_a_transaction_loses_nothing(gateway_factory):
         assert message.data.endswith(b"Subject: in flight\r\n\r\nfirst half\r\nsecond half\r\n")
     finally:
         sink.stop()
+
+
+def test_sigterm_closes_idle_sessions_with_421_and_lets_open_transactions_finish(gateway_factory, sink):
+    # Shutdown waits up to 30 s (shutdown_timeout) for open transactions, not for idle clients:
+    # each session gets 421 4.3.2 as soon as it holds no transaction.
+    gateway = gateway_factory(relay_config(sink.port))
+    gateway.start()
+    idle = [smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) for _ in range(3)]
+    for client in idle[1:]:
+        client.ehlo("idle.test")   # idle[0] never said anything after the greeting
+    busy = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
+    busy.ehlo("busy.test")
+    assert busy.mail("a@example.com")[0] == 250
+    assert busy.rcpt("b@elsewhere.org")[0] == 250
+    gateway.process.send_signal(signal.SIGTERM)
+    gateway.wait_for_log("stop requested")
+    for client in idle:
+        code, text = client.getreply()
+        assert (code, text) == (421, b"4.3.2 Service shutting down, closing transmission channel")
+    # the open transaction goes on: its message is acknowledged, then the session gets its 421
+    code, text = busy.data(b"Subject: finished during shutdown\r\n\r\nbody\r\n")
+    assert code == 250 and text.startswith(b"2.0.0 Ok: queued as "), (code, text)
+    assert busy.getreply() == (421, b"4.3.2 Service shutting down, closing transmission channel")
+    assert gateway.process.wait(20) == 0   # well before shutdown_timeout: nobody held it
+    queued = text.decode().rsplit(" ", 1)[1]
+    assert any(f"{queued}: removed" in line for line in gateway.lines) or \
+        queued in gateway.cli("queue", "list").stdout   # relayed before the stop, or kept in the spool
+    for client in [*idle, busy]:
+        client.close()
 
 
 def test_json_log_format(gateway_factory, sink):
