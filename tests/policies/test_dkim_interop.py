@@ -172,6 +172,8 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
     import smtplib
 
     from gateway.dkim_keys import dns_txt_value, list_keys, load_private_key
+    from prometheus_client.parser import text_string_to_metric_families
+
     from tests.conftest import http_get
     from tests.harness.gateway_process import GatewayProcess, free_port
     from tests.harness.smtp_sink import SmtpSink
@@ -196,13 +198,13 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
             # each field added is counted by domain and algorithm and logged with the queue ID
             signed = sum(1 for _, fields in result.values() if fields)
             _, scrape = http_get(gateway.metrics_url + "/metrics")
+            counted = {(sample.labels["domain"], sample.labels["algorithm"]): sample.value
+                       for family in text_string_to_metric_families(scrape)
+                       for sample in family.samples if sample.name == "gateway_dkim_signatures_total"}
+            assert counted == {(DOMAIN, algorithm): signed for algorithm in SELECTORS}, (counted, signed)
             for algorithm in SELECTORS:
-                counted = re.search(rf'^gateway_dkim_signatures_total\{{algorithm="{algorithm}",'
-                                    rf'domain="{DOMAIN}"\}} (\S+)$', scrape, re.M)
-                assert counted and float(counted.group(1)) == signed, (algorithm, signed, counted)
-                logged = [line for line in gateway.lines
-                          if re.search(rf"[0-9A-F]{{19}}: DKIM-Signature added: d={DOMAIN} a={algorithm}$", line)]
-                assert len(logged) == signed, (algorithm, signed, len(logged))
+                pattern = rf"[0-9A-F]{{19}}: DKIM-Signature added: d={re.escape(DOMAIN)} a={algorithm}$"
+                assert len(gateway.wait_for_log(pattern, count=signed)) == signed, algorithm
     records = {f"{key.selector}._domainkey.{key.domain}": dns_txt_value(load_private_key(key.path))
                for key in list_keys(state / "dkim")}
     return result, records
