@@ -7,6 +7,7 @@ Default ``metrics_listen = "127.0.0.1:9464"``; an empty value turns it off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -35,7 +36,9 @@ class MetricsServer:
         self.bound_port = port
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(metrics.REGISTRY)
+        # In a thread: the queue gauges list the spool, which takes a while for a large queue
+        # and must not stall the SMTP sessions served by the event loop.
+        body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
-from typing import Any, AnyStr
+from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import SMTP
 
@@ -154,7 +155,7 @@ class GatewaySMTP(SMTP):
             return True
         if self.envelope is not None and self.envelope.mail_from is not None:
             return False
-        self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
+        cast(asyncio.WriteTransport, self.transport).write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
         self.transport.close()
         return True
 

@@ -48,7 +48,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -562,12 +561,3 @@ class Spool:
         _fsync_dir(self.data_dir)
         _fsync_dir(self.tmp_dir)
         return report
-
-    def age_of_oldest(self, now: float | None = None) -> float:
-        """Seconds since the arrival of the oldest queued message (0 when empty); by queue ID time."""
-        now = time.time() if now is None else now
-        oldest = [ids[0] for state in QueueState if state is not QueueState.CORRUPT
-                  if (ids := self.ids(state))]
-        if not oldest:
-            return 0.0
-        return max(0.0, now - int(min(oldest)[:13], 16) / 1_000_000)

@@ -234,14 +234,6 @@ def test_entries_order_and_unreadable_records_skipped(spool: Spool, caplog: pyte
     assert [entry.queue_id for entry in spool.entries((QueueState.HOLD,))] == [held]
 
 
-def test_age_of_oldest(spool: Spool) -> None:
-    assert spool.age_of_oldest(NOW) == 0.0
-    spool.commit(make_entry(new_queue_id(NOW - 100)), MESSAGE, QueueState.DEFERRED)
-    spool.commit(make_entry(new_queue_id(NOW - 50)), MESSAGE)
-    spool.commit(make_entry(new_queue_id(NOW - 1000)), MESSAGE, QueueState.CORRUPT)  # not counted
-    assert spool.age_of_oldest(NOW) == pytest.approx(100.0, abs=1e-3)
-
-
 # ---- claim, write, move
 
 
