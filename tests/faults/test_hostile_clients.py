@@ -59,6 +59,13 @@ def start_transaction(client: SmtpLine, recipient: str, sender: str = "hostile@e
     assert client.command(f"RCPT TO:<{recipient}>").startswith("250 2.1.5")
 
 
+def send_data(client: SmtpLine, content: bytes) -> str:
+    """DATA, ``content`` (CRLF line ends, ending in CRLF) and the end-of-data line; the last reply line."""
+    assert client.command("DATA").startswith("354 ")
+    client.send(content + b".\r\n")
+    return client.reply()[-1]
+
+
 def queued_id(line: str) -> str:
     assert line.startswith("250 2.0.0 Ok: queued as "), line
     return line.rsplit(" ", 1)[1]
@@ -73,9 +80,7 @@ def test_overlong_command_lines_get_500_and_keep_the_transaction(gw, hsink):
             line = client.command(b"RCPT TO:<" + b"a" * length + b"@elsewhere.org>")
             assert_enhanced(line, "500", "5.5.2")
         assert client.command("RCPT TO:<long-second@elsewhere.org>").startswith("250 2.1.5")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: after long lines\r\n\r\nbody\r\n.\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, b"Subject: after long lines\r\n\r\nbody\r\n"))
         assert client.command("QUIT").startswith("221 ")
     gw.wait_for_log(rf"{queue_id}: removed")
     (message,) = hsink.messages_for("long-kept@elsewhere.org")
@@ -86,9 +91,7 @@ def test_overlong_command_lines_get_500_and_keep_the_transaction(gw, hsink):
 def test_overlong_header_line_in_data_is_refused_and_998_octets_pass(gw, hsink):
     with greet(gw.port) as client:
         start_transaction(client, "header-too-long@elsewhere.org")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: long header\r\nX-Long: " + b"y" * 1990 + b"\r\n\r\nbody\r\n.\r\n")
-        line = client.reply()[-1]
+        line = send_data(client, b"Subject: long header\r\nX-Long: " + b"y" * 1990 + b"\r\n\r\nbody\r\n")
         assert_enhanced(line)
         assert line.startswith("5"), line  # RFC 5321 §4.5.3.1.6: at most 1000 octets with CRLF
         # The session goes on; a line of exactly 998 octets + CRLF is within the limit.
@@ -125,9 +128,7 @@ def test_nul_bytes_in_data_get_a_clear_reply_and_are_kept_intact_if_accepted(gw,
     body = b"Subject: nul\r\n\r\nbefore\x00after\r\n\x00\r\n\x00.\r\n"
     with greet(gw.port) as client:
         start_transaction(client, "nul-data@elsewhere.org")
-        assert client.command("DATA").startswith("354 ")
-        client.send(body + b".\r\n")
-        line = client.reply()[-1]
+        line = send_data(client, body)
         assert_enhanced(line)
         assert client.command("QUIT").startswith("221 ")
     if line.startswith("250"):
@@ -147,9 +148,7 @@ def test_8bit_body_without_body_8bitmime_is_relayed_byte_intact(gw, hsink):
             + b"\r\nlatin-1: caf\xe9, invalid UTF-8: \xc3\x28 \xa0\xa1, valid: \xc3\xa9\r\n")
     with greet(gw.port) as client:
         start_transaction(client, "eight-bit@elsewhere.org")  # no BODY=8BITMIME
-        assert client.command("DATA").startswith("354 ")
-        client.send(body + b".\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, body))
         assert client.command("QUIT").startswith("221 ")
     gw.wait_for_log(rf"{queue_id}: removed")
     (message,) = hsink.messages_for("eight-bit@elsewhere.org")
@@ -202,9 +201,7 @@ def test_message_over_the_size_limit_pipelined_gets_552_and_the_session_goes_on(
         assert client.reply()[-1].startswith("354 ")
         assert_enhanced(client.reply()[-1], "552", "5.3.4")
         start_transaction(client, "small-after-big@elsewhere.org")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: small\r\n\r\nsmall\r\n.\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, b"Subject: small\r\n\r\nsmall\r\n"))
         assert client.command("QUIT").startswith("221 ")
     gw.wait_for_log(rf"{queue_id}: removed")
     assert hsink.messages_for("too-big@elsewhere.org") == []
@@ -220,9 +217,7 @@ def test_too_many_recipients_the_accepted_ones_get_the_message(gw, hsink):
         assert all(line.startswith("250 2.1.5") for line in replies[:RECIPIENT_LIMIT]), replies
         for line in replies[RECIPIENT_LIMIT:]:
             assert_enhanced(line, "452", "4.5.3")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: many\r\n\r\nbody\r\n.\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, b"Subject: many\r\n\r\nbody\r\n"))
         assert client.command("QUIT").startswith("221 ")
     gw.wait_for_log(rf"{queue_id}: removed")
     (message,) = hsink.messages_for(recipients[0])
@@ -249,9 +244,7 @@ def test_commands_out_of_order_get_503_5_5_1(gw, hsink):
         assert_enhanced(client.command("RCPT TO:<order@elsewhere.org>"), "503", "5.5.1")
         # A proper transaction still works, and only it is delivered (as the first MAIL said nothing).
         start_transaction(client, "order-ok@elsewhere.org", sender="order2@example.com")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: in order\r\n\r\nbody\r\n.\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, b"Subject: in order\r\n\r\nbody\r\n"))
         assert client.command("QUIT").startswith("221 ")
     gw.wait_for_log(rf"{queue_id}: removed")
     (message,) = hsink.messages_for("order-ok@elsewhere.org")
@@ -277,9 +270,7 @@ def test_commands_pipelined_after_starttls_are_discarded(gw, hsink, injected):
         assert_enhanced(client.command("RCPT TO:<tls-check@elsewhere.org>"), "503", "5.5.1")
         assert_enhanced(client.command("DATA"), "503", "5.5.1")
         start_transaction(client, "after-tls@elsewhere.org", sender="real@example.com")
-        assert client.command("DATA").startswith("354 ")
-        client.send(b"Subject: over TLS\r\n\r\nbody\r\n.\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, b"Subject: over TLS\r\n\r\nbody\r\n"))
         assert client.command("QUIT").startswith("221 ")
     line = gw.wait_for_log(rf"{queue_id}: client=")[0]
     assert "from=<real@example.com>" in line and "tls=TLS" in line
@@ -315,9 +306,7 @@ def test_bare_line_endings_never_end_data_and_nothing_is_smuggled(gw, hsink, fak
     body = b"Subject: first\r\n\r\nhello" + fake_end + smuggled
     with greet(gw.port) as client:
         start_transaction(client, f"victim-{tag}@elsewhere.org")
-        assert client.command("DATA").startswith("354 ")
-        client.send(body + b".\r\n")
-        queue_id = queued_id(client.reply()[-1])
+        queue_id = queued_id(send_data(client, body))
         # Nothing else was answered: the next reply is the NOOP's.
         assert client.command("NOOP").startswith("250 2.0.0")
         assert client.command("QUIT").startswith("221 ")
