@@ -3,11 +3,8 @@
 The gateway's own files are untouched; the patches are applied to this process before the CLI
 starts, from the comma list in the environment variable WHATIF:
 
-* ``pool32``  - the event loop's default executor (``asyncio.to_thread``) gets 32 threads instead
-  of Python's default min(32, CPUs + 4);
 * ``spool16`` - the spool's own thread pool (``gateway.spool.io``) gets 16 threads;
 * ``nofsync`` - ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost);
-* ``uvloop``  - uvloop's event loop, when the module is importable (skipped otherwise);
 * ``commitN`` - N group commit batches in flight (e.g. ``commit1``) instead of
   ``gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT``.
 
@@ -16,7 +13,6 @@ Logging is not patched here: the bench sets ``log_level = "warning"`` in the con
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import sys
@@ -25,17 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PATCHES = {p for p in os.environ.get("WHATIF", "").split(",") if p}
-
-if "pool32" in PATCHES:
-    _asyncio_run = asyncio.run
-
-    def _run_with_pool(main, **kwargs):  # type: ignore[no-untyped-def]
-        async def wrapper():  # type: ignore[no-untyped-def]
-            asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(32))
-            return await main
-        return _asyncio_run(wrapper(), **kwargs)
-
-    asyncio.run = _run_with_pool
 
 if "spool16" in PATCHES:
     try:
@@ -47,13 +32,6 @@ if "spool16" in PATCHES:
 
 if "nofsync" in PATCHES:
     os.fsync = lambda fd: None
-
-if "uvloop" in PATCHES:
-    try:
-        import uvloop  # type: ignore[import-not-found]
-        uvloop.install()
-    except ImportError:
-        print("whatif: uvloop not importable, running the default loop", file=sys.stderr)
 
 for _patch in [p for p in PATCHES if p.startswith("commit") and p[6:].isdigit()]:
     try:
