@@ -35,8 +35,8 @@ are replaced by two ``syncfs(2)`` calls on the spool's file system (one after
 the writes, one after the renames): the same guarantees with two journal
 commits per batch instead of one or more per file, at the price of also
 flushing whatever else is dirty on that file system (best on a file system of
-its own). No file changes;
-each message's 250 still waits for its own record to be durable. Removals after
+its own). No file changes; each message's 250 still waits for its own record
+to be durable. Removals after
 delivery are batched the same way (:meth:`Spool.remove_many`).
 """
 
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError, SpoolFullError
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
@@ -179,7 +180,7 @@ class Spool:
     """
 
     def __init__(self, root: Path, sync_method: str = "fsync") -> None:
-        if sync_method not in ("fsync", "syncfs"):
+        if sync_method not in SPOOL_SYNC_METHODS:
             raise ValueError(f"unknown spool sync method {sync_method!r}")
         self.root = Path(root)
         self.use_syncfs = sync_method == "syncfs"
