@@ -92,7 +92,7 @@ class RelayWorker:
         return True
 
     def release(self, size: int) -> None:
-        """Give back a reservation whose commit failed."""
+        """Give back ``size`` bytes of hand-over room (a failed commit, or a message done with)."""
         self.handoff_bytes -= size
 
     def accept(self, entry: SpoolEntry, message: bytes) -> None:
@@ -102,7 +102,7 @@ class RelayWorker:
         ``incoming/`` at the next start.
         """
         if self.stopping or entry.queue_id in self.inflight:
-            self.handoff_bytes -= len(message)
+            self.release(len(message))
             return
         self.inflight.add(entry.queue_id)
         task = asyncio.create_task(self._process_accepted(entry, message), name=f"deliver-{entry.queue_id}")
@@ -186,7 +186,7 @@ class RelayWorker:
             log.exception("%s: could not process the queue entry", entry.queue_id)
         finally:
             self.inflight.discard(entry.queue_id)
-            self.handoff_bytes -= len(message)
+            self.release(len(message))
 
     async def _deliver_claimed(self, entry: SpoolEntry, message: bytes) -> None:
         try:
