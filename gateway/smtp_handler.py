@@ -286,8 +286,7 @@ class SmtpHandler:
         entry = SpoolEntry(
             queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
             recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,
-            message_size=len(message), message_sha256="", smtputf8=ctx.envelope.smtputf8,
-            body_8bitmime=ctx.envelope.body_8bitmime,
+            smtputf8=ctx.envelope.smtputf8, body_8bitmime=ctx.envelope.body_8bitmime,
             hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
         state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING
         try:

@@ -314,7 +314,7 @@ class RelayWorker:
                 recipients=[RecipientStatus(entry.sender)],
                 client=ClientInfo(address=ipaddress.ip_address("127.0.0.1"), port=0,
                                   listener="bounce", helo=self.config.myhostname),
-                message_size=len(dsn), message_sha256="", is_bounce=True,
+                is_bounce=True,
                 smtputf8=entry.smtputf8, body_8bitmime=True)
             try:
                 await self.batcher.commit(bounce, dsn)

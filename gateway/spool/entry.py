@@ -73,7 +73,8 @@ class SpoolEntry:
 
     arrival / next_attempt: unix seconds. last_delay: seconds of the last backoff.
     message_size: bytes of the message file; message_sha256: its lowercase hex
-    digest, which detects a torn or damaged message file (Postfix's END record role).
+    digest, which detects a torn or damaged message file (Postfix's END record role);
+    both are set by :meth:`Spool.commit` / :meth:`Spool.commit_many` (0 and "" before).
     is_bounce: our own DSN: bounce_queue_lifetime applies and it is never bounced.
     """
 
@@ -82,8 +83,8 @@ class SpoolEntry:
     sender: str
     recipients: list[RecipientStatus]
     client: ClientInfo
-    message_size: int
-    message_sha256: str
+    message_size: int = 0
+    message_sha256: str = ""
     next_attempt: float = 0.0
     last_delay: float | None = None
     is_bounce: bool = False
