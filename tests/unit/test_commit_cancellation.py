@@ -21,6 +21,7 @@ from gateway.pipelines import build_pipelines
 from gateway.smtp_handler import SmtpHandler
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
+from tests.unit.test_spool_batch import slowed
 
 
 class RecordingIntake:
@@ -52,14 +53,7 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
     spool = Spool(tmp_path / "spool")
     spool.create()
     started = threading.Event()
-    real_commit_many = spool.commit_many
-
-    def slow_commit_many(batch):
-        started.set()
-        time.sleep(0.3)
-        real_commit_many(batch)
-
-    spool.commit_many = slow_commit_many  # type: ignore[method-assign]
+    slowed(spool, 0.3, started)
     intake = RecordingIntake(room)
     handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), SpoolBatcher(spool), intake)
     entry = SpoolEntry(queue_id=new_queue_id(), arrival=time.time(), sender="a@example.com",

@@ -211,13 +211,16 @@ def test_unknown_sync_method_is_refused(tmp_path: Path) -> None:
 # ---- the loop-side batcher
 
 
-def slowed(spool: Spool, delay: float) -> list[int]:
-    """Make each commit_many take ``delay`` seconds longer; returns the batch sizes seen."""
+def slowed(spool: Spool, delay: float, started: threading.Event | None = None) -> list[int]:
+    """Make each commit_many take ``delay`` seconds longer (``started`` is set when one begins);
+    returns the batch sizes seen."""
     sizes: list[int] = []
     real = spool.commit_many
 
     def slow(batch: list[PendingCommit]) -> None:
         sizes.append(len(batch))
+        if started is not None:
+            started.set()
         time.sleep(delay)
         real(batch)
 
@@ -271,14 +274,7 @@ def test_a_failed_commit_fails_only_its_own_session(spool: Spool) -> None:
 
 def test_a_commit_goes_on_when_its_session_is_cancelled(spool: Spool) -> None:
     started = threading.Event()
-    real = spool.commit_many
-
-    def slow(batch: list[PendingCommit]) -> None:
-        started.set()
-        time.sleep(0.2)
-        real(batch)
-
-    spool.commit_many = slow  # type: ignore[method-assign]
+    slowed(spool, 0.2, started)
     entry = make_entry()
 
     async def scenario() -> None:

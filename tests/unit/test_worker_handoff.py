@@ -1,8 +1,9 @@
 """The relay worker's in-memory hand-over: messages committed straight into active/ are delivered from memory.
 
 A real relay worker delivers to a real SMTP sink on 127.0.0.1 (tests/harness/smtp_sink.py);
-only the SMTP session in front of it is played by this test (reserve, commit, accept/notify,
-as gateway/smtp_handler.py does), so the hand-over room can be set small.
+the messages come through the SMTP handler's own commit step (``SmtpHandler._commit``: reserve,
+group commit, accept or notify) without an SMTP session in front, so the hand-over room can be
+set small.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from gateway.config import build
 from gateway.dns import make_resolver
+from gateway.pipelines import build_pipelines
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
+from gateway.smtp_handler import SmtpHandler
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.tls import client_context
@@ -62,19 +65,15 @@ def test_handed_over_and_spooled_messages_are_all_delivered(tmp_path: Path) -> N
         async def scenario() -> tuple[int, int]:
             worker = make_worker(spool, sink.port, handoff_limit=3 * len(MESSAGE))
             runner = asyncio.create_task(worker.run())
-            handed, spooled = 0, 0
-            commits = []
-            for recipient in recipients:  # as SmtpHandler._commit does for each accepted message
-                entry = make_entry(arrival=time.time(), recipients=(recipient,))
-                if worker.reserve(len(MESSAGE)):
-                    handed += 1
-                    future = worker.batcher.submit(entry, MESSAGE, QueueState.ACTIVE)
-                    future.add_done_callback(lambda f, e=entry: worker.accept(e, MESSAGE))
-                else:
-                    spooled += 1
-                    future = worker.batcher.submit(entry, MESSAGE, QueueState.INCOMING)
-                    future.add_done_callback(lambda f, e=entry: worker.notify(e))
-                commits.append(future)
+            notified: list[str] = []
+            notify = worker.notify
+            worker.notify = lambda entry: (notified.append(entry.queue_id), notify(entry))  # type: ignore[method-assign]
+            handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), worker.batcher, worker)
+            commits = [asyncio.create_task(handler._commit(make_entry(arrival=time.time(), recipients=(r,)),
+                                                           MESSAGE, QueueState.INCOMING))
+                       for r in recipients]
+            await asyncio.sleep(0)  # every commit has started: reserved its room or not
+            handed = worker.handoff_bytes // len(MESSAGE)
             await asyncio.gather(*commits)
             await asyncio.to_thread(sink.wait_for_messages, len(recipients), 20)
             deadline = time.monotonic() + 10
@@ -83,7 +82,7 @@ def test_handed_over_and_spooled_messages_are_all_delivered(tmp_path: Path) -> N
             assert worker.handoff_bytes == 0
             await worker.stop()
             runner.cancel()
-            return handed, spooled
+            return handed, len(notified)
 
         handed, spooled = asyncio.run(scenario())
         assert handed == 3 and spooled == 9  # the room held three; the rest waited on disk
