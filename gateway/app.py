@@ -7,13 +7,16 @@ open transaction with ``421 4.3.2``, let open transactions finish (up to
 ``shutdown_timeout`` seconds; each session then gets its 421 too), wait for
 running spool commits, stop the relay worker, release the spool lock.
 
-Reload (SIGHUP): the config file is read and validated again; an invalid one is
-refused with a log line and the running config stays. A valid one replaces the
-server certificate (in the live SSL context, so new handshakes use it and open
-connections are not dropped), the policies and their lists and files (header
-checks, DKIM keys), relay settings (relayhost, transport_maps, lifetimes,
-backoff) and limits. Listener addresses and the spool location need a restart;
-a change there is logged and ignored.
+Reload (SIGHUP): the config file is read and validated again through the same
+:func:`gateway.prepare.prepare` as at start; an invalid one is refused with a
+log line and the running config stays. A valid one brings a new server SSL
+context (certificate, key and ``smtpd_tls_CAfile``, so a CA removed from that
+file stops verifying): every handshake that starts afterwards uses it, sessions
+already encrypted keep theirs. It also replaces the relay client's TLS context,
+the policies and their lists and files (header checks, DKIM keys), relay
+settings (relayhost, transport_maps, lifetimes, backoff) and limits. Listener
+addresses and the spool location need a restart; a change there is logged and
+ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import ssl
 
 from pathlib import Path
 
@@ -32,8 +34,9 @@ from gateway.http_server import MetricsServer
 from gateway.dns import make_resolver
 from gateway.errors import ConfigError
 from gateway.listener import Listener
-from gateway.local_ca import certificate_not_after, ensure_local_certificates
-from gateway.pipelines import Pipelines, build_pipelines
+from gateway.local_ca import certificate_not_after
+from gateway.pipelines import Pipelines
+from gateway.prepare import Prepared, prepare
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
@@ -41,7 +44,7 @@ from gateway.smtp_handler import SmtpHandler
 from gateway.smtp_server import ConnectionLimiter
 from gateway.spool import Spool
 from gateway.spool.batcher import SpoolBatcher
-from gateway.tls import client_context, server_context
+from gateway.tls import ServerTls
 
 log = logging.getLogger("gateway")
 
@@ -53,7 +56,7 @@ class Gateway:
                  config_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.tls_context: ssl.SSLContext | None = None
+        self.server_tls: ServerTls | None = None
         self.shutdown_timeout = shutdown_timeout
         self.spool = Spool(config.spool_dir, config.spool_sync_method)
         self.listeners: list[Listener] = []
@@ -66,22 +69,22 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
 
-    def _server_tls(self) -> ssl.SSLContext | None:
-        config = self.config
-        if not any(listener.tls != "none" for listener in config.listeners):
-            return None
-        if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
-            context = server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file,
-                                     config.smtpd_tls_CAfile)
-            self.cert_file = config.smtpd_tls_cert_file
-        else:
-            local = ensure_local_certificates(config.tls_dir, config.myhostname)
+    def _use_certificate(self, prepared: Prepared) -> None:
+        if prepared.local_ca is not None:
+            local = prepared.local_ca
             log.info("using the local CA %s%s; clients can pin it:\n%s", local.ca_cert,
                      " (server certificate renewed)" if local.renewed else "", local.ca_cert.read_text().strip())
-            context = server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile)
-            self.cert_file = local.server_cert
-        metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(self.cert_file).timestamp())
-        return context
+        self.cert_file = prepared.server_cert
+        if prepared.server_cert is not None:
+            metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())
+
+    @staticmethod
+    def _log_dkim_records(pipelines: Pipelines) -> None:
+        # As the ServerContainers image did at each start: the records to publish, new keys or not.
+        if pipelines.signer is not None:
+            for record in pipelines.signer.records():
+                log.info("dkim: d=%s s=%s a=%s: DNS record %s", record.domain, record.selector,
+                         record.algorithm, record.zone_line)
 
     async def health(self) -> list[HealthCheck]:
         """The current health checks (listeners, spool, certificate)."""
@@ -102,12 +105,14 @@ class Gateway:
         log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
                  "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
                  report.removed_orphan_data, len(report.corrupt))
-        tls = self.tls_context = self._server_tls()
-        self.pipelines = pipelines = build_pipelines(config)
+        prepared = prepare(config)
+        self._use_certificate(prepared)
+        if prepared.server_tls is not None:
+            self.server_tls = ServerTls(prepared.server_tls)
+        self.pipelines = pipelines = prepared.pipelines
+        self._log_dkim_records(pipelines)
         router = Router(config, make_resolver(config))
-        client = SmtpClient(config, client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
-                                                   config.smtp_tls_cert_file, config.smtp_tls_key_file),
-                            ConnectionCache(config.smtp_connection_cache_time_limit))
+        client = SmtpClient(config, prepared.client_tls, ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
         self.batcher = SpoolBatcher(self.spool)
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
@@ -115,7 +120,7 @@ class Gateway:
         for listener_config in config.listeners:
             handler = SmtpHandler(config, listener_config.name, pipelines, self.batcher, self.worker,
                                   tls_mode=listener_config.tls)
-            listener = Listener(listener_config, handler, tls, limiter, config.smtpd_data_timeout)
+            listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout)
             try:
                 await listener.start()
             except OSError as error:
@@ -162,15 +167,7 @@ class Gateway:
         log.info("reload requested (SIGHUP)")
         try:
             config = load(self.config_path)
-            pipelines = build_pipelines(config)
-            cert = key = None
-            if self.tls_context is not None:
-                if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
-                    cert, key = config.smtpd_tls_cert_file, config.smtpd_tls_key_file
-                else:
-                    local = ensure_local_certificates(config.tls_dir, config.myhostname)
-                    cert, key = local.server_cert, local.server_key
-                server_context(cert, key, config.smtpd_tls_CAfile)  # validates before touching the live one
+            prepared = prepare(config)
         except ConfigError as error:
             log.error("reload refused, keeping the running configuration: %s", error)
             return False
@@ -180,18 +177,19 @@ class Gateway:
         if [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
                 (l.name, l.host, l.port, l.tls) for l in self.config.listeners] or config.spool_dir != self.config.spool_dir:
             log.warning("listener or spool changes need a restart; they are not applied")
-        if self.tls_context is not None and cert is not None:
-            self.tls_context.load_cert_chain(cert, key)
-            if config.smtpd_tls_CAfile:
-                self.tls_context.load_verify_locations(config.smtpd_tls_CAfile)
-            self.cert_file = cert
-            metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(cert).timestamp())
+        if self.server_tls is not None and prepared.server_tls is not None:
+            # A new context, never an update of the live one (its trust store only grows):
+            # the next handshake sees exactly the new certificate and smtpd_tls_CAfile.
+            self.server_tls.replace(prepared.server_tls)
+            self._use_certificate(prepared)
+        pipelines = prepared.pipelines
         old = self.pipelines
         self.pipelines = pipelines
         for handler in self.handlers:
             handler.config, handler.pipelines = config, pipelines
         if self.worker is not None:
             self.worker.config = self.router.config = self.client.config = config
+            self.client.tls_context = prepared.client_tls
         self.config = config
         if old is not None:
             asyncio.get_running_loop().call_later(60, lambda: asyncio.ensure_future(old.aclose()))

@@ -13,7 +13,6 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from gateway import __version__, dkim_keys, queue_admin
 from gateway.config import Config, describe, load
@@ -181,9 +180,11 @@ def _dns_check(config: Config, args: argparse.Namespace) -> int:
     return 0 if all(result.passed for result in results) else 1
 
 
-async def _check_policies(config: Config, build: Any) -> None:
-    pipelines = build(config, prepare_keys=False)
-    await pipelines.aclose()
+async def _check(config: Config) -> None:
+    from gateway.prepare import prepare  # imported late: the queue commands do not need the SMTP stack
+
+    prepared = prepare(config, write_files=False)
+    await prepared.pipelines.aclose()
 
 
 def _health(config: Config) -> int:
@@ -207,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return 2
     if args.command == "check-config":
-        from gateway.pipelines import build_pipelines  # policies validate their own tables
-
         try:
-            asyncio.run(_check_policies(config, build_pipelines))
+            asyncio.run(_check(config))  # what `run` builds at start, without writing files
         except ConfigError as error:
             print(f"gateway: configuration error: {error}", file=sys.stderr)
             return 2

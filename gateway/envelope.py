@@ -34,6 +34,8 @@ class ClientInfo:
     auth_user: str | None = None
     trusted: bool = False
     trusted_by: str | None = None  # "mynetworks", "auto_trust_networks", "relay_clientcerts"
+    # The rule in the config's terms, for the log: "mynetworks 10.0.0.0/8", "relay_clientcerts sha1=<hex>".
+    trusted_rule: str | None = None
 
     def describe(self) -> str:
         """Postfix log form ``helo[1.2.3.4]:port``."""

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from functools import partial
 
 from gateway.config import ListenerConfig
 from gateway.smtp_handler import SmtpHandler
 from gateway.smtp_server import ConnectionLimiter, GatewaySMTP
+from gateway.tls import ServerTls
 
 log = logging.getLogger("gateway.listener")
 
@@ -22,30 +22,32 @@ log = logging.getLogger("gateway.listener")
 class Listener:
     """A listening socket and the SMTP sessions it spawns.
 
+    The socket itself is plain on every listener: TLS (implicit or STARTTLS)
+    is started by each session with the context current at that moment, so a
+    reload's new certificate and trust reach new handshakes.
+
     Args:
         config: address, port, TLS mode, require_tls.
         handler: the handler shared by its sessions.
-        tls_context: server SSLContext; required unless ``config.tls == "none"``.
+        server_tls: the listeners' current server context; required unless ``config.tls == "none"``.
         limiter: connection counter (shared by all listeners).
         data_timeout: seconds for a whole DATA phase.
     """
 
-    def __init__(self, config: ListenerConfig, handler: SmtpHandler, tls_context: ssl.SSLContext | None,
+    def __init__(self, config: ListenerConfig, handler: SmtpHandler, server_tls: ServerTls | None,
                  limiter: ConnectionLimiter, data_timeout: float) -> None:
         self.config = config
         self.handler = handler
-        self.tls_context = tls_context
+        self.server_tls = server_tls
         self.limiter = limiter
         self.data_timeout = data_timeout
         self.server: asyncio.Server | None = None
 
     def _protocol(self) -> GatewaySMTP:
-        starttls = self.config.tls == "starttls"
         return GatewaySMTP(
-            self.handler, limiter=self.limiter, implicit_tls=self.config.tls == "implicit",
+            self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
             data_timeout=self.data_timeout,
-            tls_context=self.tls_context if starttls else None,
-            require_starttls=starttls and self.config.require_tls,
+            require_starttls=self.config.tls == "starttls" and self.config.require_tls,
             loop=asyncio.get_running_loop(), **self.handler.factory_kwargs())
 
     async def start(self) -> None:
@@ -55,10 +57,9 @@ class Listener:
             OSError: when the address cannot be bound (the caller names the listener).
         """
         loop = asyncio.get_running_loop()
-        implicit = self.tls_context if self.config.tls == "implicit" else None
         self.server = await loop.create_server(
             partial(self._protocol), host=self.config.host, port=self.config.port,
-            ssl=implicit, reuse_address=True, start_serving=True)
+            reuse_address=True, start_serving=True)
         log.info("listener %s on %s:%d tls=%s%s", self.config.name, self.config.host, self.bound_port,
                  self.config.tls, " require_tls" if self.config.require_tls else "")
 

@@ -136,6 +136,20 @@ def ensure_local_certificates(
     )
 
 
+def check_local_ca(tls_dir: Path) -> None:
+    """Check, without writing anything, the local CA that :func:`ensure_local_certificates` would use.
+
+    Nothing to check when ``ca.crt`` or ``ca.key`` is missing (a new CA would be created).
+
+    Raises:
+        ConfigError: both files exist but cannot be parsed or do not belong
+            together (key ``"tls_dir"``), as :func:`ensure_local_certificates` raises.
+        OSError: a file cannot be read.
+    """
+    if (tls_dir / CA_CERT_NAME).exists() and (tls_dir / CA_KEY_NAME).exists():
+        _load_ca(tls_dir / CA_CERT_NAME, tls_dir / CA_KEY_NAME)
+
+
 def certificate_not_after(path: Path) -> datetime:
     """Return the notAfter of the first certificate in a PEM file, as aware UTC.
 

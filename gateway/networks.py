@@ -42,6 +42,10 @@ class NetworkSet:
         self.networks = tuple(networks)
 
     def __contains__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return self.match(address) is not None
+
+    def match(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Network | None:
+        """The first network (in the order given) that holds ``address``, or None."""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
-        return any(address.version == net.version and address in net for net in self.networks)
+        return next((net for net in self.networks if address.version == net.version and address in net), None)

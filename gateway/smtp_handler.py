@@ -260,7 +260,8 @@ class SmtpHandler:
         verdict = result.verdict
         summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
                    f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
-                   f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}")
+                   f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}"
+                   f"{', relay=permitted rule=' + ctx.client.trusted_rule if ctx.client.trusted_rule else ''}")
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
             self._count_reject("data", verdict)
@@ -340,7 +341,7 @@ class SmtpHandler:
     async def handle_exception(self, error: Exception) -> str:
         """Any unexpected error: log it, answer ``451 4.3.0`` without internals."""
         if isinstance(error, TLSSetupException):
-            log.info("TLS handshake failed: %s", error.__cause__ or error)
+            # Logged by GatewaySMTP with the client and its certificate; aiosmtpd closes the connection.
             return str(replies.INTERNAL_ERROR)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return str(replies.INTERNAL_ERROR)

@@ -4,6 +4,11 @@
   (it sends e.g. ``503 Error: need MAIL command``): :func:`enhance` in ``push``;
 * a second STARTTLS inside TLS, or STARTTLS on an implicit-TLS listener, is
   refused ``554 5.5.1`` instead of starting another handshake;
+* every TLS handshake (STARTTLS, and implicit TLS, which this class runs itself
+  on the accepted plain connection instead of the listening socket's) takes the
+  listeners' current :class:`~gateway.tls.ServerTls` context, so a reload's new
+  trust applies to the next handshake; a failed handshake is logged with the
+  client, the listener and the fingerprints of the certificate it presented;
 * the whole DATA phase has its own timeout (``smtpd_data_timeout``);
 * connections over ``smtpd_connection_limit`` or the per-client
   ``smtpd_client_connection_count_limit`` get ``421 4.7.0`` and are closed;
@@ -20,11 +25,14 @@ import asyncio
 import functools
 import logging
 import re
+import ssl
+from asyncio import sslproto
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from gateway import reply as replies
+from gateway.tls import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
 
@@ -86,6 +94,9 @@ _ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[A-Za-z0-9.:-]+\])"
 _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
+# Seconds a client has to finish a TLS handshake (asyncio's default is 60).
+TLS_HANDSHAKE_TIMEOUT = 10
+
 
 class ConnectionLimiter:
     """Counts open connections, in all and per client address."""
@@ -120,26 +131,85 @@ class GatewaySMTP(SMTP):
     Args:
         handler: the :class:`~gateway.smtp_handler.SmtpHandler`; its
             ``start_session(server)`` coroutine runs once the connection is up and
-            returns a Reply to refuse the connection with, or None.
+            returns a Reply to refuse the connection with, or None. Its
+            ``listener_name`` names the listener in log lines.
         limiter: shared connection counter of the listener.
-        implicit_tls: the listener wraps the socket in TLS before SMTP starts.
+        tls_mode: ``"starttls"``, ``"implicit"`` (TLS from the first byte: this
+            object runs the handshake on the plain connection it is given) or ``"none"``.
+        server_tls: the listeners' current server context; required unless
+            ``tls_mode`` is ``"none"``.
         data_timeout: seconds allowed for the whole DATA phase.
-        kwargs: passed to aiosmtpd's ``SMTP``.
+        kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
-    def __init__(self, handler: Any, *, limiter: ConnectionLimiter, implicit_tls: bool,
-                 data_timeout: float, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
+                 server_tls: ServerTls | None, data_timeout: float, **kwargs: Any) -> None:
+        starttls = tls_mode == "starttls" and server_tls is not None
+        super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
         self.limiter = limiter
-        self.implicit_tls = implicit_tls
+        self.implicit_tls = tls_mode == "implicit"
+        self.server_tls = server_tls
         self.data_timeout = data_timeout
         self.in_ehlo = False
         self.gateway_ctx: Any = None
+        self._implicit_handshake: sslproto.SSLProtocol | None = None
 
     @property
     def tls_active(self) -> bool:
         """True once the connection is encrypted (STARTTLS done, or implicit TLS)."""
         return self.implicit_tls or self._tls_protocol is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.implicit_tls and self._implicit_handshake is None:
+            self._start_implicit_tls(cast(asyncio.Transport, transport))
+            return
+        # A plain connection, the end of a STARTTLS handshake, or the end of the implicit one.
+        super().connection_made(transport)
+
+    def _start_implicit_tls(self, transport: asyncio.Transport) -> None:
+        # The listening socket has no SSLContext (it would keep the one it was
+        # created with): the handshake runs here, with the context current now, as
+        # aiosmtpd runs STARTTLS. The SSLProtocol calls connection_made again when done.
+        assert self.server_tls is not None
+        waiter = self.loop.create_future()
+        handshake = sslproto.SSLProtocol(self.loop, self, self.server_tls.context, waiter, server_side=True,
+                                         call_connection_made=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        self._implicit_handshake = handshake
+        # aiosmtpd's sign of an encrypted session (EHLO, require_starttls, AUTH).
+        self._tls_protocol = handshake
+        transport.set_protocol(handshake)
+        handshake.connection_made(transport)
+        waiter.add_done_callback(functools.partial(self._implicit_tls_done, transport, handshake))
+
+    def _implicit_tls_done(self, transport: asyncio.Transport, handshake: sslproto.SSLProtocol,
+                           waiter: asyncio.Future[None]) -> None:
+        error = None if waiter.cancelled() else waiter.exception()
+        if waiter.cancelled() or error is not None:
+            self.log_handshake_failure(transport, handshake, error)
+            transport.close()
+
+    def log_handshake_failure(self, transport: asyncio.BaseTransport | None,
+                              handshake: sslproto.SSLProtocol | None, error: BaseException | None) -> None:
+        """Log a failed TLS handshake: client, listener, presented certificate, OpenSSL's reason.
+
+        Args:
+            transport: the plain connection (for the client address).
+            handshake: the SSLProtocol that ran the handshake (for the certificate).
+            error: what ended it (``ssl.SSLError``, a lost connection, the handshake timeout).
+        """
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        client = f"unknown[{peer[0]}]:{peer[1]}" if peer else "unknown"
+        fingerprints = presented_certificate_fingerprints(getattr(handshake, "_sslobj", None))
+        certificate = (f" cert_sha256={fingerprints[0]} cert_sha1={fingerprints[1]}" if fingerprints
+                       else " no client certificate")
+        if error is None:
+            reason = "cancelled"
+        elif isinstance(error, ssl.SSLCertVerificationError):
+            reason = f"certificate verify failed: {error.verify_message}"
+        else:
+            reason = str(error) or type(error).__name__
+        log.info("TLS handshake failed from %s listener=%s%s: %s", client,
+                 getattr(self.event_handler, "listener_name", "?"), certificate, reason)
 
     def close_if_idle(self) -> bool:
         """At shutdown: with no mail transaction open, say ``421 4.3.2`` and close (RFC 5321 §3.8).
@@ -247,7 +317,14 @@ class GatewaySMTP(SMTP):
         if self.tls_active:
             await self.push(str(replies.TLS_ALREADY_ACTIVE))
             return
-        await super().smtp_STARTTLS(arg)
+        if self.server_tls is not None and self.tls_context is not None:
+            self.tls_context = self.server_tls.context  # a reload since connect applies to this handshake
+        transport = self.transport
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException as error:
+            self.log_handshake_failure(transport, self._tls_protocol, error.__cause__)
+            raise
 
     async def smtp_AUTH(self, arg: str) -> None:
         # SMTP AUTH is not offered yet (a later issue); say so instead of failing every login.

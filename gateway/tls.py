@@ -19,7 +19,11 @@ What OpenSSL does with a client certificate under ``CERT_OPTIONAL`` (checked by
   such a client continue unauthenticated, as Postfix does.
 
 So a certificate that reaches the application under ``CERT_OPTIONAL`` has been
-verified. ``getpeercert()`` returns ``{}`` only when the context did not ask
+verified. To name the certificate in the log line of a failed handshake, a
+server context with a client CA file keeps the first certificate each client
+presents (from the TLS Certificate message, through ``SSLContext._msg_callback``,
+the only hook CPython 3.11 has into a handshake that fails):
+:func:`presented_certificate_fingerprints`. ``getpeercert()`` returns ``{}`` only when the context did not ask
 OpenSSL to verify (``CERT_NONE``, e.g. the ``may`` client below) yet a
 certificate was received; :func:`peer_certificate_fingerprints` treats that as
 "not verified" too.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import re
 import ssl
+import weakref
 from pathlib import Path
 from typing import NoReturn
 
@@ -49,6 +54,33 @@ _COLON_PAIRS_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2})*$")
 # load_cert_chain errors that are about the certificate, not the key.
 _WEAK_CERT_REASONS = frozenset({"EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL", "CA_MD_TOO_WEAK"})
 _DIGEST_LENGTHS = {"sha1": 40, "sha-1": 40, "sha256": 64, "sha-256": 64}
+# TLS record content type "handshake" and handshake type "certificate" (RFC 8446 §4, §5.1).
+_HANDSHAKE_RECORD = 22
+_CERTIFICATE_MESSAGE = 11
+# The first certificate a client presented, per server-side SSLObject, until the object is gone.
+_PRESENTED: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
+
+
+class ServerTls:
+    """The listeners' current server SSLContext, shared by every listener.
+
+    A reload puts a freshly built context here (:meth:`replace`); each TLS
+    handshake that starts afterwards (an implicit-TLS connection, a STARTTLS
+    command) takes the new one, and sessions already encrypted keep the one they
+    were made with. A new context, not an update of the live one:
+    ``load_verify_locations`` only adds to a trust store, so a CA removed from
+    ``smtpd_tls_CAfile`` would go on verifying.
+
+    Args:
+        context: the context built by :func:`server_context`.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+
+    def replace(self, context: ssl.SSLContext) -> None:
+        """Use ``context`` for every handshake from now on."""
+        self.context = context
 
 
 def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None) -> ssl.SSLContext:
@@ -87,6 +119,8 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path | None)
         ctx.verify_mode = ssl.CERT_OPTIONAL
         _load_verify_locations(ctx, client_ca_file, "smtpd_tls_CAfile")
         ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        # Called for each TLS record of the context's connections: only where certificates are asked for.
+        ctx._msg_callback = _remember_presented_certificate  # type: ignore[attr-defined]
     return ctx
 
 
@@ -103,8 +137,8 @@ def client_context(
             (mandatory, unauthenticated) or ``"verify"`` (mandatory, the server
             certificate must chain to ``ca_file`` or the system CAs and match the
             ``server_hostname`` the caller passes to ``wrap_socket``/aiosmtplib).
-        ca_file: PEM CA bundle (``smtp_tls_CAfile``), used by ``verify`` only;
-            None means the system default CAs.
+        ca_file: PEM CA bundle (``smtp_tls_CAfile``), used by ``verify`` only
+            (checked at every level); None means the system default CAs.
         cert_file: PEM client certificate chain (``smtp_tls_cert_file``), or
             None to present none.
         key_file: PEM private key (``smtp_tls_key_file``); None means the key is
@@ -143,6 +177,10 @@ def client_context(
         # check_hostname must be switched off before CERT_NONE is allowed.
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+        if ca_file is not None:
+            # Not used to verify at this level, but a named file that is missing or
+            # not PEM is a mistake to report at start, not when the level is raised.
+            _load_verify_locations(ctx, ca_file, "smtp_tls_CAfile")
     if cert_file is not None:
         _load_cert_chain(
             ctx,
@@ -187,6 +225,61 @@ def peer_certificate_fingerprints(
     if not decoded or der is None:
         return None
     return hashlib.sha256(der).hexdigest(), hashlib.sha1(der).hexdigest()
+
+
+def presented_certificate_fingerprints(ssl_object: object) -> tuple[str, str] | None:
+    """Return ``(sha256, sha1)`` of the first certificate the client presented, verified or not.
+
+    For log lines about a handshake that failed (an unknown CA, an expired
+    certificate): there :func:`peer_certificate_fingerprints` has nothing, as
+    OpenSSL gives no peer certificate before a handshake completes. Never use it
+    to decide trust.
+
+    Args:
+        ssl_object: the server-side ``ssl.SSLObject`` of the handshake, made from
+            a :func:`server_context` with a client CA file; anything else gives None.
+
+    Returns:
+        ``(sha256_hex, sha1_hex)`` over the DER encoding, lowercase, or None when
+        the client sent no certificate (or none was asked for).
+    """
+    try:
+        der = _PRESENTED.get(ssl_object)
+    except TypeError:  # not weakly referenceable: not an SSLObject
+        return None
+    if der is None:
+        return None
+    return hashlib.sha256(der).hexdigest(), hashlib.sha1(der).hexdigest()
+
+
+def _remember_presented_certificate(conn: object, direction: str, version: object, content_type: int,
+                                    msg_type: int, data: bytes) -> None:
+    # OpenSSL passes each handshake message decrypted, TLS 1.3 ones too. An exception
+    # here would fail the handshake: a message we cannot parse is just not remembered.
+    if direction != "read" or content_type != _HANDSHAKE_RECORD or msg_type != _CERTIFICATE_MESSAGE:
+        return
+    try:
+        der = _first_certificate(data, tls13=version == ssl.TLSVersion.TLSv1_3)
+        if der:
+            _PRESENTED[conn] = der
+    except Exception:  # noqa: BLE001 - see above
+        return
+
+
+def _first_certificate(message: bytes, *, tls13: bool) -> bytes | None:
+    """The first DER certificate of a Certificate handshake message (with its 4-byte header).
+
+    RFC 5246 §7.4.2: ``certificate_list<0..2^24-1>`` of ``ASN.1Cert<1..2^24-1>``;
+    RFC 8446 §4.4.2 puts a ``certificate_request_context<0..255>`` first.
+    """
+    offset = 4
+    if tls13:
+        offset += 1 + message[offset]
+    if len(message) < offset + 6 or int.from_bytes(message[offset:offset + 3], "big") == 0:
+        return None  # an empty list: no certificate sent
+    length = int.from_bytes(message[offset + 3:offset + 6], "big")
+    der = message[offset + 6:offset + 6 + length]
+    return der if len(der) == length else None
 
 
 def normalize_fingerprint(text: str) -> str:

@@ -34,23 +34,33 @@ class RelayAccess(Policy):
     name: ClassVar[str] = "relay_access"
 
     def __init__(self, config: Config) -> None:
-        networks = list(config.mynetworks)
-        if config.auto_trust_networks:
-            networks.extend(interface_networks())
-        self.trusted_networks = NetworkSet(networks)
+        self.mynetworks = NetworkSet(config.mynetworks)
+        self.interface_networks = NetworkSet(interface_networks() if config.auto_trust_networks else ())
         self.relay_clientcerts = config.relay_clientcerts
         self.relay_domains = config.relay_domains
 
     def classify(self, ctx: PolicyContext) -> None:
-        """Set ``ctx.client.trusted`` / ``trusted_by`` from address and verified certificate."""
+        """Set ``ctx.client.trusted``, ``trusted_by`` and ``trusted_rule`` from address and verified certificate.
+
+        ``trusted_rule`` names what matched in the config's own terms, for the
+        log line: ``mynetworks 10.0.0.0/8``, ``auto_trust_networks 172.17.0.0/16``,
+        ``relay_clientcerts sha256=<hex>`` or ``... sha1=<hex>`` (whichever was listed).
+        """
         client = ctx.client
-        if client.address in self.trusted_networks:
-            client.trusted, client.trusted_by = True, "mynetworks"
-        elif client.cert_sha256 and (client.cert_sha256 in self.relay_clientcerts
-                                     or (client.cert_sha1 or "") in self.relay_clientcerts):
+        network = self.mynetworks.match(client.address)
+        by = "mynetworks"
+        if network is None:
+            network, by = self.interface_networks.match(client.address), "auto_trust_networks"
+        if network is not None:
+            client.trusted, client.trusted_by, client.trusted_rule = True, by, f"{by} {network}"
+        elif client.cert_sha256 and client.cert_sha256 in self.relay_clientcerts:
             client.trusted, client.trusted_by = True, "relay_clientcerts"
+            client.trusted_rule = f"relay_clientcerts sha256={client.cert_sha256}"
+        elif client.cert_sha1 and client.cert_sha1 in self.relay_clientcerts:
+            client.trusted, client.trusted_by = True, "relay_clientcerts"
+            client.trusted_rule = f"relay_clientcerts sha1={client.cert_sha1}"
         else:
-            client.trusted, client.trusted_by = False, None
+            client.trusted, client.trusted_by, client.trusted_rule = False, None, None
 
     async def on_connect(self, ctx: PolicyContext) -> Verdict:
         self.classify(ctx)

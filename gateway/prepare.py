@@ -1,0 +1,97 @@
+"""What the gateway builds from a Config before it serves: TLS contexts and pipelines.
+
+One path for ``gateway run`` (at start), SIGHUP (a reload) and ``gateway
+check-config``, so that a config ``check-config`` passes is one ``run`` accepts
+(the systemd unit's ``ExecStartPre`` relies on it). Every file a key names is
+opened here: ``smtpd_tls_cert_file``, ``smtpd_tls_key_file``,
+``smtpd_tls_CAfile``, ``smtp_tls_CAfile``, ``smtp_tls_cert_file``,
+``smtp_tls_key_file``, ``[header_checks] file``, ``[dkim.domain.*]`` key files.
+
+What ``check-config`` (``write_files=False``) does not do: write under
+``state_dir``. Missing DKIM keys are not generated, and without
+``smtpd_tls_cert_file`` the local CA is only read (when it exists) and the
+server context is built with a throw-away certificate in a temporary folder, so
+``smtpd_tls_CAfile`` still goes through :func:`gateway.tls.server_context`.
+What it cannot check: that addresses can be bound and the spool locked (the
+running gateway holds them).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.local_ca import LocalCertificates, check_local_ca, ensure_local_certificates
+from gateway.pipelines import Pipelines, build_pipelines
+from gateway.tls import client_context, server_context
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(slots=True)
+class Prepared:
+    """The validated, built parts of one configuration.
+
+    Attributes:
+        server_tls: the listeners' context, None when no listener uses TLS.
+        server_cert: the PEM server certificate in use (health check, expiry
+            metric); None without TLS listeners or with ``write_files=False`` and
+            no configured certificate.
+        local_ca: the generated local CA and certificate, when no
+            ``smtpd_tls_cert_file`` is set (only with ``write_files=True``).
+        client_tls: the relay client's context (None at ``smtp_tls_security_level = "none"``).
+        pipelines: access and content pipelines with the DKIM signer; the caller
+            closes them (``await pipelines.aclose()``).
+    """
+
+    server_tls: ssl.SSLContext | None
+    server_cert: Path | None
+    local_ca: LocalCertificates | None
+    client_tls: ssl.SSLContext | None
+    pipelines: Pipelines
+
+
+def prepare(config: Config, *, write_files: bool = True) -> Prepared:
+    """Build the server and client TLS contexts and the pipelines from ``config``.
+
+    Blocking (file reads, key generation): at start and reload this runs before
+    or between sessions' work, as the old code did; it takes milliseconds
+    unless a DKIM key or the local CA is generated.
+
+    Args:
+        config: the validated configuration.
+        write_files: True for ``run`` and reload (generate the local CA and
+            server certificate, and missing DKIM keys); False for ``check-config``.
+
+    Raises:
+        ConfigError: naming the key whose file is missing, unreadable, not PEM,
+            mismatched or refused, or a policy's bad setting.
+    """
+    server_tls, server_cert, local = _server_tls(config, write_files)
+    client_tls = client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
+                                config.smtp_tls_cert_file, config.smtp_tls_key_file)
+    pipelines = build_pipelines(config, prepare_keys=write_files)
+    return Prepared(server_tls=server_tls, server_cert=server_cert, local_ca=local, client_tls=client_tls,
+                    pipelines=pipelines)
+
+
+def _server_tls(config: Config, write_files: bool
+                ) -> tuple[ssl.SSLContext | None, Path | None, LocalCertificates | None]:
+    if not any(listener.tls != "none" for listener in config.listeners):
+        return None, None, None
+    if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
+        context = server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file, config.smtpd_tls_CAfile)
+        return context, config.smtpd_tls_cert_file, None
+    if write_files:
+        local = ensure_local_certificates(config.tls_dir, config.myhostname)
+        return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile), \
+            local.server_cert, local
+    check_local_ca(config.tls_dir)
+    with tempfile.TemporaryDirectory(prefix="gateway-check-") as folder:
+        throwaway = ensure_local_certificates(Path(folder), config.myhostname)
+        context = server_context(throwaway.server_cert, throwaway.server_key, config.smtpd_tls_CAfile)
+    return context, None, None
