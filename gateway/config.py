@@ -11,7 +11,10 @@ Environment: every top-level key can be set as ``GATEWAY_<KEY>`` (upper case),
 e.g. ``GATEWAY_RELAYHOST="[10.0.0.1]:25, [10.0.0.2]:25"``. Lists are comma or
 whitespace separated; ``GATEWAY_TRANSPORT_MAPS="example.com=[10.0.0.5]:25"``;
 ``GATEWAY_SMTP_SASL_PASSWORD_MAPS="[relay]:587=user:secret"``. Listeners are
-configured in the TOML file only.
+``[[listener]]`` tables, or ``GATEWAY_LISTEN`` (replacing all of them), a list
+of ``name=host:port/tls`` entries with an optional ``/require_tls``, e.g.
+``GATEWAY_LISTEN="smtp=0.0.0.0:2525/starttls submission=[::]:2587/starttls/require_tls"``
+(:func:`parse_listen`).
 
 :func:`load` validates everything and raises :class:`~gateway.errors.ConfigError`
 naming the key, the value and what is allowed.
@@ -32,6 +35,7 @@ from gateway.tls import normalize_fingerprint
 from gateway.units import parse_duration, parse_size
 
 ENV_PREFIX = "GATEWAY_"
+LISTEN_ENV = "GATEWAY_LISTEN"
 TLS_MODES = ("starttls", "implicit", "none")
 SMTP_TLS_LEVELS = ("none", "may", "encrypt", "verify")
 LOG_FORMATS = ("text", "json")
@@ -274,6 +278,46 @@ def _parse_listener(index: int, raw: object) -> ListenerConfig:
     return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls)
 
 
+def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:
+    """Parse a ``GATEWAY_LISTEN`` list into ``[[listener]]`` tables.
+
+    Entries are separated by commas or whitespace; each is
+    ``name=host:port/tls`` (tls: ``starttls``, ``implicit`` or ``none``) with an
+    optional ``/require_tls``: ``smtps=0.0.0.0:465/implicit``,
+    ``submission=[::]:587/starttls/require_tls``. The tables are then validated
+    like TOML ones (:func:`build`).
+
+    Args:
+        text: the list.
+        key: the name used in errors (the variable, or a command-line option).
+
+    Returns:
+        ``{"name", "address", "tls", "require_tls"}`` dicts, in order.
+
+    Raises:
+        ConfigError: an entry of another shape, a repeated name or an empty list.
+    """
+    tables: list[dict[str, Any]] = []
+    for entry in _as_list(key, text):
+        name, sep, rest = entry.partition("=")
+        parts = rest.split("/")
+        if not sep or not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "require_tls"):
+            raise ConfigError(key, entry, "name=host:port/tls with tls starttls, implicit or none, "
+                                          "optionally /require_tls, e.g. smtp=0.0.0.0:25/starttls")
+        table = {"name": name, "address": parts[0], "tls": parts[1], "require_tls": len(parts) == 3}
+        try:
+            _parse_listener(len(tables), table)
+        except ConfigError as error:
+            raise ConfigError(key, entry, error.allowed) from None
+        tables.append(table)
+    names = [table["name"] for table in tables]
+    if len(names) != len(set(names)):
+        raise ConfigError(key, text, "unique listener names")
+    if not tables:
+        raise ConfigError(key, text, "at least one name=host:port/tls entry")
+    return tables
+
+
 _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
@@ -457,7 +501,10 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         ConfigError: naming the key, the value and what is allowed.
     """
     raw, base_dir = read_toml(path)
-    raw.update(_env_overrides(os.environ if environ is None else environ))
+    environ = os.environ if environ is None else environ
+    raw.update(_env_overrides(environ))
+    if environ.get(LISTEN_ENV, "").strip():
+        raw["listener"] = parse_listen(environ[LISTEN_ENV])
     return build(raw, base_dir)
 
 

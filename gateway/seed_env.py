@@ -44,8 +44,15 @@ Mapping (variable → gateway key):
   ``smtp_tls_key_file``. The image used a pair only when both files existed.
 * ``POSTFIX_SSL_IN_SECURITY_LEVEL``: ``may`` (STARTTLS offered), ``encrypt``
   (``require_tls`` on every listener), ``none`` (no TLS listener).
+* Listeners: the image's ``0.0.0.0`` ports 25 (STARTTLS), 465 (implicit TLS)
+  and 587 (STARTTLS, required), or the ``--listen`` option / ``GATEWAY_LISTEN``
+  variable (``name=host:port/tls[/require_tls]`` entries, which the gateway
+  itself also reads at start) to move them, e.g. for a container that does not
+  run as root.
   ``POSTFIX_SSL_OUT_SECURITY_LEVEL`` → ``smtp_tls_security_level``
   (none, may, encrypt, verify).
+* Files are looked up under ``--root`` (``/`` in the container) and the config
+  names the file found there.
 * ``/etc/postfix/tls/rootCA.crt`` → ``smtpd_tls_CAfile``;
   ``POSTFIX_SSL_IN_CERT_FINGERPRINTS`` (newline or comma separated
   ``AA:BB:... comment`` lines) → ``relay_clientcerts``.
@@ -80,6 +87,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from gateway.config import LISTEN_ENV, parse_listen
 from gateway.errors import ConfigError, GatewayError
 
 __all__ = ["Refusal", "Refused", "main", "to_toml", "translate"]
@@ -155,9 +163,12 @@ def _is_lookup_table(item: str) -> bool:
 class _Translator:
     """One translation: collects the config, the warnings, the refusals and where each key came from."""
 
-    def __init__(self, environ: Mapping[str, str], root: Path, state_dir: str, metrics_listen: str) -> None:
+    def __init__(self, environ: Mapping[str, str], root: Path, state_dir: str, metrics_listen: str,
+                 listen: str | None, listen_origin: str) -> None:
         self.env = environ
         self.root = root
+        self.listen = listen
+        self.listen_origin = listen_origin
         self.config: dict[str, Any] = {"state_dir": state_dir, "metrics_listen": metrics_listen}
         self.warnings: list[str] = []
         self.refusals: list[Refusal] = []
@@ -293,8 +304,8 @@ class _Translator:
             key = self.env.get(key_var) or str(TLS_DIR / key_default)
             explicit = [v for v in (cert_var, key_var) if self.env.get(v)]
             if self.exists(cert) and self.exists(key):
-                self.set(cert_key, cert, cert_var)
-                self.set(key_key, key, key_var)
+                self.set(cert_key, str(self.local(cert)), cert_var)
+                self.set(key_key, str(self.local(key)), key_var)
             elif explicit:
                 missing = " and ".join(p for p in (cert, key) if not self.exists(p))
                 self.refuse(explicit[0], f"{missing} not found: the image then ran without this certificate; "
@@ -309,13 +320,31 @@ class _Translator:
                 self.refuse(level_var, f"{level!r}: the gateway knows only " + ", ".join(_OUT_LEVELS))
 
     def listeners(self) -> None:
-        """Port 25 (STARTTLS), 465 (implicit TLS) and 587 (STARTTLS required), shaped by the incoming level."""
+        """The image's ports 25 (STARTTLS), 465 (implicit TLS) and 587 (STARTTLS required), or ``listen``.
+
+        Either way shaped by the incoming level: ``encrypt`` requires TLS on every
+        STARTTLS listener, ``none`` has no TLS (a TLS listener in ``listen`` is refused).
+        """
         level_var = "POSTFIX_SSL_IN_SECURITY_LEVEL"
         level = self.env.get(level_var, "may").strip().lower() or "may"
         if level not in _IN_LEVELS:
             self.refuse(level_var, f"{level!r}: the gateway's listeners offer none, may or encrypt")
             level = "may"
         listeners: list[dict[str, Any]]
+        if self.listen is not None:
+            try:
+                listeners = parse_listen(self.listen, self.listen_origin)
+            except ConfigError as error:
+                self.refuse(self.listen_origin, str(error))
+                return
+            for item in listeners:
+                if level == "none" and item["tls"] != "none":
+                    self.refuse(self.listen_origin, f"listener {item['name']} has tls={item['tls']}, but "
+                                                    f"{level_var}=none turns TLS off")
+                if level == "encrypt" and item["tls"] == "starttls":
+                    item["require_tls"] = True
+            self.set("listener", listeners, self.listen_origin)
+            return
         if level == "none":
             listeners = [{"name": "smtp", "address": "0.0.0.0:25", "tls": "none"},
                          {"name": "submission", "address": "0.0.0.0:587", "tls": "none"}]
@@ -337,7 +366,7 @@ class _Translator:
             file_lines = [line.strip() for line in self.local(TLS_DIR / "relay_clientcerts").read_text().splitlines()
                           if line.strip() and not line.lstrip().startswith("#")]
         if self.exists(ca_file):
-            self.set("smtpd_tls_CAfile", str(ca_file), str(ca_file))
+            self.set("smtpd_tls_CAfile", str(self.local(ca_file)), str(ca_file))
             if lines or file_lines:
                 self.warn(f"{ca_file}: the image let every client certificate signed by it relay "
                           "(permit_tls_all_clientcerts); the gateway lets only the listed fingerprints relay")
@@ -383,7 +412,7 @@ class _Translator:
                           "key exchange and needs no DH parameter file")
         header_checks = ADDITIONAL_DIR / "header_checks"
         if self.exists(header_checks):
-            self.set("header_checks.file", str(header_checks), str(header_checks))
+            self.set("header_checks.file", str(self.local(header_checks)), str(header_checks))
         transport = ADDITIONAL_DIR / "transport"
         if self.exists(transport):
             maps = self.transport_maps(str(transport), self.local(transport).read_text())
@@ -497,7 +526,7 @@ class _Translator:
         for domain in domains:
             key = opendkim / "keys" / domain / f"{DKIM_SELECTOR}.private"
             if self.exists(key):
-                overrides[domain.lower().rstrip(".")] = {"rsa_key": str(key)}
+                overrides[domain.lower().rstrip(".")] = {"rsa_key": str(self.local(key))}
             else:
                 self.warn(f"DKIM_DOMAINS: no key {key}; the gateway creates one for {domain}: publish its record")
         if overrides:
@@ -519,11 +548,8 @@ class _Translator:
         from policies import REGISTRY
         from policies.spam_levels import SpamLevels
 
-        checked = dict(self.config)
-        if "header_checks" in checked:   # the policy reads this file now: look for it under root
-            checked["header_checks"] = {"file": str(self.local(checked["header_checks"]["file"]))}
         try:
-            config = build(checked, Path(self.config["state_dir"]))
+            config = build(self.config, Path(self.config["state_dir"]))
             pipeline = Section("pipeline", config.section("pipeline"), known={"inbound", "outbound"})
             for name in dict.fromkeys(pipeline.strings("inbound") + pipeline.strings("outbound")):
                 if name not in REGISTRY:
@@ -545,18 +571,22 @@ class _Translator:
 
 
 def translate(environ: Mapping[str, str], *, root: Path = Path("/"), state_dir: str = STATE_DIR,
-              metrics_listen: str = METRICS_LISTEN) -> tuple[dict[str, Any], list[str]]:
+              metrics_listen: str = METRICS_LISTEN, listen: str | None = None,
+              listen_origin: str = "--listen") -> tuple[dict[str, Any], list[str]]:
     """Translate the ServerContainers mail-gateway variables into a gateway config (see module docstring).
 
     Args:
         environ: the environment (only the image's variables and ``CLAMD_ADDRESS``,
             ``RSPAMD_URL``, ``SPAMD_ADDRESS`` are read).
         root: where the image's volume files (``/etc/postfix/tls``, ``/etc/postfix/additional``)
-            are looked up: ``root / "etc/postfix/..."``; paths written into the config stay absolute
-            container paths.
+            are looked up: ``root / "etc/postfix/..."``; the config names the files found there
+            (``/etc/postfix/...`` itself when ``root`` is ``/``, as in the container).
         state_dir: the gateway's ``state_dir``.
         metrics_listen: ``metrics_listen`` (all interfaces by default so Prometheus in another
             container can scrape it).
+        listen: the listeners as ``name=host:port/tls[/require_tls]`` entries
+            (:func:`gateway.config.parse_listen`) instead of the image's 25/465/587 on 0.0.0.0.
+        listen_origin: what ``listen`` came from, named in refusals (``--listen``, ``GATEWAY_LISTEN``).
 
     Returns:
         The configuration as a TOML-ready dict (strings, numbers, booleans, lists and tables),
@@ -566,7 +596,7 @@ def translate(environ: Mapping[str, str], *, root: Path = Path("/"), state_dir: 
     Raises:
         Refused: naming every variable the gateway cannot honour, with the reason.
     """
-    translator = _Translator(environ, root, state_dir, metrics_listen)
+    translator = _Translator(environ, root, state_dir, metrics_listen, listen, listen_origin)
     translator.run()
     if not translator.refusals:
         translator.validate()
@@ -666,6 +696,10 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"metrics_listen of the config (default {METRICS_LISTEN}; '' = off)")
     parser.add_argument("--root", type=Path, default=Path("/"),
                         help="look for the image's volume files (/etc/postfix/...) under this folder")
+    parser.add_argument("--listen", default=None, metavar="LIST",
+                        help="listeners as name=host:port/tls[/require_tls] entries, e.g. "
+                             "'smtp=0.0.0.0:2525/starttls smtps=0.0.0.0:4465/implicit' (default: "
+                             "$GATEWAY_LISTEN, else smtp=0.0.0.0:25, smtps=0.0.0.0:465, submission=0.0.0.0:587)")
     return parser
 
 
@@ -687,8 +721,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
+        listen, origin = args.listen, "--listen"
+        if listen is None and os.environ.get(LISTEN_ENV, "").strip():
+            listen, origin = os.environ[LISTEN_ENV], LISTEN_ENV
         config, warnings = translate(os.environ, root=args.root, state_dir=args.state_dir,
-                                     metrics_listen=args.metrics_listen)
+                                     metrics_listen=args.metrics_listen, listen=listen, listen_origin=origin)
     except Refused as refused:
         for refusal in refused.refusals:
             print(f"gateway seed_env: refused {refusal.variable}: {refusal.reason}", file=sys.stderr)

@@ -132,3 +132,66 @@ def test_check_config_generates_no_keys(tmp_path):
     result = run_cli("--config", str(path), "check-config")
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "var" / "dkim").exists()
+
+
+# Every key whose value is a file, with a config that names a missing file there (and valid files elsewhere).
+FILE_KEYS = {
+    "smtpd_tls_cert_file": 'smtpd_tls_cert_file = "{missing}"\nsmtpd_tls_key_file = "{key}"\n',
+    "smtpd_tls_key_file": 'smtpd_tls_cert_file = "{cert}"\nsmtpd_tls_key_file = "{missing}"\n',
+    "smtpd_tls_CAfile": 'smtpd_tls_CAfile = "{missing}"\n',
+    "smtp_tls_CAfile": 'smtp_tls_CAfile = "{missing}"\n',
+    "smtp_tls_cert_file": 'smtp_tls_cert_file = "{missing}"\nsmtp_tls_key_file = "{key}"\n',
+    "smtp_tls_key_file": 'smtp_tls_cert_file = "{cert}"\nsmtp_tls_key_file = "{missing}"\n',
+    "header_checks.file": '[pipeline]\ninbound = ["header_checks"]\n[header_checks]\nfile = "{missing}"\n',
+    "dkim.domain.example.com.rsa_key":
+        '[dkim]\ndomains = ["example.com"]\n[dkim.domain."example.com"]\nrsa_key = "{missing}"\n',
+    "dkim.domain.example.com.ed25519_key":
+        '[dkim]\ndomains = ["example.com"]\nalgorithms = ["ed25519-sha256"]\n'
+        '[dkim.domain."example.com"]\ned25519_key = "{missing}"\n',
+}
+
+
+def test_the_file_key_list_covers_every_path_key_of_the_config():
+    from gateway.config import _PATH_KEYS
+
+    directories = {"state_dir", "spool_dir"}
+    assert set(_PATH_KEYS) - directories <= set(FILE_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(FILE_KEYS))
+def test_check_config_and_run_refuse_the_same_missing_file(tmp_path, key):
+    import trustme
+
+    from tests.harness.gateway_process import free_port
+
+    issued = trustme.CA().issue_cert("gw.test")
+    cert, private_key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(private_key))
+    missing = tmp_path / "no-such-file.pem"
+    top, _, tables = FILE_KEYS[key].format(missing=missing, cert=cert, key=private_key).partition("[")
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'state_dir = "{tmp_path / "var"}"\nmetrics_listen = ""\n{top}'
+                    f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\ntls = "starttls"\n'
+                    + (f"[{tables}" if tables else ""))
+
+    checked = run_cli("--config", str(path), "check-config")
+    ran = run_cli("--config", str(path), "run")
+    for result in (checked, ran):
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"config key '{key}'" in result.stderr and str(missing) in result.stderr, result.stderr
+
+
+def test_check_config_passes_what_run_starts_with(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "client-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'state_dir = "{tmp_path / "var"}"\nsmtpd_tls_CAfile = "{ca_file}"\n'
+                    f'smtp_tls_CAfile = "{ca_file}"\n')
+    result = run_cli("--config", str(path), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"smtpd_tls_CAfile = {ca_file}" in result.stdout
+    assert not (tmp_path / "var").exists()  # nothing written: no local CA, no DKIM keys

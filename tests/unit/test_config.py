@@ -506,3 +506,26 @@ def test_config_is_immutable() -> None:
     with pytest.raises(AttributeError):
         config.myhostname = "x"  # type: ignore[misc]
     assert isinstance(config, Config)
+
+
+# ---- GATEWAY_LISTEN: listeners without a config file
+
+
+def test_gateway_listen_replaces_the_listener_tables(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[[listener]]\nname = "smtp"\naddress = "0.0.0.0:25"\n')
+    config = load(path, {"GATEWAY_LISTEN": "smtp=127.0.0.1:2525/starttls smtps=[::1]:2465/implicit, "
+                                           "submission=0.0.0.0:2587/starttls/require_tls"})
+    assert config.listeners == (
+        ListenerConfig("smtp", "127.0.0.1", 2525, "starttls", False),
+        ListenerConfig("smtps", "::1", 2465, "implicit", False),
+        ListenerConfig("submission", "0.0.0.0", 2587, "starttls", True))
+    assert load(path, {"GATEWAY_LISTEN": "  "}).listeners == (ListenerConfig("smtp", "0.0.0.0", 25),)
+
+
+@pytest.mark.parametrize("text", ["smtp=0.0.0.0:25", "smtp=0.0.0.0/starttls", "=0.0.0.0:25/none",
+                                  "smtp=0.0.0.0:25/none/required", "smtp=0.0.0.0:70000/none",
+                                  "a=127.0.0.1:1/none a=127.0.0.1:2/none"])
+def test_a_bad_gateway_listen_names_the_variable(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, {"GATEWAY_LISTEN": text})
+    assert info.value.key == "GATEWAY_LISTEN"

@@ -157,18 +157,20 @@ def test_incoming_and_outgoing_certificates_from_variables(root):
         put(root, name)
     config, _ = run(root, POSTFIX_SSL_IN_CERT="/certs/in.crt", POSTFIX_SSL_IN_KEY="/certs/in.key",
                     POSTFIX_SSL_OUT_CERT="/certs/out.crt", POSTFIX_SSL_OUT_KEY="/certs/out.key")
-    assert (config["smtpd_tls_cert_file"], config["smtpd_tls_key_file"]) == ("/certs/in.crt", "/certs/in.key")
-    assert (config["smtp_tls_cert_file"], config["smtp_tls_key_file"]) == ("/certs/out.crt", "/certs/out.key")
+    assert (config["smtpd_tls_cert_file"], config["smtpd_tls_key_file"]) == (
+        str(root / "certs/in.crt"), str(root / "certs/in.key"))
+    assert (config["smtp_tls_cert_file"], config["smtp_tls_key_file"]) == (
+        str(root / "certs/out.crt"), str(root / "certs/out.key"))
 
 
 def test_certificates_at_the_image_default_paths_are_used(root):
     for name in ("bundle.crt", "cert.key", "client.crt", "client.key"):
         put(root, f"/etc/postfix/tls/{name}")
     config, _ = run(root)
-    assert config["smtpd_tls_cert_file"] == "/etc/postfix/tls/bundle.crt"
-    assert config["smtpd_tls_key_file"] == "/etc/postfix/tls/cert.key"
-    assert config["smtp_tls_cert_file"] == "/etc/postfix/tls/client.crt"
-    assert config["smtp_tls_key_file"] == "/etc/postfix/tls/client.key"
+    assert config["smtpd_tls_cert_file"] == str(root / "etc/postfix/tls/bundle.crt")
+    assert config["smtpd_tls_key_file"] == str(root / "etc/postfix/tls/cert.key")
+    assert config["smtp_tls_cert_file"] == str(root / "etc/postfix/tls/client.crt")
+    assert config["smtp_tls_key_file"] == str(root / "etc/postfix/tls/client.key")
 
 
 def test_no_certificate_files_leaves_tls_to_the_generated_certificate(root):
@@ -220,7 +222,7 @@ def test_fingerprints_newline_and_comma_separated_become_relay_clientcerts(root)
                                                                   f"{SHA256} a.example, {SHA1.lower()}")
     assert config["relay_clientcerts"] == [f"{SHA1} trusted.mailserver.example.tld", f"{SHA256} a.example",
                                            SHA1.lower()]
-    assert config["smtpd_tls_CAfile"] == "/etc/postfix/tls/rootCA.crt"
+    assert config["smtpd_tls_CAfile"] == str(root / "etc/postfix/tls/rootCA.crt")  # the file found, not the container path
     assert build(config).relay_clientcerts == {SHA1.replace(":", "").lower(), SHA256.replace(":", "").lower()}
     assert any("permit_tls_all_clientcerts" in w for w in warnings)
 
@@ -359,7 +361,7 @@ def test_header_checks_file_runs_first_in_both_directions(root):
     put(root, "/etc/postfix/additional/header_checks", "/^Subject: .*viagra/ REJECT no thanks\n")
     config, _ = translate({"MAIL_FQDN": "mx.example.com", "CLAMD_ADDRESS": "tcp:clamav:3310",
                            "DISABLE_SPAM_CHECKS": "1"}, root=root)
-    assert config["header_checks"] == {"file": "/etc/postfix/additional/header_checks"}
+    assert config["header_checks"] == {"file": str(root / "etc/postfix/additional/header_checks")}
     assert config["pipeline"]["inbound"] == config["pipeline"]["outbound"] == ["header_checks", "antivirus"]
 
 
@@ -403,7 +405,7 @@ def test_existing_opendkim_keys_are_reused(root):
     put(root, "/etc/postfix/additional/opendkim/keys/example.com/default.private", "key")
     config, warnings = run(root, DKIM_DOMAINS="example.com example.org")
     assert config["dkim"]["domain"] == {
-        "example.com": {"rsa_key": "/etc/postfix/additional/opendkim/keys/example.com/default.private"}}
+        "example.com": {"rsa_key": str(root / "etc/postfix/additional/opendkim/keys/example.com/default.private")}}
     assert any("no key" in w and "example.org" in w for w in warnings)
 
 
@@ -535,3 +537,83 @@ def test_main_writes_to_stdout(environ, root, capsys):
     environ(MAIL_FQDN="mx.example.com", DISABLE_AMAVIS="1")
     assert seed_env.main(["--output", "-", "--root", str(root)]) == 0
     assert tomllib.loads(capsys.readouterr().out)["myhostname"] == "mx.example.com"
+
+
+# ---- --root: the config names the files found there ----
+
+def test_with_root_every_file_written_is_the_one_found_under_root(root):
+    ca = trustme.CA()
+    server = ca.issue_cert("mx.example.com")
+    ca.cert_pem.write_to_path(str(put(root, "/etc/postfix/tls/rootCA.crt")))
+    server.cert_chain_pems[0].write_to_path(str(put(root, "/etc/postfix/tls/bundle.crt")))
+    server.private_key_pem.write_to_path(str(put(root, "/etc/postfix/tls/cert.key")))
+    put(root, "/etc/postfix/additional/header_checks", "/^Subject: spam/ REJECT\n")
+    config, _ = run(root, POSTFIX_SSL_IN_CERT_FINGERPRINTS=SHA1)
+    written = {key: config[key] for key in ("smtpd_tls_CAfile", "smtpd_tls_cert_file", "smtpd_tls_key_file")}
+    written["header_checks.file"] = config["header_checks"]["file"]
+    for key, value in written.items():
+        assert value.startswith(str(root) + "/etc/postfix/"), (key, value)
+        assert Path(value).is_file(), (key, value)
+    # ... so the gateway started from this config on the host finds them
+    parsed = build(tomllib.loads(to_toml(config)))
+    assert parsed.smtpd_tls_CAfile == root / "etc/postfix/tls/rootCA.crt"
+
+
+def test_without_root_the_container_paths_are_written(tmp_path, monkeypatch):
+    found = {"/etc/postfix/tls/rootCA.crt"}
+    monkeypatch.setattr(seed_env._Translator, "exists", lambda self, path: str(path) in found)
+    config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_CERT_FINGERPRINTS": SHA1})
+    assert config["smtpd_tls_CAfile"] == "/etc/postfix/tls/rootCA.crt"
+
+
+# ---- listeners from --listen / GATEWAY_LISTEN ----
+
+def test_listen_moves_the_listeners(root):
+    config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS}, root=root,
+                          listen="smtp=127.0.0.1:2525/starttls, smtps=[::1]:2465/implicit "
+                                 "submission=0.0.0.0:2587/starttls/require_tls")
+    assert config["listener"] == [
+        {"name": "smtp", "address": "127.0.0.1:2525", "tls": "starttls", "require_tls": False},
+        {"name": "smtps", "address": "[::1]:2465", "tls": "implicit", "require_tls": False},
+        {"name": "submission", "address": "0.0.0.0:2587", "tls": "starttls", "require_tls": True}]
+    assert [(item.name, item.host, item.port) for item in build(config).listeners] == [
+        ("smtp", "127.0.0.1", 2525), ("smtps", "::1", 2465), ("submission", "0.0.0.0", 2587)]
+
+
+def test_listen_with_the_encrypt_level_requires_tls_on_starttls_listeners(root):
+    config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "encrypt"},
+                          root=root, listen="smtp=0.0.0.0:2525/starttls smtps=0.0.0.0:2465/implicit")
+    assert [item["require_tls"] for item in config["listener"]] == [True, False]
+
+
+def test_a_tls_listener_with_the_none_level_is_refused(root):
+    with pytest.raises(Refused) as caught:
+        translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "none"},
+                  root=root, listen="smtps=0.0.0.0:2465/implicit", listen_origin="GATEWAY_LISTEN")
+    (refusal,) = caught.value.refusals
+    assert refusal.variable == "GATEWAY_LISTEN" and "tls=implicit" in refusal.reason
+
+
+@pytest.mark.parametrize("listen", ["smtp=0.0.0.0:99999/starttls", "smtp=0.0.0.0:25", "smtp:0.0.0.0:25/none",
+                                    "smtp=0.0.0.0:25/sometimes", "a=0.0.0.0:25/none a=0.0.0.0:26/none"])
+def test_a_bad_listen_list_is_refused_naming_it(root, listen):
+    with pytest.raises(Refused) as caught:
+        translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS}, root=root, listen=listen,
+                  listen_origin="GATEWAY_LISTEN")
+    assert [r.variable for r in caught.value.refusals] == ["GATEWAY_LISTEN"]
+
+
+def test_main_takes_gateway_listen_from_the_environment(monkeypatch, capsys, tmp_path):
+    for name in list(__import__("os").environ):
+        if name.startswith(("POSTFIX_", "DKIM_", "AMAVIS_", "DISABLE_", "GATEWAY_", "MAIL_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MAIL_FQDN", "mx.example.com")
+    monkeypatch.setenv("DISABLE_AMAVIS", "1")
+    monkeypatch.setenv("GATEWAY_LISTEN", "smtp=0.0.0.0:2525/starttls")
+    assert seed_env.main(["--output", "-", "--root", str(tmp_path)]) == 0
+    written = tomllib.loads(capsys.readouterr().out)
+    assert written["listener"] == [{"name": "smtp", "address": "0.0.0.0:2525", "tls": "starttls",
+                                    "require_tls": False}]
+    # the option wins over the variable
+    assert seed_env.main(["--output", "-", "--root", str(tmp_path), "--listen", "in=127.0.0.1:26/none"]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["listener"][0]["name"] == "in"
