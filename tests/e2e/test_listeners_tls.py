@@ -119,8 +119,14 @@ def test_client_certificate_fingerprints(tls_gateway, client_certs, sink, name, 
         client.ehlo("client.test")
         client.mail("a@example.com")
         code, text = client.rcpt("d@elsewhere.org")
+        if code == 250:
+            assert client.data(f"Subject: {name}\r\n\r\nx\r\n".encode())[0] == 250
     if relays:
         assert code == 250, text
+        # the log names the fingerprint in the form the config listed it, so an operator can find the entry
+        listed = f"sha256={certs[name][2]}" if name == "by-sha256" else f"sha1={certs[name][3]}"
+        tls_gateway.wait_for_log(rf"to=<d@elsewhere\.org>, size=\d+, relay=permitted rule=relay_clientcerts "
+                                 rf"{listed}, result=queued")
     else:
         assert (code, text[:5]) == (554, b"5.7.1")
     tls_gateway.wait_for_log(r"STARTTLS from \S*\[127\.0\.0\.3\].* cert_sha256=" + certs[name][2])

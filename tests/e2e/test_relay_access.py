@@ -43,6 +43,9 @@ def test_trusted_network_relays_with_received_header(gateway, sink):
     assert b"by gw.test (gateway) with ESMTPS id " in message.data
     assert message.data.endswith(b"Subject: relay\r\n\r\nbody\r\n")
     gateway.wait_for_log(r"to=<bob@elsewhere.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+, .*status=sent")
+    # the rule that let it relay, as written in the config (mynetworks = ["127.0.0.1/32"])
+    gateway.wait_for_log(r"to=<bob@elsewhere\.org>, size=\d+, relay=permitted rule=mynetworks 127\.0\.0\.1/32, "
+                         r"result=queued")
 
 
 def test_untrusted_client_is_refused_554_5_7_1(gateway, sink):

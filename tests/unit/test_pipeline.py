@@ -294,13 +294,15 @@ def test_relay_access_is_registered() -> None:
     assert REGISTRY["relay_access"] is RelayAccess
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.9.9.9", "10.1.200.3", "::ffff:10.1.2.3",
-                                     "::ffff:127.0.0.1", "2001:db8::25"])
-def test_trusted_by_mynetworks(tmp_path: Path, address: str) -> None:
+@pytest.mark.parametrize("address, network", [
+    ("127.0.0.1", "127.0.0.0/8"), ("127.9.9.9", "127.0.0.0/8"), ("10.1.200.3", "10.1.0.0/16"),
+    ("::ffff:10.1.2.3", "10.1.0.0/16"), ("::ffff:127.0.0.1", "127.0.0.0/8"), ("2001:db8::25", "2001:db8::/32")])
+def test_trusted_by_mynetworks(tmp_path: Path, address: str, network: str) -> None:
     policy = relay_access(tmp_path)
     ctx = make_ctx(address)
     assert rcpt(policy, ctx, "anyone@elsewhere.example") is ACCEPT
     assert ctx.client.trusted and ctx.client.trusted_by == "mynetworks"
+    assert ctx.client.trusted_rule == f"mynetworks {network}"  # the configured network that matched, for the log
 
 
 @pytest.mark.parametrize("address", ["192.0.2.10", "10.2.0.1", "::ffff:192.0.2.10", "2001:db9::1", "::1"])
@@ -310,7 +312,7 @@ def test_untrusted_addresses(tmp_path: Path, address: str) -> None:
     verdict = rcpt(policy, ctx, "anyone@elsewhere.example")
     assert verdict.action is Action.REJECT
     assert str(verdict.reply) == "554 5.7.1 Relay access denied"
-    assert not ctx.client.trusted and ctx.client.trusted_by is None
+    assert not ctx.client.trusted and ctx.client.trusted_by is None and ctx.client.trusted_rule is None
 
 
 def test_trusted_by_client_certificate_sha256(tmp_path: Path) -> None:
@@ -318,6 +320,7 @@ def test_trusted_by_client_certificate_sha256(tmp_path: Path) -> None:
     ctx = make_ctx("192.0.2.10", sha256=FP256, sha1=FP1)
     assert rcpt(policy, ctx, "anyone@elsewhere.example") is ACCEPT
     assert ctx.client.trusted and ctx.client.trusted_by == "relay_clientcerts"
+    assert ctx.client.trusted_rule == f"relay_clientcerts sha256={FP256}"
 
 
 def test_trusted_by_client_certificate_sha1(tmp_path: Path) -> None:
@@ -325,6 +328,7 @@ def test_trusted_by_client_certificate_sha1(tmp_path: Path) -> None:
     ctx = make_ctx("192.0.2.10", sha256=FP256, sha1=FP1)
     assert rcpt(policy, ctx, "anyone@elsewhere.example") is ACCEPT
     assert ctx.client.trusted_by == "relay_clientcerts"
+    assert ctx.client.trusted_rule == f"relay_clientcerts sha1={FP1}"  # the form the config used
 
 
 def test_unlisted_or_missing_certificate_is_not_trusted(tmp_path: Path) -> None:
