@@ -39,8 +39,8 @@ def servers() -> Iterator[list[GatewaySMTP]]:
     loop = asyncio.new_event_loop()
     made = []
     for limit in LOCAL_PART_LIMITS:
-        server = GatewaySMTP(object(), limiter=ConnectionLimiter(10, 10), implicit_tls=False, data_timeout=1.0,
-                             hostname="gw.example.net", loop=loop)
+        server = GatewaySMTP(object(), limiter=ConnectionLimiter(10, 10), tls_mode="none", server_tls=None,
+                             data_timeout=1.0, hostname="gw.example.net", loop=loop)
         server.local_part_limit = limit
         made.append(server)
     yield made
