@@ -29,6 +29,7 @@ from pathlib import Path
 
 from gateway import metrics
 from gateway.config import Config
+from gateway.data_reader import MemoryBudget
 from gateway.health import HealthCheck, run_checks
 from gateway.http_server import MetricsServer
 from gateway.dns import make_resolver
@@ -68,6 +69,7 @@ class Gateway:
         self.cert_file: Path | None = None
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
+        self.data_budget = MemoryBudget(config.smtpd_data_memory_limit)
 
     def _use_certificate(self, prepared: Prepared) -> None:
         if prepared.local_ca is not None:
@@ -120,7 +122,8 @@ class Gateway:
         for listener_config in config.listeners:
             handler = SmtpHandler(config, listener_config.name, pipelines, self.batcher, self.worker,
                                   tls_mode=listener_config.tls)
-            listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout)
+            listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout,
+                                self.data_budget, self.spool.tmp_dir)
             try:
                 await listener.start()
             except OSError as error:
@@ -187,6 +190,7 @@ class Gateway:
         self.pipelines = pipelines
         for handler in self.handlers:
             handler.config, handler.pipelines = config, pipelines
+        self.data_budget.limit = config.smtpd_data_memory_limit
         if self.worker is not None:
             self.worker.config = self.router.config = self.client.config = config
             self.client.tls_context = prepared.client_tls

@@ -94,6 +94,7 @@ class Config:
     transport_maps: Mapping[str, tuple[NextHop, ...]] = field(default_factory=dict)
     smtp_sasl_password_maps: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     message_size_limit: int = 10240000
+    smtpd_data_memory_limit: int = 128 * 1024 * 1024
     smtpd_recipient_limit: int = 1000
     smtpd_client_connection_count_limit: int = 50
     smtpd_connection_limit: int = 500
@@ -375,9 +376,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     values.setdefault("state_dir", base / "var")
     if "myhostname" in raw:
         values["myhostname"] = _wrap("myhostname", raw["myhostname"], _parse_domain, "a host name")
-    if "message_size_limit" in raw:
-        values["message_size_limit"] = _wrap("message_size_limit", raw["message_size_limit"],
-                                             parse_size, "a size in bytes such as 10240000 or 50M")
+    for key in ("message_size_limit", "smtpd_data_memory_limit"):
+        if key in raw:
+            values[key] = _wrap(key, raw[key], parse_size, "a size in bytes such as 10240000 or 50M")
     if "mynetworks" in raw:
         values["mynetworks"] = tuple(
             _wrap("mynetworks", item, parse_network, "CIDR networks such as 127.0.0.0/8 or [::1]/128")

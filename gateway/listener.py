@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from pathlib import Path
 
 from gateway.config import ListenerConfig
+from gateway.data_reader import MemoryBudget
 from gateway.smtp_handler import SmtpHandler
 from gateway.smtp_server import ConnectionLimiter, GatewaySMTP
 from gateway.tls import ServerTls
@@ -32,21 +34,26 @@ class Listener:
         server_tls: the listeners' current server context; required unless ``config.tls == "none"``.
         limiter: connection counter (shared by all listeners).
         data_timeout: seconds for a whole DATA phase.
+        data_budget: memory for message text, shared by all listeners' sessions.
+        spill_dir: where a large message is kept while it arrives (the spool's ``tmp/``).
     """
 
     def __init__(self, config: ListenerConfig, handler: SmtpHandler, server_tls: ServerTls | None,
-                 limiter: ConnectionLimiter, data_timeout: float) -> None:
+                 limiter: ConnectionLimiter, data_timeout: float, data_budget: MemoryBudget | None = None,
+                 spill_dir: Path | None = None) -> None:
         self.config = config
         self.handler = handler
         self.server_tls = server_tls
         self.limiter = limiter
         self.data_timeout = data_timeout
+        self.data_budget = data_budget
+        self.spill_dir = spill_dir
         self.server: asyncio.Server | None = None
 
     def _protocol(self) -> GatewaySMTP:
         return GatewaySMTP(
             self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
-            data_timeout=self.data_timeout,
+            data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
             loop=asyncio.get_running_loop(), **self.handler.factory_kwargs())
 

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from gateway.verdict import HeaderEdit
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+# A message as one bytes object, or as pieces that make it when written one after
+# another (:func:`edited_parts`: a large message's body stays a view, not a copy).
+MessageText = bytes | Sequence[bytes | memoryview]
+
+
+def message_parts(message: MessageText) -> Sequence[bytes | memoryview]:
+    """``message`` as a sequence of pieces (a single ``bytes`` is one piece)."""
+    return (message,) if isinstance(message, bytes) else message
+
+
+def message_size(message: MessageText) -> int:
+    """Octets of ``message``."""
+    return len(message) if isinstance(message, bytes) else sum(memoryview(p).nbytes for p in message)
 
 
 def header_end(raw: bytes) -> int:
@@ -78,15 +92,30 @@ def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> by
     ``prepend`` is ready-made header bytes (e.g. the Received field) ending in CRLF;
     they go below a leading mbox separator line (:func:`mbox_separator`).
     """
+    return b"".join(edited_parts(raw, prepend, edits))
+
+
+def edited_parts(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> list[bytes | memoryview]:
+    """:func:`apply_edits` as pieces to write one after another, the body a view of ``raw``, not a copy.
+
+    Joined, the pieces are exactly what :func:`apply_edits` returns; a large
+    message is then written to the spool without a second copy of it in memory.
+    """
     added = b"".join(_encode_field(name, value) for edit in edits for name, value in edit.prepend)
     removed = {name.lower() for edit in edits for name in edit.remove}
     replaced = {name.lower(): (name, value) for edit in edits for name, value in edit.replace}
     dropped = [field for edit in edits for field in edit.drop]
+    head, rest = b"", 0
     if removed or replaced or dropped:
-        raw = _rewrite(raw, removed, replaced, dropped)
-        missing = [pair for key, pair in replaced.items() if key not in _names(raw)]
+        head, rest = _rewrite(raw, removed, replaced, dropped)
+        missing = [pair for key, pair in replaced.items() if key not in _names(head)]
         added += b"".join(_encode_field(name, value) for name, value in missing)
-    return insert_fields(raw, prepend + added)
+        separator = mbox_separator(head)
+        head = head[len(separator):]
+    else:
+        separator = mbox_separator(raw)
+        rest = len(separator)
+    return [separator, prepend + added, head, memoryview(raw)[rest:]]
 
 
 def _encode_field(name: str, value: str) -> bytes:
@@ -97,7 +126,9 @@ def _names(raw: bytes) -> set[str]:
     return {field_name(field) for field in raw_fields(raw)}
 
 
-def _rewrite(raw: bytes, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]) -> bytes:
+def _rewrite(raw: bytes, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]
+             ) -> tuple[bytes, int]:
+    """The header fields kept (rewritten where replaced), and the offset in ``raw`` where the rest begins."""
     kept: list[bytes] = []
     done: set[str] = set()
     total = 0
@@ -114,4 +145,4 @@ def _rewrite(raw: bytes, removed: set[str], replaced: dict[str, tuple[str, str]]
             done.add(name)
             field = _encode_field(*replaced[name])
         kept.append(field)
-    return b"".join(kept) + raw[total:]
+    return b"".join(kept), total

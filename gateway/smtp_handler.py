@@ -31,7 +31,7 @@ from gateway.config import Config
 from gateway.dkim_signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import apply_edits, insert_fields
+from gateway.message import MessageText, edited_parts, insert_fields, message_size
 from gateway.pipelines import Pipelines
 from gateway.policy import PolicyContext
 from gateway.received import received_header
@@ -49,6 +49,8 @@ _SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Messages up to this size go to the relay worker in memory; larger ones are read back from the spool.
+HANDOVER_MAX_BYTES = 1 << 20
 
 
 def _addresses(recipients: list[str]) -> str:
@@ -280,10 +282,16 @@ class SmtpHandler:
         edits = result.headers
         if verdict.action is Action.HOLD and verdict.headers != HeaderEdit():
             edits += (verdict.headers,)  # held mail keeps what the holding policy added or removed
-        message = apply_edits(content, trace, edits)
+        parts = edited_parts(content, trace, edits)
         signer = self.pipelines.signer
+        message: MessageText
         if signer is not None and ctx.envelope.direction is Direction.OUTBOUND:
-            message = await self._sign(signer, ctx.queue_id, message)
+            message = await self._sign(signer, ctx.queue_id, b"".join(parts))
+        elif len(content) > HANDOVER_MAX_BYTES:
+            message = parts  # written as pieces: no second copy of a large message in memory
+        else:
+            message = b"".join(parts)
+        size = message_size(message)
         entry = SpoolEntry(
             queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
             recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,
@@ -301,7 +309,7 @@ class SmtpHandler:
             log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
             return str(replies.INTERNAL_ERROR)
         metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
-        metrics.RECEIVED_BYTES.inc(len(message))
+        metrics.RECEIVED_BYTES.inc(size)
         log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",
                  f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
         ctx.queue_id = None
@@ -318,9 +326,11 @@ class SmtpHandler:
             log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, signature.domain, signature.algorithm)
         return insert_fields(message, b"".join(signature.field for signature in signatures))
 
-    async def _commit(self, entry: SpoolEntry, message: bytes, state: QueueState) -> None:
-        # With room at the worker the message goes straight to active/ and its bytes to the worker.
-        handed_over = state is QueueState.INCOMING and self.intake.reserve(len(message))
+    async def _commit(self, entry: SpoolEntry, message: MessageText, state: QueueState) -> None:
+        # With room at the worker the message goes straight to active/ and its bytes to the worker;
+        # a large one (in pieces) waits in incoming/ and the worker reads it from the spool.
+        handed_over = (state is QueueState.INCOMING and isinstance(message, bytes)
+                       and self.intake.reserve(len(message)))
         commit = self.batcher.submit(entry, message, QueueState.ACTIVE if handed_over else state)
         self.commits.add(commit)
 
@@ -328,6 +338,7 @@ class SmtpHandler:
             self.commits.discard(future)
             succeeded = not future.cancelled() and future.exception() is None
             if handed_over:
+                assert isinstance(message, bytes)
                 if succeeded:
                     self.intake.accept(entry, message)
                 else:

@@ -9,7 +9,9 @@
   listeners' current :class:`~gateway.tls.ServerTls` context, so a reload's new
   trust applies to the next handshake; a failed handshake is logged with the
   client, the listener and the fingerprints of the certificate it presented;
-* the whole DATA phase has its own timeout (``smtpd_data_timeout``);
+* the whole DATA phase has its own timeout (``smtpd_data_timeout``), and the
+  message is read by :mod:`gateway.data_reader` (bounded memory, a budget
+  shared by all sessions) instead of aiosmtpd's line list;
 * connections over ``smtpd_connection_limit`` or the per-client
   ``smtpd_client_connection_count_limit`` get ``421 4.7.0`` and are closed;
 * the client (address, TLS, verified certificate) is described once the
@@ -27,11 +29,13 @@ import logging
 import re
 import ssl
 from asyncio import sslproto
+from pathlib import Path
 from typing import Any, AnyStr, cast
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from gateway import reply as replies
+from gateway.data_reader import DataOutcome, MemoryBudget, read_data
 from gateway.tls import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
@@ -96,6 +100,10 @@ _BARE_ADDR = re.compile(_ADDR_SPEC)
 
 # Seconds a client has to finish a TLS handshake (asyncio's default is 60).
 TLS_HANDSHAKE_TIMEOUT = 10
+# aiosmtpd's texts, enhanced by push() like its own replies.
+_DATA_REFUSALS = {DataOutcome.TOO_LONG: "500 Line too long (see RFC5321 4.5.3.1.6)",
+                  DataOutcome.TOO_BIG: "552 Error: Too much mail data",
+                  DataOutcome.NO_MEMORY: str(replies.DATA_MEMORY_FULL)}
 
 
 class ConnectionLimiter:
@@ -139,17 +147,22 @@ class GatewaySMTP(SMTP):
         server_tls: the listeners' current server context; required unless
             ``tls_mode`` is ``"none"``.
         data_timeout: seconds allowed for the whole DATA phase.
+        data_budget: memory for message text shared by all sessions (None: no limit).
+        spill_dir: where a large message is kept while it arrives (the spool's ``tmp/``).
         kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
     def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
-                 server_tls: ServerTls | None, data_timeout: float, **kwargs: Any) -> None:
+                 server_tls: ServerTls | None, data_timeout: float, data_budget: MemoryBudget | None = None,
+                 spill_dir: Path | None = None, **kwargs: Any) -> None:
         starttls = tls_mode == "starttls" and server_tls is not None
         super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
         self.limiter = limiter
         self.implicit_tls = tls_mode == "implicit"
         self.server_tls = server_tls
         self.data_timeout = data_timeout
+        self.data_budget = data_budget
+        self.spill_dir = spill_dir
         self.in_ehlo = False
         self.gateway_ctx: Any = None
         self._implicit_handshake: sslproto.SSLProtocol | None = None
@@ -331,5 +344,52 @@ class GatewaySMTP(SMTP):
         await self.push("502 5.5.1 Error: authentication not enabled")
 
     async def smtp_DATA(self, arg: str) -> None:
+        """DATA with the gateway's reader (:mod:`gateway.data_reader`) instead of aiosmtpd's.
+
+        The checks before the 354 and the hook call after the message are
+        aiosmtpd's (``SMTP.smtp_DATA``), so the handler's ``handle_DATA`` sees the
+        same envelope; only the reading differs: bounded memory, and the shared
+        :class:`~gateway.data_reader.MemoryBudget` (``452 4.3.1`` when used up).
+        """
         self._reset_timeout(self.data_timeout)
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            result = await read_data(self._reader, size_limit=self.data_size_limit, budget=self.data_budget,
+                                     spill_dir=self.spill_dir)
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        except OSError as error:
+            # No room for the spill file: the rest of the message cannot be read, so the session ends.
+            log.error("DATA from %s: cannot keep the message (%s); closing", self._peer_text(), error)
+            await super().push(str(replies.SPOOL_FULL_CLOSING))
+            self._writer.close()
+            return
+        try:
+            if result.outcome is not DataOutcome.COMPLETE:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                await self.push(_DATA_REFUSALS[result.outcome])
+                return
+            self.envelope.content = self.envelope.original_content = result.content
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            if self.data_budget is not None:
+                self.data_budget.give(result.reserved)
+
+    def _peer_text(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return f"unknown[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else "unknown"

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiosmtplib
-from aiosmtplib.protocol import LINE_ENDINGS_REGEX, PERIOD_REGEX  # the encoding data() uses
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
@@ -50,6 +49,19 @@ class AttemptResult:
 DATA_CHUNK_BYTES = 256 * 1024  # message bytes encoded and written at a time; bounds the extra memory
 
 
+def _encoded(piece: bytes) -> bytes:
+    """aiosmtplib's ``LINE_ENDINGS_REGEX`` and ``PERIOD_REGEX`` substitutions on a piece that starts a line.
+
+    As byte replacements: the same result without a Python object per line
+    (the regexes made 9 MB of empty lines cost 12 MB more and 1.7 s).
+    CRLF, then lone CR, become LF; every LF becomes CRLF; a dot starting a line is doubled.
+    """
+    piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if piece[:1] == b".":
+        piece = b"." + piece
+    return piece.replace(b"\n.", b"\n..")
+
+
 def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator[bytes]:
     """``message`` encoded for the DATA phase, in pieces, without the final ``.`` line.
 
@@ -66,7 +78,7 @@ def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator
     while start < size:
         cut = message.find(b"\n", start + chunk_bytes - 1)
         end = size if cut == -1 else cut + 1
-        piece = PERIOD_REGEX.sub(b"..", LINE_ENDINGS_REGEX.sub(b"\r\n", message[start:end]))
+        piece = _encoded(message[start:end])
         if end == size and not piece.endswith(b"\r\n"):
             piece += b"\r\n"
         yield piece

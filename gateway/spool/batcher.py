@@ -18,6 +18,7 @@ import time
 
 from gateway import metrics
 from gateway.errors import SpoolError
+from gateway.message import MessageText
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.io import run_io
 from gateway.spool.store import PendingCommit, Spool
@@ -45,7 +46,7 @@ class SpoolBatcher:
         self._commit_tasks: set[asyncio.Task[None]] = set()
         self._removal_task: asyncio.Task[None] | None = None
 
-    def submit(self, entry: SpoolEntry, message: bytes,
+    def submit(self, entry: SpoolEntry, message: MessageText,
                state: QueueState = QueueState.INCOMING) -> asyncio.Future[None]:
         """Queue a commit of a new message; the future is done when it is durable.
 
@@ -61,7 +62,7 @@ class SpoolBatcher:
             task.add_done_callback(self._commit_tasks.discard)
         return future
 
-    async def commit(self, entry: SpoolEntry, message: bytes, state: QueueState = QueueState.INCOMING) -> None:
+    async def commit(self, entry: SpoolEntry, message: MessageText, state: QueueState = QueueState.INCOMING) -> None:
         """Commit a new message durably (batched); see :meth:`submit` for the errors raised."""
         await asyncio.shield(self.submit(entry, message, state))
 

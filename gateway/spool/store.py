@@ -54,6 +54,7 @@ from typing import Iterator
 
 from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError, SpoolFullError
+from gateway.message import MessageText, message_parts, message_size
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
 
@@ -89,7 +90,7 @@ def _fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:  # os.write may take less than all
         view = view[os.write(fd, view):]
@@ -108,11 +109,15 @@ def _rewrite_file(path: Path, data: bytes) -> None:
     os.close(fd)
 
 
-def _create_and_write(path: str, data: bytes) -> int:
-    """Create ``path`` (O_EXCL, mode 0600), write ``data``; returns the open fd (not fsynced)."""
+def _create_and_write(path: str, data: MessageText) -> int:
+    """Create ``path`` (O_EXCL, mode 0600), write ``data`` (bytes, or pieces in order); returns the open fd.
+
+    The fd is not fsynced.
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, data)
+        for piece in message_parts(data):
+            _write_all(fd, piece)
     except BaseException:
         os.close(fd)
         os.unlink(path)  # ours: O_EXCL created it
@@ -128,7 +133,7 @@ class PendingCommit:
     """
 
     entry: SpoolEntry
-    message: bytes
+    message: MessageText
     state: QueueState = QueueState.INCOMING
     error: SpoolError | None = None
 
@@ -240,7 +245,7 @@ class Spool:
 
     # ---- commit ----
 
-    def commit(self, entry: SpoolEntry, message: bytes, state: QueueState = QueueState.INCOMING) -> None:
+    def commit(self, entry: SpoolEntry, message: MessageText, state: QueueState = QueueState.INCOMING) -> None:
         """Store a new message durably; when this returns, 250 may be said.
 
         Sets ``entry.message_size``, ``entry.message_sha256`` and ``entry.state``.
@@ -319,8 +324,11 @@ class Spool:
 
     def _write_unsynced(self, item: PendingCommit) -> _CommitFiles | None:
         entry = item.entry
-        entry.message_size = len(item.message)
-        entry.message_sha256 = hashlib.sha256(item.message).hexdigest()
+        digest = hashlib.sha256()
+        for piece in message_parts(item.message):
+            digest.update(piece)
+        entry.message_size = message_size(item.message)
+        entry.message_sha256 = digest.hexdigest()
         entry.state = item.state
         files = _CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
         try:
