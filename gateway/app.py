@@ -70,6 +70,7 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
         self.data_budget = MemoryBudget(config.smtpd_data_memory_limit)
+        metrics.DATA_MEMORY.set_function(lambda: self.data_budget.used)
 
     def _use_certificate(self, prepared: Prepared) -> None:
         if prepared.local_ca is not None:

@@ -65,6 +65,9 @@ AUTH_RESULTS = Counter(f"{PREFIX}_inbound_auth_results_total",
                        registry=REGISTRY)
 CERT_EXPIRY = Gauge(f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
                     "Unix time when the server certificate expires", ["certificate"], registry=REGISTRY)
+DATA_MEMORY = Gauge(f"{PREFIX}_smtp_data_memory_bytes",
+                    "Bytes of message text SMTP sessions hold in memory now (budget: smtpd_data_memory_limit)",
+                    registry=REGISTRY)
 SPOOL_COMMIT = Histogram(f"{PREFIX}_spool_commit_duration_seconds", "Time to commit a message durably",
                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
                          registry=REGISTRY)

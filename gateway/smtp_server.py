@@ -34,6 +34,7 @@ from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
+from gateway import metrics
 from gateway import reply as replies
 from gateway.data_reader import DataOutcome, MemoryBudget, read_data
 from gateway.tls import ServerTls, presented_certificate_fingerprints
@@ -379,8 +380,12 @@ class GatewaySMTP(SMTP):
             return
         try:
             if result.outcome is not DataOutcome.COMPLETE:
+                refusal = enhance(_DATA_REFUSALS[result.outcome])
+                metrics.MESSAGES_REJECTED.labels("data", result.outcome.value, metrics.reply_class(int(refusal[:3]))).inc()
+                log.info("NOQUEUE: reject: DATA from %s: %s; from=<%s> to=%s", self._peer_text(), refusal,
+                         self.envelope.mail_from, ",".join(f"<{r}>" for r in self.envelope.rcpt_tos))
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
-                await self.push(_DATA_REFUSALS[result.outcome])
+                await self.push(refusal)
                 return
             self.envelope.content = self.envelope.original_content = result.content
             status = await self._call_handler_hook("DATA")

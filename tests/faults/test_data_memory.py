@@ -1,0 +1,116 @@
+"""One message must not take the gateway's memory: DATA in about the message's size, and a shared budget.
+
+Issue 18: 9 MB of empty lines from an untrusted client raised the gateway's
+peak memory by about 730 MB (aiosmtpd kept an object per line, then the message
+was joined and copied again). Peak memory is the kernel's high-water mark of
+the real gateway process (``VmHWM`` in /proc/PID/status, reset through
+``clear_refs`` before the message), over the whole way: DATA, spool commit and
+delivery to the relayhost.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import http_get, relay_config
+from tests.harness.gateway_process import GatewayProcess
+
+UNTRUSTED = "127.0.0.3"  # outside mynetworks: may only send to relay_domains (example.net)
+
+
+def _memory(pid: int) -> dict[str, int]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {key: int(value) * 1024 for key, value in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", text, re.M)}
+
+
+def _send(port: int, recipient: str, message: bytes, source: str = UNTRUSTED) -> None:
+    with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=60) as client:
+        assert client.sendmail("a@example.org", [recipient], message) == {}
+
+
+@pytest.fixture
+def gateway(gateway_factory, sink):
+    gw = gateway_factory(relay_config(sink.port, 'message_size_limit = "20M"\n'))
+    with gw:
+        _send(gw.port, "warm@example.net", b"Subject: warm up\r\n\r\nx\r\n")
+        sink.wait_for_messages(1)
+        yield gw
+
+
+@pytest.mark.parametrize("name, line, size", [("empty lines", b"\r\n", 9_000_000),
+                                              ("78-character lines", b"x" * 76 + b"\r\n", 10_000_000)])
+def test_one_message_raises_peak_memory_by_less_than_twice_its_size(gateway, sink, name, line, size):
+    message = b"From: a@example.org\r\nSubject: big\r\n\r\n" + line * (size // len(line))
+    pid = gateway.process.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the high-water mark starts again from now
+    before = _memory(pid)["VmRSS"]
+    _send(gateway.port, "big@example.net", message)
+    gateway.wait_for_log(r"to=<big@example\.net>, .*status=sent", timeout=120)
+    (delivered,) = sink.messages_for("big@example.net")
+    assert delivered.data.endswith(message)
+    increase = _memory(pid)["VmHWM"] - before
+    assert increase < 2 * len(message), f"{name}: peak memory rose by {increase / len(message):.2f}x the message"
+
+
+def _wait_for_data_memory(gateway: GatewayProcess, at_least: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _, page = http_get(gateway.metrics_url + "/metrics")
+        held = float(re.search(r"^gateway_smtp_data_memory_bytes (\S+)$", page, re.M).group(1))  # type: ignore[union-attr]
+        if held >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the gateway never held {at_least} bytes of DATA in memory")
+
+
+class _DataSession:
+    """A raw SMTP session from UNTRUSTED, stopped right after the 354 to DATA."""
+
+    def __init__(self, port: int, recipient: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), source_address=(UNTRUSTED, 0), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        for command in (None, b"EHLO client.test", b"MAIL FROM:<a@example.org>", f"RCPT TO:<{recipient}>".encode(),
+                        b"DATA"):
+            if command is not None:
+                self.sock.sendall(command + b"\r\n")
+            while (reply := self.reader.readline())[3:4] == b"-":
+                pass
+            assert reply[:1] in (b"2", b"3"), reply
+
+    def finish(self, rest: bytes) -> bytes:
+        """Send ``rest`` and the end-of-data line; the reply, then QUIT."""
+        self.sock.sendall(rest + b".\r\n")
+        reply = self.reader.readline()
+        self.sock.sendall(b"QUIT\r\n")
+        self.reader.close()
+        self.sock.close()
+        return reply
+
+
+def test_the_shared_budget_answers_452_and_serves_again_once_memory_is_back(gateway_factory, sink, tmp_path):
+    gw = gateway_factory(relay_config(sink.port, 'smtpd_data_memory_limit = "1M"\n'))
+    with gw:
+        body = b"Subject: half\r\n\r\n" + (b"y" * 98 + b"\r\n") * 6_000   # 600 kB: in memory while it arrives
+        holder = _DataSession(gw.port, "holder@example.net")
+        holder.sock.sendall(body)  # ... and held there while this client pauses
+        _wait_for_data_memory(gw, len(body) - 100)
+        reply = _DataSession(gw.port, "second@example.net").finish(body)
+        assert reply.startswith(b"452 4.3.1 "), reply
+        gw.wait_for_log(r"NOQUEUE: reject: DATA from \S+\[127\.0\.0\.3\]:\d+: 452 4\.3\.1 .*"
+                        r"from=<a@example\.org> to=<second@example\.net>")
+        assert holder.finish(b"")[:4] == b"250 "
+        # the memory is back: the refused message now goes through
+        assert _DataSession(gw.port, "second@example.net").finish(body)[:4] == b"250 "
+        assert {m.rcpt_tos[0] for m in sink.wait_for_messages(2)} == {"holder@example.net", "second@example.net"}
+
+
+def test_budget_key_is_validated(tmp_path):
+    gw = GatewayProcess(tmp_path / "gw", 'smtpd_data_memory_limit = "lots"\n')
+    done = gw.cli("check-config", check=False)
+    assert done.returncode == 2 and "smtpd_data_memory_limit" in done.stderr and "lots" in done.stderr
