@@ -96,6 +96,7 @@ class Config:
     message_size_limit: int = 10240000
     smtpd_data_memory_limit: int = 128 * 1024 * 1024
     smtpd_recipient_limit: int = 1000
+    hopcount_limit: int = 50
     smtpd_client_connection_count_limit: int = 50
     smtpd_connection_limit: int = 500
     smtpd_timeout: float = 300.0
@@ -325,7 +326,7 @@ _DURATION_KEYS = (
     "smtp_timeout", "smtp_connection_cache_time_limit",
 )
 _INT_KEYS = (
-    "smtpd_recipient_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
+    "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
     "default_destination_concurrency_limit", "delivery_concurrency_limit", "smtp_default_port",
 )
 _PATH_KEYS = (

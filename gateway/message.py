@@ -30,6 +30,17 @@ def header_end(raw: bytes) -> int:
     return match.end() if match else len(raw)
 
 
+_RECEIVED_FIELD = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def received_count(raw: bytes) -> int:
+    """Number of ``Received:`` fields in the header section (the hop count, RFC 5321 §6.3).
+
+    Counted in place with one pattern, without splitting the header section into lines.
+    """
+    return sum(1 for _ in _RECEIVED_FIELD.finditer(raw, 0, header_end(raw)))
+
+
 def raw_fields(raw: bytes) -> Iterator[bytes]:
     """The header section's fields as raw bytes, each with its continuation lines and line ending.
 

@@ -112,6 +112,7 @@ MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum messag
 TEMP_POLICY_FAILURE = Reply(451, "4.7.1", "Content check unavailable, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")
 SPOOL_FULL_CLOSING = Reply(421, "4.3.1", "Insufficient system storage, closing transmission channel")
 DATA_MEMORY_FULL = Reply(452, "4.3.1", "Insufficient system resources, try again later")
 TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")

@@ -31,7 +31,7 @@ from gateway.config import Config
 from gateway.dkim_signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import MessageText, edited_parts, insert_fields, message_size
+from gateway.message import MessageText, edited_parts, insert_fields, message_size, received_count
 from gateway.pipelines import Pipelines
 from gateway.policy import PolicyContext
 from gateway.received import received_header
@@ -257,13 +257,20 @@ class SmtpHandler:
         assert ctx.envelope is not None and ctx.queue_id is not None
         content = envelope.original_content or b""
         recipients = list(ctx.envelope.recipients)
-        pipeline = self.pipelines.for_direction(ctx.envelope.direction)
-        result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
-        verdict = result.verdict
         summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
                    f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
                    f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}"
                    f"{', relay=permitted rule=' + ctx.client.trusted_rule if ctx.client.trusted_rule else ''}")
+        # Ours included, as Postfix's cleanup counts them (hopcount_limit): a mail loop ends here.
+        hops = received_count(content) + 1
+        if hops >= self.config.hopcount_limit:
+            self._count_reject("data", Verdict(Action.REJECT, replies.TOO_MANY_HOPS, reason="hopcount"))
+            log.info("%s, result=reject (%s) reason=hopcount detail=%d Received fields with ours, limit %d",
+                     summary, replies.TOO_MANY_HOPS, hops, self.config.hopcount_limit)
+            return str(replies.TOO_MANY_HOPS)
+        pipeline = self.pipelines.for_direction(ctx.envelope.direction)
+        result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
+        verdict = result.verdict
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
             self._count_reject("data", verdict)
