@@ -201,6 +201,10 @@ def _health(config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # Whatever the locale: a character the terminal cannot take is shown, never a crash.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         config = load(args.config)

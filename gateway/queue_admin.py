@@ -4,6 +4,9 @@ Safe against a running gateway: every operation is an atomic rename or an
 unlink of a record *outside* ``active/`` (the worker only rewrites records it
 has claimed into ``active/``). A message being delivered right now cannot be
 changed; the command says so and can be repeated a moment later.
+
+What came from the network (addresses, headers, next hops' replies) is shown
+through :func:`gateway.safe_text.printable`: no byte of it acts on the terminal.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from gateway.errors import NotInQueue, SpoolError
+from gateway.safe_text import printable
 from gateway.spool import QueueState, Spool
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
@@ -66,11 +70,11 @@ def format_list(queue_rows: list[QueueRow]) -> str:
     for row in queue_rows:
         next_at = _when(row.next_attempt) if row.next_attempt else "-"
         lines.append(f"{row.queue_id:<19} {row.state:<8} {row.size:>9} {_when(row.arrival):<19}  {next_at:<19}  "
-                     f"{row.sender or 'MAILER-DAEMON'}")
+                     f"{printable(row.sender) or 'MAILER-DAEMON'}")
         if row.last_error:
-            lines.append(f"{'':<40}({row.last_error})")
+            lines.append(f"{'':<40}({printable(row.last_error)})")
         for recipient in row.recipients:
-            lines.append(f"{'':<80}{recipient}")
+            lines.append(f"{'':<80}{printable(recipient)}")
         lines.append("")
     total = sum(row.size for row in queue_rows)
     lines.append(f"-- {total // 1024} Kbytes in {len(queue_rows)} Requests.")
@@ -78,11 +82,12 @@ def format_list(queue_rows: list[QueueRow]) -> str:
 
 
 def show(spool: Spool, queue_id: str) -> str:
-    """The record (as JSON) and the message headers of one message."""
+    """The record (as JSON) and the message headers of one message, control characters shown as ``cat -v``."""
     entry = spool.find(queue_id)
     header = spool.message_path(entry.queue_id).read_bytes().split(b"\r\n\r\n", 1)[0]
-    return (f"state: {entry.state.value}\n" + entry.to_json().decode("utf-8", "replace")
-            + "\n\n" + header.decode("utf-8", "replace"))
+    lines = [entry.to_json().decode("utf-8", "surrogateescape"),
+             "", *header.decode("utf-8", "surrogateescape").split("\r\n")]
+    return f"state: {entry.state.value}\n" + "\n".join(printable(line) for line in lines)
 
 
 def _move(spool: Spool, queue_id: str, sources: tuple[QueueState, ...], target: QueueState) -> None:

@@ -48,7 +48,9 @@ log = logging.getLogger("gateway.smtpd")
 _SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Never deliverable, and unsafe in logs and terminals: ASCII and C1 controls, line/paragraph
+# separators, and surrogates (bytes that were not UTF-8, kept by aiosmtpd's surrogateescape).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # Messages up to this size go to the relay worker in memory; larger ones are read back from the spool.
 HANDOVER_MAX_BYTES = 1 << 20
 

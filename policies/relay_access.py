@@ -1,8 +1,9 @@
 """Relay access, in Postfix's order (``smtpd_relay_restrictions``).
 
 At connect the client is classified once: trusted when its address is in
-``mynetworks`` (plus the host's interface networks with
-``auto_trust_networks``), or when it presented a client certificate that
+``mynetworks`` (plus, with ``auto_trust_networks``, the networks of the
+host's interfaces that are up, none shorter than /16 or /48, read again every
+30 s and logged when they change), or when it presented a client certificate that
 verified against ``smtpd_tls_CAfile`` and whose SHA-256 or SHA-1 fingerprint is
 listed in ``relay_clientcerts`` (``permit_mynetworks``,
 ``permit_tls_clientcerts``).
@@ -16,16 +17,20 @@ Postfix ``allow_untrusted_routing = no``); everything else gets
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import ClassVar
 
 from gateway import reply as replies
 from gateway.addresses import domain_matches, has_routing_tricks, split_mailbox
 from gateway.config import Config
-from gateway.networks import NetworkSet, interface_networks
+from gateway.networks import MIN_TRUSTED_PREFIX, InterfaceScan, NetworkSet, scan_interfaces
 from gateway.policy import Policy, PolicyContext
 from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
 
 _DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")
+INTERFACE_RESCAN_SECONDS = 30.0  # how often auto_trust_networks looks at the interfaces again
+log = logging.getLogger("gateway.relay_access")
 
 
 class RelayAccess(Policy):
@@ -35,9 +40,30 @@ class RelayAccess(Policy):
 
     def __init__(self, config: Config) -> None:
         self.mynetworks = NetworkSet(config.mynetworks)
-        self.interface_networks = NetworkSet(interface_networks() if config.auto_trust_networks else ())
+        self.auto_trust = config.auto_trust_networks
+        self.scan: InterfaceScan | None = None
+        self.interface_networks = NetworkSet(())
+        self.scanned_at = 0.0
+        if self.auto_trust:
+            self._rescan()
         self.relay_clientcerts = config.relay_clientcerts
         self.relay_domains = config.relay_domains
+
+    def _rescan(self) -> None:
+        """Read the interfaces again; log the trusted set when it is new or has changed, and what is refused."""
+        previous, scan = self.scan, scan_interfaces()
+        self.scan, self.scanned_at = scan, time.monotonic()
+        if scan == previous:
+            return
+        for name, network in scan.refused:
+            if previous is None or (name, network) not in previous.refused:
+                log.warning("auto_trust_networks: not trusting %s of interface %s: a prefix shorter than /%d",
+                            network, name, MIN_TRUSTED_PREFIX[network.version])
+        if previous is None or previous.trusted != scan.trusted:
+            log.info("auto_trust_networks: trusting the networks of the interfaces that are up: %s "
+                     "(and mynetworks: %s)", scan.describe(),
+                     ", ".join(str(n) for n in self.mynetworks.networks) or "none")
+        self.interface_networks = NetworkSet(network for _, network in scan.trusted)
 
     def classify(self, ctx: PolicyContext) -> None:
         """Set ``ctx.client.trusted``, ``trusted_by`` and ``trusted_rule`` from address and verified certificate.
@@ -63,6 +89,8 @@ class RelayAccess(Policy):
             client.trusted, client.trusted_by, client.trusted_rule = False, None, None
 
     async def on_connect(self, ctx: PolicyContext) -> Verdict:
+        if self.auto_trust and time.monotonic() - self.scanned_at >= INTERFACE_RESCAN_SECONDS:
+            self._rescan()  # docker networks come and go while the gateway runs
         self.classify(ctx)
         return CONTINUE
 

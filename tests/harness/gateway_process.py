@@ -34,9 +34,12 @@ class GatewayProcess:
         state_dir: where the config file, spool and TLS material go.
         config_text: the TOML configuration (``state_dir`` is set for you).
         env: extra environment variables.
+        wrapper: argv put before the gateway's own (e.g. ``["ip", "netns", "exec", NAME]``).
     """
 
-    def __init__(self, state_dir: Path, config_text: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, state_dir: Path, config_text: str, env: dict[str, str] | None = None,
+                 wrapper: list[str] | None = None) -> None:
+        self.wrapper = list(wrapper or [])
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.state_dir / "gateway.toml"
@@ -56,7 +59,7 @@ class GatewayProcess:
 
     def command(self, *args: str) -> list[str]:
         """The argv to run the gateway CLI with this config."""
-        return [sys.executable, "-m", "gateway", "--config", str(self.config_path), *args]
+        return [*self.wrapper, sys.executable, "-m", "gateway", "--config", str(self.config_path), *args]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a CLI subcommand (``queue list`` ...) with this config."""

@@ -283,3 +283,24 @@ def test_delete_one_unreadable_corrupt_record(spool: Spool) -> None:
 
 def test_module_lists_every_state() -> None:
     assert set(queue_admin.LISTED_STATES) == set(QueueState)
+
+
+def test_queue_list_shows_control_characters_and_undecodable_bytes_cat_v_style() -> None:
+    from gateway.queue_admin import QueueRow, format_list
+
+    row = QueueRow(queue_id="661D365E7D83F0E168B", state="deferred", size=10, arrival=0.0,
+                   sender="\x1b]0;x\x07@example.com", recipients=("raw\udc9bbyte@example.org", "ok@example.org"),
+                   next_attempt=60.0, last_error="<raw\udc9bbyte@example.org>: 451 4.3.0 \x1b[2J\x9b1m\u2028")
+    text = format_list([row])
+    text.encode("utf-8", "strict")  # an old record's undecodable byte cannot crash a strict stdout
+    assert "^[]0;x^G@example.com" in text
+    assert "raw\\x9bbyte@example.org" in text
+    assert "451 4.3.0 ^[[2JM-^[1m\\u2028" in text
+    assert not any(ch in text for ch in "\x1b\x07\x9b\u2028")
+
+
+def test_printable_keeps_text_and_tabs() -> None:
+    from gateway.safe_text import printable
+
+    assert printable("Grüße, 日本語\tok") == "Grüße, 日本語\tok"
+    assert printable("a\r\nb\x00\x7f") == "a^M^Jb^@^?"

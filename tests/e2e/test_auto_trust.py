@@ -1,0 +1,68 @@
+"""auto_trust_networks on real interfaces, in a network namespace of the test's own (iproute2 dummy links).
+
+Issue 18: an interface with a /0 address made the whole internet trusted, and
+interfaces that were down (docker0 with no container) were trusted too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.harness.gateway_process import GatewayProcess, free_port
+
+# veth pairs with both ends in the namespace (this kernel has no dummy links).
+SETUP = [
+    "link set lo up",
+    "link add up0 type veth peer name up0p", "addr add 10.97.0.1/24 dev up0", "link set up0p up", "link set up0 up",
+    "link add down0 type veth peer name down0p", "addr add 10.96.0.1/24 dev down0",   # left down
+    "link add wide0 type veth peer name wide0p", "addr add 10.98.0.1/0 dev wide0", "addr add fd98::1/32 dev wide0",
+    "link set wide0p up", "link set wide0 up",
+]
+
+
+@pytest.fixture
+def namespace():
+    name = f"gwtrust{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    try:
+        for command in SETUP:
+            subprocess.run(["ip", "-n", name, *command.split()], check=True, timeout=30)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
+
+
+def _rcpt_reply(namespace: str, source: str, port: int) -> int:
+    """The RCPT reply code for a recipient outside relay_domains, from ``source`` inside the namespace."""
+    script = textwrap.dedent(f"""
+        import smtplib
+        with smtplib.SMTP("10.97.0.1", {port}, source_address=("{source}", 0), timeout=10) as client:
+            client.ehlo("client.test")
+            client.mail("a@example.com")
+            print(client.rcpt("b@elsewhere.org")[0])
+    """)
+    done = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=30, check=True)
+    return int(done.stdout.strip())
+
+
+def test_only_interfaces_that_are_up_and_not_too_wide_are_trusted(namespace, tmp_path):
+    port = free_port()
+    gateway = GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\n'
+                             'relayhost = ["[127.0.0.1]:9"]\n'
+                             f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
+                             wrapper=["ip", "netns", "exec", namespace])
+    with gateway:
+        (trusted,) = gateway.wait_for_log(r"auto_trust_networks: trusting the networks of the interfaces that are up")
+        assert "up0 10.97.0.0/24" in trusted and "lo 127.0.0.0/8" in trusted
+        assert "down0" not in trusted and "10.96." not in trusted  # down: not trusted
+        assert "wide0" not in trusted and "0.0.0.0/0" not in trusted
+        gateway.wait_for_log(r"not trusting 0\.0\.0\.0/0 of interface wide0: a prefix shorter than /16")
+        gateway.wait_for_log(r"not trusting fd98::/32 of interface wide0: a prefix shorter than /48")
+        assert _rcpt_reply(namespace, "10.97.0.1", port) == 250     # a neighbour on up0 relays
+        assert _rcpt_reply(namespace, "10.98.0.1", port) == 554     # the /0 interface's own address does not
