@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 
 from pathlib import Path
@@ -48,6 +49,19 @@ from gateway.spool.batcher import SpoolBatcher
 from gateway.tls import ServerTls
 
 log = logging.getLogger("gateway")
+
+
+def _raise_open_file_limit() -> None:
+    """Raise the soft limit of open files to the hard one (each SMTP session and delivery is a file)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as error:
+            log.warning("open files: soft limit stays %d (%s)", soft, error)
+            return
+        log.info("open files: soft limit raised from %d to %d", soft, wanted)
 
 
 class Gateway:
@@ -102,6 +116,7 @@ class Gateway:
             SpoolError: the spool cannot be created or is locked by another process.
         """
         config = self.config
+        _raise_open_file_limit()
         await asyncio.to_thread(self.spool.create)
         self.spool.lock()
         report = await asyncio.to_thread(self.spool.recover)
@@ -124,7 +139,7 @@ class Gateway:
             handler = SmtpHandler(config, listener_config.name, pipelines, self.batcher, self.worker,
                                   tls_mode=listener_config.tls)
             listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout,
-                                self.data_budget, self.spool.tmp_dir)
+                                self.data_budget, self.spool.tmp_dir, config.smtpd_starttls_timeout)
             try:
                 await listener.start()
             except OSError as error:

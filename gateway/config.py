@@ -101,6 +101,7 @@ class Config:
     smtpd_connection_limit: int = 500
     smtpd_timeout: float = 300.0
     smtpd_data_timeout: float = 600.0
+    smtpd_starttls_timeout: float = 10.0
     smtpd_tls_cert_file: Path | None = None
     smtpd_tls_key_file: Path | None = None
     smtpd_tls_CAfile: Path | None = None
@@ -321,7 +322,7 @@ def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:
 
 
 _DURATION_KEYS = (
-    "smtpd_timeout", "smtpd_data_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
+    "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
     "smtp_timeout", "smtp_connection_cache_time_limit",
 )

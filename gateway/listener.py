@@ -36,11 +36,12 @@ class Listener:
         data_timeout: seconds for a whole DATA phase.
         data_budget: memory for message text, shared by all listeners' sessions.
         spill_dir: where a large message is kept while it arrives (the spool's ``tmp/``).
+        tls_handshake_timeout: seconds for an implicit-TLS handshake (``smtpd_starttls_timeout``).
     """
 
     def __init__(self, config: ListenerConfig, handler: SmtpHandler, server_tls: ServerTls | None,
                  limiter: ConnectionLimiter, data_timeout: float, data_budget: MemoryBudget | None = None,
-                 spill_dir: Path | None = None) -> None:
+                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0) -> None:
         self.config = config
         self.handler = handler
         self.server_tls = server_tls
@@ -48,12 +49,14 @@ class Listener:
         self.data_timeout = data_timeout
         self.data_budget = data_budget
         self.spill_dir = spill_dir
+        self.tls_handshake_timeout = tls_handshake_timeout
         self.server: asyncio.Server | None = None
 
     def _protocol(self) -> GatewaySMTP:
         return GatewaySMTP(
             self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
             data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
+            tls_handshake_timeout=self.tls_handshake_timeout,
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
             loop=asyncio.get_running_loop(), **self.handler.factory_kwargs())
 

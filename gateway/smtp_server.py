@@ -13,7 +13,9 @@
   message is read by :mod:`gateway.data_reader` (bounded memory, a budget
   shared by all sessions) instead of aiosmtpd's line list;
 * connections over ``smtpd_connection_limit`` or the per-client
-  ``smtpd_client_connection_count_limit`` get ``421 4.7.0`` and are closed;
+  ``smtpd_client_connection_count_limit`` (per IPv4 address or IPv6 /64) are
+  counted when accepted, before any TLS handshake, and get ``421 4.7.0`` and
+  are closed (on an implicit-TLS listener just closed);
 * the client (address, TLS, verified certificate) is described once the
   connection is up, for implicit TLS too, where ``session.ssl`` stays empty;
 * MAIL FROM / RCPT TO addresses of the common shapes are parsed by one regex
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import re
 import ssl
@@ -99,16 +102,33 @@ _ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[A-Za-z0-9.:-]+\])"
 _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
-# Seconds a client has to finish a TLS handshake (asyncio's default is 60).
-TLS_HANDSHAKE_TIMEOUT = 10
 # aiosmtpd's texts, enhanced by push() like its own replies.
 _DATA_REFUSALS = {DataOutcome.TOO_LONG: "500 Line too long (see RFC5321 4.5.3.1.6)",
                   DataOutcome.TOO_BIG: "552 Error: Too much mail data",
                   DataOutcome.NO_MEMORY: str(replies.DATA_MEMORY_FULL)}
 
 
+def client_key(host: str) -> str:
+    """The key a client's connections are counted under: its IPv4 address, or its IPv6 /64.
+
+    One IPv6 host usually has a whole /64 to pick source addresses from
+    (RFC 4291 §2.5.1; Postfix ``smtpd_client_ipv6_prefix_length``), so counting
+    /128s would let it open any number of connections. IPv4-mapped IPv6 is
+    counted as the IPv4 address; a scope id is dropped.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class ConnectionLimiter:
-    """Counts open connections, in all and per client address."""
+    """Counts open connections, in all and per client (:func:`client_key`)."""
 
     def __init__(self, total_limit: int, per_client_limit: int) -> None:
         self.total_limit = total_limit
@@ -150,12 +170,14 @@ class GatewaySMTP(SMTP):
         data_timeout: seconds allowed for the whole DATA phase.
         data_budget: memory for message text shared by all sessions (None: no limit).
         spill_dir: where a large message is kept while it arrives (the spool's ``tmp/``).
+        tls_handshake_timeout: seconds an implicit-TLS client has to finish its
+            handshake (``smtpd_starttls_timeout``; asyncio's own default is 60).
         kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
     def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
                  server_tls: ServerTls | None, data_timeout: float, data_budget: MemoryBudget | None = None,
-                 spill_dir: Path | None = None, **kwargs: Any) -> None:
+                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0, **kwargs: Any) -> None:
         starttls = tls_mode == "starttls" and server_tls is not None
         super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
         self.limiter = limiter
@@ -164,9 +186,12 @@ class GatewaySMTP(SMTP):
         self.data_timeout = data_timeout
         self.data_budget = data_budget
         self.spill_dir = spill_dir
+        self.tls_handshake_timeout = tls_handshake_timeout
         self.in_ehlo = False
         self.gateway_ctx: Any = None
         self._implicit_handshake: sslproto.SSLProtocol | None = None
+        self._slot: str | None = None   # the limiter key this connection is counted under
+        self._refused = False           # over a connection limit: closed at once
 
     @property
     def tls_active(self) -> bool:
@@ -174,11 +199,35 @@ class GatewaySMTP(SMTP):
         return self.implicit_tls or self._tls_protocol is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.implicit_tls and self._implicit_handshake is None:
-            self._start_implicit_tls(cast(asyncio.Transport, transport))
-            return
+        if self._slot is None and not self._refused:
+            # The accepted connection, before any TLS: counted now, so that clients that never
+            # finish a handshake cannot hold more than their share of connections.
+            peer = transport.get_extra_info("peername")
+            key = client_key(str(peer[0])) if peer else "?"
+            if not self.limiter.try_acquire(key):
+                self._refused = True
+                log.warning("connection limit reached, refusing %s", key)
+                if not self.implicit_tls:  # in plain text; an implicit-TLS client is just closed
+                    cast(asyncio.WriteTransport, transport).write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
+                transport.close()
+                return
+            self._slot = key
+            if self.implicit_tls:
+                self._start_implicit_tls(cast(asyncio.Transport, transport))
+                return
         # A plain connection, the end of a STARTTLS handshake, or the end of the implicit one.
         super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._release_slot()
+        if self._refused:
+            return  # aiosmtpd never saw this connection
+        super().connection_lost(error)
+
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self.limiter.release(self._slot)
+            self._slot = None
 
     def _start_implicit_tls(self, transport: asyncio.Transport) -> None:
         # The listening socket has no SSLContext (it would keep the one it was
@@ -187,7 +236,8 @@ class GatewaySMTP(SMTP):
         assert self.server_tls is not None
         waiter = self.loop.create_future()
         handshake = sslproto.SSLProtocol(self.loop, self, self.server_tls.context, waiter, server_side=True,
-                                         call_connection_made=True, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+                                         call_connection_made=True,
+                                         ssl_handshake_timeout=self.tls_handshake_timeout)  # type: ignore[arg-type]
         self._implicit_handshake = handshake
         # aiosmtpd's sign of an encrypted session (EHLO, require_starttls, AUTH).
         self._tls_protocol = handshake
@@ -201,6 +251,9 @@ class GatewaySMTP(SMTP):
         if waiter.cancelled() or error is not None:
             self.log_handshake_failure(transport, handshake, error)
             transport.close()
+            self._release_slot()  # aiosmtpd's connection_lost never comes for this connection
+        elif self.session is None:
+            self._release_slot()  # the client left during the handshake
 
     def log_handshake_failure(self, transport: asyncio.BaseTransport | None,
                               handshake: sslproto.SSLProtocol | None, error: BaseException | None) -> None:
@@ -293,14 +346,6 @@ class GatewaySMTP(SMTP):
         await super().push(status)
 
     async def _handle_client(self) -> None:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        client_key = str(peer[0]) if peer else "?"
-        if not self.limiter.try_acquire(client_key):
-            log.warning("connection limit reached, refusing %s", client_key)
-            await super().push(str(replies.TOO_MANY_CONNECTIONS))
-            if self.transport is not None:
-                self.transport.close()
-            return
         try:
             refusal = await self.event_handler.start_session(self)
             if refusal is not None:
@@ -310,7 +355,7 @@ class GatewaySMTP(SMTP):
                 return
             await super()._handle_client()
         finally:
-            self.limiter.release(client_key)
+            self._release_slot()
             self.event_handler.end_session(self)
 
     async def smtp_EHLO(self, hostname: str) -> None:

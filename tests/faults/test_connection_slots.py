@@ -1,0 +1,68 @@
+"""Connection slots and file handles: counted at accept time, bounded handshakes, a raised open-file limit.
+
+Issue 18: on an implicit-TLS listener the per-client limit was counted only
+after the TLS handshake, so one address could hold any number of
+pre-handshake connections (20 of 20 with a limit of 5), and with a lowered
+open-file limit about 130 of them made the SMTP port and /healthz stop answering.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+from pathlib import Path
+
+from tests.conftest import client_tls, http_get, relay_config
+from tests.harness.gateway_process import GatewayProcess, free_port
+
+HOLDER = "127.0.0.3"
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes ``sock`` within ``seconds`` (and sends nothing before)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except (TimeoutError, socket.timeout):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_pre_handshake_connections_beyond_the_limit_are_closed_and_handshakes_time_out(gateway_factory, sink):
+    port = free_port()
+    gateway = gateway_factory(relay_config(sink.port, "smtpd_client_connection_count_limit = 3\n"
+                                                      'smtpd_starttls_timeout = "2s"\n')
+                              + f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n')
+    with gateway:
+        held = [socket.create_connection(("127.0.0.1", port), source_address=(HOLDER, 0)) for _ in range(5)]
+        try:
+            # the two over the limit are closed at once, without a byte; the three others wait for a handshake
+            assert [_closed_within(sock, 1.0) for sock in held[3:]] == [True, True]
+            assert [_closed_within(sock, 0.3) for sock in held[:3]] == [False, False, False]
+            gateway.wait_for_log(r"connection limit reached, refusing 127\.0\.0\.3", count=2)
+            # another client is served meanwhile
+            with smtplib.SMTP_SSL("127.0.0.1", port, source_address=("127.0.0.4", 0), timeout=10,
+                                  context=client_tls(gateway.ca_file)) as client:
+                assert client.ehlo()[0] == 250
+            # a handshake never started is given up after smtpd_starttls_timeout, and the slot is free again
+            assert all(_closed_within(sock, 5.0) for sock in held[:3])
+            gateway.wait_for_log(r"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener=smtps "
+                                 r"no client certificate: .*2\.0 seconds", count=3)
+        finally:
+            for sock in held:
+                sock.close()
+        with smtplib.SMTP_SSL("127.0.0.1", port, source_address=(HOLDER, 0), timeout=10,
+                              context=client_tls(gateway.ca_file)) as client:
+            assert client.ehlo()[0] == 250
+
+
+def test_the_soft_open_file_limit_is_raised_at_start(tmp_path):
+    gateway = GatewayProcess(tmp_path / "gw", f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\n'
+                                              'tls = "none"\n', wrapper=["prlimit", "--nofile=256:4096"])
+    with gateway:
+        gateway.wait_for_log(r"open files: soft limit raised from 256 to 4096")
+        limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
+        assert re.search(r"^Max open files\s+4096\s+4096\s+files", limits, re.M), limits
+        assert http_get(gateway.metrics_url + "/healthz")[0] == 200
