@@ -598,3 +598,16 @@ def test_every_dashboard_expression_parses_in_prometheus():
             url = f"{server.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
             status, body = http_get(url)
             assert status == 200 and json.loads(body)["status"] == "success", (query, body)
+
+
+def test_network_policy_keeps_the_metrics_port_for_prometheus_and_smtp_open():
+    policy = find("NetworkPolicy")
+    labels = find("StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    assert selected(policy["spec"]["podSelector"]["matchLabels"], labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    container_ports = {p["name"] for p in find("StatefulSet")["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    open_rules = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert [{p["port"] for p in rule["ports"]} for rule in open_rules] == [{"smtp", "smtps", "submission"}]
+    metrics_rules = [rule for rule in policy["spec"]["ingress"] if any(p["port"] == "metrics" for p in rule["ports"])]
+    assert len(metrics_rules) == 1 and metrics_rules[0]["from"]  # only from the listed peers
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} <= container_ports
