@@ -89,8 +89,10 @@ class Gateway:
     def _use_certificate(self, prepared: Prepared) -> None:
         if prepared.local_ca is not None:
             local = prepared.local_ca
-            log.info("using the local CA %s%s; clients can pin it:\n%s", local.ca_cert,
-                     " (server certificate renewed)" if local.renewed else "", local.ca_cert.read_text().strip())
+            log.info("using the local CA %s%s; clients can pin it:", local.ca_cert,
+                     " (server certificate renewed)" if local.renewed else "")
+            for line in local.ca_cert.read_text().strip().splitlines():  # one log line each: lines stay lines
+                log.info("%s", line)
         self.cert_file = prepared.server_cert
         if prepared.server_cert is not None:
             metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())

@@ -38,8 +38,16 @@ class ClientInfo:
     trusted_rule: str | None = None
 
     def describe(self) -> str:
-        """Postfix log form ``helo[1.2.3.4]:port``."""
-        return f"{self.helo or 'unknown'}[{self.address}]:{self.port}"
+        """Postfix log form ``unknown[1.2.3.4]:port``.
+
+        Postfix puts the client's verified reverse name before the brackets; the
+        gateway looks up no reverse names, so it is ``unknown``, as in Postfix
+        when there is none. Never the HELO name: a client chooses that, and a
+        HELO of ``mx.victim.example[198.51.100.77]`` made log readers such as
+        fail2ban take the address in it for the client's. HELO goes into
+        ``helo=<...>`` at the end of the lines that name it.
+        """
+        return f"unknown[{self.address}]:{self.port}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the spool record."""
