@@ -45,6 +45,13 @@ HEADER_SIZE_LIMIT = 102400
 The excess is dropped at a line boundary, so a message with an absurd header
 section does not come back as an absurd DSN."""
 
+UNTRUSTED_HEADER_LIMIT = 4096
+"""Most bytes of original headers returned about mail from an untrusted client.
+
+Its envelope sender may be forged, making the DSN backscatter to a third
+party: what goes back to that party is kept small (the first fields, which
+carry our Received: and the Subject, Message-ID and From of most messages)."""
+
 _MAX_LINE = 998  # RFC 5322 §2.1.1, octets without CRLF
 _FOLD_AT = 78  # RFC 5322 §2.1.1 "SHOULD" limit, used for the fields we write
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
@@ -125,6 +132,7 @@ def build_dsn(
     original_message: bytes,
     now: float,
     postmaster: str | None = None,
+    header_limit: int = HEADER_SIZE_LIMIT,
 ) -> bytes:
     """Build a complete DSN message (RFC 3464 in RFC 6522 multipart/report).
 
@@ -145,6 +153,8 @@ def build_dsn(
         now: current time, unix seconds (``Date``, ``Last-Attempt-Date``).
         postmaster: address named in the text for further assistance; defaults
             to the word "postmaster" as in Postfix's template.
+        header_limit: most bytes of original headers returned
+            (:data:`UNTRUSTED_HEADER_LIMIT` for mail from untrusted clients).
 
     Returns:
         The message, header section and body, bytes, CRLF line endings.
@@ -172,7 +182,7 @@ def build_dsn(
                                                postmaster or "postmaster", delayed_only)
     status_body = _delivery_status(reporting_mta, original_queue_id, original_sender,
                                    arrival, recipients, date)
-    headers_body = extract_headers(original_message)
+    headers_body = extract_headers(original_message, header_limit)
     headers_cte = "8bit" if any(byte >= 0x80 for byte in headers_body) else "7bit"
     parts = [
         (_fields([("Content-Description", "Notification"),
@@ -211,7 +221,7 @@ def build_dsn(
     return b"".join(out)
 
 
-def extract_headers(message: bytes) -> bytes:
+def extract_headers(message: bytes, limit: int = HEADER_SIZE_LIMIT) -> bytes:
     """Return the header section of ``message``, ready to be a text/rfc822-headers body.
 
     The header section (RFC 5322 §2.1) ends at the first empty line, or at the first
@@ -221,11 +231,11 @@ def extract_headers(message: bytes) -> bytes:
     ``From `` line is kept. Lines are returned byte for byte (8-bit bytes too) with
     their endings normalised to CRLF (a spooled message may have bare LF; SMTP
     needs CRLF, RFC 5321 §2.3.8), so the result is empty or ends with CRLF; a line
-    over 998 octets is folded and more than :data:`HEADER_SIZE_LIMIT` bytes are cut
-    at a line boundary.
+    over 998 octets is folded and more than ``limit`` bytes are cut at a line boundary.
 
     Args:
         message: the raw message, bytes, LF or CRLF line endings.
+        limit: most bytes returned (:data:`HEADER_SIZE_LIMIT` by default).
     """
     out: list[bytes] = []
     size = 0
@@ -239,7 +249,7 @@ def extract_headers(message: bytes) -> bytes:
         if not _HEADER_LINE_RE.match(content) and not (index == 0 and content.startswith(b"From ")):
             break
         line = _fold(content, _MAX_LINE - 8)
-        if size + len(line) > HEADER_SIZE_LIMIT:
+        if size + len(line) > limit:
             break
         out.append(line)
         size += len(line)

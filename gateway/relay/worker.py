@@ -32,7 +32,9 @@ from gateway.config import Config
 from gateway.envelope import ClientInfo
 from gateway.errors import DeliveryError, SpoolError
 from gateway.relay.backoff import is_expired, next_attempt
-from gateway.relay.bounce import FailedRecipient, build_dsn, should_bounce
+from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
+                                  should_bounce)
+from gateway.relay.dsn_rate import DsnRateLimit
 from gateway.relay.client import SmtpClient
 from gateway.relay.routing import Destination, Router, RoutingError
 from gateway.reply import Reply
@@ -63,6 +65,7 @@ class RelayWorker:
         self.spool = spool
         self.batcher = batcher
         self.handoff_limit = handoff_limit
+        self.dsn_rate = DsnRateLimit()  # backscatter: DSNs per address about mail from untrusted clients
         self.handoff_bytes = 0
         self.router = router
         self.client = client
@@ -303,12 +306,19 @@ class RelayWorker:
     async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
         if should_bounce(entry.sender, entry.is_bounce):
             now = time.time()
+            untrusted = not entry.client.trusted  # the sender may be forged: a DSN may be backscatter
+            if untrusted and not self.dsn_rate.allow(entry.sender, now):
+                log.info("%s: no DSN for %s: <%s> got %d DSNs about mail from untrusted clients in the last "
+                         "%ds (backscatter limit)", entry.queue_id, ", ".join(r.address for r in recipients),
+                         entry.sender, self.dsn_rate.count, self.dsn_rate.period)
+                return
             dsn = build_dsn(
                 reporting_mta=self.config.myhostname, original_sender=entry.sender,
                 original_queue_id=entry.queue_id, arrival=entry.arrival,
                 recipients=[FailedRecipient(r.address, r.last_reply or Reply(550, "5.0.0", "failed"), r.relay)
                             for r in recipients],
-                original_message=message, now=now)
+                original_message=message, now=now,
+                header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
             bounce = SpoolEntry(
                 queue_id=new_queue_id(now), arrival=now, sender="",
                 recipients=[RecipientStatus(entry.sender)],

@@ -515,3 +515,21 @@ def test_failed_recipient_validation(address: str, reply: Reply, remote_mta: str
 
 def test_failed_recipient_defaults_to_failed() -> None:
     assert FailedRecipient("a@b", USER_UNKNOWN, None).action == "failed"
+
+
+def test_dsn_rate_limit_is_per_address_and_slides() -> None:
+    from gateway.relay.dsn_rate import DsnRateLimit
+
+    limit = DsnRateLimit(count=2, period=100.0)
+    assert [limit.allow("Victim@Example.org", t) for t in (0.0, 1.0, 2.0)] == [True, True, False]
+    assert limit.allow("other@example.org", 2.0)
+    assert not limit.allow("victim@example.org", 99.0)
+    assert limit.allow("victim@example.org", 100.5)  # the first one has left the window
+
+
+def test_header_limit_cuts_the_returned_headers_at_a_line() -> None:
+    from gateway.relay.bounce import extract_headers
+
+    message = b"".join(b"X-%03d: %s\r\n" % (n, b"v" * 40) for n in range(200)) + b"\r\nbody\r\n"
+    cut = extract_headers(message, 1000)
+    assert len(cut) <= 1000 and cut.endswith(b"\r\n") and message.startswith(cut)
