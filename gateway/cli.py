@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway import __version__, dkim_keys, queue_admin
 from gateway.config import Config, describe, load
 from gateway.errors import ConfigError, GatewayError
-from gateway.logs import setup_logging
+from gateway.logs import setup_cli_logging, setup_logging
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway")
@@ -219,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(describe(config))
         return 0
+    if args.command != "run":
+        setup_cli_logging()
     try:
         if args.command == "queue":
             return _queue(config, args)

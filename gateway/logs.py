@@ -59,3 +59,17 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def setup_cli_logging() -> None:
+    """For the commands other than ``run``: warnings and errors as ``gateway: warning: ...`` on standard error.
+
+    Through the same :class:`PrintableMessages` filter: a queue command reads what
+    the network wrote into the spool.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(PrintableMessages())
+    handler.setFormatter(logging.Formatter("gateway: %(level_prefix)s%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)

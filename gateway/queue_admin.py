@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from gateway.errors import NotInQueue, SpoolError
 from gateway.safe_text import printable
 from gateway.spool import QueueState, Spool
+from gateway.spool.store import read_regular_file
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
 
@@ -84,7 +85,10 @@ def format_list(queue_rows: list[QueueRow]) -> str:
 def show(spool: Spool, queue_id: str) -> str:
     """The record (as JSON) and the message headers of one message, control characters shown as ``cat -v``."""
     entry = spool.find(queue_id)
-    header = spool.message_path(entry.queue_id).read_bytes().split(b"\r\n\r\n", 1)[0]
+    try:
+        header = read_regular_file(spool.message_path(entry.queue_id)).split(b"\r\n\r\n", 1)[0]
+    except (OSError, ValueError) as error:
+        raise SpoolError(f"{entry.queue_id}: cannot read the message file: {error}") from None
     lines = [entry.to_json().decode("utf-8", "surrogateescape"),
              "", *header.decode("utf-8", "surrogateescape").split("\r\n")]
     return f"state: {entry.state.value}\n" + "\n".join(printable(line) for line in lines)

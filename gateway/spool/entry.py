@@ -135,5 +135,6 @@ class SpoolEntry:
                 smtputf8=bool(data.get("smtputf8", False)),
                 body_8bitmime=bool(data.get("body_8bitmime", False)),
                 hold_reason=data.get("hold_reason"), format_version=version, state=state)
-        except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
-            raise ValueError(f"malformed spool record: {error}") from None
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as error:
+            # RecursionError: JSON nested thousands deep; ValueError: bad JSON, numbers, addresses.
+            raise ValueError(f"malformed spool record: {type(error).__name__}: {str(error)[:200]}") from None

@@ -48,6 +48,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -86,6 +87,56 @@ def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record is a few kB; more is garbage, not read into memory
+
+
+def read_regular_file(path: Path, limit: int | None = None) -> bytes:
+    """Read ``path`` only if it, and the directory holding it, are what they claim to be.
+
+    The queue commands run as root over a spool the gateway's user can write: a
+    record or message file replaced by a symbolic link (to /etc/shadow), a FIFO
+    (which would block) or a device is refused, and so is a state directory
+    replaced by a link. Opened with ``O_NOFOLLOW`` through the directory's own
+    descriptor, so nothing can be swapped in between the checks and the read.
+
+    Args:
+        path: a file directly inside one of the spool's directories.
+        limit: most bytes read; a larger file is refused (None: no limit).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: a link, not a regular file, or larger than ``limit``.
+        OSError: another error reading it.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError(f"{path.parent} is not a directory of the spool (a link?)") from None
+        raise
+    try:
+        fd = os.open(path.name, flags, dir_fd=directory)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link, not a spool file") from None
+        raise
+    finally:
+        os.close(directory)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise ValueError(f"{path} has {info.st_size} bytes, more than a spool record has")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
 
@@ -349,10 +400,10 @@ class Spool:
 
         Raises:
             NotInQueue: when there is no such record.
-            ValueError: when the record is malformed.
+            ValueError: when the record is malformed, or not a regular file (a link, a FIFO).
         """
         try:
-            raw = self.record_path(queue_id, state).read_bytes()
+            raw = read_regular_file(self.record_path(queue_id, state), MAX_RECORD_BYTES)
         except FileNotFoundError:
             raise NotInQueue(f"{queue_id}: not in {state.value}") from None
         return SpoolEntry.from_json(raw, state)
@@ -390,9 +441,11 @@ class Spool:
             SpoolError: when it is missing or its SHA-256 does not match (corrupt).
         """
         try:
-            data = self.message_path(entry.queue_id).read_bytes()
+            data = read_regular_file(self.message_path(entry.queue_id))
         except FileNotFoundError:
             raise SpoolError(f"{entry.queue_id}: message file missing") from None
+        except ValueError as error:
+            raise SpoolError(f"{entry.queue_id}: {error}") from None
         if hashlib.sha256(data).hexdigest() != entry.message_sha256:
             raise SpoolError(f"{entry.queue_id}: message file damaged (checksum mismatch)")
         return data
