@@ -108,7 +108,8 @@ class Gateway:
     async def health(self) -> list[HealthCheck]:
         """The current health checks (listeners, spool, certificate)."""
         listeners = [(l.config.name, l.config.host, l.bound_port) for l in self.listeners]
-        return await run_checks(listeners, self.config.spool_dir, self.cert_file)
+        return await run_checks(listeners, self.config.spool_dir, self.cert_file,
+                                self.config.queue_minfree + self.config.message_size_limit)
 
     async def start(self) -> None:
         """Set everything up and start listening.

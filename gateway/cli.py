@@ -194,7 +194,8 @@ def _health(config: Config) -> int:
     if any(listener.tls != "none" for listener in config.listeners):
         cert_file = config.smtpd_tls_cert_file or config.tls_dir / "server.crt"
     listeners = [(l.name, l.host, l.port) for l in config.listeners]
-    results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file))
+    results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file,
+                                     config.queue_minfree + config.message_size_limit))
     print(report(results), end="")
     return 0 if all(r.ok for r in results) else 1
 

@@ -2,8 +2,9 @@
 
 Healthy means, as the ServerContainers image's healthcheck: every SMTP
 listener accepts TCP connections, the spool is writable (a file can be
-created, fsynced and removed in ``spool/tmp``), and the server certificate is
-valid for more than 3 days.
+created, fsynced and removed in ``spool/tmp``) and has room for one more
+message of ``message_size_limit`` above ``queue_minfree``, and the server
+certificate is valid for more than 3 days.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ async def check_listener(name: str, host: str, port: int, timeout: float = 2.0) 
     return HealthCheck(f"listener:{name}", True, f"{target}:{port} accepts connections")
 
 
-def check_spool(spool_dir: Path) -> HealthCheck:
-    """Create, fsync and remove a probe file in ``spool/tmp``."""
+def check_spool(spool_dir: Path, needed_free: int = 0) -> HealthCheck:
+    """Create, fsync and remove a probe file in ``spool/tmp``; at least ``needed_free`` bytes must be free.
+
+    ``needed_free`` is ``queue_minfree`` plus one ``message_size_limit``: below it
+    the gateway cannot take one more message of the largest size.
+    """
     probe = spool_dir / "tmp" / f".health-{os.getpid()}-{time.monotonic_ns()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -57,7 +62,15 @@ def check_spool(spool_dir: Path) -> HealthCheck:
             probe.unlink(missing_ok=True)
     except OSError as error:
         return HealthCheck("spool", False, f"{spool_dir} is not writable ({error.strerror})")
-    return HealthCheck("spool", True, f"{spool_dir} is writable")
+    try:
+        info = os.statvfs(spool_dir)
+    except OSError as error:
+        return HealthCheck("spool", False, f"{spool_dir}: free space unknown ({error.strerror})")
+    free = info.f_bavail * info.f_frsize
+    if free < needed_free:
+        return HealthCheck("spool", False, f"{spool_dir} has {free} bytes free, less than queue_minfree plus "
+                                           f"message_size_limit ({needed_free})")
+    return HealthCheck("spool", True, f"{spool_dir} is writable, {free} bytes free")
 
 
 def check_certificate(cert_file: Path | None, now: float | None = None) -> HealthCheck:
@@ -76,10 +89,10 @@ def check_certificate(cert_file: Path | None, now: float | None = None) -> Healt
 
 
 async def run_checks(listeners: list[tuple[str, str, int]], spool_dir: Path,
-                     cert_file: Path | None) -> list[HealthCheck]:
-    """All checks; ``listeners`` are (name, host, port)."""
+                     cert_file: Path | None, needed_free: int = 0) -> list[HealthCheck]:
+    """All checks; ``listeners`` are (name, host, port); ``needed_free`` bytes (:func:`check_spool`)."""
     results = list(await asyncio.gather(*(check_listener(n, h, p) for n, h, p in listeners)))
-    results.append(await asyncio.to_thread(check_spool, spool_dir))
+    results.append(await asyncio.to_thread(check_spool, spool_dir, needed_free))
     results.append(check_certificate(cert_file))
     return results
 

@@ -202,6 +202,12 @@ class SmtpHandler:
         ctx.envelope = Envelope(sender=sender, smtputf8=envelope.smtp_utf8,
                                 body_8bitmime="BODY=8BITMIME" in options,
                                 declared_size=int(declared) if declared and declared.isdigit() else None)
+        if not self._room_for(ctx.envelope.declared_size or 0):
+            self._count_reject("mail", Verdict(Action.TEMPFAIL, replies.SPOOL_FULL, reason="queue_minfree"))
+            log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s> size=%s", ctx.client.describe(),
+                     replies.SPOOL_FULL, sender, ctx.envelope.declared_size)
+            ctx.envelope = None
+            return str(replies.SPOOL_FULL)
         ctx.queue_id = new_queue_id()
         result = await self.pipelines.access.mail(ctx, sender)
         ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
@@ -217,6 +223,20 @@ class SmtpHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
+
+    def _room_for(self, size: int) -> bool:
+        """Whether the spool can take a message of ``size`` bytes (0: unknown), as Postfix's smtpd checks.
+
+        Refused when the free space is at most ``queue_minfree``, when the
+        message would eat into it, or when it would take half of what is free
+        (Postfix ``smtpd_check_size``): better 452 at MAIL than after the whole DATA.
+        """
+        try:
+            free = self.batcher.spool.free_bytes()
+        except OSError:
+            return True  # the commit will tell
+        minfree = self.config.queue_minfree
+        return free > minfree and size < free - minfree and size < free / 2
 
     async def handle_RCPT(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
