@@ -8,6 +8,7 @@ the server certificate is renewed every year without them noticing.
 Files in ``tls_dir`` (created with mode 0700 when missing)::
 
     ca.crt       PEM, CA certificate, 10 years          mode 0644
+                 (name-constrained to myhostname's domain, localhost, loopback)
     ca.key       PEM, CA private key (EC P-256)         mode 0600
     server.crt   PEM, server certificate, 365 days      mode 0644
     server.key   PEM, server private key (EC P-256)     mode 0600
@@ -114,6 +115,7 @@ def ensure_local_certificates(
 
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path)
+        _check_constraint(ca_cert, tls_dir, hostname)
     else:
         ca_cert, ca_key = _issue_ca(hostname, now)
         _write_atomic(ca_key_path, _key_pem(ca_key), 0o600)
@@ -136,18 +138,20 @@ def ensure_local_certificates(
     )
 
 
-def check_local_ca(tls_dir: Path) -> None:
+def check_local_ca(tls_dir: Path, hostname: str) -> None:
     """Check, without writing anything, the local CA that :func:`ensure_local_certificates` would use.
 
     Nothing to check when ``ca.crt`` or ``ca.key`` is missing (a new CA would be created).
 
     Raises:
         ConfigError: both files exist but cannot be parsed or do not belong
-            together (key ``"tls_dir"``), as :func:`ensure_local_certificates` raises.
+            together (key ``"tls_dir"``), or ``hostname`` is outside the CA's
+            name constraint (key ``"myhostname"``), as :func:`ensure_local_certificates` raises.
         OSError: a file cannot be read.
     """
     if (tls_dir / CA_CERT_NAME).exists() and (tls_dir / CA_KEY_NAME).exists():
-        _load_ca(tls_dir / CA_CERT_NAME, tls_dir / CA_KEY_NAME)
+        ca_cert, _ = _load_ca(tls_dir / CA_CERT_NAME, tls_dir / CA_KEY_NAME)
+        _check_constraint(ca_cert, tls_dir, _normalize_hostname(hostname))
 
 
 def certificate_not_after(path: Path) -> datetime:
@@ -276,9 +280,46 @@ def _issue_ca(hostname: str, now: datetime) -> tuple[x509.Certificate, ec.Ellipt
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        # RFC 5280 §4.2.1.10: clients pin this CA, so its key can only vouch for our own names.
+        .add_extension(x509.NameConstraints(permitted_subtrees=_permitted_names(hostname), excluded_subtrees=None),
+                       critical=True)
         .sign(key, hashes.SHA256())
     )
     return cert, key
+
+
+def _permitted_names(hostname: str) -> list[x509.GeneralName]:
+    """The local CA's name constraint: ``myhostname``'s domain (or the host itself), localhost, loopback.
+
+    ``mx.example.net`` gives ``example.net`` (every name in it, so the host may be
+    renamed within the domain) and ``localhost``; an IP literal gives itself;
+    127.0.0.1 and ::1 always (the server certificate names them).
+    """
+    address = _ip_literal(hostname)
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    if address is None and hostname != "localhost":
+        labels = hostname.split(".")
+        names.insert(0, x509.DNSName(".".join(labels[1:]) if len(labels) > 1 else hostname))
+    loopbacks = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
+    if address is not None and ipaddress.ip_network(address) not in loopbacks:
+        names.append(x509.IPAddress(ipaddress.ip_network(address)))
+    names.extend(x509.IPAddress(network) for network in loopbacks)
+    return names
+
+
+def _check_constraint(ca_cert: x509.Certificate, ca_dir: Path, hostname: str) -> None:
+    """Refuse a ``myhostname`` outside the name constraint of an existing local CA."""
+    try:
+        constraint = ca_cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return  # a CA from before name constraints: it constrains nothing
+    permitted = [name.value for name in constraint.permitted_subtrees or [] if isinstance(name, x509.DNSName)]
+    if _ip_literal(hostname) is not None or any(hostname == d or hostname.endswith("." + d) for d in permitted):
+        return
+    raise ConfigError("myhostname", hostname,
+                      f"a name inside the local CA's name constraint ({', '.join(permitted)}); to use another "
+                      f"domain, delete {ca_dir / CA_CERT_NAME} and {ca_dir / CA_KEY_NAME} for a new local CA "
+                      "(clients that pinned the old one must pin the new one)")
 
 
 def _issue_server(

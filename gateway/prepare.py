@@ -90,7 +90,7 @@ def _server_tls(config: Config, write_files: bool
         local = ensure_local_certificates(config.tls_dir, config.myhostname)
         return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile), \
             local.server_cert, local
-    check_local_ca(config.tls_dir)
+    check_local_ca(config.tls_dir, config.myhostname)
     with tempfile.TemporaryDirectory(prefix="gateway-check-") as folder:
         throwaway = ensure_local_certificates(Path(folder), config.myhostname)
         context = server_context(throwaway.server_cert, throwaway.server_key, config.smtpd_tls_CAfile)

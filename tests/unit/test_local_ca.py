@@ -288,3 +288,48 @@ def test_certificate_not_after_is_aware_utc(tls_dir: Path) -> None:
     assert not_after == _cert(certs.ca_cert).not_valid_after_utc
     with pytest.raises(ValueError):
         certificate_not_after(certs.server_key)
+
+
+def test_the_local_ca_is_name_constrained_to_our_names(tmp_path: Path) -> None:
+    certs = ensure_local_certificates(tmp_path, "mx.example.net")
+    ca = _cert(certs.ca_cert)
+    extension = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    assert extension.critical
+    permitted = {str(name.value) for name in extension.value.permitted_subtrees}
+    assert permitted == {"example.net", "localhost", "127.0.0.1/32", "::1/128"}
+    assert _handshake(certs, "mx.example.net") in ("TLSv1.2", "TLSv1.3")
+    assert _handshake(certs, "127.0.0.1") in ("TLSv1.2", "TLSv1.3")
+
+
+def test_a_certificate_for_another_domain_from_the_local_ca_key_does_not_verify(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    certs = ensure_local_certificates(tmp_path, "mx.example.net")
+    ca_cert = _cert(certs.ca_cert)
+    ca_key = serialization.load_pem_private_key(certs.ca_cert.with_name("ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+    forged = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.test")]))
+              .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.test")]), critical=False)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    forged_dir = tmp_path / "forged"
+    forged_dir.mkdir()
+    (forged_dir / "server.crt").write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    (forged_dir / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+    stolen = LocalCertificates(ca_cert=certs.ca_cert, server_cert=forged_dir / "server.crt",
+                               server_key=forged_dir / "server.key", renewed=False)
+    with pytest.raises(ssl.SSLCertVerificationError, match="permitted subtree violation"):
+        _handshake(stolen, "bank.test")
+
+
+def test_another_domain_for_an_existing_constrained_ca_is_a_config_error(tmp_path: Path) -> None:
+    ensure_local_certificates(tmp_path, "mx.example.net")
+    ensure_local_certificates(tmp_path, "mx2.example.net")  # same domain: the CA still fits
+    with pytest.raises(ConfigError) as caught:
+        ensure_local_certificates(tmp_path, "mx.other.example")
+    assert caught.value.key == "myhostname" and "delete" in caught.value.allowed
