@@ -12,11 +12,11 @@ from typing import Callable, Iterator
 import pytest
 
 from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.samples import CORPUS as CORPUS_DIR  # noqa: F401  (the e2e tests import it from here)
 from tests.harness.smtp_sink import SmtpSink
 
 pytest_plugins = ["tests.harness.clamd", "tests.harness.spam_daemons"]  # daemon fixtures
 
-CORPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 @pytest.fixture

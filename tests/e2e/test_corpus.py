@@ -1,4 +1,4 @@
-"""Every message of shared/corpus relays with its body byte-for-byte intact.
+"""Every message of tests/corpus relays with its body byte-for-byte intact.
 
 Messages are sent with smtplib, which converts line endings to CRLF (8 corpus
 files are LF-only); what reaches the sink must be exactly that, below our one
@@ -21,7 +21,7 @@ RECEIVED = re.compile(rb"Received: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 
 
 def test_corpus_is_present():
-    assert len(CORPUS) >= 100, f"expected the shared corpus at {CORPUS_DIR}"
+    assert len(CORPUS) >= 100, f"expected the corpus at {CORPUS_DIR}"
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,13 @@
 """Test messages shared by the scanner tests: GTUBE (assembled from halves so no scanner trips on
-our sources), ham with and without Date/Message-ID, and the shared corpus location."""
+our sources), ham with and without Date/Message-ID, and the corpus location (tests/corpus)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+# The message corpus, in the repository (tests/corpus/, with its own LICENSE): real-world multipart,
+# 8-bit and malformed messages every content feature must pass.
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and path.name != "LICENSE")
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"

@@ -28,9 +28,8 @@ from gateway.policy import PolicyContext
 from gateway.verdict import Action, HeaderEdit, Verdict
 from policies.antivirus import SCANNED_HEADER, SKIPPED_HEADER, Antivirus
 from tests.harness.clamd import ClamdDaemon
+from tests.harness.samples import CORPUS, CORPUS_FILES
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and path.name != "LICENSE")
 EICAR_NAME = "Eicar-Test-Signature"  # clamd adds ".UNOFFICIAL" for our unsigned test DB
 CLEAN = Verdict(Action.CONTINUE, headers=HeaderEdit(prepend=(SCANNED_HEADER,)))
 TRANSPORTS = ("tcp", "unix")

@@ -1,6 +1,6 @@
 """DKIM signatures of gateway.dkim_signer checked by independent verifiers, on every corpus message.
 
-Each message of ``shared/corpus`` (all files but LICENSE) is turned into CRLF
+Each message of ``tests/corpus`` (all files but LICENSE) is turned into CRLF
 and gets ``From: Sender <sender@example.com>`` in place of its first From field
 (or added on top when it has none); everything else stays byte for byte. It
 is dual-signed (rsa-sha256 with ``s=mail``, ed25519-sha256 with
@@ -44,9 +44,8 @@ from gateway.dkim_signer import DkimSettings, DkimSigner
 from gateway.message import field_name, insert_fields, mbox_separator, raw_fields
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary
+from tests.harness.samples import CORPUS, CORPUS_FILES
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and path.name != "LICENSE")
 NEW_FROM = b"From: Sender <sender@example.com>\r\n"
 DOMAIN = "example.com"
 SELECTORS = {"rsa-sha256": "mail", "ed25519-sha256": "mail-ed25519"}

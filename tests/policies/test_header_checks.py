@@ -18,9 +18,8 @@ from gateway.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 from policies.header_checks import HeaderChecks
+from tests.harness.samples import CORPUS, CORPUS_FILES
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and not p.name.startswith("LICENSE"))
 QUEUE_ID = "4AB1C2D3E4F"
 
 RECEIVED_MX = (b"Received: from mx.example.org (mx.example.org [192.0.2.1])\r\n"
@@ -409,7 +408,7 @@ def test_rule_errors_name_file_and_line(tmp_path: Path, rules: str, line: int, m
     assert message in caught.value.allowed
 
 
-# --- the shared corpus -----------------------------------------------------------------
+# --- the corpus -----------------------------------------------------------------
 
 REALISTIC_RULES = r"""
 # A realistic header_checks table (Postfix regexp: syntax).
@@ -439,7 +438,7 @@ def corpus_id(path: Path) -> str:
 
 
 def test_corpus_is_present() -> None:
-    assert len(CORPUS_FILES) >= 100, f"expected the shared corpus at {CORPUS}"
+    assert len(CORPUS_FILES) >= 100, f"expected the corpus at {CORPUS}"
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=corpus_id)

@@ -427,7 +427,7 @@ def test_aclose_closes_the_session_and_a_later_scan_reopens(rspamd):
     asyncio.run(twice())
 
 
-# ---- the shared corpus ----
+# ---- the corpus ----
 
 def corpus_envelope(message: bytes) -> Envelope:
     """The envelope a client would likely send: MAIL FROM = From:, RCPT TO = To:/Cc: (fallbacks when absent).
@@ -472,7 +472,7 @@ def corpus_verdicts(rspamd: RspamdDaemon, request) -> tuple[str, dict[str, Verdi
 
 
 def test_corpus_is_present():
-    assert len(CORPUS_FILES) >= 100, f"expected the shared corpus at {CORPUS}"
+    assert len(CORPUS_FILES) >= 100, f"expected the corpus at {CORPUS}"
     names = {path.relative_to(CORPUS).as_posix() for path in CORPUS_FILES}
     assert set(CORPUS_SPAM) <= names
 

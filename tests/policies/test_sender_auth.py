@@ -39,9 +39,8 @@ from policies.sender_auth import (
     authserv_id_of,
 )
 from tests.harness.dns_server import TestDnsServer
+from tests.harness.samples import CORPUS, CORPUS_FILES
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
-CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and path.name != "LICENSE")
 
 AUTHSERV_ID = "mx.gw.test"
 GOOD_IP = "192.0.2.10"  # inside every test domain's SPF record

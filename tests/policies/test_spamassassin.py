@@ -276,7 +276,7 @@ def test_silent_server_times_out_as_scanner_error():
     assert time.monotonic() - started < 5
 
 
-# ---- the shared corpus ----
+# ---- the corpus ----
 
 @pytest.fixture(scope="module")
 def corpus_verdicts(spamd: SpamdDaemon) -> dict[str, Verdict | BaseException]:
@@ -297,7 +297,7 @@ def corpus_verdicts(spamd: SpamdDaemon) -> dict[str, Verdict | BaseException]:
 
 
 def test_corpus_is_present():
-    assert len(CORPUS_FILES) >= 100, f"expected the shared corpus at {CORPUS}"
+    assert len(CORPUS_FILES) >= 100, f"expected the corpus at {CORPUS}"
     names = {path.relative_to(CORPUS).as_posix() for path in CORPUS_FILES}
     assert set(CORPUS_SPAM) <= names
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import re
 from collections.abc import Sequence
 from email.message import EmailMessage, Message, MIMEPart
@@ -15,8 +14,8 @@ import pytest
 
 from gateway.relay.bounce import FailedRecipient, build_dsn, extract_headers, should_bounce
 from gateway.reply import Reply
+from tests.harness.samples import CORPUS
 
-CORPUS = Path(os.environ.get("GATEWAY_CORPUS", Path(__file__).resolve().parents[3] / "shared" / "corpus"))
 CORPUS_FILES = sorted(
     path for path in CORPUS.rglob("*") if path.is_file() and not path.name.startswith("LICENSE")
 )
@@ -408,7 +407,7 @@ def test_dsn_for_real_messages(name: str) -> None:
 
 
 def test_corpus_is_present() -> None:
-    assert len(CORPUS_FILES) >= 100, f"expected the shared corpus at {CORPUS}"
+    assert len(CORPUS_FILES) >= 100, f"expected the corpus at {CORPUS}"
     assert all((CORPUS / name).is_file() for name in SAMPLE_FILES)
 
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.data_reader import DataOutcome, read_data
-
-CORPUS_DIR = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+from tests.harness.samples import CORPUS as CORPUS_DIR
 
 
 def model(stream: bytes, size_limit: int | None, line_limit: int = 1001) -> tuple[DataOutcome, bytes, bytes]:
