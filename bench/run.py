@@ -816,7 +816,7 @@ class Bench:
         ("log_level = warning", "", 'log_level = "warning"\n',
          "the per-message info lines (connect, queued, sent, removed, disconnect) not written"),
         ("16 spool threads", "spool16", "", "the spool's own thread pool with 16 threads instead of "
-                                          "gateway.spool.io.SPOOL_THREADS"),
+                                          "gateway.spool.threads.SPOOL_THREADS"),
         ("no fsync (NOT durable)", "nofsync", "", "os.fsync patched out: what the fsyncs cost (their count per message: see the strace table)"),
         ("no fsync + warning log", "nofsync", 'log_level = "warning"\n', "both: what is left is Python work"),
         ("one commit batch in flight", "commit1", "", "group commits one batch at a time instead of "
@@ -1050,7 +1050,7 @@ def find_py_spy() -> str | None:
 
 
 def _frame_name(frame: str) -> str:
-    """``handle_DATA (gateway/smtp_handler.py:250)`` → ``gateway/smtp_handler.py:handle_DATA``."""
+    """``handle_DATA (gateway/smtpd/handler.py:250)`` → ``gateway/smtpd/handler.py:handle_DATA``."""
     match = re.match(r"(.*?) \((.*?)(?::\d+)?\)$", frame.strip())
     if not match:
         return frame.strip()
@@ -1064,16 +1064,16 @@ def _frame_name(frame: str) -> str:
 # Buckets of the gateway's CPU, by the first matching frame (outermost first) of each sample.
 PROFILE_BUCKETS = [
     ("spool commit (thread: write + fsync)", ("gateway/spool/store.py:Spool.commit",
-                                              "gateway/smtp_handler.py:SmtpHandler._timed_commit")),
+                                              "gateway/smtpd/handler.py:SmtpHandler._timed_commit")),
     ("spool claim/read/remove (threads)", ("gateway/spool/store.py:",)),
     ("logging", ("logging/__init__.py:", "logging/handlers.py:")),
-    ("DKIM signing", ("gateway/dkim_signer.py:", "dkim/")),
+    ("DKIM signing", ("gateway/dkim/signer.py:", "dkim/")),
     ("content scanners (policies)", ("policies/antivirus", "policies/spamassassin", "policies/rspamd",
                                      "policies/spam_levels", "aiospamc/", "pyclamd/")),
     ("relay: SMTP client (aiosmtplib)", ("aiosmtplib/",)),
     ("relay worker (gateway/relay)", ("gateway/relay/",)),
-    ("receive: DATA handling (gateway)", ("gateway/smtp_handler.py:SmtpHandler.handle_DATA",)),
-    ("receive: other gateway handlers (MAIL, RCPT, sessions)", ("gateway/smtp_handler.py:", "gateway/smtp_server.py:",
+    ("receive: DATA handling (gateway)", ("gateway/smtpd/handler.py:SmtpHandler.handle_DATA",)),
+    ("receive: other gateway handlers (MAIL, RCPT, sessions)", ("gateway/smtpd/handler.py:", "gateway/smtpd/protocol.py:",
                                                                 "gateway/pipeline", "gateway/policy", "gateway/",
                                                                 "policies/")),
     ("receive: aiosmtpd protocol", ("aiosmtpd/",)),
@@ -1118,9 +1118,9 @@ PROFILE_PATTERNS = [
     ("commit_gil", ("gateway/spool/store.py:Spool.commit",),
      "the Python side of the spool commit (hashing, JSON, file calls) while holding the GIL"),
     ("to_json", ("gateway/spool/entry.py:",), "building and parsing spool records (`gateway/spool/entry.py`)"),
-    ("received", ("gateway/received.py:",), "building the Received: header (`email.utils.format_datetime` ...)"),
+    ("received", ("gateway/pipeline/received.py:",), "building the Received: header (`email.utils.format_datetime` ...)"),
     ("aiosmtplib", ("aiosmtplib/",), "aiosmtplib, the relay's SMTP client"),
-    ("dkim", ("gateway/dkim_signer.py:",), "DKIM signing (dkimpy canonicalisation, hashing, the RSA signature)"),
+    ("dkim", ("gateway/dkim/signer.py:",), "DKIM signing (dkimpy canonicalisation, hashing, the RSA signature)"),
     ("aiospamc_ssl", ("aiospamc/", "ssl.py:SSLContext.load_default_certs"),
      "`ssl.create_default_context()` run by aiospamc for every request"),
 ]
@@ -1770,8 +1770,8 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
 
 def spool_pool_text() -> str:
     try:
-        import gateway.spool.io as spool_io
-        return f"the spool's own pool of {spool_io.SPOOL_THREADS} threads (`gateway/spool/io.py`)"
+        import gateway.spool.threads as spool_io
+        return f"the spool's own pool of {spool_io.SPOOL_THREADS} threads (`gateway/spool/threads.py`)"
     except (ImportError, AttributeError):
         return "the default thread pool (`asyncio.to_thread`)"
 

@@ -3,7 +3,7 @@
 The gateway's own files are untouched; the patches are applied to this process before the CLI
 starts, from the comma list in the environment variable WHATIF:
 
-* ``spool16`` - the spool's own thread pool (``gateway.spool.io``) gets 16 threads;
+* ``spool16`` - the spool's own thread pool (``gateway.spool.threads``) gets 16 threads;
 * ``nofsync`` - ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost);
 * ``commitN`` - N group commit batches in flight (e.g. ``commit1``) instead of
   ``gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT``.
@@ -24,11 +24,11 @@ PATCHES = {p for p in os.environ.get("WHATIF", "").split(",") if p}
 
 if "spool16" in PATCHES:
     try:
-        import gateway.spool.io as spool_io
+        import gateway.spool.threads as spool_io
         spool_io._executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool")
         spool_io.SPOOL_THREADS = 16
     except (ImportError, AttributeError):
-        print("whatif: gateway.spool.io has no pool to resize", file=sys.stderr)
+        print("whatif: gateway.spool.threads has no pool to resize", file=sys.stderr)
 
 if "nofsync" in PATCHES:
     os.fsync = lambda fd: None

@@ -3,7 +3,7 @@
 #
 # With no /etc/gateway/gateway.toml (mounted, or generated on an earlier start), the
 # config is generated from the ServerContainers mail-gateway variables by
-# `python -m gateway.seed_env`; a variable the gateway cannot honour stops the
+# `python -m gateway.migrate.servercontainers`; a variable the gateway cannot honour stops the
 # container here with exit status 2 and a message naming it. Then the gateway
 # replaces this shell (exec), so it is PID 1 and receives SIGTERM/SIGHUP itself.
 #
@@ -20,8 +20,8 @@ case "${1:-run}" in
 esac
 
 if [ ! -e "$CONFIG" ]; then
-    echo "docker-entrypoint: no $CONFIG: generating it from the environment (python -m gateway.seed_env)" >&2
-    python -m gateway.seed_env --output "$CONFIG"
+    echo "docker-entrypoint: no $CONFIG: generating it from the environment (python -m gateway.migrate.servercontainers)" >&2
+    python -m gateway.migrate.servercontainers --output "$CONFIG"
 fi
 
 if [ "$#" -eq 0 ]; then

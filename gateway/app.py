@@ -30,23 +30,23 @@ from pathlib import Path
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.data_reader import MemoryBudget
-from gateway.health import HealthCheck, run_checks
-from gateway.http_server import MetricsServer
-from gateway.dns import make_resolver
+from gateway.smtpd.data_reader import MemoryBudget
+from gateway.ops.health import HealthCheck, run_checks
+from gateway.ops.http_server import MetricsServer
+from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
-from gateway.listener import Listener
-from gateway.local_ca import certificate_not_after
-from gateway.pipelines import Pipelines
+from gateway.smtpd.listener import Listener
+from gateway.tls.local_ca import certificate_not_after
+from gateway.pipeline.build import Pipelines
 from gateway.prepare import Prepared, prepare
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
-from gateway.smtp_handler import SmtpHandler
-from gateway.smtp_server import ConnectionLimiter
+from gateway.smtpd.handler import SmtpHandler
+from gateway.smtpd.protocol import ConnectionLimiter
 from gateway.spool import Spool
 from gateway.spool.batcher import SpoolBatcher
-from gateway.tls import ServerTls
+from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway")
 

@@ -14,7 +14,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from gateway import __version__, dkim_keys, queue_admin
+from gateway import __version__
+from gateway.dkim import keys as dkim_keys
+from gateway.ops import queue_admin
 from gateway.config import Config, describe, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_cli_logging, setup_logging
@@ -164,7 +166,7 @@ def _dkim(config: Config, args: argparse.Namespace) -> int:
 
 def _dns_check(config: Config, args: argparse.Namespace) -> int:
     """``dns-check``: one PASS/FAIL line per check, then the records to publish; 1 if any failed."""
-    from gateway import dns_check  # imported late: pyspf is needed by this command only
+    from gateway.ops import dns_check  # imported late: pyspf is needed by this command only
 
     try:
         domains = [dkim_keys.dns_name(domain) for domain in args.domains] or list(dns_check.default_domains(config))
@@ -188,7 +190,7 @@ async def _check(config: Config) -> None:
 
 
 def _health(config: Config) -> int:
-    from gateway.health import report, run_checks
+    from gateway.ops.health import report, run_checks
 
     cert_file = None
     if any(listener.tls != "none" for listener in config.listeners):

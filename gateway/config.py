@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from gateway.errors import ConfigError
-from gateway.tls import normalize_fingerprint
+from gateway.tls.context import normalize_fingerprint
 from gateway.units import parse_duration, parse_size
 
 ENV_PREFIX = "GATEWAY_"
@@ -335,7 +335,7 @@ _PATH_KEYS = (
     "state_dir", "spool_dir", "smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_CAfile",
     "smtp_tls_CAfile", "smtp_tls_cert_file", "smtp_tls_key_file",
 )
-# Tables owned by policies and the pipeline: validated by their modules (gateway.settings helpers).
+# Tables owned by policies and the pipeline: validated by their modules (gateway.pipeline.section helpers).
 SECTION_KEYS = frozenset({"pipeline", "content_filter", "antivirus", "spamassassin", "rspamd",
                           "spam_levels", "header_checks", "dkim", "sender_auth"})
 KNOWN_KEYS = (frozenset(f.name for f in fields(Config)) - {"listeners", "sections"}) | {"listener"} | SECTION_KEYS

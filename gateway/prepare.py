@@ -11,7 +11,7 @@ What ``check-config`` (``write_files=False``) does not do: write under
 ``state_dir``. Missing DKIM keys are not generated, and without
 ``smtpd_tls_cert_file`` the local CA is only read (when it exists) and the
 server context is built with a throw-away certificate in a temporary folder, so
-``smtpd_tls_CAfile`` still goes through :func:`gateway.tls.server_context`.
+``smtpd_tls_CAfile`` still goes through :func:`gateway.tls.context.server_context`.
 What it cannot check: that addresses can be bound and the spool locked (the
 running gateway holds them).
 """
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.local_ca import LocalCertificates, check_local_ca, ensure_local_certificates
-from gateway.pipelines import Pipelines, build_pipelines
-from gateway.tls import client_context, server_context
+from gateway.tls.local_ca import LocalCertificates, check_local_ca, ensure_local_certificates
+from gateway.pipeline.build import Pipelines, build_pipelines
+from gateway.tls.context import client_context, server_context
 
 log = logging.getLogger("gateway")
 

@@ -39,9 +39,9 @@ import pyclamd  # type: ignore[import-untyped]  # no stubs; 0.4.0 is the last re
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
-from gateway.settings import ON_ERROR_CHOICES, Section
+from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.units import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
 

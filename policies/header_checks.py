@@ -103,9 +103,9 @@ from typing import ClassVar
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import raw_fields, unfolded
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
-from gateway.settings import ON_ERROR_CHOICES, Section
+from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 
 KEYS = {"file", "timeout", "on_error"}
@@ -321,9 +321,9 @@ class HeaderChecks(Policy):
         envelope = ctx.envelope
         sender = envelope.sender if envelope else ""
         recipients = ",".join(envelope.recipients) if envelope else ""
-        ctx.log.log(level, "%s: %s: header %s from %s; from=<%s> to=<%s>%s",
+        ctx.log.log(level, "%s: %s: header %s from %s; from=<%s> to=<%s> helo=<%s>%s",
                     ctx.queue_id or "NOQUEUE", what, header, ctx.client.describe(),
-                    _printable(sender, 200), _printable(recipients, 400),
+                    _printable(sender, 200), _printable(recipients, 400), _printable(ctx.client.helo or "", 200),
                     f": {_printable(text, 400)}" if text else "")
 
 

@@ -25,7 +25,7 @@ from gateway import reply as replies
 from gateway.addresses import domain_matches, has_routing_tricks, split_mailbox
 from gateway.config import Config
 from gateway.networks import MIN_TRUSTED_PREFIX, InterfaceScan, NetworkSet, scan_interfaces
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
 
 _DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")

@@ -1,7 +1,7 @@
 """The durable on-disk mail queue (see :mod:`gateway.spool.store` for the commit protocol)."""
 
 from gateway.spool.entry import QueueState, RecipientState, RecipientStatus, SpoolEntry
-from gateway.spool.io import run_io
+from gateway.spool.threads import run_io
 from gateway.spool.queue_id import new_queue_id
 from gateway.spool.store import Spool
 

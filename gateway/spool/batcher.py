@@ -20,7 +20,7 @@ from gateway import metrics
 from gateway.errors import SpoolError
 from gateway.message import MessageText
 from gateway.spool.entry import QueueState, SpoolEntry
-from gateway.spool.io import run_io
+from gateway.spool.threads import run_io
 from gateway.spool.store import PendingCommit, Spool
 
 log = logging.getLogger("gateway.spool")

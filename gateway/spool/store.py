@@ -133,10 +133,12 @@ def read_regular_file(path: Path, limit: int | None = None) -> bytes:
             raise ValueError(f"{path} is not a regular file")
         if limit is not None and info.st_size > limit:
             raise ValueError(f"{path} has {info.st_size} bytes, more than a spool record has")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        # One read of the size fstat gave: one bytes object, no second copy of a large message.
+        data = os.read(fd, info.st_size + 1)
+        if len(data) <= info.st_size:
+            while chunk := os.read(fd, 1 << 20):  # a short read, or a file that grew
+                data += chunk
+        return data
     finally:
         os.close(fd)
 
@@ -394,6 +396,7 @@ class Spool:
         try:
             data_path = f"{self._data_prefix}{entry.queue_id}.eml"
             files.data_fd = _create_and_write(data_path, item.message)
+            item.message = b""  # written: the bytes need not live as long as the batch does
             files.created.append(data_path)
             files.record_fd = _create_and_write(files.tmp_path, entry.to_json())
             files.created.append(files.tmp_path)

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.dkim_keys import dns_txt_value
+from gateway.dkim.keys import dns_txt_value
 from tests.conftest import relay_config
 from tests.harness.dns_server import TestDnsServer
 

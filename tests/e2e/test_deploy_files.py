@@ -12,7 +12,7 @@ What runs (no Docker engine and no cluster here):
   gateway.toml is validated by the gateway's own config code;
 * docker-compose.yml: structural checks (services, images and build, ports, volumes,
   networks, depends_on) since no compose validator is installed; its seed environment
-  is translated by ``gateway.seed_env`` without refusal;
+  is translated by ``gateway.migrate.servercontainers`` without refusal;
 * prometheus.yml: ``promtool check config`` (Debian prometheus package) when present;
 * the systemd unit: ``systemd-analyze verify`` and ``systemd-analyze security --offline``
   when systemd-analyze exists, plus key-level checks always;
@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway import seed_env
+from gateway.migrate import servercontainers as seed_env
 from gateway.config import build
 from tests.conftest import http_get, metrics_after_one_delivery, relay_config
 from tests.harness import prometheus as prometheus_harness
@@ -231,8 +231,8 @@ def test_configmap_and_secrets_are_mounted_with_every_file_the_config_names():
 
 
 def test_configmap_gateway_toml_is_a_valid_gateway_config():
-    from gateway.dkim_signer import DkimSettings
-    from gateway.pipelines import ScanSwitches
+    from gateway.dkim.signer import DkimSettings
+    from gateway.pipeline.build import ScanSwitches
     from policies import REGISTRY
 
     raw = tomllib.loads(find("ConfigMap")["data"]["gateway.toml"])

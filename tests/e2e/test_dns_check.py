@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway import dkim_keys
+from gateway.dkim import keys as dkim_keys
 from tests.harness.dns_server import TestDnsServer
 
 HOST = "mx.example.com"

@@ -21,7 +21,7 @@ def _seed(tmp_path, env: dict[str, str], *args: str) -> str:
                if not k.startswith(("GATEWAY_", "POSTFIX_", "DKIM_", "AMAVIS_", "DISABLE_", "MAIL_"))}
     environ.update(env)
     output = tmp_path / "seeded.toml"
-    done = subprocess.run([sys.executable, "-m", "gateway.seed_env", "--output", str(output), "--force",
+    done = subprocess.run([sys.executable, "-m", "gateway.migrate.servercontainers", "--output", str(output), "--force",
                            "--root", str(tmp_path / "root"), "--metrics-listen", "127.0.0.1:0", *args],
                           capture_output=True, text=True, env=environ, timeout=60)
     assert done.returncode == 0, done.stderr

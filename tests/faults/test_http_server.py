@@ -13,7 +13,7 @@ import time
 from urllib.parse import urlparse
 
 from tests.conftest import http_get
-from gateway.http_server import HEAD_TIMEOUT, MAX_CONNECTIONS
+from gateway.ops.http_server import HEAD_TIMEOUT, MAX_CONNECTIONS
 
 
 def _address(gateway) -> tuple[str, int]:

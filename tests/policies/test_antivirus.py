@@ -24,7 +24,7 @@ import pytest
 from gateway import config as gateway_config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError, ScannerError
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from gateway.verdict import Action, HeaderEdit, Verdict
 from policies.antivirus import SCANNED_HEADER, SKIPPED_HEADER, Antivirus
 from tests.harness.clamd import ClamdDaemon

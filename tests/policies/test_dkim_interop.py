@@ -1,4 +1,4 @@
-"""DKIM signatures of gateway.dkim_signer checked by independent verifiers, on every corpus message.
+"""DKIM signatures of gateway.dkim.signer checked by independent verifiers, on every corpus message.
 
 Each message of ``tests/corpus`` (all files but LICENSE) is turned into CRLF
 and gets ``From: Sender <sender@example.com>`` in place of its first From field
@@ -40,7 +40,7 @@ import dkim
 import pytest
 
 from gateway import config as gateway_config
-from gateway.dkim_signer import DkimSettings, DkimSigner
+from gateway.dkim.signer import DkimSettings, DkimSigner
 from gateway.message import field_name, insert_fields, mbox_separator, raw_fields
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary
@@ -172,7 +172,7 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from gateway.dkim_keys import dns_txt_value, list_keys, load_private_key
+    from gateway.dkim.keys import dns_txt_value, list_keys, load_private_key
     from tests.conftest import http_get
     from tests.harness.gateway_process import GatewayProcess, free_port
     from tests.harness.smtp_sink import SmtpSink

@@ -1,4 +1,4 @@
-"""policies.rspamd against a real rspamd on loopback (tests/harness/spam_daemons.py).
+"""policies.spam.rspamd against a real rspamd on loopback (tests/harness/spam_daemons.py).
 
 The session's ``rspamd`` fixture serves the scans (offline, loopback DNS only).
 Messages are sent with ``IP: 127.0.0.1`` so rspamd skips its DNS-based checks
@@ -36,10 +36,10 @@ from gateway import config as gateway_config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import apply_edits, field_name, field_value, raw_fields
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, Verdict
-from policies.rspamd import SOFT_REJECT, Rspamd
+from policies.spam.rspamd import SOFT_REJECT, Rspamd
 from tests.harness.samples import (  # noqa: F401
     CORPUS,
     CORPUS_FILES,

@@ -1,4 +1,4 @@
-"""policies.sender_auth (SPF, DKIM, DMARC, ARC) against a real DNS server on loopback.
+"""policies.auth.sender_auth (SPF, DKIM, DMARC, ARC) against a real DNS server on loopback.
 
 Every lookup goes over UDP/TCP to :class:`TestDnsServer`, reached the way the
 gateway reaches its resolver (``dns_nameservers``); nothing is monkeypatched.
@@ -29,10 +29,10 @@ from gateway import config as gateway_config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import apply_edits, field_name, field_value, header_end, raw_fields
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from gateway.verdict import CONTINUE, Action, Verdict
-from policies.dmarc import from_domains, organizational_domain, parse_record
-from policies.sender_auth import (
+from policies.auth.dmarc import from_domains, organizational_domain, parse_record
+from policies.auth.sender_auth import (
     AR_HEADER,
     QUARANTINE_HEADER,
     SenderAuthentication,

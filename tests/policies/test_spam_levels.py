@@ -1,4 +1,4 @@
-"""policies.spam_levels: amavis-style thresholds, header shapes, Subject rewrite, config errors.
+"""policies.spam.levels: amavis-style thresholds, header shapes, Subject rewrite, config errors.
 
 Most tests feed scores directly; the last ones take real scores from the
 session's spamd and rspamd (tests/harness/spam_daemons.py) and apply both
@@ -18,12 +18,12 @@ from gateway import config as gateway_config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError
 from gateway.message import apply_edits, field_name, field_value, raw_fields
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
-from policies.rspamd import Rspamd
-from policies.spam_levels import SpamLevels, tagged_subject
-from policies.spamassassin import SpamAssassin
+from policies.spam.rspamd import Rspamd
+from policies.spam.levels import SpamLevels, tagged_subject
+from policies.spam.spamassassin import SpamAssassin
 
 HAM = (b"From: a@example.com\r\nTo: b@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
        b"Subject: lunch\r\nMessage-ID: <h@example.com>\r\n\r\nSee you at noon.\r\n")

@@ -1,4 +1,4 @@
-"""policies.spamassassin against a real spamd on loopback (tests/harness/spam_daemons.py).
+"""policies.spam.spamassassin against a real spamd on loopback (tests/harness/spam_daemons.py).
 
 The session's ``spamd`` fixture serves the scans (offline: ``--local``,
 ``dns_available no``, no Bayes); the stop/restart test uses a private
@@ -28,10 +28,10 @@ from gateway import config as gateway_config
 from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import apply_edits, field_name, field_value, raw_fields
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, Verdict
-from policies.spamassassin import SKIPPED_TOO_LARGE, SpamAssassin
+from policies.spam.spamassassin import SKIPPED_TOO_LARGE, SpamAssassin
 from tests.harness.samples import (  # noqa: F401
     CORPUS,
     CORPUS_FILES,

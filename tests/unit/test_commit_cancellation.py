@@ -17,8 +17,8 @@ import pytest
 
 from gateway.config import build
 from gateway.envelope import ClientInfo
-from gateway.pipelines import build_pipelines
-from gateway.smtp_handler import SmtpHandler
+from gateway.pipeline.build import build_pipelines
+from gateway.smtpd.handler import SmtpHandler
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
 from tests.unit.test_spool_batch import slowed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.smtp_server import ConnectionLimiter, client_key
+from gateway.smtpd.protocol import ConnectionLimiter, client_key
 
 
 @pytest.mark.parametrize("host, key", [

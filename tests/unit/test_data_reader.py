@@ -1,4 +1,4 @@
-"""gateway.data_reader against a line-by-line model of aiosmtpd's DATA reader, over every way of splitting.
+"""gateway.smtpd.data_reader against a line-by-line model of aiosmtpd's DATA reader, over every way of splitting.
 
 The model is aiosmtpd 1.4's ``smtp_DATA`` loop written out (lines end at
 CRLF, the line ``.`` ends the data, a leading dot is removed, a line over 1001
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.data_reader import DataOutcome, read_data
+from gateway.smtpd.data_reader import DataOutcome, read_data
 from tests.harness.samples import CORPUS as CORPUS_DIR
 
 
@@ -139,7 +139,7 @@ def test_the_corpus_reads_back_exactly(tmp_path):
 
 
 def test_the_memory_budget_is_shared_spills_and_refuses(tmp_path):
-    from gateway.data_reader import MemoryBudget
+    from gateway.smtpd.data_reader import MemoryBudget
 
     budget = MemoryBudget(1000)
     small = b"x" * 98 + b"\r\n"

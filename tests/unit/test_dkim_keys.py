@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from gateway import dkim_keys
+from gateway.dkim import keys as dkim_keys
 from gateway.config import build
 from gateway.errors import ConfigError
 

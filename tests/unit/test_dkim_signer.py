@@ -1,4 +1,4 @@
-"""gateway.dkim_signer: [dkim] parsing, signing-domain choice, key set-up, and signatures dkimpy verifies.
+"""gateway.dkim.signer: [dkim] parsing, signing-domain choice, key set-up, and signatures dkimpy verifies.
 
 Independent verifiers (Mail::DKIM, rspamd) over the whole corpus are in
 tests/policies/test_dkim_interop.py; here dkimpy's ``dkim.verify`` checks the
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway import config as gateway_config
-from gateway.dkim_keys import dns_txt_value, generate_key, load_private_key
-from gateway.dkim_signer import (
+from gateway.dkim.keys import dns_txt_value, generate_key, load_private_key
+from gateway.dkim.signer import (
     OVERSIGNED_FIELDS,
     SIGNED_FIELDS,
     DkimSettings,

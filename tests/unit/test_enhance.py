@@ -1,4 +1,4 @@
-"""gateway.smtp_server.enhance: every reply aiosmtpd writes itself gets a valid RFC 3463 code.
+"""gateway.smtpd.protocol.enhance: every reply aiosmtpd writes itself gets a valid RFC 3463 code.
 
 The reply texts are read from the installed aiosmtpd's source, so an upgrade that
 adds a new reply is checked too (aiosmtpd qa/test_1testsuite.py: test_enhanced).
@@ -15,7 +15,7 @@ import pytest
 
 import gateway.reply
 from gateway.reply import Reply, parse_reply_line
-from gateway.smtp_server import enhance
+from gateway.smtpd.protocol import enhance
 
 _REPLY_START = re.compile(r"^[2-5]\d\d[ -]")
 # Sample values for the placeholders in aiosmtpd's format strings, in order of appearance.

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from gateway.smtp_server import ConnectionLimiter, GatewaySMTP
+from gateway.smtpd.protocol import ConnectionLimiter, GatewaySMTP
 
 # Hypothesis' own caches (constants, Unicode tables) go to /tmp, not into the working tree.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-unit")

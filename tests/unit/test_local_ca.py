@@ -1,4 +1,4 @@
-"""gateway.local_ca: files, modes, renewal, and a real handshake with the result."""
+"""gateway.tls.local_ca: files, modes, renewal, and a real handshake with the result."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
-from gateway.local_ca import LocalCertificates, certificate_not_after, ensure_local_certificates
-from gateway.tls import server_context
+from gateway.tls.local_ca import LocalCertificates, certificate_not_after, ensure_local_certificates
+from gateway.tls.context import server_context
 
 HOSTNAME = "mx.example.test"
 TIMEOUT = 10.0

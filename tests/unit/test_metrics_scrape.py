@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gateway import metrics
-from gateway.health import HealthCheck
-from gateway.http_server import MetricsServer
+from gateway.ops.health import HealthCheck
+from gateway.ops.http_server import MetricsServer
 from gateway.spool import QueueState, Spool, new_queue_id
 from tests.unit.test_spool import MESSAGE, NOW, make_entry
 

@@ -10,7 +10,7 @@ import psutil
 from gateway.config import build
 from gateway.envelope import ClientInfo
 from gateway.networks import NetworkSet, interface_networks
-from gateway.policy import PolicyContext
+from gateway.pipeline.policy import PolicyContext
 from policies.relay_access import RelayAccess
 
 

@@ -1,4 +1,4 @@
-"""gateway.pipeline rules with small fake policies, and policies.relay_access (Postfix relay rules)."""
+"""gateway.pipeline.runner rules with small fake policies, and policies.relay_access (Postfix relay rules)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from gateway import reply as replies
 from gateway.config import build
 from gateway.envelope import ClientInfo, Envelope
 from gateway.networks import NetworkSet
-from gateway.pipeline import PolicyEntry, Pipeline, StageResult
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.runner import PolicyEntry, Pipeline, StageResult
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import ACCEPT, CONTINUE, Action, HeaderEdit, Verdict, strongest
 from policies import REGISTRY
@@ -180,7 +180,7 @@ def test_data_without_objection_is_accept() -> None:
 def test_raising_policy_gives_451_4_3_0(caplog: pytest.LogCaptureFixture) -> None:
     after = named(ACCEPT, "after")
     pipeline = Pipeline([named(CONTINUE, "before"), Raising(), after])
-    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline.runner"):
         result = run(pipeline.rcpt(make_ctx(), "b@example.net"))
         data = run(pipeline.data(make_ctx(), b"x"))
     for outcome in (result, data):
@@ -200,7 +200,7 @@ def test_slow_policy_times_out_with_451_4_7_1(caplog: pytest.LogCaptureFixture) 
     after = named(ACCEPT, "after")
     pipeline = Pipeline([PolicyEntry(slow, timeout=0.05), after])
 
-    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline.runner"):
         result = run(pipeline.mail(make_ctx(), "a@example.org"))
     assert result.verdict.action is Action.TEMPFAIL
     assert result.verdict.reply == replies.TEMP_POLICY_FAILURE

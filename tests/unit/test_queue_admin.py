@@ -1,4 +1,4 @@
-"""gateway.queue_admin on a real spool in tmp_path: list, show, hold, release, flush, delete."""
+"""gateway.ops.queue_admin on a real spool in tmp_path: list, show, hold, release, flush, delete."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import queue_admin
+from gateway.ops import queue_admin
 from gateway.envelope import ClientInfo
 from gateway.errors import NotInQueue, SpoolError
-from gateway.queue_admin import MessageBusy, QueueRow, delete, flush, format_list, hold, release, rows, show
+from gateway.ops.queue_admin import MessageBusy, QueueRow, delete, flush, format_list, hold, release, rows, show
 from gateway.reply import Reply
 from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 
@@ -286,7 +286,7 @@ def test_module_lists_every_state() -> None:
 
 
 def test_queue_list_shows_control_characters_and_undecodable_bytes_cat_v_style() -> None:
-    from gateway.queue_admin import QueueRow, format_list
+    from gateway.ops.queue_admin import QueueRow, format_list
 
     row = QueueRow(queue_id="661D365E7D83F0E168B", state="deferred", size=10, arrival=0.0,
                    sender="\x1b]0;x\x07@example.com", recipients=("raw\udc9bbyte@example.org", "ok@example.org"),

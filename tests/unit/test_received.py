@@ -1,4 +1,4 @@
-"""gateway.received: the Received: field, and its date cached per second byte-identical to the stdlib's."""
+"""gateway.pipeline.received: the Received: field, and its date cached per second byte-identical to the stdlib's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from gateway.envelope import ClientInfo
-from gateway.received import received_header, rfc5322_date
+from gateway.pipeline.received import received_header, rfc5322_date
 
 # Hypothesis' own caches go to /tmp, not into the working tree.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-unit")

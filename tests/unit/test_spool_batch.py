@@ -60,14 +60,16 @@ def test_commit_many_shares_the_directory_fsyncs(fsync_spool: Spool, fsync_count
     spool = fsync_spool
     batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(10)]
     batch.append(PendingCommit(make_entry(), MESSAGE, QueueState.HOLD))
+    sent = {pending.entry.queue_id: pending.message for pending in batch}
     spool.commit_many(batch)
     assert [p.error for p in batch] == [None] * 11
+    assert all(pending.message == b"" for pending in batch)  # written: not kept as long as the batch
     # one fsync per message file and per record, then data/ once, incoming/ once and hold/ once
     assert len(fsync_count) == 2 * 11 + 3
     for pending in batch:
         stored = spool.read(pending.entry.queue_id, pending.state)
-        assert spool.read_message(stored) == pending.message
-        assert stored.message_size == len(pending.message)
+        assert spool.read_message(stored) == sent[pending.entry.queue_id]
+        assert stored.message_size == len(sent[pending.entry.queue_id])
 
 
 def test_one_failed_message_does_not_fail_the_batch(spool: Spool) -> None:
@@ -181,11 +183,13 @@ def test_syncfs_method_makes_two_syncfs_calls_per_batch_and_no_fsync(
 
     monkeypatch.setattr(store, "_syncfs", counting_syncfs)
     batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(8)]
+    sent = {pending.entry.queue_id: pending.message for pending in batch}
     spool.commit_many(batch)
     assert [p.error for p in batch] == [None] * 8
     assert len(calls) == 2 and fsync_count == []
     for pending in batch:
-        assert spool.read_message(spool.read(pending.entry.queue_id, QueueState.INCOMING)) == pending.message
+        assert spool.read_message(spool.read(pending.entry.queue_id, QueueState.INCOMING)) == \
+            sent[pending.entry.queue_id]
 
 
 def test_failed_syncfs_fails_the_whole_batch_and_leaves_nothing(

@@ -1,4 +1,4 @@
-"""gateway.tls: real TLS handshakes over 127.0.0.1 against the contexts it builds."""
+"""gateway.tls.context: real TLS handshakes over 127.0.0.1 against the contexts it builds."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
-from gateway.local_ca import ensure_local_certificates
-from gateway.tls import (
+from gateway.tls.local_ca import ensure_local_certificates
+from gateway.tls.context import (
     client_context,
     normalize_fingerprint,
     peer_certificate_fingerprints,

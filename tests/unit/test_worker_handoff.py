@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 from gateway.config import build
-from gateway.dns import make_resolver
-from gateway.pipelines import build_pipelines
+from gateway.resolver import make_resolver
+from gateway.pipeline.build import build_pipelines
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
-from gateway.smtp_handler import SmtpHandler
+from gateway.smtpd.handler import SmtpHandler
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
-from gateway.tls import client_context
+from gateway.tls.context import client_context
 from tests.harness.smtp_sink import SmtpSink
 from tests.unit.test_spool import make_entry
 

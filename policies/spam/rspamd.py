@@ -9,7 +9,7 @@ rspamd treats a missing one as unknown. A loopback ``IP``, or one in rspamd's
 SPF/DKIM/DMARC/HFILTER (see shared/test-peers.md §3).
 
 With ``use_actions = false`` (default) the score goes through
-:class:`~policies.spam_levels.SpamLevels` (engine ``rspamd``), with
+:class:`~policies.spam.levels.SpamLevels` (engine ``rspamd``), with
 ``[spam_levels]``'s ``subject_tag`` and ``kill_action`` but rspamd's own scale
 for the levels: ``tag_level`` 2.0, ``tag2_level`` 6.0 (rspamd's ``add header``)
 and ``kill_level`` 15.0 (rspamd's ``reject``), each settable in ``[rspamd]``.
@@ -58,11 +58,11 @@ from multidict import CIMultiDict
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
-from gateway.settings import ON_ERROR_CHOICES, Section
+from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, Verdict
-from policies.spam_levels import SpamLevels
+from policies.spam.levels import SpamLevels
 
 SECTION = "rspamd"
 # rspamd's own scale (its default actions: add header 6, reject 15)

@@ -29,7 +29,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import field_name, raw_fields
 from gateway.reply import Reply
-from gateway.settings import Section
+from gateway.pipeline.section import Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 
 SECTION = "spam_levels"

@@ -28,18 +28,18 @@ from gateway import metrics
 from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
-from gateway.dkim_signer import DkimSigner
+from gateway.dkim.signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.message import MessageText, edited_parts, insert_fields, message_size, received_count
-from gateway.pipelines import Pipelines
-from gateway.policy import PolicyContext
-from gateway.received import received_header
+from gateway.pipeline.build import Pipelines
+from gateway.pipeline.policy import PolicyContext
+from gateway.pipeline.received import received_header
 from gateway.reply import Reply
-from gateway.smtp_server import GatewaySMTP
+from gateway.smtpd.protocol import GatewaySMTP
 from gateway.spool import QueueState, RecipientStatus, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
-from gateway.tls import peer_certificate_fingerprints, tls_session_info
+from gateway.tls.context import peer_certificate_fingerprints, tls_session_info
 from gateway.verdict import Action, HeaderEdit, Verdict
 
 log = logging.getLogger("gateway.smtpd")
@@ -278,6 +278,8 @@ class SmtpHandler:
         ctx = self._ctx(server)
         assert ctx.envelope is not None and ctx.queue_id is not None
         content = envelope.original_content or b""
+        # From here only this frame holds the text: a large message is freed as soon as it is committed.
+        envelope.original_content = envelope.content = None
         recipients = list(ctx.envelope.recipients)
         summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
                    f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
@@ -337,6 +339,7 @@ class SmtpHandler:
             self._count_reject("data", Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="spool_error"))
             log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
             return str(replies.INTERNAL_ERROR)
+        del content, parts, message  # committed: the worker reads it from the spool, or has its own bytes
         metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
         metrics.RECEIVED_BYTES.inc(size)
         log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",

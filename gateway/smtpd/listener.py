@@ -13,10 +13,10 @@ from functools import partial
 from pathlib import Path
 
 from gateway.config import ListenerConfig
-from gateway.data_reader import MemoryBudget
-from gateway.smtp_handler import SmtpHandler
-from gateway.smtp_server import ConnectionLimiter, GatewaySMTP
-from gateway.tls import ServerTls
+from gateway.smtpd.data_reader import MemoryBudget
+from gateway.smtpd.handler import SmtpHandler
+from gateway.smtpd.protocol import ConnectionLimiter, GatewaySMTP
+from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway.listener")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 
-from gateway.local_ca import certificate_not_after
+from gateway.tls.local_ca import certificate_not_after
 
 CERTIFICATE_MARGIN = 3 * 86400.0  # seconds a certificate must still be valid
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.config import Config, Network, parse_network
-from gateway.dkim_signer import DkimSettings, DkimSigner
+from gateway.dkim.signer import DkimSettings, DkimSigner
 from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet
-from gateway.pipeline import Pipeline, PolicyEntry
-from gateway.policy import Policy
-from gateway.settings import Section
+from gateway.pipeline.runner import Pipeline, PolicyEntry
+from gateway.pipeline.policy import Policy
+from gateway.pipeline.section import Section
 
 VIRUS_SCANNERS = frozenset({"antivirus"})
 SPAM_SCANNERS = frozenset({"spamassassin", "rspamd"})

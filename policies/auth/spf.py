@@ -205,7 +205,7 @@ async def check_spf(ip: str, mail_from: str, helo: str, resolver: dns.resolver.B
         ip: the SMTP client's address (IPv4 or IPv6 text; IPv4-mapped IPv6 counts as IPv4).
         mail_from: the reverse-path without brackets; ``""`` for ``<>``.
         helo: the HELO/EHLO name the client gave (``""`` when none).
-        resolver: our resolver (:func:`gateway.dns.make_resolver`); its servers are asked.
+        resolver: our resolver (:func:`gateway.resolver.make_resolver`); its servers are asked.
         timeout: seconds for the whole evaluation; past it the result is ``temperror``.
 
     Returns:

@@ -6,11 +6,11 @@
   refused ``554 5.5.1`` instead of starting another handshake;
 * every TLS handshake (STARTTLS, and implicit TLS, which this class runs itself
   on the accepted plain connection instead of the listening socket's) takes the
-  listeners' current :class:`~gateway.tls.ServerTls` context, so a reload's new
+  listeners' current :class:`~gateway.tls.context.ServerTls` context, so a reload's new
   trust applies to the next handshake; a failed handshake is logged with the
   client, the listener and the fingerprints of the certificate it presented;
 * the whole DATA phase has its own timeout (``smtpd_data_timeout``), and the
-  message is read by :mod:`gateway.data_reader` (bounded memory, a budget
+  message is read by :mod:`gateway.smtpd.data_reader` (bounded memory, a budget
   shared by all sessions) instead of aiosmtpd's line list;
 * connections over ``smtpd_connection_limit`` or the per-client
   ``smtpd_client_connection_count_limit`` (per IPv4 address or IPv6 /64) are
@@ -39,8 +39,8 @@ from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from gateway import metrics
 from gateway import reply as replies
-from gateway.data_reader import DataOutcome, MemoryBudget, read_data
-from gateway.tls import ServerTls, presented_certificate_fingerprints
+from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
+from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
 
@@ -158,7 +158,7 @@ class GatewaySMTP(SMTP):
     """The SMTP protocol object of one connection.
 
     Args:
-        handler: the :class:`~gateway.smtp_handler.SmtpHandler`; its
+        handler: the :class:`~gateway.smtpd.handler.SmtpHandler`; its
             ``start_session(server)`` coroutine runs once the connection is up and
             returns a Reply to refuse the connection with, or None. Its
             ``listener_name`` names the listener in log lines.
@@ -390,12 +390,12 @@ class GatewaySMTP(SMTP):
         await self.push("502 5.5.1 Error: authentication not enabled")
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA with the gateway's reader (:mod:`gateway.data_reader`) instead of aiosmtpd's.
+        """DATA with the gateway's reader (:mod:`gateway.smtpd.data_reader`) instead of aiosmtpd's.
 
         The checks before the 354 and the hook call after the message are
         aiosmtpd's (``SMTP.smtp_DATA``), so the handler's ``handle_DATA`` sees the
         same envelope; only the reading differs: bounded memory, and the shared
-        :class:`~gateway.data_reader.MemoryBudget` (``452 4.3.1`` when used up).
+        :class:`~gateway.smtpd.data_reader.MemoryBudget` (``452 4.3.1`` when used up).
         """
         self._reset_timeout(self.data_timeout)
         if await self.check_helo_needed():
@@ -423,22 +423,25 @@ class GatewaySMTP(SMTP):
             await super().push(str(replies.SPOOL_FULL_CLOSING))
             self._writer.close()
             return
+        reserved, outcome, content = result.reserved, result.outcome, result.content
+        del result  # the handler and the envelope hold the text from here; it is freed when they let go
         try:
-            if result.outcome is not DataOutcome.COMPLETE:
-                refusal = enhance(_DATA_REFUSALS[result.outcome])
-                metrics.MESSAGES_REJECTED.labels("data", result.outcome.value, metrics.reply_class(int(refusal[:3]))).inc()
+            if outcome is not DataOutcome.COMPLETE:
+                refusal = enhance(_DATA_REFUSALS[outcome])
+                metrics.MESSAGES_REJECTED.labels("data", outcome.value, metrics.reply_class(int(refusal[:3]))).inc()
                 log.info("NOQUEUE: reject: DATA from %s: %s; from=<%s> to=%s", self._peer_text(), refusal,
                          self.envelope.mail_from, ",".join(f"<{r}>" for r in self.envelope.rcpt_tos))
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(refusal)
                 return
-            self.envelope.content = self.envelope.original_content = result.content
+            self.envelope.content = self.envelope.original_content = content
+            del content
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push("250 OK" if status is MISSING else status)
         finally:
             if self.data_budget is not None:
-                self.data_budget.give(result.reserved)
+                self.data_budget.give(reserved)
 
     def _peer_text(self) -> str:
         peer = self.session.peer if self.session is not None else None

@@ -29,7 +29,7 @@ from typing import Awaitable, Callable, Sequence
 from gateway import metrics
 from gateway import reply as replies
 from gateway.errors import ScannerError
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.verdict import ACCEPT, Action, HeaderEdit, Verdict, strongest
 
 log = logging.getLogger("gateway.pipeline")

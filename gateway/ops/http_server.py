@@ -1,7 +1,7 @@
 """The metrics and health HTTP listener: ``GET /metrics`` and ``GET /healthz`` (HTTP/1.1, RFC 9112).
 
 Default ``metrics_listen = "127.0.0.1:9464"``; an empty value turns it off.
-``/healthz`` answers 200 when every check of :mod:`gateway.health` passes,
+``/healthz`` answers 200 when every check of :mod:`gateway.ops.health` passes,
 503 otherwise, with one line per check naming the failing one.
 
 Two fixed pages need little of HTTP, and the little must hold against a client
@@ -22,7 +22,7 @@ from typing import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
-from gateway.health import HealthCheck, report
+from gateway.ops.health import HealthCheck, report
 
 log = logging.getLogger("gateway.http")
 

@@ -3,7 +3,7 @@
 At DATA the message goes to spamd with a ``SYMBOLS`` request (aiospamc); the
 answer's ``Spam: True ; 1000.0 / 5.0`` header gives the score (spamd's own
 threshold is ignored) and the body the comma-separated rule names. The score
-becomes a verdict through :class:`~policies.spam_levels.SpamLevels`.
+becomes a verdict through :class:`~policies.spam.levels.SpamLevels`.
 
 The aiospamc client (a plain-TCP connection manager) is built once per policy
 and shared by all messages; it holds no connection, opening one per request.
@@ -35,11 +35,11 @@ from aiospamc.requests import Request  # type: ignore[import-untyped]
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
-from gateway.policy import Policy, PolicyContext
-from gateway.settings import ON_ERROR_CHOICES, Section
+from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.units import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
-from policies.spam_levels import SpamLevels
+from policies.spam.levels import SpamLevels
 
 SECTION = "spamassassin"
 _KNOWN = {"address", "timeout", "on_error", "max_size", "user"}

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.settings import Section
+from gateway.pipeline.section import Section
 
 __all__ = [
     "ALGORITHMS", "KeyFile", "PrivateKey", "dns_name", "dns_record", "dns_txt_value", "ensure_key",

@@ -20,7 +20,7 @@ and for each sending domain:
 - ``DMARC``: one TXT record at ``_dmarc.<domain>`` starting with ``v=DMARC1``
   (RFC 7489 §6.6.3).
 
-Every lookup goes through :func:`gateway.dns.make_resolver` (so
+Every lookup goes through :func:`gateway.resolver.make_resolver` (so
 ``dns_nameservers`` applies). A DNS error (timeout, SERVFAIL) makes that check
 fail with the error as detail; it never aborts the run.
 """
@@ -42,11 +42,11 @@ import dns.resolver
 import dns.reversename
 import spf  # type: ignore[import-untyped]
 
-from gateway import dkim_keys
+from gateway.dkim import keys as dkim_keys
 from gateway.config import Config
-from gateway.dns import make_resolver
+from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
-from gateway.settings import Section
+from gateway.pipeline.section import Section
 
 __all__ = ["CheckResult", "check_domains", "default_domains", "format_report"]
 
@@ -387,7 +387,7 @@ async def check_domains(config: Config, domains: Sequence[str], *, key_directory
     Args:
         config: ``myhostname`` is the gateway host, ``dns_nameservers`` the servers asked.
         domains: sending domains (lowercase, no trailing dot).
-        key_directory: where DKIM keys are (default: :func:`gateway.dkim_keys.key_directory`).
+        key_directory: where DKIM keys are (default: :func:`gateway.dkim.keys.key_directory`).
         timeout: seconds one DNS query may take in all (dnspython lifetime).
 
     Returns:

@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from gateway.config import Config
-from gateway.dkim_keys import (
+from gateway.dkim.keys import (
     DEFAULT_RSA_BITS,
     MAX_RSA_BITS,
     MIN_RSA_BITS,
@@ -78,7 +78,7 @@ from gateway.dkim_keys import (
     load_private_key,
 )
 from gateway.errors import ConfigError
-from gateway.settings import Section
+from gateway.pipeline.section import Section
 
 __all__ = [
     "ALGORITHMS",

@@ -44,8 +44,8 @@ import dns.asyncresolver
 from publicsuffixlist import PublicSuffixList
 
 from gateway.message import field_name, field_value, raw_fields
-from policies.dkim_verify import DkimResult, DnsTempError, resolve_txt
-from policies.spf import SpfResult, valid_domain
+from policies.auth.dkim_verify import DkimResult, DnsTempError, resolve_txt
+from policies.auth.spf import SpfResult, valid_domain
 
 __all__ = ["DMARC_RESULTS", "MAX_AUTHOR_DOMAINS", "POLICIES", "DmarcRecord", "DmarcResult", "check_dmarc",
            "evaluate_dmarc", "from_domains", "organizational_domain", "parse_record", "strictest"]

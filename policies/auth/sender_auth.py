@@ -4,9 +4,9 @@ For mail from untrusted clients (``ctx.client.trusted`` is False; trusted,
 i.e. outbound, mail is skipped) the policy runs at DATA:
 
 1. SPF of the MAIL FROM identity, or of HELO for the null sender
-   (:mod:`policies.spf`), together with DKIM verification of every signature
-   (:mod:`policies.dkim_verify`) and, with ``arc = true``, ARC chain validation;
-2. DMARC for the RFC5322.From domain(s) from those results (:mod:`policies.dmarc`);
+   (:mod:`policies.auth.spf`), together with DKIM verification of every signature
+   (:mod:`policies.auth.dkim_verify`) and, with ``arc = true``, ARC chain validation;
+2. DMARC for the RFC5322.From domain(s) from those results (:mod:`policies.auth.dmarc`);
 3. it returns one ``Authentication-Results`` field (RFC 8601), prepended, e.g.::
 
        Authentication-Results: mx.example.net;
@@ -55,16 +55,16 @@ from typing import ClassVar
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.dns import make_resolver
+from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.message import field_name, field_value, raw_fields
-from gateway.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
-from gateway.settings import ON_ERROR_CHOICES, Section
+from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
-from policies.dkim_verify import ArcResult, DkimResult, verify_arc, verify_dkim
-from policies.dmarc import DmarcResult, evaluate_dmarc, strictest
-from policies.spf import SpfResult, check_spf
+from policies.auth.dkim_verify import ArcResult, DkimResult, verify_arc, verify_dkim
+from policies.auth.dmarc import DmarcResult, evaluate_dmarc, strictest
+from policies.auth.spf import SpfResult, check_spf
 
 __all__ = ["AR_HEADER", "QUARANTINE_HEADER", "AuthResults", "SenderAuthentication", "authserv_id_of",
            "forged_fields", "format_authentication_results"]

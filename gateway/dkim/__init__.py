@@ -1,0 +1,1 @@
+"""DKIM signing of outbound mail: the signer and its keys."""

@@ -1,0 +1,1 @@
+"""Migrations from other set-ups: the ServerContainers mail-gateway image's environment."""

@@ -1,0 +1,1 @@
+"""Policies and how they run: the policy interface, the pipeline runner, building the pipelines from the config, the Received: field."""

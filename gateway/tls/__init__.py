@@ -1,0 +1,1 @@
+"""TLS: SSL contexts for the listeners and the relay client, certificate fingerprints, the local CA."""

@@ -1,0 +1,1 @@
+"""Spam scoring: SpamAssassin (spamd), rspamd, and the amavis-style levels both use."""
