@@ -33,6 +33,7 @@ from gateway.config import Config
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.ops.http_server import MetricsServer
+from gateway.ops.queue_metrics import watch_spool
 from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.smtpd.listener import Listener
@@ -151,7 +152,7 @@ class Gateway:
                                   f"an address this host can listen on ({error.strerror})") from None
             self.handlers.append(handler)
             self.listeners.append(listener)
-        metrics.watch_spool(self.spool)
+        watch_spool(self.spool)
         if config.metrics_listen:
             self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health)
             try:

@@ -18,12 +18,13 @@ from prometheus_client.registry import Collector
 
 from gateway import metrics
 from gateway.ops.health import HealthCheck
+from gateway.ops import queue_metrics
 from gateway.ops.http_server import MetricsServer
 from gateway.spool import QueueState, Spool, new_queue_id
 from tests.unit.test_spool import MESSAGE, NOW, make_entry
 
 
-def gauges(collector: metrics.SpoolCollector) -> dict[tuple[str, str], float]:
+def gauges(collector: queue_metrics.SpoolCollector) -> dict[tuple[str, str], float]:
     """{(sample name, state label or ""): value} of one collect()."""
     return {(sample.name, sample.labels.get("state", "")): sample.value
             for family in collector.collect() for sample in family.samples}
@@ -37,7 +38,7 @@ def spool(tmp_path: Path) -> Spool:
 
 
 def test_empty_spool(spool: Spool) -> None:
-    values = gauges(metrics.SpoolCollector(spool, clock=lambda: NOW))
+    values = gauges(queue_metrics.SpoolCollector(spool, clock=lambda: NOW))
     assert {state.value: values[("gateway_queue_messages", state.value)] for state in QueueState} == {
         state.value: 0 for state in QueueState}
     assert values[("gateway_queue_oldest_message_age_seconds", "")] == 0.0
@@ -51,7 +52,7 @@ def test_counts_oldest_age_and_bytes(spool: Spool) -> None:
     spool.commit(make_entry(new_queue_id(NOW - 10)), MESSAGE, QueueState.HOLD)
     spool.commit(make_entry(new_queue_id(NOW - 1000)), MESSAGE, QueueState.CORRUPT)  # no age: never delivered
     (spool.state_dir(QueueState.DEFERRED) / "notes.json").write_text("{}")  # not a record: not counted
-    values = gauges(metrics.SpoolCollector(spool, clock=lambda: NOW))
+    values = gauges(queue_metrics.SpoolCollector(spool, clock=lambda: NOW))
     assert {state.value: values[("gateway_queue_messages", state.value)] for state in QueueState} == {
         "incoming": 1, "active": 0, "deferred": 2, "hold": 1, "corrupt": 1}
     assert values[("gateway_queue_oldest_message_age_seconds", "")] == pytest.approx(100.0, abs=1e-3)
