@@ -47,6 +47,7 @@ from gateway.smtpd.handler import SmtpHandler
 from gateway.smtpd.protocol import ConnectionLimiter
 from gateway.spool import Spool
 from gateway.spool.batcher import SpoolBatcher
+from gateway.spool.intake import Intake
 from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway")
@@ -79,6 +80,7 @@ class Gateway:
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
         self.batcher: SpoolBatcher | None = None
+        self.intake: Intake | None = None
         self.worker_task: asyncio.Task[None] | None = None
         self.pipelines: Pipelines | None = None
         self.cert_file: Path | None = None
@@ -138,9 +140,10 @@ class Gateway:
         self.router, self.client = router, client
         self.batcher = SpoolBatcher(self.spool)
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
+        self.intake = Intake(self.batcher, self.worker)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         for listener_config in config.listeners:
-            handler = SmtpHandler(config, listener_config.name, pipelines, self.batcher, self.worker,
+            handler = SmtpHandler(config, listener_config.name, pipelines, self.intake,
                                   tls_mode=listener_config.tls)
             listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout,
                                 self.data_budget, self.spool.tmp_dir, config.smtpd_starttls_timeout)
@@ -243,7 +246,7 @@ class Gateway:
             for session in list(handler.sessions):
                 if session.transport is not None:
                     session.transport.close()
-        commits = [c for h in self.handlers for c in h.commits]
+        commits = list(self.intake.commits) if self.intake is not None else []
         if commits:
             await asyncio.gather(*commits, return_exceptions=True)
         if self.batcher is not None:

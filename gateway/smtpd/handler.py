@@ -4,23 +4,20 @@ This is the one seam to aiosmtpd (policies never import it). Every outcome is
 turned into a :class:`~gateway.reply.Reply` here; an unexpected exception
 becomes ``451 4.3.0`` with a generic text (never the exception text).
 
-The spool commit is batched with other sessions' commits (group commit,
-:mod:`gateway.spool.batcher`), runs in a spool thread and is shielded from
-cancellation: aiosmtpd cancels ``handle_DATA`` when the client disconnects or
-times out, but a commit that has started always finishes and the message is
-then delivered, even if the 250 never reached the client (a duplicate is
-acceptable, a loss is not).
+The message is assembled by :func:`gateway.pipeline.finish.finish` (Received:,
+edits, DKIM) and committed through :class:`gateway.spool.intake.Intake`, whose
+commit is shielded: aiosmtpd cancels ``handle_DATA`` when the client disconnects
+or times out, but a commit that has started always finishes and the message is
+then delivered, even if the 250 never reached the client.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
@@ -28,51 +25,29 @@ from gateway import metrics
 from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
-from gateway.dkim.signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import MessageText, edited_parts, insert_fields, message_size, received_count
+from gateway.message import message_size, received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
+from gateway.pipeline.finish import finish
 from gateway.pipeline.received import received_header
 from gateway.reply import Reply
 from gateway.smtpd.protocol import GatewaySMTP
 from gateway.spool import QueueState, RecipientStatus, SpoolEntry, new_queue_id
-from gateway.spool.batcher import SpoolBatcher
+from gateway.spool.intake import Intake
 from gateway.tls.context import peer_certificate_fingerprints, tls_session_info
 from gateway.verdict import Action, HeaderEdit, Verdict
 
 log = logging.getLogger("gateway.smtpd")
 
-# DKIM signing only: a hung scanner in asyncio's default pool cannot hold up signatures.
-_SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
-
-
 # Never deliverable, and unsafe in logs and terminals: ASCII and C1 controls, line/paragraph
 # separators, and surrogates (bytes that were not UTF-8, kept by aiosmtpd's surrogateescape).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-# Messages up to this size go to the relay worker in memory; larger ones are read back from the spool.
-HANDOVER_MAX_BYTES = 1 << 20
 
 
 def _addresses(recipients: list[str]) -> str:
     return ",".join(f"<{r}>" for r in recipients)
-
-
-class DeliveryIntake(Protocol):
-    """What the handler needs of the relay worker (:class:`gateway.relay.worker.RelayWorker`)."""
-
-    def reserve(self, size: int) -> bool:
-        """Reserve ``size`` bytes of in-memory hand-over room; False when there is none."""
-
-    def release(self, size: int) -> None:
-        """Give back a reservation whose commit failed."""
-
-    def accept(self, entry: SpoolEntry, message: bytes) -> None:
-        """Take a message committed into ``active/`` under a reservation."""
-
-    def notify(self, entry: SpoolEntry) -> None:
-        """Learn of a message committed into ``incoming/``."""
 
 
 class SmtpHandler:
@@ -82,19 +57,17 @@ class SmtpHandler:
         config: the gateway configuration.
         listener_name: the listener's name, recorded in ClientInfo and logs.
         pipelines: the access pipeline and the content pipelines per direction.
-        batcher: commits accepted mail to the spool (group commit).
-        intake: the relay worker, which takes committed messages.
+        intake: commits accepted mail and hands it to the relay worker.
+        tls_mode: the listener's TLS mode, for the connection metric.
     """
 
-    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, batcher: SpoolBatcher,
-                 intake: DeliveryIntake, tls_mode: str = "none") -> None:
+    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, intake: Intake,
+                 tls_mode: str = "none") -> None:
         self.config = config
         self.listener_name = listener_name
         self.tls_mode = tls_mode
         self.pipelines = pipelines
-        self.batcher = batcher
         self.intake = intake
-        self.commits: set[asyncio.Future[None]] = set()
         self.sessions: set[GatewaySMTP] = set()
 
     # ---- connection life ----
@@ -232,7 +205,7 @@ class SmtpHandler:
         (Postfix ``smtpd_check_size``): better 452 at MAIL than after the whole DATA.
         """
         try:
-            free = self.batcher.spool.free_bytes()
+            free = self.intake.batcher.spool.free_bytes()
         except OSError:
             return True  # the commit will tell
         minfree = self.config.queue_minfree
@@ -313,15 +286,9 @@ class SmtpHandler:
         edits = result.headers
         if verdict.action is Action.HOLD and verdict.headers != HeaderEdit():
             edits += (verdict.headers,)  # held mail keeps what the holding policy added or removed
-        parts = edited_parts(content, trace, edits)
-        signer = self.pipelines.signer
-        message: MessageText
-        if signer is not None and ctx.envelope.direction is Direction.OUTBOUND:
-            message = await self._sign(signer, ctx.queue_id, b"".join(parts))
-        elif len(content) > HANDOVER_MAX_BYTES:
-            message = parts  # written as pieces: no second copy of a large message in memory
-        else:
-            message = b"".join(parts)
+        outbound = ctx.envelope.direction is Direction.OUTBOUND
+        message = await finish(content, trace, edits, signer=self.pipelines.signer if outbound else None,
+                               queue_id=ctx.queue_id)
         size = message_size(message)
         entry = SpoolEntry(
             queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
@@ -330,7 +297,7 @@ class SmtpHandler:
             hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
         state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING
         try:
-            await self._commit(entry, message, state)
+            await self.intake.commit(entry, message, state)
         except SpoolFullError as error:
             self._count_reject("data", Verdict(Action.TEMPFAIL, replies.SPOOL_FULL, reason="spool_full"))
             log.error("%s, result=tempfail (%s): %s", summary, replies.SPOOL_FULL, error)
@@ -339,47 +306,13 @@ class SmtpHandler:
             self._count_reject("data", Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="spool_error"))
             log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
             return str(replies.INTERNAL_ERROR)
-        del content, parts, message  # committed: the worker reads it from the spool, or has its own bytes
+        del content, message  # committed: the worker reads it from the spool, or has its own bytes
         metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
         metrics.RECEIVED_BYTES.inc(size)
         log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",
                  f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
         ctx.queue_id = None
         return str(replies.queued(entry.queue_id))
-
-    @staticmethod
-    async def _sign(signer: DkimSigner, queue_id: str, message: bytes) -> bytes:
-        # In threads of its own: OpenSSL's RSA/Ed25519 step and the hashing of large messages
-        # release the GIL, so the event loop serves other sessions meanwhile, on the other core.
-        signatures = await asyncio.get_running_loop().run_in_executor(
-            _SIGNING_THREADS, signer.signatures, message)
-        for signature in signatures:
-            metrics.DKIM_SIGNATURES.labels(signature.domain, signature.algorithm).inc()
-            log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, signature.domain, signature.algorithm)
-        return insert_fields(message, b"".join(signature.field for signature in signatures))
-
-    async def _commit(self, entry: SpoolEntry, message: MessageText, state: QueueState) -> None:
-        # With room at the worker the message goes straight to active/ and its bytes to the worker;
-        # a large one (in pieces) waits in incoming/ and the worker reads it from the spool.
-        handed_over = (state is QueueState.INCOMING and isinstance(message, bytes)
-                       and self.intake.reserve(len(message)))
-        commit = self.batcher.submit(entry, message, QueueState.ACTIVE if handed_over else state)
-        self.commits.add(commit)
-
-        def finished(future: asyncio.Future[None]) -> None:
-            self.commits.discard(future)
-            succeeded = not future.cancelled() and future.exception() is None
-            if handed_over:
-                assert isinstance(message, bytes)
-                if succeeded:
-                    self.intake.accept(entry, message)
-                else:
-                    self.intake.release(len(message))
-            elif succeeded and state is QueueState.INCOMING:
-                self.intake.notify(entry)
-        commit.add_done_callback(finished)
-        # The shield keeps the commit (and the hand-off) running if the client goes away.
-        await asyncio.shield(commit)
 
     async def handle_exception(self, error: Exception) -> str:
         """Any unexpected error: log it, answer ``451 4.3.0`` without internals."""

@@ -15,10 +15,8 @@ import time
 
 import pytest
 
-from gateway.config import build
 from gateway.envelope import ClientInfo
-from gateway.pipeline.build import build_pipelines
-from gateway.smtpd.handler import SmtpHandler
+from gateway.spool.intake import Intake
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
 from tests.unit.test_spool_batch import slowed
@@ -55,14 +53,14 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
     started = threading.Event()
     slowed(spool, 0.3, started)
     intake = RecordingIntake(room)
-    handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), SpoolBatcher(spool), intake)
+    committer = Intake(SpoolBatcher(spool), intake)
     entry = SpoolEntry(queue_id=new_queue_id(), arrival=time.time(), sender="a@example.com",
                        recipients=[RecipientStatus("b@example.org")],
                        client=ClientInfo(ipaddress.ip_address("127.0.0.1"), 1, "smtp"),
                        message_size=0, message_sha256="")
 
     async def scenario() -> None:
-        task = asyncio.create_task(handler._commit(entry, b"Subject: x\r\n\r\nbody\r\n", QueueState.INCOMING))
+        task = asyncio.create_task(committer.commit(entry, b"Subject: x\r\n\r\nbody\r\n", QueueState.INCOMING))
         await asyncio.to_thread(started.wait, 5)
         task.cancel()  # what aiosmtpd does when the client goes away
         try:
@@ -70,7 +68,7 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
         except asyncio.CancelledError:
             pass
         assert task.cancelled()
-        while handler.commits:  # the shielded commit goes on
+        while committer.commits:  # the shielded commit goes on
             await asyncio.sleep(0.05)
 
     asyncio.run(scenario())

@@ -1,7 +1,7 @@
 """The relay worker's in-memory hand-over: messages committed straight into active/ are delivered from memory.
 
 A real relay worker delivers to a real SMTP sink on 127.0.0.1 (tests/harness/smtp_sink.py);
-the messages come through the SMTP handler's own commit step (``SmtpHandler._commit``: reserve,
+the messages come through the commit step the SMTP handler uses (``Intake.commit``: reserve,
 group commit, accept or notify) without an SMTP session in front, so the hand-over room can be
 set small.
 """
@@ -14,11 +14,10 @@ from pathlib import Path
 
 from gateway.config import build
 from gateway.resolver import make_resolver
-from gateway.pipeline.build import build_pipelines
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
-from gateway.smtpd.handler import SmtpHandler
+from gateway.spool.intake import Intake
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.tls.context import client_context
@@ -68,9 +67,9 @@ def test_handed_over_and_spooled_messages_are_all_delivered(tmp_path: Path) -> N
             notified: list[str] = []
             notify = worker.notify
             worker.notify = lambda entry: (notified.append(entry.queue_id), notify(entry))  # type: ignore[method-assign]
-            handler = SmtpHandler(build({}), "smtp", build_pipelines(build({})), worker.batcher, worker)
-            commits = [asyncio.create_task(handler._commit(make_entry(arrival=time.time(), recipients=(r,)),
-                                                           MESSAGE, QueueState.INCOMING))
+            intake = Intake(worker.batcher, worker)
+            commits = [asyncio.create_task(intake.commit(make_entry(arrival=time.time(), recipients=(r,)),
+                                                         MESSAGE, QueueState.INCOMING))
                        for r in recipients]
             await asyncio.sleep(0)  # every commit has started: reserved its room or not
             handed = worker.handoff_bytes // len(MESSAGE)

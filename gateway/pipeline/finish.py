@@ -1,0 +1,58 @@
+"""The message as it goes to the spool: Received:, the policies' header edits, then DKIM, in that order.
+
+The signer runs last on outbound mail, after every field the gateway adds
+(maddy ``msgpipeline.Body`` order), so the signature covers them. Signing runs in
+two threads of its own: OpenSSL's RSA/Ed25519 step and the hashing of large
+messages release the GIL, so the event loop serves other sessions meanwhile, on
+the other core; a hung scanner in asyncio's default pool cannot hold it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway import metrics
+from gateway.dkim.signer import DkimSigner
+from gateway.message import MessageText, edited_parts, insert_fields
+from gateway.verdict import HeaderEdit
+
+log = logging.getLogger("gateway.smtpd")
+
+_SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
+# Messages up to this size become one bytes object (the worker can take it in memory);
+# larger ones stay pieces, the body a view of the received text, so it is never copied.
+HANDOVER_MAX_BYTES = 1 << 20
+
+
+async def finish(content: bytes, trace: bytes, edits: tuple[HeaderEdit, ...], *, signer: DkimSigner | None,
+                 queue_id: str) -> MessageText:
+    """The message to commit: ``trace`` (the Received: field) and the ``edits`` applied, signed by ``signer``.
+
+    Args:
+        content: the message as received.
+        trace: our Received: field, CRLF-terminated.
+        edits: the policies' header edits, in order.
+        signer: the DKIM signer for this message (outbound mail of a signing
+            domain), or None.
+        queue_id: for the log line of each signature.
+
+    Returns:
+        One ``bytes`` object, or for a large unsigned message the pieces that
+        make it (:func:`gateway.message.edited_parts`).
+    """
+    parts = edited_parts(content, trace, edits)
+    if signer is not None:
+        return await _sign(signer, queue_id, b"".join(parts))
+    if len(content) > HANDOVER_MAX_BYTES:
+        return parts
+    return b"".join(parts)
+
+
+async def _sign(signer: DkimSigner, queue_id: str, message: bytes) -> bytes:
+    signatures = await asyncio.get_running_loop().run_in_executor(_SIGNING_THREADS, signer.signatures, message)
+    for signature in signatures:
+        metrics.DKIM_SIGNATURES.labels(signature.domain, signature.algorithm).inc()
+        log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, signature.domain, signature.algorithm)
+    return insert_fields(message, b"".join(signature.field for signature in signatures))
