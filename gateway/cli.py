@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.dkim import keys as dkim_keys
+from gateway.dkim import settings as dkim_settings
 from gateway.ops import queue_admin
 from gateway.config import Config, describe, load
 from gateway.errors import ConfigError, GatewayError
@@ -109,7 +110,7 @@ def _queue(config: Config, args: argparse.Namespace) -> int:
 
 def _dkim(config: Config, args: argparse.Namespace) -> int:
     """``dkim genkey`` / ``dkim show``: keys under ``[dkim] key_directory``, records on stdout."""
-    directory = dkim_keys.key_directory(config)
+    directory = dkim_settings.key_directory(config)
     if args.dkim_command == "genkey":
         try:
             path = dkim_keys.key_path(directory, args.domain, args.selector, args.algorithm)

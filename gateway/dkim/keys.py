@@ -5,7 +5,7 @@ private key per file, unencrypted, mode 0600, directories 0700 (like
 OpenDKIM's ``opendkim-genkey`` output, but named so one directory can hold an
 RSA and an Ed25519 key for the same selector). The key directory is
 ``[dkim] key_directory`` (relative paths are taken against ``state_dir``),
-default ``<state_dir>/dkim``: see :func:`key_directory`.
+default ``<state_dir>/dkim``: see :func:`gateway.dkim.settings.key_directory`.
 
 The public half goes into DNS as a TXT record at
 ``<selector>._domainkey.<domain>`` (RFC 6376 §3.6.1; Ed25519 per RFC 8463 §4).
@@ -25,13 +25,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from gateway.config import Config
 from gateway.errors import ConfigError
-from gateway.pipeline.section import Section
 
 __all__ = [
     "ALGORITHMS", "KeyFile", "PrivateKey", "dns_name", "dns_record", "dns_txt_value", "ensure_key",
-    "generate_key", "key_directory", "key_path", "list_keys", "load_private_key", "txt_strings",
+    "generate_key", "key_path", "list_keys", "load_private_key", "txt_strings",
 ]
 
 ALGORITHMS = ("rsa", "ed25519")
@@ -76,18 +74,6 @@ def _algorithm(algorithm: str) -> str:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     return algorithm
-
-
-def key_directory(config: Config) -> Path:
-    """Where DKIM keys live: ``[dkim] key_directory``, default ``<state_dir>/dkim``.
-
-    A relative ``key_directory`` is taken against ``state_dir``.
-
-    Raises:
-        ConfigError: when ``dkim.key_directory`` is not a string.
-    """
-    section = Section("dkim", config.section("dkim"))
-    return section.path("key_directory", config.state_dir) or config.state_dir / "dkim"
 
 
 def key_path(key_directory: Path, domain: str, selector: str, algorithm: str) -> Path:

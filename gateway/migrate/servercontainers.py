@@ -542,7 +542,7 @@ class _Translator:
         reads its file), and ``[dkim]`` is validated without creating keys.
         """
         from gateway.config import build
-        from gateway.dkim.signer import DkimSettings
+        from gateway.dkim.settings import DkimSettings
         from gateway.pipeline.build import ScanSwitches
         from gateway.pipeline.section import Section
         from policies import REGISTRY

@@ -43,6 +43,7 @@ import dns.reversename
 import spf  # type: ignore[import-untyped]
 
 from gateway.dkim import keys as dkim_keys
+from gateway.dkim import settings as dkim_settings
 from gateway.config import Config
 from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
@@ -397,7 +398,7 @@ async def check_domains(config: Config, domains: Sequence[str], *, key_directory
     Raises:
         ConfigError: the ``[dkim]`` table's ``key_directory`` is not a string.
     """
-    keys = key_directory if key_directory is not None else dkim_keys.key_directory(config)
+    keys = key_directory if key_directory is not None else dkim_settings.key_directory(config)
     resolver = make_resolver(config, timeout)
     host = config.myhostname.lower().rstrip(".")
     address_result, addresses = await _check_addresses(resolver, host)

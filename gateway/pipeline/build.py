@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.config import Config, Network, parse_network
-from gateway.dkim.signer import DkimSettings, DkimSigner
+from gateway.dkim.settings import DkimSettings
+from gateway.dkim.signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet

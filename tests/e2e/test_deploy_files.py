@@ -231,7 +231,7 @@ def test_configmap_and_secrets_are_mounted_with_every_file_the_config_names():
 
 
 def test_configmap_gateway_toml_is_a_valid_gateway_config():
-    from gateway.dkim.signer import DkimSettings
+    from gateway.dkim.settings import DkimSettings
     from gateway.pipeline.build import ScanSwitches
     from policies import REGISTRY
 

@@ -40,7 +40,8 @@ import dkim
 import pytest
 
 from gateway import config as gateway_config
-from gateway.dkim.signer import DkimSettings, DkimSigner
+from gateway.dkim.settings import DkimSettings
+from gateway.dkim.signer import DkimSigner
 from gateway.message import field_name, insert_fields, mbox_separator, raw_fields
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from gateway.dkim import keys as dkim_keys
+from gateway.dkim.settings import key_directory
 from gateway.config import build
 from gateway.errors import ConfigError
 
@@ -206,10 +207,10 @@ def test_list_keys_finds_keys_and_ignores_other_files(tmp_path):
 
 
 def test_key_directory_from_config(tmp_path):
-    assert dkim_keys.key_directory(build({"state_dir": str(tmp_path)})) == tmp_path / "dkim"
-    assert (dkim_keys.key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "keys"}}))
+    assert key_directory(build({"state_dir": str(tmp_path)})) == tmp_path / "dkim"
+    assert (key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "keys"}}))
             == tmp_path / "keys")
-    assert (dkim_keys.key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "/etc/dkim"}}))
+    assert (key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "/etc/dkim"}}))
             == Path("/etc/dkim"))
     with pytest.raises(ConfigError, match="dkim.key_directory"):
-        dkim_keys.key_directory(build({"dkim": {"key_directory": 5}}))
+        key_directory(build({"dkim": {"key_directory": 5}}))

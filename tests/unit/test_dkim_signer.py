@@ -26,11 +26,11 @@ from gateway.dkim.keys import dns_txt_value, generate_key, load_private_key
 from gateway.dkim.signer import (
     OVERSIGNED_FIELDS,
     SIGNED_FIELDS,
-    DkimSettings,
     DkimSigner,
     author_domain,
     parse_message,
 )
+from gateway.dkim.settings import DkimSettings
 from gateway.errors import ConfigError
 
 BOTH = ["rsa-sha256", "ed25519-sha256"]
