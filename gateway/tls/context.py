@@ -5,7 +5,7 @@ certificates are requested when ``smtpd_tls_CAfile`` is set but never required,
 so a client without one still gets TLS.
 
 What OpenSSL does with a client certificate under ``CERT_OPTIONAL`` (checked by
-``tests/unit/test_tls.py`` against OpenSSL 3.0):
+``tests/unit/tls/test_tls.py`` against OpenSSL 3.0):
 
 * no certificate sent: the handshake succeeds, ``getpeercert()`` is ``None``;
 * a certificate that chains to ``smtpd_tls_CAfile`` (or is itself in that file):

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.dkim.keys import dns_txt_value
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.dns_server import TestDnsServer
 
 OUTSIDER = "127.0.0.2"  # the untrusted client: its mail to relay_domains takes the inbound pipeline

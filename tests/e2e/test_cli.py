@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 

@@ -9,7 +9,8 @@ from email.message import EmailMessage
 import pytest
 
 from gateway.message import mbox_separator
-from tests.conftest import CORPUS_DIR, relay_config
+from tests.harness.samples import CORPUS as CORPUS_DIR
+from tests.harness.helpers import relay_config
 from tests.harness.clamd import ClamdDaemon
 
 INBOUND_CLIENT = "127.0.0.2"  # untrusted: mail to relay_domains takes the inbound pipeline

@@ -13,7 +13,8 @@ import smtplib
 import pytest
 
 from gateway.message import mbox_separator
-from tests.conftest import CORPUS_DIR, relay_config
+from tests.harness.samples import CORPUS as CORPUS_DIR
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 CORPUS = sorted(p for p in CORPUS_DIR.rglob("*") if p.is_file() and p.name != "LICENSE")

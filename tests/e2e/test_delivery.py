@@ -7,7 +7,7 @@ import email.policy
 import smtplib
 
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.gateway_process import free_port
 from tests.harness.smtp_sink import SmtpSink
 

@@ -40,7 +40,7 @@ import yaml
 
 from gateway.migrate import servercontainers as seed_env
 from gateway.config import build
-from tests.conftest import http_get, metrics_after_one_delivery, relay_config
+from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
 from tests.harness import prometheus as prometheus_harness
 
 ROOT = Path(__file__).resolve().parents[2]

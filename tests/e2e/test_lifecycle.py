@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import smtplib
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trustme
 
-from tests.conftest import http_get, metrics_after_one_delivery, relay_config
+from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
 from tests.harness.prometheus import PrometheusServer, available
 from tests.harness.smtp_sink import SmtpSink
 

@@ -8,7 +8,7 @@ import ssl
 import pytest
 import trustme
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 

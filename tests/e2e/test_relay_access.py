@@ -6,7 +6,7 @@ import smtplib
 
 import pytest
 
-from tests.conftest import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 TRUSTED = "127.0.0.1"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gateway.reply import parse_reply_line
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 
 CONFIG_EXTRA = ('smtpd_recipient_limit = 3\nmessage_size_limit = 20000\nsmtpd_timeout = "2s"\n'
                 'smtpd_data_timeout = "3s"\nsmtpd_client_connection_count_limit = 4\n')

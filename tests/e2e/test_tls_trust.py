@@ -22,7 +22,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.conftest import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config
 from tests.harness.gateway_process import GatewayProcess, free_port
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: only a listed client certificate lets it relay

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
-from tests.conftest import client_tls
+from tests.harness.helpers import client_tls
 from tests.harness.gateway_process import GatewayProcess, free_port
 
 TRUSTED = "127.0.0.1"     # in mynetworks = 127.0.0.1/32 (relay_config)

@@ -11,7 +11,7 @@ import smtplib
 
 from gateway.relay.bounce import UNTRUSTED_HEADER_LIMIT
 from gateway.relay.dsn_rate import DSN_COUNT
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 
 ATTACKER = "127.0.0.3"   # untrusted: may only send to relay_domains (example.net)
 VICTIM = "victim@third-party.example"

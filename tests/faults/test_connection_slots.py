@@ -13,7 +13,7 @@ import smtplib
 import socket
 from pathlib import Path
 
-from tests.conftest import client_tls, http_get, relay_config
+from tests.harness.helpers import client_tls, http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess, free_port
 
 HOLDER = "127.0.0.3"

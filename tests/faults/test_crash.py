@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import wait_until
 from tests.harness.gateway_process import GatewayProcess
 

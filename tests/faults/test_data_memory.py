@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import http_get, relay_config
+from tests.harness.helpers import http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: may only send to relay_domains (example.net)

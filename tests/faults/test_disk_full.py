@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     fill_filesystem,
     mount_tmpfs,
@@ -169,7 +169,7 @@ def test_retry_during_full_spool_is_delivered_once_space_returns(gateway_factory
 
 
 def test_size_beyond_the_free_space_gets_452_at_mail_and_low_space_is_unhealthy(gateway_factory, tmpfs_spool):
-    from tests.conftest import http_get
+    from tests.harness.helpers import http_get
 
     spool, started = tmpfs_spool
     gateway = gateway_factory(relay_config(SmtpSink().port, message_size_limit='"1M"', queue_minfree='"200k"'),

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     SmtpLine,
     assert_enhanced,

@@ -12,7 +12,7 @@ import subprocess
 import time
 from urllib.parse import urlparse
 
-from tests.conftest import http_get
+from tests.harness.helpers import http_get
 from gateway.ops.http_server import HEAD_TIMEOUT, MAX_CONNECTIONS
 
 

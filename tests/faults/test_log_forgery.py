@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 
 ATTACKER = "127.0.0.3"
 VICTIM = "198.51.100.77"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.harness.gateway_process import free_port
 
 

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     UNTRUSTED,
     SmtpLine,

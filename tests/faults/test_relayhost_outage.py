@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from itertools import pairwise
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import submit
 from tests.harness.smtp_sink import SmtpSink
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 from tests.faults.helpers import TRUSTED, UNTRUSTED, HungPeer, SmtpLine, submit
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import socket
 
-from tests.conftest import relay_config
+from tests.harness.helpers import relay_config
 
 # C0 controls but tab and newline, DEL, C1 controls (as UTF-8), LS/PS: none may be printed as they are.
 _RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")

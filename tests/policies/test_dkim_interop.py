@@ -174,7 +174,7 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
     from prometheus_client.parser import text_string_to_metric_families
 
     from gateway.dkim.keys import dns_txt_value, list_keys, load_private_key
-    from tests.conftest import http_get
+    from tests.harness.helpers import http_get
     from tests.harness.gateway_process import GatewayProcess, free_port
     from tests.harness.smtp_sink import SmtpSink
 

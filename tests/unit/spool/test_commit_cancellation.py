@@ -19,7 +19,7 @@ from gateway.envelope import ClientInfo
 from gateway.spool.intake import Intake
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
-from tests.unit.test_spool_batch import slowed
+from tests.harness.spool_helpers import slowed
 
 
 class RecordingIntake:

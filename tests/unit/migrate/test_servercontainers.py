@@ -16,7 +16,7 @@ from gateway.migrate.servercontainers import IMAGE_VARIABLES, Refused, to_toml, 
 SHA1 = "AA:BB:CC:DD:EE:FF:12:34:56:67:2E:FB:3F:34:99:90:AB:CD:EF:4C"  # the image README's example
 SHA256 = ":".join(["AB"] * 32)
 NO_SCANNERS = {"DISABLE_AMAVIS": "1"}
-DEPLOY_README = Path(__file__).resolve().parents[2] / "deploy" / "README.md"
+DEPLOY_README = Path(__file__).resolve().parents[3] / "deploy" / "README.md"
 
 
 @pytest.fixture

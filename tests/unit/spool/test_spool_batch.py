@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from gateway.errors import SpoolError, SpoolFullError
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.store import PendingCommit
-from tests.unit.test_spool import MESSAGE, files_under, make_entry
+from tests.harness.spool_helpers import MESSAGE, files_under, make_entry, slowed
 
 
 @pytest.fixture(params=["fsync", "syncfs"])
@@ -213,23 +212,6 @@ def test_unknown_sync_method_is_refused(tmp_path: Path) -> None:
 
 
 # ---- the loop-side batcher
-
-
-def slowed(spool: Spool, delay: float, started: threading.Event | None = None) -> list[int]:
-    """Make each commit_many take ``delay`` seconds longer (``started`` is set when one begins);
-    returns the batch sizes seen."""
-    sizes: list[int] = []
-    real = spool.commit_many
-
-    def slow(batch: list[PendingCommit]) -> None:
-        sizes.append(len(batch))
-        if started is not None:
-            started.set()
-        time.sleep(delay)
-        real(batch)
-
-    spool.commit_many = slow  # type: ignore[method-assign]
-    return sizes
 
 
 def test_commits_arriving_during_a_batch_share_the_next_one(spool: Spool) -> None:

@@ -22,7 +22,7 @@ from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.tls.context import client_context
 from tests.harness.smtp_sink import SmtpSink
-from tests.unit.test_spool import make_entry
+from tests.harness.spool_helpers import make_entry
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hand-over\r\n\r\n" + (b"x" * 70 + b"\r\n") * 15
 

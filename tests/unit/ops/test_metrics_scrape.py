@@ -21,7 +21,7 @@ from gateway.ops.health import HealthCheck
 from gateway.ops import queue_metrics
 from gateway.ops.http_server import MetricsServer
 from gateway.spool import QueueState, Spool, new_queue_id
-from tests.unit.test_spool import MESSAGE, NOW, make_entry
+from tests.harness.spool_helpers import MESSAGE, NOW, make_entry
 
 
 def gauges(collector: queue_metrics.SpoolCollector) -> dict[tuple[str, str], float]:

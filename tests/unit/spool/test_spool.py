@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -14,24 +13,12 @@ from pathlib import Path
 import pytest
 
 import gateway.spool.store as store
-from gateway.envelope import ClientInfo
 from gateway.errors import NotInQueue, SpoolError, SpoolFullError
 from gateway.reply import Reply
-from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id
+from gateway.spool import QueueState, RecipientState, Spool, SpoolEntry, new_queue_id
 from gateway.spool.entry import FORMAT_VERSION
 from gateway.spool.queue_id import is_queue_id
-
-NOW = 1_700_000_000.0
-MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n.dot\r\n"
-
-
-def make_entry(queue_id: str | None = None, *, arrival: float = NOW, sender: str = "a@example.org",
-               recipients: tuple[str, ...] = ("b@example.net",)) -> SpoolEntry:
-    return SpoolEntry(
-        queue_id=queue_id or new_queue_id(arrival), arrival=arrival, sender=sender,
-        recipients=[RecipientStatus(address) for address in recipients],
-        client=ClientInfo(ipaddress.ip_address("192.0.2.10"), 40000, "smtp", helo="client.example.org"),
-        message_size=0, message_sha256="")
+from tests.harness.spool_helpers import MESSAGE, NOW, files_under, make_entry
 
 
 @pytest.fixture
@@ -39,12 +26,6 @@ def spool(tmp_path: Path) -> Spool:
     result = Spool(tmp_path / "spool")
     result.create()
     return result
-
-
-def files_under(spool: Spool) -> list[str]:
-    """Every regular file in the spool except the lock, as relative paths."""
-    return sorted(str(path.relative_to(spool.root)) for path in spool.root.rglob("*")
-                  if path.is_file() and path.name != "lock")
 
 
 def state_of(spool: Spool, queue_id: str) -> list[QueueState]:

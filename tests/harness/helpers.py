@@ -1,0 +1,50 @@
+"""Small helpers the tests share: a gateway config relaying to a sink, a client TLS context, an HTTP GET."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.smtp_sink import SmtpSink
+
+
+def client_tls(ca_file: Path, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    """A client context that verifies the gateway's certificate against its local CA."""
+    context = ssl.create_default_context(cafile=str(ca_file))  # checks the name: SAN has IP 127.0.0.1
+    if cert:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+def relay_config(sink_port: int, extra: str = "", **overrides: str) -> str:
+    """Top-level config keys for a gateway relaying to a sink, with short timers for tests.
+
+    ``overrides`` replace a default key's TOML value text, e.g. ``minimal_backoff_time='"1h"'``.
+    """
+    keys = {"relayhost": f'["[127.0.0.1]:{sink_port}"]', "mynetworks": '["127.0.0.1/32"]',
+            "relay_domains": '["example.net"]', "minimal_backoff_time": '"1s"',
+            "maximal_backoff_time": '"2s"', "queue_run_delay": '"1s"', "myhostname": '"gw.test"'}
+    keys.update(overrides)
+    return "".join(f"{key} = {value}\n" for key, value in keys.items()) + extra
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(HTTP status, body text) of a GET; error statuses are returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metrics_after_one_delivery(gateway: GatewayProcess, sink: SmtpSink, subject: str) -> tuple[int, str]:
+    """Relay one message to ``b@elsewhere.org`` through ``gateway``, wait until it is removed, scrape /metrics."""
+    with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
+        client.sendmail("a@example.com", ["b@elsewhere.org"], f"Subject: {subject}\r\n\r\nx\r\n".encode())
+    sink.wait_for_messages(1)
+    gateway.wait_for_log(r"[0-9A-F]{19}: removed")
+    return http_get(gateway.metrics_url + "/metrics")
