@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
-from gateway.config import Network
+from gateway.values import Network
 
 
 # A shorter prefix on an interface is a misconfiguration (or a trick), not a neighbourhood to trust.

@@ -42,7 +42,7 @@ from gateway.errors import ConfigError, ScannerError
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.reply import Reply
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
-from gateway.units import parse_size
+from gateway.values import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
 
 DEFAULT_CLAMD = "unix:/run/clamav/clamd.ctl"  # Debian's clamd.conf LocalSocket

@@ -87,7 +87,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gateway.config import LISTEN_ENV, parse_listen
+from gateway.values import LISTEN_ENV, parse_listen
 from gateway.errors import ConfigError, GatewayError
 
 __all__ = ["Refusal", "Refused", "main", "to_toml", "translate"]

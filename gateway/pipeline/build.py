@@ -19,7 +19,8 @@ import logging
 from dataclasses import dataclass
 
 from gateway.addresses import domain_matches, split_mailbox
-from gateway.config import Config, Network, parse_network
+from gateway.config import Config
+from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
 from gateway.dkim.signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction

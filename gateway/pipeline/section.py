@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gateway.errors import ConfigError
-from gateway.units import parse_duration
+from gateway.values import parse_duration
 
 ON_ERROR_CHOICES = ("tempfail", "pass")
 

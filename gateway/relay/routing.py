@@ -17,7 +17,8 @@ import dns.exception
 import dns.resolver
 
 from gateway.addresses import split_mailbox
-from gateway.config import Config, NextHop
+from gateway.config import Config
+from gateway.values import NextHop
 from gateway.reply import Reply
 
 

@@ -12,7 +12,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from gateway.config import ListenerConfig
+from gateway.values import ListenerConfig
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.smtpd.handler import SmtpHandler
 from gateway.smtpd.protocol import ConnectionLimiter, GatewaySMTP

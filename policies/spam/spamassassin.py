@@ -37,7 +37,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
-from gateway.units import parse_size
+from gateway.values import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
 from policies.spam.levels import SpamLevels
 

@@ -9,16 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config import (
-    Config,
-    ListenerConfig,
-    NextHop,
-    build,
-    describe,
-    load,
-    parse_network,
-    parse_next_hop,
-)
+from gateway.config import Config, build, describe, load
+from gateway.values import ListenerConfig, NextHop, parse_network, parse_next_hop
 from gateway.errors import ConfigError
 
 SHA256_HEX = "ab" * 32

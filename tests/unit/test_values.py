@@ -1,4 +1,4 @@
-"""gateway.units: Postfix time units (postconf(5) "time units"), sizes and the short duration form."""
+"""gateway.values: Postfix time units (postconf(5) "time units"), sizes and the short duration form."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gateway.units import format_duration, parse_duration, parse_size
+from gateway.values import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
