@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from gateway.errors import NotInQueue, SpoolError
 from gateway.safe_text import printable
 from gateway.spool import QueueState, Spool
-from gateway.spool.store import read_regular_file
+from gateway.spool.files import read_regular_file
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
 

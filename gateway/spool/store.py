@@ -42,13 +42,10 @@ delivery are batched the same way (:meth:`Spool.remove_many`).
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import fcntl
 import hashlib
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -56,127 +53,11 @@ from typing import Iterator
 from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError, SpoolFullError
 from gateway.message import MessageText, message_parts, message_size
+from gateway.spool import files as spool_files
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
 
 log = logging.getLogger("gateway.spool")
-
-_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _syncfs(fd: int) -> None:
-    # syncfs(2): write back and wait for everything of this file system, then commit its journal;
-    # since Linux 5.8 it reports writeback errors that happened since the fd was opened.
-    if _libc.syncfs(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _syncfs_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        _syncfs(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record is a few kB; more is garbage, not read into memory
-
-
-def read_regular_file(path: Path, limit: int | None = None) -> bytes:
-    """Read ``path`` only if it, and the directory holding it, are what they claim to be.
-
-    The queue commands run as root over a spool the gateway's user can write: a
-    record or message file replaced by a symbolic link (to /etc/shadow), a FIFO
-    (which would block) or a device is refused, and so is a state directory
-    replaced by a link. Opened with ``O_NOFOLLOW`` through the directory's own
-    descriptor, so nothing can be swapped in between the checks and the read.
-
-    Args:
-        path: a file directly inside one of the spool's directories.
-        limit: most bytes read; a larger file is refused (None: no limit).
-
-    Raises:
-        FileNotFoundError: there is no such file.
-        ValueError: a link, not a regular file, or larger than ``limit``.
-        OSError: another error reading it.
-    """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as error:
-        if error.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise ValueError(f"{path.parent} is not a directory of the spool (a link?)") from None
-        raise
-    try:
-        fd = os.open(path.name, flags, dir_fd=directory)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise ValueError(f"{path} is a symbolic link, not a spool file") from None
-        raise
-    finally:
-        os.close(directory)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        if limit is not None and info.st_size > limit:
-            raise ValueError(f"{path} has {info.st_size} bytes, more than a spool record has")
-        # One read of the size fstat gave: one bytes object, no second copy of a large message.
-        data = os.read(fd, info.st_size + 1)
-        if len(data) <= info.st_size:
-            while chunk := os.read(fd, 1 << 20):  # a short read, or a file that grew
-                data += chunk
-        return data
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:  # os.write may take less than all
-        view = view[os.write(fd, view):]
-
-
-def _rewrite_file(path: Path, data: bytes) -> None:
-    """Write ``data`` over ``path`` (created mode 0600 if missing) and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)  # a partial tmp/ file of ours
-        raise
-    os.close(fd)
-
-
-def _create_and_write(path: str, data: MessageText) -> int:
-    """Create ``path`` (O_EXCL, mode 0600), write ``data`` (bytes, or pieces in order); returns the open fd.
-
-    The fd is not fsynced.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for piece in message_parts(data):
-            _write_all(fd, piece)
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)  # ours: O_EXCL created it
-        raise
-    return fd
-
 
 @dataclass(slots=True)
 class PendingCommit:
@@ -215,7 +96,7 @@ class _CommitFiles:
                 pass
         self.created.clear()
         if self.item.error is None:
-            if error.errno in _FULL_ERRNOS:
+            if error.errno in spool_files.FULL_ERRNOS:
                 self.item.error = SpoolFullError(f"spool file system full: {error.strerror}")
             else:
                 self.item.error = SpoolError(f"cannot write to spool: {error.strerror}")
@@ -336,7 +217,7 @@ class Spool:
                 live.append(files)
         if self.use_syncfs and live:
             try:
-                _syncfs(live[0].data_fd)
+                spool_files.syncfs(live[0].data_fd)
             except OSError as error:
                 for files in live:
                     files.fail(error)
@@ -354,7 +235,7 @@ class Spool:
             return
         if not self.use_syncfs:
             try:
-                _fsync_dir(self.data_dir)
+                spool_files.fsync_dir(self.data_dir)
             except OSError as error:
                 for files in live:
                     files.fail(error)
@@ -371,7 +252,7 @@ class Spool:
             published.setdefault(files.item.state, []).append(files)
         if self.use_syncfs and published:
             try:
-                _syncfs_path(self._data_prefix)
+                spool_files.syncfs_path(self._data_prefix)
             except OSError as error:
                 for members in published.values():
                     for files in members:
@@ -379,7 +260,7 @@ class Spool:
             return
         for state, members in published.items():
             try:
-                _fsync_dir(self.state_dir(state))
+                spool_files.fsync_dir(self.state_dir(state))
             except OSError as error:
                 for files in members:
                     files.fail(error)
@@ -395,10 +276,10 @@ class Spool:
         files = _CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
         try:
             data_path = f"{self._data_prefix}{entry.queue_id}.eml"
-            files.data_fd = _create_and_write(data_path, item.message)
+            files.data_fd = spool_files.create_and_write(data_path, item.message)
             item.message = b""  # written: the bytes need not live as long as the batch does
             files.created.append(data_path)
-            files.record_fd = _create_and_write(files.tmp_path, entry.to_json())
+            files.record_fd = spool_files.create_and_write(files.tmp_path, entry.to_json())
             files.created.append(files.tmp_path)
         except OSError as error:
             files.fail(error)
@@ -415,7 +296,7 @@ class Spool:
             ValueError: when the record is malformed, or not a regular file (a link, a FIFO).
         """
         try:
-            raw = read_regular_file(self.record_path(queue_id, state), MAX_RECORD_BYTES)
+            raw = spool_files.read_regular_file(self.record_path(queue_id, state), spool_files.MAX_RECORD_BYTES)
         except FileNotFoundError:
             raise NotInQueue(f"{queue_id}: not in {state.value}") from None
         return SpoolEntry.from_json(raw, state)
@@ -453,7 +334,7 @@ class Spool:
             SpoolError: when it is missing or its SHA-256 does not match (corrupt).
         """
         try:
-            data = read_regular_file(self.message_path(entry.queue_id))
+            data = spool_files.read_regular_file(self.message_path(entry.queue_id))
         except FileNotFoundError:
             raise SpoolError(f"{entry.queue_id}: message file missing") from None
         except ValueError as error:
@@ -505,8 +386,8 @@ class Spool:
             os.rename(self.record_path(queue_id, source), self.record_path(queue_id, target))
         except FileNotFoundError:
             raise NotInQueue(f"{queue_id}: not in {source.value}") from None
-        _fsync_dir(self.state_dir(target))
-        _fsync_dir(self.state_dir(source))
+        spool_files.fsync_dir(self.state_dir(target))
+        spool_files.fsync_dir(self.state_dir(source))
 
     def claim(self, queue_id: str, source: QueueState) -> SpoolEntry | None:
         """Move a record into ``active/`` and load it; None when someone else took it first.
@@ -535,11 +416,11 @@ class Spool:
         tmp_path = self.tmp_dir / f"{entry.queue_id}.json"
         target = self.record_path(entry.queue_id, entry.state)
         try:
-            _rewrite_file(tmp_path, entry.to_json())
+            spool_files.rewrite_file(tmp_path, entry.to_json())
             if entry.state is QueueState.DEFERRED:
                 os.utime(tmp_path, (entry.next_attempt, entry.next_attempt))
             os.rename(tmp_path, target)
-            _fsync_dir(target.parent)
+            spool_files.fsync_dir(target.parent)
         except OSError as error:
             raise SpoolError(f"{entry.queue_id}: cannot rewrite record: {error.strerror}") from None
 
@@ -597,7 +478,7 @@ class Spool:
             except FileNotFoundError:
                 missing.append(queue_id)
         if removed:
-            _fsync_dir(prefix)
+            spool_files.fsync_dir(prefix)
         for queue_id in removed:
             try:
                 os.unlink(f"{self._data_prefix}{queue_id}.eml")
@@ -632,6 +513,6 @@ class Spool:
             if not name.endswith(".eml") or name[:-4] not in known:
                 (self.data_dir / name).unlink()
                 report.removed_orphan_data += 1
-        _fsync_dir(self.data_dir)
-        _fsync_dir(self.tmp_dir)
+        spool_files.fsync_dir(self.data_dir)
+        spool_files.fsync_dir(self.tmp_dir)
         return report

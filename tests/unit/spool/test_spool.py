@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.spool.store as store
+import gateway.spool.files as files
 from gateway.errors import NotInQueue, SpoolError, SpoolFullError
 from gateway.reply import Reply
 from gateway.spool import QueueState, RecipientState, Spool, SpoolEntry, new_queue_id
@@ -82,7 +82,7 @@ def test_commit_failure_at_publish_leaves_nothing(spool: Spool, monkeypatch: pyt
     with pytest.raises(error_type) as info:
         spool.commit(make_entry(), MESSAGE)
     monkeypatch.undo()
-    assert (code in store._FULL_ERRNOS) == isinstance(info.value, SpoolFullError)
+    assert (code in files.FULL_ERRNOS) == isinstance(info.value, SpoolFullError)
     assert files_under(spool) == []
 
 
@@ -120,14 +120,14 @@ def test_commit_failure_writing_record_leaves_nothing(spool: Spool, monkeypatch:
 
 
 def test_commit_failure_after_publish_leaves_nothing(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_fsync_dir = store._fsync_dir
+    real_fsync_dir = files.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         if path == spool.state_dir(QueueState.INCOMING):
             raise OSError(errno.EIO, "Input/output error")
         real_fsync_dir(path)
 
-    monkeypatch.setattr(store, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
     with pytest.raises(SpoolError):
         spool.commit(make_entry(), MESSAGE)
     monkeypatch.undo()

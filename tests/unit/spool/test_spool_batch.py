@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.spool.store as store
+import gateway.spool.files as files
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
@@ -129,7 +129,7 @@ def test_a_failed_file_fsync_fails_only_its_message(fsync_spool: Spool, monkeypa
     batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(12)]
     victim = batch[5]
     victim_inode: list[int] = []
-    real_write = store._create_and_write
+    real_write = files.create_and_write
 
     def create_and_write(path: str, data: bytes) -> int:
         fd = real_write(path, data)
@@ -144,7 +144,7 @@ def test_a_failed_file_fsync_fails_only_its_message(fsync_spool: Spool, monkeypa
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_fsync(fd)
 
-    monkeypatch.setattr(store, "_create_and_write", create_and_write)
+    monkeypatch.setattr(files, "create_and_write", create_and_write)
     monkeypatch.setattr(os, "fsync", fsync)
     spool.commit_many(batch)
     monkeypatch.undo()
@@ -174,13 +174,13 @@ def test_syncfs_method_makes_two_syncfs_calls_per_batch_and_no_fsync(
     spool = Spool(tmp_path / "spool", "syncfs")
     spool.create()
     calls: list[int] = []
-    real_syncfs = store._syncfs
+    real_syncfs = files.syncfs
 
     def counting_syncfs(fd: int) -> None:
         calls.append(fd)
         real_syncfs(fd)  # the real syncfs(2) still runs
 
-    monkeypatch.setattr(store, "_syncfs", counting_syncfs)
+    monkeypatch.setattr(files, "syncfs", counting_syncfs)
     batch = [PendingCommit(make_entry(), MESSAGE + bytes([65 + n])) for n in range(8)]
     sent = {pending.entry.queue_id: pending.message for pending in batch}
     spool.commit_many(batch)
@@ -199,7 +199,7 @@ def test_failed_syncfs_fails_the_whole_batch_and_leaves_nothing(
     def failing_syncfs(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(store, "_syncfs", failing_syncfs)
+    monkeypatch.setattr(files, "syncfs", failing_syncfs)
     batch = [PendingCommit(make_entry(), MESSAGE) for _ in range(3)]
     spool.commit_many(batch)
     assert all(isinstance(p.error, SpoolError) for p in batch)

@@ -1,0 +1,133 @@
+"""The spool's file operations: durable writes, directory and file-system syncs, and reads that refuse tricks.
+
+Every write goes through a descriptor and is fsynced by the caller's protocol
+(:mod:`gateway.spool.store`); reads of records and message files go through
+:func:`read_regular_file`, which refuses links, FIFOs and devices, for the
+root-run queue commands.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from pathlib import Path
+
+from gateway.message import MessageText, message_parts
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(fd: int) -> None:
+    # syncfs(2): write back and wait for everything of this file system, then commit its journal;
+    # since Linux 5.8 it reports writeback errors that happened since the fd was opened.
+    if _libc.syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def syncfs_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record is a few kB; more is garbage, not read into memory
+
+
+def read_regular_file(path: Path, limit: int | None = None) -> bytes:
+    """Read ``path`` only if it, and the directory holding it, are what they claim to be.
+
+    The queue commands run as root over a spool the gateway's user can write: a
+    record or message file replaced by a symbolic link (to /etc/shadow), a FIFO
+    (which would block) or a device is refused, and so is a state directory
+    replaced by a link. Opened with ``O_NOFOLLOW`` through the directory's own
+    descriptor, so nothing can be swapped in between the checks and the read.
+
+    Args:
+        path: a file directly inside one of the spool's directories.
+        limit: most bytes read; a larger file is refused (None: no limit).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: a link, not a regular file, or larger than ``limit``.
+        OSError: another error reading it.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ValueError(f"{path.parent} is not a directory of the spool (a link?)") from None
+        raise
+    try:
+        fd = os.open(path.name, flags, dir_fd=directory)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link, not a spool file") from None
+        raise
+    finally:
+        os.close(directory)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise ValueError(f"{path} has {info.st_size} bytes, more than a spool record has")
+        # One read of the size fstat gave: one bytes object, no second copy of a large message.
+        data = os.read(fd, info.st_size + 1)
+        if len(data) <= info.st_size:
+            while chunk := os.read(fd, 1 << 20):  # a short read, or a file that grew
+                data += chunk
+        return data
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:  # os.write may take less than all
+        view = view[os.write(fd, view):]
+
+
+def rewrite_file(path: Path, data: bytes) -> None:
+    """Write ``data`` over ``path`` (created mode 0600 if missing) and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)  # a partial tmp/ file of ours
+        raise
+    os.close(fd)
+
+
+def create_and_write(path: str, data: MessageText) -> int:
+    """Create ``path`` (O_EXCL, mode 0600), write ``data`` (bytes, or pieces in order); returns the open fd.
+
+    The fd is not fsynced.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for piece in message_parts(data):
+            write_all(fd, piece)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)  # ours: O_EXCL created it
+        raise
+    return fd
