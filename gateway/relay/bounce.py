@@ -29,11 +29,10 @@ import quopri
 import re
 import secrets
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import format_datetime
 
+from gateway.relay import dsn_format as fmt
 from gateway.reply import Reply
 
 ACTIONS = frozenset({"failed", "delayed"})
@@ -52,8 +51,6 @@ Its envelope sender may be forged, making the DSN backscatter to a third
 party: what goes back to that party is kept small (the first fields, which
 carry our Received: and the Subject, Message-ID and From of most messages)."""
 
-_MAX_LINE = 998  # RFC 5322 §2.1.1, octets without CRLF
-_FOLD_AT = 78  # RFC 5322 §2.1.1 "SHOULD" limit, used for the fields we write
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 # RFC 5322 dot-atom-text characters: the queue ID becomes the left side of Message-ID.
 _ATEXT_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -61,7 +58,6 @@ _ATEXT_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+
 # continuation line (RFC 5322 §2.2.3).
 _HEADER_LINE_RE = re.compile(rb"^(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])")
 _LINE_RE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
-_FORBIDDEN_CHARS = ("\r", "\n", "\x00")
 # Next hop as logged and spooled: "host[address]:port", each piece optional.
 _NEXT_HOP_RE = re.compile(r"^([^\[\]\s:]+)?(\[[^\]\s]*\])?(?::\d+)?$")
 
@@ -99,9 +95,9 @@ class FailedRecipient:
             raise ValueError(f"a {self.reply.code} reply is a delivery, not a failure")
         if not self.address:
             raise ValueError("recipient address is empty")
-        _check_line("address", self.address)
+        fmt.check_line("address", self.address)
         if self.remote_mta is not None:
-            _check_line("remote_mta", self.remote_mta)
+            fmt.check_line("remote_mta", self.remote_mta)
             if not self.remote_mta.strip():
                 raise ValueError("remote_mta is blank; use None when unknown")
 
@@ -168,15 +164,15 @@ def build_dsn(
         raise ValueError("a DSN needs at least one recipient")
     if original_sender.strip() in ("", "<>"):
         raise ValueError("never send a DSN to the null sender (RFC 5321 §4.5.5)")
-    _check_line("original_sender", original_sender)
+    fmt.check_line("original_sender", original_sender)
     if not _HOSTNAME_RE.match(reporting_mta):
         raise ValueError(f"reporting_mta {reporting_mta!r} is not an ASCII host name")
     if not _ATEXT_RE.match(original_queue_id):
         raise ValueError(f"original_queue_id {original_queue_id!r} is not a dot-atom")
     if postmaster is not None:
-        _check_line("postmaster", postmaster)
+        fmt.check_line("postmaster", postmaster)
 
-    date = _rfc5322_date(now)
+    date = fmt.rfc5322_date(now)
     delayed_only = all(r.action == "delayed" for r in recipients)
     text_body, text_cte, charset = _text_part(reporting_mta, recipients, arrival, now,
                                                postmaster or "postmaster", delayed_only)
@@ -185,17 +181,17 @@ def build_dsn(
     headers_body = extract_headers(original_message, header_limit)
     headers_cte = "8bit" if any(byte >= 0x80 for byte in headers_body) else "7bit"
     parts = [
-        (_fields([("Content-Description", "Notification"),
+        (fmt.fields([("Content-Description", "Notification"),
                   ("Content-Type", f"text/plain; charset={charset}"),
                   ("Content-Transfer-Encoding", text_cte)]), text_body),
-        (_fields([("Content-Description", "Delivery report"),
+        (fmt.fields([("Content-Description", "Delivery report"),
                   ("Content-Type", "message/delivery-status"),
                   ("Content-Transfer-Encoding", "7bit")]), status_body),
-        (_fields([("Content-Description", "Undelivered Message Headers"),
+        (fmt.fields([("Content-Description", "Undelivered Message Headers"),
                   ("Content-Type", "text/rfc822-headers"),
                   ("Content-Transfer-Encoding", headers_cte)]), headers_body),
     ]
-    boundary = _boundary(body for _, body in parts)
+    boundary = fmt.boundary(body for _, body in parts)
     subject = ("Delayed Mail (still being retried)" if delayed_only
                else "Undelivered Mail Returned to Sender")
     top = [
@@ -214,7 +210,7 @@ def build_dsn(
         top.append(("Content-Transfer-Encoding", "8bit"))
 
     delimiter = b"\r\n--" + boundary.encode("ascii")
-    out = [_fields(top), b"\r\n", b"This is a MIME-encapsulated message.\r\n"]
+    out = [fmt.fields(top), b"\r\n", b"This is a MIME-encapsulated message.\r\n"]
     for part_headers, body in parts:
         out += [delimiter, b"\r\n", part_headers, b"\r\n", body]
     out += [delimiter, b"--\r\n"]
@@ -248,7 +244,7 @@ def extract_headers(message: bytes, limit: int = HEADER_SIZE_LIMIT) -> bytes:
             break
         if not _HEADER_LINE_RE.match(content) and not (index == 0 and content.startswith(b"From ")):
             break
-        line = _fold(content, _MAX_LINE - 8)
+        line = fmt.fold(content, fmt.MAX_LINE - 8)
         if size + len(line) > limit:
             break
         out.append(line)
@@ -294,8 +290,8 @@ def _text_part(reporting_mta: str, recipients: Sequence[FailedRecipient], arriva
         for recipient in delayed:
             lines += ["", *_explain(recipient)]
     text = "\r\n".join(lines) + "\r\n"
-    raw = _utf8(text)
-    if raw.isascii() and all(len(line) <= _MAX_LINE for line in raw.split(b"\r\n")):
+    raw = fmt.utf8(text)
+    if raw.isascii() and all(len(line) <= fmt.MAX_LINE for line in raw.split(b"\r\n")):
         return raw, "7bit", "us-ascii"
     # Quoted-printable keeps the DSN 7-bit (deliverable without 8BITMIME) and
     # soft-wraps an overlong reply text.
@@ -314,11 +310,11 @@ def _explain(recipient: FailedRecipient) -> list[str]:
 def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: float,
                      recipients: Sequence[FailedRecipient], date: str) -> bytes:
     """The message/delivery-status body (RFC 3464 §2.2, §2.3), ASCII, CRLF."""
-    blocks = [_fields([
+    blocks = [fmt.fields([
         ("Reporting-MTA", f"dns; {reporting_mta}"),
         ("X-Gateway-Queue-ID", queue_id),
-        ("X-Gateway-Sender", _address_field(sender)),
-        ("Arrival-Date", _rfc5322_date(arrival)),
+        ("X-Gateway-Sender", fmt.address_field(sender)),
+        ("Arrival-Date", fmt.rfc5322_date(arrival)),
     ])]
     for recipient in recipients:
         reply = recipient.reply
@@ -328,7 +324,7 @@ def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: fl
             status = "4" + status[1:]
         fields = [
             # Original-Recipient is omitted: we do not keep the ORCPT parameter.
-            ("Final-Recipient", _address_field(recipient.address)),
+            ("Final-Recipient", fmt.address_field(recipient.address)),
             ("Action", recipient.action),
             ("Status", status),
         ]
@@ -336,9 +332,9 @@ def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: fl
             fields.append(("Remote-MTA", f"dns; {_mta_name(recipient.remote_mta)}"))
         # "smtp" marks a reply from the remote server; a locally made one is X-Unix.
         diagnostic_type = "smtp" if recipient.remote_mta else "X-Unix"
-        fields.append(("Diagnostic-Code", f"{diagnostic_type}; {_ascii_escape(str(reply))}"))
+        fields.append(("Diagnostic-Code", f"{diagnostic_type}; {fmt.ascii_escape(str(reply))}"))
         fields.append(("Last-Attempt-Date", date))
-        blocks.append(_fields(fields))
+        blocks.append(fmt.fields(fields))
     return b"\r\n".join(blocks)
 
 
@@ -347,108 +343,4 @@ def _mta_name(remote_mta: str) -> str:
     ``mx.example.net[192.0.2.1]:25``, ``[192.0.2.1]`` of ``[192.0.2.1]:25``."""
     match = _NEXT_HOP_RE.match(remote_mta)
     name = match.group(1) or match.group(2) if match else None
-    return _ascii_escape(name or remote_mta)
-
-
-def _address_field(address: str) -> str:
-    """``rfc822; addr`` for ASCII, else ``utf-8; <utf-8-addr-xtext>`` (RFC 6533 §3)."""
-    if address.isascii():
-        return f"rfc822; {address}"
-    out = []
-    for char in _unicode(address):
-        code = ord(char)
-        if 0x21 <= code <= 0x7E and char not in "\\+=":
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\x{{{code:02X}}}")  # HEXPOINT: two digits below 0x80
-        else:
-            out.append(f"\\x{{{code:X}}}")  # HEXPOINT: no leading zeros
-    return "utf-8; " + "".join(out)
-
-
-def _ascii_escape(text: str) -> str:
-    """Make free text ASCII for a delivery-status field: non-ASCII and controls as ``\\x{HEX}``."""
-    return "".join(
-        char if (0x20 <= ord(char) <= 0x7E or char == "\t") else f"\\x{{{ord(char):02X}}}"
-        for char in _unicode(text)
-    )
-
-
-def _unicode(text: str) -> str:
-    """``text`` with lone surrogates (undecodable bytes from the wire) made U+FFFD."""
-    return _utf8(text).decode("utf-8", "replace")
-
-
-def _utf8(text: str) -> bytes:
-    """UTF-8 bytes of ``text``, restoring bytes kept as surrogate escapes by a decoder."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace")
-
-
-def _fields(fields: Iterable[tuple[str, str]]) -> bytes:
-    """Serialise ``(name, value)`` header fields, folded, each ending in CRLF."""
-    return b"".join(_fold(_utf8(f"{name}: {value}"), _FOLD_AT) for name, value in fields)
-
-
-def _fold(line: bytes, width: int) -> bytes:
-    """Fold one unfolded header line (no CRLF) into lines of at most ``width`` octets.
-
-    Folds before whitespace (RFC 5322 §2.2.3) where it can: at the last break within
-    ``width``, else at the first one after it that keeps the line within 998 octets.
-    A run with no whitespace longer than that is cut and continued after an
-    inserted space — it changes the value, but only for input no mail system could
-    transport unfolded anyway.
-
-    Returns:
-        The folded line(s), CRLF after each.
-    """
-    out = []
-    while len(line) > width:
-        breaks = [i for i in range(1, min(len(line) - 1, _MAX_LINE + 1))
-                  if line[i] in b" \t" and line[i + 1] not in b" \t"
-                  and line[:i].strip()]
-        within = [i for i in breaks if i <= width]
-        if within:
-            cut = within[-1]
-            out.append(line[:cut])
-            line = line[cut:]
-        elif breaks:
-            cut = breaks[0]
-            out.append(line[:cut])
-            line = line[cut:]
-        elif len(line) > _MAX_LINE:
-            cut = _MAX_LINE - 2
-            while cut > 1 and 0x80 <= line[cut] < 0xC0:  # do not split a UTF-8 sequence
-                cut -= 1
-            out.append(line[:cut])
-            line = b" " + line[cut:]
-        else:
-            break
-    out.append(line)
-    return b"".join(part + b"\r\n" for part in out)
-
-
-def _boundary(bodies: Iterable[bytes]) -> str:
-    """A MIME boundary (RFC 2046 §5.1.1, <= 70 chars) that occurs in none of ``bodies``."""
-    contents = list(bodies)
-    while True:
-        boundary = f"=_dsn_{secrets.token_hex(16)}"
-        marker = b"--" + boundary.encode("ascii")
-        if not any(marker in body for body in contents):
-            return boundary
-
-
-def _rfc5322_date(timestamp: float) -> str:
-    """RFC 5322 §3.3 date-time in UTC (``+0000``) for unix seconds."""
-    try:
-        return format_datetime(datetime.fromtimestamp(timestamp, tz=timezone.utc))
-    except (OverflowError, OSError) as exc:
-        raise ValueError(f"{timestamp!r} is not a valid timestamp") from exc
-
-
-def _check_line(name: str, value: str) -> None:
-    """Raise ValueError when ``value`` could inject a header line."""
-    if any(char in value for char in _FORBIDDEN_CHARS):
-        raise ValueError(f"{name} contains CR, LF or NUL: {value!r}")
+    return fmt.ascii_escape(name or remote_mta)
