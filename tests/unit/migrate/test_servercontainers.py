@@ -492,7 +492,7 @@ def environ(monkeypatch):
     """os.environ without any variable of the image's namespaces; returns a setter."""
     import os
     for name in list(os.environ):
-        if name.startswith(seed_env._IMAGE_NAMESPACES + seed_env.SCANNER_VARIABLES + ("MAIL_FQDN", "RELAYHOST",
+        if name.startswith(seed_env.IMAGE_NAMESPACES + seed_env.SCANNER_VARIABLES + ("MAIL_FQDN", "RELAYHOST",
                                                                                       "MYNETWORKS")):
             monkeypatch.delenv(name)
     for name in ("ADDITIONAL_MYNETWORKS", "AUTO_TRUST_NETWORKS"):
@@ -561,7 +561,7 @@ def test_with_root_every_file_written_is_the_one_found_under_root(root):
 
 def test_without_root_the_container_paths_are_written(tmp_path, monkeypatch):
     found = {"/etc/postfix/tls/rootCA.crt"}
-    monkeypatch.setattr(seed_env._Translator, "exists", lambda self, path: str(path) in found)
+    monkeypatch.setattr(seed_env.Translator, "exists", lambda self, path: str(path) in found)
     config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_CERT_FINGERPRINTS": SHA1})
     assert config["smtpd_tls_CAfile"] == "/etc/postfix/tls/rootCA.crt"
 
