@@ -21,7 +21,8 @@ from gateway.errors import SpoolError
 from gateway.message import MessageText
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.threads import run_io
-from gateway.spool.store import PendingCommit, Spool
+from gateway.spool.commit import PendingCommit
+from gateway.spool.store import Spool
 
 log = logging.getLogger("gateway.spool")
 

@@ -46,71 +46,19 @@ import fcntl
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from gateway.config import SPOOL_SYNC_METHODS
-from gateway.errors import NotInQueue, SpoolError, SpoolFullError
+from gateway.errors import NotInQueue, SpoolError
 from gateway.message import MessageText, message_parts, message_size
 from gateway.spool import files as spool_files
+from gateway.spool.commit import CommitFiles, PendingCommit
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
+from gateway.spool.recovery import RecoveryReport, recover
 
 log = logging.getLogger("gateway.spool")
-
-@dataclass(slots=True)
-class PendingCommit:
-    """One message of a group commit: its record, its bytes, the state to publish it in.
-
-    ``error`` is set by :meth:`Spool.commit_many` when this message could not be committed.
-    """
-
-    entry: SpoolEntry
-    message: MessageText
-    state: QueueState = QueueState.INCOMING
-    error: SpoolError | None = None
-
-
-@dataclass(slots=True)
-class _CommitFiles:
-    item: PendingCommit
-    tmp_path: str
-    data_fd: int = -1
-    record_fd: int = -1
-    created: list[str] = field(default_factory=list)  # plain strings: pathlib costs show in profiles
-
-    def close(self) -> None:
-        for fd in (self.data_fd, self.record_fd):
-            if fd >= 0:
-                os.close(fd)
-        self.data_fd = self.record_fd = -1
-
-    def fail(self, error: OSError) -> None:
-        # Never acknowledged: withdraw the record first (no record without message), then the data.
-        self.close()
-        for path in reversed(self.created):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        self.created.clear()
-        if self.item.error is None:
-            if error.errno in spool_files.FULL_ERRNOS:
-                self.item.error = SpoolFullError(f"spool file system full: {error.strerror}")
-            else:
-                self.item.error = SpoolError(f"cannot write to spool: {error.strerror}")
-
-
-@dataclass(slots=True)
-class RecoveryReport:
-    """What :meth:`Spool.recover` found at start (counts of files)."""
-
-    requeued_active: int = 0
-    removed_tmp: int = 0
-    removed_orphan_data: int = 0
-    corrupt: list[str] = field(default_factory=list)
-
 
 class Spool:
     """A spool directory. Methods are synchronous and block on disk I/O.
@@ -210,7 +158,7 @@ class Spool:
         :class:`SpoolFullError` or :class:`SpoolError` to answer with; a failed
         item leaves no file behind. Never raises for an I/O error.
         """
-        live: list[_CommitFiles] = []
+        live: list[CommitFiles] = []
         for item in batch:
             files = self._write_unsynced(item)
             if files is not None:
@@ -240,7 +188,7 @@ class Spool:
                 for files in live:
                     files.fail(error)
                 return
-        published: dict[QueueState, list[_CommitFiles]] = {}
+        published: dict[QueueState, list[CommitFiles]] = {}
         for files in live:
             record_path = f"{self._state_prefix[files.item.state]}{files.item.entry.queue_id}.json"
             try:
@@ -265,7 +213,7 @@ class Spool:
                 for files in members:
                     files.fail(error)
 
-    def _write_unsynced(self, item: PendingCommit) -> _CommitFiles | None:
+    def _write_unsynced(self, item: PendingCommit) -> CommitFiles | None:
         entry = item.entry
         digest = hashlib.sha256()
         for piece in message_parts(item.message):
@@ -273,7 +221,7 @@ class Spool:
         entry.message_size = message_size(item.message)
         entry.message_sha256 = digest.hexdigest()
         entry.state = item.state
-        files = _CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
+        files = CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
         try:
             data_path = f"{self._data_prefix}{entry.queue_id}.eml"
             files.data_fd = spool_files.create_and_write(data_path, item.message)
@@ -489,30 +437,5 @@ class Spool:
     # ---- start-up ----
 
     def recover(self) -> RecoveryReport:
-        """Repair the spool after a crash; call at start, holding the lock.
-
-        ``active/`` goes back to ``incoming/``; ``tmp/`` is emptied; message files
-        without a record anywhere are deleted (never acknowledged); records
-        without a message file are moved to ``corrupt/``.
-        """
-        report = RecoveryReport()
-        for queue_id in self.ids(QueueState.ACTIVE):
-            self.move(queue_id, QueueState.ACTIVE, QueueState.INCOMING)
-            report.requeued_active += 1
-        for name in os.listdir(self.tmp_dir):
-            (self.tmp_dir / name).unlink()
-            report.removed_tmp += 1
-        known: set[str] = set()
-        for state in QueueState:
-            for queue_id in self.ids(state):
-                known.add(queue_id)
-                if state is not QueueState.CORRUPT and not self.message_path(queue_id).exists():
-                    self.move(queue_id, state, QueueState.CORRUPT)
-                    report.corrupt.append(queue_id)
-        for name in os.listdir(self.data_dir):
-            if not name.endswith(".eml") or name[:-4] not in known:
-                (self.data_dir / name).unlink()
-                report.removed_orphan_data += 1
-        spool_files.fsync_dir(self.data_dir)
-        spool_files.fsync_dir(self.tmp_dir)
-        return report
+        """Repair the spool after a crash (:func:`gateway.spool.recovery.recover`); at start, holding the lock."""
+        return recover(self)

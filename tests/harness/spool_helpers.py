@@ -8,7 +8,7 @@ import time
 
 from gateway.envelope import ClientInfo
 from gateway.spool import RecipientStatus, Spool, SpoolEntry, new_queue_id
-from gateway.spool.store import PendingCommit
+from gateway.spool.commit import PendingCommit
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n.dot\r\n"
 NOW = 1_700_000_000.0

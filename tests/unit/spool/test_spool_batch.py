@@ -19,7 +19,7 @@ import gateway.spool.files as files
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
-from gateway.spool.store import PendingCommit
+from gateway.spool.commit import PendingCommit
 from tests.harness.spool_helpers import MESSAGE, files_under, make_entry, slowed
 
 
