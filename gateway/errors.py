@@ -16,6 +16,8 @@ replies (unknown errors become ``451 4.3.0``).
 
 from __future__ import annotations
 
+from gateway.reply import Reply
+
 
 class GatewayError(Exception):
     """Base class of every error the gateway raises on purpose."""
@@ -56,7 +58,7 @@ class DeliveryError(GatewayError):
         reply: the Reply recorded for every recipient of the attempt.
     """
 
-    def __init__(self, reply: object) -> None:
+    def __init__(self, reply: Reply) -> None:
         self.reply = reply
         super().__init__(str(reply))
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from gateway.errors import NotInQueue, SpoolError
 from gateway.safe_text import printable
 from gateway.spool import QueueState, Spool
+from gateway.spool.queue_id import arrival_of
 from gateway.spool.files import read_regular_file
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
@@ -58,7 +59,7 @@ def rows(spool: Spool) -> list[QueueRow]:
             last_error="; ".join(errors) or None))
     for queue_id in spool.ids(QueueState.CORRUPT):
         if queue_id not in listed:  # an unreadable record still shows, so it can be deleted
-            result.append(QueueRow(queue_id, QueueState.CORRUPT.value, 0, int(queue_id[:13], 16) / 1e6, "?",
+            result.append(QueueRow(queue_id, QueueState.CORRUPT.value, 0, arrival_of(queue_id), "?",
                                    (), None, "unreadable record"))
     return result
 

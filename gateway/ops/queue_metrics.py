@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from gateway.metrics import PREFIX, REGISTRY
 from gateway.spool import QueueState, Spool
-from gateway.spool.queue_id import is_queue_id
+from gateway.spool.queue_id import arrival_of, is_queue_id
 
 
 class SpoolCollector(Collector):
@@ -44,7 +44,7 @@ class SpoolCollector(Collector):
                 oldest.append(min(records))
         yield sizes
         # Queue IDs begin with the arrival time in hex microseconds, so the smallest name is the oldest.
-        arrival = min((int(name[:13], 16) / 1_000_000 for name in oldest), default=None)
+        arrival = min((arrival_of(name[:-5]) for name in oldest), default=None)
         yield GaugeMetricFamily(f"{PREFIX}_queue_oldest_message_age_seconds",
                                 "Age of the oldest queued message (0 when the queue is empty)",
                                 value=0.0 if arrival is None else max(0.0, self.clock() - arrival))

@@ -22,14 +22,12 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import defaultdict
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.envelope import ClientInfo
 from gateway.errors import DeliveryError, SpoolError
 from gateway.relay.backoff import is_expired, next_attempt
 from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
@@ -306,7 +304,8 @@ class RelayWorker:
     async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
         if should_bounce(entry.sender, entry.is_bounce):
             now = time.time()
-            untrusted = not entry.client.trusted  # the sender may be forged: a DSN may be backscatter
+            # From an untrusted client the sender may be forged: the DSN may be backscatter.
+            untrusted = entry.client is not None and not entry.client.trusted
             if untrusted and not self.dsn_rate.allow(entry.sender, now):
                 log.info("%s: no DSN for %s: <%s> got %d DSNs about mail from untrusted clients in the last "
                          "%ds (backscatter limit)", entry.queue_id, ", ".join(r.address for r in recipients),
@@ -322,8 +321,7 @@ class RelayWorker:
             bounce = SpoolEntry(
                 queue_id=new_queue_id(now), arrival=now, sender="",
                 recipients=[RecipientStatus(entry.sender)],
-                client=ClientInfo(address=ipaddress.ip_address("127.0.0.1"), port=0,
-                                  listener="bounce", helo=self.config.myhostname),
+                client=None,  # generated here
                 is_bounce=True,
                 smtputf8=entry.smtputf8, body_8bitmime=True)
             try:

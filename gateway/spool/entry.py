@@ -76,13 +76,14 @@ class SpoolEntry:
     digest, which detects a torn or damaged message file (Postfix's END record role);
     both are set by :meth:`Spool.commit` / :meth:`Spool.commit_many` (0 and "" before).
     is_bounce: our own DSN: bounce_queue_lifetime applies and it is never bounced.
+    client: who sent it, or None for mail generated here (our DSNs).
     """
 
     queue_id: str
     arrival: float
     sender: str
     recipients: list[RecipientStatus]
-    client: ClientInfo
+    client: ClientInfo | None
     message_size: int = 0
     message_sha256: str = ""
     next_attempt: float = 0.0
@@ -105,7 +106,8 @@ class SpoolEntry:
             "arrival": self.arrival, "next_attempt": self.next_attempt,
             "last_delay": self.last_delay, "sender": self.sender,
             "recipients": [r.to_dict() for r in self.recipients],
-            "client": self.client.to_dict(), "message_size": self.message_size,
+            "client": self.client.to_dict() if self.client is not None else None,
+            "message_size": self.message_size,
             "message_sha256": self.message_sha256, "is_bounce": self.is_bounce,
             "smtputf8": self.smtputf8, "body_8bitmime": self.body_8bitmime,
             "hold_reason": self.hold_reason,
@@ -128,7 +130,7 @@ class SpoolEntry:
                 queue_id=str(data["queue_id"]), arrival=float(data["arrival"]),
                 sender=str(data["sender"]),
                 recipients=[RecipientStatus.from_dict(r) for r in data["recipients"]],
-                client=ClientInfo.from_dict(data["client"]),
+                client=ClientInfo.from_dict(data["client"]) if data["client"] is not None else None,
                 message_size=int(data["message_size"]), message_sha256=str(data["message_sha256"]),
                 next_attempt=float(data.get("next_attempt", 0.0)),
                 last_delay=data.get("last_delay"), is_bounce=bool(data.get("is_bounce", False)),

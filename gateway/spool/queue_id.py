@@ -22,3 +22,14 @@ def new_queue_id(now: float | None = None) -> str:
 def is_queue_id(text: str) -> bool:
     """True when ``text`` has the form of a queue ID (guards file names built from user input)."""
     return bool(QUEUE_ID_RE.match(text))
+
+
+def arrival_of(queue_id: str) -> float:
+    """The arrival time a queue ID carries, unix seconds (its first 13 hex digits are microseconds).
+
+    Raises:
+        ValueError: ``queue_id`` is not a queue ID.
+    """
+    if not is_queue_id(queue_id):
+        raise ValueError(f"{queue_id!r} is not a queue ID")
+    return int(queue_id[:13], 16) / 1_000_000
