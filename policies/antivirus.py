@@ -139,6 +139,7 @@ class Antivirus(Policy):
     """
 
     name: ClassVar[str] = "antivirus"
+    scanner: ClassVar[str | None] = "virus"
 
     def __init__(self, config: Config) -> None:
         """Validate ``[antivirus]``.

@@ -30,8 +30,16 @@ from gateway.pipeline.runner import Pipeline, PolicyEntry
 from gateway.pipeline.policy import Policy
 from gateway.pipeline.section import Section
 
-VIRUS_SCANNERS = frozenset({"antivirus"})
-SPAM_SCANNERS = frozenset({"spamassassin", "rspamd"})
+
+def _scanners(kind: str) -> frozenset[str]:
+    """Names of the registered policies that are ``kind`` scanners (:attr:`Policy.scanner`)."""
+    from policies import REGISTRY
+
+    return frozenset(name for name, cls in REGISTRY.items() if cls.scanner == kind)
+
+
+VIRUS_SCANNERS = _scanners("virus")
+SPAM_SCANNERS = _scanners("spam")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +139,7 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
                 raise ConfigError(f"pipeline.{key}", name, f"one of {allowed} (relay access always runs first)")
             if name not in built:
                 built[name] = REGISTRY[name](config)
-            result.append(PolicyEntry.of(built[name], concurrent=name in VIRUS_SCANNERS | SPAM_SCANNERS))
+            result.append(PolicyEntry.of(built[name], concurrent=REGISTRY[name].scanner is not None))
         return result
 
     settings = DkimSettings.from_config(config)

@@ -33,9 +33,13 @@ class Policy:
     """Base class with no-op hooks: subclass and override the stages you need.
 
     Class attribute ``name`` is the config key, log field and metric label.
+    ``scanner`` is ``"virus"`` or ``"spam"`` for the content scanners: they run
+    concurrently at DATA and ``[content_filter]``'s switches and bypass lists
+    turn them off; None for every other check.
     """
 
     name: ClassVar[str] = "policy"
+    scanner: ClassVar[str | None] = None
 
     def __init__(self, config: Config | None = None) -> None:
         """Policies are built once with the whole Config and read their own ``[name]`` table."""

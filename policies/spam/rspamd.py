@@ -92,6 +92,7 @@ class Rspamd(Policy):
     """
 
     name: ClassVar[str] = "rspamd"
+    scanner: ClassVar[str | None] = "spam"
 
     def __init__(self, config: Config) -> None:
         section = Section(SECTION, config.section(SECTION), _KNOWN)

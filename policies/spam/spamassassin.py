@@ -79,6 +79,7 @@ class SpamAssassin(Policy):
     """
 
     name: ClassVar[str] = "spamassassin"
+    scanner: ClassVar[str | None] = "spam"
 
     def __init__(self, config: Config) -> None:
         section = Section(SECTION, config.section(SECTION), _KNOWN)
