@@ -138,7 +138,7 @@ class Gateway:
         router = Router(config, make_resolver(config))
         client = SmtpClient(config, prepared.client_tls, ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
-        self.batcher = SpoolBatcher(self.spool)
+        self.batcher = SpoolBatcher(self.spool, observe_commit=metrics.SPOOL_COMMIT.observe)
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
         self.intake = Intake(self.batcher, self.worker)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
-from gateway import metrics
 from gateway.errors import SpoolError
 from gateway.message import MessageText
 from gateway.spool.entry import QueueState, SpoolEntry
@@ -37,11 +37,16 @@ class SpoolBatcher:
     Args:
         spool: the spool written to.
         max_batch: most messages (or removals) per batch.
+        observe_commit: called with the seconds each successful commit took, from
+            submission to durability (the gateway's ``gateway_spool_commit_duration_seconds``);
+            the spool itself knows nothing of metrics.
     """
 
-    def __init__(self, spool: Spool, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, spool: Spool, max_batch: int = MAX_BATCH,
+                 observe_commit: Callable[[float], None] | None = None) -> None:
         self.spool = spool
         self.max_batch = max_batch
+        self.observe_commit = observe_commit
         self._commits: list[tuple[PendingCommit, float, asyncio.Future[None]]] = []
         self._removals: list[tuple[str, asyncio.Future[None]]] = []
         self._commit_tasks: set[asyncio.Task[None]] = set()
@@ -105,14 +110,14 @@ class SpoolBatcher:
             finally:
                 self._settle_commits(batch)
 
-    @staticmethod
-    def _settle_commits(batch: list[tuple[PendingCommit, float, asyncio.Future[None]]]) -> None:
+    def _settle_commits(self, batch: list[tuple[PendingCommit, float, asyncio.Future[None]]]) -> None:
         now = time.monotonic()
         for pending, queued_at, future in batch:
             if future.done():
                 continue
             if pending.error is None:
-                metrics.SPOOL_COMMIT.observe(now - queued_at)
+                if self.observe_commit is not None:
+                    self.observe_commit(now - queued_at)
                 future.set_result(None)
             else:
                 future.set_exception(pending.error)
