@@ -40,6 +40,17 @@ def _scanners(kind: str) -> frozenset[str]:
 
 VIRUS_SCANNERS = _scanners("virus")
 SPAM_SCANNERS = _scanners("spam")
+# Tables read outside the policies: [pipeline] and [content_filter] here, [spam_levels] by the spam
+# scanners' shared levels, [dkim] by gateway.dkim.settings.
+OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim"})
+
+
+def known_tables() -> frozenset[str]:
+    """Every table a config may have: each policy's ``[name]`` (from the registry) and :data:`OTHER_TABLES`."""
+    from policies import REGISTRY
+    from policies.relay_access import RelayAccess
+
+    return OTHER_TABLES | frozenset(name for name in REGISTRY if name != RelayAccess.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +139,10 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
     from policies import REGISTRY
     from policies.relay_access import RelayAccess
 
+    unknown = sorted(set(config.sections) - known_tables())
+    if unknown:
+        raise ConfigError(unknown[0], config.sections[unknown[0]],
+                          "not a known table; known: " + ", ".join(f"[{name}]" for name in sorted(known_tables())))
     section = Section("pipeline", config.section("pipeline"), known={"inbound", "outbound"})
     built: dict[str, Policy] = {}
 

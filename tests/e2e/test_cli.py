@@ -118,6 +118,7 @@ def test_bad_queue_id_is_a_clear_error(gateway_factory):
     ('[spam_levels]\ntag_level = 9.0\ntag2_level = 3.0\n[pipeline]\ninbound = ["spamassassin"]\n',
      "spam_levels.tag_level"),
     ('[dkim]\ndomains = ["example.com"]\nalgorithms = ["rsa-sha1"]\n', "dkim.algorithms"),
+    ('[antivirsu]\nclamd = "tcp:127.0.0.1:3310"\n', "antivirsu"),  # a table no module owns (a typo)
 ])
 def test_check_config_validates_policy_tables(tmp_path, config, key):
     path = tmp_path / "bad.toml"
