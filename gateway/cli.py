@@ -192,10 +192,9 @@ async def _check(config: Config) -> None:
 
 def _health(config: Config) -> int:
     from gateway.ops.health import report, run_checks
+    from gateway.prepare import server_certificate_file
 
-    cert_file = None
-    if any(listener.tls != "none" for listener in config.listeners):
-        cert_file = config.smtpd_tls_cert_file or config.tls_dir / "server.crt"
+    cert_file = server_certificate_file(config)
     listeners = [(l.name, l.host, l.port) for l in config.listeners]
     results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file,
                                      config.queue_minfree + config.message_size_limit))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.tls.local_ca import LocalCertificates, check_local_ca, ensure_local_certificates
+from gateway.tls.local_ca import SERVER_CERT_NAME, LocalCertificates, check_local_ca, ensure_local_certificates
 from gateway.pipeline.build import Pipelines, build_pipelines
 from gateway.tls.context import client_context, server_context
 
@@ -79,9 +79,18 @@ def prepare(config: Config, *, write_files: bool = True) -> Prepared:
                     pipelines=pipelines)
 
 
+def server_certificate_file(config: Config) -> Path | None:
+    """The server certificate the listeners present: ``smtpd_tls_cert_file``, else the local CA's
+    ``state_dir/tls/server.crt``; None when no listener uses TLS. (``gateway health`` reads it without
+    building a context.)"""
+    if not any(listener.tls != "none" for listener in config.listeners):
+        return None
+    return config.smtpd_tls_cert_file or config.tls_dir / SERVER_CERT_NAME
+
+
 def _server_tls(config: Config, write_files: bool
                 ) -> tuple[ssl.SSLContext | None, Path | None, LocalCertificates | None]:
-    if not any(listener.tls != "none" for listener in config.listeners):
+    if server_certificate_file(config) is None:
         return None, None, None
     if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
         context = server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file, config.smtpd_tls_CAfile)
