@@ -122,6 +122,25 @@ SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, closing transmission
 BAD_ADDRESS_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 VRFY_DISABLED = Reply(502, "5.5.1", "VRFY command is disabled")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+INVALID_HELO = Reply(501, "5.5.2", "Helo command rejected: Invalid name")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
+SERVICE_UNAVAILABLE = Reply(421, "4.7.0", "Service not available, closing transmission channel")
+AUTH_NOT_ENABLED = Reply(502, "5.5.1", "Error: authentication not enabled")
+START_MAIL_INPUT = "354 End data with <CR><LF>.<CR><LF>"  # intermediate: no enhanced code (RFC 3463 §3)
+EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")  # added to aiosmtpd's EHLO lines
+
+
+def for_recipient(reply: Reply, address: str) -> Reply:
+    """``reply`` about one recipient: its text prefixed with ``<address>:`` (Postfix's RCPT replies)."""
+    return Reply(reply.code, reply.status, f"<{address}>: {reply.text}")
+
+
+def helo_ok(hostname: str) -> str:
+    """``250 <our name>``, the answer to HELO (RFC 5321 §4.1.1.1; no enhanced code, RFC 2034 §3)."""
+    return f"250 {hostname}"
 
 
 def queued(queue_id: str) -> Reply:

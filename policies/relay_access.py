@@ -8,6 +8,10 @@ verified against ``smtpd_tls_CAfile`` and whose SHA-256 or SHA-1 fingerprint is
 listed in ``relay_clientcerts`` (``permit_mynetworks``,
 ``permit_tls_clientcerts``).
 
+At HELO/EHLO a name with control characters, line or paragraph separators or
+bytes that are not UTF-8 is refused (Postfix ``reject_invalid_helo_hostname``):
+it is never a host name or address literal (RFC 5321 §4.1.1.1).
+
 At RCPT a trusted client may send to any domain (``permit``); anyone may send
 to ``relay_domains`` (``permit_auth_destination``) unless the local part asks a
 later host to route on (``user%other``, ``other!user``, ``"user@other"``:
@@ -18,6 +22,7 @@ Postfix ``allow_untrusted_routing = no``); everything else gets
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import ClassVar
 
@@ -29,6 +34,8 @@ from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
 
 _DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")
+_INVALID_HELO = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_INVALID_HELO_VERDICT = Verdict(Action.REJECT, replies.INVALID_HELO, reason="invalid_helo")
 INTERFACE_RESCAN_SECONDS = 30.0  # how often auto_trust_networks looks at the interfaces again
 log = logging.getLogger("gateway.relay_access")
 
@@ -92,6 +99,13 @@ class RelayAccess(Policy):
         if self.auto_trust and time.monotonic() - self.scanned_at >= INTERFACE_RESCAN_SECONDS:
             self._rescan()  # docker networks come and go while the gateway runs
         self.classify(ctx)
+        return CONTINUE
+
+    async def on_helo(self, ctx: PolicyContext, helo: str) -> Verdict:
+        # Postfix reject_invalid_helo_hostname, for what can never be a host name or address literal:
+        # control characters, separators, bytes that are not UTF-8 (and that forge log lines).
+        if _INVALID_HELO.search(helo):
+            return _INVALID_HELO_VERDICT
         return CONTINUE
 
     async def on_mail(self, ctx: PolicyContext, sender: str) -> Verdict:

@@ -36,6 +36,7 @@ from gateway.reply import Reply
 from gateway.smtpd.protocol import GatewaySMTP
 from gateway.spool import QueueState, RecipientStatus, SpoolEntry, new_queue_id
 from gateway.spool.intake import Intake
+from gateway.smtpd.refusal import refuse
 from gateway.tls.context import peer_certificate_fingerprints, tls_session_info
 from gateway.verdict import Action, HeaderEdit, Verdict
 
@@ -95,11 +96,10 @@ class SmtpHandler:
         result = await self.pipelines.access.connect(ctx)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
-            self._count_reject("connect", result.verdict)
             metrics.CONNECTIONS_REFUSED.labels(self.listener_name).inc()
-            log.info("NOQUEUE: reject: CONNECT from %s: %s", client.describe(), result.verdict.reply)
-            return Reply(421, "4.7.0", "Service not available, closing transmission channel") \
-                if result.verdict.reply.is_transient else result.verdict.reply
+            reply = replies.SERVICE_UNAVAILABLE if result.verdict.reply.is_transient else result.verdict.reply
+            refuse("connect", reply, reason=result.verdict.reason or "policy", client=client.describe())
+            return reply
         return None
 
     def end_session(self, server: GatewaySMTP) -> None:
@@ -112,10 +112,15 @@ class SmtpHandler:
             log.info("disconnect from %s", ctx.client.describe())
 
     @staticmethod
-    def _count_reject(stage: str, verdict: Verdict) -> None:
+    def _refuse(stage: str, verdict: Verdict, ctx: PolicyContext, *, reply: Reply | None = None,
+                recipient: str | None = None, helo: str | None = None) -> str:
+        """A policy's refusal of ``stage``, through the one seam (:func:`gateway.smtpd.refusal.refuse`)."""
         assert verdict.reply is not None
-        metrics.MESSAGES_REJECTED.labels(stage, verdict.reason or "policy",
-                                         metrics.reply_class(verdict.reply.code)).inc()
+        envelope = ctx.envelope
+        return refuse(stage, reply or verdict.reply, reason=verdict.reason or "policy", client=ctx.client.describe(),
+                      sender=envelope.sender if envelope is not None else None,
+                      recipients=[recipient] if recipient else (), helo=helo if helo is not None else ctx.client.helo,
+                      detail=verdict.detail)
 
     @staticmethod
     def _ctx(server: AioSMTP) -> PolicyContext:
@@ -138,13 +143,11 @@ class SmtpHandler:
         ctx = self._ctx(server)
         result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            assert result.verdict.reply is not None
-            return [str(result.verdict.reply)]
+            return [self._refuse("ehlo", result.verdict, ctx, helo=hostname)]
         session.host_name = hostname
         ctx.client.helo = hostname
         lines = [line for line in responses if not line[4:].upper().startswith("AUTH")]
-        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
-        return lines[:1] + extra + lines[1:]
+        return lines[:1] + list(replies.EHLO_EXTENSIONS) + lines[1:]
 
     async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           hostname: str) -> str:
@@ -152,11 +155,10 @@ class SmtpHandler:
         ctx = self._ctx(server)
         result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            assert result.verdict.reply is not None
-            return str(result.verdict.reply)
+            return self._refuse("helo", result.verdict, ctx, helo=hostname)
         session.host_name = hostname
         ctx.client.helo = hostname
-        return f"250 {server.hostname}"
+        return replies.helo_ok(server.hostname)
 
     async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -166,33 +168,29 @@ class SmtpHandler:
         if sender:
             try:
                 split_mailbox(sender)
+                if _CONTROL.search(sender):
+                    raise ValueError("control characters")
             except ValueError:
-                return str(replies.BAD_SENDER_SYNTAX)
-            if _CONTROL.search(sender):
-                return str(replies.BAD_SENDER_SYNTAX)
+                return refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=ctx.client.describe(),
+                              sender=sender, helo=ctx.client.helo)
         options = [option.upper() for option in mail_options]
         declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
         ctx.envelope = Envelope(sender=sender, smtputf8=envelope.smtp_utf8,
                                 body_8bitmime="BODY=8BITMIME" in options,
                                 declared_size=int(declared) if declared and declared.isdigit() else None)
         if not self._room_for(ctx.envelope.declared_size or 0):
-            self._count_reject("mail", Verdict(Action.TEMPFAIL, replies.SPOOL_FULL, reason="queue_minfree"))
-            log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s> size=%s", ctx.client.describe(),
-                     replies.SPOOL_FULL, sender, ctx.envelope.declared_size)
             ctx.envelope = None
-            return str(replies.SPOOL_FULL)
+            return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),
+                          sender=sender, helo=ctx.client.helo, detail=f"size={declared}")
         ctx.queue_id = new_queue_id()
         result = await self.pipelines.access.mail(ctx, sender)
         ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
         if result.verdict.action is Action.CONTINUE:
             result = await self.pipelines.for_direction(ctx.envelope.direction).mail(ctx, sender)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            assert result.verdict.reply is not None
-            self._count_reject("mail", result.verdict)
-            log.info("NOQUEUE: reject: MAIL from %s: %s; from=<%s>", ctx.client.describe(),
-                     result.verdict.reply, sender)
+            line = self._refuse("mail", result.verdict, ctx)
             ctx.envelope = None
-            return str(result.verdict.reply)
+            return line
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
@@ -216,12 +214,14 @@ class SmtpHandler:
         """Default-deny recipient check through the pipeline, plus smtpd_recipient_limit."""
         ctx = self._ctx(server)
         if ctx.envelope is None:
-            return "503 5.5.1 Error: need MAIL command"
+            return refuse("rcpt", replies.NEED_MAIL, reason="protocol", client=ctx.client.describe(),
+                          recipients=[address], helo=ctx.client.helo)
         if _CONTROL.search(address):  # could never be sent on (RFC 5321 §4.1.2)
-            return str(replies.BAD_ADDRESS_SYNTAX)
+            return refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=ctx.client.describe(),
+                          sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
-            self._count_reject("rcpt", Verdict(Action.TEMPFAIL, replies.TOO_MANY_RECIPIENTS, reason="recipient_limit"))
-            return str(replies.TOO_MANY_RECIPIENTS)
+            return refuse("rcpt", replies.TOO_MANY_RECIPIENTS, reason="recipient_limit", client=ctx.client.describe(),
+                          sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
         result = await self.pipelines.access.rcpt(ctx, address)
         if result.verdict.action is Action.ACCEPT:
             content = await self.pipelines.for_direction(ctx.envelope.direction).rcpt(
@@ -235,11 +235,8 @@ class SmtpHandler:
             ctx.envelope.recipients.append(address)
             return str(replies.RECIPIENT_OK)
         assert verdict.reply is not None
-        self._count_reject("rcpt", verdict)
-        reply = Reply(verdict.reply.code, verdict.reply.status, f"<{address}>: {verdict.reply.text}")
-        log.info("NOQUEUE: reject: RCPT from %s: %s; from=<%s> to=<%s> helo=<%s>", ctx.client.describe(),
-                 reply, ctx.envelope.sender, address, ctx.client.helo or "")
-        return str(reply)
+        return self._refuse("rcpt", verdict, ctx, reply=replies.for_recipient(verdict.reply, address),
+                            recipient=address, helo=ctx.client.helo or "")
 
     async def handle_VRFY(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str) -> str:
@@ -261,19 +258,16 @@ class SmtpHandler:
         # Ours included, as Postfix's cleanup counts them (hopcount_limit): a mail loop ends here.
         hops = received_count(content) + 1
         if hops >= self.config.hopcount_limit:
-            self._count_reject("data", Verdict(Action.REJECT, replies.TOO_MANY_HOPS, reason="hopcount"))
-            log.info("%s, result=reject (%s) reason=hopcount detail=%d Received fields with ours, limit %d",
-                     summary, replies.TOO_MANY_HOPS, hops, self.config.hopcount_limit)
-            return str(replies.TOO_MANY_HOPS)
+            return refuse("data", replies.TOO_MANY_HOPS, reason="hopcount", client=ctx.client.describe(),
+                          summary=summary,
+                          detail=f"{hops} Received fields with ours, limit {self.config.hopcount_limit}")
         pipeline = self.pipelines.for_direction(ctx.envelope.direction)
         result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
         verdict = result.verdict
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
-            self._count_reject("data", verdict)
-            log.info("%s, result=%s (%s) reason=%s%s", summary, verdict.action.value, verdict.reply,
-                     verdict.reason, f" detail={verdict.detail}" if verdict.detail else "")
-            return str(verdict.reply)
+            return refuse("data", verdict.reply, reason=verdict.reason or "policy", client=ctx.client.describe(),
+                          summary=summary, detail=verdict.detail)
         direction = ctx.envelope.direction.value
         if verdict.action is Action.DISCARD:
             metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, "discard").inc()
@@ -299,13 +293,13 @@ class SmtpHandler:
         try:
             await self.intake.commit(entry, message, state)
         except SpoolFullError as error:
-            self._count_reject("data", Verdict(Action.TEMPFAIL, replies.SPOOL_FULL, reason="spool_full"))
-            log.error("%s, result=tempfail (%s): %s", summary, replies.SPOOL_FULL, error)
-            return str(replies.SPOOL_FULL)
+            log.error("%s: cannot commit: %s", ctx.queue_id, error)
+            return refuse("data", replies.SPOOL_FULL, reason="spool_full", client=ctx.client.describe(),
+                          summary=summary, detail=str(error))
         except SpoolError as error:
-            self._count_reject("data", Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="spool_error"))
-            log.error("%s, result=tempfail (%s): %s", summary, replies.INTERNAL_ERROR, error)
-            return str(replies.INTERNAL_ERROR)
+            log.error("%s: cannot commit: %s", ctx.queue_id, error)
+            return refuse("data", replies.INTERNAL_ERROR, reason="spool_error", client=ctx.client.describe(),
+                          summary=summary, detail=str(error))
         del content, message  # committed: the worker reads it from the spool, or has its own bytes
         metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
         metrics.RECEIVED_BYTES.inc(size)
@@ -320,7 +314,7 @@ class SmtpHandler:
             # Logged by GatewaySMTP with the client and its certificate; aiosmtpd closes the connection.
             return str(replies.INTERNAL_ERROR)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
-        return str(replies.INTERNAL_ERROR)
+        return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
 
     def factory_kwargs(self) -> dict[str, Any]:
         """aiosmtpd SMTP keyword arguments common to all connections of this handler."""

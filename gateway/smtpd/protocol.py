@@ -37,58 +37,13 @@ from typing import Any, AnyStr, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
-from gateway import metrics
 from gateway import reply as replies
 from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
+from gateway.smtpd.refusal import refuse
+from gateway.smtpd.replies import enhance, is_greeting
 from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
-
-_HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}( |$)")
-_BASIC = re.compile(r"^([2345]\d\d)([ -])(.*)$", re.S)
-
-# aiosmtpd's own texts mapped to RFC 3463 codes (and friendlier words).
-_KNOWN = [
-    (re.compile(r"^500 (Error: )?(Command line too long|Line too long.*)$"), "500 5.5.2 Error: line too long"),
-    (re.compile(r"^500 Error: bad syntax$"), "500 5.5.2 Error: bad syntax"),
-    (re.compile(r"^500 Error: strict ASCII mode$"), "500 5.6.7 Error: non-ASCII input without SMTPUTF8"),
-    (re.compile(r'^500 Error: command "(.*)" not recognized$'), r"502 5.5.2 Error: command not recognized"),
-    (re.compile(r"^503 Error: send (\w+) first$"), r"503 5.5.1 Error: send \1 first"),
-    (re.compile(r"^503 Error: need MAIL command$"), "503 5.5.1 Error: need MAIL command"),
-    (re.compile(r"^503 Error: need RCPT command$"), "503 5.5.1 Error: need RCPT command"),
-    (re.compile(r"^503 Error: nested MAIL command$"), "503 5.5.1 Error: nested MAIL command"),
-    (re.compile(r"^552 Error: (message size exceeds fixed maximum message size|Too much mail data)$", re.I),
-     str(replies.MESSAGE_TOO_BIG)),
-    (re.compile(r"^530 Must issue a STARTTLS command first$"), str(replies.TLS_REQUIRED)),
-    (re.compile(r"^554 Command refused due to lack of security$"), "554 5.7.0 Error: TLS handshake failed"),
-    (re.compile(r"^454 TLS not available$"), "454 4.7.0 TLS not available"),
-    (re.compile(r"^220 Ready to start TLS$"), "220 2.0.0 Ready to start TLS"),
-    (re.compile(r"^501 (.*)$"), r"501 5.5.4 \1"),
-    (re.compile(r"^555 (.*)$"), r"555 5.5.4 \1"),
-    (re.compile(r"^502 (EXPN|Could not VRFY).*$"), "502 5.5.1 Error: command not implemented"),
-]
-
-
-# Pure function of the line, and the same few lines (354, 221, 250 OK ...) come
-# back in every transaction: skip the pattern walk for them.
-@functools.lru_cache(maxsize=512)
-def enhance(line: str) -> str:
-    """Add an RFC 3463 enhanced code to a reply line that lacks one.
-
-    Greeting (220 banner) and EHLO/HELO lines are left alone by the caller
-    (RFC 2034 §3 excludes them); 3xx intermediate replies have no enhanced code.
-    """
-    if _HAS_ENHANCED.match(line):
-        return line
-    for pattern, replacement in _KNOWN:
-        if pattern.match(line):
-            return pattern.sub(replacement, line)
-    match = _BASIC.match(line)
-    if not match or match.group(1)[0] == "3":
-        return line
-    code, sep, text = match.groups()
-    return f"{code}{sep}{code[0]}.0.0 {text}"
-
 
 # The fast path of _getaddr. What email._header_value_parser (used by aiosmtpd's
 # _getaddr) takes as atext is anything but its ATOM_ENDS (specials, space, tab);
@@ -102,10 +57,9 @@ _ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[A-Za-z0-9.:-]+\])"
 _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
-# aiosmtpd's texts, enhanced by push() like its own replies.
-_DATA_REFUSALS = {DataOutcome.TOO_LONG: "500 Line too long (see RFC5321 4.5.3.1.6)",
-                  DataOutcome.TOO_BIG: "552 Error: Too much mail data",
-                  DataOutcome.NO_MEMORY: str(replies.DATA_MEMORY_FULL)}
+_DATA_REFUSALS = {DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
+                  DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit"),
+                  DataOutcome.NO_MEMORY: (replies.DATA_MEMORY_FULL, "data_memory_limit")}
 
 
 def client_key(host: str) -> str:
@@ -207,8 +161,10 @@ class GatewaySMTP(SMTP):
             if not self.limiter.try_acquire(key):
                 self._refused = True
                 log.warning("connection limit reached, refusing %s", key)
+                line = refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
+                              client=f"unknown[{peer[0]}]:{peer[1]}" if peer else "unknown")
                 if not self.implicit_tls:  # in plain text; an implicit-TLS client is just closed
-                    cast(asyncio.WriteTransport, transport).write(f"{replies.TOO_MANY_CONNECTIONS}\r\n".encode())
+                    cast(asyncio.WriteTransport, transport).write(f"{line}\r\n".encode())
                 transport.close()
                 return
             self._slot = key
@@ -341,7 +297,7 @@ class GatewaySMTP(SMTP):
         return address, rest
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and not self.in_ehlo and not status.startswith("220 " + self.hostname):
+        if isinstance(status, str) and not self.in_ehlo and not is_greeting(status, self.hostname):
             status = enhance(status)
         await super().push(status)
 
@@ -387,7 +343,7 @@ class GatewaySMTP(SMTP):
 
     async def smtp_AUTH(self, arg: str) -> None:
         # SMTP AUTH is not offered yet (a later issue); say so instead of failing every login.
-        await self.push("502 5.5.1 Error: authentication not enabled")
+        await self.push(str(replies.AUTH_NOT_ENABLED))
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA with the gateway's reader (:mod:`gateway.smtpd.data_reader`) instead of aiosmtpd's.
@@ -404,12 +360,12 @@ class GatewaySMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(str(replies.NEED_RCPT))
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(str(replies.DATA_SYNTAX))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        await self.push(replies.START_MAIL_INPUT)
         try:
             result = await read_data(self._reader, size_limit=self.data_size_limit, budget=self.data_budget,
                                      spill_dir=self.spill_dir)
@@ -427,18 +383,18 @@ class GatewaySMTP(SMTP):
         del result  # the handler and the envelope hold the text from here; it is freed when they let go
         try:
             if outcome is not DataOutcome.COMPLETE:
-                refusal = enhance(_DATA_REFUSALS[outcome])
-                metrics.MESSAGES_REJECTED.labels("data", outcome.value, metrics.reply_class(int(refusal[:3]))).inc()
-                log.info("NOQUEUE: reject: DATA from %s: %s; from=<%s> to=%s", self._peer_text(), refusal,
-                         self.envelope.mail_from, ",".join(f"<{r}>" for r in self.envelope.rcpt_tos))
+                reply, reason = _DATA_REFUSALS[outcome]
+                line = refuse("data", reply, reason=reason, client=self._peer_text(),
+                              sender=self.envelope.mail_from, recipients=self.envelope.rcpt_tos,
+                              helo=self.session.host_name if self.session is not None else None)
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
-                await self.push(refusal)
+                await self.push(line)
                 return
             self.envelope.content = self.envelope.original_content = content
             del content
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push("250 OK" if status is MISSING else status)
+            await self.push(str(replies.OK) if status is MISSING else status)
         finally:
             if self.data_budget is not None:
                 self.data_budget.give(reserved)

@@ -106,7 +106,8 @@ def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tm
         (code, text), after = reply_to_data(gateway.port, "late10@elsewhere.org", body(10, 50_000))
         assert (code, text) == (452, b"4.3.1 Insufficient system storage"), (code, text)
         assert after == 250  # the session goes on
-        gateway.wait_for_log(r"result=tempfail \(452 4\.3\.1 Insufficient system storage\): spool file system full")
+        gateway.wait_for_log(r"result=tempfail \(452 4\.3\.1 Insufficient system storage\) reason=spool_full "
+                             r"detail=spool file system full")
         assert mail_reply(gateway.port, 50_000) == (452, b"4.3.1 Insufficient system storage")
         still_serving(gateway.port)
 

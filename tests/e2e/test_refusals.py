@@ -1,0 +1,102 @@
+"""One reply seam: every SMTP stage refused, each counted in gateway_messages_rejected_total and logged.
+
+Issue 11: the verdict-to-reply block was written out in each hook and had
+drifted (EHLO and HELO rejections were neither counted nor logged). Each stage
+is driven to a refusal here over real sockets against a real gateway; the
+metric is read from its /metrics with prometheus_client's parser, and every
+refusal has its ``NOQUEUE: reject: STAGE from ...`` line (DATA: the
+transaction's ``result=reject`` line). A source scan checks that the SMTP edge
+sends no reply text of its own outside the catalogue.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import socket
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness.helpers import http_get, relay_config
+
+ROOT = Path(__file__).resolve().parents[2]
+UNTRUSTED = "127.0.0.3"
+CATALOGUE = {ROOT / "gateway/reply.py", ROOT / "gateway/smtpd/replies.py"}
+
+
+def _session(port: int, lines: list[bytes], source: str = UNTRUSTED) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        replies = [reader.readline()]
+        for line in lines:
+            sock.sendall(line + b"\r\n")
+            while (reply := reader.readline())[3:4] == b"-":
+                pass
+            replies.append(reply)
+        return replies
+
+
+def _rejected(gateway) -> dict[tuple[str, str, str], float]:
+    _, text = http_get(gateway.metrics_url + "/metrics")
+    return {(s.labels["stage"], s.labels["reason"], s.labels["reply_class"]): s.value
+            for family in text_string_to_metric_families(text) if family.name == "gateway_messages_rejected"
+            for s in family.samples if s.name.endswith("_total")}
+
+
+def test_each_stage_refused_is_counted_and_logged(gateway_factory, sink):
+    gateway = gateway_factory(relay_config(sink.port, 'message_size_limit = "4k"\n'
+                                                      "smtpd_client_connection_count_limit = 1\n"))
+    with gateway:
+        port = gateway.port
+        hops = b"".join(b"Received: from h%d by h%d; Fri, 4 Dec 2026 10:00:00 +0000\r\n" % (n, n) for n in range(60))
+        assert _session(port, [b"HELO bad\x1bname"])[1].startswith(b"501 5.5.2 ")
+        assert _session(port, [b"EHLO bad\x07name"])[1].startswith(b"501 5.5.2 ")
+        assert _session(port, [b"EHLO client.test", b"MAIL FROM:<a\x01b@example.com>"])[2].startswith(b"501 5.1.7 ")
+        assert _session(port, [b"EHLO client.test", b"MAIL FROM:<a@example.com>",
+                               b"RCPT TO:<x@elsewhere.org>"])[3].startswith(b"554 5.7.1 ")
+        data = _session(port, [b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<x@example.net>",
+                               b"DATA", hops + b"\r\nbody\r\n."])
+        assert data[5].startswith(b"554 5.4.6 "), data
+        big = _session(port, [b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<x@example.net>",
+                              b"DATA", b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 80 + b"."])
+        assert big[5].startswith(b"552 5.3.4 "), big
+        with socket.create_connection(("127.0.0.1", port), source_address=(UNTRUSTED, 0), timeout=10) as first:
+            first.recv(100)
+            assert _session(port, [])[0].startswith(b"421 4.7.0 ")  # a second connection over the limit
+
+        for stage in ("HELO", "EHLO", "MAIL", "RCPT", "CONNECT"):
+            gateway.wait_for_log(rf"NOQUEUE: reject: {stage} from unknown\[127\.0\.0\.3\]:\d+: [45]\d\d [45]\.")
+        gateway.wait_for_log(r"result=reject \(554 5\.4\.6 Too many hops\) reason=hopcount")
+        gateway.wait_for_log(r"NOQUEUE: reject: DATA from unknown\[127\.0\.0\.3\]:\d+: 552 5\.3\.4 ")
+        counted = _rejected(gateway)
+    expected = {("helo", "invalid_helo", "5xx"), ("ehlo", "invalid_helo", "5xx"), ("mail", "bad_address", "5xx"),
+                ("rcpt", "relay_denied", "5xx"), ("data", "hopcount", "5xx"), ("data", "message_size_limit", "5xx"),
+                ("connect", "connection_limit", "4xx")}
+    assert {key: counted.get(key) for key in expected} == {key: 1.0 for key in expected}, counted
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            found.append((node.lineno, str(node.values[0].value)))
+    return found
+
+
+def test_the_smtp_edge_sends_no_reply_text_outside_the_catalogue():
+    reply_line = re.compile(r"^[2-5]\d\d[ -]")
+    offenders = []
+    for path in sorted((ROOT / "gateway").rglob("*.py")) + sorted((ROOT / "policies").rglob("*.py")):
+        if path in CATALOGUE:
+            continue
+        for line, text in _string_constants(path):
+            if reply_line.match(text):
+                offenders.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
+    assert offenders == []
+    # ... nor builds a Reply of its own: the SMTP edge and the relay access policy use the catalogue
+    for path in sorted((ROOT / "gateway/smtpd").rglob("*.py")) + [ROOT / "policies/relay_access.py"]:
+        source = path.read_text()
+        assert not re.search(r"(?<![\w.])Reply\(\s*\d", source), path
