@@ -84,3 +84,11 @@ class Envelope:
     body_8bitmime: bool = False
     declared_size: int | None = None
     direction: Direction = Direction.INBOUND
+
+    @classmethod
+    def from_mail(cls, sender: str, parameters: list[str], *, smtputf8: bool) -> Envelope:
+        """The transaction a ``MAIL FROM`` starts: ``SIZE=`` (RFC 1870) and ``BODY=8BITMIME`` (RFC 6152) read."""
+        options = [parameter.upper() for parameter in parameters]
+        declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
+        return cls(sender=sender, smtputf8=smtputf8, body_8bitmime="BODY=8BITMIME" in options,
+                   declared_size=int(declared) if declared and declared.isdigit() else None)

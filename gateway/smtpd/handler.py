@@ -13,11 +13,8 @@ then delivered, even if the 250 never reached the client.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
-import time
-from typing import Any
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
@@ -25,30 +22,25 @@ from gateway import metrics
 from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
-from gateway.envelope import ClientInfo, Direction, Envelope
-from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import message_size, received_count
+from gateway.envelope import Direction, Envelope
+from gateway.message import received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
-from gateway.pipeline.finish import finish
-from gateway.pipeline.received import received_header
 from gateway.reply import Reply
 from gateway.smtpd.protocol import GatewaySMTP
-from gateway.spool import QueueState, RecipientStatus, SpoolEntry, new_queue_id
+from gateway.spool import new_queue_id
 from gateway.spool.intake import Intake
+from gateway.smtpd.client import client_of, describe_tls
+from gateway.smtpd.accept import accept, transaction_summary
 from gateway.smtpd.refusal import refuse
-from gateway.tls.context import peer_certificate_fingerprints, tls_session_info
-from gateway.verdict import Action, HeaderEdit, Verdict
+from gateway.spool.files import has_room
+from gateway.verdict import Action, Verdict
 
 log = logging.getLogger("gateway.smtpd")
 
 # Never deliverable, and unsafe in logs and terminals: ASCII and C1 controls, line/paragraph
 # separators, and surrogates (bytes that were not UTF-8, kept by aiosmtpd's surrogateescape).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-
-
-def _addresses(recipients: list[str]) -> str:
-    return ",".join(f"<{r}>" for r in recipients)
 
 
 class SmtpHandler:
@@ -73,19 +65,9 @@ class SmtpHandler:
 
     # ---- connection life ----
 
-    def _describe_tls(self, server: AioSMTP, client: ClientInfo) -> None:
-        transport = server.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        client.tls_version, client.tls_cipher = tls_session_info(ssl_object)
-        fingerprints = peer_certificate_fingerprints(ssl_object)
-        client.cert_sha256, client.cert_sha1 = fingerprints if fingerprints else (None, None)
-
     async def start_session(self, server: GatewaySMTP) -> Reply | None:
         """Describe the client and run connect policies; a Reply refuses the connection."""
-        peer = server.transport.get_extra_info("peername") if server.transport else None
-        address = ipaddress.ip_address(peer[0].split("%", 1)[0]) if peer else ipaddress.ip_address("0.0.0.0")
-        client = ClientInfo(address=address, port=int(peer[1]) if peer else 0, listener=self.listener_name)
-        self._describe_tls(server, client)
+        client = client_of(server.transport, self.listener_name)
         ctx = PolicyContext(client=client)
         server.gateway_ctx = ctx  # on the protocol: aiosmtpd replaces the Session at STARTTLS
         self.sessions.add(server)
@@ -129,7 +111,7 @@ class SmtpHandler:
     def handle_STARTTLS(self, server: AioSMTP, session: Session, envelope: AioEnvelope) -> bool:
         """After a STARTTLS handshake: record TLS version, cipher and a verified client certificate."""
         client = self._ctx(server).client
-        self._describe_tls(server, client)
+        describe_tls(server.transport, client)
         client.helo = None
         log.info("STARTTLS from %s %s %s%s", client.describe(), client.tls_version, client.tls_cipher,
                  f" cert_sha256={client.cert_sha256}" if client.cert_sha256 else "")
@@ -140,25 +122,26 @@ class SmtpHandler:
     async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
         """Record the EHLO name; advertise PIPELINING and ENHANCEDSTATUSCODES, no AUTH yet."""
-        ctx = self._ctx(server)
-        result = await self.pipelines.access.helo(ctx, hostname)
-        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            return [self._refuse("ehlo", result.verdict, ctx, helo=hostname)]
-        session.host_name = hostname
-        ctx.client.helo = hostname
+        refusal = await self._greeted(server, session, "ehlo", hostname)
+        if refusal is not None:
+            return [refusal]
         lines = [line for line in responses if not line[4:].upper().startswith("AUTH")]
         return lines[:1] + list(replies.EHLO_EXTENSIONS) + lines[1:]
 
     async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           hostname: str) -> str:
         """Record the HELO name."""
+        return await self._greeted(server, session, "helo", hostname) or replies.helo_ok(server.hostname)
+
+    async def _greeted(self, server: AioSMTP, session: Session, stage: str, hostname: str) -> str | None:
+        """Run the HELO policies; the refusal line, or None with the name recorded."""
         ctx = self._ctx(server)
         result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            return self._refuse("helo", result.verdict, ctx, helo=hostname)
+            return self._refuse(stage, result.verdict, ctx, helo=hostname)
         session.host_name = hostname
         ctx.client.helo = hostname
-        return replies.helo_ok(server.hostname)
+        return None
 
     async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, mail_options: list[str]) -> str:
@@ -173,15 +156,11 @@ class SmtpHandler:
             except ValueError:
                 return refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=ctx.client.describe(),
                               sender=sender, helo=ctx.client.helo)
-        options = [option.upper() for option in mail_options]
-        declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
-        ctx.envelope = Envelope(sender=sender, smtputf8=envelope.smtp_utf8,
-                                body_8bitmime="BODY=8BITMIME" in options,
-                                declared_size=int(declared) if declared and declared.isdigit() else None)
-        if not self._room_for(ctx.envelope.declared_size or 0):
-            ctx.envelope = None
+        transaction = Envelope.from_mail(sender, mail_options, smtputf8=envelope.smtp_utf8)
+        if not has_room(self.intake.batcher.spool.root, transaction.declared_size or 0, self.config.queue_minfree):
             return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),
-                          sender=sender, helo=ctx.client.helo, detail=f"size={declared}")
+                          sender=sender, helo=ctx.client.helo, detail=f"size={transaction.declared_size}")
+        ctx.envelope = transaction
         ctx.queue_id = new_queue_id()
         result = await self.pipelines.access.mail(ctx, sender)
         ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
@@ -194,20 +173,6 @@ class SmtpHandler:
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
-
-    def _room_for(self, size: int) -> bool:
-        """Whether the spool can take a message of ``size`` bytes (0: unknown), as Postfix's smtpd checks.
-
-        Refused when the free space is at most ``queue_minfree``, when the
-        message would eat into it, or when it would take half of what is free
-        (Postfix ``smtpd_check_size``): better 452 at MAIL than after the whole DATA.
-        """
-        try:
-            free = self.intake.batcher.spool.free_bytes()
-        except OSError:
-            return True  # the commit will tell
-        minfree = self.config.queue_minfree
-        return free > minfree and size < free - minfree and size < free / 2
 
     async def handle_RCPT(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
@@ -251,10 +216,7 @@ class SmtpHandler:
         # From here only this frame holds the text: a large message is freed as soon as it is committed.
         envelope.original_content = envelope.content = None
         recipients = list(ctx.envelope.recipients)
-        summary = (f"{ctx.queue_id}: client={ctx.client.describe()}"
-                   f"{', tls=' + ctx.client.tls_version if ctx.client.tls_version else ''}"
-                   f", from=<{ctx.envelope.sender}>, to={_addresses(recipients)}, size={len(content)}"
-                   f"{', relay=permitted rule=' + ctx.client.trusted_rule if ctx.client.trusted_rule else ''}")
+        summary = transaction_summary(ctx, len(content))
         # Ours included, as Postfix's cleanup counts them (hopcount_limit): a mail loop ends here.
         hops = received_count(content) + 1
         if hops >= self.config.hopcount_limit:
@@ -268,45 +230,15 @@ class SmtpHandler:
             assert verdict.reply is not None
             return refuse("data", verdict.reply, reason=verdict.reason or "policy", client=ctx.client.describe(),
                           summary=summary, detail=verdict.detail)
-        direction = ctx.envelope.direction.value
         if verdict.action is Action.DISCARD:
-            metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, "discard").inc()
+            metrics.MESSAGES_RECEIVED.labels(self.listener_name, ctx.envelope.direction.value, "discard").inc()
             log.info("%s, result=discard reason=%s", summary, verdict.reason)
             return str(replies.queued(ctx.queue_id))
-        now = time.time()
-        trace = received_header(ctx.client, by_host=self.config.myhostname, queue_id=ctx.queue_id,
-                                recipients=recipients, extended=session.extended_smtp,
-                                smtputf8=ctx.envelope.smtputf8, now=now)
-        edits = result.headers
-        if verdict.action is Action.HOLD and verdict.headers != HeaderEdit():
-            edits += (verdict.headers,)  # held mail keeps what the holding policy added or removed
-        outbound = ctx.envelope.direction is Direction.OUTBOUND
-        message = await finish(content, trace, edits, signer=self.pipelines.signer if outbound else None,
-                               queue_id=ctx.queue_id)
-        size = message_size(message)
-        entry = SpoolEntry(
-            queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
-            recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,
-            smtputf8=ctx.envelope.smtputf8, body_8bitmime=ctx.envelope.body_8bitmime,
-            hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
-        state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING
-        try:
-            await self.intake.commit(entry, message, state)
-        except SpoolFullError as error:
-            log.error("%s: cannot commit: %s", ctx.queue_id, error)
-            return refuse("data", replies.SPOOL_FULL, reason="spool_full", client=ctx.client.describe(),
-                          summary=summary, detail=str(error))
-        except SpoolError as error:
-            log.error("%s: cannot commit: %s", ctx.queue_id, error)
-            return refuse("data", replies.INTERNAL_ERROR, reason="spool_error", client=ctx.client.describe(),
-                          summary=summary, detail=str(error))
-        del content, message  # committed: the worker reads it from the spool, or has its own bytes
-        metrics.MESSAGES_RECEIVED.labels(self.listener_name, direction, state.value).inc()
-        metrics.RECEIVED_BYTES.inc(size)
-        log.info("%s, result=%s%s", summary, "hold" if state is QueueState.HOLD else "queued",
-                 f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
-        ctx.queue_id = None
-        return str(replies.queued(entry.queue_id))
+        accepting = accept(ctx, content, result, listener=self.listener_name, config=self.config,
+                           signer=self.pipelines.signer, intake=self.intake, summary=summary,
+                           extended_smtp=session.extended_smtp)
+        del content  # accept() holds the text now, and lets go of it once committed
+        return await accepting
 
     async def handle_exception(self, error: Exception) -> str:
         """Any unexpected error: log it, answer ``451 4.3.0`` without internals."""
@@ -315,9 +247,3 @@ class SmtpHandler:
             return str(replies.INTERNAL_ERROR)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
-
-    def factory_kwargs(self) -> dict[str, Any]:
-        """aiosmtpd SMTP keyword arguments common to all connections of this handler."""
-        return {"data_size_limit": self.config.message_size_limit, "enable_SMTPUTF8": True,
-                "decode_data": False, "hostname": self.config.myhostname, "ident": "ESMTP",
-                "timeout": self.config.smtpd_timeout}

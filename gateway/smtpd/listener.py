@@ -58,7 +58,14 @@ class Listener:
             data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
             tls_handshake_timeout=self.tls_handshake_timeout,
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
-            loop=asyncio.get_running_loop(), **self.handler.factory_kwargs())
+            loop=asyncio.get_running_loop(), **self._smtp_options())
+
+    def _smtp_options(self) -> dict[str, object]:
+        """aiosmtpd ``SMTP`` keyword arguments common to the listener's connections."""
+        config = self.handler.config  # the live one: a reload replaces it
+        return {"data_size_limit": config.message_size_limit, "enable_SMTPUTF8": True,
+                "decode_data": False, "hostname": config.myhostname, "ident": "ESMTP",
+                "timeout": config.smtpd_timeout}
 
     async def start(self) -> None:
         """Bind and start accepting.

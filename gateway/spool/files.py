@@ -131,3 +131,19 @@ def create_and_write(path: str, data: MessageText) -> int:
         os.unlink(path)  # ours: O_EXCL created it
         raise
     return fd
+
+
+def has_room(directory: Path, size: int, minfree: int) -> bool:
+    """Whether the file system of ``directory`` can take ``size`` more bytes (0: unknown) above ``minfree``.
+
+    As Postfix's smtpd checks a ``SIZE=`` (``smtpd_check_size``): refused when the
+    free space is at most ``minfree``, when the message would eat into it, or
+    when it would take half of what is free. An error examining the file system
+    says yes: the commit will tell.
+    """
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return True
+    free = info.f_bavail * info.f_frsize
+    return free > minfree and size < free - minfree and size < free / 2

@@ -83,15 +83,6 @@ class Spool:
         """The directory holding records in ``state``."""
         return self.root / state.value
 
-    def free_bytes(self) -> int:
-        """Bytes free for the spool's user on its file system (``statvfs`` ``f_bavail``).
-
-        Raises:
-            OSError: the spool directory cannot be examined.
-        """
-        info = os.statvfs(self.root)
-        return info.f_bavail * info.f_frsize
-
     def record_path(self, queue_id: str, state: QueueState) -> Path:
         """Path of the record of ``queue_id`` in ``state``."""
         return self.state_dir(state) / f"{queue_id}.json"
