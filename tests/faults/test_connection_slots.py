@@ -13,21 +13,10 @@ import smtplib
 import socket
 from pathlib import Path
 
-from tests.harness.helpers import client_tls, http_get, relay_config
+from tests.harness.helpers import client_tls, closed_within, http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess, free_port
 
 HOLDER = "127.0.0.3"
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """True when the server closes ``sock`` within ``seconds`` (and sends nothing before)."""
-    sock.settimeout(seconds)
-    try:
-        return sock.recv(100) == b""
-    except (TimeoutError, socket.timeout):
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def test_pre_handshake_connections_beyond_the_limit_are_closed_and_handshakes_time_out(gateway_factory, sink):
@@ -39,15 +28,15 @@ def test_pre_handshake_connections_beyond_the_limit_are_closed_and_handshakes_ti
         held = [socket.create_connection(("127.0.0.1", port), source_address=(HOLDER, 0)) for _ in range(5)]
         try:
             # the two over the limit are closed at once, without a byte; the three others wait for a handshake
-            assert [_closed_within(sock, 1.0) for sock in held[3:]] == [True, True]
-            assert [_closed_within(sock, 0.3) for sock in held[:3]] == [False, False, False]
+            assert [closed_within(sock, 1.0) for sock in held[3:]] == [True, True]
+            assert [closed_within(sock, 0.3) for sock in held[:3]] == [False, False, False]
             gateway.wait_for_log(r"connection limit reached, refusing 127\.0\.0\.3", count=2)
             # another client is served meanwhile
             with smtplib.SMTP_SSL("127.0.0.1", port, source_address=("127.0.0.4", 0), timeout=10,
                                   context=client_tls(gateway.ca_file)) as client:
                 assert client.ehlo()[0] == 250
             # a handshake never started is given up after smtpd_starttls_timeout, and the slot is free again
-            assert all(_closed_within(sock, 5.0) for sock in held[:3])
+            assert all(closed_within(sock, 5.0) for sock in held[:3])
             gateway.wait_for_log(r"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener=smtps "
                                  r"no client certificate: .*2\.0 seconds", count=3)
         finally:

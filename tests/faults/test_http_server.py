@@ -12,23 +12,13 @@ import subprocess
 import time
 from urllib.parse import urlparse
 
-from tests.harness.helpers import http_get
+from tests.harness.helpers import closed_within, http_get
 from gateway.ops.http_server import HEAD_TIMEOUT, MAX_CONNECTIONS
 
 
 def _address(gateway) -> tuple[str, int]:
     url = urlparse(gateway.metrics_url)
     return url.hostname, url.port
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    sock.settimeout(seconds)
-    try:
-        return sock.recv(100) == b""
-    except (TimeoutError, socket.timeout):
-        return False
-    except ConnectionResetError:
-        return True
 
 
 def test_connections_over_the_cap_are_closed_and_slow_heads_are_cut(gateway_factory):
@@ -41,10 +31,10 @@ def test_connections_over_the_cap_are_closed_and_slow_heads_are_cut(gateway_fact
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # ... and the head never ends
             time.sleep(0.3)
             extra = socket.create_connection(address, timeout=5)
-            assert _closed_within(extra, 2.0)  # over the cap: closed at once
+            assert closed_within(extra, 2.0)  # over the cap: closed at once
             extra.close()
             started = time.monotonic()
-            assert all(_closed_within(sock, HEAD_TIMEOUT + 5) for sock in slow)  # cut at the head timeout
+            assert all(closed_within(sock, HEAD_TIMEOUT + 5) for sock in slow)  # cut at the head timeout
             assert time.monotonic() - started < HEAD_TIMEOUT + 5
         finally:
             for sock in slow:

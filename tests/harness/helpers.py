@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -48,3 +49,30 @@ def metrics_after_one_delivery(gateway: GatewayProcess, sink: SmtpSink, subject:
     sink.wait_for_messages(1)
     gateway.wait_for_log(r"[0-9A-F]{19}: removed")
     return http_get(gateway.metrics_url + "/metrics")
+
+
+def raw_session(port: int, lines: list[bytes], source: str = "127.0.0.1") -> list[bytes]:
+    """Send each of ``lines`` (CRLF added) on one plain connection from ``source``; the greeting and each reply.
+
+    For what smtplib will not send (control bytes, odd syntax). A multi-line reply comes back as its last line.
+    """
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        replies = [reader.readline()]
+        for line in lines:
+            sock.sendall(line + b"\r\n")
+            while (reply := reader.readline())[3:4] == b"-":
+                pass
+            replies.append(reply)
+        return replies
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes ``sock`` within ``seconds`` without sending anything first."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except (TimeoutError, socket.timeout):
+        return False
+    except ConnectionResetError:
+        return True
