@@ -29,7 +29,7 @@ test: $(STAMP) test-peers
 ## Benchmark the gateway against a private Postfix instance (as root, about 20 minutes);
 ## writes docs/benchmarks.md. BENCH_ARGS passes options, e.g. BENCH_ARGS=--quick.
 bench: $(STAMP)
-	bash bench/install.sh && $(BIN)/python bench/run.py $(BENCH_ARGS)
+	bash bench/install.sh && $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,46 +1,34 @@
-"""Runs the gateway CLI with in-process "what if" patches, for the bench's experiments only.
+"""Runs the gateway CLI with one cost changed, for the bench's what-if runs only (bench.systems.WhatIf).
 
-The gateway's own files are untouched; the patches are applied to this process before the CLI
-starts, from the comma list in the environment variable WHATIF:
+The gateway's own files are untouched. What is changed comes from the environment, set by
+``WhatIf.environment()``, and goes through the gateway's public names:
 
-* ``spool16`` - the spool's own thread pool (``gateway.spool.threads``) gets 16 threads;
-* ``nofsync`` - ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost);
-* ``commitN`` - N group commit batches in flight (e.g. ``commit1``) instead of
-  ``gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT``.
+* ``WHATIF_SPOOL_THREADS=N``: the spool's thread pool gets N threads (``gateway.spool.threads.resize``);
+* ``WHATIF_COMMIT_BATCHES=N``: N group commit batches in flight
+  (``gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT``);
+* ``WHATIF_FSYNC=0``: ``os.fsync`` does nothing (NOT durable: shows what the fsyncs cost).
 
-Logging is not patched here: the bench sets ``log_level = "warning"`` in the config for that.
+Logging is not changed here: the bench sets ``log_level = "warning"`` in the config for that.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-PATCHES = {p for p in os.environ.get("WHATIF", "").split(",") if p}
-
-if "spool16" in PATCHES:
-    try:
-        import gateway.spool.threads as spool_io
-        spool_io._executor = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="spool")
-        spool_io.SPOOL_THREADS = 16
-    except (ImportError, AttributeError):
-        print("whatif: gateway.spool.threads has no pool to resize", file=sys.stderr)
-
-if "nofsync" in PATCHES:
-    os.fsync = lambda fd: None
-
-for _patch in [p for p in PATCHES if p.startswith("commit") and p[6:].isdigit()]:
-    try:
-        import gateway.spool.batcher as batcher
-        batcher.COMMIT_BATCHES_IN_FLIGHT = int(_patch[6:])
-    except (ImportError, AttributeError):
-        print("whatif: gateway.spool.batcher has no COMMIT_BATCHES_IN_FLIGHT", file=sys.stderr)
-
+import gateway.spool.batcher as batcher  # noqa: E402
+import gateway.spool.threads as spool_threads  # noqa: E402
 from gateway.cli import main  # noqa: E402
+
+if os.environ.get("WHATIF_SPOOL_THREADS"):
+    spool_threads.resize(int(os.environ["WHATIF_SPOOL_THREADS"]))
+if os.environ.get("WHATIF_COMMIT_BATCHES"):
+    batcher.COMMIT_BATCHES_IN_FLIGHT = int(os.environ["WHATIF_COMMIT_BATCHES"])
+if os.environ.get("WHATIF_FSYNC") == "0":
+    os.fsync = lambda fd: None
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

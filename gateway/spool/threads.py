@@ -19,6 +19,13 @@ SPOOL_THREADS = 4
 _executor = ThreadPoolExecutor(max_workers=SPOOL_THREADS, thread_name_prefix="spool")
 
 
+def resize(threads: int) -> None:
+    """Use a pool of ``threads`` threads from now on (the benchmark's what-if runs; the default is
+    :data:`SPOOL_THREADS`). Calls already queued finish on the old pool."""
+    global _executor
+    _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spool")
+
+
 async def run_io(func: Callable[..., T], *args: object) -> T:
     """Run the blocking spool call ``func(*args)`` in the spool thread pool."""
     loop = asyncio.get_running_loop()
