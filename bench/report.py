@@ -587,10 +587,11 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
         size_mb = big["bytes"] / 2**20
         add(f"* **Large messages.** One {size_mb:.0f} MB message raised the gateway's RSS from {g_big['idle_mb']:.0f} "
             f"to {g_big['peak_mb']:.0f} MB, {(g_big['peak_mb'] - g_big['idle_mb']) / size_mb:.1f}× the message size: "
-            "aiosmtpd collects the DATA lines as many small objects (which the allocator keeps afterwards) and "
-            "joins them, and inserting the Received: header makes one more copy (the relay encodes DATA in 256 KB "
-            "pieces and adds no whole copy). Streaming DATA into the spool file would need our own DATA phase in "
-            "place of aiosmtpd's. Postfix streams it through its queue file"
+            "DATA itself is streamed (our reader writes a message over 1 MiB to an unnamed spool file as it "
+            "arrives and commits it as pieces), but the relay worker reads the message back from the spool in "
+            "one piece (one pread) before it encodes DATA in 256 KB pieces, so one whole copy is held while it "
+            "is delivered. Reading and sending it in pieces would remove that copy. Postfix streams it through "
+            "its queue file"
             + (f" (peak {big['postfix']['peak_mb']:.0f} MB PSS for all its processes)." if big.get("postfix", {}).get("peak_mb") else "."))
     add("")
 
