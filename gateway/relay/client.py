@@ -32,6 +32,7 @@ import aiosmtplib
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
+from gateway.relay import replies
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
 
@@ -156,20 +157,18 @@ class SmtpClient:
         except aiosmtplib.SMTPConnectResponseError as error:
             raise DeliveryError(_reply(error)) from None
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
-            raise DeliveryError(Reply(451, "4.4.1", f"connect to {host.describe()} failed: "
-                                      f"{type(error).__name__}: {error}"[:300])) from None
+            raise DeliveryError(replies.connect_failed(host.describe(), error)) from None
         try:
             await self._hello(smtp)
             if level != "none" and (smtp.supports_extension("starttls") or level in ("encrypt", "verify")):
                 if not smtp.supports_extension("starttls"):
-                    raise DeliveryError(Reply(451, "4.7.4", f"TLS is required, but {host.describe()} "
-                                              "did not offer STARTTLS"))
+                    raise DeliveryError(replies.starttls_not_offered(host.describe()))
                 await smtp.starttls(server_hostname=host.name, tls_context=self.tls_context)
                 await self._hello(smtp)  # RFC 3207 §4.2: forget what was learnt before TLS
             credentials = self.config.smtp_sasl_password_maps.get(str(host.hop))
             if credentials:
                 if not smtp.supports_extension("auth"):
-                    raise DeliveryError(Reply(451, "4.7.0", f"{host.describe()} offers no AUTH"))
+                    raise DeliveryError(replies.auth_not_offered(host.describe()))
                 await smtp.login(*credentials)
         except DeliveryError:
             smtp.close()
@@ -178,15 +177,11 @@ class SmtpClient:
             smtp.close()
             reply = _reply(error)
             if isinstance(error, aiosmtplib.SMTPAuthenticationError):
-                # Always transient, as Postfix smtp_sasl_auth_soft_bounce = yes: a password fix
-                # should not have bounced the queue.
-                reply = Reply(451, "4.7.8", f"SASL authentication failed; server said: {error.code} "
-                              f"{reply.status} {reply.text}"[:300])
+                reply = replies.sasl_failed(reply, error.code)
             raise DeliveryError(reply) from None
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as error:
             smtp.close()
-            raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "
-                                      f"{type(error).__name__}: {error}"[:300])) from None
+            raise DeliveryError(replies.lost_connection(host.describe(), error)) from None
         return smtp
 
     @staticmethod
@@ -225,12 +220,11 @@ class SmtpClient:
         except (ValueError, UnicodeError) as error:
             # aiosmtplib refuses control characters or unencodable addresses: they never can be sent
             smtp.close()
-            reply = Reply(553, "5.1.3", f"address cannot be sent: {error}"[:300])
+            reply = replies.address_unsendable(error)
             return AttemptResult({r: reply for r in recipients}, host)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
             smtp.close()
-            raise DeliveryError(Reply(451, "4.4.2", f"lost connection with {host.describe()}: "
-                                      f"{type(error).__name__}: {error}"[:300])) from None
+            raise DeliveryError(replies.lost_connection(host.describe(), error)) from None
         self.cache.put(host, smtp)
         return result
 
@@ -284,7 +278,7 @@ class SmtpClient:
         needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
         if needs_utf8 and not smtp.supports_extension("smtputf8"):
             # RFC 6531 §3.4: a non-ASCII address cannot be downgraded
-            reply = Reply(550, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {host.describe()}")
+            reply = replies.smtputf8_not_offered(host.describe())
             return AttemptResult({r: reply for r in recipients}, host)
         if (smtputf8 or needs_utf8) and smtp.supports_extension("smtputf8"):
             options.append("SMTPUTF8")
@@ -306,24 +300,24 @@ class SmtpClient:
             if reused:
                 raise _StaleSession() from None
             raise
-        replies: dict[str, Reply] = {}
+        per_recipient: dict[str, Reply] = {}
         accepted: list[str] = []
         for recipient in recipients:
             try:
                 response = await smtp.rcpt(recipient, encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as error:
-                replies[recipient] = _reply(error)
+                per_recipient[recipient] = _reply(error)
                 continue
             accepted.append(recipient)
-            replies[recipient] = Reply.from_remote(response.code, response.message)
+            per_recipient[recipient] = Reply.from_remote(response.code, response.message)
         if not accepted:
             await smtp.rset()
-            return AttemptResult(replies, host)
+            return AttemptResult(per_recipient, host)
         try:
             response = await self._send_data(smtp, message)
             data_reply = Reply.from_remote(response.code, response.message)
         except aiosmtplib.SMTPDataError as error:
             data_reply = _reply(error)
         for recipient in accepted:
-            replies[recipient] = data_reply
-        return AttemptResult(replies, host)
+            per_recipient[recipient] = data_reply
+        return AttemptResult(per_recipient, host)

@@ -18,6 +18,7 @@ import dns.resolver
 
 from gateway.addresses import split_mailbox
 from gateway.config import Config
+from gateway.relay import replies
 from gateway.values import NextHop
 from gateway.reply import Reply
 
@@ -74,7 +75,7 @@ class Router:
         try:
             domain = split_mailbox(recipient).domain
         except ValueError:
-            raise RoutingError(Reply(550, "5.1.3", "bad address syntax")) from None
+            raise RoutingError(replies.BAD_ADDRESS_SYNTAX) from None
         transport = self._transport(domain)
         if transport:
             name = ", ".join(str(h) for h in transport)
@@ -109,7 +110,7 @@ class Router:
             except RoutingError as exc:
                 error = exc
         if not result:
-            raise error or RoutingError(Reply(451, "4.4.4", "no route to destination"))
+            raise error or RoutingError(replies.NO_ROUTE)
         return result
 
     async def _hop_hosts(self, hop: NextHop) -> list[TargetHost]:
@@ -132,14 +133,14 @@ class Router:
         try:
             answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
-            raise RoutingError(Reply(550, "5.1.2", f"Host or domain name not found: {domain}")) from None
+            raise RoutingError(replies.domain_not_found(domain)) from None
         except dns.resolver.NoAnswer:
             return [domain]  # implicit MX (RFC 5321 §5.1)
         except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
-            raise RoutingError(Reply(451, "4.4.3", f"Host or domain name lookup failed: {domain}")) from error
+            raise RoutingError(replies.domain_lookup_failed(domain)) from error
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if len(records) == 1 and str(records[0].exchange) == ".":
-            raise RoutingError(Reply(556, "5.1.10", f"Domain {domain} does not accept mail (null MX)"))
+            raise RoutingError(replies.null_mx(domain))
         return [str(r.exchange).rstrip(".").lower() for r in records if str(r.exchange) != "."]
 
     async def _addresses(self, host: str) -> list[str]:
@@ -160,9 +161,9 @@ class Router:
             except dns.resolver.NoAnswer:
                 continue
             except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
-                raise RoutingError(Reply(451, "4.4.3", f"Host lookup failed: {host}")) from error
+                raise RoutingError(replies.host_lookup_failed(host)) from error
         if not addresses:
             if nxdomain:
-                raise RoutingError(Reply(550, "5.1.2", f"Host not found: {host}"))
-            raise RoutingError(Reply(451, "4.4.3", f"No address for host {host}"))
+                raise RoutingError(replies.host_not_found(host))
+            raise RoutingError(replies.host_without_address(host))
         return addresses

@@ -29,6 +29,7 @@ from collections import defaultdict
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import DeliveryError, SpoolError
+from gateway.relay import replies
 from gateway.relay.backoff import is_expired, next_attempt
 from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
                                   should_bounce)
@@ -239,7 +240,7 @@ class RelayWorker:
         except RoutingError as error:
             self._record(entry, recipients, error.reply, None, destination.label)
             return
-        last_reply = Reply(451, "4.4.1", "no host answered")
+        last_reply = replies.NO_HOST_ANSWERED
         last_host = None
         for host in hosts:
             try:
@@ -314,7 +315,7 @@ class RelayWorker:
             dsn = build_dsn(
                 reporting_mta=self.config.myhostname, original_sender=entry.sender,
                 original_queue_id=entry.queue_id, arrival=entry.arrival,
-                recipients=[FailedRecipient(r.address, r.last_reply or Reply(550, "5.0.0", "failed"), r.relay)
+                recipients=[FailedRecipient(r.address, r.last_reply or replies.FAILED_WITHOUT_REPLY, r.relay)
                             for r in recipients],
                 original_message=message, now=now,
                 header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
