@@ -146,3 +146,39 @@ def helo_ok(hostname: str) -> str:
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+# Content verdicts: the replies of the policies (spam, viruses, DMARC, header_checks).
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam")
+SPAM_SOFT_REJECT = Reply(451, "4.7.1", "Try again later")
+CONTENT_REJECTED_STATUS = "5.7.1"
+CONTENT_REJECTED_TEXT = "message content rejected"  # Postfix CLEANUP_STAT_CONT
+SCANNER_REJECTED_TEXT = "Spam message rejected"
+
+
+def scanner_rejected(text: str | None) -> Reply:
+    """554 5.7.1 with the scanner's own text (rspamd's ``messages.smtp_message``), or ours without one.
+
+    Raises:
+        ValueError: when ``text`` holds CR or LF (the caller keeps it to one line).
+    """
+    return Reply(554, "5.7.1", text or SCANNER_REJECTED_TEXT)
+
+
+def virus_found(signature: str) -> Reply:
+    """554 5.7.1 naming the antivirus signature, as amavis and ClamSMTP do."""
+    return Reply(554, "5.7.1", f"Virus found: {signature}")
+
+
+def dmarc_rejected(domain: str) -> Reply:
+    """550 5.7.1 naming the From: domain whose ``p=reject`` policy failed (RFC 7489 §6.6.1)."""
+    return Reply(550, "5.7.1", f"Message rejected by the DMARC policy of {domain}")
+
+
+def content_rejected(status: str = CONTENT_REJECTED_STATUS, text: str = "") -> Reply:
+    """550 with an operator's header_checks REJECT status (5.x.x) and text, or Postfix's default text.
+
+    Raises:
+        ValueError: when ``status`` is not a 5.x.x enhanced code, or ``text`` holds CR or LF.
+    """
+    return Reply(550, status, text or CONTENT_REJECTED_TEXT)

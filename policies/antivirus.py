@@ -40,7 +40,7 @@ import pyclamd  # type: ignore[import-untyped]  # no stubs; 0.4.0 is the last re
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.pipeline.policy import Policy, PolicyContext
-from gateway.reply import Reply
+from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
@@ -197,7 +197,7 @@ class Antivirus(Policy):
             return _CLEAN
         if self.action == "hold":
             return Verdict(Action.HOLD, reason="virus", detail=signature)
-        return Verdict(Action.REJECT, Reply(554, "5.7.1", f"Virus found: {signature}"),
+        return Verdict(Action.REJECT, replies.virus_found(signature),
                        reason="virus", detail=signature)
 
     def _scan(self, message: bytes) -> str | None:

@@ -59,7 +59,7 @@ from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.message import field_name, field_value, raw_fields
 from gateway.pipeline.policy import Policy, PolicyContext
-from gateway.reply import Reply
+from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 from policies.auth.dkim_verify import ArcResult, DkimResult, verify_arc, verify_dkim
@@ -300,7 +300,7 @@ class SenderAuthentication(Policy):
             return Verdict(Action.CONTINUE, headers=headers)
         detail = f"dmarc=fail header.from={failing.domain} dis={failing.disposition}"
         if rejecting:
-            reply = Reply(550, "5.7.1", f"Message rejected by the DMARC policy of {failing.domain}")
+            reply = replies.dmarc_rejected(failing.domain)
             return Verdict(Action.REJECT, reply, headers=headers, reason="dmarc_reject", detail=detail)
         if self.dmarc_quarantine == "hold":
             return Verdict(Action.HOLD, headers=headers, reason="dmarc_quarantine", detail=detail)

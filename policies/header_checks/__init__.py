@@ -102,10 +102,11 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import raw_fields, unfolded
 from gateway.pipeline.policy import Policy, PolicyContext
+from gateway import reply as replies
 from gateway.reply import Reply
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
-from policies.header_checks.rules import (BLANK, DEFAULT_REJECT_STATUS, DEFAULT_REJECT_TEXT, NOT_PRINTABLE,
+from policies.header_checks.rules import (BLANK, NOT_PRINTABLE,
                                          REPLY_TEXT_LIMIT, STATUS_PREFIX, Rule, parse_rules, prepend_field)
 
 KEYS = {"file", "timeout", "on_error"}
@@ -267,9 +268,9 @@ def _reply_text(text: str) -> str:
 
 def _reject_reply(text: str) -> Reply:
     """The 550 reply for a REJECT whose text was built from ``$n`` at match time."""
-    status, rest = DEFAULT_REJECT_STATUS, text.strip(BLANK)
+    status, rest = replies.CONTENT_REJECTED_STATUS, text.strip(BLANK)
     match = STATUS_PREFIX.fullmatch(rest)
     # A substituted code of the wrong class cannot be refused at load: keep it as text.
     if match and match.group(1) == "5":
         status, rest = f"5.{match.group(2)}.{match.group(3)}", (match.group(4) or "").strip(BLANK)
-    return Reply(550, status, _reply_text(rest) or DEFAULT_REJECT_TEXT)
+    return replies.content_rejected(status, _reply_text(rest))

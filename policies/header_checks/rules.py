@@ -13,11 +13,10 @@ import warnings
 from dataclasses import dataclass, field
 
 from gateway.errors import ConfigError
+from gateway import reply as replies
 from gateway.reply import Reply
 
 REPLY_TEXT_LIMIT = 400          # characters; keeps "550 5.7.1 <text>" well under RFC 5321's 512
-DEFAULT_REJECT_STATUS = "5.7.1"
-DEFAULT_REJECT_TEXT = "message content rejected"   # Postfix CLEANUP_STAT_CONT
 SUPPORTED_ACTIONS = ("REJECT", "DISCARD", "HOLD", "IGNORE", "WARN", "INFO", "PREPEND", "DUNNO", "OK")
 UNSUPPORTED_ACTIONS = ("BCC", "FILTER", "REDIRECT", "REPLACE", "STRIP")
 BLANK = " \t\v\f\r"            # C isspace() minus newline, as Postfix's ISSPACE sees a line
@@ -343,14 +342,14 @@ def _check_reject(template: Template) -> Reply | None:
         raise _RuleSyntaxError(f"REJECT needs a 5.x.x status code, not {status} (a reject is a permanent 550)")
     if not static:
         return None
-    status, text = DEFAULT_REJECT_STATUS, head
+    status, text = replies.CONTENT_REJECTED_STATUS, head
     if code:
         status, text = ".".join(code.group(n) for n in (1, 2, 3)), (code.group(4) or "").strip(BLANK)
     if NOT_PRINTABLE.search(text):
         raise _RuleSyntaxError(f"REJECT text {text!r} must be printable ASCII (it is sent to the client)")
     if len(text) > REPLY_TEXT_LIMIT:
         raise _RuleSyntaxError(f"REJECT text is longer than {REPLY_TEXT_LIMIT} characters")
-    return Reply(550, status, text or DEFAULT_REJECT_TEXT)
+    return replies.content_rejected(status, text)
 
 
 def _check_prepend(template: Template) -> None:

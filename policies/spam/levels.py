@@ -28,13 +28,12 @@ from typing import cast
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import field_name, raw_fields
-from gateway.reply import Reply
+from gateway import reply as replies
 from gateway.pipeline.section import Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 
 SECTION = "spam_levels"
 KILL_ACTIONS = ("reject", "hold")
-SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam")
 
 _KNOWN = {"tag_level", "tag2_level", "kill_level", "subject_tag", "kill_action"}
 _TEST_NAME = re.compile(r"[^A-Za-z0-9_.:+-]")  # rule names are tokens; anything else is dropped
@@ -93,7 +92,7 @@ class SpamLevels:
                 return Verdict(Action.HOLD, headers=self.spam_headers(engine=engine, score=score, tests=tests,
                                                                        message=message),
                                reason="spam", detail=detail)
-            return Verdict(Action.REJECT, SPAM_REJECTED, reason="spam", detail=detail)
+            return Verdict(Action.REJECT, replies.SPAM_REJECTED, reason="spam", detail=detail)
         if score >= self.tag2_level:
             return Verdict(Action.CONTINUE, headers=self.spam_headers(engine=engine, score=score, tests=tests,
                                                                        message=message),

@@ -59,7 +59,7 @@ from multidict import CIMultiDict
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.pipeline.policy import Policy, PolicyContext
-from gateway.reply import Reply
+from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, Verdict
 from policies.spam.levels import SpamLevels
@@ -68,8 +68,6 @@ SECTION = "rspamd"
 # rspamd's own scale (its default actions: add header 6, reject 15)
 RSPAMD_LEVELS = {"tag_level": 2.0, "tag2_level": 6.0, "kill_level": 15.0}
 _KNOWN = {"url", "timeout", "on_error", "password", "use_actions", *RSPAMD_LEVELS}
-DEFAULT_REJECT_TEXT = "Spam message rejected"
-SOFT_REJECT = Reply(451, "4.7.1", "Try again later")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_REPLY_TEXT = 200  # characters of rspamd's smtp_message we pass on
 
@@ -161,10 +159,10 @@ class Rspamd(Policy):
         """
         detail = f"rspamd action={action!r} score={score:.3f}"
         if action == "reject":
-            return Verdict(Action.REJECT, Reply(554, "5.7.1", _smtp_message(result) or DEFAULT_REJECT_TEXT),
+            return Verdict(Action.REJECT, replies.scanner_rejected(_smtp_message(result)),
                            reason="spam", detail=detail)
         if action == "soft reject":
-            return Verdict(Action.TEMPFAIL, SOFT_REJECT, reason="spam_soft_reject", detail=detail)
+            return Verdict(Action.TEMPFAIL, replies.SPAM_SOFT_REJECT, reason="spam_soft_reject", detail=detail)
         if action == "greylist":
             headers = self.levels.status_headers(engine=self.name, score=score, tests=tests, spam=False)
             return Verdict(Action.CONTINUE, headers=headers, reason="greylist_accepted", detail=detail)

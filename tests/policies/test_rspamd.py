@@ -39,7 +39,8 @@ from gateway.message import apply_edits, field_name, field_value, raw_fields
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, Verdict
-from policies.spam.rspamd import SOFT_REJECT, Rspamd
+from gateway.reply import SPAM_SOFT_REJECT
+from policies.spam.rspamd import Rspamd
 from tests.harness.samples import (  # noqa: F401
     CORPUS,
     CORPUS_FILES,
@@ -269,7 +270,7 @@ def test_no_action_above_tag_level_gets_status_no(rspamd):
 
 @pytest.mark.parametrize(("action", "expected", "reply", "reason"), [
     ("reject", Action.REJECT, Reply(554, "5.7.1", "forced by test"), "spam"),
-    ("soft reject", Action.TEMPFAIL, SOFT_REJECT, "spam_soft_reject"),
+    ("soft reject", Action.TEMPFAIL, SPAM_SOFT_REJECT, "spam_soft_reject"),
 ])
 def test_refusing_actions(rspamd, action, expected, reply, reason):
     verdict = scan(make_policy(rspamd.url, use_actions=True), forced(action))
