@@ -49,6 +49,8 @@ CA_CERT_NAME = "ca.crt"
 CA_KEY_NAME = "ca.key"
 SERVER_CERT_NAME = "server.crt"
 SERVER_KEY_NAME = "server.key"
+# The server certificate always names these, and the name constraint always permits them.
+LOOPBACK_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,10 +302,9 @@ def _permitted_names(hostname: str) -> list[x509.GeneralName]:
     if address is None and hostname != "localhost":
         labels = hostname.split(".")
         names.insert(0, x509.DNSName(".".join(labels[1:]) if len(labels) > 1 else hostname))
-    loopbacks = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")]
-    if address is not None and ipaddress.ip_network(address) not in loopbacks:
+    if address is not None and address not in LOOPBACK_ADDRESSES:
         names.append(x509.IPAddress(ipaddress.ip_network(address)))
-    names.extend(x509.IPAddress(network) for network in loopbacks)
+    names.extend(x509.IPAddress(ipaddress.ip_network(loopback)) for loopback in LOOPBACK_ADDRESSES)
     return names
 
 
@@ -337,10 +338,9 @@ def _issue_server(
         alt_names.append(x509.DNSName(hostname))
     if hostname != "localhost":
         alt_names.append(x509.DNSName("localhost"))
-    loopbacks = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    if address is not None and address not in loopbacks:
+    if address is not None and address not in LOOPBACK_ADDRESSES:
         alt_names.append(x509.IPAddress(address))
-    alt_names.extend(x509.IPAddress(ip) for ip in loopbacks)
+    alt_names.extend(x509.IPAddress(loopback) for loopback in LOOPBACK_ADDRESSES)
 
     # Clients match on subjectAltName (RFC 6125 §6.4.4); the CN is only for
     # humans reading the certificate, and is left out when it would not fit.
