@@ -81,6 +81,14 @@ def client_key(host: str) -> str:
     return str(address)
 
 
+
+def peer_text(peer: object) -> str:
+    """A peer address as Postfix logs a client: ``unknown[1.2.3.4]:port``; ``unknown`` when there is none.
+
+    ``peer`` is asyncio's ``peername`` extra (a tuple, or None) or aiosmtpd's ``session.peer``.
+    """
+    return f"unknown[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+
 class ConnectionLimiter:
     """Counts open connections, in all and per client (:func:`client_key`)."""
 
@@ -162,7 +170,7 @@ class GatewaySMTP(SMTP):
                 self._refused = True
                 log.warning("connection limit reached, refusing %s", key)
                 line = refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
-                              client=f"unknown[{peer[0]}]:{peer[1]}" if peer else "unknown")
+                              client=peer_text(peer))
                 if not self.implicit_tls:  # in plain text; an implicit-TLS client is just closed
                     cast(asyncio.WriteTransport, transport).write(f"{line}\r\n".encode())
                 transport.close()
@@ -221,7 +229,7 @@ class GatewaySMTP(SMTP):
             error: what ended it (``ssl.SSLError``, a lost connection, the handshake timeout).
         """
         peer = transport.get_extra_info("peername") if transport is not None else None
-        client = f"unknown[{peer[0]}]:{peer[1]}" if peer else "unknown"
+        client = peer_text(peer)
         fingerprints = presented_certificate_fingerprints(getattr(handshake, "_sslobj", None))
         certificate = (f" cert_sha256={fingerprints[0]} cert_sha1={fingerprints[1]}" if fingerprints
                        else " no client certificate")
@@ -400,5 +408,4 @@ class GatewaySMTP(SMTP):
                 self.data_budget.give(reserved)
 
     def _peer_text(self) -> str:
-        peer = self.session.peer if self.session is not None else None
-        return f"unknown[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+        return peer_text(self.session.peer if self.session is not None else None)
