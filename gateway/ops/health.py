@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 
+from gateway.spool.files import free_bytes
 from gateway.tls.local_ca import certificate_not_after
 
 CERTIFICATE_MARGIN = 3 * 86400.0  # seconds a certificate must still be valid
@@ -63,10 +64,9 @@ def check_spool(spool_dir: Path, needed_free: int = 0) -> HealthCheck:
     except OSError as error:
         return HealthCheck("spool", False, f"{spool_dir} is not writable ({error.strerror})")
     try:
-        info = os.statvfs(spool_dir)
+        free = free_bytes(spool_dir)
     except OSError as error:
         return HealthCheck("spool", False, f"{spool_dir}: free space unknown ({error.strerror})")
-    free = info.f_bavail * info.f_frsize
     if free < needed_free:
         return HealthCheck("spool", False, f"{spool_dir} has {free} bytes free, less than queue_minfree plus "
                                            f"message_size_limit ({needed_free})")

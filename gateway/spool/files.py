@@ -133,6 +133,16 @@ def create_and_write(path: str, data: MessageText) -> int:
     return fd
 
 
+def free_bytes(directory: Path | str) -> int:
+    """Bytes an unprivileged process may still write on ``directory``'s file system (``f_bavail``, as df).
+
+    Raises:
+        OSError: when ``statvfs(2)`` fails.
+    """
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize
+
+
 def has_room(directory: Path, size: int, minfree: int) -> bool:
     """Whether the file system of ``directory`` can take ``size`` more bytes (0: unknown) above ``minfree``.
 
@@ -142,8 +152,7 @@ def has_room(directory: Path, size: int, minfree: int) -> bool:
     says yes: the commit will tell.
     """
     try:
-        info = os.statvfs(directory)
+        free = free_bytes(directory)
     except OSError:
         return True
-    free = info.f_bavail * info.f_frsize
     return free > minfree and size < free - minfree and size < free / 2
