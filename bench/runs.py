@@ -22,6 +22,24 @@ from bench.profiles import find_py_spy, profiles_dir, summarise_py_spy, summaris
 from bench.systems import GatewaySystem, PostfixSystem, Scanners, Sink, System, WhatIf
 
 
+
+def failure(error: Exception) -> str:
+    """Print the traceback of a failed measurement and return its one-line summary: one failed run
+    must not lose the others."""
+    traceback.print_exc()
+    return f"{type(error).__name__}: {error}"
+
+
+def interrupt(process: subprocess.Popen[bytes], seconds: float) -> None:
+    """SIGINT a profiler (py-spy, strace) so that it writes its summary; killed after ``seconds``."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -56,6 +74,19 @@ class Bench:
                              extra=gateway_extra, whatif=whatif)
 
     @contextlib.contextmanager
+    def workspace(self, name: str) -> Iterator[tuple[Path, Sink]]:
+        """A fresh work directory with a started smtp-sink for one measurement; both go afterwards
+        (the directory stays with ``--keep``)."""
+        workdir = self.fresh_dir(name)
+        sink = Sink(workdir, free_port()).start()
+        try:
+            yield workdir, sink
+        finally:
+            sink.stop()
+            if not self.args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    @contextlib.contextmanager
     def running(self, system: System) -> Iterator[System]:
         system.start()
         self.started.append(system)
@@ -66,22 +97,17 @@ class Bench:
             self.started.remove(system)
 
     def one_run(self, kind: str, variant: str, round_no: int, position: int, messages: int) -> RunResult:
-        workdir = self.fresh_dir(f"{variant}-{kind}-r{round_no}")
         result = RunResult(system=kind, variant=variant, round=round_no, position=position, messages=messages)
-        sink = Sink(workdir, free_port()).start()
-        try:
-            system = self.make_system(kind, variant, sink.port, workdir)
-            with self.running(system):
-                time.sleep(self.args.settle)  # let start-up work (key loading, process spawning) finish
-                scanner_pids = self.scanners.pids if (variant == "scan" and kind == "gateway" and self.scanners) else None
-                measure(system, sink, result, scanner_pids=scanner_pids)
-        except Exception as error:  # one failed run must not lose the others
-            result.error += f" {type(error).__name__}: {error}"
-            traceback.print_exc()
-        finally:
-            sink.stop()
-            if not self.args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+        with self.workspace(f"{variant}-{kind}-r{round_no}") as (workdir, sink):
+            try:
+                system = self.make_system(kind, variant, sink.port, workdir)
+                with self.running(system):
+                    time.sleep(self.args.settle)  # let start-up work (key loading, process spawning) finish
+                    scanner_pids = (self.scanners.pids if (variant == "scan" and kind == "gateway" and self.scanners)
+                                    else None)
+                    measure(system, sink, result, scanner_pids=scanner_pids)
+            except Exception as error:  # one failed run must not lose the others
+                result.error += f" {failure(error)}"
         log(f"  {variant:5} round {round_no} {kind:7}: accept {result.accept_rate:7.1f} msg/s, "
             f"end-to-end {result.e2e_rate:7.1f} msg/s, CPU {result.cpu_per_1000:6.2f} s/1000, "
             f"mem {result.peak_memory_mb:6.1f} MB, cores {result.cores_busy:4.2f}"
@@ -111,21 +137,16 @@ class Bench:
     def small_run(self, kind: str, messages: int, *, sessions: int = SESSIONS, whatif: WhatIf | None = None,
                   gateway_extra: str = "", label: str = "") -> RunResult:
         """One plain run outside the rounds (fresh instance and sink); errors are recorded, not raised."""
-        workdir = self.fresh_dir(f"{label or 'small'}-{kind}")
         result = RunResult(system=kind, variant=label or "small", round=1, position=1, messages=messages)
-        sink = Sink(workdir, free_port()).start()
-        try:
-            system = self.make_system(kind, "plain", sink.port, workdir, gateway_extra=gateway_extra, whatif=whatif)
-            with self.running(system):
-                time.sleep(self.args.settle)
-                measure(system, sink, result, sessions=sessions)
-        except Exception as error:
-            result.error += f" {type(error).__name__}: {error}"
-            traceback.print_exc()
-        finally:
-            sink.stop()
-            if not self.args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+        with self.workspace(f"{label or 'small'}-{kind}") as (workdir, sink):
+            try:
+                system = self.make_system(kind, "plain", sink.port, workdir, gateway_extra=gateway_extra,
+                                          whatif=whatif)
+                with self.running(system):
+                    time.sleep(self.args.settle)
+                    measure(system, sink, result, sessions=sessions)
+            except Exception as error:
+                result.error += f" {failure(error)}"
         return result
 
     def sessions(self) -> None:
@@ -173,30 +194,24 @@ class Bench:
         log(f"one {self.args.big_message_mb} MB message, each system")
         out: dict[str, Any] = {"bytes": size}
         for kind in ("gateway", "postfix"):
-            workdir = self.fresh_dir(f"big-{kind}")
-            sink = Sink(workdir, free_port()).start()
             entry: dict[str, Any] = {}
-            try:
-                system = self.make_system(kind, "plain", sink.port, workdir,
-                                          gateway_extra=f'message_size_limit = "{size + 10 * 1024 * 1024}"\n',
-                                          postfix_extra={"message_size_limit": str(size + 10 * 1024 * 1024)})
-                with self.running(system):
-                    time.sleep(self.args.settle)
-                    idle = MemorySampler(system.root_pids)
-                    idle.sample()
-                    entry["idle_mb"] = (idle.peak_rss_kib if kind == "gateway" else idle.peak_pss_kib) / 1024
-                    result = RunResult(system=kind, variant="big", round=1, position=1, messages=1)
-                    measure(system, sink, result, body_bytes=size, sessions=1, sample_interval=0.02)
-                    entry.update(peak_mb=result.peak_memory_mb, peak_pss_mb=result.peak_pss_mb,
-                                 accept_seconds=result.accept_seconds, e2e_seconds=result.e2e_seconds,
-                                 cpu_seconds=result.cpu_seconds, delivered=result.delivered, error=result.error)
-            except Exception as error:
-                entry["error"] = f"{type(error).__name__}: {error}"
-                traceback.print_exc()
-            finally:
-                sink.stop()
-                if not self.args.keep:
-                    shutil.rmtree(workdir, ignore_errors=True)
+            with self.workspace(f"big-{kind}") as (workdir, sink):
+                try:
+                    system = self.make_system(kind, "plain", sink.port, workdir,
+                                              gateway_extra=f'message_size_limit = "{size + 10 * 1024 * 1024}"\n',
+                                              postfix_extra={"message_size_limit": str(size + 10 * 1024 * 1024)})
+                    with self.running(system):
+                        time.sleep(self.args.settle)
+                        idle = MemorySampler(system.root_pids)
+                        idle.sample()
+                        entry["idle_mb"] = (idle.peak_rss_kib if kind == "gateway" else idle.peak_pss_kib) / 1024
+                        result = RunResult(system=kind, variant="big", round=1, position=1, messages=1)
+                        measure(system, sink, result, body_bytes=size, sessions=1, sample_interval=0.02)
+                        entry.update(peak_mb=result.peak_memory_mb, peak_pss_mb=result.peak_pss_mb,
+                                     accept_seconds=result.accept_seconds, e2e_seconds=result.e2e_seconds,
+                                     cpu_seconds=result.cpu_seconds, delivered=result.delivered, error=result.error)
+                except Exception as error:
+                    entry["error"] = failure(error)
             log(f"  {kind}: {entry}")
             out[kind] = entry
         self.extras["big_message"] = out
@@ -248,8 +263,7 @@ class Bench:
                         burst = entry["all_delivered_seconds"] - entry["first_delivery_seconds"]
                         entry["drain_rate"] = messages / burst if burst > 0 else None
             except Exception as error:
-                entry["error"] = f"{type(error).__name__}: {error}"
-                traceback.print_exc()
+                entry["error"] = failure(error)
             finally:
                 refusing.stop()
                 if sink:
@@ -282,8 +296,11 @@ class Bench:
         self.extras["profile"] = out
 
     def _profile_py_spy(self, py_spy: str, variant: str, messages: int, *, gil: bool) -> dict[str, Any]:
-        workdir = self.fresh_dir(f"profile-pyspy-{variant}")
-        sink = Sink(workdir, free_port()).start()
+        with self.workspace(f"profile-pyspy-{variant}") as (workdir, sink):
+            return self._py_spy_run(py_spy, variant, messages, gil, workdir, sink)
+
+    def _py_spy_run(self, py_spy: str, variant: str, messages: int, gil: bool, workdir: Path,
+                    sink: Sink) -> dict[str, Any]:
         raw = workdir / "py-spy.txt"
         try:
             if variant == "scan":
@@ -299,12 +316,7 @@ class Bench:
                 time.sleep(1)
                 result = RunResult(system="gateway", variant="profile", round=1, position=1, messages=messages)
                 measure(system, sink, result)
-                spy.send_signal(signal.SIGINT)
-                try:
-                    spy.wait(30)
-                except subprocess.TimeoutExpired:
-                    spy.kill()
-                    spy.wait(10)
+                interrupt(spy, 30)
             summary = summarise_py_spy(raw.read_text(errors="replace")) if raw.exists() else {"error": "no output"}
             if raw.exists():  # kept for a closer look (speedscope, flamegraph.pl) next to the raw results
                 keep = profiles_dir(self.args.json)
@@ -315,19 +327,17 @@ class Bench:
             log(f"  py-spy {variant}{' --gil' if gil else ''}: {summary.get('buckets', summary.get('error'))}")
             return summary
         except Exception as error:
-            traceback.print_exc()
-            return {"error": f"{type(error).__name__}: {error}"}
+            return {"error": failure(error)}
         finally:
-            sink.stop()
             if self.scanners:
                 self.scanners.close()
                 self.scanners = None
-            if not self.args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
 
     def _strace(self, strace: str, kind: str, messages: int) -> dict[str, Any]:
-        workdir = self.fresh_dir(f"profile-strace-{kind}")
-        sink = Sink(workdir, free_port()).start()
+        with self.workspace(f"profile-strace-{kind}") as (workdir, sink):
+            return self._strace_run(strace, kind, messages, workdir, sink)
+
+    def _strace_run(self, strace: str, kind: str, messages: int, workdir: Path, sink: Sink) -> dict[str, Any]:
         summary_path = workdir / "strace.txt"
         try:
             system = self.make_system(kind, "plain", sink.port, workdir)
@@ -342,20 +352,10 @@ class Bench:
                 time.sleep(1.5)
                 result = RunResult(system=kind, variant="strace", round=1, position=1, messages=messages)
                 measure(system, sink, result)
-                tracer.send_signal(signal.SIGINT)
-                try:
-                    tracer.wait(60)
-                except subprocess.TimeoutExpired:
-                    tracer.kill()
-                    tracer.wait(10)
+                interrupt(tracer, 60)
             return summarise_strace(summary_path.read_text(errors="replace"), messages)
         except Exception as error:
-            traceback.print_exc()
-            return {"error": f"{type(error).__name__}: {error}"}
-        finally:
-            sink.stop()
-            if not self.args.keep:
-                shutil.rmtree(workdir, ignore_errors=True)
+            return {"error": failure(error)}
 
     def close(self) -> None:
         for system in list(self.started):
