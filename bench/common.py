@@ -96,11 +96,12 @@ def count_files(*roots: Path, suffix: str = "") -> int:
     return total
 
 
-def stop_pid(process: subprocess.Popen[Any] | None, timeout: float = 30.0) -> None:
-    """SIGTERM one process we started, wait (bounded), then SIGKILL."""
+def stop_pid(process: subprocess.Popen[Any] | None, timeout: float = 30.0,
+             stop_signal: signal.Signals = signal.SIGTERM) -> None:
+    """Send ``stop_signal`` to one process we started, wait (bounded, seconds), then SIGKILL."""
     if process is None or process.poll() is not None:
         return
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop_signal)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:

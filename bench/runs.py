@@ -15,12 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.common import BODY_BYTES, SESSIONS, free_port, log, wait_until
+from bench.common import BODY_BYTES, SESSIONS, free_port, log, stop_pid, wait_until
 from bench.load import RunResult, measure, smtp_source
 from bench.measure import MemorySampler, tree, tree_cpu
 from bench.profiles import find_py_spy, profiles_dir, summarise_py_spy, summarise_strace
 from bench.systems import GatewaySystem, PostfixSystem, Scanners, Sink, System, WhatIf
-
 
 
 def failure(error: Exception) -> str:
@@ -28,16 +27,6 @@ def failure(error: Exception) -> str:
     must not lose the others."""
     traceback.print_exc()
     return f"{type(error).__name__}: {error}"
-
-
-def interrupt(process: subprocess.Popen[bytes], seconds: float) -> None:
-    """SIGINT a profiler (py-spy, strace) so that it writes its summary; killed after ``seconds``."""
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
 
 
 class Bench:
@@ -316,7 +305,7 @@ class Bench:
                 time.sleep(1)
                 result = RunResult(system="gateway", variant="profile", round=1, position=1, messages=messages)
                 measure(system, sink, result)
-                interrupt(spy, 30)
+                stop_pid(spy, 30, signal.SIGINT)  # SIGINT: py-spy writes its samples
             summary = summarise_py_spy(raw.read_text(errors="replace")) if raw.exists() else {"error": "no output"}
             if raw.exists():  # kept for a closer look (speedscope, flamegraph.pl) next to the raw results
                 keep = profiles_dir(self.args.json)
@@ -352,7 +341,7 @@ class Bench:
                 time.sleep(1.5)
                 result = RunResult(system=kind, variant="strace", round=1, position=1, messages=messages)
                 measure(system, sink, result)
-                interrupt(tracer, 60)
+                stop_pid(tracer, 60, signal.SIGINT)  # SIGINT: strace writes its summary
             return summarise_strace(summary_path.read_text(errors="replace"), messages)
         except Exception as error:
             return {"error": failure(error)}
