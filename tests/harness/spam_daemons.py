@@ -13,11 +13,15 @@ rspamd also loads two test-only rules (``RSPAMD_TEST_LUA``): a zero-score
 ``X-Gateway-Test-Action`` message header that forces an action.
 
 Session fixtures ``spamd`` and ``rspamd`` start one of each for the whole
-test session; tests that stop a daemon make their own instance.
+test session; tests that stop a daemon make their own instance. All rspamd
+instances of one test run share one Hyperscan cache folder (``hs_cache_dir``):
+the first start compiles the URL suffix and regexp databases (about 7 s here),
+later starts load them (well under a second).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -82,6 +86,25 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loop
 _RSPAMD_OFF = ("fuzzy_check", "rbl", "multimap", "phishing", "whitelist", "asn", "neural", "dcc",
                "url_redirector", "replies", "greylist", "ratelimit", "history_redis", "reputation",
                "emails")
+
+
+_hyperscan_cache: Path | None = None
+
+
+def shared_hyperscan_cache(as_root: bool) -> Path:
+    """The Hyperscan cache folder all rspamd instances of this test run share (made on first use).
+
+    Removed when the test process exits; writable by ``nobody`` when running as root,
+    since rspamd's hs_helper worker writes it after dropping privileges.
+    """
+    global _hyperscan_cache
+    if _hyperscan_cache is None:
+        _hyperscan_cache = Path(tempfile.mkdtemp(prefix="rspamd-hs.", dir="/tmp"))
+        _hyperscan_cache.chmod(0o755)
+        if as_root:
+            shutil.chown(_hyperscan_cache, "nobody", "nogroup")
+        atexit.register(shutil.rmtree, _hyperscan_cache, ignore_errors=True)
+    return _hyperscan_cache
 
 
 def free_ports(count: int, host: str = HOST) -> list[int]:
@@ -284,7 +307,7 @@ class RspamdDaemon(_Daemon):
     """
 
     kind = "rspamd"
-    ready_timeout = 90.0  # the first start compiles Hyperscan databases (~10 s and more)
+    ready_timeout = 90.0  # the first start of a run compiles Hyperscan databases (~10 s and more)
 
     def __init__(self, dns: str = "127.0.0.1:53") -> None:
         super().__init__()
@@ -310,6 +333,7 @@ class RspamdDaemon(_Daemon):
         # DNS only to loopback (nothing listens on :53 here, lookups fail fast); fuzzy_check is off
         (etc / "local.d" / "options.inc").write_text(
             f'filters = "chartable,dkim,regexp";\ntempdir = "{self.dir / "tmp"}";\n'
+            f'hs_cache_dir = "{shared_hyperscan_cache(self.as_root)}/";\n'
             f'dns {{ nameserver = ["{self.dns}"]; timeout = 0.2s; retransmits = 1; }}\n')
         (etc / "rspamd.local.lua").write_text(RSPAMD_TEST_LUA)
         for module in _RSPAMD_OFF:
