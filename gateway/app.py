@@ -157,7 +157,8 @@ class Gateway:
             self.listeners.append(listener)
         watch_spool(self.spool)
         if config.metrics_listen:
-            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health)
+            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health,
+                                                head_timeout=config.metrics_timeout)
             try:
                 await self.metrics_server.start()
             except OSError as error:

@@ -90,6 +90,7 @@ class Config:
     log_format: str = "text"
     spool_sync_method: str = "fsync"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+    metrics_timeout: float = 10.0
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Any]:
@@ -105,7 +106,7 @@ class Config:
 _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
-    "smtp_timeout", "smtp_connection_cache_time_limit",
+    "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",

@@ -27,7 +27,8 @@ from gateway.ops.health import HealthCheck, report
 log = logging.getLogger("gateway.http")
 
 MAX_CONNECTIONS = 32       # open at once; Prometheus and a probe or two need a handful
-HEAD_TIMEOUT = 10.0        # seconds to send a request line and headers (and to start the next request)
+HEAD_TIMEOUT = 10.0        # seconds to send a request line and headers (and to start the next request);
+                           # the config key metrics_timeout sets it
 MAX_HEAD_BYTES = 8192      # request line and headers together
 WRITE_TIMEOUT = 30.0       # seconds for a client to take a response
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",

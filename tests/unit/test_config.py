@@ -81,9 +81,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     ("300", 300.0), (300, 300.0), (1.5, 1.5),
 ])
 def test_postfix_duration_forms(raw: object, seconds: float) -> None:
-    config = build({"maximal_queue_lifetime": raw, "smtp_timeout": raw})
+    config = build({"maximal_queue_lifetime": raw, "smtp_timeout": raw, "metrics_timeout": raw})
     assert config.maximal_queue_lifetime == seconds
     assert config.smtp_timeout == seconds
+    assert config.metrics_timeout == seconds
 
 
 def test_message_size_limit_forms() -> None:
