@@ -18,7 +18,7 @@ from tests.faults.helpers import submit
 from tests.harness.smtp_sink import SmtpSink
 
 MIN_BACKOFF = 1.0
-MAX_BACKOFF = 4.0
+MAX_BACKOFF = 2.0  # seconds: the schedule 1, 2, 2 ... still shows the doubling and the cap
 DEFERRED_RE = re.compile(r"(?P<id>[0-9A-F]+): to=<(?P<rcpt>[^>]+)>, relay=\S+, delay=(?P<delay>[0-9.]+), "
                          r"attempts=(?P<attempts>\d+), status=deferred \((?P<reply>[^)]*)")
 NEXT_RE = re.compile(r"(?P<id>[0-9A-F]+): deferred, \d+ recipient\(s\) left, next attempt in (?P<next>\d+)s")
