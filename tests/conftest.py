@@ -7,7 +7,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 from tests.harness.smtp_sink import SmtpSink
 
 pytest_plugins = ["tests.harness.clamd", "tests.harness.spam_daemons"]  # daemon fixtures

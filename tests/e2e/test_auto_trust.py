@@ -13,7 +13,8 @@ import textwrap
 
 import pytest
 
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 
 # veth pairs with both ends in the namespace (this kernel has no dummy links).
 SETUP = [

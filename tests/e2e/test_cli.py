@@ -163,7 +163,7 @@ def test_the_file_key_list_covers_every_path_key_of_the_config():
 def test_check_config_and_run_refuse_the_same_missing_file(tmp_path, key):
     import trustme
 
-    from tests.harness.gateway_process import free_port
+    from tests.harness.ports import free_port
 
     issued = trustme.CA().issue_cert("gw.test")
     cert, private_key = tmp_path / "cert.pem", tmp_path / "key.pem"

@@ -229,7 +229,8 @@ def test_stopping_a_scanner_mid_run(gateway_factory, sink, clamd, spamd, rspamd,
 
 @pytest.fixture(scope="module")
 def corpus_scanning_gateway(tmp_path_factory, clamd, spamd, rspamd):
-    from tests.harness.gateway_process import GatewayProcess, free_port
+    from tests.harness.gateway_process import GatewayProcess
+    from tests.harness.ports import free_port
     from tests.harness.smtp_sink import SmtpSink
 
     with SmtpSink() as sink:

@@ -27,7 +27,8 @@ def test_corpus_is_present():
 
 @pytest.fixture(scope="module")
 def corpus_gateway(tmp_path_factory):
-    from tests.harness.gateway_process import GatewayProcess, free_port
+    from tests.harness.gateway_process import GatewayProcess
+    from tests.harness.ports import free_port
 
     with SmtpSink() as sink:
         port = free_port()

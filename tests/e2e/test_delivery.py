@@ -8,7 +8,7 @@ import smtplib
 
 
 from tests.harness.helpers import relay_config
-from tests.harness.gateway_process import free_port
+from tests.harness.ports import free_port
 from tests.harness.smtp_sink import SmtpSink
 
 

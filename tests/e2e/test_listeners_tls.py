@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.harness.helpers import client_tls, relay_config
-from tests.harness.gateway_process import free_port
+from tests.harness.ports import free_port
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: only a listed client certificate lets it relay
 

@@ -13,7 +13,8 @@ import smtplib
 import subprocess
 import sys
 
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 
 
 def _seed(tmp_path, env: dict[str, str], *args: str) -> str:

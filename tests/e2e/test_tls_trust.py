@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.harness.helpers import client_tls, relay_config
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: only a listed client certificate lets it relay
 HANDSHAKE_REFUSED = (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError)

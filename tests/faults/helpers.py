@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Self
 
 from tests.harness.helpers import client_tls
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 
 TRUSTED = "127.0.0.1"     # in mynetworks = 127.0.0.1/32 (relay_config)
 UNTRUSTED = "127.0.0.2"   # loopback too, but outside mynetworks: the inbound pipeline applies

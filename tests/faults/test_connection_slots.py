@@ -14,7 +14,8 @@ import socket
 from pathlib import Path
 
 from tests.harness.helpers import client_tls, closed_within, http_get, relay_config
-from tests.harness.gateway_process import GatewayProcess, free_port
+from tests.harness.gateway_process import GatewayProcess
+from tests.harness.ports import free_port
 
 HOLDER = "127.0.0.3"
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.harness.helpers import relay_config
-from tests.harness.gateway_process import free_port
+from tests.harness.ports import free_port
 
 
 def _message(hops: int) -> bytes:

@@ -32,6 +32,8 @@ from typing import Self
 
 import pytest
 
+from tests.harness.ports import free_port
+
 CLAMD_BINARY = Path("/usr/sbin/clamd")
 SETPRIV = Path("/usr/bin/setpriv")  # util-linux
 
@@ -39,13 +41,6 @@ SETPRIV = Path("/usr/bin/setpriv")  # util-linux
 # (scanners on developer machines and in CI would quarantine it).
 _EICAR_HEAD = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$"
 _EICAR_TAIL = b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (bind port 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ClamdDaemon:
@@ -79,7 +74,7 @@ class ClamdDaemon:
         # mkdtemp makes 0700; clamd may drop privileges (a User line, AppArmor) and must reach it.
         self.folder.chmod(0o755)
         self.host = "127.0.0.1"
-        self.port = _free_port(self.host)
+        self.port = free_port(self.host)
         self.socket_path = self.folder / "clamd.sock"
         self.config_path = self.folder / "clamd.conf"
         self.log_path = self.folder / "clamd.log"

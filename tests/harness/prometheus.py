@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.harness.gateway_process import free_port
+from tests.harness.ports import free_port
 
 BINARY = Path("/usr/bin/prometheus")
 

@@ -40,6 +40,8 @@ from typing import Self
 import psutil
 import pytest
 
+from tests.harness.ports import free_ports
+
 SPAMD_BIN = Path("/usr/sbin/spamd")
 RSPAMD_BIN = Path("/usr/bin/rspamd")
 HOST = "127.0.0.1"
@@ -105,20 +107,6 @@ def shared_hyperscan_cache(as_root: bool) -> Path:
             shutil.chown(_hyperscan_cache, "nobody", "nogroup")
         atexit.register(shutil.rmtree, _hyperscan_cache, ignore_errors=True)
     return _hyperscan_cache
-
-
-def free_ports(count: int, host: str = HOST) -> list[int]:
-    """``count`` distinct TCP ports that were free a moment ago on ``host``."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @contextlib.contextmanager

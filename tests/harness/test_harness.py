@@ -1,4 +1,4 @@
-"""Tests of the test harness itself: the SMTP sink and the loopback DNS server."""
+"""Tests of the test harness itself: the SMTP sink, the loopback DNS server and the free-port picker."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from tests.harness.dns_server import TestDnsServer
+from tests.harness.ports import free_ports
 from tests.harness.smtp_sink import ReceivedMessage, SmtpSink
 
 # Leading dot (dot-stuffing), a line that is only ".", 8-bit bytes, a long line:
@@ -403,3 +404,16 @@ def test_dns_rejects_bad_record_values() -> None:
     with pytest.raises(Exception):
         TestDnsServer({("example.com", "MX"): ["not-a-number mx.example.com."]})
     assert dns.rdatatype.from_text("MX") == dns.rdatatype.MX
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
+    low, high = (int(part) for part in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(not low <= port <= high for port in ports), (low, high, ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # raises if the port was not free
+    # an outgoing connection's local port comes from the ephemeral range, so it never takes one of them
+    with SmtpSink() as sink, socket.create_connection(("127.0.0.1", sink.port)) as client:
+        assert low <= client.getsockname()[1] <= high

@@ -175,7 +175,8 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
 
     from gateway.dkim.keys import dns_txt_value, list_keys, load_private_key
     from tests.harness.helpers import http_get
-    from tests.harness.gateway_process import GatewayProcess, free_port
+    from tests.harness.gateway_process import GatewayProcess
+    from tests.harness.ports import free_port
     from tests.harness.smtp_sink import SmtpSink
 
     result = {}

@@ -50,7 +50,8 @@ from tests.harness.samples import (  # noqa: F401
     HEADER,
     UNDATED,
 )
-from tests.harness.spam_daemons import RspamdDaemon, free_ports
+from tests.harness.spam_daemons import RspamdDaemon
+from tests.harness.ports import free_ports
 
 # Corpus messages rspamd scores at or above 6.9, the amavis kill level (calibrated for
 # SpamAssassin), with the symbol that weighs most. They are parser test cases with broken

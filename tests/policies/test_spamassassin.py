@@ -41,7 +41,8 @@ from tests.harness.samples import (  # noqa: F401
     HEADER,
     UNDATED,
 )
-from tests.harness.spam_daemons import SpamdDaemon, free_ports
+from tests.harness.spam_daemons import SpamdDaemon
+from tests.harness.ports import free_ports
 
 # Corpus messages SpamAssassin scores at or above the default kill_level 6.9, with the rule
 # that carries them there. They are parser test cases (broken dates, advance-fee text, a
