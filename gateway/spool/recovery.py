@@ -26,14 +26,13 @@ class RecoveryReport:
 def recover(spool: Spool) -> RecoveryReport:
     """Repair the spool after a crash; call at start, holding the lock.
 
-    ``active/`` goes back to ``incoming/``; ``tmp/`` is emptied; message files
+    ``active/`` and every worker's ``active.<slot>/`` go back to ``incoming/``; ``tmp/`` is emptied; message files
     without a record anywhere are deleted (never acknowledged); records
     without a message file are moved to ``corrupt/``.
     """
     report = RecoveryReport()
-    for queue_id in spool.ids(QueueState.ACTIVE):
-        spool.move(queue_id, QueueState.ACTIVE, QueueState.INCOMING)
-        report.requeued_active += 1
+    for directory in spool.active_dirs():
+        report.requeued_active += spool.requeue_active(directory)
     for name in os.listdir(spool.tmp_dir):
         (spool.tmp_dir / name).unlink()
         report.removed_tmp += 1

@@ -5,7 +5,8 @@ Layout under the spool directory::
     data/<id>.eml        the message, written once (mode 0600), never changed
     tmp/<id>.json        records being written
     incoming/ active/ deferred/ hold/ corrupt/   <id>.json envelope records
-    lock                 flock()ed by the running gateway
+    active.<slot>/       a worker process's own active/ (``workers`` > 1, :mod:`gateway.workers`)
+    lock                 flock()ed by the running gateway (its supervisor when it has workers)
 
 Commit (what makes ``250 2.0.0 Ok: queued as <id>`` true):
 
@@ -51,9 +52,9 @@ from typing import Iterator
 
 from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError
-from gateway.message import MessageText, message_parts, message_size
+from gateway.message import MessageText
 from gateway.spool import files as spool_files
-from gateway.spool.commit import CommitFiles, PendingCommit
+from gateway.spool.commit import PendingCommit, commit_batch
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
 from gateway.spool.recovery import RecoveryReport, recover
@@ -64,24 +65,50 @@ class Spool:
     """A spool directory. Methods are synchronous and block on disk I/O.
 
     Call them from a worker thread (``asyncio.to_thread``) in the event loop.
+
+
+    Args:
+        root: the spool directory.
+        sync_method: ``"fsync"`` or ``"syncfs"`` (``spool_sync_method``).
+        slot: the worker process this spool object serves, or None for a single-process
+            gateway and the queue commands. A worker claims into its own ``active.<slot>/``,
+            so what a dead worker held is known and requeued when its slot starts again;
+            with ``slot=None`` the ACTIVE state reads every worker's directory
+            (:meth:`ids`, :meth:`read`, :meth:`locate`) and claims into ``active/``.
     """
 
-    def __init__(self, root: Path, sync_method: str = "fsync") -> None:
+    def __init__(self, root: Path, sync_method: str = "fsync", slot: int | None = None) -> None:
         if sync_method not in SPOOL_SYNC_METHODS:
             raise ValueError(f"unknown spool sync method {sync_method!r}")
         self.root = Path(root)
+        self.slot = slot
+        active = QueueState.ACTIVE.value
+        self._active_dir = self.root / (active if slot is None else f"{active}.{slot}")
         self.use_syncfs = sync_method == "syncfs"
         self.data_dir = self.root / "data"
         self.tmp_dir = self.root / "tmp"
         # The hot paths (commit_many, remove_many) build names as plain strings.
         self._data_prefix = f"{self.data_dir}{os.sep}"
         self._tmp_prefix = f"{self.tmp_dir}{os.sep}"
-        self._state_prefix = {state: f"{self.root / state.value}{os.sep}" for state in QueueState}
+        self._state_prefix = {state: f"{self.state_dir(state)}{os.sep}" for state in QueueState}
         self._lock_fd: int | None = None
 
     def state_dir(self, state: QueueState) -> Path:
-        """The directory holding records in ``state``."""
-        return self.root / state.value
+        """The directory holding records in ``state`` (for ACTIVE: this slot's own)."""
+        return self._active_dir if state is QueueState.ACTIVE else self.root / state.value
+
+    def active_dirs(self) -> list[Path]:
+        """Every active directory on disk: ``active/`` and each worker's ``active.<slot>/``."""
+        prefix = f"{QueueState.ACTIVE.value}."
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            names = []
+        slots = sorted(name for name in names if name.startswith(prefix) and name[len(prefix):].isdigit())
+        return [self.root / QueueState.ACTIVE.value, *(self.root / name for name in slots)]
+
+    def _reads_every_active_dir(self, state: QueueState) -> bool:
+        return state is QueueState.ACTIVE and self.slot is None
 
     def record_path(self, queue_id: str, state: QueueState) -> Path:
         """Path of the record of ``queue_id`` in ``state``."""
@@ -142,88 +169,11 @@ class Spool:
             raise pending.error
 
     def commit_many(self, batch: list[PendingCommit]) -> None:
-        """Commit several new messages with shared directory fsyncs (group commit).
+        """Commit several new messages with shared fsyncs (:func:`gateway.spool.commit.commit_batch`).
 
-        Each item succeeds or fails on its own: on return ``item.error`` is None
-        when that message is durable (250 may be said), else the
-        :class:`SpoolFullError` or :class:`SpoolError` to answer with; a failed
-        item leaves no file behind. Never raises for an I/O error.
+        On return ``item.error`` is None for each message that is durable; never raises for an I/O error.
         """
-        live: list[CommitFiles] = []
-        for item in batch:
-            files = self._write_unsynced(item)
-            if files is not None:
-                live.append(files)
-        if self.use_syncfs and live:
-            try:
-                spool_files.syncfs(live[0].data_fd)
-            except OSError as error:
-                for files in live:
-                    files.fail(error)
-        else:
-            for files in live:  # fsync after all writes: the file system can merge them into few journal commits
-                try:
-                    os.fsync(files.data_fd)
-                    os.fsync(files.record_fd)
-                except OSError as error:
-                    files.fail(error)
-        for files in live:
-            files.close()
-        live = [files for files in live if files.item.error is None]
-        if not live:
-            return
-        if not self.use_syncfs:
-            try:
-                spool_files.fsync_dir(self.data_dir)
-            except OSError as error:
-                for files in live:
-                    files.fail(error)
-                return
-        published: dict[QueueState, list[CommitFiles]] = {}
-        for files in live:
-            record_path = f"{self._state_prefix[files.item.state]}{files.item.entry.queue_id}.json"
-            try:
-                os.rename(files.tmp_path, record_path)
-            except OSError as error:
-                files.fail(error)
-                continue
-            files.created[-1] = record_path
-            published.setdefault(files.item.state, []).append(files)
-        if self.use_syncfs and published:
-            try:
-                spool_files.syncfs_path(self._data_prefix)
-            except OSError as error:
-                for members in published.values():
-                    for files in members:
-                        files.fail(error)
-            return
-        for state, members in published.items():
-            try:
-                spool_files.fsync_dir(self.state_dir(state))
-            except OSError as error:
-                for files in members:
-                    files.fail(error)
-
-    def _write_unsynced(self, item: PendingCommit) -> CommitFiles | None:
-        entry = item.entry
-        digest = hashlib.sha256()
-        for piece in message_parts(item.message):
-            digest.update(piece)
-        entry.message_size = message_size(item.message)
-        entry.message_sha256 = digest.hexdigest()
-        entry.state = item.state
-        files = CommitFiles(item, f"{self._tmp_prefix}{entry.queue_id}.json")
-        try:
-            data_path = f"{self._data_prefix}{entry.queue_id}.eml"
-            files.data_fd = spool_files.create_and_write(data_path, item.message)
-            item.message = b""  # written: the bytes need not live as long as the batch does
-            files.created.append(data_path)
-            files.record_fd = spool_files.create_and_write(files.tmp_path, entry.to_json())
-            files.created.append(files.tmp_path)
-        except OSError as error:
-            files.fail(error)
-            return None
-        return files
+        commit_batch(self, batch)
 
     # ---- reading ----
 
@@ -234,11 +184,16 @@ class Spool:
             NotInQueue: when there is no such record.
             ValueError: when the record is malformed, or not a regular file (a link, a FIFO).
         """
-        try:
-            raw = spool_files.read_regular_file(self.record_path(queue_id, state), spool_files.MAX_RECORD_BYTES)
-        except FileNotFoundError:
-            raise NotInQueue(f"{queue_id}: not in {state.value}") from None
-        return SpoolEntry.from_json(raw, state)
+        paths = [self.record_path(queue_id, state)]
+        if self._reads_every_active_dir(state):
+            paths += [directory / f"{queue_id}.json" for directory in self.active_dirs()[1:]]
+        for path in paths:
+            try:
+                raw = spool_files.read_regular_file(path, spool_files.MAX_RECORD_BYTES)
+            except FileNotFoundError:
+                continue
+            return SpoolEntry.from_json(raw, state)
+        raise NotInQueue(f"{queue_id}: not in {state.value}")
 
     def locate(self, queue_id: str) -> QueueState:
         """The state whose directory holds a record for ``queue_id`` (the record is not parsed).
@@ -251,6 +206,8 @@ class Spool:
         for state in QueueState:
             if self.record_path(queue_id, state).exists():
                 return state
+        if self.slot is None and any((d / f"{queue_id}.json").exists() for d in self.active_dirs()[1:]):
+            return QueueState.ACTIVE
         raise NotInQueue(f"{queue_id}: no such message in the queue")
 
     def find(self, queue_id: str) -> SpoolEntry:
@@ -284,10 +241,13 @@ class Spool:
 
     def ids(self, state: QueueState) -> list[str]:
         """Queue IDs with a record in ``state``, oldest first."""
-        try:
-            names = os.listdir(self.state_dir(state))
-        except FileNotFoundError:
-            return []
+        directories = self.active_dirs() if self._reads_every_active_dir(state) else [self.state_dir(state)]
+        names: list[str] = []
+        for directory in directories:
+            try:
+                names += os.listdir(directory)
+            except FileNotFoundError:
+                continue
         return sorted(name[:-5] for name in names if name.endswith(".json") and is_queue_id(name[:-5]))
 
     def entries(self, states: tuple[QueueState, ...] = tuple(QueueState)) -> Iterator[SpoolEntry]:
@@ -430,3 +390,25 @@ class Spool:
     def recover(self) -> RecoveryReport:
         """Repair the spool after a crash (:func:`gateway.spool.recovery.recover`); at start, holding the lock."""
         return recover(self)
+
+    def requeue_active(self, directory: Path | None = None) -> int:
+        """Move every record of ``directory`` (default: this slot's active one) back to ``incoming/``.
+
+        What a worker had claimed or was handed when it died goes back to the queue
+        when its slot starts again. Returns how many records moved.
+
+        Raises:
+            OSError: when a rename or the directory fsync fails.
+        """
+        source = self.state_dir(QueueState.ACTIVE) if directory is None else directory
+        try:
+            names = [name for name in os.listdir(source) if name.endswith(".json")]
+        except FileNotFoundError:
+            return 0
+        incoming = self.state_dir(QueueState.INCOMING)
+        for name in names:
+            os.rename(source / name, incoming / name)
+        if names:
+            spool_files.fsync_dir(incoming)
+            spool_files.fsync_dir(source)
+        return len(names)
