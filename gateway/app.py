@@ -17,6 +17,12 @@ the policies and their lists and files (header checks, DKIM keys), relay
 settings (relayhost, transport_maps, lifetimes, backoff) and limits. Listener
 addresses and the spool location need a restart; a change there is logged and
 ignored.
+
+As a worker of a supervisor (``role``, :mod:`gateway.workers`) the process takes
+neither the spool lock nor part in the full recovery (the supervisor did both):
+it requeues what its own ``active.<slot>/`` held, accepts on the sockets the
+supervisor bound, gets its share of the gateway-wide limits, leaves ``/metrics``
+and ``/healthz`` to the supervisor and reports ready on a pipe.
 """
 
 from __future__ import annotations
@@ -39,16 +45,17 @@ from gateway.errors import ConfigError
 from gateway.smtpd.listener import Listener
 from gateway.tls.local_ca import certificate_not_after
 from gateway.pipeline.build import Pipelines
-from gateway.prepare import Prepared, prepare
+from gateway.prepare import Prepared, announce, prepare
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
 from gateway.smtpd.handler import SmtpHandler
 from gateway.smtpd.protocol import ConnectionLimiter
-from gateway.spool import Spool
+from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.intake import Intake
 from gateway.tls.context import ServerTls
+from gateway.workers.role import WorkerRole, worker_share
 
 log = logging.getLogger("gateway")
 
@@ -66,16 +73,28 @@ def _raise_open_file_limit() -> None:
         log.info("open files: soft limit raised from %d to %d", soft, wanted)
 
 
+DATA_MEMORY_INTERVAL = 0.5  # seconds between updates of gateway_smtp_data_memory_bytes in a worker
+
+
 class Gateway:
-    """One running gateway; ``await Gateway(config).serve()`` runs until a stop signal."""
+    """One running gateway; ``await Gateway(config).serve()`` runs until a stop signal.
+
+    Args:
+        config: the validated configuration.
+        shutdown_timeout: seconds open transactions get at SIGTERM.
+        config_path: the file SIGHUP re-reads (None: the embedded default).
+        role: set when this process is one worker of a supervisor (:mod:`gateway.workers`).
+    """
 
     def __init__(self, config: Config, shutdown_timeout: float = 30.0,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None, role: WorkerRole | None = None) -> None:
+        self.role = role
+        config = self._share(config)
         self.config = config
         self.config_path = config_path
         self.server_tls: ServerTls | None = None
         self.shutdown_timeout = shutdown_timeout
-        self.spool = Spool(config.spool_dir, config.spool_sync_method)
+        self.spool = Spool(config.spool_dir, config.spool_sync_method, slot=role.slot if role else None)
         self.listeners: list[Listener] = []
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
@@ -87,26 +106,25 @@ class Gateway:
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
         self.data_budget = MemoryBudget(config.smtpd_data_memory_limit)
-        metrics.DATA_MEMORY.set_function(lambda: self.data_budget.used)
+        self.data_memory_task: asyncio.Task[None] | None = None
+        if role is None:
+            metrics.DATA_MEMORY.set_function(lambda: self.data_budget.used)
+
+    def _share(self, config: Config) -> Config:
+        return worker_share(config, self.role.count) if self.role is not None else config
+
+    async def _publish_data_memory(self) -> None:
+        # prometheus-client's multiprocess mode reads values from files: a set_function is never seen.
+        while True:
+            metrics.DATA_MEMORY.set(self.data_budget.used)
+            await asyncio.sleep(DATA_MEMORY_INTERVAL)
 
     def _use_certificate(self, prepared: Prepared) -> None:
-        if prepared.local_ca is not None:
-            local = prepared.local_ca
-            log.info("using the local CA %s%s; clients can pin it:", local.ca_cert,
-                     " (server certificate renewed)" if local.renewed else "")
-            for line in local.ca_cert.read_text().strip().splitlines():  # one log line each: lines stay lines
-                log.info("%s", line)
+        if self.role is None:  # a supervisor announces them once for all its workers
+            announce(prepared)
         self.cert_file = prepared.server_cert
         if prepared.server_cert is not None:
             metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())
-
-    @staticmethod
-    def _log_dkim_records(pipelines: Pipelines) -> None:
-        # As the ServerContainers image did at each start: the records to publish, new keys or not.
-        if pipelines.signer is not None:
-            for record in pipelines.signer.records():
-                log.info("dkim: d=%s s=%s a=%s: DNS record %s", record.domain, record.selector,
-                         record.algorithm, record.zone_line)
 
     async def health(self) -> list[HealthCheck]:
         """The current health checks (listeners, spool, certificate)."""
@@ -121,20 +139,25 @@ class Gateway:
             ConfigError: bad TLS files or an address that cannot be bound.
             SpoolError: the spool cannot be created or is locked by another process.
         """
-        config = self.config
+        config, role = self.config, self.role
         _raise_open_file_limit()
         await asyncio.to_thread(self.spool.create)
-        self.spool.lock()
-        report = await asyncio.to_thread(self.spool.recover)
-        log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
-                 "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
-                 report.removed_orphan_data, len(report.corrupt))
+        if role is None:
+            self.spool.lock()
+            report = await asyncio.to_thread(self.spool.recover)
+            log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
+                     "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
+                     report.removed_orphan_data, len(report.corrupt))
+        else:
+            role.die_with_supervisor()
+            requeued = await asyncio.to_thread(self.spool.requeue_active)
+            log.info("worker %d: %d messages requeued from %s", role.slot, requeued,
+                     self.spool.state_dir(QueueState.ACTIVE))
         prepared = prepare(config)
         self._use_certificate(prepared)
         if prepared.server_tls is not None:
             self.server_tls = ServerTls(prepared.server_tls)
         self.pipelines = pipelines = prepared.pipelines
-        self._log_dkim_records(pipelines)
         router = Router(config, make_resolver(config))
         client = SmtpClient(config, prepared.client_tls, ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
@@ -147,16 +170,24 @@ class Gateway:
                                   tls_mode=listener_config.tls)
             listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout,
                                 self.data_budget, self.spool.tmp_dir, config.smtpd_starttls_timeout)
+            inherited = role.sockets.get(listener_config.name) if role else None
+            if role is not None and inherited is None:
+                log.warning("listener %s: the supervisor bound no socket for it (listener changes need a "
+                            "restart of the supervisor); not served", listener_config.name)
+                continue
             try:
-                await listener.start()
+                await listener.start(inherited)
             except OSError as error:
                 raise ConfigError(f"listener.{listener_config.name}.address",
                                   f"{listener_config.host}:{listener_config.port}",
                                   f"an address this host can listen on ({error.strerror})") from None
             self.handlers.append(handler)
             self.listeners.append(listener)
-        watch_spool(self.spool)
-        if config.metrics_listen:
+        if role is not None:
+            self.data_memory_task = asyncio.create_task(self._publish_data_memory(), name="data-memory")
+        else:
+            watch_spool(self.spool)
+        if config.metrics_listen and role is None:
             self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health,
                                                 head_timeout=config.metrics_timeout)
             try:
@@ -166,9 +197,12 @@ class Gateway:
                                   f"an address this host can listen on ({error.strerror})") from None
         self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
-        log.info("gateway ready: listeners=%s relayhost=%s",
-                 " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners),
-                 relay)
+        listening = " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners)
+        if role is None:
+            log.info("gateway ready: listeners=%s relayhost=%s", listening, relay)
+        else:
+            log.info("worker %d ready: listeners=%s relayhost=%s", role.slot, listening, relay)
+            role.report_ready()
 
     async def serve(self) -> None:
         """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down."""
@@ -193,7 +227,7 @@ class Gateway:
 
         log.info("reload requested (SIGHUP)")
         try:
-            config = load(self.config_path)
+            config = self._share(load(self.config_path))
             prepared = prepare(config)
         except ConfigError as error:
             log.error("reload refused, keeping the running configuration: %s", error)
@@ -261,5 +295,7 @@ class Gateway:
             await self.pipelines.aclose()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        if self.data_memory_task is not None:
+            self.data_memory_task.cancel()
         self.spool.unlock()
         log.info("gateway stopped")

@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", type=Path, default=None,
                         help="TOML config file (default: the embedded default config)")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the gateway until SIGTERM")
+    run = commands.add_parser("run", help="run the gateway until SIGTERM")
+    # Set by the supervisor on its workers' command lines (gateway.workers.role), not by operators.
+    run.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--supervisor", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    run.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
     commands.add_parser("check-config", help="validate the config and print the effective values")
     queue = commands.add_parser("queue", help="inspect and manage the mail queue").add_subparsers(
         dest="queue_command", required=True)
@@ -202,6 +207,25 @@ def _health(config: Config) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _run(config: Config, args: argparse.Namespace) -> int:
+    # imported late: the queue commands need neither the SMTP stack nor the supervisor
+    if args.worker is not None:
+        from gateway.app import Gateway
+        from gateway.workers.role import WorkerRole
+
+        role = WorkerRole.from_args(args.worker, args.supervisor, args.ready_fd, args.listen_fd)
+        asyncio.run(Gateway(config, config_path=args.config, role=role).serve())
+        return 0
+    if config.workers > 1:
+        from gateway.workers.supervisor import Supervisor
+
+        return asyncio.run(Supervisor(config, config_path=args.config).serve())
+    from gateway.app import Gateway
+
+    asyncio.run(Gateway(config, config_path=args.config).serve())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script; returns the exit status."""
     for stream in (sys.stdout, sys.stderr):
@@ -234,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "health":
             return _health(config)
         setup_logging(config.log_level, config.log_format)
-        from gateway.app import Gateway  # imported late: the queue commands do not need the SMTP stack
-
-        asyncio.run(Gateway(config, config_path=args.config).serve())
-        return 0
+        return _run(config, args)
     except ConfigError as error:
         log.error("configuration error: %s", error)
         print(f"gateway: configuration error: {error}", file=sys.stderr)

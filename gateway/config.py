@@ -89,6 +89,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     spool_sync_method: str = "fsync"
+    workers: int = 1
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     metrics_timeout: float = 10.0
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -201,6 +202,8 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if "spool_sync_method" in raw:
         values["spool_sync_method"] = wrap("spool_sync_method", raw["spool_sync_method"],
                                             choice(SPOOL_SYNC_METHODS), "fsync or syncfs")
+    if "workers" in raw:
+        values["workers"] = _parse_workers(raw["workers"])
     listeners = raw.get("listener", [])
     if not isinstance(listeners, list):
         raise ConfigError("listener", listeners, "an array of tables [[listener]]")
@@ -210,6 +213,14 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     config = Config(**values)
     _check_consistency(config)
     return config
+
+
+def _parse_workers(raw: object) -> int:
+    """``"auto"`` (one worker process per CPU this process may run on) or a whole number >= 1."""
+    if raw == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    workers: int = wrap("workers", raw, parse_positive_int, '"auto" or a whole number >= 1')
+    return workers
 
 
 def _parse_metrics_listen(raw: object) -> tuple[str, int] | None:

@@ -8,6 +8,12 @@ DKIM domains from the configuration; never an address or a queue ID.
 
 Queue gauges are computed at scrape time from the spool directories, so they
 are right even for changes made by ``gateway queue`` commands.
+
+With worker processes (:mod:`gateway.workers`) each worker writes its values
+to files under ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+mode, chosen by that variable when prometheus_client is imported) and the
+supervisor sums them: counters and histograms add up; each gauge says how
+(``multiprocess_mode``: the sum over live workers, or the most recent value).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ CONNECTIONS_REFUSED = Counter(f"{PREFIX}_smtp_connections_refused_total",
                               "SMTP connections refused at connect (limits or connect policies)", ["listener"],
                               registry=REGISTRY)
 SESSIONS_OPEN = Gauge(f"{PREFIX}_smtp_sessions_open", "SMTP sessions open now, by listener", ["listener"],
-                      registry=REGISTRY)
+                      registry=REGISTRY, multiprocess_mode="livesum")
 MESSAGES_RECEIVED = Counter(f"{PREFIX}_messages_received_total",
                             "Messages acknowledged with 250 (queued, held or discarded), by direction and result",
                             ["listener", "direction", "result"], registry=REGISTRY)
@@ -50,17 +56,18 @@ SCAN_DURATION = Histogram(f"{PREFIX}_scan_duration_seconds", "Duration of one co
 SCAN_VERDICTS = Counter(f"{PREFIX}_scan_verdicts_total", "Content check outcomes at DATA, by scanner and action",
                         ["scanner", "action"], registry=REGISTRY)
 SCANNER_UP = Gauge(f"{PREFIX}_scanner_up", "1 when the scanner's last call succeeded, 0 when it failed",
-                   ["scanner"], registry=REGISTRY)
+                   ["scanner"], registry=REGISTRY, multiprocess_mode="livemostrecent")
 DKIM_SIGNATURES = Counter(f"{PREFIX}_dkim_signatures_total", "DKIM signatures added, by domain and algorithm",
                           ["domain", "algorithm"], registry=REGISTRY)
 AUTH_RESULTS = Counter(f"{PREFIX}_inbound_auth_results_total",
                        "Inbound SPF, DKIM and DMARC results (RFC 8601 result words)", ["method", "result"],
                        registry=REGISTRY)
 CERT_EXPIRY = Gauge(f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
-                    "Unix time when the server certificate expires", ["certificate"], registry=REGISTRY)
+                    "Unix time when the server certificate expires", ["certificate"], registry=REGISTRY,
+                    multiprocess_mode="livemostrecent")
 DATA_MEMORY = Gauge(f"{PREFIX}_smtp_data_memory_bytes",
                     "Bytes of message text SMTP sessions hold in memory now (budget: smtpd_data_memory_limit)",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="livesum")
 SPOOL_COMMIT = Histogram(f"{PREFIX}_spool_commit_duration_seconds", "Time to commit a message durably",
                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
                          registry=REGISTRY)

@@ -104,3 +104,21 @@ def _server_tls(config: Config, write_files: bool
         throwaway = ensure_local_certificates(Path(folder), config.myhostname)
         context = server_context(throwaway.server_cert, throwaway.server_key, config.smtpd_tls_CAfile)
     return context, None, None
+
+
+def announce(prepared: Prepared) -> None:
+    """Log what an operator must publish or pin: the local CA certificate and each DKIM key's DNS record.
+
+    At every start and reload, as the ServerContainers image did, new keys or not;
+    the CA one line per PEM line (lines stay lines in any log collector).
+    """
+    if prepared.local_ca is not None:
+        local = prepared.local_ca
+        log.info("using the local CA %s%s; clients can pin it:", local.ca_cert,
+                 " (server certificate renewed)" if local.renewed else "")
+        for line in local.ca_cert.read_text().strip().splitlines():
+            log.info("%s", line)
+    if prepared.pipelines.signer is not None:
+        for record in prepared.pipelines.signer.records():
+            log.info("dkim: d=%s s=%s a=%s: DNS record %s", record.domain, record.selector,
+                     record.algorithm, record.zone_line)

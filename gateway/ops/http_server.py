@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway import metrics
 from gateway.ops.health import HealthCheck, report
@@ -43,15 +43,19 @@ class MetricsServer:
         health: coroutine returning the current health checks.
         max_connections: connections served at once (:data:`MAX_CONNECTIONS`).
         head_timeout: seconds for a request's head (:data:`HEAD_TIMEOUT`).
+        registry: what ``/metrics`` renders (default :data:`gateway.metrics.REGISTRY`; a
+            supervisor passes one that sums its workers).
     """
 
     def __init__(self, host: str, port: int, health: Callable[[], Awaitable[list[HealthCheck]]], *,
-                 max_connections: int = MAX_CONNECTIONS, head_timeout: float = HEAD_TIMEOUT) -> None:
+                 max_connections: int = MAX_CONNECTIONS, head_timeout: float = HEAD_TIMEOUT,
+                 registry: CollectorRegistry | None = None) -> None:
         self.host = host
         self.port = port
         self.health = health
         self.max_connections = max_connections
         self.head_timeout = head_timeout
+        self.registry = registry if registry is not None else metrics.REGISTRY
         self.server: asyncio.Server | None = None
         self.bound_port = port
         self.open = 0
@@ -121,7 +125,7 @@ class MetricsServer:
         if path == "/metrics":
             # In a thread: the queue gauges list the spool, which takes a while for a large queue
             # and must not stall the SMTP sessions served by the event loop.
-            body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
+            body = await asyncio.to_thread(generate_latest, self.registry)
             await self._respond(writer, 200, body, close=close, content_type=CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             results = await self.health()

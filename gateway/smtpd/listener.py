@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from functools import partial
 from pathlib import Path
 
@@ -67,16 +68,19 @@ class Listener:
                 "decode_data": False, "hostname": config.myhostname, "ident": "ESMTP",
                 "timeout": config.smtpd_timeout}
 
-    async def start(self) -> None:
-        """Bind and start accepting.
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Bind and start accepting, or accept on ``sock`` (a listening socket bound by the supervisor).
 
         Raises:
             OSError: when the address cannot be bound (the caller names the listener).
         """
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            partial(self._protocol), host=self.config.host, port=self.config.port,
-            reuse_address=True, start_serving=True)
+        if sock is not None:
+            self.server = await loop.create_server(partial(self._protocol), sock=sock, start_serving=True)
+        else:
+            self.server = await loop.create_server(
+                partial(self._protocol), host=self.config.host, port=self.config.port,
+                reuse_address=True, start_serving=True)
         log.info("listener %s on %s:%d tls=%s%s", self.config.name, self.config.host, self.bound_port,
                  self.config.tls, " require_tls" if self.config.require_tls else "")
 

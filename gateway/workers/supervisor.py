@@ -1,0 +1,293 @@
+"""The supervisor of a gateway with ``workers`` > 1: one spool, N worker processes, one /metrics.
+
+Start: take the spool lock, recover the spool, build everything once through
+:func:`gateway.prepare.prepare` (a bad config exits here with its error; the
+local CA and new DKIM keys are written by this one process, never raced by the
+workers), clear the metrics directory, bind every listener
+(:mod:`gateway.workers.sockets`), start the workers and wait until each says it
+serves, then serve ``/metrics`` and ``/healthz`` and log ``gateway ready``.
+
+A worker that dies is logged and started again in its slot after a backoff (1 s,
+doubling up to 30 s while it keeps dying within 30 s of its start); the new one
+first requeues what its slot's ``active.<slot>/`` held. SIGHUP is checked here
+first (an invalid config is refused once, for all) and then passed to every
+worker; SIGTERM/SIGINT is passed to every worker, each drains as a single
+gateway does, and the supervisor exits 0 once all have. Workers are killed by
+the kernel if the supervisor dies (:meth:`WorkerRole.die_with_supervisor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.process_collector import ProcessCollector
+
+from gateway.config import Config, load
+from gateway.errors import ConfigError, GatewayError
+from gateway.ops.health import HealthCheck, run_checks
+from gateway.ops.http_server import MetricsServer
+from gateway.ops.queue_metrics import SpoolCollector
+from gateway.prepare import announce, prepare
+from gateway.spool import Spool
+from gateway.workers.sockets import bind_listener
+
+log = logging.getLogger("gateway.supervisor")
+
+READY_TIMEOUT = 60.0        # seconds for a worker to start serving
+RESTART_DELAY_MIN = 1.0     # seconds before a dead worker is started again ...
+RESTART_DELAY_MAX = 30.0    # ... doubling up to this while it keeps dying young
+STABLE_AFTER = 30.0         # seconds of life after which a death starts the backoff afresh
+STOP_TIMEOUT = 60.0         # seconds a worker gets to drain at SIGTERM before SIGKILL
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(slots=True)
+class _Slot:
+    number: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0       # loop time of the current process's start
+    delay: float = RESTART_DELAY_MIN
+    task: asyncio.Task[None] | None = None
+
+
+def describe_exit(returncode: int) -> str:
+    """``"status 3"`` or ``"signal 9 (SIGKILL)"`` for a child's ``returncode``."""
+    if returncode < 0:
+        try:
+            return f"signal {-returncode} ({signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"status {returncode}"
+
+
+class Supervisor:
+    """Runs ``config.workers`` gateway workers; ``await Supervisor(config).serve()`` returns the exit status.
+
+    Args:
+        config: the validated configuration (``workers`` > 1).
+        config_path: the file the workers load and SIGHUP re-reads (None: the embedded default).
+    """
+
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.spool = Spool(config.spool_dir, config.spool_sync_method)
+        self.metrics_dir = config.state_dir / "metrics"
+        self.sockets: dict[str, list[socket.socket]] = {}
+        self.slots = [_Slot(number) for number in range(config.workers)]
+        self.stop_event = asyncio.Event()
+        self.stopping = False
+        self.cert_file: Path | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    # ---- start ----
+
+    async def start(self) -> None:
+        """Lock and recover the spool, prepare, bind, start every worker, serve /metrics.
+
+        Raises:
+            ConfigError: a bad config or an address that cannot be bound.
+            SpoolError: the spool cannot be created or is locked by another process.
+            GatewayError: a worker did not start.
+        """
+        config = self.config
+        await asyncio.to_thread(self.spool.create)
+        self.spool.lock()
+        report = await asyncio.to_thread(self.spool.recover)
+        log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
+                 "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
+                 report.removed_orphan_data, len(report.corrupt))
+        prepared = prepare(config)
+        announce(prepared)
+        self.cert_file = prepared.server_cert
+        await prepared.pipelines.aclose()
+        self._clear_metrics_dir()
+        for listener in config.listeners:
+            try:
+                self.sockets[listener.name] = bind_listener(listener, config.workers)
+            except OSError as error:
+                raise ConfigError(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}",
+                                  f"an address this host can listen on ({error.strerror})") from None
+        started = await asyncio.gather(*(self._start_worker(slot) for slot in self.slots))
+        for slot, ready in zip(self.slots, started):
+            if not ready:
+                raise GatewayError(f"worker {slot.number} did not start (see its log lines above)")
+        for slot in self.slots:
+            slot.task = asyncio.create_task(self._keep_running(slot), name=f"worker-{slot.number}")
+        if config.metrics_listen:
+            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health,
+                                                head_timeout=config.metrics_timeout, registry=self._registry())
+            try:
+                await self.metrics_server.start()
+            except OSError as error:
+                raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
+                                  f"an address this host can listen on ({error.strerror})") from None
+        relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
+        log.info("gateway ready: workers=%d (pids %s) listeners=%s relayhost=%s", len(self.slots),
+                 " ".join(str(slot.process.pid) for slot in self.slots if slot.process is not None),
+                 " ".join(f"{l.name}={l.host}:{self._port(l.name)}/{l.tls}" for l in config.listeners), relay)
+
+    def _clear_metrics_dir(self) -> None:
+        # Owned by this supervisor: files of an earlier run would be summed with ours.
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(mode=0o700, parents=True)
+
+    def _registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(SpoolCollector(self.spool))
+        ProcessCollector(registry=registry)  # the supervisor's own; each worker's are not summed
+        return registry
+
+    def _port(self, listener: str) -> int:
+        return int(self.sockets[listener][0].getsockname()[1])
+
+    def _command(self, slot: _Slot, ready_fd: int) -> list[str]:
+        command = [sys.executable, "-m", "gateway"]
+        if self.config_path is not None:
+            command += ["-c", str(self.config_path)]
+        command += ["run", "--worker", f"{slot.number}/{len(self.slots)}", "--supervisor", str(os.getpid()),
+                    "--ready-fd", str(ready_fd)]
+        for name, sockets in self.sockets.items():
+            command.append(f"--listen-fd={name}={sockets[slot.number].fileno()}")
+        return command
+
+    async def _start_worker(self, slot: _Slot) -> bool:
+        """Start the worker of ``slot`` and wait until it serves; False when it did not (it is then stopped)."""
+        loop = asyncio.get_running_loop()
+        ready_read, ready_write = os.pipe()
+        inherited = [ready_write, *(sockets[slot.number].fileno() for sockets in self.sockets.values())]
+        try:
+            slot.process = await asyncio.create_subprocess_exec(
+                *self._command(slot, ready_write), pass_fds=inherited, stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, METRICS_ENV: str(self.metrics_dir)})
+        finally:
+            os.close(ready_write)
+        slot.started = loop.time()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                    os.fdopen(ready_read, "rb", buffering=0))
+        try:
+            ready = await asyncio.wait_for(reader.read(1), READY_TIMEOUT) == b"1"
+        except TimeoutError:
+            ready = False
+        finally:
+            transport.close()
+        if not ready and slot.process.returncode is None:
+            log.error("worker %d (pid %d) not ready within %gs; killed", slot.number, slot.process.pid,
+                      READY_TIMEOUT)
+            slot.process.kill()
+            await slot.process.wait()
+        return ready
+
+    async def _keep_running(self, slot: _Slot) -> None:
+        """Wait for the slot's worker to exit; unless stopping, start it again after the backoff."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping and slot.process is not None:
+            returncode = await slot.process.wait()
+            if self.stopping:
+                return
+            pid = slot.process.pid
+            # its live gauges go; its counters stay summed
+            mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            lived = loop.time() - slot.started
+            slot.delay = RESTART_DELAY_MIN if lived >= STABLE_AFTER else slot.delay
+            log.error("worker %d (pid %d) exited with %s after %.1fs; restarting in %gs", slot.number, pid,
+                      describe_exit(returncode), lived, slot.delay)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), slot.delay)
+                return  # stopping meanwhile
+            except TimeoutError:
+                pass
+            slot.delay = min(slot.delay * 2, RESTART_DELAY_MAX)
+            if await self._start_worker(slot):
+                log.info("worker %d restarted (pid %d)", slot.number, slot.process.pid)
+
+    # ---- run ----
+
+    async def serve(self) -> int:
+        """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), stop every worker; returns 0."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.start()
+            await self.stop_event.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+        return 0
+
+    async def health(self) -> list[HealthCheck]:
+        """The health checks of the whole gateway: every listener accepts, spool, certificate."""
+        listeners = [(l.name, l.host, self._port(l.name)) for l in self.config.listeners if l.name in self.sockets]
+        return await run_checks(listeners, self.config.spool_dir, self.cert_file,
+                                self.config.queue_minfree + self.config.message_size_limit)
+
+    async def reload(self) -> bool:
+        """Check the config file once, then have every worker reload it (SIGHUP); False when refused."""
+        log.info("reload requested (SIGHUP)")
+        try:
+            config = load(self.config_path)
+            prepared = prepare(config)  # writes new DKIM keys once, before the workers read them
+        except ConfigError as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
+            return False
+        except Exception:
+            log.exception("reload failed, keeping the running configuration")
+            return False
+        announce(prepared)
+        await prepared.pipelines.aclose()
+        if config.workers != self.config.workers or [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
+                (l.name, l.host, l.port, l.tls) for l in self.config.listeners]:
+            log.warning("changes of workers or listeners need a restart; they are not applied")
+        self.cert_file = prepared.server_cert
+        self.config = config
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signal.SIGHUP)
+        log.info("reload passed to %d workers", len(self.slots))
+        return True
+
+    def request_stop(self) -> None:
+        """Ask the gateway to shut down gracefully."""
+        log.info("stop requested")
+        self.stop_event.set()
+
+    async def shutdown(self) -> None:
+        """SIGTERM every worker, wait for each to drain (SIGKILL after STOP_TIMEOUT), release the spool."""
+        self.stopping = True
+        self.stop_event.set()
+        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.returncode is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        for process in running:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("worker pid %d still running %gs after SIGTERM; killed", process.pid, STOP_TIMEOUT)
+                process.kill()
+                await process.wait()
+        for slot in self.slots:
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(slot.task for slot in self.slots if slot.task is not None), return_exceptions=True)
+        for sockets in self.sockets.values():
+            for sock in sockets:
+                sock.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        self.spool.unlock()
+        log.info("gateway stopped")
