@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway.app import Gateway
 from gateway.config import build
 from gateway.errors import ConfigError
-from gateway.prepare import prepare
+from gateway.prepare import announce, prepare
 
 LISTENER = [{"name": "smtp", "address": "127.0.0.1:2525", "tls": "starttls"}]
 
@@ -67,7 +66,7 @@ def test_each_dkim_record_is_logged_at_start_new_key_or_not(tmp_path: Path, capl
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="gateway"):
             prepared = prepare(config)
-            Gateway._log_dkim_records(prepared.pipelines)
+            announce(prepared)
         asyncio.run(prepared.pipelines.aclose())
         records.append(sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("dkim: d=")))
     assert records[0] == records[1] and len(records[0]) == 2
