@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from gateway import __version__
 from gateway.dkim import keys as dkim_keys
@@ -207,23 +208,34 @@ def _health(config: Config) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _event_loop(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory ``event_loop`` names (None: asyncio's own)."""
+    if config.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def _run(config: Config, args: argparse.Namespace) -> int:
     # imported late: the queue commands need neither the SMTP stack nor the supervisor
-    if args.worker is not None:
+    log.info("event loop: %s", config.event_loop)
+    with asyncio.Runner(loop_factory=_event_loop(config)) as runner:
+        if args.worker is not None:
+            from gateway.app import Gateway
+            from gateway.workers.role import WorkerRole
+
+            role = WorkerRole.from_args(args.worker, args.supervisor, args.ready_fd, args.listen_fd)
+            runner.run(Gateway(config, config_path=args.config, role=role).serve())
+            return 0
+        if config.workers > 1:
+            from gateway.workers.supervisor import Supervisor
+
+            return runner.run(Supervisor(config, config_path=args.config).serve())
         from gateway.app import Gateway
-        from gateway.workers.role import WorkerRole
 
-        role = WorkerRole.from_args(args.worker, args.supervisor, args.ready_fd, args.listen_fd)
-        asyncio.run(Gateway(config, config_path=args.config, role=role).serve())
+        runner.run(Gateway(config, config_path=args.config).serve())
         return 0
-    if config.workers > 1:
-        from gateway.workers.supervisor import Supervisor
-
-        return asyncio.run(Supervisor(config, config_path=args.config).serve())
-    from gateway.app import Gateway
-
-    asyncio.run(Gateway(config, config_path=args.config).serve())
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

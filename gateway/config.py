@@ -90,6 +90,7 @@ class Config:
     log_format: str = "text"
     spool_sync_method: str = "fsync"
     workers: int = 1
+    event_loop: str = "uvloop"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     metrics_timeout: float = 10.0
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -202,6 +203,8 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if "spool_sync_method" in raw:
         values["spool_sync_method"] = wrap("spool_sync_method", raw["spool_sync_method"],
                                             choice(SPOOL_SYNC_METHODS), "fsync or syncfs")
+    if "event_loop" in raw:
+        values["event_loop"] = wrap("event_loop", raw["event_loop"], choice(EVENT_LOOPS), "uvloop or asyncio")
     if "workers" in raw:
         values["workers"] = _parse_workers(raw["workers"])
     listeners = raw.get("listener", [])
@@ -213,6 +216,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     config = Config(**values)
     _check_consistency(config)
     return config
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def _parse_workers(raw: object) -> int:

@@ -27,6 +27,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import aiosmtplib
 
@@ -242,8 +243,8 @@ class SmtpClient:
         protocol = smtp.protocol
         if protocol is None or protocol.transport is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-        transport = protocol.transport
-        assert isinstance(transport, asyncio.WriteTransport)
+        # A write transport (uvloop's transports are not asyncio.WriteTransport subclasses).
+        transport = cast(asyncio.WriteTransport, protocol.transport)
         for piece in data_chunks(message):
             protocol.write(piece)
             await self._drained(transport)

@@ -522,3 +522,10 @@ def test_a_bad_gateway_listen_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(None, {"GATEWAY_LISTEN": text})
     assert info.value.key == "GATEWAY_LISTEN"
+
+
+def test_event_loop_key_takes_uvloop_or_asyncio() -> None:
+    assert build({}).event_loop == "uvloop"
+    assert build({"event_loop": "asyncio"}).event_loop == "asyncio"
+    with pytest.raises(ConfigError, match="event_loop"):
+        build({"event_loop": "trio"})
