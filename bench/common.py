@@ -41,7 +41,7 @@ SENDER = "loadgen@bench.example"  # smtp-source puts it in From: too, so the gat
 RECIPIENT = "user@dest.example"
 
 
-VARIANTS = ("plain", "dkim", "scan", "syncfs", "dkim-syncfs")
+VARIANTS = ("plain", "dkim", "scan", "syncfs", "dkim-syncfs", "asyncio", "one-worker")
 
 
 SESSIONS = 20

@@ -141,9 +141,10 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
     add("* **accept msg/s** = N / wall time of smtp-source. **end-to-end msg/s** = N / time from the start of "
         "smtp-source until the sink has all N. **CPU s per 1000 msg**: user + system CPU of the whole process tree "
         "(live processes plus reaped children: Postfix's master, smtpd, cleanup, qmgr, smtp, trivial-rewrite, "
-        "anvil, postlogd...; the gateway is one process with its threads) from an idle moment before the load "
+        "anvil, postlogd...; the gateway's supervisor and workers, or its one process, with their threads) from an idle moment before the load "
         "until the queue is empty again. **cores busy** = those CPU seconds / that wall time. "
-        "**peak memory**¹: the gateway's peak RSS (VmHWM); for Postfix the peak of the PSS sum over all its "
+        "**peak memory**¹: the gateway's peak RSS (VmHWM of its one process, or the peak of the RSS sum over "
+        "the supervisor and its workers, sampled as below); for Postfix the peak of the PSS sum over all its "
         f"processes, sampled every 0.25 s from /proc/PID/smaps_rollup (PSS splits shared pages between processes; "
         "a RSS sum would count the shared libraries once per process).")
     add(f"* {args.rounds} rounds per variant; the order alternates (odd rounds: gateway first). Each run starts a fresh "
@@ -158,7 +159,12 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
         "its cost is the protocol and stream handling, not a real signature set) and spamd offline "
         f"(`--local`, no DNS, no Bayes, {args.spamd_children} children); **syncfs** and **dkim-syncfs**: plain and "
         "dkim with `spool_sync_method = \"syncfs\"` (each group commit makes its files durable with two "
-        "`syncfs(2)` calls instead of one fsync per file and directory; see README), against plain Postfix.")
+        "`syncfs(2)` calls instead of one fsync per file and directory; see README), against plain Postfix; "
+        "**asyncio**: plain on asyncio's own event loop instead of uvloop; **one-worker**: plain with `workers = 1`.")
+    add(f"* Gateway settings in every variant unless named above: `workers = {getattr(args, 'workers', 'auto')}` "
+        f"({os.cpu_count()} CPUs here), `event_loop = \"{getattr(args, 'event_loop', 'uvloop')}\"`. With more "
+        "than one worker the gateway's figures cover the supervisor and all workers (CPU and memory of the "
+        "whole process tree).")
     add("")
     for variant in args.variants:
         pairs = paired(results, variant)

@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outage-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--profile-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--spamd-children", type=int, default=4)
+    parser.add_argument("--workers", default="auto", help='the gateway\'s `workers` (default "auto": one per CPU)')
+    parser.add_argument("--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
+                        help="the gateway's `event_loop` (the asyncio variant always uses asyncio's own)")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of idle after each start")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (300 messages, 1 round)")
     parser.add_argument("--output", default=None,
@@ -126,7 +129,7 @@ def report_only(args: argparse.Namespace) -> int:
     data = json.loads(Path(args.report_only).read_text())
     saved = data.get("args", {})
     for key in ("messages", "scan_messages", "rounds", "variants", "extras", "spamd_children", "big_message_mb",
-                "outage_messages", "profile_messages", "small_messages"):
+                "outage_messages", "profile_messages", "small_messages", "workers", "event_loop"):
         if key in saved:
             setattr(args, key, saved[key])
     bench = Bench.__new__(Bench)

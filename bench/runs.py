@@ -59,8 +59,14 @@ class Bench:
         if kind == "postfix":
             return PostfixSystem(workdir, sink_port, postfix_extra)
         scanners = self.scanners.addresses() if (variant == "scan" and self.scanners) else None
+        # a what-if patches the one process bench/whatif_gateway.py runs: its workers would be plain gateways
+        one = variant == "one-worker" or whatif is not None
+        workers = "1" if one else str(getattr(self.args, "workers", "auto"))
+        event_loop = "asyncio" if variant == "asyncio" else getattr(self.args, "event_loop", "uvloop")
+        workers_value = workers if workers.isdigit() else f'"{workers}"'
+        settings = f'workers = {workers_value}\nevent_loop = "{event_loop}"\n'
         return GatewaySystem(workdir, sink_port, variant=variant, dkim_keys=self.dkim_keys, scanners=scanners,
-                             extra=gateway_extra, whatif=whatif)
+                             extra=settings + gateway_extra, whatif=whatif)
 
     @contextlib.contextmanager
     def workspace(self, name: str) -> Iterator[tuple[Path, Sink]]:
@@ -298,7 +304,7 @@ class Bench:
             system = self.make_system("gateway", variant, sink.port, workdir)
             with self.running(system):
                 time.sleep(self.args.settle)
-                command = [py_spy, "record", "--pid", str(system.root_pids()[0]), "--rate", "100",
+                command = [py_spy, "record", "--pid", str(system.root_pids()[0]), "--subprocesses", "--rate", "100",
                            "--format", "raw", "--output", str(raw), "--nonblocking"] + (["--gil"] if gil else [])
                 spy = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE)
