@@ -175,7 +175,8 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
         add(f"## Variant: {variant} (N = {n})")
         add("")
         gw_label = {"plain": "gateway", "dkim": "gateway + DKIM", "scan": "gateway + clamd + spamd",
-                    "syncfs": "gateway, syncfs", "dkim-syncfs": "gateway + DKIM, syncfs"}[variant]
+                    "syncfs": "gateway, syncfs", "dkim-syncfs": "gateway + DKIM, syncfs",
+                    "asyncio": "gateway, asyncio loop", "one-worker": "gateway, workers = 1"}[variant]
         add(f"| figure | {gw_label} | Postfix (plain) | ratio gateway/Postfix |")
         add("|---|---|---|---|")
         for attr, title, fmt, better in METRICS:

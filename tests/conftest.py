@@ -14,6 +14,15 @@ from tests.harness.smtp_sink import SmtpSink
 pytest_plugins = ["tests.harness.clamd", "tests.harness.spam_daemons"]  # daemon fixtures
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--gateway-workers", type=int, default=None,
+                     help="run every gateway of the tests with `workers = N` (unless a test sets workers)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    GatewayProcess.default_workers = config.getoption("--gateway-workers")
+
+
 @pytest.fixture
 def sink() -> Iterator[SmtpSink]:
     """A running SMTP sink on 127.0.0.1 acting as relayhost."""

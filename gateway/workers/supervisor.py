@@ -270,6 +270,11 @@ class Supervisor:
         """SIGTERM every worker, wait for each to drain (SIGKILL after STOP_TIMEOUT), release the spool."""
         self.stopping = True
         self.stop_event.set()
+        # No restart from here on: a slot caught starting a worker keeps it in slot.process.
+        for slot in self.slots:
+            if slot.task is not None:
+                slot.task.cancel()
+        await asyncio.gather(*(slot.task for slot in self.slots if slot.task is not None), return_exceptions=True)
         running = [slot.process for slot in self.slots if slot.process is not None and slot.process.returncode is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
@@ -280,10 +285,6 @@ class Supervisor:
                 log.error("worker pid %d still running %gs after SIGTERM; killed", process.pid, STOP_TIMEOUT)
                 process.kill()
                 await process.wait()
-        for slot in self.slots:
-            if slot.task is not None:
-                slot.task.cancel()
-        await asyncio.gather(*(slot.task for slot in self.slots if slot.task is not None), return_exceptions=True)
         for sockets in self.sockets.values():
             for sock in sockets:
                 sock.close()

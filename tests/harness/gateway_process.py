@@ -29,7 +29,12 @@ class GatewayProcess:
         config_text: the TOML configuration (``state_dir`` is set for you).
         env: extra environment variables.
         wrapper: argv put before the gateway's own (e.g. ``["ip", "netns", "exec", NAME]``).
+
+    ``default_workers`` (set by ``pytest --gateway-workers N``) adds ``workers = N`` to
+    every config that does not set ``workers`` itself.
     """
+
+    default_workers: int | None = None
 
     def __init__(self, state_dir: Path, config_text: str, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None) -> None:
@@ -38,7 +43,10 @@ class GatewayProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.state_dir / "gateway.toml"
         metrics = "" if "metrics_listen" in config_text else 'metrics_listen = "127.0.0.1:0"\n'
-        self.config_path.write_text(f'state_dir = "{self.state_dir}"\n' + metrics + config_text)
+        workers = ""
+        if self.default_workers and not re.search(r"^workers\s*=", config_text, re.M):
+            workers = f"workers = {self.default_workers}\n"
+        self.config_path.write_text(f'state_dir = "{self.state_dir}"\n' + metrics + workers + config_text)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         self.env.update(env or {})
         self.process: subprocess.Popen[str] | None = None
