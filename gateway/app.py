@@ -60,7 +60,7 @@ from gateway.workers.role import WorkerRole, worker_share
 log = logging.getLogger("gateway")
 
 
-def _raise_open_file_limit() -> None:
+def raise_open_file_limit() -> None:
     """Raise the soft limit of open files to the hard one (each SMTP session and delivery is a file)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -140,7 +140,7 @@ class Gateway:
             SpoolError: the spool cannot be created or is locked by another process.
         """
         config, role = self.config, self.role
-        _raise_open_file_limit()
+        raise_open_file_limit()
         await asyncio.to_thread(self.spool.create)
         if role is None:
             self.spool.lock()

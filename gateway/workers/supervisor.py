@@ -25,13 +25,18 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
 
+from gateway import metrics
+from gateway.app import raise_open_file_limit
 from gateway.config import Config, load
 from gateway.errors import ConfigError, GatewayError
 from gateway.ops.health import HealthCheck, run_checks
@@ -70,6 +75,28 @@ def describe_exit(returncode: int) -> str:
     return f"status {returncode}"
 
 
+class WorkerMetrics(Collector):
+    """Every worker's metrics summed (prometheus-client's multiprocess files under ``path``).
+
+    A metric no worker has touched yet has no file: it is declared from
+    :data:`gateway.metrics.REGISTRY` (this process's own, untouched copy), as a
+    single gateway process would show it (labelled: no samples; plain: zero), so
+    dashboards and alerts find every name from the start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.summed = MultiProcessCollector(None, path=str(path))  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for family in self.summed.collect():  # type: ignore[no-untyped-call]
+            seen.add(family.name)
+            yield family
+        for family in metrics.REGISTRY.collect():
+            if family.name.startswith(f"{metrics.PREFIX}_") and family.name not in seen:
+                yield family
+
+
 class Supervisor:
     """Runs ``config.workers`` gateway workers; ``await Supervisor(config).serve()`` returns the exit status.
 
@@ -101,6 +128,7 @@ class Supervisor:
             GatewayError: a worker did not start.
         """
         config = self.config
+        raise_open_file_limit()  # it holds a socket per listener and worker
         await asyncio.to_thread(self.spool.create)
         self.spool.lock()
         report = await asyncio.to_thread(self.spool.recover)
@@ -144,7 +172,7 @@ class Supervisor:
 
     def _registry(self) -> CollectorRegistry:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(WorkerMetrics(self.metrics_dir))
         registry.register(SpoolCollector(self.spool))
         ProcessCollector(registry=registry)  # the supervisor's own; each worker's are not summed
         return registry
