@@ -33,19 +33,20 @@ import resource
 import signal
 
 from pathlib import Path
+from typing import Protocol
 
 from gateway import metrics
 from gateway.config import Config
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.ops.health import HealthCheck, run_checks
-from gateway.ops.http_server import MetricsServer
+from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import watch_spool
 from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.smtpd.listener import Listener
 from gateway.tls.local_ca import certificate_not_after
 from gateway.pipeline.build import Pipelines
-from gateway.prepare import Prepared, announce, prepare
+from gateway.prepare import Prepared, announce, prepare, prepare_reload
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
@@ -74,6 +75,35 @@ def raise_open_file_limit() -> None:
 
 
 DATA_MEMORY_INTERVAL = 0.5  # seconds between updates of gateway_smtp_data_memory_bytes in a worker
+
+
+class Service(Protocol):
+    """What :func:`serve_until_stopped` runs: a :class:`Gateway` or a supervisor."""
+
+    stop_event: asyncio.Event
+
+    def request_stop(self) -> None: ...
+    async def start(self) -> None: ...
+    async def reload(self) -> bool: ...
+    async def shutdown(self) -> None: ...
+
+
+async def serve_until_stopped(service: Service) -> None:
+    """Start ``service`` and run it until its ``stop_event`` (SIGTERM, SIGINT), then shut it down.
+
+    SIGHUP runs ``service.reload()``. A start that raises is shut down too, then re-raised.
+    """
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+    try:
+        await service.start()
+        await service.stop_event.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await service.shutdown()
 
 
 class Gateway:
@@ -188,13 +218,7 @@ class Gateway:
         else:
             watch_spool(self.spool)
         if config.metrics_listen and role is None:
-            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health,
-                                                head_timeout=config.metrics_timeout)
-            try:
-                await self.metrics_server.start()
-            except OSError as error:
-                raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
-                                  f"an address this host can listen on ({error.strerror})") from None
+            self.metrics_server = await start_metrics_server(config, self.health)
         self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
         listening = " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners)
@@ -206,35 +230,17 @@ class Gateway:
 
     async def serve(self) -> None:
         """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        try:
-            await self.start()
-            await self.stop_event.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+        await serve_until_stopped(self)
 
     async def reload(self) -> bool:
         """Re-read the config file and apply what can change live (see the module docstring).
 
         Returns False (and keeps the running config) when the new one is invalid.
         """
-        from gateway.config import load
-
-        log.info("reload requested (SIGHUP)")
-        try:
-            config = self._share(load(self.config_path))
-            prepared = prepare(config)
-        except ConfigError as error:
-            log.error("reload refused, keeping the running configuration: %s", error)
+        reloaded = prepare_reload(self.config_path, self._share)
+        if reloaded is None:
             return False
-        except Exception:
-            log.exception("reload failed, keeping the running configuration")
-            return False
+        config, prepared = reloaded
         if [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
                 (l.name, l.host, l.port, l.tls) for l in self.config.listeners] or config.spool_dir != self.config.spool_dir:
             log.warning("listener or spool changes need a restart; they are not applied")

@@ -23,8 +23,10 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from gateway.config import Config
+from gateway.config import Config, load
+from gateway.errors import ConfigError
 from gateway.tls.local_ca import SERVER_CERT_NAME, LocalCertificates, check_local_ca, ensure_local_certificates
 from gateway.pipeline.build import Pipelines, build_pipelines
 from gateway.tls.context import client_context, server_context
@@ -122,3 +124,23 @@ def announce(prepared: Prepared) -> None:
         for record in prepared.pipelines.signer.records():
             log.info("dkim: d=%s s=%s a=%s: DNS record %s", record.domain, record.selector,
                      record.algorithm, record.zone_line)
+
+
+def prepare_reload(config_path: Path | None,
+                   adapt: Callable[[Config], Config] | None = None) -> tuple[Config, Prepared] | None:
+    """Read and prepare the config file again, for SIGHUP; None (and a log line) when it is refused.
+
+    ``adapt`` turns the loaded config into the one to prepare (a worker's share of the limits).
+    An invalid config, or any error while building it, leaves the running one in place.
+    """
+    log.info("reload requested (SIGHUP)")
+    try:
+        config = load(config_path)
+        if adapt is not None:
+            config = adapt(config)
+        return config, prepare(config)
+    except ConfigError as error:
+        log.error("reload refused, keeping the running configuration: %s", error)
+    except Exception:
+        log.exception("reload failed, keeping the running configuration")
+    return None

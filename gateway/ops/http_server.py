@@ -22,6 +22,8 @@ from typing import Awaitable, Callable
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gateway import metrics
+from gateway.config import Config
+from gateway.errors import ConfigError
 from gateway.ops.health import HealthCheck, report
 
 log = logging.getLogger("gateway.http")
@@ -142,3 +144,21 @@ class MetricsServer:
                 f"Content-Length: {len(body)}\r\n{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
         writer.write(head.encode("latin-1") + body)
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+
+
+async def start_metrics_server(config: Config, health: Callable[[], Awaitable[list[HealthCheck]]],
+                               registry: CollectorRegistry | None = None) -> MetricsServer:
+    """Serve ``/metrics`` and ``/healthz`` on ``config.metrics_listen`` (set) with ``metrics_timeout``.
+
+    Raises:
+        ConfigError: naming ``metrics_listen`` when the address cannot be bound.
+    """
+    assert config.metrics_listen is not None
+    server = MetricsServer(*config.metrics_listen, health=health, head_timeout=config.metrics_timeout,
+                           registry=registry)
+    try:
+        await server.start()
+    except OSError as error:
+        raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
+                          f"an address this host can listen on ({error.strerror})") from None
+    return server

@@ -36,13 +36,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import metrics
-from gateway.app import raise_open_file_limit
-from gateway.config import Config, load
+from gateway.app import raise_open_file_limit, serve_until_stopped
+from gateway.config import Config
 from gateway.errors import ConfigError, GatewayError
 from gateway.ops.health import HealthCheck, run_checks
-from gateway.ops.http_server import MetricsServer
+from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import SpoolCollector
-from gateway.prepare import announce, prepare
+from gateway.prepare import announce, prepare, prepare_reload
 from gateway.spool import Spool
 from gateway.workers.sockets import bind_listener
 
@@ -153,13 +153,7 @@ class Supervisor:
         for slot in self.slots:
             slot.task = asyncio.create_task(self._keep_running(slot), name=f"worker-{slot.number}")
         if config.metrics_listen:
-            self.metrics_server = MetricsServer(*config.metrics_listen, health=self.health,
-                                                head_timeout=config.metrics_timeout, registry=self._registry())
-            try:
-                await self.metrics_server.start()
-            except OSError as error:
-                raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
-                                  f"an address this host can listen on ({error.strerror})") from None
+            self.metrics_server = await start_metrics_server(config, self.health, self._registry())
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
         log.info("gateway ready: workers=%d (pids %s) listeners=%s relayhost=%s", len(self.slots),
                  " ".join(str(slot.process.pid) for slot in self.slots if slot.process is not None),
@@ -245,17 +239,7 @@ class Supervisor:
 
     async def serve(self) -> int:
         """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), stop every worker; returns 0."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        try:
-            await self.start()
-            await self.stop_event.wait()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+        await serve_until_stopped(self)
         return 0
 
     async def health(self) -> list[HealthCheck]:
@@ -266,16 +250,10 @@ class Supervisor:
 
     async def reload(self) -> bool:
         """Check the config file once, then have every worker reload it (SIGHUP); False when refused."""
-        log.info("reload requested (SIGHUP)")
-        try:
-            config = load(self.config_path)
-            prepared = prepare(config)  # writes new DKIM keys once, before the workers read them
-        except ConfigError as error:
-            log.error("reload refused, keeping the running configuration: %s", error)
+        reloaded = prepare_reload(self.config_path)  # writes new DKIM keys once, before the workers read them
+        if reloaded is None:
             return False
-        except Exception:
-            log.exception("reload failed, keeping the running configuration")
-            return False
+        config, prepared = reloaded
         announce(prepared)
         await prepared.pipelines.aclose()
         if config.workers != self.config.workers or [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
