@@ -238,7 +238,8 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
     targets_report(bench, lines)
     analysis_report(bench, lines)
     add("")
-    add("¹ Gateway: peak RSS of its one process. Postfix: peak of the PSS sum over all its processes.")
+    add("¹ Gateway: peak RSS of its one process, or of the RSS sum over its supervisor and workers. "
+        "Postfix: peak of the PSS sum over all its processes.")
     return "\n".join(lines) + "\n"
 
 
