@@ -56,6 +56,7 @@ from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.intake import Intake
 from gateway.tls.context import ServerTls
+from gateway.workers.anvil import SharedConnectionLimiter, anvil_path
 from gateway.workers.role import WorkerRole, worker_share
 
 log = logging.getLogger("gateway")
@@ -195,6 +196,10 @@ class Gateway:
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
         self.intake = Intake(self.batcher, self.worker)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
+        if role is not None:
+            limiter = SharedConnectionLimiter(anvil_path(config), role.slot, role.count,
+                                              config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
+            limiter.forget_slot()
         for listener_config in config.listeners:
             handler = SmtpHandler(config, listener_config.name, pipelines, self.intake,
                                   tls_mode=listener_config.tls)

@@ -4,7 +4,8 @@ The supervisor passes these on the worker's command line (``gateway run --worker
 SLOT/COUNT --supervisor PID --ready-fd FD --listen-fd NAME=FD ...``); the file
 descriptors are inherited. The process-wide limits of the configuration are
 the whole gateway's: each worker gets its share (:func:`worker_share`), so N
-workers together hold what one process would.
+workers together hold what one process would; connection counts are shared
+instead (:mod:`gateway.workers.anvil`).
 """
 
 from __future__ import annotations
@@ -94,16 +95,15 @@ class WorkerRole:
 def worker_share(config: Config, count: int) -> Config:
     """``config`` with the gateway-wide limits divided among ``count`` workers (rounded up).
 
-    Divided: ``smtpd_connection_limit``, ``default_destination_concurrency_limit``,
-    ``delivery_concurrency_limit`` and ``smtpd_data_memory_limit`` (bytes, rounded down).
-    ``smtpd_client_connection_count_limit`` is per worker: each worker counts only its
-    own sessions of a client.
+    Divided: ``default_destination_concurrency_limit``, ``delivery_concurrency_limit``
+    and ``smtpd_data_memory_limit`` (bytes, rounded down). ``smtpd_connection_limit`` and
+    ``smtpd_client_connection_count_limit`` stay whole: the workers count connections
+    together (:mod:`gateway.workers.anvil`).
     """
     if count <= 1:
         return config
     return dataclasses.replace(
         config,
-        smtpd_connection_limit=math.ceil(config.smtpd_connection_limit / count),
         default_destination_concurrency_limit=math.ceil(config.default_destination_concurrency_limit / count),
         delivery_concurrency_limit=math.ceil(config.delivery_concurrency_limit / count),
         smtpd_data_memory_limit=config.smtpd_data_memory_limit // count)

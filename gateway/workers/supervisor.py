@@ -44,6 +44,7 @@ from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import SpoolCollector
 from gateway.prepare import announce, prepare, prepare_reload
 from gateway.spool import Spool
+from gateway.workers.anvil import anvil_path, create_table
 from gateway.workers.sockets import bind_listener
 
 log = logging.getLogger("gateway.supervisor")
@@ -140,6 +141,7 @@ class Supervisor:
         self.cert_file = prepared.server_cert
         await prepared.pipelines.aclose()
         self._clear_metrics_dir()
+        create_table(anvil_path(config), config.workers)  # counts of an earlier run are stale
         for listener in config.listeners:
             try:
                 self.sockets[listener.name] = bind_listener(listener, config.workers)

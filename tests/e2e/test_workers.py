@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import smtplib
 import threading
 import time
@@ -170,3 +171,29 @@ def test_sigterm_drains_every_worker_and_exits_0(gateway_factory, sink):
     stopped = [line for line in gateway.log_text.splitlines() if line.endswith("gateway stopped")]
     assert len(stopped) == 3, stopped  # two workers and the supervisor
     assert sink.messages_for("open@elsewhere.org") or "open@elsewhere.org" in gateway.cli("queue", "list").stdout
+
+
+def test_connection_limits_count_the_sessions_of_both_workers(gateway_factory, sink):
+    config = relay_config(sink.port, "smtpd_client_connection_count_limit = 4\n") + WORKERS
+    with gateway_factory(config) as gateway:
+        held = []
+        try:
+            for _ in range(4):  # spread over both workers by the kernel
+                client = smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.3", 0), timeout=10)
+                held.append(client)
+            holders = set(pids_matching(gateway, re.compile(r"gateway\.smtpd\[(\d+)\]: connect from unknown\[127\.0\.0\.3\]")))
+            for _ in range(6):  # the fifth and later: refused whichever worker they reach
+                with socket.create_connection(("127.0.0.1", gateway.port), source_address=("127.0.0.3", 0),
+                                              timeout=10) as extra:
+                    assert extra.recv(200).startswith(b"421 4.7.0 ")
+            refused_by = set(pids_matching(gateway, re.compile(r"gateway\.smtpd\[(\d+)\]: .*connection limit reached")))
+            with smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.4", 0), timeout=10) as other:
+                assert other.noop()[0] == 250  # another client is served
+        finally:
+            for client in held:
+                client.close()
+        assert holders | refused_by <= worker_pids(gateway)
+        assert len(holders | refused_by) == 2  # both workers took part (10 connections: 2**-9 otherwise)
+        time.sleep(0.5)  # the closes reach the workers
+        with smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.3", 0), timeout=10) as again:
+            assert again.noop()[0] == 250  # the slots came free

@@ -30,11 +30,11 @@ def test_each_worker_gets_its_share_of_the_gateway_wide_limits() -> None:
                     "delivery_concurrency_limit": 100, "default_destination_concurrency_limit": 20,
                     "smtpd_client_connection_count_limit": 50})
     share = worker_share(config, 2)
-    assert share.smtpd_connection_limit == 251  # rounded up: two workers may hold one more in all
+    assert share.smtpd_connection_limit == 501  # counted together (gateway.workers.anvil)
     assert share.smtpd_data_memory_limit == 64 * 1024 * 1024
     assert share.delivery_concurrency_limit == 50
     assert share.default_destination_concurrency_limit == 10
-    assert share.smtpd_client_connection_count_limit == 50  # counted per worker
+    assert share.smtpd_client_connection_count_limit == 50
     assert worker_share(config, 1) is config
 
 
