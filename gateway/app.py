@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import resource
 import signal
 
@@ -48,6 +49,7 @@ from gateway.tls.local_ca import certificate_not_after
 from gateway.pipeline.build import Pipelines
 from gateway.prepare import Prepared, announce, prepare, prepare_reload
 from gateway.relay.client import ConnectionCache, SmtpClient
+from gateway.relay.dsn_rate import DSN_COUNT, DsnRateLimit
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
 from gateway.smtpd.handler import SmtpHandler
@@ -194,6 +196,9 @@ class Gateway:
         self.router, self.client = router, client
         self.batcher = SpoolBatcher(self.spool, observe_commit=metrics.SPOOL_COMMIT.observe)
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
+        if role is not None:  # the gateway-wide bounds, shared out (gateway.workers.role)
+            self.worker.handoff_limit //= role.count
+            self.worker.dsn_rate = DsnRateLimit(math.ceil(DSN_COUNT / role.count))
         self.intake = Intake(self.batcher, self.worker)
         limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         if role is not None:
