@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install test-peers clean bench
+.PHONY: run test test-workers install test-peers clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test-peers:
 ## Install everything the tests need, then run them.
 test: $(STAMP) test-peers
 	$(BIN)/pytest
+
+## The end-to-end and fault tests again, every test gateway with `workers = 2` (a supervisor and two workers).
+test-workers: $(STAMP) test-peers
+	$(BIN)/pytest --gateway-workers 2 tests/e2e tests/faults
 
 ## Benchmark the gateway against a private Postfix instance (as root, about 20 minutes);
 ## writes docs/benchmarks.md. BENCH_ARGS passes options, e.g. BENCH_ARGS=--quick.

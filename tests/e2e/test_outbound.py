@@ -79,8 +79,12 @@ def test_wrong_auth_credentials_defer(gateway_factory, tls_sink):
     assert tls_sink.messages == []
 
 
+# The connection cache is per process (each worker keeps its own): these tests run one.
+ONE_PROCESS_CACHE = 'smtp_connection_cache_time_limit = "10s"\nworkers = 1\n'
+
+
 def test_connection_to_the_next_hop_is_reused(gateway_factory, sink):
-    with gateway_factory(relay_config(sink.port, 'smtp_connection_cache_time_limit = "10s"\n')) as gateway:
+    with gateway_factory(relay_config(sink.port, ONE_PROCESS_CACHE)) as gateway:
         for index in range(3):
             send(gateway.port, [f"r{index}@elsewhere.org"])
             sink.wait_for_messages(index + 1)
@@ -90,7 +94,7 @@ def test_connection_to_the_next_hop_is_reused(gateway_factory, sink):
 def test_a_stale_cached_connection_is_replaced_without_deferring(gateway_factory, sink):
     # Cached sessions are reused without a probing RSET; a server that timed the idle session out
     # answers the next MAIL with 421 and closes: the gateway retries at once on a new connection.
-    with gateway_factory(relay_config(sink.port, 'smtp_connection_cache_time_limit = "10s"\n')) as gateway:
+    with gateway_factory(relay_config(sink.port, ONE_PROCESS_CACHE)) as gateway:
         send(gateway.port, ["first@elsewhere.org"])
         sink.wait_for_messages(1)
         gateway.wait_for_log(r"to=<first@elsewhere\.org>.*status=sent")

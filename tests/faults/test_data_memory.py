@@ -94,7 +94,8 @@ class _DataSession:
 
 
 def test_the_shared_budget_answers_452_and_serves_again_once_memory_is_back(gateway_factory, sink, tmp_path):
-    gw = gateway_factory(relay_config(sink.port, 'smtpd_data_memory_limit = "1M"\n'))
+    # one process: with workers = N each worker holds 1/N of the budget (gateway.workers.role.worker_share)
+    gw = gateway_factory(relay_config(sink.port, 'smtpd_data_memory_limit = "1M"\nworkers = 1\n'))
     with gw:
         body = b"Subject: half\r\n\r\n" + (b"y" * 98 + b"\r\n") * 6_000   # 600 kB: in memory while it arrives
         holder = _DataSession(gw.port, "holder@example.net")
