@@ -188,6 +188,11 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
             add(f"| {title} | {spread(gw, fmt)} | {spread(pf, fmt)} | "
                 f"{spread(ratios, '.2f') if better != '-' else '–'} |")
         add("")
+        e2e_ratios = [g.e2e_rate / p.e2e_rate for g, p in pairs if p.e2e_rate]
+        if variant == "plain" and e2e_ratios:  # the headline figure, one line a reader can grep
+            add(f"ratio gateway/Postfix end-to-end: {med(e2e_ratios):.2f} "
+                f"(workers = {getattr(args, 'workers', 'auto')}, median of {len(e2e_ratios)} per-round ratios)")
+            add("")
         add("Per round:")
         add("")
         add("| round | order | gateway accept / e2e msg/s | Postfix accept / e2e msg/s | ratio e2e | "
