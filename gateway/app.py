@@ -38,6 +38,7 @@ from typing import Protocol
 
 from gateway import metrics
 from gateway.config import Config
+from gateway.values import ListenerConfig
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.ops.http_server import MetricsServer, start_metrics_server
@@ -75,6 +76,25 @@ def raise_open_file_limit() -> None:
             log.warning("open files: soft limit stays %d (%s)", soft, error)
             return
         log.info("open files: soft limit raised from %d to %d", soft, wanted)
+
+
+async def lock_and_recover(spool: Spool) -> None:
+    """Take the spool lock and repair the spool after a crash (:meth:`Spool.recover`), logging what it found.
+
+    Raises:
+        SpoolError: the spool is locked by another process.
+    """
+    spool.lock()
+    report = await asyncio.to_thread(spool.recover)
+    log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
+             "messages removed, %d corrupt", spool.root, report.requeued_active, report.removed_tmp,
+             report.removed_orphan_data, len(report.corrupt))
+
+
+def unbindable(listener: ListenerConfig, error: OSError) -> ConfigError:
+    """The error naming ``listener.<name>.address`` when its address cannot be bound."""
+    return ConfigError(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}",
+                       f"an address this host can listen on ({error.strerror})")
 
 
 DATA_MEMORY_INTERVAL = 0.5  # seconds between updates of gateway_smtp_data_memory_bytes in a worker
@@ -176,11 +196,7 @@ class Gateway:
         raise_open_file_limit()
         await asyncio.to_thread(self.spool.create)
         if role is None:
-            self.spool.lock()
-            report = await asyncio.to_thread(self.spool.recover)
-            log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
-                     "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
-                     report.removed_orphan_data, len(report.corrupt))
+            await lock_and_recover(self.spool)
         else:
             role.die_with_supervisor()
             requeued = await asyncio.to_thread(self.spool.requeue_active)
@@ -200,8 +216,10 @@ class Gateway:
             self.worker.handoff_limit //= role.count
             self.worker.dsn_rate = DsnRateLimit(math.ceil(DSN_COUNT / role.count))
         self.intake = Intake(self.batcher, self.worker)
-        limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
-        if role is not None:
+        limiter: ConnectionLimiter
+        if role is None:
+            limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
+        else:
             limiter = SharedConnectionLimiter(anvil_path(config), role.slot, role.count,
                                               config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
             limiter.forget_slot()
@@ -218,9 +236,7 @@ class Gateway:
             try:
                 await listener.start(inherited)
             except OSError as error:
-                raise ConfigError(f"listener.{listener_config.name}.address",
-                                  f"{listener_config.host}:{listener_config.port}",
-                                  f"an address this host can listen on ({error.strerror})") from None
+                raise unbindable(listener_config, error) from None
             self.handlers.append(handler)
             self.listeners.append(listener)
         if role is not None:

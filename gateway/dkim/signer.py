@@ -71,7 +71,7 @@ from gateway.dkim.keys import (
     ensure_key,
     load_private_key,
 )
-from gateway.dkim.settings import ALGORITHMS, KEY_OPTION, KEY_TYPE, DkimDomain, DkimSettings
+from gateway.dkim.settings import KEY_OPTION, KEY_TYPE, DkimDomain, DkimSettings
 from gateway.errors import ConfigError
 
 __all__ = [

@@ -36,9 +36,9 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import metrics
-from gateway.app import raise_open_file_limit, serve_until_stopped
+from gateway.app import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.config import Config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import GatewayError
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import SpoolCollector
@@ -131,11 +131,7 @@ class Supervisor:
         config = self.config
         raise_open_file_limit()  # it holds a socket per listener and worker
         await asyncio.to_thread(self.spool.create)
-        self.spool.lock()
-        report = await asyncio.to_thread(self.spool.recover)
-        log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
-                 "messages removed, %d corrupt", config.spool_dir, report.requeued_active, report.removed_tmp,
-                 report.removed_orphan_data, len(report.corrupt))
+        await lock_and_recover(self.spool)
         prepared = prepare(config)
         announce(prepared)
         self.cert_file = prepared.server_cert
@@ -146,8 +142,7 @@ class Supervisor:
             try:
                 self.sockets[listener.name] = bind_listener(listener, config.workers)
             except OSError as error:
-                raise ConfigError(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}",
-                                  f"an address this host can listen on ({error.strerror})") from None
+                raise unbindable(listener, error) from None
         started = await asyncio.gather(*(self._start_worker(slot) for slot in self.slots))
         for slot, ready in zip(self.slots, started):
             if not ready:

@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-from tests.harness.ports import free_port
 
 READY_LINE = "gateway ready"
 
