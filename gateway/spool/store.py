@@ -184,16 +184,20 @@ class Spool:
             NotInQueue: when there is no such record.
             ValueError: when the record is malformed, or not a regular file (a link, a FIFO).
         """
-        paths = [self.record_path(queue_id, state)]
-        if self._reads_every_active_dir(state):
-            paths += [directory / f"{queue_id}.json" for directory in self.active_dirs()[1:]]
-        for path in paths:
-            try:
-                raw = spool_files.read_regular_file(path, spool_files.MAX_RECORD_BYTES)
-            except FileNotFoundError:
-                continue
-            return SpoolEntry.from_json(raw, state)
-        raise NotInQueue(f"{queue_id}: not in {state.value}")
+        try:
+            raw = spool_files.read_regular_file(self.record_path(queue_id, state), spool_files.MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            # the worker's hot path ends above; only the queue commands look into other workers' dirs
+            others = self.active_dirs()[1:] if self._reads_every_active_dir(state) else []
+            for directory in others:
+                try:
+                    raw = spool_files.read_regular_file(directory / f"{queue_id}.json", spool_files.MAX_RECORD_BYTES)
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                raise NotInQueue(f"{queue_id}: not in {state.value}") from None
+        return SpoolEntry.from_json(raw, state)
 
     def locate(self, queue_id: str) -> QueueState:
         """The state whose directory holds a record for ``queue_id`` (the record is not parsed).
