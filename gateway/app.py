@@ -93,8 +93,7 @@ async def lock_and_recover(spool: Spool) -> None:
 
 def unbindable(listener: ListenerConfig, error: OSError) -> ConfigError:
     """The error naming ``listener.<name>.address`` when its address cannot be bound."""
-    return ConfigError(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}",
-                       f"an address this host can listen on ({error.strerror})")
+    return ConfigError.unbindable(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}", error)
 
 
 DATA_MEMORY_INTERVAL = 0.5  # seconds between updates of gateway_smtp_data_memory_bytes in a worker

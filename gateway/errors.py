@@ -38,6 +38,11 @@ class ConfigError(GatewayError):
         self.allowed = allowed
         super().__init__(f"config key {key!r}: invalid value {value!r}: {allowed}")
 
+    @classmethod
+    def unbindable(cls, key: str, address: str, error: OSError) -> ConfigError:
+        """The error for a listening address (``key``, ``"host:port"``) that cannot be bound."""
+        return cls(key, address, f"an address this host can listen on ({error.strerror})")
+
 
 class SpoolError(GatewayError):
     """The spool could not be read or written."""

@@ -159,6 +159,5 @@ async def start_metrics_server(config: Config, health: Callable[[], Awaitable[li
     try:
         await server.start()
     except OSError as error:
-        raise ConfigError("metrics_listen", "%s:%d" % config.metrics_listen,
-                          f"an address this host can listen on ({error.strerror})") from None
+        raise ConfigError.unbindable("metrics_listen", "%s:%d" % config.metrics_listen, error) from None
     return server
