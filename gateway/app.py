@@ -146,7 +146,8 @@ class Gateway:
         self.config_path = config_path
         self.server_tls: ServerTls | None = None
         self.shutdown_timeout = shutdown_timeout
-        self.spool = Spool(config.spool_dir, config.spool_sync_method, slot=role.slot if role else None)
+        self.spool = Spool(config.spool_dir, config.spool_sync_method, slot=role.slot if role else None,
+                           in_memory_bytes=config.smtpd_data_spill_size)
         self.listeners: list[Listener] = []
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
@@ -157,7 +158,7 @@ class Gateway:
         self.cert_file: Path | None = None
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
-        self.data_budget = MemoryBudget(config.smtpd_data_memory_limit)
+        self.data_budget = MemoryBudget(config.smtpd_data_memory_limit, config.smtpd_data_spill_size)
         self.data_memory_task: asyncio.Task[None] | None = None
         if role is None:
             metrics.DATA_MEMORY.set_function(lambda: self.data_budget.used)
@@ -280,6 +281,7 @@ class Gateway:
         for handler in self.handlers:
             handler.config, handler.pipelines = config, pipelines
         self.data_budget.limit = config.smtpd_data_memory_limit
+        self.data_budget.spill_bytes = config.smtpd_data_spill_size
         if self.worker is not None:
             self.worker.config = self.router.config = self.client.config = config
             self.client.tls_context = prepared.client_tls

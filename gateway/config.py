@@ -59,6 +59,7 @@ class Config:
     smtp_sasl_password_maps: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     message_size_limit: int = 10240000
     smtpd_data_memory_limit: int = 128 * 1024 * 1024
+    smtpd_data_spill_size: int = 1024 * 1024
     queue_minfree: int = 0
     smtpd_recipient_limit: int = 1000
     hopcount_limit: int = 50
@@ -161,7 +162,7 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     values.setdefault("state_dir", base / "var")
     if "myhostname" in raw:
         values["myhostname"] = wrap("myhostname", raw["myhostname"], parse_domain, "a host name")
-    for key in ("message_size_limit", "smtpd_data_memory_limit", "queue_minfree"):
+    for key in ("message_size_limit", "smtpd_data_memory_limit", "smtpd_data_spill_size", "queue_minfree"):
         if key in raw:
             values[key] = wrap(key, raw[key], parse_size, "a size in bytes such as 10240000 or 50M")
     if "mynetworks" in raw:

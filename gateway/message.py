@@ -1,27 +1,138 @@
-"""Header edits on raw message bytes, leaving the body byte-for-byte intact."""
+"""Message text: header edits on raw bytes (the body left byte-for-byte intact), and large messages in files.
+
+A message up to a size is one ``bytes`` object; a larger one stays in a file
+(:class:`FileText`) from the DATA reader to the relay client, and is walked in
+bounded chunks (:data:`CHUNK_BYTES`) wherever all of it is needed.
+"""
 
 from __future__ import annotations
 
+import io
+import mmap
+import os
 import re
 from typing import Iterator, Sequence
 
 from gateway.verdict import HeaderEdit
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-
-# A message as one bytes object, or as pieces that make it when written one after
-# another (:func:`edited_parts`: a large message's body stays a view, not a copy).
-MessageText = bytes | Sequence[bytes | memoryview]
+CHUNK_BYTES = 1 << 20  # octets of a file-held message read at a time
 
 
-def message_parts(message: MessageText) -> Sequence[bytes | memoryview]:
-    """``message`` as a sequence of pieces (a single ``bytes`` is one piece)."""
+class FileText(mmap.mmap):
+    """A message held in a file, mapped read-only: a bytes-like object for reading parts of it.
+
+    Slicing, ``len``, ``find`` and regular expressions work as on ``bytes``
+    (what the policies do with the header section touches only those pages);
+    whatever needs all of it (the spool commit, checksums, the relay client,
+    the scanners) reads through :meth:`chunks` or :meth:`reader` instead, so
+    a 50 MB message never costs 50 MB of memory. Owns a duplicate of ``fd``,
+    closed when the object is collected (a commit that outlives the SMTP
+    session keeps it alive through its :class:`FileSpan`).
+
+    Args:
+        fd: an open file descriptor (read access), duplicated.
+        size: octets of the message, from offset 0; above zero.
+
+    Raises:
+        OSError: the file cannot be mapped.
+    """
+
+    fd: int
+
+    def __new__(cls, fd: int, size: int) -> "FileText":
+        self = super().__new__(cls, fd, size, access=mmap.ACCESS_READ)
+        self.fd = os.dup(fd)
+        return self
+
+    def __del__(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def chunks(self, start: int = 0, end: int | None = None, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """Octets ``start`` to ``end`` (default: the end) in pieces of at most ``size``, read with pread."""
+        end = len(self) if end is None else end
+        while start < end:
+            piece = os.pread(self.fd, min(size, end - start), start)
+            if not piece:
+                raise OSError(f"message file ends at {start} of {end} octets")
+            start += len(piece)
+            yield piece
+
+    def reader(self) -> io.BufferedReader:
+        """A file object over the whole message with a position of its own (pread: concurrent readers are safe)."""
+        return io.BufferedReader(_PreadIO(self), CHUNK_BYTES // 16)
+
+
+class _PreadIO(io.RawIOBase):
+    def __init__(self, text: FileText) -> None:
+        self.text = text  # kept alive while read
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        wanted = min(len(buffer), len(self.text) - self.position)
+        if wanted <= 0:
+            return 0
+        got = os.preadv(self.text.fd, [memoryview(buffer)[:wanted]], self.position)
+        self.position += got
+        return got
+
+
+class FileSpan:
+    """A piece of a message to write: ``length`` octets of ``text`` from ``offset`` (copied by the kernel)."""
+
+    __slots__ = ("text", "offset", "length")
+
+    def __init__(self, text: FileText, offset: int, length: int) -> None:
+        self.text, self.offset, self.length = text, offset, length
+
+    def chunks(self) -> Iterator[bytes]:
+        """Its octets in bounded pieces."""
+        return self.text.chunks(self.offset, self.offset + self.length)
+
+
+# A message as one bytes object, a file-held message, or pieces that make it when written one
+# after another (:func:`edited_parts`: a large message's body stays a view or file span, not a copy).
+MessageText = bytes | FileText | Sequence[bytes | memoryview | FileSpan]
+Piece = bytes | memoryview | FileSpan
+
+
+def message_parts(message: MessageText) -> Sequence[Piece]:
+    """``message`` as a sequence of pieces (a single ``bytes`` is one piece, a :class:`FileText` one span)."""
+    if isinstance(message, FileText):
+        return (FileSpan(message, 0, len(message)),)
     return (message,) if isinstance(message, bytes) else message
+
+
+def piece_size(piece: Piece) -> int:
+    """Octets of one piece."""
+    return piece.length if isinstance(piece, FileSpan) else memoryview(piece).nbytes
 
 
 def message_size(message: MessageText) -> int:
     """Octets of ``message``."""
-    return len(message) if isinstance(message, bytes) else sum(memoryview(p).nbytes for p in message)
+    if isinstance(message, (bytes, FileText)):
+        return len(message)
+    return sum(piece_size(piece) for piece in message)
+
+
+def piece_chunks(piece: Piece) -> Iterator[bytes | memoryview]:
+    """The octets of one piece in bounded chunks (a bytes piece as it is)."""
+    if isinstance(piece, FileSpan):
+        yield from piece.chunks()
+    else:
+        yield piece
+
+
+def whole_bytes(message: MessageText) -> bytes:
+    """All of ``message`` as one ``bytes`` object (for the few readers that need it: dkimpy, aiohttp)."""
+    if isinstance(message, bytes):
+        return message
+    return b"".join(chunk for piece in message_parts(message) for chunk in piece_chunks(piece))
 
 
 def header_end(raw: bytes) -> int:
@@ -85,9 +196,9 @@ def mbox_separator(raw: bytes) -> bytes:
     came, and the gateway's own fields go after it (a field line below it
     would make the header section unparsable for DKIM signers).
     """
-    if raw.startswith(b"From "):
+    if raw[:5] == b"From ":  # slicing: works on a FileText too
         end = raw.find(b"\n")
-        return raw[:end + 1] if end >= 0 else raw
+        return raw[:end + 1] if end >= 0 else raw[:]
     return b""
 
 
@@ -106,7 +217,7 @@ def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> by
     return b"".join(edited_parts(raw, prepend, edits))
 
 
-def edited_parts(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> list[bytes | memoryview]:
+def edited_parts(raw: bytes | FileText, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> list[Piece]:
     """:func:`apply_edits` as pieces to write one after another, the body a view of ``raw``, not a copy.
 
     Joined, the pieces are exactly what :func:`apply_edits` returns; a large
@@ -126,7 +237,8 @@ def edited_parts(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> l
     else:
         separator = mbox_separator(raw)
         rest = len(separator)
-    return [separator, prepend + added, head, memoryview(raw)[rest:]]
+    body: Piece = FileSpan(raw, rest, len(raw) - rest) if isinstance(raw, FileText) else memoryview(raw)[rest:]
+    return [separator, prepend + added, head, body]
 
 
 def _encode_field(name: str, value: str) -> bytes:

@@ -39,6 +39,7 @@ import pyclamd  # type: ignore[import-untyped]  # no stubs; 0.4.0 is the last re
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
+from gateway.message import FileText
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
@@ -216,7 +217,9 @@ class Antivirus(Policy):
             # A file object, not bytes: for bytes whose length is a multiple of pyclamd's
             # 4096-byte chunk (0 included) it sends the end-of-stream marker twice, and the
             # second send can hit the connection clamd already closed (EPIPE).
-            result = client.scan_stream(io.BytesIO(message))
+            # A large message is read from its file in chunks, never whole into memory.
+            stream = message.reader() if isinstance(message, FileText) else io.BytesIO(message)
+            result = client.scan_stream(stream)
         except pyclamd.BufferTooLongError:
             raise ScannerError(f"clamd {self.address}: message larger than its StreamMaxLength") from None
         except Exception as error:

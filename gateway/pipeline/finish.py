@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import metrics
 from gateway.dkim.signer import DkimSigner
-from gateway.message import MessageText, edited_parts, insert_fields
+from gateway.message import FileText, MessageText, edited_parts, insert_fields, whole_bytes
 from gateway.verdict import HeaderEdit
 
 log = logging.getLogger("gateway.smtpd")
@@ -26,12 +26,12 @@ _SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
 HANDOVER_MAX_BYTES = 1 << 20
 
 
-async def finish(content: bytes, trace: bytes, edits: tuple[HeaderEdit, ...], *, signer: DkimSigner | None,
+async def finish(content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdit, ...], *, signer: DkimSigner | None,
                  queue_id: str) -> MessageText:
     """The message to commit: ``trace`` (the Received: field) and the ``edits`` applied, signed by ``signer``.
 
     Args:
-        content: the message as received.
+        content: the message as received (in memory, or kept in its file by the DATA reader).
         trace: our Received: field, CRLF-terminated.
         edits: the policies' header edits, in order.
         signer: the DKIM signer for this message (outbound mail of a signing
@@ -40,12 +40,13 @@ async def finish(content: bytes, trace: bytes, edits: tuple[HeaderEdit, ...], *,
 
     Returns:
         One ``bytes`` object, or for a large unsigned message the pieces that
-        make it (:func:`gateway.message.edited_parts`).
+        make it (:func:`gateway.message.edited_parts`; a file-held body is a
+        :class:`~gateway.message.FileSpan` the spool copies in the kernel).
     """
     parts = edited_parts(content, trace, edits)
     if signer is not None:
-        return await _sign(signer, queue_id, b"".join(parts))
-    if len(content) > HANDOVER_MAX_BYTES:
+        return await _sign(signer, queue_id, whole_bytes(parts))
+    if isinstance(content, FileText) or len(content) > HANDOVER_MAX_BYTES:
         return parts
     return b"".join(parts)
 

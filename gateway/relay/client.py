@@ -33,6 +33,7 @@ import aiosmtplib
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
+from gateway.message import FileText
 from gateway.relay import replies
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
@@ -64,7 +65,7 @@ def _encoded(piece: bytes) -> bytes:
     return piece.replace(b"\n.", b"\n..")
 
 
-def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator[bytes]:
+def data_chunks(message: bytes | FileText, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator[bytes]:
     """``message`` encoded for the DATA phase, in pieces, without the final ``.`` line.
 
     Line ends become CRLF, lines starting with ``.`` get another one (RFC 5321
@@ -73,6 +74,9 @@ def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator
     large message is not copied whole two or three times. Pieces are cut right
     after a LF, so no line end or line start is split.
     """
+    if isinstance(message, FileText):
+        yield from _file_chunks(message, chunk_bytes)
+        return
     start, size = 0, len(message)
     if size == 0:
         yield b"\r\n"
@@ -85,6 +89,20 @@ def data_chunks(message: bytes, chunk_bytes: int = DATA_CHUNK_BYTES) -> Iterator
             piece += b"\r\n"
         yield piece
         start = end
+
+
+def _file_chunks(message: FileText, chunk_bytes: int) -> Iterator[bytes]:
+    """:func:`data_chunks` of a file-held message: bounded reads (pread), never the whole file mapped in."""
+    carry = b""
+    for block in message.chunks(size=chunk_bytes):
+        data = carry + block if carry else block
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield _encoded(data[:cut])
+    if carry:
+        piece = _encoded(carry)
+        yield piece if piece.endswith(b"\r\n") else piece + b"\r\n"
 
 
 def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:
@@ -192,7 +210,7 @@ class SmtpClient:
         except aiosmtplib.SMTPHeloError:
             await smtp.helo()
 
-    async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes, *,
+    async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes | FileText, *,
                       smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
         """Send ``message`` to ``recipients`` through ``host``.
 
@@ -211,7 +229,7 @@ class SmtpClient:
                                       body_8bitmime=body_8bitmime, reused=False)
 
     async def _attempt_on(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                          message: bytes, *, smtputf8: bool, body_8bitmime: bool, reused: bool) -> AttemptResult:
+                          message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool, reused: bool) -> AttemptResult:
         try:
             result = await self._transaction(smtp, host, sender, recipients, message,
                                              smtputf8=smtputf8, body_8bitmime=body_8bitmime, reused=reused)
@@ -229,7 +247,7 @@ class SmtpClient:
         self.cache.put(host, smtp)
         return result
 
-    async def _send_data(self, smtp: aiosmtplib.SMTP, message: bytes) -> aiosmtplib.SMTPResponse:
+    async def _send_data(self, smtp: aiosmtplib.SMTP, message: bytes | FileText) -> aiosmtplib.SMTPResponse:
         """DATA, the message in pieces (:func:`data_chunks`) under flow control, and the final reply.
 
         Raises:
@@ -272,7 +290,7 @@ class SmtpClient:
             buffered = now_buffered
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                           message: bytes, *, smtputf8: bool, body_8bitmime: bool,
+                           message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool,
                            reused: bool = False) -> AttemptResult:
         options = []
         encoding = "ascii"

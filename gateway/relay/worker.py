@@ -29,6 +29,7 @@ from collections import defaultdict
 from gateway import metrics
 from gateway.config import Config
 from gateway.errors import DeliveryError, SpoolError
+from gateway.message import FileText
 from gateway.relay import replies
 from gateway.relay.backoff import is_expired, next_attempt
 from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
@@ -190,7 +191,7 @@ class RelayWorker:
             self.inflight.discard(entry.queue_id)
             self.release(len(message))
 
-    async def _deliver_claimed(self, entry: SpoolEntry, message: bytes) -> None:
+    async def _deliver_claimed(self, entry: SpoolEntry, message: bytes | FileText) -> None:
         try:
             await self._deliver_entry(entry, message)
         except Exception:
@@ -215,7 +216,7 @@ class RelayWorker:
         except (SpoolError, OSError):
             log.exception("%s: left in active/; it is retried at the next start", entry.queue_id)
 
-    async def _deliver_entry(self, entry: SpoolEntry, message: bytes) -> None:
+    async def _deliver_entry(self, entry: SpoolEntry, message: bytes | FileText) -> None:
         was_pending = entry.pending()
         groups: dict[Destination, list[RecipientStatus]] = defaultdict(list)
         for recipient in was_pending:
@@ -227,13 +228,13 @@ class RelayWorker:
                                for destination, recipients in groups.items()))
         await self._finish(entry, message, was_pending)
 
-    async def _deliver_group(self, entry: SpoolEntry, message: bytes, destination: Destination,
+    async def _deliver_group(self, entry: SpoolEntry, message: bytes | FileText, destination: Destination,
                              recipients: list[RecipientStatus]) -> None:
         async with self.destination_slots[destination.name]:
             with metrics.DELIVERY_DURATION.labels(destination.label).time():
                 await self._attempt(entry, message, destination, recipients)
 
-    async def _attempt(self, entry: SpoolEntry, message: bytes, destination: Destination,
+    async def _attempt(self, entry: SpoolEntry, message: bytes | FileText, destination: Destination,
                        recipients: list[RecipientStatus]) -> None:
         try:
             hosts = await self.router.hosts(destination)
@@ -279,7 +280,7 @@ class RelayWorker:
             log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
                      recipient.address, relay or "none", now - entry.arrival, recipient.attempts, status, reply)
 
-    async def _finish(self, entry: SpoolEntry, message: bytes, was_pending: list[RecipientStatus]) -> None:
+    async def _finish(self, entry: SpoolEntry, message: bytes | FileText, was_pending: list[RecipientStatus]) -> None:
         now = time.time()
         lifetime = self.config.bounce_queue_lifetime if entry.is_bounce else self.config.maximal_queue_lifetime
         deferred = [r for r in entry.recipients if r.state is RecipientState.DEFERRED]
@@ -302,7 +303,7 @@ class RelayWorker:
             await self.batcher.remove(entry.queue_id)
             log.info("%s: removed", entry.queue_id)
 
-    async def _bounce(self, entry: SpoolEntry, message: bytes, recipients: list[RecipientStatus]) -> None:
+    async def _bounce(self, entry: SpoolEntry, message: bytes | FileText, recipients: list[RecipientStatus]) -> None:
         if should_bounce(entry.sender, entry.is_bounce):
             now = time.time()
             # From an untrusted client the sender may be forged: the DSN may be backscatter.

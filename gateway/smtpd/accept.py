@@ -18,7 +18,7 @@ from gateway.config import Config
 from gateway.dkim.signer import DkimSigner
 from gateway.envelope import Direction
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import message_size
+from gateway.message import FileText, message_size
 from gateway.pipeline.finish import finish
 from gateway.pipeline.policy import PolicyContext
 from gateway.pipeline.received import received_header
@@ -41,13 +41,13 @@ def transaction_summary(ctx: PolicyContext, size: int) -> str:
             f"{', relay=permitted rule=' + client.trusted_rule if client.trusted_rule else ''}")
 
 
-async def accept(ctx: PolicyContext, content: bytes, result: StageResult, *, listener: str, config: Config,
+async def accept(ctx: PolicyContext, content: bytes | FileText, result: StageResult, *, listener: str, config: Config,
                  signer: DkimSigner | None, intake: Intake, summary: str, extended_smtp: bool) -> str:
     """Spool the message ``content`` the DATA policies accepted (``result``); the reply line to send.
 
     Args:
         ctx: the transaction (client, envelope, queue ID); its queue ID is cleared once committed.
-        content: the message as received.
+        content: the message as received (bytes, or a large one in its file).
         result: the DATA stage's outcome (verdict ACCEPT/CONTINUE or HOLD, and header edits).
         listener: the listener's name (metrics).
         config: for ``myhostname`` in Received:.

@@ -6,8 +6,11 @@ took 730 MB. This reader takes what the connection delivers in large pieces,
 finds the end-of-data line, removes the transparency dots and checks each
 piece at once, and keeps the result in one place: a list of pieces while the message is small, an
 unnamed file on the spool's file system once it is larger than
-``spill_bytes``. The finished message is one ``bytes`` object, read back from
-that file in one call, so a message costs about its own size in memory.
+``spill_bytes`` (or once the sessions' shared memory budget is used up). A
+small message is one ``bytes`` object; a large one stays in its file and is
+handed on as a :class:`~gateway.message.FileText`, which the checks read in
+parts and the spool copies in the kernel: a 50 MB message costs a few chunks
+of memory, not 50 MB.
 
 Same rules as aiosmtpd's reader, which it replaces (so the same replies):
 
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gateway.message import FileText
+
 END_OF_DATA = b"\r\n.\r\n"
 LINE_LIMIT = 1001     # octets of a line with its CRLF (aiosmtpd's line_length_limit)
 SPILL_BYTES = 1 << 20  # a message larger than this is kept in a file while it arrives
@@ -47,7 +52,6 @@ class DataOutcome(enum.Enum):
     COMPLETE = "complete"      # the message is in DataResult.content
     TOO_LONG = "too_long"      # a line over the limit: refuse with 500 5.5.2
     TOO_BIG = "too_big"        # over size_limit: refuse with 552 5.3.4
-    NO_MEMORY = "no_memory"    # the memory budget is used up by other sessions: 452 4.3.1
 
 
 class MemoryBudget:
@@ -56,16 +60,17 @@ class MemoryBudget:
     A session takes from it while its message is kept in memory (as it
     arrives, then while it is checked and committed) and gives it back when
     its DATA reply is written. Beyond the budget a message arriving is kept in
-    a file instead, and a finished one that cannot be read back into memory
-    gets ``452 4.3.1``. One message is always allowed when nothing else is
-    held, so a message within ``message_size_limit`` can always get through.
+    a file instead (and stays there), so no message is refused for memory.
 
     Args:
         limit: octets (``smtpd_data_memory_limit``).
+        spill_bytes: a message larger than this many octets goes to a file
+            even when the budget has room (``smtpd_data_spill_size``).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, spill_bytes: int = SPILL_BYTES) -> None:
         self.limit = limit
+        self.spill_bytes = spill_bytes
         self.used = 0
 
     def try_take(self, size: int) -> bool:
@@ -94,7 +99,7 @@ class DataResult:
     """
 
     outcome: DataOutcome
-    content: bytes
+    content: bytes | FileText
     received: int
     reserved: int = 0
 
@@ -126,15 +131,13 @@ class _Collector:
             self.give_back()
         self.file.write(piece)
 
-    def content(self) -> bytes | None:
-        """The whole text, held under the budget; None when the budget cannot hold it."""
+    def content(self) -> bytes | FileText:
+        """The whole text: one ``bytes`` object (held under the budget), or the file it was written to."""
         if self.file is None:
             return b"".join(self.pieces)
-        if not self._take(self.size):
-            return None
         self.file.flush()
-        # One bytes object of the right size, filled by the kernel: no second copy in memory.
-        return os.pread(self.file.fileno(), self.size, 0)
+        # Stays in its unnamed file: the checks read the parts they need, the commit copies it in the kernel.
+        return FileText(self.file.fileno(), self.size)
 
     def close(self) -> None:
         """Drop the text (the budget is given back separately: :meth:`give_back`)."""
@@ -236,7 +239,7 @@ class _Unstuffer:
 
 async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, budget: MemoryBudget | None = None,
                     spill_dir: Path | None = None, line_limit: int = LINE_LIMIT,
-                    spill_bytes: int = SPILL_BYTES) -> DataResult:
+                    spill_bytes: int | None = None) -> DataResult:
     """Read one message after the 354 reply, up to and including the end-of-data line.
 
     Args:
@@ -250,7 +253,8 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, bud
             spool's ``tmp/``, so it is on the spool's file system); None: the
             system's temporary folder.
         line_limit: most octets of one line with its CRLF.
-        spill_bytes: message size from which the text is kept in a file.
+        spill_bytes: message size from which the text is kept in a file
+            (default: the budget's, else :data:`SPILL_BYTES`).
 
     Returns:
         The outcome, the message text (for COMPLETE), the octets received and
@@ -261,6 +265,8 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, bud
             the end-of-data line (aiosmtpd cancels the session task then anyway).
         OSError: the spill file cannot be created or written (a full spool).
     """
+    if spill_bytes is None:
+        spill_bytes = budget.spill_bytes if budget is not None else SPILL_BYTES
     collector = _Collector(budget, spill_dir, spill_bytes)
     unstuffer = _Unstuffer(collector, line_limit, size_limit)
     received = 0
@@ -280,8 +286,6 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, bud
         if unstuffer.outcome is not DataOutcome.COMPLETE:
             return DataResult(unstuffer.outcome, b"", received)
         content = collector.content()
-        if content is None:
-            return DataResult(DataOutcome.NO_MEMORY, b"", received)
         done = True
         return DataResult(DataOutcome.COMPLETE, content, received, collector.held)
     finally:

@@ -58,8 +58,7 @@ _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
 _DATA_REFUSALS = {DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
-                  DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit"),
-                  DataOutcome.NO_MEMORY: (replies.DATA_MEMORY_FULL, "data_memory_limit")}
+                  DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit")}
 
 
 def client_key(host: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.errors import SpoolError, SpoolFullError
-from gateway.message import MessageText, message_parts, message_size
+from gateway.message import MessageText, message_parts, message_size, piece_chunks
 from gateway.spool import files as spool_files
 from gateway.spool.entry import QueueState, SpoolEntry
 
@@ -132,7 +132,8 @@ def _write_unsynced(spool: Spool, item: PendingCommit) -> CommitFiles | None:
     entry = item.entry
     digest = hashlib.sha256()
     for piece in message_parts(item.message):
-        digest.update(piece)
+        for chunk in piece_chunks(piece):  # a file-held body in bounded reads
+            digest.update(chunk)
     entry.message_size = message_size(item.message)
     entry.message_sha256 = digest.hexdigest()
     entry.state = item.state

@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from gateway.message import MessageText, message_parts
+from gateway.message import FileSpan, FileText, MessageText, message_parts
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -49,8 +49,8 @@ def fsync_dir(path: Path | str) -> None:
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # a record is a few kB; more is garbage, not read into memory
 
 
-def read_regular_file(path: Path, limit: int | None = None) -> bytes:
-    """Read ``path`` only if it, and the directory holding it, are what they claim to be.
+def open_regular_file(path: Path) -> tuple[int, int]:
+    """Open ``path`` for reading only if it, and the directory holding it, are what they claim to be.
 
     The queue commands run as root over a spool the gateway's user can write: a
     record or message file replaced by a symbolic link (to /etc/shadow), a FIFO
@@ -58,14 +58,13 @@ def read_regular_file(path: Path, limit: int | None = None) -> bytes:
     replaced by a link. Opened with ``O_NOFOLLOW`` through the directory's own
     descriptor, so nothing can be swapped in between the checks and the read.
 
-    Args:
-        path: a file directly inside one of the spool's directories.
-        limit: most bytes read; a larger file is refused (None: no limit).
+    Returns:
+        The open descriptor (the caller closes it) and the file's size in bytes.
 
     Raises:
         FileNotFoundError: there is no such file.
-        ValueError: a link, not a regular file, or larger than ``limit``.
-        OSError: another error reading it.
+        ValueError: a link or not a regular file.
+        OSError: another error opening it.
     """
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -86,16 +85,73 @@ def read_regular_file(path: Path, limit: int | None = None) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path} is not a regular file")
-        if limit is not None and info.st_size > limit:
-            raise ValueError(f"{path} has {info.st_size} bytes, more than a spool record has")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def read_regular_file(path: Path, limit: int | None = None) -> bytes:
+    """Read ``path`` with the checks of :func:`open_regular_file`.
+
+    Args:
+        path: a file directly inside one of the spool's directories.
+        limit: most bytes read; a larger file is refused (None: no limit).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        ValueError: a link, not a regular file, or larger than ``limit``.
+        OSError: another error reading it.
+    """
+    fd, size = open_regular_file(path)
+    try:
+        if limit is not None and size > limit:
+            raise ValueError(f"{path} has {size} bytes, more than a spool record has")
         # One read of the size fstat gave: one bytes object, no second copy of a large message.
-        data = os.read(fd, info.st_size + 1)
-        if len(data) <= info.st_size:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
             while chunk := os.read(fd, 1 << 20):  # a short read, or a file that grew
                 data += chunk
         return data
     finally:
         os.close(fd)
+
+
+def map_regular_file(path: Path) -> FileText | bytes:
+    """``path`` (checked as by :func:`open_regular_file`) mapped as a :class:`FileText`; b"" when empty.
+
+    Raises:
+        FileNotFoundError, ValueError, OSError: as :func:`open_regular_file`.
+    """
+    fd, size = open_regular_file(path)
+    try:
+        return FileText(fd, size) if size else b""
+    finally:
+        os.close(fd)  # FileText keeps a duplicate
+
+
+def copy_span(span: FileSpan, fd: int) -> None:
+    """Append ``span`` to ``fd`` with ``copy_file_range(2)``: the kernel copies, no message bytes in our memory.
+
+    Falls back to bounded reads and writes where the kernel cannot (another
+    file system, an old kernel).
+
+    Raises:
+        OSError: reading or writing failed (ENOSPC on a full file system).
+    """
+    offset, left = span.offset, span.length
+    try:
+        while left:
+            copied = os.copy_file_range(span.text.fd, fd, left, offset)
+            if copied == 0:
+                raise OSError(errno.EIO, f"message file ends {left} octets early")
+            offset += copied
+            left -= copied
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        for chunk in span.text.chunks(offset, offset + left):
+            write_all(fd, chunk)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -125,7 +181,10 @@ def create_and_write(path: str, data: MessageText) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         for piece in message_parts(data):
-            write_all(fd, piece)
+            if isinstance(piece, FileSpan):
+                copy_span(piece, fd)
+            else:
+                write_all(fd, piece)
     except BaseException:
         os.close(fd)
         os.unlink(path)  # ours: O_EXCL created it

@@ -52,12 +52,14 @@ from typing import Iterator
 
 from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError
-from gateway.message import MessageText
+from gateway.message import FileText, MessageText
 from gateway.spool import files as spool_files
 from gateway.spool.commit import PendingCommit, commit_batch
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
 from gateway.spool.recovery import RecoveryReport, recover
+
+IN_MEMORY_BYTES = 1 << 20  # larger messages are read from the spool as a FileText, in chunks
 
 log = logging.getLogger("gateway.spool")
 
@@ -75,13 +77,17 @@ class Spool:
             so what a dead worker held is known and requeued when its slot starts again;
             with ``slot=None`` the ACTIVE state reads every worker's directory
             (:meth:`ids`, :meth:`read`, :meth:`locate`) and claims into ``active/``.
+        in_memory_bytes: :meth:`read_message` gives a larger message as a file
+            (``smtpd_data_spill_size``, the same bound as at DATA).
     """
 
-    def __init__(self, root: Path, sync_method: str = "fsync", slot: int | None = None) -> None:
+    def __init__(self, root: Path, sync_method: str = "fsync", slot: int | None = None,
+                 in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
         if sync_method not in SPOOL_SYNC_METHODS:
             raise ValueError(f"unknown spool sync method {sync_method!r}")
         self.root = Path(root)
         self.slot = slot
+        self.in_memory_bytes = in_memory_bytes
         active = QueueState.ACTIVE.value
         self._active_dir = self.root / (active if slot is None else f"{active}.{slot}")
         self.use_syncfs = sync_method == "syncfs"
@@ -227,19 +233,30 @@ class Spool:
         except ValueError as error:
             raise SpoolError(f"{queue_id}: unreadable record in {state.value}: {error}") from None
 
-    def read_message(self, entry: SpoolEntry) -> bytes:
+    def read_message(self, entry: SpoolEntry) -> bytes | FileText:
         """Read and verify the message file.
+
+        A message of up to ``in_memory_bytes`` comes as ``bytes``; a larger
+        one as a :class:`~gateway.message.FileText` over the spool file,
+        checksummed in bounded reads, so it is never all in memory.
 
         Raises:
             SpoolError: when it is missing or its SHA-256 does not match (corrupt).
         """
+        path = self.message_path(entry.queue_id)
         try:
-            data = spool_files.read_regular_file(self.message_path(entry.queue_id))
+            if entry.message_size > self.in_memory_bytes:
+                data: bytes | FileText = spool_files.map_regular_file(path)
+            else:
+                data = spool_files.read_regular_file(path)
         except FileNotFoundError:
             raise SpoolError(f"{entry.queue_id}: message file missing") from None
         except ValueError as error:
             raise SpoolError(f"{entry.queue_id}: {error}") from None
-        if hashlib.sha256(data).hexdigest() != entry.message_sha256:
+        digest = hashlib.sha256()
+        for chunk in (data.chunks() if isinstance(data, FileText) else (data,)):
+            digest.update(chunk)
+        if digest.hexdigest() != entry.message_sha256:
             raise SpoolError(f"{entry.queue_id}: message file damaged (checksum mismatch)")
         return data
 

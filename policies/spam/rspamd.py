@@ -51,13 +51,14 @@ import importlib
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
+from gateway.message import FileText
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
@@ -196,10 +197,14 @@ class Rspamd(Policy):
         import aiohttp
 
         session = self._client()
+        headers = self.request_headers(ctx)
+        data: Any = message
+        if isinstance(message, FileText):  # streamed from its file, with its length (no chunked encoding)
+            data = _file_body(message)
+            headers["Content-Length"] = str(len(message))
         try:
             async with asyncio.timeout(self.timeout):
-                async with session.post(f"{self.url}/checkv2", data=message,
-                                        headers=self.request_headers(ctx)) as response:
+                async with session.post(f"{self.url}/checkv2", data=data, headers=headers) as response:
                     body = await response.read()
                     status = response.status
         except TimeoutError:
@@ -244,6 +249,11 @@ class Rspamd(Policy):
 
 def _clean(text: str) -> str:
     return _UNSAFE.sub("", text)
+
+
+async def _file_body(message: FileText) -> AsyncIterator[bytes]:
+    for chunk in message.chunks():
+        yield chunk
 
 
 def _smtp_message(result: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from aiospamc.requests import Request  # type: ignore[import-untyped]
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
+from gateway.message import FileText, whole_bytes
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
@@ -120,7 +121,8 @@ class SpamAssassin(Policy):
         Raises:
             ScannerError: see :meth:`on_data`.
         """
-        request = Request("SYMBOLS", body=message)
+        # at most max_size octets (checked in on_data): a file-held message is read whole here
+        request = Request("SYMBOLS", body=whole_bytes(message) if isinstance(message, FileText) else message)
         if self.user:
             request.headers.user = self.user
         try:

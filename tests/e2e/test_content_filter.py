@@ -238,8 +238,10 @@ def corpus_scanning_gateway(tmp_path_factory, clamd, spamd, rspamd):
         folder = tmp_path_factory.mktemp("corpus-scan")
         rules = folder / "header_checks"
         rules.write_text("/^X-Never-Present-Header:/ REJECT\n/^Subject: .*viagra/ REJECT\n")
+        # smtpd_data_spill_size below the corpus median (1.2 kB): about half the corpus is checked in memory,
+        # the other half from the DATA reader's file (clamd INSTREAM from it, rspamd streamed, header checks mapped)
         config = scanners_config(sink.port, clamd.tcp_address, spamd, rspamd, inbound=ALL_SCANNERS,
-                                 extra='message_size_limit = "50M"\n',
+                                 extra=f'message_size_limit = "50M"\nsmtpd_data_spill_size = {SPILL_SIZE}\n',
                                  rspamd_settings="tag2_level = 50.0\nkill_level = 50.0\n")
         # Some corpus files are parser test cases with broken headers that SpamAssassin scores 7-10 and
         # rspamd 6-13 (listed with their rules in tests/policies/test_spamassassin.py and
@@ -250,6 +252,26 @@ def corpus_scanning_gateway(tmp_path_factory, clamd, spamd, rspamd):
         with GatewayProcess(folder / "gw", config) as gateway:
             gateway.port = port
             yield gateway, sink
+
+
+SPILL_SIZE = 1024
+
+
+def test_the_corpus_takes_both_ways_through_the_scanners():
+    sizes = [path.stat().st_size for path in CORPUS]
+    assert 0.2 < sum(size > SPILL_SIZE for size in sizes) / len(sizes) < 0.8
+
+
+@pytest.mark.parametrize("make, code", [(eicar_message, 554), (gtube_message, 550)], ids=["eicar", "gtube"])
+def test_a_file_held_message_is_scanned(corpus_scanning_gateway, make, code):
+    # padded past smtpd_data_spill_size: the scanners read it from the DATA reader's file
+    message = make().replace(b"\r\n\r\n", b"\r\nX-Padding: " + b"p" * 900 + b"\r\n"
+                             + b"X-Padding: " + b"q" * 900 + b"\r\n\r\n", 1)
+    assert len(message) > SPILL_SIZE + 800
+    gateway, _ = corpus_scanning_gateway
+    got, text = send(gateway.port, message, recipient="scanned@example.net")
+    assert got == code, text
+    assert (b"5.7.1" in text), text
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[str(p.relative_to(CORPUS_DIR)) for p in CORPUS])

@@ -25,14 +25,17 @@ def test_corpus_is_present():
     assert len(CORPUS) >= 100, f"expected the corpus at {CORPUS_DIR}"
 
 
-@pytest.fixture(scope="module")
-def corpus_gateway(tmp_path_factory):
+@pytest.fixture(scope="module", params=["in-memory", "file-held"])
+def corpus_gateway(tmp_path_factory, request):
     from tests.harness.gateway_process import GatewayProcess
     from tests.harness.ports import free_port
 
     with SmtpSink() as sink:
         port = free_port()
-        config = relay_config(sink.port, 'message_size_limit = "50M"\n')
+        # file-held: every message stays in the DATA reader's file, is copied into the spool by the
+        # kernel and read back by the relay client in chunks (the way of a message over 1 MB)
+        spill = "smtpd_data_spill_size = 1\n" if request.param == "file-held" else ""
+        config = relay_config(sink.port, 'message_size_limit = "50M"\n' + spill)
         config += f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
         with GatewayProcess(tmp_path_factory.mktemp("corpus-gw"), config) as gateway:
             gateway.port = port

@@ -50,7 +50,9 @@ def read(pieces: list[bytes], size_limit: int | None, **options: object) -> tupl
             reader.feed_data(piece)
         reader.feed_eof()
         result = await read_data(reader, size_limit=size_limit, **options)  # type: ignore[arg-type]
-        return result.outcome, result.content, await reader.read(), result.received
+        # a message kept in its file comes as a FileText; its octets compare as bytes
+        text = result.content if isinstance(result.content, bytes) else result.content[:]
+        return result.outcome, text, await reader.read(), result.received
     return asyncio.run(main())
 
 
@@ -138,7 +140,8 @@ def test_the_corpus_reads_back_exactly(tmp_path):
             assert text == raw, path
 
 
-def test_the_memory_budget_is_shared_spills_and_refuses(tmp_path):
+def test_the_memory_budget_is_shared_and_a_message_over_it_stays_in_its_file(tmp_path):
+    from gateway.message import FileText
     from gateway.smtpd.data_reader import MemoryBudget
 
     budget = MemoryBudget(1000)
@@ -153,15 +156,22 @@ def test_the_memory_budget_is_shared_spills_and_refuses(tmp_path):
 
         first = await read_data(stream(small * 6), size_limit=None, budget=budget, spill_dir=tmp_path)
         assert first.outcome is DataOutcome.COMPLETE and first.reserved == 600 == budget.used
-        # 600 more do not fit next to the first: kept in a file while they arrive, then refused
+        # 600 more do not fit next to the first: kept in a file, and handed on as that file (no budget)
         second = await read_data(stream(small * 6), size_limit=None, budget=budget, spill_dir=tmp_path)
-        assert second.outcome is DataOutcome.NO_MEMORY and budget.used == 600
+        assert second.outcome is DataOutcome.COMPLETE and isinstance(second.content, FileText)
+        assert second.content[:] == small * 6 and second.reserved == 0 and budget.used == 600
         budget.give(first.reserved)
-        # alone, even a message over the whole budget gets through
+        assert list(second.content.chunks(size=200)) == [small * 2] * 3
+        assert os.listdir(tmp_path) == []  # unnamed files: nothing to clean up
+        # alone, even a message over the whole budget is held in memory (below spill_bytes)
         third = await read_data(stream(small * 30), size_limit=None, budget=budget, spill_dir=tmp_path)
         assert third.outcome is DataOutcome.COMPLETE and third.content == small * 30
         assert budget.used == third.reserved == 3000
         budget.give(third.reserved)
+        # past the budget's spill size, even a small message is a file
+        budget.spill_bytes = 500
+        fourth = await read_data(stream(small * 6), size_limit=None, budget=budget, spill_dir=tmp_path)
+        assert isinstance(fourth.content, FileText) and fourth.content[:] == small * 6 and budget.used == 0
         refused = await read_data(stream(small * 4 + b"y" * 2000 + b"\r\n"), size_limit=None, budget=budget)
         assert refused.outcome is DataOutcome.TOO_LONG and refused.reserved == 0
         reader = asyncio.StreamReader(limit=1001)
