@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -64,6 +65,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from gateway.dkim.canon import relaxed_body_hash, split_header
 from gateway.dkim.keys import (
     PrivateKey,
     dns_record,
@@ -73,6 +75,7 @@ from gateway.dkim.keys import (
 )
 from gateway.dkim.settings import KEY_OPTION, KEY_TYPE, DkimDomain, DkimSettings
 from gateway.errors import ConfigError
+from gateway.message import MessageText, message_parts, piece_chunks, whole_bytes
 
 __all__ = [
     "OVERSIGNED_FIELDS",
@@ -301,17 +304,20 @@ class DkimSigner:
                           name=f"{selector}._domainkey.{domain.domain}", value=dns_txt_value(key),
                           zone_line=dns_record(domain.domain, selector, key))
 
-    def sign(self, message: bytes) -> bytes:
+    def sign(self, message: MessageText) -> bytes:
         """The ``DKIM-Signature`` field(s) for ``message``, to prepend to it; b"" when not signed.
 
         The fields of :meth:`signatures`, joined; see there.
         """
         return b"".join(signature.field for signature in self.signatures(message))
 
-    def signatures(self, message: bytes) -> list[DkimSignature]:
+    def signatures(self, message: MessageText) -> list[DkimSignature]:
         """The ``DKIM-Signature`` fields for ``message`` with their ``d=`` and ``a=``; [] when not signed.
 
-        ``message`` is the whole message as it will be sent (CRLF line ends).
+        ``message`` is the whole message as it will be sent (CRLF line ends):
+        ``bytes``, a file-held :class:`~gateway.message.FileText`, or the
+        pieces that make it; it is read once, in chunks (the body hash is one
+        streaming pass, :mod:`gateway.dkim.canon`), never joined.
         Signed when the first address of the first ``From`` field has a
         configured domain (or, with ``subdomains``, a subdomain of one); one
         field per configured algorithm, in configuration order. Not signed
@@ -330,10 +336,12 @@ class DkimSigner:
         """
         if not self.settings.domains:
             return []
-        parsed = parse_message(message)
+        head, body_start, body_rest = split_header(
+            chunk for piece in message_parts(message) for chunk in piece_chunks(piece))
+        parsed = parse_message(head)
         if parsed is None:
             return []
-        headers, body = parsed
+        headers, _ = parsed
         from_values = [value for name, value in headers if name.lower() == b"from"]
         if not from_values:
             return []
@@ -355,10 +363,10 @@ class DkimSigner:
         timestamp = str(int(time.time())).encode("ascii")
         if not self.use_cryptography:
             return [DkimSignature(domain.domain, algorithm,
-                                  self._sign_dkimpy(message, domain, algorithm, key, include))
+                                  self._sign_dkimpy(whole_bytes(message), domain, algorithm, key, include))
                     for algorithm, key in keys]
         canonical_headers = _RELAXED.canonicalize_headers(headers)
-        body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(body)).digest())
+        body_hash = base64.b64encode(relaxed_body_hash(itertools.chain((body_start,), body_rest)))
         return [DkimSignature(domain.domain, algorithm, _signature_field(
                     canonical_headers, include, domain, algorithm, key, timestamp, body_hash))
                 for algorithm, key in keys]

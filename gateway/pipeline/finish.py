@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import metrics
 from gateway.dkim.signer import DkimSigner
-from gateway.message import FileText, MessageText, edited_parts, insert_fields, whole_bytes
+from gateway.message import FileText, MessageText, Piece, edited_parts
 from gateway.verdict import HeaderEdit
 
 log = logging.getLogger("gateway.smtpd")
@@ -45,15 +45,17 @@ async def finish(content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdi
     """
     parts = edited_parts(content, trace, edits)
     if signer is not None:
-        return await _sign(signer, queue_id, whole_bytes(parts))
+        # parts[0] is a leading mbox separator line (or b""): the signatures go right below it
+        parts.insert(1, await _sign(signer, queue_id, parts))
     if isinstance(content, FileText) or len(content) > HANDOVER_MAX_BYTES:
         return parts
     return b"".join(parts)
 
 
-async def _sign(signer: DkimSigner, queue_id: str, message: bytes) -> bytes:
-    signatures = await asyncio.get_running_loop().run_in_executor(_SIGNING_THREADS, signer.signatures, message)
+async def _sign(signer: DkimSigner, queue_id: str, parts: list[Piece]) -> bytes:
+    """The DKIM-Signature fields for the message ``parts`` make, signed in the signing threads."""
+    signatures = await asyncio.get_running_loop().run_in_executor(_SIGNING_THREADS, signer.signatures, parts)
     for signature in signatures:
         metrics.DKIM_SIGNATURES.labels(signature.domain, signature.algorithm).inc()
         log.info("%s: DKIM-Signature added: d=%s a=%s", queue_id, signature.domain, signature.algorithm)
-    return insert_fields(message, b"".join(signature.field for signature in signatures))
+    return b"".join(signature.field for signature in signatures)

@@ -166,9 +166,10 @@ class SignedCorpus:
 _DKIM_FIELDS = re.compile(rb"(?:DKIM-Signature:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
 
 
-def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, str]]:
+def _through_gateway(state: Path, messages: dict[str, bytes], extra: str = ""
+                     ) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, str]]:
     """Relay each message through a real gateway that dual-signs; split what the sink got into
-    (message as relayed, the DKIM-Signature fields the gateway put on top)."""
+    (message as relayed, the DKIM-Signature fields the gateway put on top). ``extra``: more config keys."""
     import smtplib
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -183,7 +184,7 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
     with SmtpSink() as sink:
         port = free_port()
         config = (f'relayhost = ["[127.0.0.1]:{sink.port}"]\nmynetworks = ["127.0.0.1/32"]\n'
-                  f'myhostname = "gw.test"\nmessage_size_limit = "50M"\n'
+                  f'myhostname = "gw.test"\nmessage_size_limit = "50M"\n{extra}'
                   f'[dkim]\ndomains = ["{DOMAIN}"]\nalgorithms = {list(SELECTORS)!r}\n'.replace("'", '"')
                   + f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n')
         with GatewayProcess(state, config) as gateway:
@@ -211,15 +212,17 @@ def _through_gateway(state: Path, messages: dict[str, bytes]) -> tuple[dict[str,
     return result, records
 
 
-@pytest.fixture(scope="module", params=["signer", "gateway"])
+@pytest.fixture(scope="module", params=["signer", "gateway", "gateway-file-held"])
 def signed_corpus(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> SignedCorpus:
     """Every corpus message dual-signed for example.com with fresh keys: by the signer, or
-    relayed through the real gateway."""
+    relayed through the real gateway (file-held: each message stays in the DATA reader's file and
+    the signer reads it from there in chunks, the body hash in one streaming pass)."""
     state = tmp_path_factory.mktemp("dkim-state")
     prepared = {name: EXTRA[name] if name in EXTRA else with_sender((CORPUS / name).read_bytes())
                 for name in NAMES}
-    if request.param == "gateway":
-        messages, records = _through_gateway(state, prepared)
+    if request.param.startswith("gateway"):
+        spill = "smtpd_data_spill_size = 1\n" if request.param == "gateway-file-held" else ""
+        messages, records = _through_gateway(state, prepared, spill)
     else:
         config = gateway_config.build({"state_dir": str(state), "dkim": {
             "domains": [DOMAIN], "algorithms": list(SELECTORS)}})

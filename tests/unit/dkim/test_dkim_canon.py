@@ -1,0 +1,64 @@
+"""gateway.dkim.canon: the streaming relaxed body hash equals dkimpy's canonicalization, however the message is cut."""
+
+from __future__ import annotations
+
+import hashlib
+
+import dkim  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.dkim.canon import relaxed_body_hash, split_header
+from gateway.dkim.signer import parse_message
+from tests.harness.samples import CORPUS
+
+RELAXED = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+
+
+def dkimpy_body_hash(message: bytes) -> bytes:
+    parsed = parse_message(message)
+    assert parsed is not None
+    return hashlib.sha256(RELAXED.canonicalize_body(parsed[1])).digest()
+
+
+def pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+
+
+def streamed_hash(message: bytes, size: int) -> bytes:
+    head, start, rest = split_header(pieces(message, size))
+    assert head + start + b"".join(rest) == message
+    parsed = parse_message(head)
+    assert parsed is not None and parsed[1] == b""  # the head holds the whole header section
+    return relaxed_body_hash([start, *pieces(message[len(head) + len(start):], size)])
+
+
+BODY_BITS = st.sampled_from([b"x", b" ", b"\t", b"\r\n", b"\n", b"\r", b"  \t ", b"ab c", b"\r\r\n", b"."])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(body=st.lists(BODY_BITS, max_size=40).map(b"".join), size=st.integers(1, 9))
+def test_any_body_cut_anywhere_hashes_as_dkimpy(body: bytes, size: int) -> None:
+    message = b"From: a@example.org\r\nSubject: t\r\n\r\n" + body
+    assert streamed_hash(message, size) == dkimpy_body_hash(message)
+
+
+@pytest.mark.parametrize("body", [b"", b"\r\n", b"\r\n\r\n\r\n", b"a", b"a \t", b"a\r\n\r\n", b" \r\n \r\n",
+                                  b"a\r", b"\r\n\r\nx", b"x  \r\n\t\r\n"])
+def test_edge_bodies(body: bytes) -> None:
+    message = b"From: a@example.org\r\n\r\n" + body
+    for size in (1, 2, 3, 1000):
+        assert streamed_hash(message, size) == dkimpy_body_hash(message), (body, size)
+
+
+def test_the_corpus_hashes_as_dkimpy() -> None:
+    checked = 0
+    for path in sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "LICENSE"):
+        message = path.read_bytes()
+        if parse_message(message) is None:
+            continue  # not signed at all (see parse_message)
+        for size in (7, 4096, 1 << 20):
+            assert streamed_hash(message, size) == dkimpy_body_hash(message), (path, size)
+        checked += 1
+    assert checked > 50
