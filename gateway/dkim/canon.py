@@ -15,7 +15,9 @@ import re
 from typing import Iterable, Iterator
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
-_WSP_RUN = re.compile(rb"[\t ]+")
+# White space to make one space: a run with a tab or of two or more octets (a lone space stays as it is,
+# which is the same result as replacing every run, without a replacement per word)
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 CRLF = b"\r\n"
 
@@ -37,6 +39,17 @@ def split_header(chunks: Iterable[bytes | memoryview]) -> tuple[bytes, bytes, It
         if found:
             return buffer[:found.end()], buffer[found.end():], rest
     return buffer, b"", rest
+
+
+def relaxed_headers(headers: list[list[bytes]]) -> list[tuple[bytes, bytes]]:
+    """``(name, value)`` pairs canonicalized as dkimpy's ``Relaxed.canonicalize_headers`` (RFC 6376 §3.4.2).
+
+    Names lower case without trailing white space; values unfolded, white space
+    runs made one space, stripped, ending in CRLF.
+    """
+    return [(name.lower().rstrip(),
+             _WSP_RUN.sub(b" ", value.replace(CRLF, b"").replace(b"\n", b"")).strip() + CRLF)
+            for name, value in headers]
 
 
 def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:

@@ -62,3 +62,40 @@ def test_the_corpus_hashes_as_dkimpy() -> None:
             assert streamed_hash(message, size) == dkimpy_body_hash(message), (path, size)
         checked += 1
     assert checked > 50
+
+
+def reference_author_domain(value: str) -> str | None:
+    """author_domain as email.utils reads every form (the signer's fallback)."""
+    import email.utils
+    for _, address in email.utils.getaddresses([value]):
+        local, at, domain = address.rpartition("@")
+        domain = domain.strip().rstrip(".").lower()
+        if at and local and domain and not domain.startswith("["):
+            return domain if domain.isascii() else domain.encode("idna").decode("ascii")
+    return None
+
+
+FROM_BITS = st.sampled_from(["<", ">", "a", "B", ".", "-", "+", "@", " ", "x.example", '"', ",", "(c)", "Ann "])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(value=st.lists(FROM_BITS, max_size=12).map("".join))
+def test_author_domain_reads_from_fields_as_email_utils(value: str) -> None:
+    from gateway.dkim.signer import author_domain
+    assert author_domain(value) == reference_author_domain(value)
+
+
+@pytest.mark.parametrize("value", ["<a@b.example>", "Ann Lee <a.b+c@X-Y.Example.org>", "a@b.example",
+                                   '"Lee, Ann" <a@b.example>', "a@b.example, c@d.example", "<a@b.example"])
+def test_author_domain_common_forms(value: str) -> None:
+    from gateway.dkim.signer import author_domain
+    assert author_domain(value) == reference_author_domain(value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(headers=st.lists(st.tuples(st.sampled_from([b"From", b"SUBJECT ", b"x-A"]),
+                                  st.lists(BODY_BITS, max_size=12).map(b"".join)), max_size=5))
+def test_relaxed_headers_as_dkimpy(headers) -> None:
+    from gateway.dkim.canon import relaxed_headers
+    pairs = [[name, value + b"\r\n"] for name, value in headers]
+    assert relaxed_headers(pairs) == RELAXED.canonicalize_headers(pairs)
