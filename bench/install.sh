@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs: Postfix (the system compared against, and its smtp-source /
-# smtp-sink load tools), the scanners of the "scan" variant (clamd, spamd), strace and script(1)
-# for the profile section, and py-spy (into bench/.tools). Idempotent and quick when everything
-# is present; needs root (or sudo).
+# smtp-sink load tools), the scanners of the scan variants (clamd, spamd, rspamd), amavisd-new (the
+# content filter of Postfix in the "amavis" variant: the seed image's filter stack), strace and
+# script(1) for the profile section, and py-spy (into bench/.tools). Idempotent and quick when
+# everything is present; needs root (or sudo).
 #
 # Postfix is installed with debconf "No configuration": no /etc/postfix/main.cf is written and no
 # system instance is set up. policy-rc.d (exit 101) keeps the package scripts from starting any
-# daemon; the bench runs its own private instance (postfix -c DIR) and checks afterwards that no
-# system Postfix master runs.
+# daemon (amavisd-new's postinst would start the amavis service); the bench runs its own private
+# instances (postfix -c DIR, amavisd-new -c FILE foreground, rspamd -c ... -f) and checks afterwards
+# that no system Postfix master runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(postfix clamav-daemon spamd spamc spamassassin strace util-linux)
+PACKAGES=(postfix clamav-daemon spamd spamc spamassassin amavisd-new rspamd strace util-linux)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -39,6 +39,8 @@ class RunResult:
     scanner_cpu_seconds: float = 0.0
     scanner_cpu_per_1000: float = 0.0
     scanner_peak_pss_mb: float = 0.0
+    scanner_parts: dict[str, float] = field(default_factory=dict)  # daemon name → its CPU s per 1000 msg
+    filtered: int = -1  # messages the content filter handled during the run (-1: not counted)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
@@ -74,12 +76,18 @@ def main_thread_cpu(pid: int) -> float:
 
 def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = BODY_BYTES,
             sessions: int = SESSIONS, sample_interval: float = 0.25,
-            scanner_pids: Callable[[], list[int]] | None = None) -> RunResult:
-    """Drive ``result.messages`` through ``system`` into ``sink``; fill in the figures."""
+            scanners: Callable[[], dict[str, int]] | None = None) -> RunResult:
+    """Drive ``result.messages`` through ``system`` into ``sink``; fill in the figures.
+
+    ``scanners``: name → root PID of the daemons whose CPU (seconds per 1000 messages, per daemon and
+    summed) and peak PSS sum (MB) are measured apart from the system's own.
+    """
     n = result.messages
     limit = 60 + n / 5 + body_bytes * n / 2e6  # generous: 5 msg/s, 2 MB/s
+    scanner_pids = (lambda: list(scanners().values())) if scanners else None
     scanner_sampler = MemorySampler(scanner_pids, sample_interval) if scanner_pids else None
-    scanner_cpu0 = tree_cpu(scanner_pids()) if scanner_pids else 0.0
+    parts0 = {name: tree_cpu([pid]) for name, pid in scanners().items()} if scanners else {}
+    scanner_cpu0 = sum(parts0.values())
     cpu0 = tree_cpu(system.root_pids())
     split0 = cpu_split(system.root_pids())
     gateway_pid = system.root_pids()[0] if isinstance(system, GatewaySystem) else None
@@ -103,8 +111,10 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
         result.cpu_seconds = tree_cpu(system.root_pids()) - cpu0
         split1 = cpu_split(system.root_pids())
         loop1 = main_thread_cpu(gateway_pid) if gateway_pid else 0.0
-    if scanner_pids:
-        result.scanner_cpu_seconds = tree_cpu(scanner_pids()) - scanner_cpu0
+    if scanners:
+        parts1 = {name: tree_cpu([pid]) for name, pid in scanners().items()}
+        result.scanner_parts = {name: (parts1[name] - parts0.get(name, 0.0)) * 1000 / n for name in parts1}
+        result.scanner_cpu_seconds = sum(parts1.values()) - scanner_cpu0
         result.scanner_cpu_per_1000 = result.scanner_cpu_seconds * 1000 / n
         assert scanner_sampler is not None
         result.scanner_peak_pss_mb = scanner_sampler.peak_pss_kib / 1024

@@ -19,6 +19,7 @@ import psutil
 from bench.common import BODY_BYTES, RECIPIENT, SENDER, SESSIONS
 from bench.load import RunResult
 from bench.profiles import PROFILE_BUCKETS, PROFILE_PATTERNS, STACK_WIDE_BUCKETS
+from bench.report_scanners import POSTFIX_LABELS, filter_report, filter_targets
 from bench.runs import Bench
 
 
@@ -112,15 +113,16 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
     add(f"* Memory: {info['memory_gib']} GiB; kernel {info['kernel']}; {info.get('os', '?')}")
     add(f"* Disk: {info.get('filesystem', '?')} (spools and Postfix queues live in a temp dir under /tmp)")
     add(f"* Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    if bench.extras.get("scanner_versions"):
-        add("* Scanners: " + "; ".join(f"{v}" for v in bench.extras["scanner_versions"].values()))
+    versions = {**bench.extras.get("scanner_versions", {}), **bench.extras.get("filter_versions", {})}
+    if versions:
+        add("* Scanners and filters: " + "; ".join(f"{v}" for v in versions.values()))
     add(f"* Load average at start {info['load_before']}, at end {info.get('load_after')}; "
         f"{info.get('other_processes_at_start', 0)} other python/pytest/scanner processes were running at start. "
         "The machine is shared: other work running at the same time lowers both systems' figures; "
         "alternating rounds and per-round ratios keep the comparison fair, the absolute numbers less so.")
     add("")
     add("Reproduce with `make bench` (as root; it installs Postfix with debconf \"No configuration\", the "
-        "scanners, strace and py-spy through `bench/install.sh`, then runs `bench/run.py`). Options go through "
+        "scanners and filters (clamd, spamd, amavisd-new, rspamd), strace and py-spy through `bench/install.sh`, then runs `bench/run.py`). Options go through "
         "`BENCH_ARGS`, e.g. `make bench BENCH_ARGS=--quick` for a smoke run that writes `bench/quick-report.md`, or "
         "`BENCH_ARGS=\"--messages 5000 --rounds 5 --variants plain,dkim\"`; `bench/run.py --help` lists them. "
         "Raw numbers of the last run: `bench/last-run.json`.")
@@ -128,8 +130,8 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
     add("## Workload and method")
     add("")
     add(f"* `smtp-source -d -s {SESSIONS} -m N -l {BODY_BYTES} -f {SENDER} -t {RECIPIENT} 127.0.0.1:PORT` "
-        f"(Postfix's own load generator): N = {args.messages} messages (scan variant: {args.scan_messages}, "
-        f"because spamd handles {scan_rate(results)} msg/s here) of about "
+        f"(Postfix's own load generator): N = {args.messages} messages (scan, amavis and rspamd variants: "
+        f"{args.scan_messages}, because spamd handles {scan_rate(results)} msg/s here) of about "
         f"2.2 KB with From/To/Date/Message-Id, one recipient each, over {SESSIONS} concurrent sessions that are reused "
         "(smtp-source speaks HELO, no pipelining).")
     add("* The system under test queues each message durably before its 250 and relays it to `smtp-sink -c` on "
@@ -141,7 +143,9 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
     add("* **accept msg/s** = N / wall time of smtp-source. **end-to-end msg/s** = N / time from the start of "
         "smtp-source until the sink has all N. **CPU s per 1000 msg**: user + system CPU of the whole process tree "
         "(live processes plus reaped children: Postfix's master, smtpd, cleanup, qmgr, smtp, trivial-rewrite, "
-        "anvil, postlogd...; the gateway's supervisor and workers, or its one process, with their threads) from an idle moment before the load "
+        "anvil, postlogd...; the gateway's supervisor and workers, or its one process, with their threads; a live "
+        "process counts the larger of its /proc/PID/stat ticks and its live threads' schedstat nanoseconds, since "
+        "ticks are truncated to 10 ms per process) from an idle moment before the load "
         "until the queue is empty again. **cores busy** = those CPU seconds / that wall time. "
         "**peak memory**¹: the gateway's peak RSS (VmHWM of its one process, or the peak of the RSS sum over "
         "the supervisor and its workers, sampled as below); for Postfix the peak of the PSS sum over all its "
@@ -157,7 +161,12 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
         "spamd for every message and is compared with plain Postfix; the scanners' own CPU and memory are shown apart. "
         "The scanners are the test harness's: clamd with a two-signature EICAR-only database (no freshclam offline: "
         "its cost is the protocol and stream handling, not a real signature set) and spamd offline "
-        f"(`--local`, no DNS, no Bayes, {args.spamd_children} children); **syncfs** and **dkim-syncfs**: plain and "
+        f"(`--local`, no DNS, no Bayes, {args.spamd_children} children); **amavis**: the same gateway against "
+        "Postfix with amavisd-new as its content filter, amavisd-new using the same clamd and SpamAssassin "
+        "in-process, configured as spamd is (the seed image's stack; the scan variant is therefore not in the "
+        "default list); **rspamd**: the gateway's rspamd policy against Postfix with rspamd's milter, one rspamd "
+        "for both; in these two the filters' CPU and memory are shown apart for both sides (see \"The seed's "
+        "filter stack as the yardstick\"); **syncfs** and **dkim-syncfs**: plain and "
         "dkim with `spool_sync_method = \"syncfs\"` (each group commit makes its files durable with two "
         "`syncfs(2)` calls instead of one fsync per file and directory; see README), against plain Postfix; "
         "**asyncio**: plain on asyncio's own event loop instead of uvloop; **one-worker**: plain with `workers = 1`.")
@@ -175,9 +184,15 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
         add(f"## Variant: {variant} (N = {n})")
         add("")
         gw_label = {"plain": "gateway", "dkim": "gateway + DKIM", "scan": "gateway + clamd + spamd",
+                    "amavis": "gateway + clamd + spamd", "rspamd": "gateway + rspamd",
                     "syncfs": "gateway, syncfs", "dkim-syncfs": "gateway + DKIM, syncfs",
                     "asyncio": "gateway, asyncio loop", "one-worker": "gateway, workers = 1"}[variant]
-        add(f"| figure | {gw_label} | Postfix (plain) | ratio gateway/Postfix |")
+        pf_label = POSTFIX_LABELS.get(variant, "Postfix (plain)")
+        if variant in POSTFIX_LABELS:
+            add("CPU and memory here are the MTAs' own processes; the filters' are apart in \"The seed's filter "
+                "stack as the yardstick\" below.")
+            add("")
+        add(f"| figure | {gw_label} | {pf_label} | ratio gateway/Postfix |")
         add("|---|---|---|---|")
         for attr, title, fmt, better in METRICS:
             gw = [getattr(r, attr) for r in runs if r.system == "gateway" and not r.error]
@@ -239,6 +254,7 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
             add(f"Gateway internals (its own histograms): mean spool commit {spread(commit, '.1f')} ms, "
                 f"mean delivery attempt {spread(delivery, '.1f')} ms.")
         add("")
+    filter_report(bench, lines)
     extras_report(bench, lines)
     targets_report(bench, lines)
     analysis_report(bench, lines)
@@ -249,7 +265,7 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
 
 
 def scan_rate(results: list[RunResult]) -> str:
-    rates = [r.e2e_rate for r in results if r.variant == "scan" and r.system == "gateway" and not r.error]
+    rates = [r.e2e_rate for r in results if r.variant in ("scan", "amavis") and r.system == "gateway" and not r.error]
     return f"about {med(rates):.0f}" if rates else "only tens of"
 
 
@@ -436,6 +452,7 @@ def targets_report(bench: Bench, lines: list[str]) -> None:
         if variant == "syncfs" and cpu_value is not None:
             add(f"| plain, `spool_sync_method = \"syncfs\"`: CPU per message ≤ Postfix | {fmt_ratio(cpu_value)} | "
                 f"{verdict(cpu_value, 1.0, False)} |")
+    filter_targets(bench, lines)
     for variant in bench.args.variants:
         rss = [r.peak_memory_mb for r in results if r.variant == variant and r.system == "gateway" and not r.error]
         if rss:
@@ -574,9 +591,10 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
             if frames:
                 line += " (" + ", ".join(frames) + ")"
         add(line + ".")
-    gw_scan = median_of("scan", "gateway", "cpu_per_1000")
+    scan_variant = "scan" if median_of("scan", "gateway", "cpu_per_1000") is not None else "amavis"
+    gw_scan = median_of(scan_variant, "gateway", "cpu_per_1000")
     if gw_scan is not None and gw_cpu is not None:
-        sc = median_of("scan", "gateway", "scanner_cpu_per_1000")
+        sc = median_of(scan_variant, "gateway", "scanner_cpu_per_1000")
         line = (f"* **Scanning.** With clamd + spamd the gateway itself used {gw_scan:.2f} ms of CPU per message "
                 f"({gw_scan - gw_cpu:+.2f} ms against plain)" + (f"; the scanners used {sc:.2f} ms more" if sc else ""))
         scan = spies.get("scan") or {}

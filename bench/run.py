@@ -25,9 +25,13 @@ empty again), peak memory (gateway: peak RSS, VmHWM; Postfix: peak of the sum
 of PSS over its processes, sampled from /proc/PID/smaps_rollup).
 
 Variants: ``plain``; ``dkim`` (gateway signing RSA-2048; Postfix stays plain,
-the target is "gateway with DKIM >= 0.9x Postfix plain"); ``scan`` (gateway
-with clamd + spamd, the test harness's daemons; Postfix stays plain; the
-scanners' own CPU and memory are shown apart). Rounds alternate the order
+the target is "gateway with DKIM >= 0.9x Postfix plain"); ``amavis`` (gateway
+with clamd + spamd, the test harness's daemons, against Postfix with a private
+amavisd-new as its content_filter, using the same clamd and SpamAssassin
+in-process, configured as spamd is); ``rspamd`` (gateway with its rspamd policy
+against Postfix with rspamd's proxy worker as milter, one rspamd for both);
+``scan`` (not by default: the gateway with clamd + spamd against plain
+Postfix). The filters' own CPU and memory are shown apart. Rounds alternate the order
 (gateway first in odd rounds, Postfix first in even ones); each round starts
 fresh instances, spools and sinks.
 
@@ -54,17 +58,22 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import POSTCONF, POSTFIX, ROOT, SMTP_SINK, SMTP_SOURCE, VARIANTS, log
+from bench.common import DEFAULT_VARIANTS, POSTCONF, POSTFIX, ROOT, SMTP_SINK, SMTP_SOURCE, VARIANTS, log
+from bench.filters import AMAVISD
 from bench.load import RunResult
 from bench.profiles import profiles_dir, summarise_py_spy
 from bench.report import machine, report
 from bench.runs import Bench
 
 
-def check_tools() -> None:
-    missing = [str(p) for p in (SMTP_SOURCE, SMTP_SINK, POSTFIX, POSTCONF) if not p.exists()]
+def check_tools(variants: list[str]) -> None:
+    tools = [SMTP_SOURCE, SMTP_SINK, POSTFIX, POSTCONF]
+    tools += [AMAVISD] if "amavis" in variants else []
+    tools += [Path("/usr/bin/rspamd")] if "rspamd" in variants else []
+    missing = [str(p) for p in tools if not p.exists()]
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: run `bash bench/install.sh` (Debian package postfix)")
+        sys.exit(f"missing {', '.join(missing)}: run `bash bench/install.sh` (Debian packages postfix, "
+                 "amavisd-new, rspamd)")
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root: a private Postfix instance runs its daemons as user postfix")
 
@@ -74,9 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=None, help="N per run (default 20000; --quick: 300)")
     parser.add_argument("--scan-messages", type=int, default=None,
-                        help="N per run of the scan variant (default N/20: spamd is the bottleneck)")
+                        help="N per run of the scan, amavis and rspamd variants (default N/20: the scanners "
+                             "are the bottleneck)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per variant (default 3)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--extras", default="sessions,whatif,big,outage,profile",
                         help="comma list of sessions, whatif, big, outage, profile ('' for none)")
     parser.add_argument("--small-messages", type=int, default=None,
@@ -84,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--big-message-mb", type=int, default=50)
     parser.add_argument("--outage-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--profile-messages", type=int, default=None, help="default N/4, at most 5000")
-    parser.add_argument("--spamd-children", type=int, default=4)
+    parser.add_argument("--spamd-children", type=int, default=4,
+                        help="spamd's --max-children, and amavisd-new's $max_servers in the amavis variant")
+    parser.add_argument("--rspamd-workers", type=int, default=2,
+                        help="rspamd's normal workers (the gateway's) and milter proxy workers (Postfix's)")
     parser.add_argument("--workers", default="auto", help='the gateway\'s `workers` (default "auto": one per CPU)')
     parser.add_argument("--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
                         help="the gateway's `event_loop` (the asyncio variant always uses asyncio's own)")
@@ -128,8 +142,8 @@ def report_only(args: argparse.Namespace) -> int:
     """Rewrite the report from a JSON of an earlier run (older profile summaries redone from its -profiles/ dir)."""
     data = json.loads(Path(args.report_only).read_text())
     saved = data.get("args", {})
-    for key in ("messages", "scan_messages", "rounds", "variants", "extras", "spamd_children", "big_message_mb",
-                "outage_messages", "profile_messages", "small_messages", "workers", "event_loop"):
+    for key in ("messages", "scan_messages", "rounds", "variants", "extras", "spamd_children", "rspamd_workers",
+                "big_message_mb", "outage_messages", "profile_messages", "small_messages", "workers", "event_loop"):
         if key in saved:
             setattr(args, key, saved[key])
     bench = Bench.__new__(Bench)
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
         return report_only(args)
-    check_tools()
+    check_tools(args.variants)
     started = time.time()
     info = machine()
     bench = Bench(args)

@@ -15,7 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.common import BODY_BYTES, SESSIONS, free_port, log, stop_pid, wait_until
+from bench.common import (BODY_BYTES, FILTER_VARIANTS, SCAN_VARIANTS, SESSIONS, free_port, log, stop_pid,
+                          wait_until)
+from bench.filters import FilterDaemons
 from bench.load import RunResult, measure, smtp_source
 from bench.measure import MemorySampler, tree, tree_cpu
 from bench.profiles import find_py_spy, profiles_dir, summarise_py_spy, summarise_strace
@@ -39,6 +41,7 @@ class Bench:
         self.results: list[RunResult] = []
         self.extras: dict[str, Any] = {}
         self.scanners: Scanners | None = None
+        self.filters: FilterDaemons | None = None  # the amavis and rspamd variants' daemons, both sides
         self.started: list[System] = []
         self.counter = 0
 
@@ -57,8 +60,14 @@ class Bench:
                     gateway_extra: str = "", postfix_extra: dict[str, str] | None = None,
                     whatif: WhatIf | None = None) -> System:
         if kind == "postfix":
-            return PostfixSystem(workdir, sink_port, postfix_extra)
+            master_extra = ""
+            if variant in FILTER_VARIANTS and self.filters:
+                filter_main, master_extra = self.filters.postfix_settings()
+                postfix_extra = {**filter_main, **(postfix_extra or {})}
+            return PostfixSystem(workdir, sink_port, postfix_extra, master_extra)
         scanners = self.scanners.addresses() if (variant == "scan" and self.scanners) else None
+        if variant in FILTER_VARIANTS and self.filters:
+            scanners = self.filters.gateway_addresses()
         # a what-if patches the one process bench/whatif_gateway.py runs: its workers would be plain gateways
         one = variant == "one-worker" or whatif is not None
         workers = "1" if one else str(getattr(self.args, "workers", "auto"))
@@ -98,9 +107,16 @@ class Bench:
                 system = self.make_system(kind, variant, sink.port, workdir)
                 with self.running(system):
                     time.sleep(self.args.settle)  # let start-up work (key loading, process spawning) finish
-                    scanner_pids = (self.scanners.pids if (variant == "scan" and kind == "gateway" and self.scanners)
-                                    else None)
-                    measure(system, sink, result, scanner_pids=scanner_pids)
+                    scanners = None
+                    if variant == "scan" and kind == "gateway" and self.scanners:
+                        scanners = self.scanners.named_pids
+                    filters = self.filters if variant in FILTER_VARIANTS else None
+                    if filters:
+                        scanners = lambda: filters.named_pids(kind)  # noqa: E731 - kind is this run's
+                        filtered0 = filters.filtered(kind)
+                    measure(system, sink, result, scanners=scanners)
+                    if filters:
+                        self.count_filtered(filters, kind, result, filtered0)
             except Exception as error:  # one failed run must not lose the others
                 result.error += f" {failure(error)}"
         log(f"  {variant:5} round {round_no} {kind:7}: accept {result.accept_rate:7.1f} msg/s, "
@@ -110,13 +126,38 @@ class Bench:
             + (f"  ERROR:{result.error}" if result.error else ""))
         return result
 
+    @staticmethod
+    def count_filtered(filters: FilterDaemons, kind: str, result: RunResult, before: int) -> None:
+        """How many messages of this run went through the filter: Postfix's amavisd ("Passed" log
+        lines) or rspamd (its scanned counter); the gateway's scans from its own histogram."""
+        if kind == "gateway" and filters.variant == "amavis":
+            result.filtered = int(sum(v for k, v in result.metrics.items()
+                                      if k.startswith("gateway_scan_duration_seconds_count") and "spamassassin" in k))
+        else:
+            # amavisd logs after it has forwarded; the sink can have a message a moment before that
+            wait_until(lambda: filters.filtered(kind) - before >= result.messages, 10, 0.2)
+            result.filtered = filters.filtered(kind) - before if before >= 0 else -1
+        if 0 <= result.filtered < result.messages:
+            result.error += f" only {result.filtered}/{result.messages} went through the filter"
+
     def variant_rounds(self, variant: str) -> None:
-        messages = self.args.scan_messages if variant == "scan" else self.args.messages
+        messages = self.args.scan_messages if variant in SCAN_VARIANTS else self.args.messages
         log(f"variant {variant}: {self.args.rounds} rounds of {messages} messages")
         if variant == "scan":
             self.scanners = Scanners(self.args.spamd_children)
             self.scanners.start()
             self.extras["scanner_versions"] = self.scanners.versions()
+        if variant in FILTER_VARIANTS:
+            self.filters = FilterDaemons(variant, self.workdir, self.args.spamd_children,
+                                         getattr(self.args, "rspamd_workers", 2))
+            try:
+                self.filters.start()
+            except Exception:
+                self.filters.close()
+                self.filters = None
+                raise
+            self.extras.setdefault("filter_versions", {}).update(self.filters.versions())
+            self.extras.setdefault("filter_settings", {})[variant] = self.filters.settings()
         try:
             for round_no in range(1, self.args.rounds + 1):
                 order = ["gateway", "postfix"] if round_no % 2 else ["postfix", "gateway"]
@@ -126,6 +167,9 @@ class Bench:
             if self.scanners:
                 self.scanners.close()
                 self.scanners = None
+            if self.filters:
+                self.filters.close()
+                self.filters = None
 
     # ---- extras
 
@@ -279,7 +323,9 @@ class Bench:
         if py_spy:
             spy: dict[str, Any] = {}
             counts = {"plain": messages, "dkim": max(100, messages // 2), "scan": min(self.args.scan_messages, 300)}
-            for variant in [v for v in self.args.variants if v in counts]:  # syncfs variants: as plain, dkim
+            # the amavis variant's gateway is the scan variant's
+            profiled = list(dict.fromkeys("scan" if v == "amavis" else v for v in self.args.variants))
+            for variant in [v for v in profiled if v in counts]:  # syncfs variants: as plain, dkim
                 count = counts[variant]
                 # scan: all threads, so that native frames under the scanner clients (ssl, sockets) show
                 spy[variant] = self._profile_py_spy(py_spy, variant, count, gil=variant != "scan")
@@ -358,5 +404,7 @@ class Bench:
                 system.stop()
         if self.scanners:
             self.scanners.close()
+        if self.filters:
+            self.filters.close()
         if not self.args.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)

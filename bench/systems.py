@@ -143,11 +143,14 @@ class GatewaySystem(System):
             assert dkim_keys is not None
             sections += (f'\n[dkim]\ndomains = ["bench.example"]\nselector = "bench"\n'
                          f'algorithms = ["rsa-sha256"]\nrsa_bits = 2048\nkey_directory = "{dkim_keys}"\n')
-        if variant == "scan":
+        if variant in ("scan", "amavis"):
             assert scanners is not None
             sections += ('\n[pipeline]\noutbound = ["antivirus", "spamassassin"]\n'
                          f'\n[antivirus]\nclamd = "{scanners["clamd"]}"\n'
                          f'\n[spamassassin]\naddress = "{scanners["spamd"]}"\n')
+        if variant == "rspamd":  # the policy's defaults otherwise (score levels, not rspamd's action)
+            assert scanners is not None
+            sections += f'\n[pipeline]\noutbound = ["rspamd"]\n\n[rspamd]\nurl = "{scanners["rspamd"]}"\n'
         self.config_text = (
             f'state_dir = "{self.state}"\n'
             'metrics_listen = "127.0.0.1:0"\n'
@@ -176,8 +179,6 @@ class GatewaySystem(System):
         if not ready or self.process.poll() is not None:
             self.stop()
             raise RuntimeError(f"gateway did not start; log:\n{self.log_text()[-3000:]}")
-        found = re.search(r"metrics and health on (http://[^/ ]+)/metrics", self.log_text())
-        self.metrics_url = found.group(1) if found else None
 
     def log_text(self) -> str:
         try:
@@ -202,6 +203,9 @@ class GatewaySystem(System):
 
     def metrics(self) -> dict[str, float]:
         """Sums and counts of the gateway's histograms (``name{labels}`` → value)."""
+        if not self.metrics_url:  # looked up late: with workers the listener can be up before this line
+            found = re.search(r"metrics and health on (http://[^/ ]+)/metrics", self.log_text())
+            self.metrics_url = found.group(1) if found else None
         if not self.metrics_url:
             return {}
         try:
@@ -250,8 +254,10 @@ class PostfixSystem(System):
     name = "postfix"
     label = "postfix"
 
-    def __init__(self, workdir: Path, sink_port: int, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, sink_port: int, extra: dict[str, str] | None = None,
+                 master_extra: str = "") -> None:
         super().__init__(workdir, sink_port)
+        self.master_extra = master_extra  # more master.cf lines (a content filter's transport and listener)
         self.base = workdir / "postfix"
         self.config_dir = self.base / "etc"
         self.queue_dir = self.base / "queue"
@@ -303,7 +309,8 @@ class PostfixSystem(System):
         self.base.chmod(0o755)
         shutil.chown(self.data_dir, "postfix")
         (self.config_dir / "main.cf").write_text(self.main_cf())
-        (self.config_dir / "master.cf").write_text(POSTFIX_MASTER_CF.format(host=HOST, port=self.port))
+        (self.config_dir / "master.cf").write_text(POSTFIX_MASTER_CF.format(host=HOST, port=self.port)
+                                                   + self.master_extra)
         result = self._postfix("start")
         if result.returncode != 0:
             raise RuntimeError(f"postfix -c {self.config_dir} start failed: {result.stdout}{result.stderr}")
@@ -376,8 +383,9 @@ class Scanners:
         with contextlib.suppress(Exception):
             self.clamd.close()
 
-    def pids(self) -> list[int]:
-        return [pid for pid in (self.clamd.pid, self.spamd.pid) if pid]
+    def named_pids(self) -> dict[str, int]:
+        """name → PID of each running scanner."""
+        return {name: pid for name, pid in (("clamd", self.clamd.pid), ("spamd", self.spamd.pid)) if pid}
 
     def addresses(self) -> dict[str, str]:
         return {"clamd": self.clamd.unix_address, "spamd": self.spamd.address}
