@@ -580,8 +580,9 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
     if gw_dkim is not None and gw_cpu is not None:
         line = (f"* **DKIM.** Signing changed the gateway's CPU per message by {gw_dkim - gw_cpu:+.2f} ms "
                 f"(medians: {gw_dkim:.2f} ms with DKIM, {gw_cpu:.2f} ms plain). Signing runs in two threads of its "
-                "own: OpenSSL's RSA step releases the GIL and can use the second core, but dkimpy's canonicalization "
-                "and the header layout are Python and take GIL time from the event loop")
+                "own: OpenSSL's RSA step releases the GIL and can use the second core, but the canonicalization "
+                "(gateway.dkim.canon) and the header layout (dkimpy's fold and header hashing) are Python and "
+                "take GIL time from the event loop")
         dk = spies.get("dkim") or {}
         if dk.get("buckets"):
             share = dict(dk["buckets"]).get("DKIM signing")
@@ -618,11 +619,10 @@ def analysis_report(bench: Bench, lines: list[str]) -> None:
         size_mb = big["bytes"] / 2**20
         add(f"* **Large messages.** One {size_mb:.0f} MB message raised the gateway's RSS from {g_big['idle_mb']:.0f} "
             f"to {g_big['peak_mb']:.0f} MB, {(g_big['peak_mb'] - g_big['idle_mb']) / size_mb:.1f}× the message size: "
-            "DATA itself is streamed (our reader writes a message over 1 MiB to an unnamed spool file as it "
-            "arrives and commits it as pieces), but the relay worker reads the message back from the spool in "
-            "one piece (one pread) before it encodes DATA in 256 KB pieces, so one whole copy is held while it "
-            "is delivered. Reading and sending it in pieces would remove that copy. Postfix streams it through "
-            "its queue file"
+            "a message over `smtpd_data_spill_size` (1 MiB) stays in the unnamed spool file the DATA reader "
+            "writes as it arrives, the spool copies it with copy_file_range, and the relay worker reads it back "
+            "and sends it in 256 KB chunks, so no whole copy is ever in memory; the rest of the peak is the "
+            "processes' own size (idle). Postfix streams it through its queue file"
             + (f" (peak {big['postfix']['peak_mb']:.0f} MB PSS for all its processes)." if big.get("postfix", {}).get("peak_mb") else "."))
     add("")
 

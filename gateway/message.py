@@ -135,7 +135,7 @@ def whole_bytes(message: MessageText) -> bytes:
     return b"".join(chunk for piece in message_parts(message) for chunk in piece_chunks(piece))
 
 
-def header_end(raw: bytes) -> int:
+def header_end(raw: bytes | FileText) -> int:
     """Offset just past the blank line ending the header section (len(raw) when there is none)."""
     match = _HEADER_END.search(raw)
     return match.end() if match else len(raw)
@@ -144,7 +144,7 @@ def header_end(raw: bytes) -> int:
 _RECEIVED_FIELD = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
-def received_count(raw: bytes) -> int:
+def received_count(raw: bytes | FileText) -> int:
     """Number of ``Received:`` fields in the header section (the hop count, RFC 5321 §6.3).
 
     Counted in place with one pattern, without splitting the header section into lines.
@@ -152,7 +152,7 @@ def received_count(raw: bytes) -> int:
     return sum(1 for _ in _RECEIVED_FIELD.finditer(raw, 0, header_end(raw)))
 
 
-def raw_fields(raw: bytes) -> Iterator[bytes]:
+def raw_fields(raw: bytes | FileText) -> Iterator[bytes]:
     """The header section's fields as raw bytes, each with its continuation lines and line ending.
 
     A leading line that is not a field (an mbox ``From `` line) comes as one item too.
@@ -189,7 +189,7 @@ def field_value(field: bytes) -> str:
     return unfolded(field).partition(":")[2].lstrip(" \t")
 
 
-def mbox_separator(raw: bytes) -> bytes:
+def mbox_separator(raw: bytes | FileText) -> bytes:
     """A leading Unix mbox ``From `` line (with its line ending), or b"".
 
     It is not an RFC 5322 field; some clients send one. It stays first, as it
@@ -214,7 +214,7 @@ def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> by
     ``prepend`` is ready-made header bytes (e.g. the Received field) ending in CRLF;
     they go below a leading mbox separator line (:func:`mbox_separator`).
     """
-    return b"".join(edited_parts(raw, prepend, edits))
+    return whole_bytes(edited_parts(raw, prepend, edits))
 
 
 def edited_parts(raw: bytes | FileText, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> list[Piece]:
@@ -249,7 +249,7 @@ def _names(raw: bytes) -> set[str]:
     return {field_name(field) for field in raw_fields(raw)}
 
 
-def _rewrite(raw: bytes, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]
+def _rewrite(raw: bytes | FileText, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]
              ) -> tuple[bytes, int]:
     """The header fields kept (rewritten where replaced), and the offset in ``raw`` where the rest begins."""
     kept: list[bytes] = []

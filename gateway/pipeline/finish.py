@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import metrics
 from gateway.dkim.signer import DkimSigner
-from gateway.message import FileText, MessageText, Piece, edited_parts
+from gateway.message import FileText, MessageText, Piece, edited_parts, whole_bytes
 from gateway.verdict import HeaderEdit
 
 log = logging.getLogger("gateway.smtpd")
@@ -49,7 +49,7 @@ async def finish(content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdi
         parts.insert(1, await _sign(signer, queue_id, parts))
     if isinstance(content, FileText) or len(content) > HANDOVER_MAX_BYTES:
         return parts
-    return b"".join(parts)
+    return whole_bytes(parts)
 
 
 async def _sign(signer: DkimSigner, queue_id: str, parts: list[Piece]) -> bytes:

@@ -32,6 +32,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.message import FileText
 from gateway.relay import dsn_format as fmt
 from gateway.reply import Reply
 
@@ -125,7 +126,7 @@ def build_dsn(
     original_queue_id: str,
     arrival: float,
     recipients: Sequence[FailedRecipient],
-    original_message: bytes,
+    original_message: bytes | FileText,
     now: float,
     postmaster: str | None = None,
     header_limit: int = HEADER_SIZE_LIMIT,
@@ -217,7 +218,7 @@ def build_dsn(
     return b"".join(out)
 
 
-def extract_headers(message: bytes, limit: int = HEADER_SIZE_LIMIT) -> bytes:
+def extract_headers(message: bytes | FileText, limit: int = HEADER_SIZE_LIMIT) -> bytes:
     """Return the header section of ``message``, ready to be a text/rfc822-headers body.
 
     The header section (RFC 5322 §2.1) ends at the first empty line, or at the first

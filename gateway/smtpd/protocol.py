@@ -397,7 +397,8 @@ class GatewaySMTP(SMTP):
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(line)
                 return
-            self.envelope.content = self.envelope.original_content = content
+            # aiosmtpd types these bytes | str; a large message is a FileText (bytes-like, read-only)
+            self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
             del content
             status = await self._call_handler_hook("DATA")
             self._set_post_data_state()  # type: ignore[no-untyped-call]

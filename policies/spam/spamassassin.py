@@ -27,11 +27,6 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-import aiospamc  # type: ignore[import-untyped]  # no py.typed marker in aiospamc 1.2
-from aiospamc.client import Client  # type: ignore[import-untyped]
-from aiospamc.connections import TcpConnectionManager  # type: ignore[import-untyped]
-from aiospamc.header_values import SpamValue  # type: ignore[import-untyped]
-from aiospamc.requests import Request  # type: ignore[import-untyped]
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
@@ -101,6 +96,11 @@ class SpamAssassin(Policy):
         self.user = section.text("user") or None
         self.levels = SpamLevels.from_config(config)
         # Built once: per-message work must not construct SSL contexts (see the module doc).
+        # imported here: aiospamc costs 3 MB of memory in every gateway process that has no spamd
+        import aiospamc  # type: ignore[import-untyped]  # no py.typed marker in aiospamc 1.2
+        from aiospamc.client import Client  # type: ignore[import-untyped]
+        from aiospamc.connections import TcpConnectionManager  # type: ignore[import-untyped]
+
         limit = aiospamc.Timeout(total=self.timeout, connection=self.timeout, response=self.timeout)
         self._client = Client(TcpConnectionManager(self.host, self.port, ssl_context=None, timeout=limit))
 
@@ -122,6 +122,9 @@ class SpamAssassin(Policy):
             ScannerError: see :meth:`on_data`.
         """
         # at most max_size octets (checked in on_data): a file-held message is read whole here
+        from aiospamc.header_values import SpamValue  # type: ignore[import-untyped]
+        from aiospamc.requests import Request  # type: ignore[import-untyped]
+
         request = Request("SYMBOLS", body=whole_bytes(message) if isinstance(message, FileText) else message)
         if self.user:
             request.headers.user = self.user

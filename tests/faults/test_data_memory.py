@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 import smtplib
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.harness.helpers import http_get, relay_config
+from tests.harness.helpers import DataSession, http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: may only send to relay_domains (example.net)
@@ -69,30 +68,6 @@ def _wait_for_data_memory(gateway: GatewayProcess, at_least: int) -> None:
     raise AssertionError(f"the gateway never held {at_least} bytes of DATA in memory")
 
 
-class _DataSession:
-    """A raw SMTP session from UNTRUSTED, stopped right after the 354 to DATA."""
-
-    def __init__(self, port: int, recipient: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), source_address=(UNTRUSTED, 0), timeout=30)
-        self.reader = self.sock.makefile("rb")
-        for command in (None, b"EHLO client.test", b"MAIL FROM:<a@example.org>", f"RCPT TO:<{recipient}>".encode(),
-                        b"DATA"):
-            if command is not None:
-                self.sock.sendall(command + b"\r\n")
-            while (reply := self.reader.readline())[3:4] == b"-":
-                pass
-            assert reply[:1] in (b"2", b"3"), reply
-
-    def finish(self, rest: bytes) -> bytes:
-        """Send ``rest`` and the end-of-data line; the reply, then QUIT."""
-        self.sock.sendall(rest + b".\r\n")
-        reply = self.reader.readline()
-        self.sock.sendall(b"QUIT\r\n")
-        self.reader.close()
-        self.sock.close()
-        return reply
-
-
 def _data_memory(gateway: GatewayProcess) -> float:
     _, page = http_get(gateway.metrics_url + "/metrics")
     return float(re.search(r"^gateway_smtp_data_memory_bytes (\S+)$", page, re.M).group(1))  # type: ignore[union-attr]
@@ -103,12 +78,12 @@ def test_a_message_past_the_shared_budget_stays_in_its_file_and_is_accepted(gate
     gw = gateway_factory(relay_config(sink.port, 'smtpd_data_memory_limit = "1M"\nworkers = 1\n'))
     with gw:
         body = b"Subject: half\r\n\r\n" + (b"y" * 98 + b"\r\n") * 6_000   # 600 kB: in memory while it arrives
-        holder = _DataSession(gw.port, "holder@example.net")
+        holder = DataSession(gw.port, "holder@example.net", UNTRUSTED, timeout=30)
         holder.sock.sendall(body)  # ... and held there while this client pauses
         _wait_for_data_memory(gw, len(body) - 100)
         second = body.replace(b"half", b"second")
         # does not fit beside the first: written to an unnamed spool file, checked and committed from there
-        reply = _DataSession(gw.port, "second@example.net").finish(second)
+        reply = DataSession(gw.port, "second@example.net", UNTRUSTED, timeout=30).finish(second)
         assert reply.startswith(b"250 2.0.0 "), reply
         assert _data_memory(gw) <= 1024 * 1024  # the budget was never exceeded
         assert holder.finish(b"")[:4] == b"250 "

@@ -11,14 +11,12 @@ included.
 from __future__ import annotations
 
 import re
-import socket
-import time
 from pathlib import Path
 
 import pytest
 from aiosmtplib.protocol import normalize_message_line_endings
 
-from tests.harness.helpers import relay_config
+from tests.harness.helpers import DataSession, relay_config
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: may only send to relay_domains (example.net)
 RECEIVED = re.compile(rb"Received: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
@@ -27,35 +25,6 @@ RECEIVED = re.compile(rb"Received: from [^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 def _memory(pid: int) -> dict[str, int]:
     text = Path(f"/proc/{pid}/status").read_text()
     return {key: int(value) * 1024 for key, value in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", text, re.M)}
-
-
-class _Session:
-    """A raw SMTP session from UNTRUSTED up to the 354, writing DATA in the pieces the test chooses."""
-
-    def __init__(self, port: int, recipient: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), source_address=(UNTRUSTED, 0), timeout=120)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = self.sock.makefile("rb")
-        for command in (None, b"EHLO client.test", b"MAIL FROM:<a@example.org>", f"RCPT TO:<{recipient}>".encode(),
-                        b"DATA"):
-            if command is not None:
-                self.sock.sendall(command + b"\r\n")
-            while (reply := self.reader.readline())[3:4] == b"-":
-                pass
-            assert reply[:1] in (b"2", b"3"), reply
-
-    def send(self, pieces: list[bytes], pause: float = 0.0) -> bytes:
-        """Send ``pieces`` one socket write each (``pause`` seconds apart), then the end of data; the reply."""
-        for piece in pieces:
-            self.sock.sendall(piece)
-            if pause:
-                time.sleep(pause)
-        self.sock.sendall(b".\r\n")
-        reply = self.reader.readline()
-        self.sock.sendall(b"QUIT\r\n")
-        self.reader.close()
-        self.sock.close()
-        return reply
 
 
 def _stuffed(text: bytes) -> bytes:
@@ -79,8 +48,8 @@ def test_a_50_mb_message_relays_byte_intact_in_a_few_mb_of_memory(gateway_factor
         pid = gw.process.pid
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # the high-water mark starts again from now
         before = _memory(pid)["VmRSS"]
-        session = _Session(gw.port, "fifty@example.net")
-        reply = session.send([message[i:i + (1 << 20)] for i in range(0, len(message), 1 << 20)])
+        session = DataSession(gw.port, "fifty@example.net", UNTRUSTED)
+        reply = session.finish(pieces=[message[i:i + (1 << 20)] for i in range(0, len(message), 1 << 20)])
         assert reply.startswith(b"250 2.0.0 "), reply
         gw.wait_for_log(r"to=<fifty@example\.net>, .*status=sent", timeout=120)
         (delivered,) = sink.messages_for("fifty@example.net")
@@ -113,8 +82,8 @@ def test_smuggling_sequences_at_chunk_boundaries_never_end_the_message(gateway_f
     # The DATA reader gets the stream cut in the middle of the smuggling sequence (TCP_NODELAY, a pause).
     cut = stuffed.rindex(b"hello") + len(b"hello") + len(fake_end) // 2
     with gw:
-        session = _Session(gw.port, f"victim-{tag}@example.net")
-        reply = session.send([stuffed[:cut], stuffed[cut:]], pause=0.3)
+        session = DataSession(gw.port, f"victim-{tag}@example.net", UNTRUSTED)
+        reply = session.finish(pieces=[stuffed[:cut], stuffed[cut:]], pause=0.3)
         assert reply.startswith(b"250 2.0.0 "), reply
         queue_id = reply.split()[-1].decode()
         gw.wait_for_log(rf"{queue_id}: removed", timeout=60)

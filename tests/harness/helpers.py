@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -76,3 +77,37 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         return False
     except ConnectionResetError:
         return True
+
+
+class DataSession:
+    """A raw SMTP session from ``source`` up to the 354 to DATA; the test writes the message as it likes.
+
+    ``TCP_NODELAY`` is set, so each :meth:`send` piece leaves as its own write (a DATA reader sees
+    the stream cut where the test cut it, given a pause).
+    """
+
+    def __init__(self, port: int, recipient: str, source: str, timeout: float = 120) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+        for command in (None, b"EHLO client.test", b"MAIL FROM:<a@example.org>", f"RCPT TO:<{recipient}>".encode(),
+                        b"DATA"):
+            if command is not None:
+                self.sock.sendall(command + b"\r\n")
+            while (reply := self.reader.readline())[3:4] == b"-":
+                pass
+            assert reply[:1] in (b"2", b"3"), reply
+
+    def finish(self, rest: bytes = b"", pieces: list[bytes] = (), pause: float = 0.0) -> bytes:  # type: ignore[assignment]
+        """Send ``pieces`` (one write each, ``pause`` seconds apart), then ``rest`` and the end-of-data line;
+        the reply, then QUIT."""
+        for piece in pieces:
+            self.sock.sendall(piece)
+            if pause:
+                time.sleep(pause)
+        self.sock.sendall(rest + b".\r\n")
+        reply = self.reader.readline()
+        self.sock.sendall(b"QUIT\r\n")
+        self.reader.close()
+        self.sock.close()
+        return reply
