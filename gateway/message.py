@@ -11,7 +11,7 @@ import io
 import mmap
 import os
 import re
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from gateway.verdict import HeaderEdit
 
@@ -129,10 +129,28 @@ def piece_chunks(piece: Piece) -> Iterator[bytes | memoryview]:
 
 
 def whole_bytes(message: MessageText) -> bytes:
-    """All of ``message`` as one ``bytes`` object (for the few readers that need it: dkimpy, aiohttp)."""
+    """All of ``message`` as one ``bytes`` object (a small message's pieces; the few readers that need all: dkimpy)."""
     if isinstance(message, bytes):
         return message
-    return b"".join(chunk for piece in message_parts(message) for chunk in piece_chunks(piece))
+    parts = message_parts(message)
+    if not any(isinstance(piece, FileSpan) for piece in parts):
+        return b"".join(parts)  # type: ignore[arg-type]  # no FileSpan: bytes and memoryviews only
+    return b"".join(chunk for piece in parts for chunk in piece_chunks(piece))
+
+
+def whole_lines(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
+    """``chunks`` re-cut right after their last LF: each piece ends in LF but the last, which is the
+    text after the final LF (only when there is some). A line running over a chunk is carried, not split.
+    """
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk if carry else bytes(chunk)
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+    if carry:
+        yield carry
 
 
 def header_end(raw: bytes | FileText) -> int:

@@ -14,6 +14,8 @@ import hashlib
 import re
 from typing import Iterable, Iterator
 
+from gateway.message import whole_lines
+
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 # White space to make one space: a run with a tab or of two or more octets (a lone space stays as it is,
 # which is the same result as replacing every run, without a replacement per word)
@@ -59,14 +61,11 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
     """
     digest = hashlib.sha256()
     held = 0      # empty lines seen after the last line with text: hashed only if text follows
-    carry = b""   # the start of a line whose LF has not come yet
-    for chunk in chunks:
-        data = carry + chunk if carry else bytes(chunk)
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
-        if not cut:
-            continue
-        lines = data[:cut].replace(CRLF, b"\n").replace(b"\n", CRLF)
+    for lines in whole_lines(chunks):
+        if not lines.endswith(b"\n"):  # a last line without a line end gets one (dkimpy: strip_trailing_lines)
+            digest.update(CRLF * held + _WSP_RUN.sub(b" ", lines) + CRLF)
+            break
+        lines = lines.replace(CRLF, b"\n").replace(b"\n", CRLF)
         lines = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(CRLF, lines))
         text_end = len(lines)
         while lines.endswith(CRLF, 0, text_end):
@@ -76,6 +75,4 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
             continue
         digest.update(CRLF * held + lines[:text_end + 2])
         held = (len(lines) - text_end - 2) // 2
-    if carry:  # a last line without a line end gets one (dkimpy: strip_trailing_lines)
-        digest.update(CRLF * held + _WSP_RUN.sub(b" ", carry) + CRLF)
     return digest.digest()

@@ -33,7 +33,7 @@ import aiosmtplib
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
-from gateway.message import FileText
+from gateway.message import FileText, whole_lines
 from gateway.relay import replies
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
@@ -93,16 +93,9 @@ def data_chunks(message: bytes | FileText, chunk_bytes: int = DATA_CHUNK_BYTES) 
 
 def _file_chunks(message: FileText, chunk_bytes: int) -> Iterator[bytes]:
     """:func:`data_chunks` of a file-held message: bounded reads (pread), never the whole file mapped in."""
-    carry = b""
-    for block in message.chunks(size=chunk_bytes):
-        data = carry + block if carry else block
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
-        if cut:
-            yield _encoded(data[:cut])
-    if carry:
-        piece = _encoded(carry)
-        yield piece if piece.endswith(b"\r\n") else piece + b"\r\n"
+    for lines in whole_lines(message.chunks(size=chunk_bytes)):
+        piece = _encoded(lines)
+        yield piece if piece.endswith(b"\r\n") else piece + b"\r\n"  # the last line, without a line end
 
 
 def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:

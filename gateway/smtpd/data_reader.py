@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path

@@ -57,7 +57,7 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
-from gateway.message import FileText, field_name, field_value, raw_fields, whole_bytes
+from gateway.message import field_name, field_value, raw_fields, whole_bytes
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
@@ -260,8 +260,7 @@ class SenderAuthentication(Policy):
             ScannerError: when the resolver itself fails.
         """
         sender = ctx.envelope.sender if ctx.envelope is not None else ""
-        if isinstance(message, FileText):
-            message = whole_bytes(message)  # dkimpy and the ARC check take the message whole
+        message = whole_bytes(message)  # dkimpy and the ARC check take the message whole (a FileText too)
         spf_check = check_spf(str(ctx.client.address), sender, ctx.client.helo or "", self.resolver,
                               self.spf_timeout)
         dkim_check = verify_dkim(message, self.resolver)

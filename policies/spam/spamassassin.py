@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
-from gateway.message import FileText, whole_bytes
+from gateway.message import whole_bytes
 from gateway.pipeline.policy import Policy, PolicyContext
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
@@ -125,7 +125,7 @@ class SpamAssassin(Policy):
         from aiospamc.header_values import SpamValue  # type: ignore[import-untyped]
         from aiospamc.requests import Request  # type: ignore[import-untyped]
 
-        request = Request("SYMBOLS", body=whole_bytes(message) if isinstance(message, FileText) else message)
+        request = Request("SYMBOLS", body=whole_bytes(message))
         if self.user:
             request.headers.user = self.user
         try:
