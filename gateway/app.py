@@ -30,23 +30,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import resource
-import signal
-
 from pathlib import Path
-from typing import Protocol
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.values import ListenerConfig
 from gateway.smtpd.data_reader import MemoryBudget
+from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import watch_spool
-from gateway.resolver import make_resolver
-from gateway.errors import ConfigError
+from gateway.resolver import LazyResolver
 from gateway.smtpd.listener import Listener
-from gateway.tls.local_ca import certificate_not_after
 from gateway.pipeline.build import Pipelines
 from gateway.prepare import Prepared, announce, prepare, prepare_reload
 from gateway.relay.client import ConnectionCache, SmtpClient
@@ -54,7 +48,7 @@ from gateway.relay.dsn_rate import DSN_COUNT, DsnRateLimit
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
 from gateway.smtpd.handler import SmtpHandler
-from gateway.smtpd.protocol import ConnectionLimiter
+from gateway.smtpd.connection_limits import ConnectionLimiter
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.intake import Intake
@@ -65,67 +59,7 @@ from gateway.workers.role import WorkerRole, worker_share
 log = logging.getLogger("gateway")
 
 
-def raise_open_file_limit() -> None:
-    """Raise the soft limit of open files to the hard one (each SMTP session and delivery is a file)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        except (ValueError, OSError) as error:
-            log.warning("open files: soft limit stays %d (%s)", soft, error)
-            return
-        log.info("open files: soft limit raised from %d to %d", soft, wanted)
-
-
-async def lock_and_recover(spool: Spool) -> None:
-    """Take the spool lock and repair the spool after a crash (:meth:`Spool.recover`), logging what it found.
-
-    Raises:
-        SpoolError: the spool is locked by another process.
-    """
-    spool.lock()
-    report = await asyncio.to_thread(spool.recover)
-    log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
-             "messages removed, %d corrupt", spool.root, report.requeued_active, report.removed_tmp,
-             report.removed_orphan_data, len(report.corrupt))
-
-
-def unbindable(listener: ListenerConfig, error: OSError) -> ConfigError:
-    """The error naming ``listener.<name>.address`` when its address cannot be bound."""
-    return ConfigError.unbindable(f"listener.{listener.name}.address", f"{listener.host}:{listener.port}", error)
-
-
 DATA_MEMORY_INTERVAL = 0.5  # seconds between updates of gateway_smtp_data_memory_bytes in a worker
-
-
-class Service(Protocol):
-    """What :func:`serve_until_stopped` runs: a :class:`Gateway` or a supervisor."""
-
-    stop_event: asyncio.Event
-
-    def request_stop(self) -> None: ...
-    async def start(self) -> None: ...
-    async def reload(self) -> bool: ...
-    async def shutdown(self) -> None: ...
-
-
-async def serve_until_stopped(service: Service) -> None:
-    """Start ``service`` and run it until its ``stop_event`` (SIGTERM, SIGINT), then shut it down.
-
-    SIGHUP runs ``service.reload()``. A start that raises is shut down too, then re-raised.
-    """
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
-    try:
-        await service.start()
-        await service.stop_event.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await service.shutdown()
 
 
 class Gateway:
@@ -177,6 +111,8 @@ class Gateway:
             announce(prepared)
         self.cert_file = prepared.server_cert
         if prepared.server_cert is not None:
+            from gateway.tls.local_ca import certificate_not_after  # cryptography: only with TLS
+
             metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())
 
     async def health(self) -> list[HealthCheck]:
@@ -207,7 +143,7 @@ class Gateway:
         if prepared.server_tls is not None:
             self.server_tls = ServerTls(prepared.server_tls)
         self.pipelines = pipelines = prepared.pipelines
-        router = Router(config, make_resolver(config))
+        router = Router(config, LazyResolver(config))
         client = SmtpClient(config, prepared.client_tls, ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
         self.batcher = SpoolBatcher(self.spool, observe_commit=metrics.SPOOL_COMMIT.observe)

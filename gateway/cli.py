@@ -20,7 +20,7 @@ from gateway.dkim import keys as dkim_keys
 from gateway.dkim import settings as dkim_settings
 from gateway.ops import queue_admin
 from gateway.config import Config, describe, load
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ChildFailed, ConfigError, GatewayError
 from gateway.logs import setup_cli_logging, setup_logging
 from gateway.spool import Spool
 
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--supervisor", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)
     run.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
+    run.add_argument("--prepare", choices=("start", "reload"), default=None, help=argparse.SUPPRESS)
     commands.add_parser("check-config", help="validate the config and print the effective values")
     queue = commands.add_parser("queue", help="inspect and manage the mail queue").add_subparsers(
         dest="queue_command", required=True)
@@ -217,24 +218,43 @@ def _event_loop(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | Non
     return None
 
 
+async def _prepare(config: Config, args: argparse.Namespace) -> int:
+    """``run --prepare start|reload``: the supervisor's one-shot child that builds, checks and writes
+    (local CA, missing DKIM keys) what its workers will load, logs what to publish, and exits:
+    0 when the config is good, 2 (start) or 1 (reload, refused) when it is not."""
+    from gateway.prepare import announce, prepare, prepare_reload
+
+    if args.prepare == "start":
+        prepared = prepare(config)  # a ConfigError exits 2 through main()
+    else:
+        reloaded = prepare_reload(args.config)
+        if reloaded is None:
+            return 1
+        prepared = reloaded[1]
+    announce(prepared)
+    await prepared.pipelines.aclose()
+    return 0
+
+
 def _run(config: Config, args: argparse.Namespace) -> int:
     # imported late: the queue commands need neither the SMTP stack nor the supervisor
+    if args.prepare is not None:
+        return asyncio.run(_prepare(config, args))
+    if args.worker is None and config.workers > 1:
+        from gateway.workers.supervisor import Supervisor
+
+        # asyncio's own loop: the supervisor has no hot path, and uvloop would cost it 1 MB
+        return asyncio.run(Supervisor(config, config_path=args.config).serve())
     log.info("event loop: %s", config.event_loop)
     with asyncio.Runner(loop_factory=_event_loop(config)) as runner:
+        from gateway.app import Gateway
+
+        role = None
         if args.worker is not None:
-            from gateway.app import Gateway
             from gateway.workers.role import WorkerRole
 
             role = WorkerRole.from_args(args.worker, args.supervisor, args.ready_fd, args.listen_fd)
-            runner.run(Gateway(config, config_path=args.config, role=role).serve())
-            return 0
-        if config.workers > 1:
-            from gateway.workers.supervisor import Supervisor
-
-            return runner.run(Supervisor(config, config_path=args.config).serve())
-        from gateway.app import Gateway
-
-        runner.run(Gateway(config, config_path=args.config).serve())
+        runner.run(Gateway(config, config_path=args.config, role=role).serve())
         return 0
 
 
@@ -271,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             return _health(config)
         setup_logging(config.log_level, config.log_format)
         return _run(config, args)
+    except ChildFailed as error:
+        return error.status  # the child has printed its error
     except ConfigError as error:
         log.error("configuration error: %s", error)
         print(f"gateway: configuration error: {error}", file=sys.stderr)

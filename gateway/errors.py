@@ -74,3 +74,11 @@ class ScannerError(GatewayError):
     The pipeline applies the policy's ``on_error`` setting: tempfail (``451 4.7.1``,
     the default) or pass the message unscanned with a header saying so.
     """
+
+
+class ChildFailed(GatewayError):
+    """A helper process failed and has already said why on stderr; exit with its ``status``."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

@@ -23,13 +23,16 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from gateway.config import Config, load
 from gateway.errors import ConfigError
-from gateway.tls.local_ca import SERVER_CERT_NAME, LocalCertificates, check_local_ca, ensure_local_certificates
 from gateway.pipeline.build import Pipelines, build_pipelines
+from gateway.tls import SERVER_CERT_NAME
 from gateway.tls.context import client_context, server_context
+
+if TYPE_CHECKING:
+    from gateway.tls.local_ca import LocalCertificates
 
 log = logging.getLogger("gateway")
 
@@ -94,6 +97,9 @@ def _server_tls(config: Config, write_files: bool
                 ) -> tuple[ssl.SSLContext | None, Path | None, LocalCertificates | None]:
     if server_certificate_file(config) is None:
         return None, None, None
+    # imported late: cryptography (9 MB) is loaded only by a gateway with TLS listeners
+    from gateway.tls.local_ca import check_local_ca, ensure_local_certificates
+
     if config.smtpd_tls_cert_file and config.smtpd_tls_key_file:
         context = server_context(config.smtpd_tls_cert_file, config.smtpd_tls_key_file, config.smtpd_tls_CAfile)
         return context, config.smtpd_tls_cert_file, None

@@ -20,12 +20,12 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from typing import TYPE_CHECKING, TypeAlias
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 __all__ = [
     "ALGORITHMS", "KeyFile", "PrivateKey", "dns_name", "dns_record", "dns_txt_value", "ensure_key",
@@ -35,7 +35,9 @@ __all__ = [
 ALGORITHMS = ("rsa", "ed25519")
 """Key types: ``rsa`` (RFC 6376 rsa-sha256) and ``ed25519`` (RFC 8463 ed25519-sha256)."""
 
-PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+PrivateKey: TypeAlias = "rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey"
+# cryptography (9 MB in every process) is imported by the functions that use keys: the key
+# names and paths here serve config checks and gateways that do not sign.
 
 MIN_RSA_BITS = 1024  # RFC 8301 §3.2: verifiers reject anything shorter
 MAX_RSA_BITS = 8192  # beyond this, generation takes minutes and the TXT record gets unwieldy
@@ -161,6 +163,9 @@ def generate_key(path: Path, algorithm: str = "rsa", bits: int = DEFAULT_RSA_BIT
         raise ValueError(f"RSA key size {bits} bits is outside {MIN_RSA_BITS}-{MAX_RSA_BITS} (RFC 8301 §3.2)")
     if not overwrite and path.exists():  # early, to skip generating a key for nothing
         raise FileExistsError(f"{path} exists (refusing to overwrite a DKIM key)")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     key: PrivateKey = (rsa.generate_private_key(public_exponent=65537, key_size=bits)
                        if algorithm == "rsa" else ed25519.Ed25519PrivateKey.generate())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -190,6 +195,10 @@ def load_private_key(path: Path) -> PrivateKey:
         ConfigError: key ``dkim``, value the path: unreadable, encrypted, not PEM,
             not RSA/Ed25519, or an RSA key shorter than 1024 bits (RFC 8301 §3.2).
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     allowed = "a readable, unencrypted PEM RSA (>= 1024 bits) or Ed25519 private key"
     try:
         data = Path(path).read_bytes()
@@ -218,6 +227,9 @@ def dns_txt_value(private_key: PrivateKey) -> str:
     Raises:
         TypeError: for a key that is neither RSA nor Ed25519.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     if isinstance(private_key, rsa.RSAPrivateKey):
         algorithm = "rsa"
         public = private_key.public_key().public_bytes(serialization.Encoding.DER,

@@ -17,7 +17,6 @@ from datetime import timezone
 from pathlib import Path
 
 from gateway.spool.files import free_bytes
-from gateway.tls.local_ca import certificate_not_after
 
 CERTIFICATE_MARGIN = 3 * 86400.0  # seconds a certificate must still be valid
 
@@ -77,6 +76,8 @@ def check_certificate(cert_file: Path | None, now: float | None = None) -> Healt
     """The server certificate must be valid for more than :data:`CERTIFICATE_MARGIN` seconds."""
     if cert_file is None:
         return HealthCheck("certificate", True, "no TLS listener")
+    from gateway.tls.local_ca import certificate_not_after  # imported late: cryptography weighs 9 MB
+
     try:
         not_after = certificate_not_after(cert_file)
     except (OSError, ValueError) as error:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.config import Config
 from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
-from gateway.dkim.signer import DkimSigner
 from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet
@@ -30,12 +30,17 @@ from gateway.pipeline.runner import Pipeline, PolicyEntry
 from gateway.pipeline.policy import Policy
 from gateway.pipeline.section import Section
 
+if TYPE_CHECKING:
+    from gateway.dkim.signer import DkimSigner
+
+RELAY_ACCESS = "relay_access"  # the access policy: always first, never listed in [pipeline]
+
 
 def _scanners(kind: str) -> frozenset[str]:
     """Names of the registered policies that are ``kind`` scanners (:attr:`Policy.scanner`)."""
-    from policies import REGISTRY
+    from policies import SCANNER_KINDS
 
-    return frozenset(name for name, cls in REGISTRY.items() if cls.scanner == kind)
+    return frozenset(name for name, scanner in SCANNER_KINDS.items() if scanner == kind)
 
 
 VIRUS_SCANNERS = _scanners("virus")
@@ -48,9 +53,8 @@ OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim"})
 def known_tables() -> frozenset[str]:
     """Every table a config may have: each policy's ``[name]`` (from the registry) and :data:`OTHER_TABLES`."""
     from policies import REGISTRY
-    from policies.relay_access import RelayAccess
 
-    return OTHER_TABLES | frozenset(name for name in REGISTRY if name != RelayAccess.name)
+    return OTHER_TABLES | frozenset(name for name in REGISTRY if name != RELAY_ACCESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +141,6 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
         ConfigError: an unknown policy name, or a policy's own bad setting.
     """
     from policies import REGISTRY
-    from policies.relay_access import RelayAccess
 
     unknown = sorted(set(config.sections) - known_tables())
     if unknown:
@@ -149,20 +152,22 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
     def entries(key: str) -> list[PolicyEntry]:
         result = []
         for name in section.strings(key):
-            if name not in REGISTRY or name == RelayAccess.name:
-                allowed = ", ".join(sorted(n for n in REGISTRY if n != RelayAccess.name))
+            if name not in REGISTRY or name == RELAY_ACCESS:
+                allowed = ", ".join(sorted(n for n in REGISTRY if n != RELAY_ACCESS))
                 raise ConfigError(f"pipeline.{key}", name, f"one of {allowed} (relay access always runs first)")
             if name not in built:
                 built[name] = REGISTRY[name](config)
-            result.append(PolicyEntry.of(built[name], concurrent=REGISTRY[name].scanner is not None))
+            result.append(PolicyEntry.of(built[name], concurrent=built[name].scanner is not None))
         return result
 
     settings = DkimSettings.from_config(config)
     signer = None
     if settings.enabled:
+        from gateway.dkim.signer import DkimSigner  # imported late: cryptography and dkimpy weigh 14 MB
+
         signer = DkimSigner(settings)
         if prepare_keys:
             signer.prepare(logging.getLogger("gateway.dkim"))
-    return Pipelines(access=Pipeline([RelayAccess(config)]), inbound=Pipeline(entries("inbound")),
+    return Pipelines(access=Pipeline([REGISTRY[RELAY_ACCESS](config)]), inbound=Pipeline(entries("inbound")),
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
                      signer=signer)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from gateway import metrics
-from gateway.dkim.signer import DkimSigner
 from gateway.message import FileText, MessageText, Piece, edited_parts, whole_bytes
 from gateway.verdict import HeaderEdit
+
+if TYPE_CHECKING:
+    from gateway.dkim.signer import DkimSigner  # loaded only by gateways that sign
 
 log = logging.getLogger("gateway.smtpd")
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
+from typing import Any, Protocol
 
 from gateway.addresses import split_mailbox
 from gateway.config import Config
@@ -59,10 +56,21 @@ class RoutingError(Exception):
         super().__init__(str(reply))
 
 
-class Router:
-    """Maps recipients to destinations and destinations to target hosts."""
+class Resolver(Protocol):
+    """What the router asks of a resolver: dnspython's, or :class:`gateway.resolver.LazyResolver`."""
 
-    def __init__(self, config: Config, resolver: dns.asyncresolver.Resolver) -> None:
+    async def resolve(self, name: str, rdtype: str) -> Any:
+        """The answer's records; raises dnspython's NXDOMAIN, NoAnswer, Timeout, NoNameservers."""
+
+
+class Router:
+    """Maps recipients to destinations and destinations to target hosts.
+
+    dnspython is imported by the lookups themselves (a relayhost given as an
+    address never loads it; see :class:`gateway.resolver.LazyResolver`).
+    """
+
+    def __init__(self, config: Config, resolver: Resolver) -> None:
         self.config = config
         self.resolver = resolver
 
@@ -130,6 +138,9 @@ class Router:
         return hosts
 
     async def _mx_names(self, domain: str) -> list[str]:
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN:
@@ -150,6 +161,9 @@ class Router:
             pass
         if host == "localhost":
             return ["127.0.0.1"]
+        import dns.exception
+        import dns.resolver
+
         addresses: list[str] = []
         nxdomain = False
         for rdtype in ("A", "AAAA"):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from gateway import metrics
 from gateway import reply as replies
 from gateway.config import Config
-from gateway.dkim.signer import DkimSigner
 from gateway.envelope import Direction
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.message import FileText, message_size
@@ -27,6 +27,9 @@ from gateway.smtpd.refusal import refuse
 from gateway.spool import QueueState, RecipientStatus, SpoolEntry
 from gateway.spool.intake import Intake
 from gateway.verdict import Action, HeaderEdit
+
+if TYPE_CHECKING:
+    from gateway.dkim.signer import DkimSigner  # loaded only by gateways that sign
 
 log = logging.getLogger("gateway.smtpd")
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from gateway.values import ListenerConfig
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.smtpd.handler import SmtpHandler
-from gateway.smtpd.protocol import ConnectionLimiter, GatewaySMTP
+from gateway.smtpd.connection_limits import ConnectionLimiter
+from gateway.smtpd.protocol import GatewaySMTP
 from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway.listener")

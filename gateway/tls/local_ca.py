@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
+from gateway.tls import CA_CERT_NAME, CA_KEY_NAME, SERVER_CERT_NAME, SERVER_KEY_NAME
 
 CA_VALIDITY = timedelta(days=3650)
 SERVER_VALIDITY = timedelta(days=365)
@@ -45,10 +46,6 @@ _CLOCK_SKEW = timedelta(minutes=5)
 # RFC 5280 Appendix A: ub-common-name is 64 characters.
 _CN_MAX = 64
 
-CA_CERT_NAME = "ca.crt"
-CA_KEY_NAME = "ca.key"
-SERVER_CERT_NAME = "server.crt"
-SERVER_KEY_NAME = "server.key"
 # The server certificate always names these, and the name constraint always permits them.
 LOOPBACK_ADDRESSES = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 

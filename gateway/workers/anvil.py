@@ -21,7 +21,7 @@ import struct
 from pathlib import Path
 
 from gateway.config import Config
-from gateway.smtpd.protocol import ConnectionLimiter
+from gateway.smtpd.connection_limits import ConnectionLimiter
 
 ENTRIES = 4096          # table size: at most this many distinct clients connected at once
 _EMPTY, _DELETED = 0, 1  # hash values with a meaning of their own

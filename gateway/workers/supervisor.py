@@ -1,16 +1,18 @@
 """The supervisor of a gateway with ``workers`` > 1: one spool, N worker processes, one /metrics.
 
 Start: take the spool lock, recover the spool, build everything once through
-:func:`gateway.prepare.prepare` (a bad config exits here with its error; the
-local CA and new DKIM keys are written by this one process, never raced by the
-workers), clear the metrics directory, bind every listener
+:func:`gateway.prepare.prepare` in a short-lived child (``gateway run --prepare
+start``: a bad config exits here with its error; the local CA and new DKIM keys
+are written by that one process, never raced by the workers; the supervisor
+itself never loads the SMTP stack, the policies or cryptography, which keeps
+it at about half a worker's memory), clear the metrics directory, bind every listener
 (:mod:`gateway.workers.sockets`), start the workers and wait until each says it
 serves, then serve ``/metrics`` and ``/healthz`` and log ``gateway ready``.
 
 A worker that dies is logged and started again in its slot after a backoff (1 s,
 doubling up to 30 s while it keeps dying within 30 s of its start); the new one
-first requeues what its slot's ``active.<slot>/`` held. SIGHUP is checked here
-first (an invalid config is refused once, for all) and then passed to every
+first requeues what its slot's ``active.<slot>/`` held. SIGHUP is checked
+first by a ``--prepare reload`` child (an invalid config is refused once, for all) and then passed to every
 worker; SIGTERM/SIGINT is passed to every worker, each drains as a single
 gateway does, and the supervisor exits 0 once all have. Workers are killed by
 the kernel if the supervisor dies (:meth:`WorkerRole.die_with_supervisor`).
@@ -36,13 +38,13 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.process_collector import ProcessCollector
 
 from gateway import metrics
-from gateway.app import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
-from gateway.config import Config
-from gateway.errors import GatewayError
+from gateway.config import Config, load
+from gateway.errors import ChildFailed, GatewayError
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.ops.http_server import MetricsServer, start_metrics_server
+from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.queue_metrics import SpoolCollector
-from gateway.prepare import announce, prepare, prepare_reload
+from gateway.prepare import server_certificate_file
 from gateway.spool import Spool
 from gateway.workers.anvil import anvil_path, create_table
 from gateway.workers.sockets import bind_listener
@@ -132,10 +134,10 @@ class Supervisor:
         raise_open_file_limit()  # it holds a socket per listener and worker
         await asyncio.to_thread(self.spool.create)
         await lock_and_recover(self.spool)
-        prepared = prepare(config)
-        announce(prepared)
-        self.cert_file = prepared.server_cert
-        await prepared.pipelines.aclose()
+        status = await self._prepare("start")
+        if status != 0:
+            raise ChildFailed("preparing the configuration failed (see above)", status)
+        self.cert_file = server_certificate_file(config)
         self._clear_metrics_dir()
         create_table(anvil_path(config), config.workers)  # counts of an earlier run are stale
         for listener in config.listeners:
@@ -171,10 +173,25 @@ class Supervisor:
     def _port(self, listener: str) -> int:
         return int(self.sockets[listener][0].getsockname()[1])
 
-    def _command(self, slot: _Slot, ready_fd: int) -> list[str]:
+    def _gateway_command(self) -> list[str]:
         command = [sys.executable, "-m", "gateway"]
         if self.config_path is not None:
             command += ["-c", str(self.config_path)]
+        return command
+
+    async def _prepare(self, mode: str) -> int:
+        """Run ``gateway run --prepare MODE`` (``start`` or ``reload``) and return its exit status.
+
+        The child builds and checks everything (:func:`gateway.prepare.prepare`),
+        writes the local CA and missing DKIM keys, logs what to publish, and exits;
+        its log lines and errors go to this process's stderr.
+        """
+        process = await asyncio.create_subprocess_exec(*self._gateway_command(), "run", "--prepare", mode,
+                                                       stdin=asyncio.subprocess.DEVNULL)
+        return await process.wait()
+
+    def _command(self, slot: _Slot, ready_fd: int) -> list[str]:
+        command = self._gateway_command()
         command += ["run", "--worker", f"{slot.number}/{len(self.slots)}", "--supervisor", str(os.getpid()),
                     "--ready-fd", str(ready_fd)]
         for name, sockets in self.sockets.items():
@@ -247,16 +264,19 @@ class Supervisor:
 
     async def reload(self) -> bool:
         """Check the config file once, then have every worker reload it (SIGHUP); False when refused."""
-        reloaded = prepare_reload(self.config_path)  # writes new DKIM keys once, before the workers read them
-        if reloaded is None:
+        try:
+            config = load(self.config_path)  # a file that does not parse is refused here, cheaply
+        except GatewayError as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
             return False
-        config, prepared = reloaded
-        announce(prepared)
-        await prepared.pipelines.aclose()
+        # the child builds everything, writes new DKIM keys once, before the workers read them, and
+        # logs its own refusal
+        if await self._prepare("reload") != 0:
+            return False
         if config.workers != self.config.workers or [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
                 (l.name, l.host, l.port, l.tls) for l in self.config.listeners]:
             log.warning("changes of workers or listeners need a restart; they are not applied")
-        self.cert_file = prepared.server_cert
+        self.cert_file = server_certificate_file(config)
         self.config = config
         for slot in self.slots:
             if slot.process is not None and slot.process.returncode is None:

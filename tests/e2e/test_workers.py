@@ -13,8 +13,10 @@ import re
 import signal
 import socket
 import smtplib
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -197,3 +199,40 @@ def test_connection_limits_count_the_sessions_of_both_workers(gateway_factory, s
         time.sleep(0.5)  # the closes reach the workers
         with smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.3", 0), timeout=10) as again:
             assert again.noop()[0] == 250  # the slots came free
+
+
+def test_a_config_its_prepare_step_refuses_stops_the_supervisor_with_status_2(gateway_factory, sink):
+    gateway = gateway_factory(relay_config(sink.port) + WORKERS + 'smtpd_tls_cert_file = "/nonexistent/server.crt"\n'
+                              'smtpd_tls_key_file = "/nonexistent/server.key"\n')
+    done = subprocess.run(gateway.command("run"), capture_output=True, text=True, env=gateway.env, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "configuration error" in done.stderr and "smtpd_tls_cert_file" in done.stderr
+    assert done.stderr.count("gateway: configuration error:") == 1  # said once, by the prepare step
+    assert "worker 0" not in done.stdout + done.stderr  # no worker was started
+
+
+def test_a_refused_reload_keeps_every_worker_on_the_running_config(gateway_factory, sink):
+    with gateway_factory(relay_config(sink.port) + WORKERS) as gateway:
+        workers = worker_pids(gateway)
+        good = gateway.config_path.read_text()
+        gateway.config_path.write_text(good + 'maximal_queue_lifetime = "forever"\n')
+        gateway.process.send_signal(signal.SIGHUP)
+        gateway.wait_for_log(r"reload refused, keeping the running configuration: .*maximal_queue_lifetime")
+        for number in range(10):
+            submit(gateway.port, "a@example.com", [f"r{number}@elsewhere.org"], message(number))
+        sink.wait_for_messages(10, timeout=30)
+        assert worker_pids(gateway) == workers
+        assert "reload done" not in gateway.log_text  # no worker was told to reload
+        assert gateway.log_text.count("reload refused") == 1
+
+
+def test_the_supervisor_maps_neither_cryptography_nor_the_smtp_stack(gateway_factory, sink):
+    # the default STARTTLS listener on a local CA: the prepare step writes the CA, the workers load it
+    with gateway_factory(relay_config(sink.port) + WORKERS) as gateway:
+        supervisor = psutil.Process(gateway.process.pid)
+        mapped = {Path(region.path).name for region in supervisor.memory_maps()}
+        assert not {name for name in mapped if name.startswith("_rust.abi3")}, mapped  # cryptography's
+        worker_maps = {Path(region.path).name for pid in worker_pids(gateway)
+                       for region in psutil.Process(pid).memory_maps()}
+        assert any(name.startswith("_rust.abi3") for name in worker_maps)  # the workers do read the certificate
+        assert gateway.ca_file.exists()

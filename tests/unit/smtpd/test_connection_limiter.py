@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.smtpd.protocol import ConnectionLimiter, client_key
+from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 
 
 @pytest.mark.parametrize("host, key", [

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from gateway.smtpd.protocol import ConnectionLimiter, GatewaySMTP
+from gateway.smtpd.connection_limits import ConnectionLimiter
+from gateway.smtpd.protocol import GatewaySMTP
 
 # Hypothesis' own caches (constants, Unicode tables) go to /tmp, not into the working tree.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-unit")
