@@ -432,39 +432,43 @@ def targets_report(bench: Bench, lines: list[str]) -> None:
             return f"**missed** by {(1 - value / goal) * 100:.0f}% (goal ≥ {goal:.2f}×)"
         return f"**missed** by {(value / goal - 1) * 100:.0f}% (goal ≤ {goal:.2f}×)"
 
+    def most(value: float | None, goal: float, unit: str) -> str:
+        if value is None:
+            return "not measured"
+        return "met" if value <= goal else f"**missed** by {value - goal:.2f} {unit} (goal ≤ {goal:g} {unit})"
+
     e2e = ratio("plain", "e2e_rate")
-    add(f"| end-to-end throughput ≥ Postfix (plain) | {fmt_ratio(e2e)} | {verdict(e2e, 1.0, True)} |")
+    add(f"| plain durable relay, end-to-end ≥ 1.2× Postfix | {fmt_ratio(e2e)} | {verdict(e2e, 1.2, True)} |")
     acc = ratio("plain", "accept_rate")
-    add(f"| (accept throughput, plain, for reference) | {fmt_ratio(acc)} | {verdict(acc, 1.0, True)} |")
+    add(f"| (plain, accept throughput, for reference) | {fmt_ratio(acc)} | {verdict(acc, 1.0, True)} |")
     cpu = ratio("plain", "cpu_per_1000")
-    add(f"| CPU per message ≤ Postfix (plain) | {fmt_ratio(cpu)} | {verdict(cpu, 1.0, False)} |")
+    add(f"| plain, CPU per message ≤ 1.0× Postfix's | {fmt_ratio(cpu)} | {verdict(cpu, 1.0, False)} |")
     dk = ratio("dkim", "e2e_rate")
-    add(f"| with DKIM RSA signing ≥ 0.9× Postfix plain (end-to-end) | {fmt_ratio(dk)} | {verdict(dk, 0.9, True)} |")
-    dka = ratio("dkim", "accept_rate")
-    add(f"| with DKIM RSA signing ≥ 0.9× Postfix plain (accept) | {fmt_ratio(dka)} | {verdict(dka, 0.9, True)} |")
-    for variant, title in (("syncfs", "plain"), ("dkim-syncfs", "with DKIM")):
-        goal = 1.0 if variant == "syncfs" else 0.9
+    add(f"| DKIM RSA-2048 signing, end-to-end ≥ 1.0× Postfix's plain figure | {fmt_ratio(dk)} | "
+        f"{verdict(dk, 1.0, True)} |")
+    plain_cpu = [r.cpu_per_1000 for r in results if r.variant == "plain" and r.system == "gateway" and not r.error]
+    dkim_cpu = [r.cpu_per_1000 for r in results if r.variant == "dkim" and r.system == "gateway" and not r.error]
+    added = med(dkim_cpu) - med(plain_cpu) if plain_cpu and dkim_cpu else None  # s per 1000 msg = ms per msg
+    add(f"| DKIM's added CPU ≤ 0.30 ms per message (gateway dkim − gateway plain, medians) | "
+        f"{'–' if added is None else f'{added:.2f} ms'} | {most(added, 0.30, 'ms')} |")
+    for variant, title, goal in (("syncfs", "plain", 1.2), ("dkim-syncfs", "DKIM", 1.0)):
         value = ratio(variant, "e2e_rate")
         if value is not None:
-            add(f"| {title}, `spool_sync_method = \"syncfs\"`: end-to-end ≥ {goal:.1f}× Postfix plain | "
-                f"{fmt_ratio(value)} | {verdict(value, goal, True)} |")
-        cpu_value = ratio(variant, "cpu_per_1000")
-        if variant == "syncfs" and cpu_value is not None:
-            add(f"| plain, `spool_sync_method = \"syncfs\"`: CPU per message ≤ Postfix | {fmt_ratio(cpu_value)} | "
-                f"{verdict(cpu_value, 1.0, False)} |")
+            add(f"| ({title} with `spool_sync_method = \"syncfs\"`, end-to-end ≥ {goal:.1f}× Postfix plain, for "
+                f"reference) | {fmt_ratio(value)} | {verdict(value, goal, True)} |")
     filter_targets(bench, lines)
-    for variant in bench.args.variants:
-        rss = [r.peak_memory_mb for r in results if r.variant == variant and r.system == "gateway" and not r.error]
-        if rss:
-            value = max(rss)
-            add(f"| gateway RSS < 100 MB ({variant}, worst round) | {value:.1f} MB | "
-                f"{'met' if value < 100 else f'**missed** by {value - 100:.0f} MB'} |")
-    big = bench.extras.get("big_message", {}).get("gateway", {})
-    if big.get("peak_mb"):
-        value = big["peak_mb"]
-        add(f"| gateway RSS < 100 MB with one {bench.args.big_message_mb} MB message (our own goal; the issue "
-            f"asks for the peak to be reported) | {value:.1f} MB | "
-            f"{'met' if value < 100 else f'**missed** by {value - 100:.0f} MB'} |")
+    big = bench.extras.get("big_message", {})
+    gateway_big, postfix_big = big.get("gateway", {}), big.get("postfix", {})
+    if gateway_big.get("peak_mb"):
+        add(f"| one {bench.args.big_message_mb} MB message: peak memory of all gateway processes ≤ 120 MB | "
+            f"{gateway_big['peak_mb']:.1f} MB | {most(gateway_big['peak_mb'], 120, 'MB')} |")
+    if gateway_big.get("e2e_seconds") and postfix_big.get("e2e_seconds"):
+        slower = gateway_big["e2e_seconds"] / postfix_big["e2e_seconds"]
+        add(f"| one {bench.args.big_message_mb} MB message: end-to-end ≤ 3× Postfix's time | {slower:.2f}× | "
+            f"{verdict(slower, 3.0, False)} |")
+    memory = ratio("plain", "peak_memory_mb")
+    add(f"| under the 20-session load (plain): the gateway's RSS sum over all its processes < Postfix's PSS sum | "
+        f"{fmt_ratio(memory)} | {'not measured' if memory is None else 'met' if memory < 1.0 else verdict(memory, 1.0, False)} |")
     add("")
 
 

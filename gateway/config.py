@@ -90,7 +90,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     spool_sync_method: str = "fsync"
-    workers: int = 1
+    workers: int = field(default_factory=lambda: cpu_count())  # "auto"
     event_loop: str = "uvloop"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     metrics_timeout: float = 10.0
@@ -222,10 +222,15 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, so a cpuset or ``taskset`` counts): ``workers = "auto"``."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def _parse_workers(raw: object) -> int:
-    """``"auto"`` (one worker process per CPU this process may run on) or a whole number >= 1."""
+    """``"auto"`` (the default: one worker process per CPU, :func:`cpu_count`) or a whole number >= 1."""
     if raw == "auto":
-        return max(1, len(os.sched_getaffinity(0)))
+        return cpu_count()
     workers: int = wrap("workers", raw, parse_positive_int, '"auto" or a whole number >= 1')
     return workers
 

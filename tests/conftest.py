@@ -20,7 +20,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    GatewayProcess.default_workers = config.getoption("--gateway-workers")
+    if config.getoption("--gateway-workers") is not None:
+        GatewayProcess.default_workers = config.getoption("--gateway-workers")
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ HOSTILE_EXTRA = (f'smtpd_recipient_limit = {RECIPIENT_LIMIT}\nmessage_size_limit
 
 
 @pytest.fixture(scope="module")
-def hsink() -> Iterator[SmtpSink]:
+def hsink(fault_workers: int) -> Iterator[SmtpSink]:  # one per shape: fresh messages
     with SmtpSink() as server:
         yield server
 

@@ -61,7 +61,7 @@ SETTINGS = {"deadline": None, "database": None, "derandomize": False, "print_blo
 
 
 @pytest.fixture(scope="module")
-def psink() -> Iterator[SmtpSink]:
+def psink(fault_workers: int) -> Iterator[SmtpSink]:  # one per shape: fresh messages
     with SmtpSink() as server:
         yield server
 

@@ -29,11 +29,13 @@ class GatewayProcess:
         env: extra environment variables.
         wrapper: argv put before the gateway's own (e.g. ``["ip", "netns", "exec", NAME]``).
 
-    ``default_workers`` (set by ``pytest --gateway-workers N``) adds ``workers = N`` to
-    every config that does not set ``workers`` itself.
+    ``default_workers`` adds ``workers = N`` to every config that does not set
+    ``workers`` itself: 1 (one process; the gateway's own default is one worker
+    per CPU) unless ``pytest --gateway-workers N`` or the fault tests' second
+    run (tests/faults/conftest.py) set it.
     """
 
-    default_workers: int | None = None
+    default_workers: int = 1
 
     def __init__(self, state_dir: Path, config_text: str, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None) -> None:
@@ -43,7 +45,7 @@ class GatewayProcess:
         self.config_path = self.state_dir / "gateway.toml"
         metrics = "" if "metrics_listen" in config_text else 'metrics_listen = "127.0.0.1:0"\n'
         workers = ""
-        if self.default_workers and not re.search(r"^workers\s*=", config_text, re.M):
+        if not re.search(r"^workers\s*=", config_text, re.M):
             workers = f"workers = {self.default_workers}\n"
         self.config_path.write_text(f'state_dir = "{self.state_dir}"\n' + metrics + workers + config_text)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}

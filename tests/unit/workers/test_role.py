@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 
@@ -16,9 +17,11 @@ from gateway.workers.supervisor import describe_exit
 
 
 def test_workers_key_takes_auto_or_a_positive_number() -> None:
-    assert build({}).workers == 1
+    cpus = len(os.sched_getaffinity(0))
+    assert build({}).workers == cpus  # the default is "auto": one worker per CPU
     assert build({"workers": 3}).workers == 3
-    assert build({"workers": "auto"}).workers >= 1
+    assert build({"workers": "auto"}).workers == cpus
+    assert build({"workers": 1}).workers == 1
     with pytest.raises(ConfigError, match="workers"):
         build({"workers": 0})
     with pytest.raises(ConfigError, match="workers"):
