@@ -66,7 +66,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     shows are not collected (the logging HOWTO's "Optimization": caller's file and
     line, thread and process names): 14 -> 9 µs a line.
     """
-    logging._srcfile = None  # type: ignore[attr-defined]  # documented switch: no sys._getframe per record
+    logging._srcfile = None  # documented switch: no sys._getframe per record
     logging.logThreads = False
     logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
