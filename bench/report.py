@@ -428,9 +428,9 @@ def targets_report(bench: Bench, lines: list[str]) -> None:
             return "not measured"
         if (value >= goal) if higher else (value <= goal):
             return "met"
-        if higher:
-            return f"**missed** by {(1 - value / goal) * 100:.0f}% (goal ≥ {goal:.2f}×)"
-        return f"**missed** by {(value / goal - 1) * 100:.0f}% (goal ≤ {goal:.2f}×)"
+        short = (1 - value / goal) if higher else (value / goal - 1)
+        by = f"{short * 100:.1f}%" if short < 0.01 else f"{short * 100:.0f}%"  # never "missed by 0%"
+        return f"**missed** by {by} (goal {'≥' if higher else '≤'} {goal:.2f}×)"
 
     def most(value: float | None, goal: float, unit: str) -> str:
         if value is None:
