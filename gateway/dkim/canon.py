@@ -2,9 +2,12 @@
 
 The message is read as chunks (a small one is one chunk; a large one comes
 from its file, :class:`gateway.message.FileText`), so signing a 50 MB message
-never holds it whole. The result equals dkimpy's ``Relaxed.canonicalize_body``
-of dkimpy's parse of the same message (line ends ``\\r?\\n`` made CRLF, then
-trailing white space removed, runs of white space made one space, trailing
+never holds it whole. The body is hashed as the relay client sends it (CRLF,
+then a lone CR, become LF, every LF becomes CRLF, a last line gets its CRLF:
+:func:`gateway.relay.client.data_chunks`), since that is what a receiver
+verifies; for a message whose line ends are all CRLF or LF the result equals
+dkimpy's ``Relaxed.canonicalize_body`` of dkimpy's parse of the same message
+(trailing white space removed, runs of white space made one space, trailing
 empty lines removed); the unit tests compare the two over the corpus.
 """
 
@@ -62,10 +65,11 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
     digest = hashlib.sha256()
     held = 0      # empty lines seen after the last line with text: hashed only if text follows
     for lines in whole_lines(chunks):
-        if not lines.endswith(b"\n"):  # a last line without a line end gets one (dkimpy: strip_trailing_lines)
-            digest.update(CRLF * held + _WSP_RUN.sub(b" ", lines) + CRLF)
-            break
-        lines = lines.replace(CRLF, b"\n").replace(b"\n", CRLF)
+        # the line ends the relay client sends (gateway.relay.client.data_chunks): CRLF, then a lone
+        # CR, become LF, every LF CRLF, and a last line without one gets CRLF; receivers hash those
+        lines = lines.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        if not lines.endswith(CRLF):
+            lines += CRLF
         lines = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(CRLF, lines))
         text_end = len(lines)
         while lines.endswith(CRLF, 0, text_end):

@@ -402,3 +402,23 @@ def test_dkimpy_rejects_a_tampered_body(signed_corpus: SignedCorpus) -> None:
     for index in (0, 1):
         with pytest.raises(dkim.ValidationError, match="body hash mismatch"):
             dkim.DKIM(insert_fields(message, signature) + b"P.S.\r\n").verify(idx=index, dnsfunc=dnsfunc)
+
+
+def test_bodies_the_relay_client_rewrites_still_verify(tmp_path: Path) -> None:
+    """A lone CR in the body and a last line without a line end (with trailing white space) go out
+    as CRLF lines (gateway.relay.client.data_chunks); the signature covers what is sent, so the
+    receiver's dkimpy verifies both algorithms on the bytes the sink got."""
+    require_nacl()
+    messages = {"lone-cr": NEW_FROM + b"Subject: lone CR\r\n\r\nline one\rline two\r\nend\r\n",
+                "no-final-line-end": NEW_FROM + b"Subject: no final line end\r\n\r\nfirst\r\nlast line \t"}
+    relayed, records = _through_gateway(tmp_path / "state", messages)
+
+    def dnsfunc(record_name: bytes, timeout: float = 5) -> bytes:
+        return records[record_name.decode().rstrip(".")].encode()
+
+    assert b"line one\r\nline two" in relayed["lone-cr"][0]  # what the client did send
+    for name, (message, signatures) in relayed.items():
+        assert signatures, name
+        verifier = dkim.DKIM(insert_fields(message, signatures))
+        assert verifier.verify(idx=0, dnsfunc=dnsfunc), name  # rsa-sha256
+        assert verifier.verify(idx=1, dnsfunc=dnsfunc), name  # ed25519-sha256
