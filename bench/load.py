@@ -34,7 +34,7 @@ class RunResult:
     peak_processes: int = 0
     delivered: int = 0
     drain_seconds: float = 0.0  # from all-at-sink until the queue was empty
-    loop_thread_busy: float = 0.0  # gateway: CPU of its main (event loop) thread / wall time
+    loop_thread_busy: float = 0.0  # gateway: CPU of its busiest main (event loop) thread / wall time
     user_share: float = 0.0  # user CPU / (user + system CPU)
     scanner_cpu_seconds: float = 0.0
     scanner_cpu_per_1000: float = 0.0
@@ -65,13 +65,18 @@ def cpu_split(root_pids: list[int]) -> tuple[float, float]:
     return user, system
 
 
-def main_thread_cpu(pid: int) -> float:
-    """CPU seconds of the thread whose id is the process id (the main thread: the event loop)."""
+def main_thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of the main thread (the event loop) of ``pid`` and of each of its children
+    (the workers of a supervisor): process id → seconds."""
+    seconds: dict[int, float] = {}
     with contextlib.suppress(psutil.Error):
-        for thread in psutil.Process(pid).threads():
-            if thread.id == pid:
-                return float(thread.user_time + thread.system_time)
-    return 0.0
+        process = psutil.Process(pid)
+        for member in [process, *process.children()]:
+            with contextlib.suppress(psutil.Error):
+                for thread in member.threads():
+                    if thread.id == member.pid:
+                        seconds[member.pid] = float(thread.user_time + thread.system_time)
+    return seconds
 
 
 def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = BODY_BYTES,
@@ -91,7 +96,7 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
     cpu0 = tree_cpu(system.root_pids())
     split0 = cpu_split(system.root_pids())
     gateway_pid = system.root_pids()[0] if isinstance(system, GatewaySystem) else None
-    loop0 = main_thread_cpu(gateway_pid) if gateway_pid else 0.0
+    loop0 = main_thread_cpu(gateway_pid) if gateway_pid else {}
     with MemorySampler(system.root_pids, sample_interval) as sampler, \
             (scanner_sampler or contextlib.nullcontext()):
         start = time.monotonic()
@@ -110,7 +115,7 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
             result.error += f" queue not empty ({system.queued()}) after the sink had all"
         result.cpu_seconds = tree_cpu(system.root_pids()) - cpu0
         split1 = cpu_split(system.root_pids())
-        loop1 = main_thread_cpu(gateway_pid) if gateway_pid else 0.0
+        loop1 = main_thread_cpu(gateway_pid) if gateway_pid else {}
     if scanners:
         parts1 = {name: tree_cpu([pid]) for name, pid in scanners().items()}
         result.scanner_parts = {name: (parts1[name] - parts0.get(name, 0.0)) * 1000 / n for name in parts1}
@@ -125,7 +130,9 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
     user, kernel = split1[0] - split0[0], split1[1] - split0[1]
     result.user_share = user / (user + kernel) if user + kernel > 0 else 0.0
     if gateway_pid:
-        result.loop_thread_busy = (loop1 - loop0) / (result.e2e_seconds + result.drain_seconds)
+        # the busiest event loop: with workers, the supervisor's own loop is idle
+        busy = [loop1[pid] - loop0.get(pid, 0.0) for pid in loop1]
+        result.loop_thread_busy = max(busy, default=0.0) / (result.e2e_seconds + result.drain_seconds)
     result.peak_memory_mb = system.peak_memory_kib(sampler) / 1024
     result.peak_pss_mb = sampler.peak_pss_kib / 1024
     result.peak_processes = sampler.peak_processes

@@ -81,7 +81,7 @@ METRICS = [  # attribute, title, format, better
     ("cpu_per_1000", "CPU s per 1000 msg", ".2f", "lower"),
     ("cores_busy", "cores busy (CPU s / wall s)", ".2f", "-"),
     ("user_share", "user share of that CPU (rest: kernel)", ".2f", "-"),
-    ("loop_thread_busy", "gateway event-loop thread busy (its CPU s / wall s)", ".2f", "-"),
+    ("loop_thread_busy", "gateway event-loop thread busy, busiest process (its CPU s / wall s)", ".2f", "-"),
     ("peak_memory_mb", "peak memory MB¹", ".1f", "lower"),
     ("peak_processes", "processes (peak)", ".0f", "-"),
 ]
