@@ -138,6 +138,16 @@ def whole_bytes(message: MessageText) -> bytes:
     return b"".join(chunk for piece in parts for chunk in piece_chunks(piece))
 
 
+def crlf_line_ends(text: bytes) -> bytes:
+    """``text`` with the line ends an SMTP client sends: CRLF, then a lone CR, become LF; every LF becomes CRLF.
+
+    aiosmtplib's ``LINE_ENDINGS_REGEX`` as byte replacements. The relay client
+    sends this (:func:`gateway.relay.client.data_chunks`), so the DKIM body hash
+    (:mod:`gateway.dkim.canon`) is taken over it too.
+    """
+    return text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
 def whole_lines(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
     """``chunks`` re-cut right after their last LF: each piece ends in LF but the last, which is the
     text after the final LF (only when there is some). A line running over a chunk is carried, not split.

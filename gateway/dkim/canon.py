@@ -17,7 +17,7 @@ import hashlib
 import re
 from typing import Iterable, Iterator
 
-from gateway.message import whole_lines
+from gateway.message import crlf_line_ends, whole_lines
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 # White space to make one space: a run with a tab or of two or more octets (a lone space stays as it is,
@@ -65,9 +65,8 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
     digest = hashlib.sha256()
     held = 0      # empty lines seen after the last line with text: hashed only if text follows
     for lines in whole_lines(chunks):
-        # the line ends the relay client sends (gateway.relay.client.data_chunks): CRLF, then a lone
-        # CR, become LF, every LF CRLF, and a last line without one gets CRLF; receivers hash those
-        lines = lines.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
+        # the line ends the relay client sends, and a last line without one gets CRLF: receivers hash those
+        lines = crlf_line_ends(lines)
         if not lines.endswith(CRLF):
             lines += CRLF
         lines = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(CRLF, lines))

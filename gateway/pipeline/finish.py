@@ -47,11 +47,11 @@ async def finish(content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdi
         :class:`~gateway.message.FileSpan` the spool copies in the kernel).
     """
     parts = edited_parts(content, trace, edits)
+    large = isinstance(content, FileText) or len(content) > HANDOVER_MAX_BYTES
     if signer is not None:
         # parts[0] is a leading mbox separator line (or b""): the signatures go right below it
-        parts.insert(1, await _sign(signer, queue_id, parts, large=isinstance(content, FileText)
-                                    or len(content) > HANDOVER_MAX_BYTES))
-    if isinstance(content, FileText) or len(content) > HANDOVER_MAX_BYTES:
+        parts.insert(1, await _sign(signer, queue_id, parts, large=large))
+    if large:
         return parts
     return whole_bytes(parts)
 

@@ -33,7 +33,7 @@ import aiosmtplib
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
-from gateway.message import FileText, whole_lines
+from gateway.message import FileText, crlf_line_ends, whole_lines
 from gateway.relay import replies
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
@@ -59,7 +59,7 @@ def _encoded(piece: bytes) -> bytes:
     (the regexes made 9 MB of empty lines cost 12 MB more and 1.7 s).
     CRLF, then lone CR, become LF; every LF becomes CRLF; a dot starting a line is doubled.
     """
-    piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    piece = crlf_line_ends(piece)
     if piece[:1] == b".":
         piece = b"." + piece
     return piece.replace(b"\n.", b"\n..")

@@ -12,8 +12,8 @@ serves, then serve ``/metrics`` and ``/healthz`` and log ``gateway ready``.
 A worker that dies is logged and started again in its slot after a backoff (1 s,
 doubling up to 30 s while it keeps dying within 30 s of its start); the new one
 first requeues what its slot's ``active.<slot>/`` held. SIGHUP is checked
-first by a ``--prepare reload`` child (an invalid config is refused once, for all) and then passed to every
-worker; SIGTERM/SIGINT is passed to every worker, each drains as a single
+first by a ``--prepare reload`` child (an invalid config is refused once, for
+all) and then passed to every worker; SIGTERM/SIGINT is passed to every worker, each drains as a single
 gateway does, and the supervisor exits 0 once all have. Workers are killed by
 the kernel if the supervisor dies (:meth:`WorkerRole.die_with_supervisor`).
 """
@@ -136,7 +136,8 @@ class Supervisor:
         await lock_and_recover(self.spool)
         status = await self._prepare("start")
         if status != 0:
-            raise ChildFailed("preparing the configuration failed (see above)", status)
+            # the child's own status (2: configuration error); 1 when a signal ended it
+            raise ChildFailed("preparing the configuration failed (see above)", status if status > 0 else 1)
         self.cert_file = server_certificate_file(config)
         self._clear_metrics_dir()
         create_table(anvil_path(config), config.workers)  # counts of an earlier run are stale
