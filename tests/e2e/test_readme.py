@@ -43,6 +43,10 @@ def test_make_run_then_the_readme_snippet_delivers_to_the_relayhost(tmp_path):
                                     text=True, timeout=30)
             assert client.returncode == 0, client.stderr
             (message,) = sink.wait_for_messages(1)
+            # the sink has the message a moment before the worker logs its delivery
+            deadline = time.monotonic() + 15
+            while "status=sent" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
         finally:
             os.killpg(make.pid, signal.SIGTERM)
             make.wait(20)
