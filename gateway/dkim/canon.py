@@ -52,9 +52,14 @@ def relaxed_headers(headers: list[list[bytes]]) -> list[tuple[bytes, bytes]]:
     Names lower case without trailing white space; values unfolded, white space
     runs made one space, stripped, ending in CRLF.
     """
-    return [(name.lower().rstrip(),
-             _WSP_RUN.sub(b" ", value.replace(CRLF, b"").replace(b"\n", b"")).strip() + CRLF)
-            for name, value in headers]
+    return [(name.lower().rstrip(), _relaxed_value(value)) for name, value in headers]
+
+
+def _relaxed_value(value: bytes) -> bytes:
+    value = value.replace(CRLF, b"").replace(b"\n", b"")
+    if b"\t" in value or b"  " in value:  # else the substitution would change nothing
+        value = _WSP_RUN.sub(b" ", value)
+    return value.strip() + CRLF
 
 
 def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
@@ -69,7 +74,8 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
         lines = crlf_line_ends(lines)
         if not lines.endswith(CRLF):
             lines += CRLF
-        lines = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(CRLF, lines))
+        if b"\t" in lines or b"  " in lines or b" \r" in lines:  # else both passes would change nothing
+            lines = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(CRLF, lines))
         text_end = len(lines)
         while lines.endswith(CRLF, 0, text_end):
             text_end -= 2
