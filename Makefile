@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-workers install test-peers clean bench
+.PHONY: run test test-workers install test-peers clean bench bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Byte-code of the gateway's own modules, as a wheel install has it: each gateway process then loads
+## it instead of compiling every module at start (about 1 MB less memory a process, a faster start).
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q gateway policies
+
 ## Start the gateway on the embedded default config (127.0.0.1:2525, STARTTLS, spool in ./var).
-run: $(STAMP)
+run: bytecode
 	$(BIN)/gateway run
 
 ## Debian packages of the real peers the tests run (clamd, spamd, rspamd, swaks).
@@ -32,7 +37,7 @@ test-workers: $(STAMP) test-peers
 
 ## Benchmark the gateway against a private Postfix instance (as root, about 20 minutes);
 ## writes docs/benchmarks.md. BENCH_ARGS passes options, e.g. BENCH_ARGS=--quick.
-bench: $(STAMP)
+bench: bytecode
 	bash bench/install.sh && $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:

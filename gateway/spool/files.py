@@ -8,24 +8,31 @@ root-run queue commands.
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from gateway.message import FileSpan, FileText, MessageText, message_parts
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
+@functools.cache
+def _libc() -> Any:
+    import ctypes  # imported late: only spool_sync_method = "syncfs" needs it (and ctypes weighs 0.4 MB)
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def syncfs(fd: int) -> None:
     # syncfs(2): write back and wait for everything of this file system, then commit its journal;
     # since Linux 5.8 it reports writeback errors that happened since the fd was opened.
-    if _libc.syncfs(fd) != 0:
+    if _libc().syncfs(fd) != 0:
+        import ctypes
+
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
