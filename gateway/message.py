@@ -164,9 +164,27 @@ def whole_lines(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
 
 
 def header_end(raw: bytes | FileText) -> int:
-    """Offset just past the blank line ending the header section (len(raw) when there is none)."""
+    """Offset just past the blank line ending the header section (len(raw) when there is none).
+
+    A message that starts with the blank line has an empty header section (offset 2, or 1 for a bare LF).
+    """
+    if raw[:1] == b"\n" or raw[:2] == b"\r\n":
+        return 1 if raw[:1] == b"\n" else 2
     match = _HEADER_END.search(raw)
     return match.end() if match else len(raw)
+
+
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
+def header_has_bare_cr(raw: bytes | FileText) -> bool:
+    """True when the header section has a CR not followed by LF (RFC 5322 §2.2 allows CR only in CRLF).
+
+    The relay client sends such a CR as a line end
+    (:func:`crlf_line_ends`), so inside a header field it would start a new
+    field at the next hop that no check here has seen.
+    """
+    return _BARE_CR.search(raw, 0, header_end(raw)) is not None
 
 
 _RECEIVED_FIELD = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)

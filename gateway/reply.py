@@ -113,6 +113,7 @@ TEMP_POLICY_FAILURE = Reply(451, "4.7.1", "Content check unavailable, try again 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SPOOL_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")
+BARE_CR_IN_HEADER = Reply(550, "5.5.2", "Error: bare <CR> received in the header section")
 SPOOL_FULL_CLOSING = Reply(421, "4.3.1", "Insufficient system storage, closing transmission channel")
 TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 TLS_ALREADY_ACTIVE = Reply(554, "5.5.1", "Error: TLS already active")

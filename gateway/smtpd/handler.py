@@ -23,7 +23,7 @@ from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
 from gateway.envelope import Direction, Envelope
-from gateway.message import received_count
+from gateway.message import header_has_bare_cr, received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
@@ -223,6 +223,10 @@ class SmtpHandler:
             return refuse("data", replies.TOO_MANY_HOPS, reason="hopcount", client=ctx.client.describe(),
                           summary=summary,
                           detail=f"{hops} Received fields with ours, limit {self.config.hopcount_limit}")
+        if header_has_bare_cr(content):
+            # Sent on as a line end, it would split a field in two downstream: a header no check saw.
+            return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
+                          summary=summary)
         pipeline = self.pipelines.for_direction(ctx.envelope.direction)
         result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
         verdict = result.verdict

@@ -145,6 +145,38 @@ def test_bare_lf_or_cr_dot_never_ends_the_message(gateway, sink):
     assert b"MAIL FROM:<evil@example.com>" in message.data  # stayed inside the first message
 
 
+def test_bare_cr_in_a_header_field_is_refused_and_never_relayed(gateway, sink):
+    # The relay client sends a lone CR as a line end: "Subject: hi\rBcc: ..." would reach the next hop
+    # as two fields, one of them never seen by the checks here. In the body it is only a line end.
+    client = RawClient(gateway.port)
+    try:
+        client.reply()
+        client.send(b"EHLO client.test\r\n"); client.reply()
+        for message in (b"Subject: hi\rBcc: injected@elsewhere.org\r\n\r\nbody\r\n",
+                        b"Subject: folded\r\n\tsecond line\rX-Injected: yes\r\n\r\nbody\r\n",
+                        b"Subject: last\r"):  # no body at all: the CR is still in the header section
+            assert client.command("MAIL FROM:<a@example.com>").startswith("250")
+            assert client.command("RCPT TO:<victim@elsewhere.org>").startswith("250")
+            assert client.command("DATA").startswith("354")
+            client.send(message + b"\r\n.\r\n")
+            final = client.reply()[-1]
+            assert final == "550 5.5.2 Error: bare <CR> received in the header section", final
+        gateway.wait_for_log(r"result=reject \(550 5\.5\.2 Error: bare <CR> received in the header section\) "
+                             r"reason=bare_cr", count=3)
+        # a lone CR in the body is still taken (and sent on as a line end)
+        assert client.command("MAIL FROM:<a@example.com>").startswith("250")
+        assert client.command("RCPT TO:<victim@elsewhere.org>").startswith("250")
+        assert client.command("DATA").startswith("354")
+        client.send(b"Subject: body only\r\n\r\nline one\rline two\r\n.\r\n")
+        assert client.reply()[-1].startswith("250 2.0.0 Ok: queued as ")
+        client.command("QUIT")
+    finally:
+        client.close()
+    (message,) = sink.wait_for_messages(1)
+    assert b"Subject: body only\r\n" in message.data and b"line one\r\nline two\r\n" in message.data
+    assert b"injected" not in message.data.lower()
+
+
 def test_per_client_connection_limit_gets_421(gateway):
     clients = [RawClient(gateway.port) for _ in range(4)]
     try:
