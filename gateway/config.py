@@ -325,7 +325,7 @@ def describe(config: Config) -> str:
         elif item.name == "listeners":
             for listener in value:
                 lines.append(f"listener = {listener.name} {listener.host}:{listener.port} "
-                             f"tls={listener.tls} require_tls={str(listener.require_tls).lower()}")
+                             f"tls={listener.tls} require_tls={str(listener.require_tls).lower()} auth={listener.auth}")
             continue
         elif item.name == "metrics_listen":
             value = f"{value[0]}:{value[1]}" if value else ""

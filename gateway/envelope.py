@@ -33,7 +33,7 @@ class ClientInfo:
     cert_sha1: str | None = None
     auth_user: str | None = None
     trusted: bool = False
-    trusted_by: str | None = None  # "mynetworks", "auto_trust_networks", "relay_clientcerts"
+    trusted_by: str | None = None  # "mynetworks", "auto_trust_networks", "relay_clientcerts", "sasl_authenticated"
     # The rule in the config's terms, for the log: "mynetworks 10.0.0.0/8", "relay_clientcerts sha1=<hex>".
     trusted_rule: str | None = None
 

@@ -40,6 +40,9 @@ MESSAGES_RECEIVED = Counter(f"{PREFIX}_messages_received_total",
 MESSAGES_REJECTED = Counter(f"{PREFIX}_messages_rejected_total",
                             "Commands refused by policy, by stage, reason and reply class (4xx, 5xx)",
                             ["stage", "reason", "reply_class"], registry=REGISTRY)
+AUTH_ATTEMPTS = Counter(f"{PREFIX}_smtp_auth_attempts_total",
+                        "SMTP AUTH exchanges, by mechanism and result (ok, fail, tempfail, cancelled)",
+                        ["mechanism", "result"], registry=REGISTRY)
 RECEIVED_BYTES = Counter(f"{PREFIX}_received_message_bytes_total", "Bytes of acknowledged messages",
                          registry=REGISTRY)
 RECIPIENTS = Counter(f"{PREFIX}_recipients_total",

@@ -73,6 +73,7 @@ def format_duration(seconds: float) -> str:
 
 LISTEN_ENV = "GATEWAY_LISTEN"
 TLS_MODES = ("starttls", "implicit", "none")
+AUTH_MODES = ("off", "optional", "required")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -101,6 +102,9 @@ class ListenerConfig:
 
     tls: ``starttls`` (offer STARTTLS), ``implicit`` (TLS from the first byte,
     port 465 style) or ``none``. require_tls: refuse mail commands before TLS.
+    auth: SMTP AUTH on this listener (Postfix ``smtpd_sasl_auth_enable``): ``off``,
+    ``optional`` (offered; a login lets the client relay) or ``required`` (MAIL
+    is refused ``530 5.7.0`` until the client has logged in).
     """
 
     name: str
@@ -108,6 +112,7 @@ class ListenerConfig:
     port: int
     tls: str = "starttls"
     require_tls: bool = False
+    auth: str = "off"
 
 
 def wrap(key: str, raw: object, parse: Callable[[Any], Any], allowed: str) -> Any:
@@ -236,10 +241,10 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
     prefix = f"listener[{index}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix, raw, "a table with address and tls")
-    unknown = set(raw) - {"name", "address", "tls", "require_tls"}
+    unknown = set(raw) - {"name", "address", "tls", "require_tls", "auth"}
     if unknown:
         raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "known listener keys: name, address, tls, require_tls")
+                          "known listener keys: name, address, tls, require_tls, auth")
     address = raw.get("address")
     if not isinstance(address, str):
         raise ConfigError(f"{prefix}.address", address, "host:port, e.g. 0.0.0.0:25 or [::]:25")
@@ -248,8 +253,9 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
         raise ConfigError(f"{prefix}.address", address, "host:port with an explicit port")
     tls = wrap(f"{prefix}.tls", raw.get("tls", "starttls"), choice(TLS_MODES), "one of " + ", ".join(TLS_MODES))
     require_tls = wrap(f"{prefix}.require_tls", raw.get("require_tls", False), parse_bool, "true or false")
+    auth = wrap(f"{prefix}.auth", raw.get("auth", "off"), choice(AUTH_MODES), "one of " + ", ".join(AUTH_MODES))
     name = str(raw.get("name", f"listener{index}"))
-    return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls)
+    return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls, auth=auth)
 
 
 def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:

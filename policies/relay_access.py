@@ -73,7 +73,7 @@ class RelayAccess(Policy):
         self.interface_networks = NetworkSet(network for _, network in scan.trusted)
 
     def classify(self, ctx: PolicyContext) -> None:
-        """Set ``ctx.client.trusted``, ``trusted_by`` and ``trusted_rule`` from address and verified certificate.
+        """Set ``ctx.client.trusted``, ``trusted_by`` and ``trusted_rule`` from address, certificate and login.
 
         ``trusted_rule`` names what matched in the config's own terms, for the
         log line: ``mynetworks 10.0.0.0/8``, ``auto_trust_networks 172.17.0.0/16``,
@@ -92,6 +92,9 @@ class RelayAccess(Policy):
         elif client.cert_sha1 and client.cert_sha1 in self.relay_clientcerts:
             client.trusted, client.trusted_by = True, "relay_clientcerts"
             client.trusted_rule = f"relay_clientcerts sha1={client.cert_sha1}"
+        elif client.auth_user is not None:  # Postfix permit_sasl_authenticated
+            client.trusted, client.trusted_by = True, "sasl_authenticated"
+            client.trusted_rule = f"permit_sasl_authenticated sasl_username={client.auth_user}"
         else:
             client.trusted, client.trusted_by, client.trusted_rule = False, None, None
 

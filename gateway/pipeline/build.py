@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.addresses import domain_matches, split_mailbox
+from gateway.auth import Authenticator, AuthSettings, build_authenticator
 from gateway.config import Config
 from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
@@ -47,7 +48,7 @@ VIRUS_SCANNERS = _scanners("virus")
 SPAM_SCANNERS = _scanners("spam")
 # Tables read outside the policies: [pipeline] and [content_filter] here, [spam_levels] by the spam
 # scanners' shared levels, [dkim] by gateway.dkim.settings.
-OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim"})
+OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim", "auth"})
 
 
 def known_tables() -> frozenset[str]:
@@ -116,6 +117,8 @@ class Pipelines:
     outbound: Pipeline
     switches: ScanSwitches
     signer: DkimSigner | None = None
+    auth: AuthSettings | None = None              # None: no listener offers SMTP AUTH
+    authenticator: Authenticator | None = None
 
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
@@ -168,6 +171,7 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
         signer = DkimSigner(settings)
         if prepare_keys:
             signer.prepare(logging.getLogger("gateway.dkim"))
+    auth = AuthSettings.from_config(config)
     return Pipelines(access=Pipeline([REGISTRY[RELAY_ACCESS](config)]), inbound=Pipeline(entries("inbound")),
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
-                     signer=signer)
+                     signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import cast
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
@@ -32,6 +33,7 @@ from gateway.spool import new_queue_id
 from gateway.spool.intake import Intake
 from gateway.smtpd.client import client_of, describe_tls
 from gateway.smtpd.accept import accept, transaction_summary
+from gateway.smtpd import sasl
 from gateway.smtpd.refusal import refuse
 from gateway.spool.files import has_room
 from gateway.verdict import Action, Verdict
@@ -113,6 +115,7 @@ class SmtpHandler:
         client = self._ctx(server).client
         describe_tls(server.transport, client)
         client.helo = None
+        client.auth_user = None  # RFC 3207 §4.2: nothing learnt before TLS is kept
         log.info("STARTTLS from %s %s %s%s", client.describe(), client.tls_version, client.tls_cipher,
                  f" cert_sha256={client.cert_sha256}" if client.cert_sha256 else "")
         return True
@@ -121,12 +124,27 @@ class SmtpHandler:
 
     async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           hostname: str, responses: list[str]) -> list[str]:
-        """Record the EHLO name; advertise PIPELINING and ENHANCEDSTATUSCODES, no AUTH yet."""
+        """Record the EHLO name; advertise PIPELINING, ENHANCEDSTATUSCODES and, where offered, AUTH."""
         refusal = await self._greeted(server, session, "ehlo", hostname)
         if refusal is not None:
             return [refusal]
         lines = [line for line in responses if not line[4:].upper().startswith("AUTH")]
-        return lines[:1] + list(replies.EHLO_EXTENSIONS) + lines[1:]
+        extensions = list(replies.EHLO_EXTENSIONS)
+        if sasl.offered(self.auth_mode(), self.pipelines.auth, cast(GatewaySMTP, server).tls_active):
+            extensions.append("250-" + sasl.ehlo_keyword())
+        return lines[:1] + extensions + lines[1:]
+
+    def auth_mode(self) -> str:
+        """This listener's ``auth`` setting in the live config (``off``, ``optional``, ``required``)."""
+        for listener in self.config.listeners:
+            if listener.name == self.listener_name:
+                return listener.auth
+        return "off"
+
+    async def authenticate(self, server: GatewaySMTP, arg: str) -> None:
+        """One AUTH command (:func:`gateway.smtpd.sasl.authenticate`)."""
+        await sasl.authenticate(server, arg, mode=self.auth_mode(), settings=self.pipelines.auth,
+                                authenticator=self.pipelines.authenticator)
 
     async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           hostname: str) -> str:
@@ -148,6 +166,9 @@ class SmtpHandler:
         """Check the sender and start a transaction; the queue ID is assigned here."""
         ctx = self._ctx(server)
         sender = "" if address == "<>" else address
+        if ctx.client.auth_user is None and self.auth_mode() == "required":
+            return refuse("mail", replies.AUTH_REQUIRED, reason="auth_required", client=ctx.client.describe(),
+                          sender=sender, helo=ctx.client.helo)
         if sender:
             try:
                 split_mailbox(sender)

@@ -57,6 +57,7 @@ _ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[A-Za-z0-9.:-]+\])"
 _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
+_AUTH_PARAMETER = re.compile(r"[ \t]+AUTH=[^ \t]*", re.IGNORECASE)
 _DATA_REFUSALS = {DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
                   DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit")}
 
@@ -301,9 +302,13 @@ class GatewaySMTP(SMTP):
             self.log_handshake_failure(transport, self._tls_protocol, error.__cause__)
             raise
 
-    async def smtp_AUTH(self, arg: str) -> None:
-        # SMTP AUTH is not offered yet (a later issue); say so instead of failing every login.
-        await self.push(str(replies.AUTH_NOT_ENABLED))
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        # The gateway's own exchange (gateway.smtpd.sasl), not aiosmtpd's
+        await self.event_handler.authenticate(self, arg or "")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # RFC 4954 §5: AUTH=<mailbox> is taken and ignored (it grants nothing; aiosmtpd would answer 555)
+        await super().smtp_MAIL(_AUTH_PARAMETER.sub("", arg) if arg else arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA with the gateway's reader (:mod:`gateway.smtpd.data_reader`) instead of aiosmtpd's.

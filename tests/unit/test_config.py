@@ -481,7 +481,7 @@ def test_sasl_password_maps_and_describe_hides_passwords(tmp_path: Path) -> None
     assert "alice:***" in text and "bob:***" in text
     lines = text.splitlines()
     assert "relayhost = [relay.example]:587" in lines
-    assert "listener = smtp 127.0.0.1:2525 tls=starttls require_tls=false" in lines
+    assert "listener = smtp 127.0.0.1:2525 tls=starttls require_tls=false auth=off" in lines
     assert f"relay_clientcerts = {SHA256_HEX}" in lines
     assert "message_size_limit = 10240000" in lines
     assert any(line.startswith("transport_maps = ") and "[1.2.3.4]:25" in line for line in lines)

@@ -1,0 +1,88 @@
+"""SMTP AUTH back ends: who may log in (RFC 4954), checked against a password store.
+
+A back end answers one question, "is this password right for this login?",
+with an :class:`AuthOutcome`; the SMTP side (:mod:`gateway.smtpd.sasl`) runs
+the mechanisms (PLAIN, LOGIN) and decides what a login grants.
+
+Configuration (``[auth]``; a listener offers AUTH with ``auth = "optional"``
+or ``"required"``)::
+
+    backend = "passwd_file"            # the only back end so far (ldap, dovecot: issue 13)
+    passwd_file = "/etc/gateway/passwd" # Dovecot passwd-file or htpasswd lines
+    smtpd_tls_auth_only = true          # AUTH offered and taken only inside TLS (Postfix's name)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from gateway.config import Config
+from gateway.errors import ConfigError
+from gateway.pipeline.section import Section
+
+BACKENDS = ("passwd_file",)
+
+
+class AuthOutcome(enum.Enum):
+    """A back end's answer: the password is right, wrong (or the login unknown), or it cannot tell now."""
+
+    OK = "ok"
+    FAIL = "fail"          # 535 5.7.8
+    TEMPFAIL = "tempfail"  # 454 4.7.0: the password store is down or slow
+
+
+class Authenticator(Protocol):
+    """A password check. ``verify`` never blocks the event loop and never raises for a bad password."""
+
+    async def verify(self, login: str, password: str) -> AuthOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """The ``[auth]`` table, validated: which back end, its password file, and whether AUTH needs TLS."""
+
+    backend: str
+    passwd_file: Path | None
+    tls_only: bool
+
+    @classmethod
+    def from_config(cls, config: Config) -> AuthSettings | None:
+        """``[auth]`` of ``config``; None when no listener offers AUTH.
+
+        Raises:
+            ConfigError: naming ``auth.<key>`` (or ``listener.<name>.auth`` when a
+                listener offers AUTH and ``[auth]`` names no back end), the value and what is allowed.
+        """
+        section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only"})
+        offering = [listener for listener in config.listeners if listener.auth != "off"]
+        if not offering:
+            return None
+        backend = section.text("backend")
+        if backend is None:
+            listener = offering[0]
+            raise ConfigError(f"listener.{listener.name}.auth", listener.auth,
+                              f"a back end in [auth] backend ({', '.join(BACKENDS)}) to check the passwords")
+        if backend not in BACKENDS:
+            raise ConfigError(section.key("backend"), backend, f"one of {', '.join(BACKENDS)}")
+        passwd_file = section.text("passwd_file")
+        if backend == "passwd_file" and not passwd_file:
+            raise ConfigError(section.key("passwd_file"), passwd_file, "the path of the password file")
+        path = Path(passwd_file) if passwd_file else None
+        if path is not None and not path.is_absolute():
+            path = config.state_dir / path
+        return cls(backend, path, section.flag("smtpd_tls_auth_only", True))
+
+
+def build_authenticator(settings: AuthSettings) -> Authenticator:
+    """The back end ``settings`` name, loaded (a password file is read now).
+
+    Raises:
+        ConfigError: naming ``auth.passwd_file`` when the file cannot be read or has a bad line.
+    """
+    from gateway.auth.passwd_file import PasswdFile
+
+    assert settings.passwd_file is not None
+    return PasswdFile(settings.passwd_file)

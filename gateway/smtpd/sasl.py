@@ -1,0 +1,176 @@
+"""SMTP AUTH (RFC 4954) with the PLAIN (RFC 4616) and LOGIN mechanisms, run by the gateway, not aiosmtpd.
+
+aiosmtpd's own AUTH is not used: on an implicit-TLS listener it believes the
+session is unencrypted and never offers AUTH, its LOGIN challenges end in a NUL
+(``User Name\\x00``) that Go's net/smtp and curl do not expect, its
+``authenticator`` callback is synchronous (a bcrypt check in it would stall
+every session), and it drops the PLAIN authorization identity without a word.
+
+Here: AUTH is offered in EHLO and taken only on a listener with ``auth`` on,
+and with ``smtpd_tls_auth_only`` (the default) only inside TLS (``538 5.7.11``
+otherwise); LOGIN asks ``Username:`` and ``Password:``; the password check runs
+off the event loop (:mod:`gateway.auth`); a PLAIN authorization identity other
+than the login is refused. The replies of RFC 4954 §4, §6: ``503 5.5.1`` for a
+second AUTH or AUTH inside a transaction (or before EHLO), ``504 5.5.4`` for an
+unknown mechanism, ``501 5.7.0`` when the client cancels with ``*``,
+``501 5.5.2`` for a response that is not base64, ``535 5.7.8`` for a wrong
+login or password, ``454 4.7.0`` when the password store cannot answer, and
+``235 2.7.0`` for a login. A failure is logged in Postfix's own words
+(``warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: authentication
+failure``), which fail2ban's stock ``postfix-sasl`` filter reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import TYPE_CHECKING
+
+from gateway import metrics
+from gateway import reply as replies
+from gateway.auth import Authenticator, AuthOutcome, AuthSettings
+from gateway.reply import Reply
+
+if TYPE_CHECKING:
+    from gateway.smtpd.protocol import GatewaySMTP
+
+log = logging.getLogger("gateway.smtpd")
+
+MECHANISMS = ("PLAIN", "LOGIN")
+_USERNAME_CHALLENGE = b"Username:"
+_PASSWORD_CHALLENGE = b"Password:"
+_MAX_FIELD = 1024  # characters of a login or a password: more is not a login, it is an attack
+
+
+class _Cancelled(Exception):
+    """The client ended the exchange (``*``, junk base64, or the connection); its reply is sent."""
+
+
+def offered(mode: str, settings: AuthSettings | None, tls_active: bool) -> bool:
+    """True when EHLO should name AUTH: the listener's ``auth`` is on and TLS is up, or not required for AUTH."""
+    return mode != "off" and settings is not None and (tls_active or not settings.tls_only)
+
+
+def ehlo_keyword() -> str:
+    """The EHLO line of the extension, without the ``250-`` (RFC 4954 §3)."""
+    return "AUTH " + " ".join(MECHANISMS)
+
+
+async def _response(server: GatewaySMTP, challenge: bytes) -> bytes:
+    """Send ``334 <base64 challenge>`` and return the client's decoded answer.
+
+    Raises:
+        _Cancelled: after replying to ``*`` (501 5.0.0) or to an answer that is
+            not base64 (501 5.5.2), or when the connection closed.
+    """
+    await server.push("334 " + base64.b64encode(challenge).decode("ascii"))
+    try:
+        line = await server._reader.readline()
+    except ValueError:  # longer than the stream reader's limit
+        await server.push(str(replies.AUTH_BAD_RESPONSE))
+        raise _Cancelled from None
+    if not line.endswith(b"\n"):
+        raise _Cancelled  # the connection closed
+    return _decode(line.strip())
+
+
+def _decode(blob: bytes) -> bytes:
+    if blob == b"*":
+        raise _Cancelled(replies.AUTH_CANCELLED)
+    if blob == b"=":  # RFC 4954 §4: an empty initial response
+        return b""
+    try:
+        return base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Cancelled(replies.AUTH_BAD_RESPONSE) from None
+
+
+async def _credentials(server: GatewaySMTP, mechanism: str, initial: bytes | None) -> tuple[str, str] | None:
+    """(login, password) from the exchange of ``mechanism``; None for a PLAIN message that is malformed.
+
+    Raises:
+        _Cancelled: see :func:`_response`.
+    """
+    if mechanism == "PLAIN":
+        message = initial if initial is not None else await _response(server, b"")
+        parts = message.split(b"\x00")
+        if len(parts) != 3:
+            return None
+        authzid, login, password = (part.decode("utf-8", "surrogateescape") for part in parts)
+        if authzid and authzid != login:
+            log.info("%s: PLAIN authorization identity %r differs from the login %r: refused",
+                     server.gateway_ctx.client.describe(), authzid[:_MAX_FIELD], login[:_MAX_FIELD])
+            return None
+        return login, password
+    login_bytes = initial if initial is not None else await _response(server, _USERNAME_CHALLENGE)
+    password_bytes = await _response(server, _PASSWORD_CHALLENGE)
+    return login_bytes.decode("utf-8", "surrogateescape"), password_bytes.decode("utf-8", "surrogateescape")
+
+
+async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: AuthSettings | None,
+                       authenticator: Authenticator | None) -> None:
+    """Run one ``AUTH`` command of ``server``'s session and send every reply of it.
+
+    On success the login is recorded as ``server.gateway_ctx.client.auth_user``
+    (relay access then trusts the client; see :mod:`policies.relay_access`).
+
+    Args:
+        server: the session's protocol object.
+        arg: the command's argument, ``MECHANISM [initial-response]``.
+        mode: the listener's ``auth`` setting.
+        settings, authenticator: from ``[auth]`` (None when no listener offers AUTH).
+    """
+    client = server.gateway_ctx.client
+    if mode == "off" or settings is None or authenticator is None:
+        await server.push(str(replies.AUTH_NOT_ENABLED))
+        return
+    if settings.tls_only and not server.tls_active:
+        await server.push(str(replies.AUTH_ENCRYPTION_REQUIRED))
+        return
+    if server.session is None or not server.session.extended_smtp:
+        await server.push(str(replies.AUTH_NEED_EHLO))
+        return
+    if client.auth_user is not None:
+        await server.push(str(replies.AUTH_ALREADY))
+        return
+    if server.envelope is not None and server.envelope.mail_from is not None:
+        await server.push(str(replies.AUTH_IN_TRANSACTION))
+        return
+    words = arg.split()
+    if not words or len(words) > 2:
+        await server.push(str(replies.AUTH_SYNTAX))
+        return
+    mechanism = words[0].upper()
+    if mechanism not in MECHANISMS:
+        await server.push(str(replies.AUTH_UNKNOWN_MECHANISM))
+        return
+    try:
+        initial = _decode(words[1].encode("ascii", "replace")) if len(words) == 2 else None
+        credentials = await _credentials(server, mechanism, initial)
+    except _Cancelled as cancelled:
+        if cancelled.args:
+            await server.push(str(cancelled.args[0]))
+        metrics.AUTH_ATTEMPTS.labels(mechanism, "cancelled").inc()
+        return
+    outcome = AuthOutcome.FAIL
+    if credentials is not None:
+        login, password = credentials
+        if login and password and len(login) <= _MAX_FIELD and len(password) <= _MAX_FIELD:
+            outcome = await authenticator.verify(login, password)
+    metrics.AUTH_ATTEMPTS.labels(mechanism, outcome.value).inc()
+    reply: Reply
+    if outcome is AuthOutcome.OK:
+        assert credentials is not None
+        client.auth_user = credentials[0]
+        log.info("%s: sasl_method=%s, sasl_username=%s", client.describe(), mechanism, client.auth_user)
+        reply = replies.AUTH_OK
+    elif outcome is AuthOutcome.TEMPFAIL:
+        log.warning("unknown[%s]: SASL %s authentication failed: temporary failure", client.address, mechanism)
+        reply = replies.AUTH_TEMPFAIL
+    else:
+        # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
+        log.warning("unknown[%s]: SASL %s authentication failed: authentication failure", client.address,
+                    mechanism)
+        reply = replies.AUTH_FAILED
+    await server.push(str(reply))

@@ -1,0 +1,174 @@
+"""SMTP AUTH on a submission (587, STARTTLS) and an implicit-TLS (465) listener, passwd_file back end.
+
+Real clients log in over real TLS handshakes: Python's smtplib and swaks
+(Debian package). The client connects from an address outside mynetworks, so
+only the login can let it relay. The back end is a password file with a hash of
+each scheme it reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha512_crypt
+
+from tests.harness.helpers import client_tls, relay_config
+from tests.harness.ports import free_port
+
+OUTSIDER = "127.0.0.3"  # not in mynetworks
+USERS = {"alice@example.com": "alice-secret", "bob": "bob secret with spaces", "carol": "carol-pw",
+         "dave@example.com": "dave-pw"}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def passwd_text() -> str:
+    return (
+        "# Dovecot passwd-file and htpasswd lines\n"
+        f"alice@example.com:{{BLF-CRYPT}}{bcrypt.using(rounds=5).hash(USERS['alice@example.com'])}::::::\n"
+        f"bob:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash(USERS['bob'])}\n"
+        f"carol:{apr_md5_crypt.hash(USERS['carol'])}\n"
+        f"dave@example.com:{{ARGON2ID}}{argon2.using(type='ID', rounds=1, memory_cost=1024).hash(USERS['dave@example.com'])}\n")
+
+
+@pytest.fixture
+def auth_gateway(gateway_factory, sink, tmp_path, passwd_text):
+    passwd = tmp_path / "passwd"
+    passwd.write_text(passwd_text)
+    ports = {"submission": free_port(), "smtps": free_port(), "smtp": free_port()}
+    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n')
+    config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
+               'tls = "starttls"\nauth = "required"\n'
+               f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
+               'auth = "optional"\n'
+               f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["smtp"]}"\ntls = "starttls"\n')
+    gateway = gateway_factory(config)
+    gateway.ports = ports
+    gateway.passwd = passwd
+    with gateway:
+        yield gateway
+
+
+def submission(gateway) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", gateway.ports["submission"], source_address=(OUTSIDER, 0), timeout=30)
+    client.ehlo("client.test")
+    client.starttls(context=client_tls(gateway.ca_file))
+    client.ehlo("client.test")
+    return client
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_each_hash_scheme_logs_in_and_relays_signed_esmtpsa(auth_gateway, sink, mechanism):
+    for number, (login, password) in enumerate(USERS.items()):
+        with submission(auth_gateway) as client:
+            assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
+            client.user, client.password = login, password
+            code, text = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"),
+                                     initial_response_ok=mechanism == "PLAIN")
+            assert (code, text) == (235, b"2.7.0 Authentication successful")
+            assert client.sendmail("sender@example.com", [f"r{number}@elsewhere.org"],
+                                   f"Subject: {login}\r\n\r\nbody\r\n".encode()) == {}
+    messages = sink.wait_for_messages(len(USERS))
+    for message in messages:
+        assert b"with ESMTPSA id" in message.data
+        assert not any(password.encode() in message.data for password in USERS.values())
+    auth_gateway.wait_for_log(rf"unknown\[{OUTSIDER}\]:\d+: sasl_method={mechanism}, sasl_username=bob")
+
+
+def test_login_challenges_are_plain_words_and_mail_needs_auth_on_submission(auth_gateway):
+    with submission(auth_gateway) as client:
+        assert client.docmd("MAIL", "FROM:<sender@example.com>") == (530, b"5.7.0 Authentication required")
+        assert client.docmd("AUTH", "LOGIN") == (334, b64("Username:").encode())
+        assert client.docmd(b64("carol")) == (334, b64("Password:").encode())
+        assert client.docmd(b64("carol-pw"))[0] == 235
+        assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (503, b"5.5.1 Error: already authenticated")
+
+
+def test_refusals_of_the_exchange(auth_gateway, sink):
+    with submission(auth_gateway) as client:
+        assert client.docmd("AUTH", "PLAIN " + b64("\0alice@example.com\0wrong")) == (
+            535, b"5.7.8 Error: authentication failed: authentication failure")
+        assert client.docmd("AUTH", "PLAIN " + b64("\0nobody@example.com\0alice-secret"))[0] == 535
+        # an authorization identity other than the login is refused, even with the right password
+        assert client.docmd("AUTH", "PLAIN " + b64("carol\0alice@example.com\0alice-secret"))[0] == 535
+        assert client.docmd("AUTH", "PLAIN !!notbase64") == (501, b"5.5.2 Cannot decode response")
+        assert client.docmd("AUTH", "LOGIN") == (334, b64("Username:").encode())
+        assert client.docmd("*") == (501, b"5.7.0 Authentication exchange cancelled")
+        assert client.docmd("AUTH", "CRAM-MD5") == (504, b"5.5.4 Unrecognized authentication type")
+        assert client.docmd("AUTH") == (501, b"5.5.4 Syntax: AUTH mechanism [initial-response]")
+        assert client.docmd("AUTH", "PLAIN =")[0] == 535  # an empty initial response: no login in it
+        assert client.docmd("NOOP")[0] == 250  # the session goes on
+    auth_gateway.wait_for_log(rf"warning: unknown\[{OUTSIDER}\]: SASL PLAIN authentication failed: "
+                              r"authentication failure$", count=4)
+    log_text = "\n".join(auth_gateway.lines)
+    assert "alice-secret" not in log_text and "wrong" not in log_text
+    assert sink.messages == []
+
+
+def test_auth_only_inside_tls_and_not_during_a_transaction(auth_gateway):
+    with smtplib.SMTP("127.0.0.1", auth_gateway.ports["submission"], source_address=(OUTSIDER, 0),
+                      timeout=30) as client:
+        client.ehlo("client.test")
+        assert "auth" not in client.esmtp_features  # not offered before STARTTLS
+        assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
+            538, b"5.7.11 Encryption required for requested authentication mechanism")
+    with smtplib.SMTP("127.0.0.1", auth_gateway.ports["smtp"], source_address=(OUTSIDER, 0), timeout=30) as client:
+        client.ehlo("client.test")
+        client.starttls(context=client_tls(auth_gateway.ca_file))
+        client.ehlo("client.test")
+        assert "auth" not in client.esmtp_features  # a listener without auth
+        assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
+            502, b"5.5.1 Error: authentication not enabled")
+    with smtplib.SMTP_SSL("127.0.0.1", auth_gateway.ports["smtps"], source_address=(OUTSIDER, 0), timeout=30,
+                          context=client_tls(auth_gateway.ca_file)) as client:
+        client.ehlo("client.test")
+        assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]  # implicit TLS offers it
+        assert client.docmd("MAIL", "FROM:<a@example.com>")[0] == 250  # optional here
+        assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
+            503, b"5.5.1 Error: MAIL transaction in progress")
+
+
+def test_an_auth_parameter_grants_nothing(auth_gateway, sink):
+    with smtplib.SMTP_SSL("127.0.0.1", auth_gateway.ports["smtps"], source_address=(OUTSIDER, 0), timeout=30,
+                          context=client_tls(auth_gateway.ca_file)) as client:
+        client.ehlo("client.test")
+        assert client.docmd("MAIL", "FROM:<alice@example.com> AUTH=<alice@example.com>")[0] == 250
+        assert client.docmd("RCPT", "TO:<victim@elsewhere.org>")[0] == 554  # relay access denied
+        client.docmd("RSET")
+        assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw"))[0] == 235
+        assert client.docmd("MAIL", "FROM:<carol@example.com> AUTH=<>")[0] == 250
+        assert client.docmd("RCPT", "TO:<friend@elsewhere.org>")[0] == 250
+        assert client.data(b"Subject: auth\r\n\r\nx\r\n")[0] == 250
+    (message,) = sink.wait_for_messages(1)
+    assert message.rcpt_tos == ["friend@elsewhere.org"]
+
+
+def test_an_edited_password_file_applies_without_a_reload(auth_gateway, passwd_text):
+    auth_gateway.passwd.write_text(passwd_text + f"erin:{sha512_crypt.using(rounds=5000).hash('erin-pw')}\n")
+    with submission(auth_gateway) as client:
+        assert client.docmd("AUTH", "PLAIN " + b64("\0erin\0erin-pw"))[0] == 235
+    auth_gateway.wait_for_log(r"read again: 5 users")
+
+
+@pytest.mark.parametrize(("listener", "tls_option"), [("submission", "--tls"), ("smtps", "--tlsc")])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_logs_in_and_relays(auth_gateway, sink, listener, tls_option, mechanism):
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+    result = subprocess.run(
+        [swaks, "--server", "127.0.0.1", "--port", str(auth_gateway.ports[listener]), tls_option,
+         "--local-interface", OUTSIDER, "--auth", mechanism, "--auth-user", "alice@example.com",
+         "--auth-password", USERS["alice@example.com"], "--from", "alice@example.com",
+         "--to", "someone@elsewhere.org", "--header", f"Subject: swaks {listener} {mechanism}"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "235 2.7.0 Authentication successful" in result.stdout
+    (message,) = sink.wait_for_messages(1)
+    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data

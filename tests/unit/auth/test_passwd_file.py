@@ -1,0 +1,99 @@
+"""gateway.auth: the [auth] table and the passwd_file back end (Dovecot passwd-file and htpasswd lines)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha256_crypt, sha512_crypt
+
+from gateway import config as gateway_config
+from gateway.auth import AuthOutcome, AuthSettings, build_authenticator
+from gateway.auth.passwd_file import PasswdFile, parse_line
+from gateway.errors import ConfigError
+
+FAST_BCRYPT = bcrypt.using(rounds=4)
+FAST_ARGON2 = argon2.using(type="ID", rounds=1, memory_cost=1024)
+
+
+def config_with(tmp_path: Path, auth: dict[str, object], listener_auth: str = "required") -> gateway_config.Config:
+    return gateway_config.build({"state_dir": str(tmp_path), "auth": auth, "listener": [
+        {"name": "submission", "address": "127.0.0.1:2587", "tls": "starttls", "auth": listener_auth}]})
+
+
+@pytest.mark.parametrize(("line", "scheme"), [
+    ("alice:{BLF-CRYPT}" + FAST_BCRYPT.hash("pw") + "::::::", "bcrypt"),
+    ("alice:{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
+    ("alice:{SHA256-CRYPT}" + sha256_crypt.using(rounds=5000).hash("pw"), "sha256_crypt"),
+    ("alice:{ARGON2ID}" + FAST_ARGON2.hash("pw"), "argon2"),
+    ("alice:" + FAST_BCRYPT.hash("pw").replace("$2b$", "$2y$"), "bcrypt"),  # htpasswd -B
+    ("alice:" + apr_md5_crypt.hash("pw"), "apr_md5_crypt"),  # htpasswd -m
+    ("alice:" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
+])
+def test_every_listed_scheme_is_read_and_checked(tmp_path: Path, line: str, scheme: str) -> None:
+    login, hashed = parse_line(line)  # type: ignore[misc]
+    assert login == "alice" and not hashed.startswith("{")
+    path = tmp_path / "passwd"
+    path.write_text(line + "\n")
+    backend = PasswdFile(path)
+    assert backend.check("alice", "pw") is AuthOutcome.OK
+    assert backend.check("alice", "PW") is AuthOutcome.FAIL
+    assert backend.check("bob", "pw") is AuthOutcome.FAIL
+    assert asyncio.run(backend.verify("alice", "pw")) is AuthOutcome.OK
+
+
+@pytest.mark.parametrize(("line", "complaint"), [
+    ("alice:{PLAIN}secret", "scheme {PLAIN} is not one of"),
+    ("alice:secret", "plain text is refused"),
+    ("alice", "not login:hash"),
+    (":{BLF-CRYPT}" + FAST_BCRYPT.hash("pw"), "not login:hash"),
+    ("alice:{SHA512-CRYPT}" + FAST_BCRYPT.hash("pw"), "is not a SHA512-CRYPT hash"),
+])
+def test_a_bad_line_is_a_config_error_naming_the_key_and_line(tmp_path: Path, line: str, complaint: str) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("# users\n\n" + line + "\n")
+    with pytest.raises(ConfigError) as raised:
+        PasswdFile(path)
+    assert "auth.passwd_file" in str(raised.value) and "line 3" in str(raised.value)
+    assert complaint in str(raised.value)
+
+
+def test_the_file_is_read_again_when_it_changes_and_a_bad_edit_keeps_the_old_users(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("alice:" + FAST_BCRYPT.hash("one") + "\n")
+    backend = PasswdFile(path)
+    assert backend.check("alice", "one") is AuthOutcome.OK
+    path.write_text("alice:" + FAST_BCRYPT.hash("two") + "\nbob:" + FAST_BCRYPT.hash("b") + "\n")
+    os.utime(path, ns=(1, 1))  # a different time even within the file system's time granularity
+    assert backend.check("alice", "two") is AuthOutcome.OK and backend.check("bob", "b") is AuthOutcome.OK
+    path.write_text("broken line\n")
+    os.utime(path, ns=(2, 2))
+    assert backend.check("alice", "two") is AuthOutcome.OK  # kept
+    path.unlink()
+    assert backend.check("bob", "b") is AuthOutcome.OK  # kept
+
+
+def test_auth_settings_need_a_back_end_when_a_listener_offers_auth(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        AuthSettings.from_config(config_with(tmp_path, {}))
+    assert "listener.submission.auth" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        AuthSettings.from_config(config_with(tmp_path, {"backend": "sql"}))
+    assert "auth.backend" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        AuthSettings.from_config(config_with(tmp_path, {"backend": "passwd_file"}))
+    assert "auth.passwd_file" in str(raised.value)
+    assert AuthSettings.from_config(config_with(tmp_path, {}, listener_auth="off")) is None
+    settings = AuthSettings.from_config(config_with(tmp_path, {"backend": "passwd_file", "passwd_file": "users"}))
+    assert settings is not None and settings.passwd_file == tmp_path / "users" and settings.tls_only
+    with pytest.raises(ConfigError) as raised:
+        build_authenticator(settings)  # the file does not exist
+    assert "auth.passwd_file" in str(raised.value)
+
+
+def test_a_listener_auth_value_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config_with(tmp_path, {}, listener_auth="yes")
+    assert "listener[0].auth" in str(raised.value) and "off, optional, required" in str(raised.value)
