@@ -9,6 +9,7 @@ enhanced status code equals the class of the basic reply code, so a
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
@@ -143,6 +144,7 @@ AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 START_MAIL_INPUT = "354 End data with <CR><LF>.<CR><LF>"  # intermediate: no enhanced code (RFC 3463 §3)
 EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")  # added to aiosmtpd's EHLO lines
+EHLO_AUTH = "250-AUTH PLAIN LOGIN"  # where AUTH is offered (RFC 4954 §3; gateway.smtpd.sasl.MECHANISMS)
 
 
 def for_recipient(reply: Reply, address: str) -> Reply:
@@ -153,6 +155,11 @@ def for_recipient(reply: Reply, address: str) -> Reply:
 def helo_ok(hostname: str) -> str:
     """``250 <our name>``, the answer to HELO (RFC 5321 §4.1.1.1; no enhanced code, RFC 2034 §3)."""
     return f"250 {hostname}"
+
+
+def auth_challenge(challenge: bytes) -> str:
+    """``334 <base64 of challenge>``, a server challenge of SMTP AUTH (RFC 4954 §4; a 3xx has no enhanced code)."""
+    return "334 " + base64.b64encode(challenge).decode("ascii")
 
 
 def queued(queue_id: str) -> Reply:

@@ -131,7 +131,7 @@ class SmtpHandler:
         lines = [line for line in responses if not line[4:].upper().startswith("AUTH")]
         extensions = list(replies.EHLO_EXTENSIONS)
         if sasl.offered(self.auth_mode(), self.pipelines.auth, cast(GatewaySMTP, server).tls_active):
-            extensions.append("250-" + sasl.ehlo_keyword())
+            extensions.append(replies.EHLO_AUTH)
         return lines[:1] + extensions + lines[1:]
 
     def auth_mode(self) -> str:

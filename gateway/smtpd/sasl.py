@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.smtpd")
 
-MECHANISMS = ("PLAIN", "LOGIN")
+MECHANISMS = ("PLAIN", "LOGIN")  # in the order of gateway.reply.EHLO_AUTH
 _USERNAME_CHALLENGE = b"Username:"
 _PASSWORD_CHALLENGE = b"Password:"
 _MAX_FIELD = 1024  # characters of a login or a password: more is not a login, it is an attack
@@ -52,11 +52,6 @@ def offered(mode: str, settings: AuthSettings | None, tls_active: bool) -> bool:
     return mode != "off" and settings is not None and (tls_active or not settings.tls_only)
 
 
-def ehlo_keyword() -> str:
-    """The EHLO line of the extension, without the ``250-`` (RFC 4954 §3)."""
-    return "AUTH " + " ".join(MECHANISMS)
-
-
 async def _response(server: GatewaySMTP, challenge: bytes) -> bytes:
     """Send ``334 <base64 challenge>`` and return the client's decoded answer.
 
@@ -64,7 +59,7 @@ async def _response(server: GatewaySMTP, challenge: bytes) -> bytes:
         _Cancelled: after replying to ``*`` (501 5.0.0) or to an answer that is
             not base64 (501 5.5.2), or when the connection closed.
     """
-    await server.push("334 " + base64.b64encode(challenge).decode("ascii"))
+    await server.push(replies.auth_challenge(challenge))
     try:
         line = await server._reader.readline()
     except ValueError:  # longer than the stream reader's limit

@@ -97,3 +97,10 @@ def test_a_listener_auth_value_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         config_with(tmp_path, {}, listener_auth="yes")
     assert "listener[0].auth" in str(raised.value) and "off, optional, required" in str(raised.value)
+
+
+def test_the_ehlo_line_names_exactly_the_mechanisms_run() -> None:
+    from gateway import reply as replies
+    from gateway.smtpd.sasl import MECHANISMS
+
+    assert replies.EHLO_AUTH.split()[1:] == list(MECHANISMS)
