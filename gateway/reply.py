@@ -162,6 +162,11 @@ def auth_challenge(challenge: bytes) -> str:
     return "334 " + base64.b64encode(challenge).decode("ascii")
 
 
+def sender_not_owned(address: str, login: str) -> Reply:
+    """Postfix's refusal of a sender the login does not own (``reject_authenticated_sender_login_mismatch``)."""
+    return Reply(553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {login}")
+
+
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

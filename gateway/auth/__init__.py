@@ -10,6 +10,7 @@ or ``"required"``)::
     backend = "passwd_file"            # the only back end so far (ldap, dovecot: issue 13)
     passwd_file = "/etc/gateway/passwd" # Dovecot passwd-file or htpasswd lines
     smtpd_tls_auth_only = true          # AUTH offered and taken only inside TLS (Postfix's name)
+    smtpd_sender_login_maps = "/etc/gateway/sender_logins"  # who may send as whom (gateway.auth.sender_logins)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class AuthSettings:
     backend: str
     passwd_file: Path | None
     tls_only: bool
+    sender_login_maps: Path | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings | None:
@@ -56,7 +58,8 @@ class AuthSettings:
             ConfigError: naming ``auth.<key>`` (or ``listener.<name>.auth`` when a
                 listener offers AUTH and ``[auth]`` names no back end), the value and what is allowed.
         """
-        section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only"})
+        section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
+                                                         "smtpd_sender_login_maps"})
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
@@ -70,10 +73,16 @@ class AuthSettings:
         passwd_file = section.text("passwd_file")
         if backend == "passwd_file" and not passwd_file:
             raise ConfigError(section.key("passwd_file"), passwd_file, "the path of the password file")
-        path = Path(passwd_file) if passwd_file else None
-        if path is not None and not path.is_absolute():
-            path = config.state_dir / path
-        return cls(backend, path, section.flag("smtpd_tls_auth_only", True))
+        return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
+                   _path(config, section.text("smtpd_sender_login_maps")))
+
+
+def _path(config: Config, text: str | None) -> Path | None:
+    """A file named by ``[auth]``: relative paths are taken against ``state_dir``."""
+    if not text:
+        return None
+    path = Path(text)
+    return path if path.is_absolute() else config.state_dir / path
 
 
 def build_authenticator(settings: AuthSettings) -> Authenticator:

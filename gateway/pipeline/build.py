@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.auth import Authenticator, AuthSettings, build_authenticator
+from gateway.auth.sender_logins import SenderLogins
 from gateway.config import Config
 from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
@@ -119,6 +120,7 @@ class Pipelines:
     signer: DkimSigner | None = None
     auth: AuthSettings | None = None              # None: no listener offers SMTP AUTH
     authenticator: Authenticator | None = None
+    sender_logins: SenderLogins | None = None    # [auth] smtpd_sender_login_maps
 
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
@@ -174,4 +176,5 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
     auth = AuthSettings.from_config(config)
     return Pipelines(access=Pipeline([REGISTRY[RELAY_ACCESS](config)]), inbound=Pipeline(entries("inbound")),
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
-                     signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None)
+                     signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None,
+                     sender_logins=SenderLogins(auth.sender_login_maps) if auth and auth.sender_login_maps else None)

@@ -177,6 +177,11 @@ class SmtpHandler:
             except ValueError:
                 return refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=ctx.client.describe(),
                               sender=sender, helo=ctx.client.helo)
+        owners = self.pipelines.sender_logins
+        if ctx.client.auth_user is not None and owners is not None and not owners.owns(ctx.client.auth_user, sender):
+            return refuse("mail", replies.sender_not_owned(sender, ctx.client.auth_user),
+                          reason="sender_login_mismatch", client=ctx.client.describe(), sender=sender,
+                          helo=ctx.client.helo)
         transaction = Envelope.from_mail(sender, mail_options, smtputf8=envelope.smtp_utf8)
         if not has_room(self.intake.batcher.spool.root, transaction.declared_size or 0, self.config.queue_minfree):
             return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),

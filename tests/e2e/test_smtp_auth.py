@@ -38,12 +38,12 @@ def passwd_text() -> str:
         f"dave@example.com:{{ARGON2ID}}{argon2.using(type='ID', rounds=1, memory_cost=1024).hash(USERS['dave@example.com'])}\n")
 
 
-@pytest.fixture
-def auth_gateway(gateway_factory, sink, tmp_path, passwd_text):
+def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra: str = ""):
+    """A gateway with listeners submission (587 style, auth required), smtps (465, optional), smtp (no auth)."""
     passwd = tmp_path / "passwd"
     passwd.write_text(passwd_text)
     ports = {"submission": free_port(), "smtps": free_port(), "smtp": free_port()}
-    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n')
+    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n{auth_extra}')
     config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
                'tls = "starttls"\nauth = "required"\n'
                f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
@@ -52,7 +52,12 @@ def auth_gateway(gateway_factory, sink, tmp_path, passwd_text):
     gateway = gateway_factory(config)
     gateway.ports = ports
     gateway.passwd = passwd
-    with gateway:
+    return gateway
+
+
+@pytest.fixture
+def auth_gateway(gateway_factory, sink, tmp_path, passwd_text):
+    with start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text) as gateway:
         yield gateway
 
 
@@ -172,3 +177,28 @@ def test_swaks_logs_in_and_relays(auth_gateway, sink, listener, tls_option, mech
     assert "235 2.7.0 Authentication successful" in result.stdout
     (message,) = sink.wait_for_messages(1)
     assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+
+
+def test_a_login_sends_only_as_the_addresses_it_owns(gateway_factory, sink, tmp_path, passwd_text):
+    table = tmp_path / "sender_logins"
+    table.write_text("# address   logins\n"
+                     "alice@example.com  alice@example.com\n"
+                     "sales@example.com  alice@example.com, BOB\n"
+                     "@example.org\tcarol\n"
+                     "postmaster         bob\n")
+    with start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text,
+                            f'smtpd_sender_login_maps = "{table}"\n') as gateway:
+        expected = {("alice@example.com", "Alice@Example.com"): 250, ("alice@example.com", "sales@example.com"): 250,
+                    ("bob", "sales@example.com"): 250, ("bob", "postmaster@example.net"): 250,
+                    ("carol", "anyone@example.org"): 250, ("carol", "alice@example.com"): 553,
+                    ("bob", "alice@example.com"): 553, ("alice@example.com", "unlisted@example.com"): 553,
+                    ("alice@example.com", ""): 250}
+        for (login, sender), code in expected.items():
+            with submission(gateway) as client:
+                assert client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{USERS[login]}"))[0] == 235
+                reply = client.docmd("MAIL", f"FROM:<{sender}>")
+                assert reply[0] == code, (login, sender, reply)
+                if code == 553:
+                    assert reply[1] == (f"5.7.1 <{sender}>: Sender address rejected: "
+                                        f"not owned by user {login}").encode()
+        gateway.wait_for_log(r"reject: MAIL from .*553 5\.7\.1 <unlisted@example\.com>: Sender address rejected")
