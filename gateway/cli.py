@@ -80,9 +80,44 @@ def _parser() -> argparse.ArgumentParser:
                             help="default: [dkim] domains, else relay_domains")
     dns_parser.add_argument("--timeout", type=_positive_seconds, default=10.0,
                             help="seconds one DNS query may take (default: 10)")
+    passwd = commands.add_parser("passwd", help="add a user to [auth] passwd_file or change its password "
+                                                "(the password from a prompt, or the first line of stdin)")
+    passwd.add_argument("login", metavar="USER")
+    passwd.add_argument("--scheme", choices=("bcrypt", "argon2id"), default="bcrypt",
+                        help="hash to write: bcrypt ({BLF-CRYPT}, the default) or argon2id ({ARGON2ID})")
     for sub in (parser,):
         sub.set_defaults(config_path=None)
     return parser
+
+
+def _passwd(config: Config, args: argparse.Namespace) -> int:
+    """``gateway passwd USER``: never a password on the command line (ps and shell history would show it)."""
+    import getpass
+
+    from gateway.auth import passwd_file_path
+    from gateway.auth.passwd_file import hash_password, set_password
+
+    path = passwd_file_path(config)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"New password for {args.login}: ")
+        if getpass.getpass("Again: ") != password:
+            print("gateway: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("gateway: an empty password is refused; nothing changed", file=sys.stderr)
+        return 1
+    try:
+        replaced = set_password(path, args.login, hash_password(password, args.scheme))
+    except ValueError as error:
+        print(f"gateway: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"gateway: cannot write {path}: {error}", file=sys.stderr)
+        return 1
+    print(f"{'changed the password of' if replaced else 'added'} {args.login} in {path}")
+    return 0
 
 
 def _queue(config: Config, args: argparse.Namespace) -> int:
@@ -287,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dkim(config, args)
         if args.command == "dns-check":
             return _dns_check(config, args)
+        if args.command == "passwd":
+            return _passwd(config, args)
         if args.command == "health":
             return _health(config)
         setup_logging(config.log_level, config.log_format)

@@ -77,6 +77,18 @@ class AuthSettings:
                    _path(config, section.text("smtpd_sender_login_maps")))
 
 
+def passwd_file_path(config: Config) -> Path:
+    """``[auth] passwd_file`` of ``config`` as a path (relative: against ``state_dir``).
+
+    Raises:
+        ConfigError: naming ``auth.passwd_file`` when it is not set.
+    """
+    path = _path(config, Section("auth", config.section("auth")).text("passwd_file"))
+    if path is None:
+        raise ConfigError("auth.passwd_file", None, "the path of the password file")
+    return path
+
+
 def _path(config: Config, text: str | None) -> Path | None:
     """A file named by ``[auth]``: relative paths are taken against ``state_dir``."""
     if not text:

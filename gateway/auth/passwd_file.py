@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import tempfile
 import threading
 from pathlib import Path
 
@@ -135,3 +137,67 @@ class PasswdFile:
     async def verify(self, login: str, password: str) -> AuthOutcome:
         """:meth:`check` in a worker thread: a bcrypt or argon2 check takes tens of milliseconds."""
         return await asyncio.to_thread(self.check, login, password)
+
+
+HASH_SCHEMES = ("bcrypt", "argon2id")  # what `gateway passwd` writes
+_BAD_LOGIN = re.compile(r"[:\s\x00-\x1f\x7f]")
+
+
+def hash_password(password: str, scheme: str = "bcrypt") -> str:
+    """A passwd-file hash of ``password``: ``{BLF-CRYPT}$2y$...`` (bcrypt, cost 12) or ``{ARGON2ID}$argon2id$...``.
+
+    ``$2y$`` is the bcrypt form both Dovecot and Apache's htpasswd read.
+
+    Raises:
+        ValueError: ``scheme`` is not one of :data:`HASH_SCHEMES`.
+    """
+    if scheme == "bcrypt":
+        from passlib.hash import bcrypt  # type: ignore[import-untyped]
+
+        return "{BLF-CRYPT}" + str(bcrypt.using(ident="2y", rounds=12).hash(password))
+    if scheme == "argon2id":
+        from passlib.hash import argon2
+
+        return "{ARGON2ID}" + str(argon2.using(type="ID").hash(password))
+    raise ValueError(f"scheme {scheme!r} is not one of {', '.join(HASH_SCHEMES)}")
+
+
+def set_password(path: Path, login: str, hashed: str) -> bool:
+    """Write ``login:hashed`` into the file at ``path``: replace the login's line, or add one (True: replaced).
+
+    The fields after the hash on a replaced line (Dovecot's uid, gid, extra
+    fields) are kept. The file is replaced in one rename, so a gateway reading
+    it never sees half of it; a new file is made readable by its owner only.
+
+    Raises:
+        ValueError: ``login`` is empty or has a ``:``, white space or a control character.
+        OSError: the file or its folder cannot be written.
+    """
+    if not login or _BAD_LOGIN.search(login):
+        raise ValueError(f"login {login!r}: no ':', white space or control characters")
+    try:
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        lines, mode = [], 0o600
+    replaced = False
+    for index, line in enumerate(lines):
+        name, colon, rest = line.partition(":")
+        if colon and name == login and not line.lstrip().startswith("#"):
+            extra = rest.split(":", 1)[1] if ":" in rest else None
+            lines[index] = f"{login}:{hashed}" + (f":{extra}" if extra is not None else "")
+            replaced = True
+    if not replaced:
+        lines.append(f"{login}:{hashed}")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as out:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return replaced

@@ -155,6 +155,32 @@ def test_an_auth_parameter_grants_nothing(auth_gateway, sink):
     assert message.rcpt_tos == ["friend@elsewhere.org"]
 
 
+def test_gateway_passwd_adds_and_changes_users_that_then_log_in(auth_gateway):
+    def passwd(login: str, password: str, *options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*auth_gateway.command("passwd"), login, *options], input=password + "\n",
+                              capture_output=True, text=True, timeout=60, env=auth_gateway.env)
+
+    mode = auth_gateway.passwd.stat().st_mode & 0o777
+    added = passwd("frank@example.com", "frank pw 1")
+    assert added.returncode == 0 and added.stdout.startswith("added frank@example.com in "), added
+    assert "frank pw" not in added.stdout + added.stderr
+    changed = passwd("carol", "carol-new", "--scheme", "argon2id")
+    assert changed.returncode == 0 and changed.stdout.startswith("changed the password of carol"), changed
+    text = auth_gateway.passwd.read_text()
+    assert "frank@example.com:{BLF-CRYPT}$2y$12$" in text and "carol:{ARGON2ID}$argon2id$" in text
+    assert auth_gateway.passwd.stat().st_mode & 0o777 == mode  # replaced in one rename, mode kept
+    for login, password, code in [("frank@example.com", "frank pw 1", 235), ("carol", "carol-new", 235),
+                                  ("carol", "carol-pw", 535), ("bob", USERS["bob"], 235)]:
+        with submission(auth_gateway) as client:
+            assert client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{password}"))[0] == code, login
+    for bad_login, password, complaint in [("with:colon", "x", "login 'with:colon'"),
+                                           ("white space", "x", "login 'white space'"),
+                                           ("erin", "", "an empty password is refused")]:
+        refused = passwd(bad_login, password)
+        assert refused.returncode == 1 and complaint in refused.stderr, refused
+    assert "erin" not in auth_gateway.passwd.read_text()
+
+
 def test_an_edited_password_file_applies_without_a_reload(auth_gateway, passwd_text):
     auth_gateway.passwd.write_text(passwd_text + f"erin:{sha512_crypt.using(rounds=5000).hash('erin-pw')}\n")
     with submission(auth_gateway) as client:

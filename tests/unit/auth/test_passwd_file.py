@@ -104,3 +104,24 @@ def test_the_ehlo_line_names_exactly_the_mechanisms_run() -> None:
     from gateway.smtpd.sasl import MECHANISMS
 
     assert replies.EHLO_AUTH.split()[1:] == list(MECHANISMS)
+
+
+def test_set_password_replaces_a_line_keeping_dovecot_fields_and_adds_new_users(tmp_path: Path) -> None:
+    from gateway.auth.passwd_file import hash_password, set_password
+
+    path = tmp_path / "passwd"
+    path.write_text("# users\nalice:{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("old")
+                    + ":1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n")
+    assert set_password(path, "alice", hash_password("new", "bcrypt")) is True
+    assert set_password(path, "bob@example.com", hash_password("bob", "argon2id")) is False
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# users" and lines[1].endswith(":1000:1000::/home/alice::userdb_quota_rule=*:storage=1G")
+    assert lines[1].startswith("alice:{BLF-CRYPT}$2y$12$") and lines[2].startswith("bob@example.com:{ARGON2ID}")
+    backend = PasswdFile(path)
+    assert backend.check("alice", "new") is AuthOutcome.OK and backend.check("alice", "old") is AuthOutcome.FAIL
+    assert backend.check("bob@example.com", "bob") is AuthOutcome.OK
+    with pytest.raises(ValueError):
+        set_password(path, "bad:login", "x")
+    fresh = tmp_path / "new-passwd"
+    set_password(fresh, "carol", hash_password("c"))
+    assert fresh.stat().st_mode & 0o777 == 0o600
