@@ -1,7 +1,7 @@
 """SMTP AUTH on a submission (587, STARTTLS) and an implicit-TLS (465) listener, passwd_file back end.
 
-Real clients log in over real TLS handshakes: Python's smtplib and swaks
-(Debian package). The client connects from an address outside mynetworks, so
+Real clients log in over real TLS handshakes: Python's smtplib, swaks, msmtp
+and curl (Debian packages). The client connects from an address outside mynetworks, so
 only the login can let it relay. The back end is a password file with a hash of
 each scheme it reads.
 """
@@ -228,3 +228,45 @@ def test_a_login_sends_only_as_the_addresses_it_owns(gateway_factory, sink, tmp_
                     assert reply[1] == (f"5.7.1 <{sender}>: Sender address rejected: "
                                         f"not owned by user {login}").encode()
         gateway.wait_for_log(r"reject: MAIL from .*553 5\.7\.1 <unlisted@example\.com>: Sender address rejected")
+
+
+MESSAGE = "From: alice@example.com\r\nTo: someone@elsewhere.org\r\nSubject: {subject}\r\n\r\nbody\r\n"
+
+
+@pytest.mark.parametrize("listener", ["submission", "smtps"])
+@pytest.mark.parametrize("mechanism", ["plain", "login"])
+def test_msmtp_logs_in_and_relays(auth_gateway, sink, tmp_path, listener, mechanism):
+    msmtp = shutil.which("msmtp")
+    assert msmtp, "msmtp is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+    password_file = tmp_path / "msmtp-password"
+    password_file.write_text(USERS["alice@example.com"] + "\n")
+    result = subprocess.run(
+        [msmtp, "--host=127.0.0.1", f"--port={auth_gateway.ports[listener]}", "--tls=on",
+         f"--tls-starttls={'on' if listener == 'submission' else 'off'}",
+         f"--tls-trust-file={auth_gateway.ca_file}", f"--auth={mechanism}", "--user=alice@example.com",
+         f"--passwordeval=cat {password_file}", "--source-ip=" + OUTSIDER, "--from=alice@example.com",
+         "someone@elsewhere.org"],
+        input=MESSAGE.format(subject=f"msmtp {listener} {mechanism}"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (message,) = sink.wait_for_messages(1)
+    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+
+
+@pytest.mark.parametrize("listener", ["submission", "smtps"])
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_curl_logs_in_and_relays(auth_gateway, sink, tmp_path, listener, mechanism):
+    curl = shutil.which("curl")
+    assert curl, "curl is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+    message_file = tmp_path / "message.eml"
+    message_file.write_text(MESSAGE.format(subject=f"curl {listener} {mechanism}"))
+    scheme = "smtp" if listener == "submission" else "smtps"
+    result = subprocess.run(
+        [curl, "--silent", "--show-error", "--url", f"{scheme}://127.0.0.1:{auth_gateway.ports[listener]}",
+         "--ssl-reqd", "--cacert", str(auth_gateway.ca_file), "--interface", OUTSIDER,
+         "--user", f"alice@example.com:{USERS['alice@example.com']}", "--login-options", f"AUTH={mechanism}",
+         "--mail-from", "alice@example.com", "--mail-rcpt", "someone@elsewhere.org",
+         "--upload-file", str(message_file)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (message,) = sink.wait_for_messages(1)
+    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
