@@ -7,8 +7,10 @@ the mechanisms (PLAIN, LOGIN) and decides what a login grants.
 Configuration (``[auth]``; a listener offers AUTH with ``auth = "optional"``
 or ``"required"``)::
 
-    backend = "passwd_file"            # the only back end so far (ldap, dovecot: issue 13)
-    passwd_file = "/etc/gateway/passwd" # Dovecot passwd-file or htpasswd lines
+    backend = "passwd_file"            # or "dovecot" (LDAP: to come)
+    passwd_file = "/etc/gateway/passwd" # passwd_file: Dovecot passwd-file or htpasswd lines
+    smtpd_sasl_path = "/run/dovecot/auth-client"  # dovecot: its auth-client socket, or "inet:host:port"
+    timeout = "10s"                     # dovecot: the longest a check may take (then 454 4.7.0)
     smtpd_tls_auth_only = true          # AUTH offered and taken only inside TLS (Postfix's name)
     smtpd_sender_login_maps = "/etc/gateway/sender_logins"  # who may send as whom (gateway.auth.sender_logins)
 """
@@ -24,7 +26,7 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.pipeline.section import Section
 
-BACKENDS = ("passwd_file",)
+BACKENDS = ("passwd_file", "dovecot")
 
 
 class AuthOutcome(enum.Enum):
@@ -35,10 +37,19 @@ class AuthOutcome(enum.Enum):
     TEMPFAIL = "tempfail"  # 454 4.7.0: the password store is down or slow
 
 
+@dataclass(frozen=True, slots=True)
+class AuthClient:
+    """Who is logging in, for back ends that want to know (Dovecot's ``rip``, ``lip``, ``secured``)."""
+
+    remote_ip: str
+    local_ip: str
+    secured: bool  # the session is encrypted
+
+
 class Authenticator(Protocol):
     """A password check. ``verify`` never blocks the event loop and never raises for a bad password."""
 
-    async def verify(self, login: str, password: str) -> AuthOutcome: ...
+    async def verify(self, login: str, password: str, client: AuthClient) -> AuthOutcome: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +60,8 @@ class AuthSettings:
     passwd_file: Path | None
     tls_only: bool
     sender_login_maps: Path | None = None
+    sasl_path: str | None = None   # dovecot: socket path or inet:host:port
+    timeout: float = 10.0          # dovecot: seconds
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings | None:
@@ -59,7 +72,7 @@ class AuthSettings:
                 listener offers AUTH and ``[auth]`` names no back end), the value and what is allowed.
         """
         section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
-                                                         "smtpd_sender_login_maps"})
+                                                         "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout"})
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
@@ -73,8 +86,18 @@ class AuthSettings:
         passwd_file = section.text("passwd_file")
         if backend == "passwd_file" and not passwd_file:
             raise ConfigError(section.key("passwd_file"), passwd_file, "the path of the password file")
+        sasl_path = section.text("smtpd_sasl_path")
+        if backend == "dovecot" and not sasl_path:
+            raise ConfigError(section.key("smtpd_sasl_path"), sasl_path,
+                              "Dovecot's auth-client socket path, or inet:host:port")
+        if sasl_path and sasl_path.startswith("inet:"):
+            host, colon, port = sasl_path[5:].rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(section.key("smtpd_sasl_path"), sasl_path,
+                                  "inet:host:port, e.g. inet:127.0.0.1:12345")
         return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
-                   _path(config, section.text("smtpd_sender_login_maps")))
+                   _path(config, section.text("smtpd_sender_login_maps")), sasl_path,
+                   section.duration("timeout", 10.0))
 
 
 def passwd_file_path(config: Config) -> Path:
@@ -103,6 +126,11 @@ def build_authenticator(settings: AuthSettings) -> Authenticator:
     Raises:
         ConfigError: naming ``auth.passwd_file`` when the file cannot be read or has a bad line.
     """
+    if settings.backend == "dovecot":
+        from gateway.auth.dovecot import DovecotAuth
+
+        assert settings.sasl_path is not None
+        return DovecotAuth(settings.sasl_path, settings.timeout)
     from gateway.auth.passwd_file import PasswdFile
 
     assert settings.passwd_file is not None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from passlib.context import CryptContext  # type: ignore[import-untyped]  # libpass ships no py.typed
 
-from gateway.auth import AuthOutcome
+from gateway.auth import AuthClient, AuthOutcome
 from gateway.errors import ConfigError
 
 log = logging.getLogger("gateway.auth")
@@ -134,8 +134,8 @@ class PasswdFile:
             return AuthOutcome.FAIL
         return AuthOutcome.OK if matched and hashed is not None else AuthOutcome.FAIL
 
-    async def verify(self, login: str, password: str) -> AuthOutcome:
-        """:meth:`check` in a worker thread: a bcrypt or argon2 check takes tens of milliseconds."""
+    async def verify(self, login: str, password: str, client: AuthClient) -> AuthOutcome:
+        """:meth:`check` in a worker thread: a bcrypt or argon2 check takes tens of milliseconds (``client`` unused)."""
         return await asyncio.to_thread(self.check, login, password)
 
 

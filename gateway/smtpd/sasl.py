@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from gateway import metrics
 from gateway import reply as replies
-from gateway.auth import Authenticator, AuthOutcome, AuthSettings
+from gateway.auth import AuthClient, Authenticator, AuthOutcome, AuthSettings
 from gateway.reply import Reply
 
 if TYPE_CHECKING:
@@ -103,6 +103,12 @@ async def _credentials(server: GatewaySMTP, mechanism: str, initial: bytes | Non
     return login_bytes.decode("utf-8", "surrogateescape"), password_bytes.decode("utf-8", "surrogateescape")
 
 
+def _auth_client(server: GatewaySMTP) -> AuthClient:
+    local = server.transport.get_extra_info("sockname") if server.transport is not None else None
+    return AuthClient(remote_ip=str(server.gateway_ctx.client.address),
+                      local_ip=str(local[0]) if isinstance(local, tuple) else "", secured=server.tls_active)
+
+
 async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: AuthSettings | None,
                        authenticator: Authenticator | None) -> None:
     """Run one ``AUTH`` command of ``server``'s session and send every reply of it.
@@ -152,7 +158,7 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
     if credentials is not None:
         login, password = credentials
         if login and password and len(login) <= _MAX_FIELD and len(password) <= _MAX_FIELD:
-            outcome = await authenticator.verify(login, password)
+            outcome = await authenticator.verify(login, password, _auth_client(server))
     metrics.AUTH_ATTEMPTS.labels(mechanism, outcome.value).inc()
     reply: Reply
     if outcome is AuthOutcome.OK:

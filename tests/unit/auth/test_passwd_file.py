@@ -10,7 +10,7 @@ import pytest
 from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha256_crypt, sha512_crypt
 
 from gateway import config as gateway_config
-from gateway.auth import AuthOutcome, AuthSettings, build_authenticator
+from gateway.auth import AuthClient, AuthOutcome, AuthSettings, build_authenticator
 from gateway.auth.passwd_file import PasswdFile, parse_line
 from gateway.errors import ConfigError
 
@@ -41,7 +41,7 @@ def test_every_listed_scheme_is_read_and_checked(tmp_path: Path, line: str, sche
     assert backend.check("alice", "pw") is AuthOutcome.OK
     assert backend.check("alice", "PW") is AuthOutcome.FAIL
     assert backend.check("bob", "pw") is AuthOutcome.FAIL
-    assert asyncio.run(backend.verify("alice", "pw")) is AuthOutcome.OK
+    assert asyncio.run(backend.verify("alice", "pw", AuthClient("192.0.2.1", "127.0.0.1", True))) is AuthOutcome.OK
 
 
 @pytest.mark.parametrize(("line", "complaint"), [
@@ -91,6 +91,25 @@ def test_auth_settings_need_a_back_end_when_a_listener_offers_auth(tmp_path: Pat
     with pytest.raises(ConfigError) as raised:
         build_authenticator(settings)  # the file does not exist
     assert "auth.passwd_file" in str(raised.value)
+
+
+@pytest.mark.parametrize(("auth", "key"), [
+    ({"backend": "dovecot"}, "auth.smtpd_sasl_path"),
+    ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1"}, "auth.smtpd_sasl_path"),
+    ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1:99999"}, "auth.smtpd_sasl_path"),
+    ({"backend": "dovecot", "smtpd_sasl_path": "/run/dovecot/auth-client", "timeout": "soon"}, "auth.timeout"),
+    ({"backend": "passwd_file", "passwd_file": "p", "colour": "blue"}, "auth.colour"),
+])
+def test_dovecot_settings_are_checked(tmp_path: Path, auth: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        AuthSettings.from_config(config_with(tmp_path, auth))
+    assert key in str(raised.value)
+
+
+def test_dovecot_settings(tmp_path: Path) -> None:
+    settings = AuthSettings.from_config(config_with(tmp_path, {
+        "backend": "dovecot", "smtpd_sasl_path": "inet:[::1]:12345", "timeout": "3s"}))
+    assert settings is not None and settings.sasl_path == "inet:[::1]:12345" and settings.timeout == 3.0
 
 
 def test_a_listener_auth_value_is_checked(tmp_path: Path) -> None:
