@@ -40,6 +40,9 @@ MESSAGES_RECEIVED = Counter(f"{PREFIX}_messages_received_total",
 MESSAGES_REJECTED = Counter(f"{PREFIX}_messages_rejected_total",
                             "Commands refused by policy, by stage, reason and reply class (4xx, 5xx)",
                             ["stage", "reason", "reply_class"], registry=REGISTRY)
+AUTH_THROTTLED = Counter(f"{PREFIX}_smtp_auth_throttled_total",
+                         "AUTH commands refused 454 4.7.0 for too many failed logins, by what was over the limit "
+                         "(client, login)", ["scope"], registry=REGISTRY)
 AUTH_ATTEMPTS = Counter(f"{PREFIX}_smtp_auth_attempts_total",
                         "SMTP AUTH exchanges, by mechanism and result (ok, fail, tempfail, cancelled)",
                         ["mechanism", "result"], registry=REGISTRY)

@@ -11,6 +11,9 @@ or ``"required"``)::
     passwd_file = "/etc/gateway/passwd" # passwd_file: Dovecot passwd-file or htpasswd lines
     smtpd_sasl_path = "/run/dovecot/auth-client"  # dovecot: its auth-client socket, or "inet:host:port"
     timeout = "10s"                     # dovecot: the longest a check may take (then 454 4.7.0)
+    failure_limit = 10                  # failed logins per client address and per login within ...
+    failure_window = "60s"              # ... this time; past it AUTH gets 454 4.7.0 (gateway.auth.throttle)
+    session_failure_limit = 3           # failed logins in one session before it is closed (421 4.7.0)
     smtpd_tls_auth_only = true          # AUTH offered and taken only inside TLS (Postfix's name)
     smtpd_sender_login_maps = "/etc/gateway/sender_logins"  # who may send as whom (gateway.auth.sender_logins)
 """
@@ -62,6 +65,9 @@ class AuthSettings:
     sender_login_maps: Path | None = None
     sasl_path: str | None = None   # dovecot: socket path or inet:host:port
     timeout: float = 10.0          # dovecot: seconds
+    failure_limit: int = 10        # per client key and per login within failure_window; 0: off
+    failure_window: float = 60.0   # seconds
+    session_failure_limit: int = 3
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings | None:
@@ -72,7 +78,8 @@ class AuthSettings:
                 listener offers AUTH and ``[auth]`` names no back end), the value and what is allowed.
         """
         section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
-                                                         "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout"})
+                                                         "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout",
+                                                         "failure_limit", "failure_window", "session_failure_limit"})
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
@@ -97,7 +104,15 @@ class AuthSettings:
                                   "inet:host:port, e.g. inet:127.0.0.1:12345")
         return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
                    _path(config, section.text("smtpd_sender_login_maps")), sasl_path,
-                   section.duration("timeout", 10.0))
+                   section.duration("timeout", 10.0), _count(section, "failure_limit", 10, 0),
+                   section.duration("failure_window", 60.0), _count(section, "session_failure_limit", 3, 1))
+
+
+def _count(section: Section, key: str, default: int, least: int) -> int:
+    value = section.table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(section.key(key), value, f"a whole number, at least {least}")
+    return value
 
 
 def passwd_file_path(config: Config) -> Path:

@@ -103,6 +103,7 @@ class GatewaySMTP(SMTP):
         self.spill_dir = spill_dir
         self.tls_handshake_timeout = tls_handshake_timeout
         self.in_ehlo = False
+        self.auth_failures = 0          # failed logins in this session (gateway.smtpd.sasl)
         self.gateway_ctx: Any = None
         self._implicit_handshake: sslproto.SSLProtocol | None = None
         self._slot: str | None = None   # the limiter key this connection is counted under

@@ -17,11 +17,20 @@ unknown mechanism, ``501 5.7.0`` when the client cancels with ``*``,
 login or password, ``454 4.7.0`` when the password store cannot answer, and
 ``235 2.7.0`` for a login. A failure is logged in Postfix's own words
 (``warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: authentication
-failure``), which fail2ban's stock ``postfix-sasl`` filter reads.
+failure``), which fail2ban's stock ``postfix-sasl`` filter reads; a temporary
+failure of the password store is logged in other words, so that fail2ban does
+not ban clients for it.
+
+Brute force: failed logins are counted per client (IPv4 address, IPv6 /64) and
+per login (:mod:`gateway.auth.throttle`); past ``failure_limit`` within
+``failure_window`` an AUTH gets ``454 4.7.0`` after a pause, without a password
+check, and after ``session_failure_limit`` failures in one session it is closed
+with ``421 4.7.0``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -30,7 +39,7 @@ from typing import TYPE_CHECKING
 from gateway import metrics
 from gateway import reply as replies
 from gateway.auth import AuthClient, Authenticator, AuthOutcome, AuthSettings
-from gateway.reply import Reply
+from gateway.smtpd.connection_limits import client_key
 
 if TYPE_CHECKING:
     from gateway.smtpd.protocol import GatewaySMTP
@@ -41,6 +50,7 @@ MECHANISMS = ("PLAIN", "LOGIN")  # in the order of gateway.reply.EHLO_AUTH
 _USERNAME_CHALLENGE = b"Username:"
 _PASSWORD_CHALLENGE = b"Password:"
 _MAX_FIELD = 1024  # characters of a login or a password: more is not a login, it is an attack
+THROTTLE_PAUSE = 1.0  # seconds before the 454 of a throttled AUTH (Postfix smtpd_error_sleep_time)
 
 
 class _Cancelled(Exception):
@@ -146,6 +156,13 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
     if mechanism not in MECHANISMS:
         await server.push(str(replies.AUTH_UNKNOWN_MECHANISM))
         return
+    from gateway.auth.throttle import process_throttle  # imported late: only a gateway that offers AUTH needs it
+
+    throttle = process_throttle(settings.failure_limit, settings.failure_window)
+    key = client_key(str(client.address))
+    if throttle.client_blocked(key):
+        await _throttled(server, "client", f"client unknown[{client.address}]", settings)
+        return
     try:
         initial = _decode(words[1].encode("ascii", "replace")) if len(words) == 2 else None
         credentials = await _credentials(server, mechanism, initial)
@@ -154,24 +171,43 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
             await server.push(str(cancelled.args[0]))
         metrics.AUTH_ATTEMPTS.labels(mechanism, "cancelled").inc()
         return
+    login = credentials[0][:_MAX_FIELD] if credentials is not None else None
+    if login and throttle.login_blocked(login):
+        await _throttled(server, "login", f"login {login!r}", settings)
+        return
     outcome = AuthOutcome.FAIL
     if credentials is not None:
-        login, password = credentials
-        if login and password and len(login) <= _MAX_FIELD and len(password) <= _MAX_FIELD:
+        password = credentials[1]
+        if login and password and len(credentials[0]) <= _MAX_FIELD and len(password) <= _MAX_FIELD:
             outcome = await authenticator.verify(login, password, _auth_client(server))
     metrics.AUTH_ATTEMPTS.labels(mechanism, outcome.value).inc()
-    reply: Reply
     if outcome is AuthOutcome.OK:
-        assert credentials is not None
-        client.auth_user = credentials[0]
+        client.auth_user = login
         log.info("%s: sasl_method=%s, sasl_username=%s", client.describe(), mechanism, client.auth_user)
-        reply = replies.AUTH_OK
-    elif outcome is AuthOutcome.TEMPFAIL:
-        log.warning("unknown[%s]: SASL %s authentication failed: temporary failure", client.address, mechanism)
-        reply = replies.AUTH_TEMPFAIL
-    else:
-        # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
-        log.warning("unknown[%s]: SASL %s authentication failed: authentication failure", client.address,
-                    mechanism)
-        reply = replies.AUTH_FAILED
-    await server.push(str(reply))
+        await server.push(str(replies.AUTH_OK))
+        return
+    if outcome is AuthOutcome.TEMPFAIL:
+        # not "authentication failed": fail2ban must not ban clients for our password store's trouble
+        log.warning("unknown[%s]: SASL %s authentication not possible: the password check failed temporarily",
+                    client.address, mechanism)
+        await server.push(str(replies.AUTH_TEMPFAIL))
+        return
+    # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
+    log.warning("unknown[%s]: SASL %s authentication failed: authentication failure", client.address, mechanism)
+    throttle.failed(key, login)
+    server.auth_failures += 1
+    if server.auth_failures >= settings.session_failure_limit:
+        await server.push(str(replies.AUTH_TOO_MANY_FAILURES))
+        if server.transport is not None:
+            server.transport.close()
+        return
+    await server.push(str(replies.AUTH_FAILED))
+
+
+async def _throttled(server: GatewaySMTP, scope: str, who: str, settings: AuthSettings) -> None:
+    """Refuse an AUTH of a client or login over its failure limit: a pause, then 454 4.7.0, no password check."""
+    metrics.AUTH_THROTTLED.labels(scope).inc()
+    log.warning("%s: AUTH refused: %s has had %d or more failed logins within %gs",
+                server.gateway_ctx.client.describe(), who, settings.failure_limit, settings.failure_window)
+    await asyncio.sleep(THROTTLE_PAUSE)
+    await server.push(str(replies.AUTH_THROTTLED))

@@ -9,6 +9,7 @@ each scheme it reads.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import smtplib
 import subprocess
@@ -101,15 +102,16 @@ def test_refusals_of_the_exchange(auth_gateway, sink):
         assert client.docmd("AUTH", "PLAIN " + b64("\0alice@example.com\0wrong")) == (
             535, b"5.7.8 Error: authentication failed: authentication failure")
         assert client.docmd("AUTH", "PLAIN " + b64("\0nobody@example.com\0alice-secret"))[0] == 535
-        # an authorization identity other than the login is refused, even with the right password
-        assert client.docmd("AUTH", "PLAIN " + b64("carol\0alice@example.com\0alice-secret"))[0] == 535
         assert client.docmd("AUTH", "PLAIN !!notbase64") == (501, b"5.5.2 Cannot decode response")
         assert client.docmd("AUTH", "LOGIN") == (334, b64("Username:").encode())
         assert client.docmd("*") == (501, b"5.7.0 Authentication exchange cancelled")
         assert client.docmd("AUTH", "CRAM-MD5") == (504, b"5.5.4 Unrecognized authentication type")
         assert client.docmd("AUTH") == (501, b"5.5.4 Syntax: AUTH mechanism [initial-response]")
-        assert client.docmd("AUTH", "PLAIN =")[0] == 535  # an empty initial response: no login in it
         assert client.docmd("NOOP")[0] == 250  # the session goes on
+    with submission(auth_gateway) as client:  # a new session: the third failure in one closes it (below)
+        # an authorization identity other than the login is refused, even with the right password
+        assert client.docmd("AUTH", "PLAIN " + b64("carol\0alice@example.com\0alice-secret"))[0] == 535
+        assert client.docmd("AUTH", "PLAIN =")[0] == 535  # an empty initial response: no login in it
     auth_gateway.wait_for_log(rf"warning: unknown\[{OUTSIDER}\]: SASL PLAIN authentication failed: "
                               r"authentication failure$", count=4)
     log_text = "\n".join(auth_gateway.lines)
@@ -270,3 +272,47 @@ def test_curl_logs_in_and_relays(auth_gateway, sink, tmp_path, listener, mechani
     assert result.returncode == 0, result.stdout + result.stderr
     (message,) = sink.wait_for_messages(1)
     assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+
+
+def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_gateway, tmp_path):
+    def attempt(client: smtplib.SMTP, login: str, password: str) -> tuple[int, bytes]:
+        try:
+            return client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{password}"))
+        except smtplib.SMTPServerDisconnected:
+            return 0, b"closed"
+
+    replies = []
+    client = submission(auth_gateway)
+    for number in range(20):  # twenty wrong passwords in a row from one address
+        reply = attempt(client, "alice@example.com", f"guess-{number}")
+        replies.append(reply[0])
+        if reply[0] == 421:  # the session's third failure: closed, and the attacker connects again
+            assert reply[1] == b"4.7.0 Error: too many failed logins, closing transmission channel"
+            client.close()
+            client = submission(auth_gateway)
+    # the right password now gets no check either: no oracle for a throttled client
+    assert attempt(client, "alice@example.com", USERS["alice@example.com"]) == (
+        454, b"4.7.0 Error: too many failed logins, try again later")
+    client.close()
+    assert replies[:10] == [535, 535, 421] * 3 + [535] and replies[10:] == [454] * 10
+    # the attacked login is slowed from another address too; other logins from there are not
+    with smtplib.SMTP("127.0.0.1", auth_gateway.ports["submission"], source_address=("127.0.0.4", 0),
+                      timeout=30) as other:
+        other.ehlo("other.test")
+        other.starttls(context=client_tls(auth_gateway.ca_file))
+        other.ehlo("other.test")
+        assert attempt(other, "alice@example.com", USERS["alice@example.com"])[0] == 454
+        assert attempt(other, "carol", USERS["carol"])[0] == 235
+    auth_gateway.wait_for_log(r"AUTH refused: login 'alice@example.com' has had 10 or more failed logins")
+    # fail2ban's stock filter for Postfix SASL failures finds exactly the ten failures, all from the attacker
+    log_file = tmp_path / "gateway.log"
+    log_file.write_text("\n".join(auth_gateway.lines) + "\n")
+    fail2ban = shutil.which("fail2ban-regex")
+    assert fail2ban, "fail2ban is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+    result = subprocess.run([fail2ban, "--print-all-matched", str(log_file), "postfix[mode=auth]"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    matched = re.search(r"Lines: \d+ lines, \d+ ignored, (\d+) matched", result.stdout)
+    assert matched and int(matched.group(1)) == 10, result.stdout[-3000:]
+    hosts = re.findall(r"unknown\[([0-9.]+)\]: SASL PLAIN authentication failed", result.stdout)
+    assert hosts == [OUTSIDER] * 10
