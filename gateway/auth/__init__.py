@@ -7,10 +7,15 @@ the mechanisms (PLAIN, LOGIN) and decides what a login grants.
 Configuration (``[auth]``; a listener offers AUTH with ``auth = "optional"``
 or ``"required"``)::
 
-    backend = "passwd_file"            # or "dovecot" (LDAP: to come)
+    backend = "passwd_file"            # or "dovecot", "ldap"
     passwd_file = "/etc/gateway/passwd" # passwd_file: Dovecot passwd-file or htpasswd lines
     smtpd_sasl_path = "/run/dovecot/auth-client"  # dovecot: its auth-client socket, or "inet:host:port"
     timeout = "10s"                     # dovecot: the longest a check may take (then 454 4.7.0)
+    ldap_url = "ldap://127.0.0.1:389"   # ldap: the server (gateway.auth.ldap), and how to find and check users:
+    ldap_search_base = "ou=people,dc=example,dc=org"
+    ldap_filter = "(mail=%s)"           # %s login, %u its local part, %d its domain (escaped)
+    ldap_bind_dn = ""                   # the search's account ("": anonymous) and its ldap_bind_password
+    ldap_group_filter = "(memberOf=cn=mail-senders,ou=groups,dc=example,dc=org)"  # optional
     failure_limit = 10                  # failed logins per client address and per login within ...
     failure_window = "60s"              # ... this time; past it AUTH gets 454 4.7.0 (gateway.auth.throttle)
     session_failure_limit = 3           # failed logins in one session before it is closed (421 4.7.0)
@@ -29,7 +34,8 @@ from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.pipeline.section import Section
 
-BACKENDS = ("passwd_file", "dovecot")
+BACKENDS = ("passwd_file", "dovecot", "ldap")
+LDAP_KEYS = ("ldap_url", "ldap_search_base", "ldap_filter", "ldap_bind_dn", "ldap_bind_password", "ldap_group_filter")
 
 
 class AuthOutcome(enum.Enum):
@@ -65,6 +71,7 @@ class AuthSettings:
     sender_login_maps: Path | None = None
     sasl_path: str | None = None   # dovecot: socket path or inet:host:port
     timeout: float = 10.0          # dovecot: seconds
+    ldap: dict[str, str] | None = None  # ldap: LDAP_KEYS that are set
     failure_limit: int = 10        # per client key and per login within failure_window; 0: off
     failure_window: float = 60.0   # seconds
     session_failure_limit: int = 3
@@ -79,7 +86,8 @@ class AuthSettings:
         """
         section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
                                                          "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout",
-                                                         "failure_limit", "failure_window", "session_failure_limit"})
+                                                         "failure_limit", "failure_window", "session_failure_limit",
+                                                         *LDAP_KEYS})
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
@@ -102,10 +110,19 @@ class AuthSettings:
             if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ConfigError(section.key("smtpd_sasl_path"), sasl_path,
                                   "inet:host:port, e.g. inet:127.0.0.1:12345")
+        ldap = {key: value for key in LDAP_KEYS if (value := section.text(key))}
+        if backend == "ldap":
+            for key in ("ldap_url", "ldap_search_base"):
+                if key not in ldap:
+                    raise ConfigError(section.key(key), None, "set for backend = \"ldap\"")
+            if not ldap["ldap_url"].startswith(("ldap://", "ldaps://")):
+                raise ConfigError(section.key("ldap_url"), ldap["ldap_url"], "ldap://host:port or ldaps://host:port")
+            ldap.setdefault("ldap_filter", "(mail=%s)")
         return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
                    _path(config, section.text("smtpd_sender_login_maps")), sasl_path,
-                   section.duration("timeout", 10.0), _count(section, "failure_limit", 10, 0),
-                   section.duration("failure_window", 60.0), _count(section, "session_failure_limit", 3, 1))
+                   section.duration("timeout", 10.0), ldap if backend == "ldap" else None,
+                   _count(section, "failure_limit", 10, 0), section.duration("failure_window", 60.0),
+                   _count(section, "session_failure_limit", 3, 1))
 
 
 def _count(section: Section, key: str, default: int, least: int) -> int:
@@ -141,6 +158,13 @@ def build_authenticator(settings: AuthSettings) -> Authenticator:
     Raises:
         ConfigError: naming ``auth.passwd_file`` when the file cannot be read or has a bad line.
     """
+    if settings.backend == "ldap":
+        from gateway.auth.ldap import LdapAuth
+
+        ldap = settings.ldap or {}
+        return LdapAuth(ldap["ldap_url"], ldap["ldap_search_base"], ldap["ldap_filter"],
+                        bind_dn=ldap.get("ldap_bind_dn"), bind_password=ldap.get("ldap_bind_password"),
+                        group_filter=ldap.get("ldap_group_filter"), timeout=settings.timeout)
     if settings.backend == "dovecot":
         from gateway.auth.dovecot import DovecotAuth
 

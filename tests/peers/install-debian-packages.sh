@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs as real peers (clamd, spamd, rspamd, swaks, msmtp, curl,
-# dovecot (its auth service only), fail2ban-regex,
+# dovecot (its auth service only), slapd, fail2ban-regex,
 # iproute2 for the network-namespace tests).
 # Idempotent and quick when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
-PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl msmtp dovecot-core
-          libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban)
+PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl msmtp
+          dovecot-core slapd ldap-utils libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
