@@ -1,7 +1,8 @@
 """SMTP AUTH on a submission (587, STARTTLS) and an implicit-TLS (465) listener, passwd_file back end.
 
-Real clients log in over real TLS handshakes: Python's smtplib, swaks, msmtp
-and curl (Debian packages). The client connects from an address outside mynetworks, so
+Real clients log in over real TLS handshakes: Python's smtplib, swaks, msmtp,
+curl and Postfix's smtp client with smtp_sasl_password_maps (Debian packages).
+The client connects from an address outside mynetworks, so
 only the login can let it relay. The back end is a password file with a hash of
 each scheme it reads.
 """
@@ -19,8 +20,10 @@ from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha512_crypt
 
 from tests.harness.helpers import client_tls, relay_config
 from tests.harness.ports import free_port
+from tests.harness.postfix import PostfixInstance
 
 OUTSIDER = "127.0.0.3"  # not in mynetworks
+FAST_ARGON2 = argon2.using(type="ID", rounds=1, memory_cost=1024)  # cheap parameters: tests, not secrets
 USERS = {"alice@example.com": "alice-secret", "bob": "bob secret with spaces", "carol": "carol-pw",
          "dave@example.com": "dave-pw"}
 
@@ -36,7 +39,7 @@ def passwd_text() -> str:
         f"alice@example.com:{{BLF-CRYPT}}{bcrypt.using(rounds=5).hash(USERS['alice@example.com'])}::::::\n"
         f"bob:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash(USERS['bob'])}\n"
         f"carol:{apr_md5_crypt.hash(USERS['carol'])}\n"
-        f"dave@example.com:{{ARGON2ID}}{argon2.using(type='ID', rounds=1, memory_cost=1024).hash(USERS['dave@example.com'])}\n")
+        f"dave@example.com:{{ARGON2ID}}{FAST_ARGON2.hash(USERS['dave@example.com'])}\n")
 
 
 def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra: str = ""):
@@ -316,3 +319,19 @@ def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_
     assert matched and int(matched.group(1)) == 10, result.stdout[-3000:]
     hosts = re.findall(r"unknown\[([0-9.]+)\]: SASL PLAIN authentication failed", result.stdout)
     assert hosts == [OUTSIDER] * 10
+
+
+def test_postfix_logs_in_with_smtp_sasl_password_maps_and_relays(auth_gateway, sink):
+    port = auth_gateway.ports["submission"]
+    settings = {"relayhost": f"[127.0.0.1]:{port}", "smtp_sasl_auth_enable": "yes",
+                "smtp_sasl_password_maps": "texthash:{folder}/sasl_passwd",
+                "smtp_sasl_security_options": "noanonymous", "smtp_sasl_tls_security_options": "noanonymous",
+                "smtp_tls_security_level": "encrypt", "smtp_bind_address": OUTSIDER}
+    files = {"sasl_passwd": f"[127.0.0.1]:{port} alice@example.com:{USERS['alice@example.com']}\n"}
+    with PostfixInstance(settings, files) as postfix:
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
+            assert client.sendmail("alice@example.com", ["someone@elsewhere.org"],
+                                   b"From: alice@example.com\r\nSubject: via Postfix\r\n\r\nbody\r\n") == {}
+        (message,) = sink.wait_for_messages(1, timeout=60)
+    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+    auth_gateway.wait_for_log(rf"unknown\[{OUTSIDER}\]:\d+: sasl_method=(PLAIN|LOGIN), sasl_username=alice@example.com")

@@ -59,7 +59,8 @@ def test_dovecot_says_who_may_log_in(gateway_factory, sink, dovecot, transport):
         code, text, client = login(gateway, "carol", "carol-pw")
         with client:
             assert (code, text) == (235, b"2.7.0 Authentication successful")
-            assert client.sendmail("carol@example.com", ["friend@elsewhere.org"], b"Subject: dovecot\r\n\r\nx\r\n") == {}
+            assert client.sendmail("carol@example.com", ["friend@elsewhere.org"],
+                                   b"Subject: dovecot\r\n\r\nx\r\n") == {}
         (message,) = sink.wait_for_messages(1)
         assert b"with ESMTPSA id" in message.data
         for user, password in [("carol", "wrong"), ("nobody", "x"), ("closed", "closed-pw"), ("moved", "moved-pw")]:

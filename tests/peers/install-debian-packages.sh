@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs as real peers (clamd, spamd, rspamd, swaks, msmtp, curl,
-# dovecot (its auth service only), slapd, fail2ban-regex,
+# dovecot (its auth service only), slapd, Postfix (a private instance as a client), fail2ban-regex,
 # iproute2 for the network-namespace tests).
 # Idempotent and quick when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
 PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl msmtp
-          dovecot-core slapd ldap-utils libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban)
+          dovecot-core slapd ldap-utils postfix libsasl2-modules libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -18,6 +18,9 @@ if [ ! -x /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
   $SUDO chmod +x /usr/sbin/policy-rc.d
 fi
+# Postfix (a private instance is a test client) without a system configuration of its own
+printf '%s\n' "postfix postfix/main_mailer_type select No configuration" "postfix postfix/mailname string localhost" \
+  | $SUDO debconf-set-selections
 echo "installing Debian packages for the test peers: ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
