@@ -47,7 +47,8 @@ def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra:
     passwd = tmp_path / "passwd"
     passwd.write_text(passwd_text)
     ports = {"submission": free_port(), "smtps": free_port(), "smtp": free_port()}
-    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n{auth_extra}')
+    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n{auth_extra}'
+                                     '[dkim]\ndomains = ["example.com"]\n')
     config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
                'tls = "starttls"\nauth = "required"\n'
                f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
@@ -63,6 +64,14 @@ def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra:
 def auth_gateway(gateway_factory, sink, tmp_path, passwd_text):
     with start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text) as gateway:
         yield gateway
+
+
+def assert_signed_and_esmtpsa(message) -> None:
+    """The relayed message: DKIM-signed for example.com (outbound mail of a login) and received ``with ESMTPSA``."""
+    head = message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    signatures = [line for line in head.split(b"\r\n") if line.startswith(b"DKIM-Signature:")]
+    assert len(signatures) == 1 and b" d=example.com;" in signatures[0], head
+    assert b"with ESMTPSA id" in message.data
 
 
 def submission(gateway) -> smtplib.SMTP:
@@ -83,10 +92,10 @@ def test_each_hash_scheme_logs_in_and_relays_signed_esmtpsa(auth_gateway, sink, 
                                      initial_response_ok=mechanism == "PLAIN")
             assert (code, text) == (235, b"2.7.0 Authentication successful")
             assert client.sendmail("sender@example.com", [f"r{number}@elsewhere.org"],
-                                   f"Subject: {login}\r\n\r\nbody\r\n".encode()) == {}
+                                   f"From: sender@example.com\r\nSubject: {login}\r\n\r\nbody\r\n".encode()) == {}
     messages = sink.wait_for_messages(len(USERS))
     for message in messages:
-        assert b"with ESMTPSA id" in message.data
+        assert_signed_and_esmtpsa(message)
         assert not any(password.encode() in message.data for password in USERS.values())
     auth_gateway.wait_for_log(rf"unknown\[{OUTSIDER}\]:\d+: sasl_method={mechanism}, sasl_username=bob")
 
@@ -207,7 +216,8 @@ def test_swaks_logs_in_and_relays(auth_gateway, sink, listener, tls_option, mech
     assert result.returncode == 0, result.stdout + result.stderr
     assert "235 2.7.0 Authentication successful" in result.stdout
     (message,) = sink.wait_for_messages(1)
-    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+    assert message.rcpt_tos == ["someone@elsewhere.org"]
+    assert_signed_and_esmtpsa(message)
 
 
 def test_a_login_sends_only_as_the_addresses_it_owns(gateway_factory, sink, tmp_path, passwd_text):
@@ -254,7 +264,8 @@ def test_msmtp_logs_in_and_relays(auth_gateway, sink, tmp_path, listener, mechan
         input=MESSAGE.format(subject=f"msmtp {listener} {mechanism}"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     (message,) = sink.wait_for_messages(1)
-    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+    assert message.rcpt_tos == ["someone@elsewhere.org"]
+    assert_signed_and_esmtpsa(message)
 
 
 @pytest.mark.parametrize("listener", ["submission", "smtps"])
@@ -274,7 +285,8 @@ def test_curl_logs_in_and_relays(auth_gateway, sink, tmp_path, listener, mechani
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     (message,) = sink.wait_for_messages(1)
-    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+    assert message.rcpt_tos == ["someone@elsewhere.org"]
+    assert_signed_and_esmtpsa(message)
 
 
 def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_gateway, tmp_path):
@@ -333,5 +345,6 @@ def test_postfix_logs_in_with_smtp_sasl_password_maps_and_relays(auth_gateway, s
             assert client.sendmail("alice@example.com", ["someone@elsewhere.org"],
                                    b"From: alice@example.com\r\nSubject: via Postfix\r\n\r\nbody\r\n") == {}
         (message,) = sink.wait_for_messages(1, timeout=60)
-    assert message.rcpt_tos == ["someone@elsewhere.org"] and b"with ESMTPSA id" in message.data
+    assert message.rcpt_tos == ["someone@elsewhere.org"]
+    assert_signed_and_esmtpsa(message)
     auth_gateway.wait_for_log(rf"unknown\[{OUTSIDER}\]:\d+: sasl_method=(PLAIN|LOGIN), sasl_username=alice@example.com")

@@ -8,8 +8,10 @@ it with ``service=smtp``, the client's ``rip``, the listener's ``lip`` and
 from __future__ import annotations
 
 import base64
+import shutil
 import smtplib
 import socket
+import subprocess
 
 import pytest
 from passlib.hash import sha512_crypt
@@ -88,3 +90,20 @@ def test_a_dovecot_that_is_down_or_mute_gives_454_never_535(gateway_factory, sin
                 gateway.wait_for_log(r"error: auth: Dovecot auth service .* did not answer")
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_logs_in_and_the_mail_goes_out_signed(gateway_factory, sink, dovecot, mechanism):
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is installed by make test-peers"
+    backend = dovecot.socket_path
+    with start_gateway(gateway_factory, sink, str(backend), '[dkim]\ndomains = ["example.com", "example.org"]\n') \
+            as gateway:
+        result = subprocess.run(
+            [swaks, "--server", "127.0.0.1", "--port", str(gateway.submission_port), "--tls",
+             "--local-interface", OUTSIDER, "--auth", mechanism, "--auth-user", "carol", "--auth-password", "carol-pw",
+             "--from", "carol@example.com", "--to", "someone@elsewhere.org"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        (message,) = sink.wait_for_messages(1)
+    assert b"with ESMTPSA id" in message.data and b"DKIM-Signature: v=1; a=rsa-sha256;" in message.data
