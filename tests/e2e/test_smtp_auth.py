@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha512_crypt
 
-from tests.harness.helpers import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
 from tests.harness.ports import free_port
 from tests.harness.postfix import PostfixInstance
 
@@ -205,14 +205,10 @@ def test_an_edited_password_file_applies_without_a_reload(auth_gateway, passwd_t
 @pytest.mark.parametrize(("listener", "tls_option"), [("submission", "--tls"), ("smtps", "--tlsc")])
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_logs_in_and_relays(auth_gateway, sink, listener, tls_option, mechanism):
-    swaks = shutil.which("swaks")
-    assert swaks, "swaks is installed by make test-peers (tests/peers/install-debian-packages.sh)"
-    result = subprocess.run(
-        [swaks, "--server", "127.0.0.1", "--port", str(auth_gateway.ports[listener]), tls_option,
-         "--local-interface", OUTSIDER, "--auth", mechanism, "--auth-user", "alice@example.com",
-         "--auth-password", USERS["alice@example.com"], "--from", "alice@example.com",
-         "--to", "someone@elsewhere.org", "--header", f"Subject: swaks {listener} {mechanism}"],
-        capture_output=True, text=True, timeout=60)
+    result = swaks_login_and_send(auth_gateway.ports[listener], mechanism=mechanism, user="alice@example.com",
+                                  password=USERS["alice@example.com"], sender="alice@example.com",
+                                  recipient="someone@elsewhere.org", source=OUTSIDER, tls_option=tls_option,
+                                  subject=f"swaks {listener} {mechanism}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "235 2.7.0 Authentication successful" in result.stdout
     (message,) = sink.wait_for_messages(1)

@@ -8,16 +8,14 @@ it with ``service=smtp``, the client's ``rip``, the listener's ``lip`` and
 from __future__ import annotations
 
 import base64
-import shutil
 import smtplib
 import socket
-import subprocess
 
 import pytest
 from passlib.hash import sha512_crypt
 
 from tests.harness.dovecot import DovecotAuthServer
-from tests.harness.helpers import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
 from tests.harness.ports import free_port
 
 OUTSIDER = "127.0.0.3"  # not in mynetworks
@@ -94,16 +92,10 @@ def test_a_dovecot_that_is_down_or_mute_gives_454_never_535(gateway_factory, sin
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_logs_in_and_the_mail_goes_out_signed(gateway_factory, sink, dovecot, mechanism):
-    swaks = shutil.which("swaks")
-    assert swaks, "swaks is installed by make test-peers"
-    backend = dovecot.socket_path
-    with start_gateway(gateway_factory, sink, str(backend), '[dkim]\ndomains = ["example.com", "example.org"]\n') \
-            as gateway:
-        result = subprocess.run(
-            [swaks, "--server", "127.0.0.1", "--port", str(gateway.submission_port), "--tls",
-             "--local-interface", OUTSIDER, "--auth", mechanism, "--auth-user", "carol", "--auth-password", "carol-pw",
-             "--from", "carol@example.com", "--to", "someone@elsewhere.org"],
-            capture_output=True, text=True, timeout=60)
+    signing = '[dkim]\ndomains = ["example.com", "example.org"]\n'
+    with start_gateway(gateway_factory, sink, str(dovecot.socket_path), signing) as gateway:
+        result = swaks_login_and_send(gateway.submission_port, mechanism=mechanism, user="carol", password="carol-pw",
+                                      sender="carol@example.com", recipient="someone@elsewhere.org", source=OUTSIDER)
         assert result.returncode == 0, result.stdout + result.stderr
         (message,) = sink.wait_for_messages(1)
     assert b"with ESMTPSA id" in message.data and b"DKIM-Signature: v=1; a=rsa-sha256;" in message.data

@@ -10,14 +10,12 @@ does not answer gives ``454`` (never ``535``).
 from __future__ import annotations
 
 import base64
-import shutil
 import smtplib
 import socket
-import subprocess
 
 import pytest
 
-from tests.harness.helpers import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
 from tests.harness.ports import free_port
 from tests.harness.slapd import SENDERS_GROUP, SlapdServer
 
@@ -90,17 +88,11 @@ def test_an_ldap_server_that_is_down_or_mute_gives_454(gateway_factory, sink, tm
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_swaks_logs_in_and_the_mail_goes_out_signed(gateway_factory, sink, slapd, mechanism):
-    swaks = shutil.which("swaks")
-    assert swaks, "swaks is installed by make test-peers"
-    backend = slapd.url
-    with start_gateway(gateway_factory, sink, str(backend), '[dkim]\ndomains = ["example.com", "example.org"]\n') \
-            as gateway:
-        result = subprocess.run(
-            [swaks, "--server", "127.0.0.1", "--port", str(gateway.submission_port), "--tls",
-             "--local-interface", OUTSIDER, "--auth", mechanism, "--auth-user", "ann@example.org",
-             "--auth-password", "ann-pw",
-             "--from", "ann@example.org", "--to", "someone@elsewhere.org"],
-            capture_output=True, text=True, timeout=60)
+    signing = '[dkim]\ndomains = ["example.com", "example.org"]\n'
+    with start_gateway(gateway_factory, sink, str(slapd.url), signing) as gateway:
+        result = swaks_login_and_send(gateway.submission_port, mechanism=mechanism, user="ann@example.org",
+                                      password="ann-pw",
+                                      sender="ann@example.org", recipient="someone@elsewhere.org", source=OUTSIDER)
         assert result.returncode == 0, result.stdout + result.stderr
         (message,) = sink.wait_for_messages(1)
     assert b"with ESMTPSA id" in message.data and b"DKIM-Signature: v=1; a=rsa-sha256;" in message.data

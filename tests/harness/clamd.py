@@ -20,7 +20,6 @@ import atexit
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from typing import Self
 import pytest
 
 from tests.harness.ports import free_port
+from tests.harness.processes import terminate
 
 CLAMD_BINARY = Path("/usr/sbin/clamd")
 SETPRIV = Path("/usr/bin/setpriv")  # util-linux
@@ -185,14 +185,7 @@ class ClamdDaemon:
     def stop(self) -> None:
         """SIGTERM our clamd, wait up to ``stop_timeout`` seconds, then SIGKILL it."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=self.stop_timeout)
+        terminate(process, self.stop_timeout)
 
     def close(self) -> None:
         """Stop clamd and remove its folder."""

@@ -12,7 +12,6 @@ slow the tests.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from tests.harness.ports import free_port
+from tests.harness.processes import terminate
 
 DOVECOT = Path("/usr/sbin/dovecot")
 
@@ -101,13 +101,7 @@ service anvil {{
 
     def stop(self) -> None:
         """SIGTERM the master (by its PID) and wait for it; SIGKILL after 10 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
     def log_text(self) -> str:
         try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import socket
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -111,3 +113,16 @@ class DataSession:
         self.reader.close()
         self.sock.close()
         return reply
+
+
+def swaks_login_and_send(port: int, *, mechanism: str, user: str, password: str, sender: str, recipient: str,
+                         source: str = "127.0.0.1", tls_option: str = "--tls",
+                         subject: str = "swaks") -> subprocess.CompletedProcess[str]:
+    """Send one message with swaks after ``AUTH mechanism`` (``tls_option``: ``--tls`` STARTTLS, ``--tlsc`` 465)."""
+    swaks = shutil.which("swaks")
+    assert swaks, "swaks is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+    return subprocess.run(
+        [swaks, "--server", "127.0.0.1", "--port", str(port), tls_option, "--local-interface", source,
+         "--auth", mechanism, "--auth-user", user, "--auth-password", password, "--from", sender,
+         "--to", recipient, "--header", f"Subject: {subject}"],
+        capture_output=True, text=True, timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.harness.ports import free_port
+from tests.harness.processes import terminate
 
 BINARY = Path("/usr/bin/prometheus")
 
@@ -86,13 +86,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """SIGTERM by PID, then remove its folder."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process, 20)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> PrometheusServer:

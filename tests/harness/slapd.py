@@ -11,7 +11,6 @@ port of 127.0.0.1 (stopped by its own PID), and adds the tree with
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Self
 
 from tests.harness.ports import free_port
+from tests.harness.processes import terminate
 
 SLAPD = Path("/usr/sbin/slapd")
 LDAPADD = Path("/usr/bin/ldapadd")
@@ -89,13 +89,7 @@ overlay memberof
 
     def stop(self) -> None:
         """SIGTERM slapd (by its PID) and wait; SIGKILL after 10 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
 
     def __enter__(self) -> Self:
         self.start()
