@@ -8,7 +8,8 @@ matches nothing it should not) must find exactly one entry; a simple bind as
 that entry's DN with the given password must succeed; and, when
 ``ldap_group_filter`` is set (e.g.
 ``(memberOf=cn=mail-senders,ou=groups,dc=example,dc=org)``), the entry, read
-with the user's own bind, must match it.
+with the user's own bind, must match it. An unknown login still costs a bind
+(as a DN that does not exist), so it takes as long to refuse as a wrong password.
 
 An empty password is refused before any bind: an LDAP simple bind with a DN
 and no password is an anonymous bind that "succeeds" (RFC 4513 §5.1.2). A
@@ -92,10 +93,17 @@ class LdapAuth:
                 service.search(self.search_base, user_filter(self.filter_template, login), SUBTREE,
                                attributes=[], size_limit=2)
                 found = [entry["dn"] for entry in service.response or [] if entry.get("type") == "searchResEntry"]
-            if len(found) != 1:
-                if len(found) > 1:
-                    log.error("auth: LDAP filter %s finds more than one entry for %r: refused",
-                              self.filter_template, login)
+            if len(found) > 1:
+                log.error("auth: LDAP filter %s finds more than one entry for %r: refused", self.filter_template, login)
+                return AuthOutcome.FAIL
+            if not found:
+                # a bind that must fail, so that an unknown login takes as long as a wrong password
+                decoy = Connection(server, user=f"cn=no such user,{self.search_base}", password=password,
+                                   receive_timeout=self.timeout, raise_exceptions=False)
+                try:
+                    decoy.bind()
+                finally:
+                    decoy.unbind()
                 return AuthOutcome.FAIL
             user = Connection(server, user=found[0], password=password, receive_timeout=self.timeout,
                               raise_exceptions=False)
