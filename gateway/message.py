@@ -168,8 +168,10 @@ def header_end(raw: bytes | FileText) -> int:
 
     A message that starts with the blank line has an empty header section (offset 2, or 1 for a bare LF).
     """
-    if raw[:1] == b"\n" or raw[:2] == b"\r\n":
-        return 1 if raw[:1] == b"\n" else 2
+    if raw[:1] == b"\n":
+        return 1
+    if raw[:2] == b"\r\n":
+        return 2
     match = _HEADER_END.search(raw)
     return match.end() if match else len(raw)
 
@@ -177,25 +179,26 @@ def header_end(raw: bytes | FileText) -> int:
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
-def header_has_bare_cr(raw: bytes | FileText) -> bool:
+def header_has_bare_cr(raw: bytes | FileText, end: int | None = None) -> bool:
     """True when the header section has a CR not followed by LF (RFC 5322 §2.2 allows CR only in CRLF).
 
-    The relay client sends such a CR as a line end
-    (:func:`crlf_line_ends`), so inside a header field it would start a new
-    field at the next hop that no check here has seen.
+    ``end`` is :func:`header_end` of ``raw`` when the caller has it already. The
+    relay client sends such a CR as a line end (:func:`crlf_line_ends`), so inside
+    a header field it would start a new field at the next hop that no check here has seen.
     """
-    return _BARE_CR.search(raw, 0, header_end(raw)) is not None
+    return _BARE_CR.search(raw, 0, header_end(raw) if end is None else end) is not None
 
 
 _RECEIVED_FIELD = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
-def received_count(raw: bytes | FileText) -> int:
+def received_count(raw: bytes | FileText, end: int | None = None) -> int:
     """Number of ``Received:`` fields in the header section (the hop count, RFC 5321 §6.3).
 
-    Counted in place with one pattern, without splitting the header section into lines.
+    Counted in place with one pattern, without splitting the header section into
+    lines; ``end`` is :func:`header_end` of ``raw`` when the caller has it already.
     """
-    return sum(1 for _ in _RECEIVED_FIELD.finditer(raw, 0, header_end(raw)))
+    return sum(1 for _ in _RECEIVED_FIELD.finditer(raw, 0, header_end(raw) if end is None else end))
 
 
 def raw_fields(raw: bytes | FileText) -> Iterator[bytes]:

@@ -121,15 +121,8 @@ class AuthSettings:
         return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
                    _path(config, section.text("smtpd_sender_login_maps")), sasl_path,
                    section.duration("timeout", 10.0), ldap if backend == "ldap" else None,
-                   _count(section, "failure_limit", 10, 0), section.duration("failure_window", 60.0),
-                   _count(section, "session_failure_limit", 3, 1))
-
-
-def _count(section: Section, key: str, default: int, least: int) -> int:
-    value = section.table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ConfigError(section.key(key), value, f"a whole number, at least {least}")
-    return value
+                   section.whole_number("failure_limit", 10), section.duration("failure_window", 60.0),
+                   section.whole_number("session_failure_limit", 3, least=1))
 
 
 def passwd_file_path(config: Config) -> Path:

@@ -57,7 +57,7 @@ class SenderLogins:
             self.owners[key.lower()] = names
 
     def lookup(self, address: str) -> frozenset[str] | None:
-        """The logins owning ``address``: the entry of ``user@domain``, else ``user``, else ``@domain``; None if none."""
+        """The logins owning ``address``: the entry of ``user@domain``, else ``user``, else ``@domain`` (or None)."""
         address = address.lower()
         local, at, domain = address.rpartition("@")
         keys = (address, local, "@" + domain) if at else (address,)

@@ -57,6 +57,13 @@ class Section:
             raise ConfigError(self.key(key), value, "a number")
         return float(value)
 
+    def whole_number(self, key: str, default: int, least: int = 0) -> int:
+        """An integer of at least ``least`` (a bool is not one)."""
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(self.key(key), value, f"a whole number, at least {least}")
+        return value
+
     def flag(self, key: str, default: bool) -> bool:
         """A boolean."""
         value = self.table.get(key, default)

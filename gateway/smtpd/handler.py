@@ -24,7 +24,7 @@ from gateway import reply as replies
 from gateway.addresses import split_mailbox
 from gateway.config import Config
 from gateway.envelope import Direction, Envelope
-from gateway.message import header_has_bare_cr, received_count
+from gateway.message import header_end, header_has_bare_cr, received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
@@ -166,7 +166,8 @@ class SmtpHandler:
         """Check the sender and start a transaction; the queue ID is assigned here."""
         ctx = self._ctx(server)
         sender = "" if address == "<>" else address
-        if ctx.client.auth_user is None and self.auth_mode() == "required":
+        # the listener lookup only where [auth] is configured: most gateways have no AUTH at all
+        if ctx.client.auth_user is None and self.pipelines.auth is not None and self.auth_mode() == "required":
             return refuse("mail", replies.AUTH_REQUIRED, reason="auth_required", client=ctx.client.describe(),
                           sender=sender, helo=ctx.client.helo)
         if sender:
@@ -244,12 +245,13 @@ class SmtpHandler:
         recipients = list(ctx.envelope.recipients)
         summary = transaction_summary(ctx, len(content))
         # Ours included, as Postfix's cleanup counts them (hopcount_limit): a mail loop ends here.
-        hops = received_count(content) + 1
+        head_end = header_end(content)  # found once for both header checks of this message
+        hops = received_count(content, head_end) + 1
         if hops >= self.config.hopcount_limit:
             return refuse("data", replies.TOO_MANY_HOPS, reason="hopcount", client=ctx.client.describe(),
                           summary=summary,
                           detail=f"{hops} Received fields with ours, limit {self.config.hopcount_limit}")
-        if header_has_bare_cr(content):
+        if header_has_bare_cr(content, head_end):
             # Sent on as a line end, it would split a field in two downstream: a header no check saw.
             return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
                           summary=summary)

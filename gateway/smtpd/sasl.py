@@ -66,7 +66,7 @@ async def _response(server: GatewaySMTP, challenge: bytes) -> bytes:
     """Send ``334 <base64 challenge>`` and return the client's decoded answer.
 
     Raises:
-        _Cancelled: after replying to ``*`` (501 5.0.0) or to an answer that is
+        _Cancelled: after replying to ``*`` (501 5.7.0) or to an answer that is
             not base64 (501 5.5.2), or when the connection closed.
     """
     await server.push(replies.auth_challenge(challenge))
@@ -171,15 +171,15 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
             await server.push(str(cancelled.args[0]))
         metrics.AUTH_ATTEMPTS.labels(mechanism, "cancelled").inc()
         return
-    login = credentials[0][:_MAX_FIELD] if credentials is not None else None
+    if credentials is not None and max(map(len, credentials)) > _MAX_FIELD:
+        credentials = None  # not a login: an attack
+    login, password = credentials if credentials is not None else ("", "")
     if login and throttle.login_blocked(login):
         await _throttled(server, "login", f"login {login!r}", settings)
         return
     outcome = AuthOutcome.FAIL
-    if credentials is not None:
-        password = credentials[1]
-        if login and password and len(credentials[0]) <= _MAX_FIELD and len(password) <= _MAX_FIELD:
-            outcome = await authenticator.verify(login, password, _auth_client(server))
+    if login and password:
+        outcome = await authenticator.verify(login, password, _auth_client(server))
     metrics.AUTH_ATTEMPTS.labels(mechanism, outcome.value).inc()
     if outcome is AuthOutcome.OK:
         client.auth_user = login
@@ -194,7 +194,7 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
         return
     # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
     log.warning("unknown[%s]: SASL %s authentication failed: authentication failure", client.address, mechanism)
-    throttle.failed(key, login)
+    throttle.failed(key, login or None)
     server.auth_failures += 1
     if server.auth_failures >= settings.session_failure_limit:
         await server.push(str(replies.AUTH_TOO_MANY_FAILURES))

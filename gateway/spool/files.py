@@ -13,7 +13,7 @@ import functools
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 from gateway.message import FileSpan, FileText, MessageText, message_parts
 
@@ -21,19 +21,26 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @functools.cache
-def _libc() -> Any:
-    import ctypes  # imported late: only spool_sync_method = "syncfs" needs it (and ctypes weighs 0.4 MB)
+def _syncfs_call() -> Callable[[int], int]:
+    """libc's syncfs(2) as ``call(fd) -> errno`` (0: done).
 
-    return ctypes.CDLL(None, use_errno=True)
+    Made at the first call: ctypes (0.4 MB) is loaded only where ``spool_sync_method = "syncfs"``.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def call(fd: int) -> int:
+        return 0 if libc.syncfs(fd) == 0 else ctypes.get_errno()
+
+    return call
 
 
 def syncfs(fd: int) -> None:
     # syncfs(2): write back and wait for everything of this file system, then commit its journal;
     # since Linux 5.8 it reports writeback errors that happened since the fd was opened.
-    if _libc().syncfs(fd) != 0:
-        import ctypes
-
-        code = ctypes.get_errno()
+    code = _syncfs_call()(fd)
+    if code:
         raise OSError(code, os.strerror(code))
 
 

@@ -99,6 +99,9 @@ def test_auth_settings_need_a_back_end_when_a_listener_offers_auth(tmp_path: Pat
     ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1:99999"}, "auth.smtpd_sasl_path"),
     ({"backend": "dovecot", "smtpd_sasl_path": "/run/dovecot/auth-client", "timeout": "soon"}, "auth.timeout"),
     ({"backend": "passwd_file", "passwd_file": "p", "colour": "blue"}, "auth.colour"),
+    ({"backend": "passwd_file", "passwd_file": "p", "session_failure_limit": 0}, "auth.session_failure_limit"),
+    ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": True}, "auth.failure_limit"),
+    ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": 2.5}, "auth.failure_limit"),
 ])
 def test_dovecot_settings_are_checked(tmp_path: Path, auth: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as raised:
