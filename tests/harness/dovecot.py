@@ -11,21 +11,19 @@ slow the tests.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 from tests.harness.ports import free_port
-from tests.harness.processes import terminate
+from tests.harness.processes import FolderDaemon, terminate
 
 DOVECOT = Path("/usr/sbin/dovecot")
 
 
-class DovecotAuthServer:
+class DovecotAuthServer(FolderDaemon):
     """One Dovecot auth service; ``with DovecotAuthServer(passwd_lines) as dovecot: ...``.
 
     Attributes:
@@ -103,19 +101,6 @@ service anvil {{
         """SIGTERM the master (by its PID) and wait for it; SIGKILL after 10 s."""
         terminate(self.process)
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _port_open(port: int) -> bool:

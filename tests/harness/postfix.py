@@ -19,9 +19,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 from tests.harness.ports import free_port
+from tests.harness.processes import FolderDaemon
 
 POSTFIX = Path("/usr/sbin/postfix")
 SCRIPT = shutil.which("script") or "/usr/bin/script"  # util-linux: postfix reports errors only to a terminal
@@ -50,7 +50,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-class PostfixInstance:
+class PostfixInstance(FolderDaemon):
     """``with PostfixInstance({"relayhost": "[127.0.0.1]:2587", ...}) as postfix: ...``; mail goes in at ``port``.
 
     Args:
@@ -61,15 +61,15 @@ class PostfixInstance:
 
     def __init__(self, settings: dict[str, str], files: dict[str, str] | None = None) -> None:
         assert POSTFIX.exists(), "postfix is installed by make test-peers"
-        self.base = Path(tempfile.mkdtemp(prefix="postfix-"))
-        self.base.chmod(0o755)
-        self.config_dir, self.queue_dir = self.base / "etc", self.base / "queue"
-        self.data_dir, self.log_path = self.base / "data", self.base / "postfix.log"
+        self.folder = Path(tempfile.mkdtemp(prefix="postfix-"))
+        self.folder.chmod(0o755)
+        self.config_dir, self.queue_dir = self.folder / "etc", self.folder / "queue"
+        self.data_dir, self.log_path = self.folder / "data", self.folder / "postfix.log"
         for path in (self.config_dir, self.queue_dir, self.data_dir):
             path.mkdir()
         shutil.chown(self.data_dir, "postfix")
         for name, text in (files or {}).items():
-            path = self.base / name
+            path = self.folder / name
             path.write_text(text)
             path.chmod(0o600)
             shutil.chown(path, "postfix")
@@ -78,12 +78,12 @@ class PostfixInstance:
                 "queue_directory": str(self.queue_dir), "data_directory": str(self.data_dir),
                 "meta_directory": "/etc/postfix", "mail_owner": "postfix", "setgid_group": "postdrop",
                 "syslog_name": "postfix-test", "maillog_file": str(self.log_path),
-                "maillog_file_prefixes": str(self.base), "myhostname": "postfix.test", "mydomain": "localhost",
+                "maillog_file_prefixes": str(self.folder), "myhostname": "postfix.test", "mydomain": "localhost",
                 "mydestination": "", "local_recipient_maps": "", "alias_maps": "", "alias_database": "",
                 "local_transport": "error:local delivery is disabled", "inet_interfaces": "127.0.0.1",
                 "inet_protocols": "ipv4", "mynetworks": "127.0.0.0/8", "smtpd_tls_security_level": "none",
                 "biff": "no"}
-        main.update({key: value.replace("{folder}", str(self.base)) for key, value in settings.items()})
+        main.update({key: value.replace("{folder}", str(self.folder)) for key, value in settings.items()})
         (self.config_dir / "main.cf").write_text("".join(f"{key} = {value}\n" for key, value in main.items()))
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(port=self.port))
 
@@ -126,17 +126,3 @@ class PostfixInstance:
             time.sleep(0.1)
         if self.master_pid() is not None:
             os.kill(pid, signal.SIGKILL)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)

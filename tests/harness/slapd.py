@@ -10,15 +10,13 @@ port of 127.0.0.1 (stopped by its own PID), and adds the tree with
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 from tests.harness.ports import free_port
-from tests.harness.processes import terminate
+from tests.harness.processes import FolderDaemon, terminate
 
 SLAPD = Path("/usr/sbin/slapd")
 LDAPADD = Path("/usr/bin/ldapadd")
@@ -28,7 +26,7 @@ ROOT_PASSWORD = "admin-pw"
 SENDERS_GROUP = f"cn=mail-senders,ou=groups,{SUFFIX}"
 
 
-class SlapdServer:
+class SlapdServer(FolderDaemon):
     """``with SlapdServer({"ann": ("ann@example.org", "pw", True), ...}) as ldap: ...``.
 
     Args:
@@ -42,6 +40,7 @@ class SlapdServer:
         assert SLAPD.exists() and LDAPADD.exists(), "slapd and ldap-utils are installed by make test-peers"
         self.folder = Path(tempfile.mkdtemp(prefix="slapd-"))
         (self.folder / "db").mkdir()
+        self.log_path = self.folder / "slapd.log"
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.config = self.folder / "slapd.conf"
@@ -73,9 +72,9 @@ overlay memberof
 
     def start(self) -> None:
         """Run slapd, wait (at most 20 s) until it answers, add the tree."""
-        self.process = subprocess.Popen([str(SLAPD), "-d", "0", "-f", str(self.config), "-h", self.url + "/"],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([str(SLAPD), "-d", "0", "-f", str(self.config), "-h", self.url + "/"],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 20
         while True:
             added = subprocess.run([str(LDAPADD), "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD],
@@ -84,17 +83,9 @@ overlay memberof
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"slapd did not take the test tree: {added.stderr}")
+                raise RuntimeError(f"slapd did not take the test tree: {added.stderr} {self.log_text()[-2000:]}")
             time.sleep(0.1)
 
     def stop(self) -> None:
         """SIGTERM slapd (by its PID) and wait; SIGKILL after 10 s."""
         terminate(self.process)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
