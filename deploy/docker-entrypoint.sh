@@ -9,13 +9,14 @@
 #
 #   docker run IMAGE                  -> gateway --config /etc/gateway/gateway.toml run
 #   docker run IMAGE queue list       -> gateway --config /etc/gateway/gateway.toml queue list
+#   docker run -i IMAGE passwd USER   -> gateway --config /etc/gateway/gateway.toml passwd USER
 #   docker run IMAGE sh               -> sh (any other command runs as given)
 set -eu
 
 CONFIG=/etc/gateway/gateway.toml
 
 case "${1:-run}" in
-    run|check-config|queue|dkim|dns-check|health|-*) ;;
+    run|check-config|queue|dkim|dns-check|health|passwd|-*) ;;
     *) exec "$@" ;;
 esac
 

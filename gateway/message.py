@@ -201,12 +201,13 @@ def received_count(raw: bytes | FileText, end: int | None = None) -> int:
     return sum(1 for _ in _RECEIVED_FIELD.finditer(raw, 0, header_end(raw) if end is None else end))
 
 
-def raw_fields(raw: bytes | FileText) -> Iterator[bytes]:
+def raw_fields(raw: bytes | FileText, end: int | None = None) -> Iterator[bytes]:
     """The header section's fields as raw bytes, each with its continuation lines and line ending.
 
     A leading line that is not a field (an mbox ``From `` line) comes as one item too.
+    ``end`` is :func:`header_end` of ``raw`` when the caller has it already.
     """
-    end = header_end(raw)
+    end = header_end(raw) if end is None else end
     current = b""
     for line in raw[:end].splitlines(keepends=True):
         if line.strip() == b"":

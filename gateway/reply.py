@@ -169,6 +169,12 @@ def sender_not_owned(address: str, login: str) -> Reply:
     return Reply(553, "5.7.1", f"<{address}>: Sender address rejected: not owned by user {login}")
 
 
+def author_not_owned(address: str, login: str) -> Reply:
+    """A ``From:`` address the login does not own (``[auth] check_from_header``, maddy's ``authorize_sender``)."""
+    shown = f"<{address}>" if address else "<>"
+    return Reply(550, "5.7.1", f"{shown}: From: header address rejected: not owned by user {login}")
+
+
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -21,6 +21,7 @@ or ``"required"``)::
     session_failure_limit = 3           # failed logins in one session before it is closed (421 4.7.0)
     smtpd_tls_auth_only = true          # AUTH offered and taken only inside TLS (Postfix's name)
     smtpd_sender_login_maps = "/etc/gateway/sender_logins"  # who may send as whom (gateway.auth.sender_logins)
+    check_from_header = false           # hold the From: addresses to that table too (maddy's authorize_sender)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class AuthSettings:
     failure_limit: int = 10        # per client key and per login within failure_window; 0: off
     failure_window: float = 60.0   # seconds
     session_failure_limit: int = 3
+    check_from_header: bool = False  # hold From: to smtpd_sender_login_maps too
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings | None:
@@ -87,7 +89,7 @@ class AuthSettings:
         section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
                                                          "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout",
                                                          "failure_limit", "failure_window", "session_failure_limit",
-                                                         *LDAP_KEYS})
+                                                         "check_from_header", *LDAP_KEYS})
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
@@ -118,11 +120,16 @@ class AuthSettings:
             if not ldap["ldap_url"].startswith(("ldap://", "ldaps://")):
                 raise ConfigError(section.key("ldap_url"), ldap["ldap_url"], "ldap://host:port or ldaps://host:port")
             ldap.setdefault("ldap_filter", "(mail=%s)")
+        sender_login_maps = section.text("smtpd_sender_login_maps")
+        check_from_header = section.flag("check_from_header", False)
+        if check_from_header and not sender_login_maps:
+            raise ConfigError(section.key("check_from_header"), True,
+                              "false, or smtpd_sender_login_maps set: it names who owns which From: address")
         return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
-                   _path(config, section.text("smtpd_sender_login_maps")), sasl_path,
+                   _path(config, sender_login_maps), sasl_path,
                    section.duration("timeout", 10.0), ldap if backend == "ldap" else None,
                    section.whole_number("failure_limit", 10), section.duration("failure_window", 60.0),
-                   section.whole_number("session_failure_limit", 3, least=1))
+                   section.whole_number("session_failure_limit", 3, least=1), check_from_header)
 
 
 def passwd_file_path(config: Config) -> Path:

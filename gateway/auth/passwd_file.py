@@ -11,7 +11,10 @@ logins compare exactly (Dovecot's default).
 The file is read at start (a bad line is a configuration error naming the
 line) and again when its size, time or inode change, checked at each login,
 so ``htpasswd`` and ``gateway passwd`` edits apply without a reload; a re-read
-that fails keeps the users read before, with an error in the log.
+that fails keeps the users read before, with an error in the log. A file that
+does not exist yet is an empty one, with an error in the log at start and at
+each login (as Dovecot's passwd-file): a new deployment starts, and its first
+``gateway passwd USER`` makes the file.
 
 A hash check takes tens of milliseconds by design (bcrypt, argon2): it runs
 in a thread, never on the event loop. An unknown login is checked against a
@@ -96,17 +99,24 @@ class PasswdFile:
         path: the file (``auth.passwd_file``).
 
     Raises:
-        ConfigError: naming ``auth.passwd_file`` when the file cannot be read or a line is bad.
+        ConfigError: naming ``auth.passwd_file`` when the file exists but cannot be read, or a line is bad.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # one re-read at a time; checks run in several threads
+        self._users: dict[str, str] = {}
+        self._stamp: tuple[int, int, int] | None = None
         try:
             self._stamp = self._file_stamp()
             self._users = read_users(path)
+        except FileNotFoundError:
+            self._log_missing()
         except (OSError, ValueError) as error:
             raise ConfigError("auth.passwd_file", str(path), f"a readable password file ({error})") from None
+
+    def _log_missing(self) -> None:
+        log.error("auth: %s does not exist: no user can log in until `gateway passwd USER` adds one", self.path)
 
     def _file_stamp(self) -> tuple[int, int, int]:
         status = os.stat(self.path)
@@ -120,6 +130,9 @@ class PasswdFile:
                     self._users, self._stamp = read_users(self.path), stamp
                     log.info("auth: %s read again: %d users", self.path, len(self._users))
             except (OSError, ValueError) as error:
+                if self._stamp is None and isinstance(error, FileNotFoundError):
+                    self._log_missing()
+                    return self._users
                 log.error("auth: %s cannot be read again, keeping the %d users read before: %s",
                           self.path, len(self._users), error)
             return self._users

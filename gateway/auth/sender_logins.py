@@ -18,13 +18,21 @@ owns; any other address (one listed for other logins, or not listed at all) is
 refused ``553 5.7.1 <addr>: Sender address rejected: not owned by user
 <login>``. The null sender ``<>`` is not checked (bounces), as in Postfix. The
 table is read at start and on reload (SIGHUP).
+
+With ``[auth] check_from_header = true`` (maddy's ``authorize_sender`` with
+``check_header``) the addresses of the message's ``From:`` field are held to the
+same table at DATA: each must be owned by the login, and a ``From:`` with no
+address is refused too, so a login cannot show its readers an author it does
+not own while sending as its own envelope address.
 """
 
 from __future__ import annotations
 
+import email.utils
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.message import FileText, field_name, field_value, raw_fields
 
 
 class SenderLogins:
@@ -32,14 +40,16 @@ class SenderLogins:
 
     Args:
         path: the table (``auth.smtpd_sender_login_maps``).
+        check_from_header: hold the ``From:`` addresses to the table too (:meth:`unowned_author`).
 
     Raises:
         ConfigError: naming ``auth.smtpd_sender_login_maps`` when the file cannot
             be read or a line has a key without logins.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check_from_header: bool = False) -> None:
         self.path = path
+        self.check_from_header = check_from_header
         self.owners: dict[str, frozenset[str]] = {}
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
@@ -72,3 +82,17 @@ class SenderLogins:
             return True
         owners = self.lookup(address)
         return owners is not None and login.lower() in owners
+
+    def unowned_author(self, login: str, raw: bytes | FileText, end: int) -> str | None:
+        """The first ``From:`` address of the message ``raw`` that ``login`` does not own, else None.
+
+        ``end`` is the header section's end (:func:`gateway.message.header_end`).
+        Every ``From:`` field counts (RFC 5322 allows one, with several
+        addresses); a message whose ``From:`` fields give no address returns
+        ``""``, refused as the null address.
+        """
+        authors = [address for field in raw_fields(raw, end) if field_name(field) == "from"
+                   for _, address in email.utils.getaddresses([field_value(field)]) if "@" in address]
+        if not authors:
+            return ""
+        return next((address for address in authors if not self.owns(login, address)), None)

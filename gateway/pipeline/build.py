@@ -177,4 +177,5 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
     return Pipelines(access=Pipeline([REGISTRY[RELAY_ACCESS](config)]), inbound=Pipeline(entries("inbound")),
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
                      signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None,
-                     sender_logins=SenderLogins(auth.sender_login_maps) if auth and auth.sender_login_maps else None)
+                     sender_logins=(SenderLogins(auth.sender_login_maps, auth.check_from_header)
+                                    if auth and auth.sender_login_maps else None))

@@ -255,6 +255,12 @@ class SmtpHandler:
             # Sent on as a line end, it would split a field in two downstream: a header no check saw.
             return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
                           summary=summary)
+        owners, login = self.pipelines.sender_logins, ctx.client.auth_user
+        if login is not None and owners is not None and owners.check_from_header:
+            author = owners.unowned_author(login, content, head_end)
+            if author is not None:
+                return refuse("data", replies.author_not_owned(author, login), reason="from_login_mismatch",
+                              client=ctx.client.describe(), summary=summary)
         pipeline = self.pipelines.for_direction(ctx.envelope.direction)
         result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
         verdict = result.verdict

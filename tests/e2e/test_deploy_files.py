@@ -40,6 +40,7 @@ import yaml
 
 from gateway.migrate import servercontainers as seed_env
 from gateway.config import build
+from gateway.values import parse_listen
 from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
 from tests.harness import prometheus as prometheus_harness
 
@@ -254,13 +255,15 @@ def compose() -> dict[str, Any]:
 
 def test_compose_services_images_and_build():
     services = compose()["services"]
-    assert set(services) == {"gateway", "clamav", "rspamd", "prometheus", "grafana"}
+    assert set(services) == {"gateway", "submission", "clamav", "rspamd", "prometheus", "grafana"}
     gateway = services["gateway"]
+    assert services["submission"]["image"] == gateway["image"] and "build" not in services["submission"]
     context = (DEPLOY / gateway["build"]["context"]).resolve()
     assert context == ROOT and (context / gateway["build"]["dockerfile"]).is_file()
     assert (context / "pyproject.toml").is_file()
     images = {name: service.get("image", "").split(":")[0] for name, service in services.items()}
-    assert images == {"gateway": "smtp-gateway", "clamav": "clamav/clamav", "rspamd": "rspamd/rspamd",
+    assert images == {"gateway": "smtp-gateway", "submission": "smtp-gateway", "clamav": "clamav/clamav",
+                      "rspamd": "rspamd/rspamd",
                       "prometheus": "prom/prometheus", "grafana": "grafana/grafana"}
     for name, service in services.items():
         assert "build" in service or ":" in service["image"], name
@@ -270,13 +273,20 @@ def test_compose_services_images_and_build():
 
 def test_compose_ports_volumes_and_networks():
     spec = compose()
-    gateway = spec["services"]["gateway"]
-    assert {int(p.split(":")[-1]) for p in gateway["ports"]} == {25, 465, 587}
-    assert all(not p.startswith(("9464", "0.0.0.0:9464")) for p in gateway["ports"])  # metrics stay internal
-    targets = {v.split(":")[1]: v.split(":")[0] for v in gateway["volumes"]}
-    assert {"/var/lib/gateway", "/etc/gateway"} <= set(targets)
-    assert gateway["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
-    assert gateway["stop_signal"] == "SIGTERM"
+    published = {"gateway": {25}, "submission": {465, 587}}
+    spools = set()
+    for name, ports in published.items():
+        gateway = spec["services"][name]
+        assert {int(p.split(":")[-1]) for p in gateway["ports"]} == ports, name
+        assert all(not p.startswith(("9464", "0.0.0.0:9464")) for p in gateway["ports"])  # metrics stay internal
+        targets = {v.split(":")[1]: v.split(":")[0] for v in gateway["volumes"]}
+        assert "/var/lib/gateway" in targets and ({"/etc/gateway", "/etc/gateway/gateway.toml"} & set(targets))
+        spools.add(targets["/var/lib/gateway"])
+        assert gateway["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
+        assert gateway["stop_signal"] == "SIGTERM"
+    assert len(spools) == 2   # one spool volume per gateway, never shared
+    listen = spec["services"]["gateway"]["environment"]["GATEWAY_LISTEN"]
+    assert [table["address"] for table in parse_listen(listen)] == ["0.0.0.0:25"]
     declared_volumes = set(spec["volumes"])
     declared_networks = set(spec["networks"])
     for name, service in spec["services"].items():
@@ -294,18 +304,42 @@ def test_compose_ports_volumes_and_networks():
 def test_compose_seed_environment_translates_without_refusal(tmp_path):
     spec = compose()
     environment = {k: str(v) for k, v in spec["services"]["gateway"]["environment"].items()}
-    config, _ = seed_env.translate(environment, root=tmp_path)
+    config, _ = seed_env.translate(environment, root=tmp_path, listen=environment["GATEWAY_LISTEN"])
     assert config["metrics_listen"] == "0.0.0.0:9464"
+    assert [listener["address"] for listener in config["listener"]] == ["0.0.0.0:25"]
     services = set(spec["services"])
     assert config["antivirus"]["clamd"].split(":")[1] in services
     assert urllib.parse.urlsplit(config["rspamd"]["url"]).hostname in services
     assert config["state_dir"] == "/var/lib/gateway"
 
 
+def test_compose_submission_config_is_a_valid_gateway_config_with_auth_on_465_and_587():
+    from gateway.auth import AuthSettings
+    from gateway.dkim.settings import DkimSettings
+    from policies import REGISTRY
+
+    submission = compose()["services"]["submission"]
+    mounts = dict(v.split(":")[:2] for v in submission["volumes"])
+    assert mounts["./submission/gateway.toml"] == "/etc/gateway/gateway.toml"
+    raw = tomllib.loads((DEPLOY / "submission" / "gateway.toml").read_text())
+    config = build(raw)
+    assert {(listener.port, listener.auth) for listener in config.listeners} == {(587, "required"), (465, "required")}
+    settings = AuthSettings.from_config(config)
+    assert settings is not None and settings.tls_only
+    assert settings.passwd_file is not None and settings.passwd_file.parent == Path("/var/lib/gateway")
+    assert Path("/var/lib/gateway") == config.state_dir and "/var/lib/gateway" in mounts.values()
+    for name in raw["pipeline"]["outbound"]:
+        REGISTRY[name](config)
+    assert raw["antivirus"]["clamd"].split(":")[1] in compose()["services"]
+    assert config.metrics_listen == ("0.0.0.0", 9464)
+    assert DkimSettings.from_config(config).enabled
+
+
 def test_prometheus_scrapes_the_gateway_service():
     spec = load_yaml(DEPLOY / "prometheus.yml")[0]
     targets = [t for job in spec["scrape_configs"] for group in job["static_configs"] for t in group["targets"]]
-    assert targets == ["gateway:9464"]
+    assert targets == ["gateway:9464", "submission:9464"]
+    assert {target.split(":")[0] for target in targets} <= set(compose()["services"])
     assert compose()["services"]["prometheus"]["volumes"][0].startswith("./prometheus.yml:/etc/prometheus/prometheus.yml")
 
 

@@ -15,7 +15,7 @@ import pytest
 from passlib.hash import sha512_crypt
 
 from tests.harness.dovecot import DovecotAuthServer
-from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
+from tests.harness.helpers import client_tls, relay_config
 from tests.harness.ports import free_port
 
 OUTSIDER = "127.0.0.3"  # not in mynetworks
@@ -88,14 +88,3 @@ def test_a_dovecot_that_is_down_or_mute_gives_454_never_535(gateway_factory, sin
                 gateway.wait_for_log(r"error: auth: Dovecot auth service .* did not answer")
     finally:
         listener.close()
-
-
-@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_swaks_logs_in_and_the_mail_goes_out_signed(gateway_factory, sink, dovecot, mechanism):
-    signing = '[dkim]\ndomains = ["example.com", "example.org"]\n'
-    with start_gateway(gateway_factory, sink, str(dovecot.socket_path), signing) as gateway:
-        result = swaks_login_and_send(gateway.submission_port, mechanism=mechanism, user="carol", password="carol-pw",
-                                      sender="carol@example.com", recipient="someone@elsewhere.org", source=OUTSIDER)
-        assert result.returncode == 0, result.stdout + result.stderr
-        (message,) = sink.wait_for_messages(1)
-    assert b"with ESMTPSA id" in message.data and b"DKIM-Signature: v=1; a=rsa-sha256;" in message.data

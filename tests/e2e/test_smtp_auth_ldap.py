@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
+from tests.harness.helpers import client_tls, relay_config
 from tests.harness.ports import free_port
 from tests.harness.slapd import SENDERS_GROUP, SlapdServer
 
@@ -84,15 +84,3 @@ def test_an_ldap_server_that_is_down_or_mute_gives_454(gateway_factory, sink, tm
                 gateway.wait_for_log(r"error: auth: LDAP .* (did not answer|refused the search bind)")
     finally:
         mute.close()
-
-
-@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_swaks_logs_in_and_the_mail_goes_out_signed(gateway_factory, sink, slapd, mechanism):
-    signing = '[dkim]\ndomains = ["example.com", "example.org"]\n'
-    with start_gateway(gateway_factory, sink, str(slapd.url), signing) as gateway:
-        result = swaks_login_and_send(gateway.submission_port, mechanism=mechanism, user="ann@example.org",
-                                      password="ann-pw",
-                                      sender="ann@example.org", recipient="someone@elsewhere.org", source=OUTSIDER)
-        assert result.returncode == 0, result.stdout + result.stderr
-        (message,) = sink.wait_for_messages(1)
-    assert b"with ESMTPSA id" in message.data and b"DKIM-Signature: v=1; a=rsa-sha256;" in message.data

@@ -11,7 +11,7 @@ from passlib.hash import apr_md5_crypt, argon2, bcrypt, sha256_crypt, sha512_cry
 
 from gateway import config as gateway_config
 from gateway.auth import AuthClient, AuthOutcome, AuthSettings, build_authenticator
-from gateway.auth.passwd_file import PasswdFile, parse_line
+from gateway.auth.passwd_file import PasswdFile, parse_line, set_password
 from gateway.errors import ConfigError
 
 FAST_BCRYPT = bcrypt.using(rounds=4)
@@ -88,8 +88,9 @@ def test_auth_settings_need_a_back_end_when_a_listener_offers_auth(tmp_path: Pat
     assert AuthSettings.from_config(config_with(tmp_path, {}, listener_auth="off")) is None
     settings = AuthSettings.from_config(config_with(tmp_path, {"backend": "passwd_file", "passwd_file": "users"}))
     assert settings is not None and settings.passwd_file == tmp_path / "users" and settings.tls_only
+    (tmp_path / "users").mkdir()
     with pytest.raises(ConfigError) as raised:
-        build_authenticator(settings)  # the file does not exist
+        build_authenticator(settings)  # a folder, not a readable file (a missing one is an empty one: below)
     assert "auth.passwd_file" in str(raised.value)
 
 
@@ -147,3 +148,29 @@ def test_set_password_replaces_a_line_keeping_dovecot_fields_and_adds_new_users(
     fresh = tmp_path / "new-passwd"
     set_password(fresh, "carol", hash_password("c"))
     assert fresh.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_file_not_made_yet_lets_nobody_in_until_it_is_made(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "passwd"
+    backend = PasswdFile(path)  # a new deployment: the gateway starts before its first `gateway passwd`
+    assert "does not exist: no user can log in" in caplog.text
+    assert backend.check("alice", "one") is AuthOutcome.FAIL
+    set_password(path, "alice", "{BLF-CRYPT}" + FAST_BCRYPT.hash("one"))
+    assert backend.check("alice", "one") is AuthOutcome.OK
+    assert backend.check("alice", "two") is AuthOutcome.FAIL
+
+
+def test_a_password_file_that_exists_but_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        PasswdFile(tmp_path)  # a folder: IsADirectoryError, not a file still to be made
+    assert raised.value.key == "auth.passwd_file"
+
+
+def test_check_from_header_needs_the_sender_login_table(tmp_path: Path) -> None:
+    auth = {"backend": "passwd_file", "passwd_file": "users", "check_from_header": True}
+    with pytest.raises(ConfigError) as raised:
+        AuthSettings.from_config(config_with(tmp_path, auth))
+    assert raised.value.key == "auth.check_from_header" and "smtpd_sender_login_maps" in str(raised.value)
+    settings = AuthSettings.from_config(config_with(tmp_path, {**auth, "smtpd_sender_login_maps": "owners"}))
+    assert settings is not None and settings.check_from_header
+    assert settings.sender_login_maps == tmp_path / "owners"

@@ -40,3 +40,21 @@ def test_a_missing_table_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         SenderLogins(tmp_path / "absent")
     assert "auth.smtpd_sender_login_maps" in str(raised.value)
+
+
+def test_from_header_addresses_are_held_to_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "sender_logins"
+    path.write_text("alice@example.com  alice\nsales@example.com  alice, bob\n")
+    logins = SenderLogins(path, check_from_header=True)
+
+    def author(login: str, head: bytes) -> str | None:
+        raw = head + b"\r\nbody From: eve@example.com\r\n"
+        return logins.unowned_author(login, raw, raw.index(b"\r\n\r\n") + 4)
+
+    assert author("alice", b"From: Alice <alice@example.com>\r\nSubject: x\r\n") is None
+    assert author("alice", b"From: alice@example.com,\r\n Sales <sales@example.com>\r\n") is None  # folded, two
+    assert author("bob", b"From: alice@example.com, sales@example.com\r\n") == "alice@example.com"
+    assert author("bob", b"Subject: x\r\nFrom: \"Boss\" <boss@example.com>\r\n") == "boss@example.com"
+    assert author("alice", b"Subject: no author\r\n") == ""
+    assert author("alice", b"From: undisclosed\r\n") == ""
+    assert author("alice", b"From: alice@example.com\r\nFrom: eve@example.com\r\n") == "eve@example.com"
