@@ -23,7 +23,7 @@ import pytest
 from passlib.hash import bcrypt, sha512_crypt
 
 from tests.harness.dovecot import DovecotAuthServer
-from tests.harness.helpers import client_tls, relay_config
+from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
 from tests.harness.ports import free_port
 from tests.harness.postfix import PostfixInstance
 from tests.harness.slapd import SlapdServer
