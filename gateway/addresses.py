@@ -9,6 +9,7 @@ downstream host to route on (Postfix ``allow_untrusted_routing = no``).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -44,9 +45,28 @@ def split_mailbox(address: str) -> Mailbox:
     domain = address[at + 1:].lower().rstrip(".") if at > 0 else ""
     if at <= 0 or not domain:
         raise ValueError(f"{address!r} is not local@domain")
-    if domain.startswith("[") and not domain.endswith("]"):
+    if domain.startswith("[") and not is_address_literal(domain):
         raise ValueError(f"{address!r} has a malformed address literal")
     return Mailbox(address[:at], domain)
+
+
+def is_address_literal(domain: str) -> bool:
+    """True for a valid RFC 5321 §4.1.3 address literal: ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``.
+
+    The general form ``[tag:content]`` names no standard tag but ``IPv6``, so it is refused,
+    as ``[999.999.999.999]`` and any other text that is not an address.
+    """
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return False
+    inner = domain[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return False
+    return True
 
 
 def has_routing_tricks(mailbox: Mailbox) -> bool:

@@ -68,6 +68,10 @@ class Config:
     smtpd_timeout: float = 300.0
     smtpd_data_timeout: float = 600.0
     smtpd_starttls_timeout: float = 10.0
+    smtpd_junk_command_limit: int = 100
+    smtpd_forbid_unauth_pipelining: bool = True
+    smtpd_pregreet_wait: float = 0.0
+    strict_8bitmime: bool = False
     smtpd_tls_cert_file: Path | None = None
     smtpd_tls_key_file: Path | None = None
     smtpd_tls_CAfile: Path | None = None
@@ -109,12 +113,14 @@ class Config:
 _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
-    "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout",
+    "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
     "default_destination_concurrency_limit", "delivery_concurrency_limit", "smtp_default_port",
+    "smtpd_junk_command_limit",
 )
+_BOOL_KEYS = ("auto_trust_networks", "smtpd_forbid_unauth_pipelining", "strict_8bitmime")
 _PATH_KEYS = (
     "state_dir", "spool_dir", "smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_CAfile",
     "smtp_tls_CAfile", "smtp_tls_cert_file", "smtp_tls_key_file",
@@ -169,9 +175,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         values["mynetworks"] = tuple(
             wrap("mynetworks", item, parse_network, "CIDR networks such as 127.0.0.0/8 or [::1]/128")
             for item in as_list("mynetworks", raw["mynetworks"]))
-    if "auto_trust_networks" in raw:
-        values["auto_trust_networks"] = wrap("auto_trust_networks", raw["auto_trust_networks"],
-                                              parse_bool, "true or false")
+    for key in _BOOL_KEYS:
+        if key in raw:
+            values[key] = wrap(key, raw[key], parse_bool, "true or false")
     if "relay_domains" in raw:
         values["relay_domains"] = tuple(
             wrap("relay_domains", item, parse_domain, "domain names (.example.com for subdomains)")

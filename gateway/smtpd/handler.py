@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLS
 
 from gateway import metrics
 from gateway import reply as replies
-from gateway.addresses import split_mailbox
+from gateway.addresses import is_address_literal, split_mailbox
 from gateway.config import Config
 from gateway.envelope import Direction, Envelope
 from gateway.message import header_end, header_has_bare_cr, received_count
@@ -35,6 +35,7 @@ from gateway.smtpd.client import client_of, describe_tls
 from gateway.smtpd.accept import accept, transaction_summary
 from gateway.smtpd import sasl
 from gateway.smtpd.refusal import refuse
+from gateway.smtpd.strict_input import content_violation
 from gateway.spool.files import has_room
 from gateway.verdict import Action, Verdict
 
@@ -208,7 +209,8 @@ class SmtpHandler:
         if ctx.envelope is None:
             return refuse("rcpt", replies.NEED_MAIL, reason="protocol", client=ctx.client.describe(),
                           recipients=[address], helo=ctx.client.helo)
-        if _CONTROL.search(address):  # could never be sent on (RFC 5321 §4.1.2)
+        if _CONTROL.search(address) or (address.endswith("]") and not is_address_literal(address.rpartition("@")[2])):
+            # could never be sent on (RFC 5321 §4.1.2), or names no host (§4.1.3)
             return refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=ctx.client.describe(),
                           sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
@@ -254,6 +256,11 @@ class SmtpHandler:
         if header_has_bare_cr(content, head_end):
             # Sent on as a line end, it would split a field in two downstream: a header no check saw.
             return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
+                          summary=summary)
+        violation = content_violation(content, strict_8bitmime=self.config.strict_8bitmime,
+                                      declared_8bit=ctx.envelope.body_8bitmime or ctx.envelope.smtputf8)
+        if violation is not None:
+            return refuse("data", violation.reply, reason=violation.reason, client=ctx.client.describe(),
                           summary=summary)
         owners, login = self.pipelines.sender_logins, ctx.client.auth_user
         if login is not None and owners is not None and owners.check_from_header:

@@ -18,6 +18,7 @@ from gateway.smtpd.data_reader import MemoryBudget
 from gateway.smtpd.handler import SmtpHandler
 from gateway.smtpd.connection_limits import ConnectionLimiter
 from gateway.smtpd.protocol import GatewaySMTP
+from gateway.smtpd.strict_input import InputRules
 from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway.listener")
@@ -58,9 +59,15 @@ class Listener:
         return GatewaySMTP(
             self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
             data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
-            tls_handshake_timeout=self.tls_handshake_timeout,
+            tls_handshake_timeout=self.tls_handshake_timeout, input_rules=self._input_rules(),
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
             loop=asyncio.get_running_loop(), **self._smtp_options())
+
+    def _input_rules(self) -> InputRules:
+        config = self.handler.config  # the live one: a reload replaces it
+        return InputRules(junk_command_limit=config.smtpd_junk_command_limit,
+                          forbid_unauth_pipelining=config.smtpd_forbid_unauth_pipelining,
+                          pregreet_wait=config.smtpd_pregreet_wait)
 
     def _smtp_options(self) -> dict[str, object]:
         """aiosmtpd ``SMTP`` keyword arguments common to the listener's connections."""

@@ -20,7 +20,11 @@
   connection is up, for implicit TLS too, where ``session.ssl`` stays empty;
 * MAIL FROM / RCPT TO addresses of the common shapes are parsed by one regex
   (:meth:`GatewaySMTP._getaddr`) instead of ``email._header_value_parser``, with
-  exactly aiosmtpd's results.
+  exactly aiosmtpd's results; an angle address without its ``>`` (which the
+  parser takes as an address) is refused before either sees it;
+* each command passes :mod:`gateway.smtpd.strict_input` before it runs (NUL
+  bytes, the junk-command limit, pipelining where it is not allowed), and a
+  client that talks before the greeting is refused and closed.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
 from gateway.smtpd.refusal import refuse
 from gateway.smtpd.replies import enhance, is_greeting
+from gateway.smtpd.strict_input import CommandChecks, InputRules, unterminated_path
 from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
@@ -87,14 +92,23 @@ class GatewaySMTP(SMTP):
         spill_dir: where a large message is kept while it arrives (the spool's ``tmp/``).
         tls_handshake_timeout: seconds an implicit-TLS client has to finish its
             handshake (``smtpd_starttls_timeout``; asyncio's own default is 60).
+        input_rules: what input is refused (:mod:`gateway.smtpd.strict_input`).
         kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
     def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
                  server_tls: ServerTls | None, data_timeout: float, data_budget: MemoryBudget | None = None,
-                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0, **kwargs: Any) -> None:
+                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0,
+                 input_rules: InputRules = InputRules(), **kwargs: Any) -> None:
         starttls = tls_mode == "starttls" and server_tls is not None
         super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
+        # every command through the strict-input checks first (aiosmtpd dispatches from this table)
+        self._smtp_methods = {command: functools.partial(self._checked_command, command, method)
+                              for command, method in self._smtp_methods.items()}
+        self.input_rules = input_rules
+        self.command_checks = CommandChecks(input_rules)
+        self.greeted = False
+        self.early_input = b""          # what the client sent before the greeting (an early talker)
         self.limiter = limiter
         self.implicit_tls = tls_mode == "implicit"
         self.server_tls = server_tls
@@ -135,6 +149,11 @@ class GatewaySMTP(SMTP):
                 return
         # A plain connection, the end of a STARTTLS handshake, or the end of the implicit one.
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.greeted and not self.early_input:
+            self.early_input = data[:64]
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._release_slot()
@@ -266,15 +285,47 @@ class GatewaySMTP(SMTP):
     async def _handle_client(self) -> None:
         try:
             refusal = await self.event_handler.start_session(self)
+            if refusal is None:
+                refusal = await self._pregreet_refusal()
             if refusal is not None:
                 await super().push(str(refusal))
                 if self.transport is not None:
                     self.transport.close()
                 return
+            self.greeted = True  # aiosmtpd writes the greeting first thing
             await super()._handle_client()
         finally:
             self._release_slot()
             self.event_handler.end_session(self)
+
+    async def _pregreet_refusal(self) -> str | None:
+        """An untrusted client that sent something before the greeting: refused (postscreen's pregreet test).
+
+        Waits ``smtpd_pregreet_wait`` first, unless the client has talked already.
+        """
+        ctx = self.gateway_ctx
+        if ctx is not None and ctx.client.trusted:
+            return None
+        if self.input_rules.pregreet_wait and not self.early_input:
+            await asyncio.sleep(self.input_rules.pregreet_wait)
+        if not self.early_input:
+            return None
+        return refuse("connect", replies.TALKED_BEFORE_GREETING, reason="pregreet",
+                      client=ctx.client.describe() if ctx is not None else "unknown",
+                      detail=repr(self.early_input))
+
+    async def _checked_command(self, command: str, method: Any, arg: str | None) -> None:
+        """Run ``method`` for ``command`` unless :class:`~gateway.smtpd.strict_input.CommandChecks` refuses it."""
+        pending = bool(getattr(self._reader, "_buffer", b""))  # input already here past this command's line
+        esmtp = self.session is not None and bool(self.session.extended_smtp)
+        violation = self.command_checks.check(command, arg, pending_input=pending, esmtp=esmtp)
+        if violation is None:
+            await method(arg)
+            return
+        await self.push(refuse("session", violation.reply, reason=violation.reason, client=self._peer_text(),
+                               detail=f"{command} {arg or ''}".strip()[:64]))  # the log escapes control characters
+        if violation.closes and self.transport is not None:
+            self.transport.close()
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self.in_ehlo = True
@@ -308,8 +359,19 @@ class GatewaySMTP(SMTP):
         await self.event_handler.authenticate(self, arg or "")
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if unterminated_path(arg, "FROM:"):
+            await self.push(refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=self._peer_text(),
+                                   sender=arg))
+            return
         # RFC 4954 §5: AUTH=<mailbox> is taken and ignored (it grants nothing; aiosmtpd would answer 555)
         await super().smtp_MAIL(_AUTH_PARAMETER.sub("", arg) if arg else arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if unterminated_path(arg, "TO:"):
+            await self.push(refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=self._peer_text(),
+                                   recipients=[arg or ""]))
+            return
+        await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
         """DATA with the gateway's reader (:mod:`gateway.smtpd.data_reader`) instead of aiosmtpd's.
@@ -360,6 +422,8 @@ class GatewaySMTP(SMTP):
             self.envelope.content = self.envelope.original_content = content  # type: ignore[assignment]
             del content
             status = await self._call_handler_hook("DATA")
+            if status is MISSING or str(status).startswith("250"):
+                self.command_checks.message_accepted()
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(str(replies.OK) if status is MISSING else status)
         finally:

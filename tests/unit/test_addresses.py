@@ -31,7 +31,8 @@ def test_split_mailbox(address: str, local: str, domain: str) -> None:
 
 @pytest.mark.parametrize("address", [
     "", "user", "@example.com", "user@", '"user@example.com"', '"unterminated@example.com',
-    "user@[192.0.2.1", "@",
+    "user@[192.0.2.1", "@", "x@[999.999.999.999]", "x@[192.0.2]", "x@[IPv6:2001:db8::zz]", "x@[tag:text]",
+    "x@[]",
 ])
 def test_split_mailbox_rejects(address: str) -> None:
     with pytest.raises(ValueError):
@@ -81,3 +82,8 @@ def test_has_routing_tricks(address: str, tricky: bool) -> None:
 ])
 def test_domain_matches(domain: str, patterns: tuple[str, ...], matches: bool) -> None:
     assert domain_matches(domain, patterns) is matches
+
+
+@pytest.mark.parametrize("address", ["x@[192.0.2.1]", "x@[IPv6:2001:db8::1]", "x@[ipv6:::1]"])
+def test_split_mailbox_takes_valid_address_literals(address: str) -> None:
+    assert split_mailbox(address).domain == address.partition("@")[2].lower()
