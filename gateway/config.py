@@ -33,7 +33,8 @@ from gateway.errors import ConfigError
 from gateway.tls.context import normalize_fingerprint
 from gateway.values import (LISTEN_ENV, ListenerConfig, Network, NextHop, as_list, choice, parse_bool, parse_domain,
                             parse_duration, parse_hops, parse_listen, parse_listener, parse_map, parse_nameserver,
-                            parse_network, parse_next_hop, parse_positive_int, parse_size, wrap)
+                            parse_count, parse_network, parse_next_hop, parse_positive_int, parse_size,
+                            wrap)
 
 ENV_PREFIX = "GATEWAY_"
 SMTP_TLS_LEVELS = ("none", "may", "encrypt", "verify")
@@ -69,6 +70,11 @@ class Config:
     smtpd_data_timeout: float = 600.0
     smtpd_starttls_timeout: float = 10.0
     smtpd_junk_command_limit: int = 100
+    smtpd_client_connection_rate_limit: int = 0
+    smtpd_client_message_rate_limit: int = 0
+    smtpd_client_recipient_rate_limit: int = 0
+    anvil_rate_time_unit: float = 60.0
+    smtpd_client_event_limit_exceptions: tuple[str, ...] = ("mynetworks",)
     smtpd_forbid_unauth_pipelining: bool = True
     smtpd_pregreet_wait: float = 0.0
     strict_8bitmime: bool = False
@@ -114,11 +120,15 @@ _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
+    "anvil_rate_time_unit",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
     "default_destination_concurrency_limit", "delivery_concurrency_limit", "smtp_default_port",
-    "smtpd_junk_command_limit",
+)
+_COUNT_KEYS = (  # 0 turns the limit off
+    "smtpd_junk_command_limit", "smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
+    "smtpd_client_recipient_rate_limit",
 )
 _BOOL_KEYS = ("auto_trust_networks", "smtpd_forbid_unauth_pipelining", "strict_8bitmime")
 _PATH_KEYS = (
@@ -159,6 +169,14 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     for key in _INT_KEYS:
         if key in raw:
             values[key] = wrap(key, raw[key], parse_positive_int, "a whole number >= 1")
+    for key in _COUNT_KEYS:
+        if key in raw:
+            values[key] = wrap(key, raw[key], parse_count, "a whole number >= 0 (0: no limit)")
+    if "smtpd_client_event_limit_exceptions" in raw:
+        values["smtpd_client_event_limit_exceptions"] = tuple(
+            item if item == "mynetworks" else str(wrap("smtpd_client_event_limit_exceptions", item, parse_network,
+                                                       "mynetworks or CIDR networks such as 192.0.2.0/24"))
+            for item in as_list("smtpd_client_event_limit_exceptions", raw["smtpd_client_event_limit_exceptions"]))
     for key in _PATH_KEYS:
         if key in raw and raw[key] not in (None, ""):
             path = Path(str(raw[key])).expanduser()

@@ -181,6 +181,21 @@ def author_not_owned(address: str, login: str) -> Reply:
     return Reply(550, "5.7.1", f"{shown}: From: header address rejected: not owned by user {login}")
 
 
+def too_many_connections_from(address: str) -> Reply:
+    """Postfix's answer past ``smtpd_client_connection_rate_limit`` (the connection is then closed)."""
+    return Reply(421, "4.7.0", f"Error: too many connections from {address}")
+
+
+def too_much_mail_from(address: str) -> Reply:
+    """Postfix's answer to MAIL past ``smtpd_client_message_rate_limit``."""
+    return Reply(450, "4.7.1", f"Error: too much mail from {address}")
+
+
+def too_many_recipients_from(address: str) -> Reply:
+    """Postfix's answer to RCPT past ``smtpd_client_recipient_rate_limit``."""
+    return Reply(450, "4.7.1", f"Error: too many recipients from {address}")
+
+
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -200,6 +200,16 @@ def parse_positive_int(raw: object) -> int:
     return value
 
 
+def parse_count(raw: object) -> int:
+    """A whole number >= 0 (a limit where 0 means none)."""
+    if isinstance(raw, bool):
+        raise ValueError("not an integer")
+    value = int(str(raw))
+    if value < 0:
+        raise ValueError("must be at least 0")
+    return value
+
+
 def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def parse(raw: Any) -> str:
         value = str(raw).strip().lower()

@@ -95,12 +95,16 @@ class DataResult:
         received: octets read from the client, end-of-data line included.
         reserved: octets taken from the budget for ``content``; the caller
             gives them back (:meth:`MemoryBudget.give`) when done with it.
+        has_nul: ``content`` has a NUL octet (found as it arrived: a file-held message is not read again).
+        has_8bit: ``content`` has an octet above 127.
     """
 
     outcome: DataOutcome
     content: bytes | FileText
     received: int
     reserved: int = 0
+    has_nul: bool = False
+    has_8bit: bool = False
 
 
 class _Collector:
@@ -114,11 +118,16 @@ class _Collector:
         self.size = 0
         self.held = 0   # octets taken from the budget
         self.file: BinaryIO | None = None
+        self.has_nul = False
+        self.has_8bit = False
 
     def add(self, piece: bytes) -> None:
         if not piece:
             return
         self.size += len(piece)
+        # memchr and an ASCII scan while the piece is at hand: the strict-input checks never read the text again
+        self.has_nul = self.has_nul or b"\x00" in piece
+        self.has_8bit = self.has_8bit or not piece.isascii()
         if self.file is None:
             if self.size <= self.spill_bytes and self._take(len(piece)):
                 self.pieces.append(piece)
@@ -286,7 +295,8 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, bud
             return DataResult(unstuffer.outcome, b"", received)
         content = collector.content()
         done = True
-        return DataResult(DataOutcome.COMPLETE, content, received, collector.held)
+        return DataResult(DataOutcome.COMPLETE, content, received, collector.held, collector.has_nul,
+                          collector.has_8bit)
     finally:
         collector.close()
         if not done:

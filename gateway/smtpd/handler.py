@@ -35,6 +35,7 @@ from gateway.smtpd.client import client_of, describe_tls
 from gateway.smtpd.accept import accept, transaction_summary
 from gateway.smtpd import sasl
 from gateway.smtpd.refusal import refuse
+from gateway.smtpd.rate_limits import ClientRates, RateSettings, process_rates
 from gateway.smtpd.strict_input import content_violation
 from gateway.spool.files import has_room
 from gateway.verdict import Action, Verdict
@@ -65,6 +66,8 @@ class SmtpHandler:
         self.pipelines = pipelines
         self.intake = intake
         self.sessions: set[GatewaySMTP] = set()
+        self._rates: ClientRates | None = None
+        self._rates_of: Config | None = None  # the config _rates was made from (a reload replaces it)
 
     # ---- connection life ----
 
@@ -85,7 +88,21 @@ class SmtpHandler:
             reply = replies.SERVICE_UNAVAILABLE if result.verdict.reply.is_transient else result.verdict.reply
             refuse("connect", reply, reason=result.verdict.reason or "policy", client=client.describe())
             return reply
+        rates = self.client_rates()
+        if rates is not None and not rates.allow("connection", client):
+            metrics.CONNECTIONS_REFUSED.labels(self.listener_name).inc()
+            reply = replies.too_many_connections_from(str(client.address))
+            refuse("connect", reply, reason="connection_rate_limit", client=client.describe())
+            return reply
         return None
+
+    def client_rates(self) -> ClientRates | None:
+        """The anvil-style rate counts of this process (:mod:`gateway.smtpd.rate_limits`); None when no limit is set."""
+        if self._rates_of is not self.config:
+            settings = RateSettings.from_config(self.config)
+            self._rates = process_rates(settings) if settings.enabled else None
+            self._rates_of = self.config
+        return self._rates
 
     def end_session(self, server: GatewaySMTP) -> None:
         """Forget the session (called when the connection ends, however it ends)."""
@@ -179,6 +196,10 @@ class SmtpHandler:
             except ValueError:
                 return refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=ctx.client.describe(),
                               sender=sender, helo=ctx.client.helo)
+        rates = self.client_rates()
+        if rates is not None and not rates.allow("message", ctx.client):
+            return refuse("mail", replies.too_much_mail_from(str(ctx.client.address)), reason="message_rate_limit",
+                          client=ctx.client.describe(), sender=sender, helo=ctx.client.helo)
         owners = self.pipelines.sender_logins
         if ctx.client.auth_user is not None and owners is not None and not owners.owns(ctx.client.auth_user, sender):
             return refuse("mail", replies.sender_not_owned(sender, ctx.client.auth_user),
@@ -213,6 +234,11 @@ class SmtpHandler:
             # could never be sent on (RFC 5321 §4.1.2), or names no host (§4.1.3)
             return refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=ctx.client.describe(),
                           sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
+        rates = self.client_rates()
+        if rates is not None and not rates.allow("recipient", ctx.client):
+            return refuse("rcpt", replies.too_many_recipients_from(str(ctx.client.address)),
+                          reason="recipient_rate_limit", client=ctx.client.describe(), sender=ctx.envelope.sender,
+                          recipients=[address], helo=ctx.client.helo)
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
             return refuse("rcpt", replies.TOO_MANY_RECIPIENTS, reason="recipient_limit", client=ctx.client.describe(),
                           sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
@@ -257,7 +283,9 @@ class SmtpHandler:
             # Sent on as a line end, it would split a field in two downstream: a header no check saw.
             return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
                           summary=summary)
-        violation = content_violation(content, strict_8bitmime=self.config.strict_8bitmime,
+        reader = cast(GatewaySMTP, server)
+        violation = content_violation(has_nul=reader.message_has_nul, has_8bit=reader.message_has_8bit,
+                                      strict_8bitmime=self.config.strict_8bitmime,
                                       declared_8bit=ctx.envelope.body_8bitmime or ctx.envelope.smtputf8)
         if violation is not None:
             return refuse("data", violation.reply, reason=violation.reason, client=ctx.client.describe(),

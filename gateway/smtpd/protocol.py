@@ -108,6 +108,7 @@ class GatewaySMTP(SMTP):
         self.input_rules = input_rules
         self.command_checks = CommandChecks(input_rules)
         self.greeted = False
+        self.message_has_nul = self.message_has_8bit = False  # of the message just read (for handle_DATA)
         self.early_input = b""          # what the client sent before the greeting (an early talker)
         self.limiter = limiter
         self.implicit_tls = tls_mode == "implicit"
@@ -316,6 +317,8 @@ class GatewaySMTP(SMTP):
 
     async def _checked_command(self, command: str, method: Any, arg: str | None) -> None:
         """Run ``method`` for ``command`` unless :class:`~gateway.smtpd.strict_input.CommandChecks` refuses it."""
+        if self.transport is None or self.transport.is_closing():
+            return  # refused and closed: what the client sent after it is dropped unread
         pending = bool(getattr(self._reader, "_buffer", b""))  # input already here past this command's line
         esmtp = self.session is not None and bool(self.session.extended_smtp)
         violation = self.command_checks.check(command, arg, pending_input=pending, esmtp=esmtp)
@@ -408,6 +411,7 @@ class GatewaySMTP(SMTP):
             self._writer.close()
             return
         reserved, outcome, content = result.reserved, result.outcome, result.content
+        self.message_has_nul, self.message_has_8bit = result.has_nul, result.has_8bit
         del result  # the handler and the envelope hold the text from here; it is freed when they let go
         try:
             if outcome is not DataOutcome.COMPLETE:

@@ -7,7 +7,8 @@ The rules of one session, checked by :class:`GatewaySMTP <gateway.smtpd.protocol
 before each command it dispatches and before its greeting:
 
 * a NUL byte in a command's argument (``EHLO a<NUL>b``; RFC 5321 §4.1.1 has no
-  place for it) gets ``501 5.5.2`` and the session goes on;
+  place for it) gets ``501 5.5.2`` and the session goes on (in MAIL and RCPT
+  the address checks answer it, ``501 5.1.7`` / ``501 5.1.3``);
 * more than ``smtpd_junk_command_limit`` (100) junk commands, NOOP, RSET, VRFY
   and ETRN as Postfix counts them, get ``421 4.7.0`` and the session is closed;
   the count starts again after each accepted message, as Postfix's does;
@@ -26,18 +27,17 @@ before each command it dispatches and before its greeting:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from gateway import reply as replies
-from gateway.message import FileText
 from gateway.reply import Reply
 
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "ETRN"})
+# Their own address checks refuse a NUL with the more telling 501 5.1.7 / 501 5.1.3.
+ADDRESS_COMMANDS = frozenset({"MAIL", "RCPT"})
 # RFC 2920 §3.1: these end a group even with PIPELINING (QUIT and NOOP too, but nothing can follow QUIT
 # that matters, and a NOOP flood is the junk limit's business).
 GROUP_ENDERS = frozenset({"EHLO", "HELO", "STARTTLS", "DATA"})
-_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class CommandChecks:
             pending_input: more input was already read past this command's line.
             esmtp: the client greeted with EHLO, so it was offered PIPELINING.
         """
-        if arg is not None and "\x00" in arg:
+        if arg is not None and "\x00" in arg and command not in ADDRESS_COMMANDS:
             return NUL_VIOLATION
         if pending_input and self.rules.forbid_unauth_pipelining and (not esmtp or command in GROUP_ENDERS):
             return PIPELINING_VIOLATION
@@ -115,26 +115,21 @@ def unterminated_path(arg: str | None, keyword: str) -> bool:
     return path.startswith("<") and ">" not in path
 
 
-def content_violation(content: bytes | FileText, *, strict_8bitmime: bool, declared_8bit: bool) -> Violation | None:
+def content_violation(*, has_nul: bool, has_8bit: bool, strict_8bitmime: bool,
+                      declared_8bit: bool) -> Violation | None:
     """What is wrong with a message's text as received, or None.
 
-    NUL bytes are refused always (RFC 5322 §2.3 and §3.5 allow none); 8-bit
+    NUL octets are refused always (RFC 5322 §2.3 and §3.5 allow none); 8-bit
     octets only with ``strict_8bitmime`` and when the client declared neither
-    ``BODY=8BITMIME`` nor SMTPUTF8 (``declared_8bit``).
+    ``BODY=8BITMIME`` nor SMTPUTF8.
 
     Args:
-        content: the message text (bytes, or the read-only mapping of a large message).
+        has_nul, has_8bit: what the DATA reader found in the text (:class:`~gateway.smtpd.data_reader.DataResult`).
         strict_8bitmime: the ``strict_8bitmime`` setting.
         declared_8bit: the client sent ``BODY=8BITMIME`` or ``SMTPUTF8``.
     """
-    if content.find(b"\x00") >= 0:
+    if has_nul:
         return Violation(replies.NUL_IN_MESSAGE, "nul_in_message", closes=False)
-    if strict_8bitmime and not declared_8bit and _has_8bit(content):
+    if strict_8bitmime and has_8bit and not declared_8bit:
         return Violation(replies.UNDECLARED_8BIT, "strict_8bitmime", closes=False)
     return None
-
-
-def _has_8bit(content: bytes | FileText) -> bool:
-    if isinstance(content, bytes):
-        return not content.isascii()
-    return _EIGHT_BIT.search(content) is not None

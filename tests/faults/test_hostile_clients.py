@@ -194,12 +194,15 @@ def test_control_characters_in_envelope_addresses_never_block_delivery(gateway_f
 def test_message_over_the_size_limit_pipelined_gets_552_and_the_session_goes_on(gw, hsink):
     big = b"Subject: too big\r\n\r\n" + (b"x" * 78 + b"\r\n") * (SIZE_LIMIT // 80 + 100)
     with greet(gw.port) as client:
-        # No SIZE= declared: the limit is only found while reading DATA. Everything in one write.
-        client.send(b"MAIL FROM:<big@example.com>\r\nRCPT TO:<too-big@elsewhere.org>\r\nDATA\r\n" + big + b".\r\n")
+        # No SIZE= declared: the limit is only found while reading DATA. MAIL, RCPT and DATA in one write
+        # (RFC 2920: DATA ends the group), then the message and a pipelined command in another.
+        client.send(b"MAIL FROM:<big@example.com>\r\nRCPT TO:<too-big@elsewhere.org>\r\nDATA\r\n")
         assert client.reply()[-1].startswith("250 2.1.0")
         assert client.reply()[-1].startswith("250 2.1.5")
         assert client.reply()[-1].startswith("354 ")
+        client.send(big + b".\r\nNOOP\r\n")
         assert_enhanced(client.reply()[-1], "552", "5.3.4")
+        assert client.reply()[-1].startswith("250 2.0.0")  # the NOOP sent with the message
         start_transaction(client, "small-after-big@elsewhere.org")
         queue_id = queued_id(send_data(client, b"Subject: small\r\n\r\nsmall\r\n"))
         assert client.command("QUIT").startswith("221 ")
@@ -259,16 +262,20 @@ def test_commands_out_of_order_get_503_5_5_1(gw, hsink):
     b"MAIL FROM:<injected@example.com>\r\n",
     b"EHLO evil.test\r\nMAIL FROM:<injected@example.com>\r\nRCPT TO:<injected@elsewhere.org>\r\n",
 ], ids=["MAIL", "EHLO-MAIL-RCPT"])
-def test_commands_pipelined_after_starttls_are_discarded(gw, hsink, injected):
+def test_commands_pipelined_after_starttls_close_the_session_unanswered(gw, hsink, injected):
+    """CVE-2011-0411's injection: STARTTLS must end its group (RFC 3207 §4, RFC 2920), so the session is refused
+    ``554 5.5.0`` (smtpd_forbid_unauth_pipelining) and closed; nothing injected is answered or runs."""
     with greet(gw.port) as client:
         client.send(b"STARTTLS\r\n" + injected)   # one write: the injection rides with STARTTLS
-        assert client.reply()[-1].startswith("220 ")
-        client.starttls(gw.ca_file)  # fails if anything was answered in plaintext after the 220
-        # The first reply inside TLS belongs to our EHLO: nothing injected was answered or remembered.
-        ehlo = client.command("EHLO client.test")
-        assert ehlo.startswith("250 ")
-        assert_enhanced(client.command("RCPT TO:<tls-check@elsewhere.org>"), "503", "5.5.1")
-        assert_enhanced(client.command("DATA"), "503", "5.5.1")
+        assert_enhanced(client.reply()[-1], "554", "5.5.0")
+        assert client.closed_by_peer(5)
+        assert client.buffer == b""  # nothing after the 554: no 220, no reply to anything injected
+    gw.wait_for_log(r"554 5\.5\.0 Error: SMTP protocol synchronization detail=STARTTLS")
+    # a client that waits for the 220 gets TLS and relays
+    with greet(gw.port) as client:
+        assert client.command("STARTTLS").startswith("220 ")
+        client.starttls(gw.ca_file)
+        assert client.command("EHLO client.test").startswith("250 ")
         start_transaction(client, "after-tls@elsewhere.org", sender="real@example.com")
         queue_id = queued_id(send_data(client, b"Subject: over TLS\r\n\r\nbody\r\n"))
         assert client.command("QUIT").startswith("221 ")

@@ -182,3 +182,21 @@ def test_the_memory_budget_is_shared_and_a_message_over_it_stays_in_its_file(tmp
         assert budget.used == 0  # nothing kept after a refusal or a lost client
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("spill_bytes", [1 << 20, 1000], ids=["in memory", "in a file"])
+def test_nul_and_8bit_octets_are_found_as_the_text_arrives(tmp_path, spill_bytes):
+    def found(text: bytes) -> tuple[bool, bool]:
+        async def main() -> tuple[bool, bool]:
+            reader = asyncio.StreamReader()
+            reader.feed_data(text + b".\r\n")
+            result = await read_data(reader, size_limit=None, spill_dir=tmp_path, spill_bytes=spill_bytes)
+            assert result.outcome is DataOutcome.COMPLETE
+            return result.has_nul, result.has_8bit
+        return asyncio.run(main())
+
+    filler = b"x" * 70 + b"\r\n"
+    assert found(b"Subject: a\r\n\r\n" + filler * 40) == (False, False)
+    assert found(b"Subject: a\r\n\r\n" + filler * 40 + b"z\x00z\r\n") == (True, False)  # in the last piece
+    assert found("Subject: é\r\n\r\n".encode() + filler * 40) == (False, True)         # in the first
+    assert found(b"S: \x00\r\n\r\n" + filler * 40 + "\u00e9\r\n".encode()) == (True, True)
