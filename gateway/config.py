@@ -33,7 +33,7 @@ from gateway.errors import ConfigError
 from gateway.tls.context import normalize_fingerprint
 from gateway.values import (LISTEN_ENV, ListenerConfig, Network, NextHop, as_list, choice, parse_bool, parse_domain,
                             parse_duration, parse_hops, parse_listen, parse_listener, parse_map, parse_nameserver,
-                            parse_count, parse_network, parse_next_hop, parse_positive_int, parse_size,
+                            parse_count, parse_delimiter, parse_network, parse_next_hop, parse_positive_int, parse_size,
                             wrap)
 
 ENV_PREFIX = "GATEWAY_"
@@ -70,6 +70,11 @@ class Config:
     smtpd_data_timeout: float = 600.0
     smtpd_starttls_timeout: float = 10.0
     smtpd_junk_command_limit: int = 100
+    virtual_alias_maps: tuple[Path, ...] = ()
+    relay_recipient_maps: tuple[Path, ...] = ()
+    recipient_delimiter: str = "+"
+    virtual_alias_recursion_limit: int = 1000
+    virtual_alias_expansion_limit: int = 1000
     smtpd_client_connection_rate_limit: int = 0
     smtpd_client_message_rate_limit: int = 0
     smtpd_client_recipient_rate_limit: int = 0
@@ -125,6 +130,7 @@ _DURATION_KEYS = (
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
     "default_destination_concurrency_limit", "delivery_concurrency_limit", "smtp_default_port",
+    "virtual_alias_recursion_limit", "virtual_alias_expansion_limit",
 )
 _COUNT_KEYS = (  # 0 turns the limit off
     "smtpd_junk_command_limit", "smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
@@ -181,6 +187,13 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         if key in raw and raw[key] not in (None, ""):
             path = Path(str(raw[key])).expanduser()
             values[key] = path if path.is_absolute() else base / path
+    for key in ("virtual_alias_maps", "relay_recipient_maps"):
+        if key in raw:
+            paths = (Path(str(item)).expanduser() for item in as_list(key, raw[key]) if str(item))
+            values[key] = tuple(path if path.is_absolute() else base / path for path in paths)
+    if "recipient_delimiter" in raw:
+        values["recipient_delimiter"] = wrap("recipient_delimiter", raw["recipient_delimiter"], parse_delimiter,
+                                             'characters that start an address extension, e.g. "+" ("" for none)')
     if "spool_dir" not in values:
         values["spool_dir"] = values.get("state_dir", base / "var") / "spool"
     values.setdefault("state_dir", base / "var")

@@ -84,6 +84,8 @@ class Envelope:
     body_8bitmime: bool = False
     declared_size: int | None = None
     direction: Direction = Direction.INBOUND
+    # final recipient -> the RCPT address it came from, for those an alias rewrote (virtual_alias_maps)
+    original_recipients: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_mail(cls, sender: str, parameters: list[str], *, smtputf8: bool) -> Envelope:

@@ -200,6 +200,13 @@ def parse_positive_int(raw: object) -> int:
     return value
 
 
+def parse_delimiter(raw: object) -> str:
+    """``recipient_delimiter``: a few characters, none of them white space, ``@``, ``<`` or ``>``; "" for none."""
+    if not isinstance(raw, str) or len(raw) > 8 or any(c.isspace() or c in '@<>"' for c in raw):
+        raise ValueError("not a delimiter")
+    return raw
+
+
 def parse_count(raw: object) -> int:
     """A whole number >= 0 (a limit where 0 means none)."""
     if isinstance(raw, bool):

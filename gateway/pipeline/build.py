@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.auth import Authenticator, AuthSettings, build_authenticator
 from gateway.auth.sender_logins import SenderLogins
+from gateway.recipients import RecipientRouting
 from gateway.config import Config
 from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
@@ -121,6 +122,7 @@ class Pipelines:
     auth: AuthSettings | None = None              # None: no listener offers SMTP AUTH
     authenticator: Authenticator | None = None
     sender_logins: SenderLogins | None = None    # [auth] smtpd_sender_login_maps
+    recipients: RecipientRouting | None = None   # virtual_alias_maps, relay_recipient_maps
 
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
@@ -178,4 +180,5 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
                      outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
                      signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None,
                      sender_logins=(SenderLogins(auth.sender_login_maps, auth.check_from_header)
-                                    if auth and auth.sender_login_maps else None))
+                                    if auth and auth.sender_login_maps else None),
+                     recipients=RecipientRouting.from_config(config))

@@ -78,6 +78,7 @@ class FailedRecipient:
             shows it as given; ``Remote-MTA`` gets the host name only.
         action: ``"failed"`` (given up: bounce) or ``"delayed"`` (still being
             retried: warning only), RFC 3464 §2.3.3.
+        original: the address the client gave, when an alias rewrote it (``Original-Recipient``).
 
     Raises:
         ValueError: on an unknown action, a 2xx reply, an empty address, or
@@ -88,6 +89,7 @@ class FailedRecipient:
     reply: Reply
     remote_mta: str | None
     action: str = "failed"
+    original: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -97,6 +99,8 @@ class FailedRecipient:
         if not self.address:
             raise ValueError("recipient address is empty")
         fmt.check_line("address", self.address)
+        if self.original is not None:
+            fmt.check_line("original", self.original)
         if self.remote_mta is not None:
             fmt.check_line("remote_mta", self.remote_mta)
             if not self.remote_mta.strip():
@@ -324,7 +328,8 @@ def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: fl
             # RFC 3464 §2.3.4: a delayed recipient carries a transient (4.x.x) status.
             status = "4" + status[1:]
         fields = [
-            # Original-Recipient is omitted: we do not keep the ORCPT parameter.
+            # RFC 3464 §2.3.1: the address the client gave, where an alias rewrote it
+            *([("Original-Recipient", fmt.address_field(recipient.original))] if recipient.original else []),
             ("Final-Recipient", fmt.address_field(recipient.address)),
             ("Action", recipient.action),
             ("Status", status),

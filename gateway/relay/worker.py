@@ -316,7 +316,8 @@ class RelayWorker:
             dsn = build_dsn(
                 reporting_mta=self.config.myhostname, original_sender=entry.sender,
                 original_queue_id=entry.queue_id, arrival=entry.arrival,
-                recipients=[FailedRecipient(r.address, r.last_reply or replies.FAILED_WITHOUT_REPLY, r.relay)
+                recipients=[FailedRecipient(r.address, r.last_reply or replies.FAILED_WITHOUT_REPLY, r.relay,
+                                                original=r.original)
                             for r in recipients],
                 original_message=message, now=now,
                 header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)

@@ -77,7 +77,8 @@ async def accept(ctx: PolicyContext, content: bytes | FileText, result: StageRes
     size = message_size(message)
     entry = SpoolEntry(
         queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
-        recipients=[RecipientStatus(address) for address in recipients], client=ctx.client,
+        recipients=[RecipientStatus(address, original=ctx.envelope.original_recipients.get(address))
+                    for address in recipients], client=ctx.client,
         smtputf8=ctx.envelope.smtputf8, body_8bitmime=ctx.envelope.body_8bitmime,
         hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
     state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING

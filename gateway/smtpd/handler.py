@@ -250,9 +250,18 @@ class SmtpHandler:
                 result = content
         verdict = result.verdict
         if verdict.action is Action.ACCEPT:
+            routing = self.pipelines.recipients
+            if routing is None:
+                ctx.envelope.recipients.append(address)
+            else:
+                resolution = await routing.resolve(address, validate=not ctx.client.trusted)
+                if resolution.reply is not None:
+                    return refuse("rcpt", resolution.reply, reason=resolution.reason or "policy",
+                                  client=ctx.client.describe(), sender=ctx.envelope.sender, recipients=[address],
+                                  helo=ctx.client.helo, rule=resolution.rule, detail=resolution.detail)
+                _add_recipients(ctx.envelope, address, resolution.addresses)
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
-            ctx.envelope.recipients.append(address)
             return str(replies.RECIPIENT_OK)
         assert verdict.reply is not None
         return self._refuse("rcpt", verdict, ctx, reply=replies.for_recipient(verdict.reply, address),
@@ -320,3 +329,12 @@ class SmtpHandler:
             return str(replies.INTERNAL_ERROR)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
+
+
+def _add_recipients(transaction: Envelope, address: str, results: list[str]) -> None:
+    """Add what RCPT ``address`` became to the transaction: each result once, remembering ``address`` for it."""
+    for result in results:
+        if result not in transaction.recipients:  # two aliases of one mailbox: one copy (Postfix)
+            transaction.recipients.append(result)
+            if result != address:
+                transaction.original_recipients[result] = address

@@ -24,7 +24,7 @@ STAGES = ("connect", "helo", "ehlo", "mail", "rcpt", "data", "session")
 
 def refuse(stage: str, reply: Reply, *, reason: str, client: str, sender: str | None = None,
            recipients: Sequence[str] = (), helo: str | None = None, summary: str | None = None,
-           detail: str | None = None) -> str:
+           detail: str | None = None, rule: str | None = None) -> str:
     """Count and log a refused ``stage``; return the reply line to send.
 
     Args:
@@ -36,12 +36,13 @@ def refuse(stage: str, reply: Reply, *, reason: str, client: str, sender: str | 
         summary: at DATA, the transaction's summary line; it is logged with the
             result instead of the ``NOQUEUE`` form.
         detail: more for the log line (a scanner's finding, an error).
+        rule: the config key that refused it (``rule=relay_recipient_maps``), when it is not ``reason`` itself.
 
     Returns:
         ``str(reply)``.
     """
     metrics.MESSAGES_REJECTED.labels(stage, reason, metrics.reply_class(reply.code)).inc()
-    more = f" detail={detail}" if detail else ""
+    more = (f" rule={rule}" if rule else "") + (f" detail={detail}" if detail else "")
     if summary is not None:
         result = "tempfail" if reply.is_transient else "reject"
         log.info("%s, result=%s (%s) reason=%s%s", summary, result, reply, reason, more)

@@ -37,6 +37,7 @@ class RecipientStatus:
     """One recipient's delivery state; a DELIVERED recipient is never tried again.
 
     last_attempt: unix seconds. relay: ``host[ip]:port`` that gave ``last_reply``.
+    original: the RCPT address this recipient came from when an alias rewrote it (the ORCPT of its DSNs).
     """
 
     address: str
@@ -45,6 +46,7 @@ class RecipientStatus:
     last_reply: Reply | None = None
     last_attempt: float | None = None
     relay: str | None = None
+    original: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -52,10 +54,13 @@ class RecipientStatus:
         return self.state in (RecipientState.DELIVERED, RecipientState.BOUNCED)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"address": self.address, "state": self.state.value, "attempts": self.attempts,
+        """JSON-ready form (``original`` only when there is one)."""
+        data = {"address": self.address, "state": self.state.value, "attempts": self.attempts,
                 "last_reply": self.last_reply.to_dict() if self.last_reply else None,
                 "last_attempt": self.last_attempt, "relay": self.relay}
+        if self.original is not None:
+            data["original"] = self.original
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecipientStatus:
@@ -64,7 +69,7 @@ class RecipientStatus:
         return cls(address=str(data["address"]), state=RecipientState(data["state"]),
                    attempts=int(data.get("attempts", 0)),
                    last_reply=Reply.from_dict(reply) if reply else None,
-                   last_attempt=data.get("last_attempt"), relay=data.get("relay"))
+                   last_attempt=data.get("last_attempt"), relay=data.get("relay"), original=data.get("original"))
 
 
 @dataclass(slots=True)

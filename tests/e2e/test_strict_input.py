@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.harness.helpers import closed_within, raw_session, relay_config
+from tests.harness.helpers import raw_session, relay_config
 
 TRUSTED, OUTSIDER = "127.0.0.1", "127.0.0.3"  # relay_config's mynetworks is 127.0.0.1/32
 

@@ -529,3 +529,15 @@ def test_event_loop_key_takes_uvloop_or_asyncio() -> None:
     assert build({"event_loop": "asyncio"}).event_loop == "asyncio"
     with pytest.raises(ConfigError, match="event_loop"):
         build({"event_loop": "trio"})
+
+
+def test_recipient_keys() -> None:
+    config = build({"virtual_alias_maps": "virtual, more", "relay_recipient_maps": ["/etc/r"],
+                    "recipient_delimiter": "+-"}, base_dir=Path("/base"))
+    assert config.virtual_alias_maps == (Path("/base/virtual"), Path("/base/more"))
+    assert config.relay_recipient_maps == (Path("/etc/r"),) and config.recipient_delimiter == "+-"
+    assert build({"recipient_delimiter": ""}).recipient_delimiter == ""
+    for bad in ("a b", "@", 5):
+        with pytest.raises(ConfigError) as raised:
+            build({"recipient_delimiter": bad})
+        assert raised.value.key == "recipient_delimiter"
