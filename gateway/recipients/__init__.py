@@ -4,6 +4,7 @@ Top-level keys (Postfix's names)::
 
     virtual_alias_maps = ["/etc/gateway/virtual"]            # gateway.recipients.aliases
     relay_recipient_maps = ["/etc/gateway/relay_recipients"]  # gateway.recipients.validation
+    [relay_recipient_ldap]                                    # a directory too: gateway.recipients.ldap
     recipient_delimiter = "+"                                 # "" for none
     virtual_alias_recursion_limit = 1000
     virtual_alias_expansion_limit = 1000
@@ -26,6 +27,7 @@ from gateway import reply as replies
 from gateway.addresses import domain_matches
 from gateway.config import Config
 from gateway.recipients.aliases import AliasLimitExceeded, VirtualAliases
+from gateway.recipients.ldap import LdapRecipients
 from gateway.recipients.validation import Lookup, RecipientSource, RecipientTable, combined
 from gateway.reply import Reply
 
@@ -69,12 +71,16 @@ class RecipientRouting:
         Raises:
             ConfigError: naming ``virtual_alias_maps`` or ``relay_recipient_maps`` for a file that cannot be read.
         """
-        if not config.virtual_alias_maps and not config.relay_recipient_maps:
+        directory = LdapRecipients.from_config(config)
+        if not config.virtual_alias_maps and not config.relay_recipient_maps and directory is None:
             return None
         aliases = (VirtualAliases(config.virtual_alias_maps, config.recipient_delimiter,
                                   config.virtual_alias_recursion_limit, config.virtual_alias_expansion_limit)
                    if config.virtual_alias_maps else None)
-        sources = [RecipientTable(path, config.recipient_delimiter) for path in config.relay_recipient_maps]
+        sources: list[RecipientSource] = [RecipientTable(path, config.recipient_delimiter)
+                                          for path in config.relay_recipient_maps]
+        if directory is not None:
+            sources.append(directory)  # after the tables, as Postfix tries its maps in order
         return cls(aliases, sources, config.relay_domains)
 
     async def resolve(self, address: str, *, validate: bool) -> Resolution:

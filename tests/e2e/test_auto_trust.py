@@ -7,12 +7,15 @@ interfaces that were down (docker0 with no container) were trusted too.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
+from policies.relay_access import INTERFACE_RESCAN_SECONDS
 from tests.harness.gateway_process import GatewayProcess
 from tests.harness.ports import free_port
 
@@ -68,3 +71,30 @@ def test_only_interfaces_that_are_up_and_not_too_wide_are_trusted(namespace, tmp
         gateway.wait_for_log(r"not trusting fd98::/32 of interface wide0: a prefix shorter than /48")
         assert _rcpt_reply(namespace, "10.97.0.1", port) == 250     # a neighbour on up0 relays
         assert _rcpt_reply(namespace, "10.98.0.1", port) == 554     # the /0 interface's own address does not
+
+
+def test_a_network_attached_after_start_is_trusted_after_sighup_and_after_the_rescan(namespace, tmp_path):
+    """A docker network attached to a running container: trusted without a restart (issue 14, item 7)."""
+    port = free_port()
+    gateway = GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\nworkers = 1\n'
+                             'relayhost = ["[127.0.0.1]:9"]\n'
+                             f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
+                             wrapper=["ip", "netns", "exec", namespace])
+    with gateway:
+        gateway.wait_for_log(r"auto_trust_networks: trusting the networks of the interfaces that are up")
+        for command in ("link add late0 type veth peer name late0p", "addr add 10.95.0.1/24 dev late0",
+                        "link set late0p up", "link set late0 up"):
+            subprocess.run(["ip", "-n", namespace, *command.split()], check=True, timeout=30)
+        assert _rcpt_reply(namespace, "10.95.0.1", port) == 554  # not read again yet
+        gateway.process.send_signal(signal.SIGHUP)
+        gateway.wait_for_log(r"reload done")
+        (after_reload,) = gateway.wait_for_log(r"trusting the networks of the interfaces that are up: .*late0", 10)
+        assert "late0 10.95.0.0/24" in after_reload
+        assert _rcpt_reply(namespace, "10.95.0.1", port) == 250
+        # and without a signal: the interfaces are read again at the first connection 30 s after the last reading
+        for command in ("link add later0 type veth peer name later0p", "addr add 10.94.0.1/24 dev later0",
+                        "link set later0p up", "link set later0 up"):
+            subprocess.run(["ip", "-n", namespace, *command.split()], check=True, timeout=30)
+        time.sleep(INTERFACE_RESCAN_SECONDS + 1)
+        assert _rcpt_reply(namespace, "10.94.0.1", port) == 250
+        gateway.wait_for_log(r"trusting the networks of the interfaces that are up: .*later0 10\.94\.0\.0/24")
