@@ -28,6 +28,7 @@ and ``/healthz`` to the supervisor and reports ready on a pipe.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from pathlib import Path
@@ -45,6 +46,7 @@ from gateway.pipeline.build import Pipelines
 from gateway.prepare import Prepared, announce, prepare, prepare_reload
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.dsn_rate import DSN_COUNT, DsnRateLimit
+from gateway.relay.probe import probe_recipient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
 from gateway.smtpd.handler import SmtpHandler
@@ -146,6 +148,7 @@ class Gateway:
         router = Router(config, LazyResolver(config))
         client = SmtpClient(config, prepared.client_tls, ConnectionCache(config.smtp_connection_cache_time_limit))
         self.router, self.client = router, client
+        self._attach_prober(pipelines)
         self.batcher = SpoolBatcher(self.spool, observe_commit=metrics.SPOOL_COMMIT.observe)
         self.worker = RelayWorker(config, self.spool, router, client, self.batcher)
         if role is not None:  # the gateway-wide bounds, shared out (gateway.workers.role)
@@ -194,6 +197,11 @@ class Gateway:
         """Start, run until SIGTERM/SIGINT (or :meth:`request_stop`), then shut down."""
         await serve_until_stopped(self)
 
+    def _attach_prober(self, pipelines: Pipelines) -> None:
+        """Address verification probes through the relay's routing and client (the edge never imports the relay)."""
+        if pipelines.recipients is not None:  # called once router and client exist (start, then reloads)
+            pipelines.recipients.attach_prober(functools.partial(probe_recipient, self.router, self.client))
+
     async def reload(self) -> bool:
         """Re-read the config file and apply what can change live (see the module docstring).
 
@@ -214,6 +222,7 @@ class Gateway:
         pipelines = prepared.pipelines
         old = self.pipelines
         self.pipelines = pipelines
+        self._attach_prober(pipelines)
         for handler in self.handlers:
             handler.config, handler.pipelines = config, pipelines
         self.data_budget.limit = config.smtpd_data_memory_limit

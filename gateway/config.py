@@ -75,6 +75,13 @@ class Config:
     recipient_delimiter: str = "+"
     virtual_alias_recursion_limit: int = 1000
     virtual_alias_expansion_limit: int = 1000
+    reject_unverified_recipient: bool = False
+    address_verify_sender: str = ""   # "": double-bounce@myhostname
+    address_verify_positive_expire_time: float = 31 * 86400.0
+    address_verify_negative_expire_time: float = 3 * 86400.0
+    address_verify_positive_refresh_time: float = 7 * 86400.0
+    address_verify_negative_refresh_time: float = 3 * 3600.0
+    address_verify_timeout: float = 10.0
     smtpd_client_connection_rate_limit: int = 0
     smtpd_client_message_rate_limit: int = 0
     smtpd_client_recipient_rate_limit: int = 0
@@ -125,7 +132,8 @@ _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
-    "anvil_rate_time_unit",
+    "anvil_rate_time_unit", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
+    "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
@@ -136,7 +144,7 @@ _COUNT_KEYS = (  # 0 turns the limit off
     "smtpd_junk_command_limit", "smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
     "smtpd_client_recipient_rate_limit",
 )
-_BOOL_KEYS = ("auto_trust_networks", "smtpd_forbid_unauth_pipelining", "strict_8bitmime")
+_BOOL_KEYS = ("auto_trust_networks", "smtpd_forbid_unauth_pipelining", "strict_8bitmime", "reject_unverified_recipient")
 _PATH_KEYS = (
     "state_dir", "spool_dir", "smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_CAfile",
     "smtp_tls_CAfile", "smtp_tls_cert_file", "smtp_tls_key_file",
@@ -191,6 +199,8 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         if key in raw:
             paths = (Path(str(item)).expanduser() for item in as_list(key, raw[key]) if str(item))
             values[key] = tuple(path if path.is_absolute() else base / path for path in paths)
+    if "address_verify_sender" in raw:
+        values["address_verify_sender"] = str(raw["address_verify_sender"]).strip()
     if "recipient_delimiter" in raw:
         values["recipient_delimiter"] = wrap("recipient_delimiter", raw["recipient_delimiter"], parse_delimiter,
                                              'characters that start an address extension, e.g. "+" ("" for none)')

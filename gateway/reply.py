@@ -199,6 +199,16 @@ def too_many_recipients_from(address: str) -> Reply:
     return Reply(450, "4.7.1", f"Error: too many recipients from {address}")
 
 
+def undeliverable(probe_reply: str) -> Reply:
+    """A recipient its next hop refused to an address verification probe (Postfix's text)."""
+    return Reply(550, "5.1.1", f"Recipient address rejected: undeliverable address: {probe_reply}"[:400])
+
+
+def unverified(why: str) -> Reply:
+    """A recipient whose verification probe got no final answer: try again later (Postfix's text)."""
+    return Reply(450, "4.1.1", f"Recipient address rejected: unverified address: {why}"[:400])
+
+
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

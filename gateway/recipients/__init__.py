@@ -8,6 +8,7 @@ Top-level keys (Postfix's names)::
     recipient_delimiter = "+"                                 # "" for none
     virtual_alias_recursion_limit = 1000
     virtual_alias_expansion_limit = 1000
+    reject_unverified_recipient = false                       # probe the next hop: gateway.recipients.verify
 
 Each accepted RCPT address is expanded through ``virtual_alias_maps`` (for
 every client, as Postfix's cleanup does); the results are the envelope's
@@ -20,7 +21,7 @@ exists. Both tables are read at start and on reload (SIGHUP).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway import reply as replies
@@ -28,6 +29,7 @@ from gateway.addresses import domain_matches
 from gateway.config import Config
 from gateway.recipients.aliases import AliasLimitExceeded, VirtualAliases
 from gateway.recipients.ldap import LdapRecipients
+from gateway.recipients.verify import AddressVerifier
 from gateway.recipients.validation import Lookup, RecipientSource, RecipientTable, combined
 from gateway.reply import Reply
 
@@ -63,6 +65,7 @@ class RecipientRouting:
         self.aliases = aliases
         self.sources = tuple(sources)
         self.relay_domains = relay_domains
+        self.verifier: AddressVerifier | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> RecipientRouting | None:
@@ -71,8 +74,8 @@ class RecipientRouting:
         Raises:
             ConfigError: naming ``virtual_alias_maps`` or ``relay_recipient_maps`` for a file that cannot be read.
         """
-        directory = LdapRecipients.from_config(config)
-        if not config.virtual_alias_maps and not config.relay_recipient_maps and directory is None:
+        directory, verifier = LdapRecipients.from_config(config), AddressVerifier.from_config(config)
+        if not (config.virtual_alias_maps or config.relay_recipient_maps or directory or verifier):
             return None
         aliases = (VirtualAliases(config.virtual_alias_maps, config.recipient_delimiter,
                                   config.virtual_alias_recursion_limit, config.virtual_alias_expansion_limit)
@@ -81,7 +84,17 @@ class RecipientRouting:
                                           for path in config.relay_recipient_maps]
         if directory is not None:
             sources.append(directory)  # after the tables, as Postfix tries its maps in order
-        return cls(aliases, sources, config.relay_domains)
+        if verifier is not None:
+            sources.append(verifier)   # last: a probe only for what no table or directory knows
+        routing = cls(aliases, sources, config.relay_domains)
+        routing.verifier = verifier
+        return routing
+
+    def attach_prober(self, prober: Callable[[str, str], Awaitable[Reply]]) -> None:
+        """Give address verification the relay's probe (``(sender, address) -> RCPT reply``); the app wires
+        it, so that the SMTP edge never imports the relay."""
+        if self.verifier is not None:
+            self.verifier.prober = prober
 
     async def resolve(self, address: str, *, validate: bool) -> Resolution:
         """Expand ``address``; with ``validate``, check each result in ``relay_domains`` against the sources.
@@ -100,11 +113,17 @@ class RecipientRouting:
                 if not domain_matches(result.rpartition("@")[2], self.relay_domains):
                     continue  # forwarded elsewhere by the operator's own alias
                 answer, source = await combined(self.sources, result)
-                if answer is Lookup.UNKNOWN:
+                if answer.lookup is Lookup.UNKNOWN and source == AddressVerifier.name:
+                    return Resolution(reply=replies.for_recipient(replies.undeliverable(answer.detail or ""), address),
+                                      reason="user_unknown", rule=AddressVerifier.name, detail=result)
+                if answer.lookup is Lookup.UNKNOWN:
                     return Resolution(reply=replies.for_recipient(replies.USER_UNKNOWN, address),
                                       reason="user_unknown", rule="relay_recipient_maps",
                                       detail=f"{result} unknown" if result != address else None)
-                if answer is Lookup.UNAVAILABLE:
+                if answer.lookup is Lookup.UNVERIFIED:
+                    return Resolution(reply=replies.for_recipient(replies.unverified(answer.detail or ""), address),
+                                      reason="unverified_recipient", rule=AddressVerifier.name, detail=result)
+                if answer.lookup is Lookup.UNAVAILABLE:
                     return Resolution(reply=replies.for_recipient(replies.RECIPIENT_LOOKUP_FAILED, address),
                                       reason="recipient_lookup_failed", rule="relay_recipient_maps",
                                       detail=f"{source} did not answer for {result}")

@@ -23,7 +23,7 @@ from gateway.auth.ldap import user_filter
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.pipeline.section import Section
-from gateway.recipients.validation import Lookup
+from gateway.recipients.validation import KNOWN, UNKNOWN, Answer, Lookup
 
 log = logging.getLogger("gateway.recipients")
 
@@ -69,11 +69,11 @@ class LdapRecipients:
         return cls(url, base, section.text("ldap_filter") or "(mail=%s)", bind_dn=section.text("ldap_bind_dn"),
                    bind_password=section.text("ldap_bind_password"), timeout=section.duration("timeout", 10.0))
 
-    async def check(self, address: str) -> Lookup:
+    async def check(self, address: str) -> Answer:
         """:meth:`lookup` in a worker thread."""
         return await asyncio.to_thread(self.lookup, address)
 
-    def lookup(self, address: str) -> Lookup:
+    def lookup(self, address: str) -> Answer:
         """The blocking lookup: KNOWN when the filter finds an entry, UNAVAILABLE when the server cannot answer."""
         from ldap3 import SUBTREE, Connection, Server  # type: ignore[import-untyped]
         from ldap3.core.exceptions import LDAPException  # type: ignore[import-untyped]
@@ -85,16 +85,16 @@ class LdapRecipients:
                 if not connection.bound:
                     log.error("recipients: LDAP %s refused the bind as %s: %s", self.url,
                               self.bind_dn or "anonymous", connection.result.get("description"))
-                    return Lookup.UNAVAILABLE
+                    return Answer(Lookup.UNAVAILABLE)
                 if not connection.search(self.search_base, user_filter(self.filter_template, address), SUBTREE,
                                          attributes=[], size_limit=1):
                     outcome = connection.result.get("description")
                     if outcome in ("success", "noSuchObject", "sizeLimitExceeded"):
-                        return Lookup.KNOWN if outcome == "sizeLimitExceeded" else Lookup.UNKNOWN
+                        return KNOWN if outcome == "sizeLimitExceeded" else UNKNOWN
                     log.error("recipients: LDAP %s search for %r: %s", self.url, address, outcome)
-                    return Lookup.UNAVAILABLE
+                    return Answer(Lookup.UNAVAILABLE)
                 found = any(entry.get("type") == "searchResEntry" for entry in connection.response or [])
-                return Lookup.KNOWN if found else Lookup.UNKNOWN
+                return KNOWN if found else UNKNOWN
         except (LDAPException, OSError) as error:
             log.error("recipients: LDAP %s did not answer: %s", self.url, error)
-            return Lookup.UNAVAILABLE
+            return Answer(Lookup.UNAVAILABLE)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +34,18 @@ class Lookup(enum.Enum):
     KNOWN = "known"
     UNKNOWN = "unknown"
     UNAVAILABLE = "unavailable"   # the source could not answer (down, slow, an error)
+    UNVERIFIED = "unverified"     # a verification probe got no final answer (450 4.1.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A source's answer, and what it is based on (a probe's reply) for the refusal's text."""
+
+    lookup: Lookup
+    detail: str | None = None
+
+
+KNOWN, UNKNOWN = Answer(Lookup.KNOWN), Answer(Lookup.UNKNOWN)
 
 
 class RecipientSource(Protocol):
@@ -40,7 +53,7 @@ class RecipientSource(Protocol):
 
     name: str
 
-    async def check(self, address: str) -> Lookup: ...
+    async def check(self, address: str) -> Answer: ...
 
 
 class RecipientTable:
@@ -56,22 +69,29 @@ class RecipientTable:
         self.delimiter = delimiter
         self.keys = frozenset(read_table(path, KEY, values_required=False))
 
-    async def check(self, address: str) -> Lookup:
+    async def check(self, address: str) -> Answer:
         """KNOWN when ``address``, its extension-less form or its ``@domain`` is listed."""
         for key, _ in lookup_order(address, self.delimiter):
             if key in self.keys:
-                return Lookup.KNOWN
-        return Lookup.UNKNOWN
+                return KNOWN
+        return UNKNOWN
 
 
-async def combined(sources: Sequence[RecipientSource], address: str) -> tuple[Lookup, str | None]:
-    """Ask the sources in order: ``(KNOWN, name)`` from the first that knows ``address``; else
-    ``(UNAVAILABLE, name)`` of the first that could not answer, else ``(UNKNOWN, None)``."""
-    unavailable: str | None = None
+async def combined(sources: Sequence[RecipientSource], address: str) -> tuple[Answer, str | None]:
+    """Ask the sources in order until one knows ``address``: ``(its answer, its name)``.
+
+    When none does: the first UNAVAILABLE answer (a lookup failed: never a 550),
+    else the first UNVERIFIED one, else the last UNKNOWN one (a probe's reply is
+    the most telling), each with its source's name; ``(UNKNOWN, None)`` without sources.
+    """
+    found: dict[Lookup, tuple[Answer, str]] = {}
     for source in sources:
         answer = await source.check(address)
-        if answer is Lookup.KNOWN:
-            return Lookup.KNOWN, source.name
-        if answer is Lookup.UNAVAILABLE and unavailable is None:
-            unavailable = source.name
-    return (Lookup.UNAVAILABLE, unavailable) if unavailable else (Lookup.UNKNOWN, None)
+        if answer.lookup is Lookup.KNOWN:
+            return answer, source.name
+        if answer.lookup is Lookup.UNKNOWN or answer.lookup not in found:
+            found[answer.lookup] = (answer, source.name)
+    for lookup in (Lookup.UNAVAILABLE, Lookup.UNVERIFIED, Lookup.UNKNOWN):
+        if lookup in found:
+            return found[lookup]
+    return UNKNOWN, None

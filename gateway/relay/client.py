@@ -160,6 +160,14 @@ class SmtpClient:
         self.tls_context = tls_context
         self.cache = cache
 
+    async def connect(self, host: TargetHost) -> aiosmtplib.SMTP:
+        """A session with ``host`` after EHLO, STARTTLS and AUTH as configured (for :mod:`gateway.relay.probe`).
+
+        Raises:
+            DeliveryError: the connection or its set-up failed (the reply says why).
+        """
+        return await self._open(host)
+
     async def _open(self, host: TargetHost) -> aiosmtplib.SMTP:
         level = self.config.smtp_tls_security_level
         smtp = aiosmtplib.SMTP(hostname=host.address, port=host.port, local_hostname=self.config.myhostname,

@@ -96,3 +96,8 @@ def host_not_found(host: str) -> Reply:
 def host_without_address(host: str) -> Reply:
     """451 4.4.3: an MX or relayhost name exists but has no usable address."""
     return Reply(451, "4.4.3", f"No address for host {host}")
+
+
+def probe_sender_refused(host: str, reply: Reply) -> Reply:
+    """An address verification probe whose MAIL FROM ``host`` refused: the recipient cannot be told now."""
+    return Reply(450, "4.1.1", f"probe sender refused by {host}: {reply}"[:400])
