@@ -1,4 +1,6 @@
-"""Command line: ``gateway run | check-config | health | queue ... | dkim ... | dns-check``. The only module that exits.
+"""Command line: ``gateway run | check-config | health | queue ... | dkim ... | dns-check | explain | passwd``.
+
+The only module that exits.
 
 Exit codes: 0 success, 1 runtime error (spool, queue ID, an existing or missing
 DKIM key, a failed DNS check), 2 configuration error or bad usage (argparse).
@@ -80,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
                             help="default: [dkim] domains, else relay_domains")
     dns_parser.add_argument("--timeout", type=_positive_seconds, default=10.0,
                             help="seconds one DNS query may take (default: 10)")
+    explain = commands.add_parser("explain", help="say what this config would do with one message (sends none)")
+    explain.add_argument("--client", required=True, metavar="IP", help="the client's IP address")
+    explain.add_argument("--from", dest="sender", required=True, metavar="ADDRESS", help='the sender ("" for <>)')
+    explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDRESS",
+                         help="a recipient (repeat for more)")
+    explain.add_argument("--helo", default="client.example", help="the HELO name (default: client.example)")
+    explain.add_argument("--listener", help="the listener's name (default: the first)")
+    explain.add_argument("--cert-sha256", help="the fingerprint of a verified client certificate (hex)")
+    explain.add_argument("--login", help="an SMTP AUTH login, taken as logged in")
     passwd = commands.add_parser("passwd", help="add a user to [auth] passwd_file or change its password "
                                                 "(the password from a prompt, or the first line of stdin)")
     passwd.add_argument("login", metavar="USER")
@@ -225,6 +236,31 @@ def _dns_check(config: Config, args: argparse.Namespace) -> int:
     return 0 if all(result.passed for result in results) else 1
 
 
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    """``explain``: the walk of :mod:`gateway.ops.explain`; 1 when the message would be refused."""
+    from gateway.ops.explain import Question, explain
+    from gateway.prepare import prepare
+
+    question = Question(client=args.client, sender=args.sender, recipients=tuple(args.recipients),
+                        listener=args.listener, login=args.login, helo=args.helo,
+                        cert_sha256=args.cert_sha256.replace(":", "").lower() if args.cert_sha256 else None)
+
+    async def walk() -> str | None:
+        prepared = prepare(config, write_files=False)
+        try:
+            report = await explain(config, prepared, question)
+        finally:
+            await prepared.pipelines.aclose()
+        print(report.text(), end="")
+        return "refused" if report.refused else None
+
+    try:
+        return 1 if asyncio.run(walk()) else 0
+    except ValueError as error:
+        print(f"gateway explain: {error}", file=sys.stderr)
+        return 2
+
+
 async def _check(config: Config) -> None:
     from gateway.prepare import prepare  # imported late: the queue commands do not need the SMTP stack
 
@@ -324,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             return _dns_check(config, args)
         if args.command == "passwd":
             return _passwd(config, args)
+        if args.command == "explain":
+            return _explain(config, args)
         if args.command == "health":
             return _health(config)
         setup_logging(config.log_level, config.log_format)

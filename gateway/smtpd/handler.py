@@ -14,16 +14,14 @@ then delivered, even if the 250 never reached the client.
 from __future__ import annotations
 
 import logging
-import re
 from typing import cast
 
 from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
 
 from gateway import metrics
 from gateway import reply as replies
-from gateway.addresses import is_address_literal, split_mailbox
 from gateway.config import Config
-from gateway.envelope import Direction, Envelope
+from gateway.envelope import Envelope
 from gateway.message import header_end, header_has_bare_cr, received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
@@ -36,15 +34,12 @@ from gateway.smtpd.accept import accept, transaction_summary
 from gateway.smtpd import sasl
 from gateway.smtpd.refusal import refuse
 from gateway.smtpd.rate_limits import ClientRates, RateSettings, process_rates
+from gateway.smtpd import decisions
 from gateway.smtpd.strict_input import content_violation
 from gateway.spool.files import has_room
 from gateway.verdict import Action, Verdict
 
 log = logging.getLogger("gateway.smtpd")
-
-# Never deliverable, and unsafe in logs and terminals: ASCII and C1 controls, line/paragraph
-# separators, and surrogates (bytes that were not UTF-8, kept by aiosmtpd's surrogateescape).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 class SmtpHandler:
@@ -125,6 +120,16 @@ class SmtpHandler:
                       detail=verdict.detail)
 
     @staticmethod
+    def _refused(stage: str, refusal: decisions.Refusal, ctx: PolicyContext, *, sender: str | None = None,
+                 recipient: str | None = None) -> str:
+        """A refusal of :mod:`gateway.smtpd.decisions`, through the one seam (:func:`gateway.smtpd.refusal.refuse`)."""
+        envelope = ctx.envelope
+        return refuse(stage, refusal.reply, reason=refusal.reason, client=ctx.client.describe(),
+                      sender=sender if sender is not None else (envelope.sender if envelope is not None else None),
+                      recipients=[recipient] if recipient else (), helo=ctx.client.helo, rule=refusal.rule,
+                      detail=refusal.detail)
+
+    @staticmethod
     def _ctx(server: AioSMTP) -> PolicyContext:
         return server.gateway_ctx  # type: ignore[attr-defined,no-any-return]
 
@@ -181,59 +186,49 @@ class SmtpHandler:
 
     async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, mail_options: list[str]) -> str:
-        """Check the sender and start a transaction; the queue ID is assigned here."""
+        """Check the sender and start a transaction; the queue ID is assigned here.
+
+        The rules are :mod:`gateway.smtpd.decisions` (shared with ``gateway explain``), in this order,
+        with the checks that depend on traffic (the message rate, free spool space) between them.
+        """
         ctx = self._ctx(server)
         sender = "" if address == "<>" else address
         # the listener lookup only where [auth] is configured: most gateways have no AUTH at all
-        if ctx.client.auth_user is None and self.pipelines.auth is not None and self.auth_mode() == "required":
-            return refuse("mail", replies.AUTH_REQUIRED, reason="auth_required", client=ctx.client.describe(),
-                          sender=sender, helo=ctx.client.helo)
-        if sender:
-            try:
-                split_mailbox(sender)
-                if _CONTROL.search(sender):
-                    raise ValueError("control characters")
-            except ValueError:
-                return refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=ctx.client.describe(),
-                              sender=sender, helo=ctx.client.helo)
+        refusal = (decisions.auth_required_refusal(self.pipelines, ctx, self.auth_mode())
+                   if self.pipelines.auth is not None else None) or decisions.sender_syntax_refusal(sender)
+        if refusal is not None:
+            return self._refused("mail", refusal, ctx, sender=sender)
         rates = self.client_rates()
         if rates is not None and not rates.allow("message", ctx.client):
             return refuse("mail", replies.too_much_mail_from(str(ctx.client.address)), reason="message_rate_limit",
                           client=ctx.client.describe(), sender=sender, helo=ctx.client.helo)
-        owners = self.pipelines.sender_logins
-        if ctx.client.auth_user is not None and owners is not None and not owners.owns(ctx.client.auth_user, sender):
-            return refuse("mail", replies.sender_not_owned(sender, ctx.client.auth_user),
-                          reason="sender_login_mismatch", client=ctx.client.describe(), sender=sender,
-                          helo=ctx.client.helo)
+        refusal = decisions.sender_login_refusal(self.pipelines, ctx, sender)
+        if refusal is not None:
+            return self._refused("mail", refusal, ctx, sender=sender)
         transaction = Envelope.from_mail(sender, mail_options, smtputf8=envelope.smtp_utf8)
         if not has_room(self.intake.batcher.spool.root, transaction.declared_size or 0, self.config.queue_minfree):
             return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),
                           sender=sender, helo=ctx.client.helo, detail=f"size={transaction.declared_size}")
         ctx.envelope = transaction
         ctx.queue_id = new_queue_id()
-        result = await self.pipelines.access.mail(ctx, sender)
-        ctx.envelope.direction = Direction.OUTBOUND if ctx.client.trusted else Direction.INBOUND
-        if result.verdict.action is Action.CONTINUE:
-            result = await self.pipelines.for_direction(ctx.envelope.direction).mail(ctx, sender)
-        if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            line = self._refuse("mail", result.verdict, ctx)
+        refusal = await decisions.mail_policy_refusal(self.pipelines, ctx, sender)
+        if refusal is not None:
             ctx.envelope = None
-            return line
+            return self._refused("mail", refusal, ctx, sender=sender)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
 
     async def handle_RCPT(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str, rcpt_options: list[str]) -> str:
-        """Default-deny recipient check through the pipeline, plus smtpd_recipient_limit."""
+        """Default-deny recipient check (:mod:`gateway.smtpd.decisions`), plus the rate and smtpd_recipient_limit."""
         ctx = self._ctx(server)
         if ctx.envelope is None:
             return refuse("rcpt", replies.NEED_MAIL, reason="protocol", client=ctx.client.describe(),
                           recipients=[address], helo=ctx.client.helo)
-        if _CONTROL.search(address) or (address.endswith("]") and not is_address_literal(address.rpartition("@")[2])):
-            # could never be sent on (RFC 5321 §4.1.2), or names no host (§4.1.3)
-            return refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=ctx.client.describe(),
-                          sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
+        refusal = decisions.recipient_syntax_refusal(address)
+        if refusal is not None:
+            return self._refused("rcpt", refusal, ctx, recipient=address)
         rates = self.client_rates()
         if rates is not None and not rates.allow("recipient", ctx.client):
             return refuse("rcpt", replies.too_many_recipients_from(str(ctx.client.address)),
@@ -242,30 +237,16 @@ class SmtpHandler:
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
             return refuse("rcpt", replies.TOO_MANY_RECIPIENTS, reason="recipient_limit", client=ctx.client.describe(),
                           sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
-        result = await self.pipelines.access.rcpt(ctx, address)
-        if result.verdict.action is Action.ACCEPT:
-            content = await self.pipelines.for_direction(ctx.envelope.direction).rcpt(
-                ctx, address, require_accept=False)
-            if content.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-                result = content
-        verdict = result.verdict
-        if verdict.action is Action.ACCEPT:
-            routing = self.pipelines.recipients
-            if routing is None:
-                ctx.envelope.recipients.append(address)
-            else:
-                resolution = await routing.resolve(address, validate=not ctx.client.trusted)
-                if resolution.reply is not None:
-                    return refuse("rcpt", resolution.reply, reason=resolution.reason or "policy",
-                                  client=ctx.client.describe(), sender=ctx.envelope.sender, recipients=[address],
-                                  helo=ctx.client.helo, rule=resolution.rule, detail=resolution.detail)
-                _add_recipients(ctx.envelope, address, resolution.addresses)
-            envelope.rcpt_tos.append(address)
-            envelope.rcpt_options.extend(rcpt_options)
-            return str(replies.RECIPIENT_OK)
-        assert verdict.reply is not None
-        return self._refuse("rcpt", verdict, ctx, reply=replies.for_recipient(verdict.reply, address),
-                            recipient=address, helo=ctx.client.helo or "")
+        decision = await decisions.recipient_decision(self.pipelines, ctx, address)
+        if decision.refusal is not None:
+            return self._refused("rcpt", decision.refusal, ctx, recipient=address)
+        if self.pipelines.recipients is None:
+            ctx.envelope.recipients.append(address)
+        else:
+            decisions.add_recipients(ctx.envelope, address, decision.recipients)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return str(replies.RECIPIENT_OK)
 
     async def handle_VRFY(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
                           address: str) -> str:
@@ -330,11 +311,3 @@ class SmtpHandler:
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
 
-
-def _add_recipients(transaction: Envelope, address: str, results: list[str]) -> None:
-    """Add what RCPT ``address`` became to the transaction: each result once, remembering ``address`` for it."""
-    for result in results:
-        if result not in transaction.recipients:  # two aliases of one mailbox: one copy (Postfix)
-            transaction.recipients.append(result)
-            if result != address:
-                transaction.original_recipients[result] = address
