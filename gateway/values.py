@@ -191,13 +191,18 @@ def parse_bool(raw: object) -> bool:
     raise ValueError("not a boolean")
 
 
-def parse_positive_int(raw: object) -> int:
+def _whole_number(raw: object, least: int) -> int:
     if isinstance(raw, bool):
         raise ValueError("not an integer")
     value = int(str(raw))
-    if value < 1:
-        raise ValueError("must be at least 1")
+    if value < least:
+        raise ValueError(f"must be at least {least}")
     return value
+
+
+def parse_positive_int(raw: object) -> int:
+    """A whole number >= 1."""
+    return _whole_number(raw, 1)
 
 
 def parse_delimiter(raw: object) -> str:
@@ -209,12 +214,7 @@ def parse_delimiter(raw: object) -> str:
 
 def parse_count(raw: object) -> int:
     """A whole number >= 0 (a limit where 0 means none)."""
-    if isinstance(raw, bool):
-        raise ValueError("not an integer")
-    value = int(str(raw))
-    if value < 0:
-        raise ValueError("must be at least 0")
-    return value
+    return _whole_number(raw, 0)
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Any], str]:

@@ -55,14 +55,20 @@ def _rcpt_reply(namespace: str, source: str, port: int) -> int:
     return int(done.stdout.strip())
 
 
+def gateway_in(namespace: str, tmp_path, port: int) -> GatewayProcess:
+    """A gateway inside ``namespace`` with auto_trust_networks and nothing else trusted.
+
+    workers = 1: the networks are logged once per process, and the tests read those lines.
+    """
+    return GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\nworkers = 1\n'
+                          'relayhost = ["[127.0.0.1]:9"]\n'
+                          f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
+                          wrapper=["ip", "netns", "exec", namespace])
+
+
 def test_only_interfaces_that_are_up_and_not_too_wide_are_trusted(namespace, tmp_path):
     port = free_port()
-    # workers = 1: the networks are logged once per process, and this test reads the one line
-    gateway = GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\nworkers = 1\n'
-                             'relayhost = ["[127.0.0.1]:9"]\n'
-                             f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
-                             wrapper=["ip", "netns", "exec", namespace])
-    with gateway:
+    with gateway_in(namespace, tmp_path, port) as gateway:
         (trusted,) = gateway.wait_for_log(r"auto_trust_networks: trusting the networks of the interfaces that are up")
         assert "up0 10.97.0.0/24" in trusted and "lo 127.0.0.0/8" in trusted
         assert "down0" not in trusted and "10.96." not in trusted  # down: not trusted
@@ -76,11 +82,7 @@ def test_only_interfaces_that_are_up_and_not_too_wide_are_trusted(namespace, tmp
 def test_a_network_attached_after_start_is_trusted_after_sighup_and_after_the_rescan(namespace, tmp_path):
     """A docker network attached to a running container: trusted without a restart (issue 14, item 7)."""
     port = free_port()
-    gateway = GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\nworkers = 1\n'
-                             'relayhost = ["[127.0.0.1]:9"]\n'
-                             f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
-                             wrapper=["ip", "netns", "exec", namespace])
-    with gateway:
+    with gateway_in(namespace, tmp_path, port) as gateway:
         gateway.wait_for_log(r"auto_trust_networks: trusting the networks of the interfaces that are up")
         for command in ("link add late0 type veth peer name late0p", "addr add 10.95.0.1/24 dev late0",
                         "link set late0p up", "link set late0 up"):
