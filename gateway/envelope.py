@@ -86,6 +86,10 @@ class Envelope:
     direction: Direction = Direction.INBOUND
     # final recipient -> the RCPT address it came from, for those an alias rewrote (virtual_alias_maps)
     original_recipients: dict[str, str] = field(default_factory=dict)
+    # RFC 3461: RET and ENVID of MAIL; final recipient -> (NOTIFY words, ORCPT "type;address") of its RCPT
+    dsn_ret: str | None = None
+    dsn_envid: str | None = None
+    recipient_dsn: dict[str, tuple[tuple[str, ...] | None, str | None]] = field(default_factory=dict)
 
     @classmethod
     def from_mail(cls, sender: str, parameters: list[str], *, smtputf8: bool) -> Envelope:

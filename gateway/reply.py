@@ -209,6 +209,11 @@ def unverified(why: str) -> Reply:
     return Reply(450, "4.1.1", f"Recipient address rejected: unverified address: {why}"[:400])
 
 
+def bad_dsn_parameter(parameter: str) -> Reply:
+    """A malformed or repeated RFC 3461 parameter of MAIL or RCPT (RFC 3461 §4)."""
+    return Reply(501, "5.5.4", f"Error: invalid parameter {parameter[:80]}")
+
+
 def queued(queue_id: str) -> Reply:
     """``250 2.0.0 Ok: queued as <ID>``, the acknowledgement after the spool commit."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

@@ -78,7 +78,8 @@ class FailedRecipient:
             shows it as given; ``Remote-MTA`` gets the host name only.
         action: ``"failed"`` (given up: bounce) or ``"delayed"`` (still being
             retried: warning only), RFC 3464 §2.3.3.
-        original: the address the client gave, when an alias rewrote it (``Original-Recipient``).
+        original: the address the client gave: its ORCPT parameter, or the RCPT address an alias
+            rewrote (``Original-Recipient``); original_type: its address type (``rfc822``, from ORCPT).
 
     Raises:
         ValueError: on an unknown action, a 2xx reply, an empty address, or
@@ -90,6 +91,7 @@ class FailedRecipient:
     remote_mta: str | None
     action: str = "failed"
     original: str | None = None
+    original_type: str = "rfc822"
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -101,6 +103,7 @@ class FailedRecipient:
         fmt.check_line("address", self.address)
         if self.original is not None:
             fmt.check_line("original", self.original)
+            fmt.check_line("original_type", self.original_type)
         if self.remote_mta is not None:
             fmt.check_line("remote_mta", self.remote_mta)
             if not self.remote_mta.strip():
@@ -134,6 +137,7 @@ def build_dsn(
     now: float,
     postmaster: str | None = None,
     header_limit: int = HEADER_SIZE_LIMIT,
+    envid: str | None = None,
 ) -> bytes:
     """Build a complete DSN message (RFC 3464 in RFC 6522 multipart/report).
 
@@ -156,6 +160,7 @@ def build_dsn(
             to the word "postmaster" as in Postfix's template.
         header_limit: most bytes of original headers returned
             (:data:`UNTRUSTED_HEADER_LIMIT` for mail from untrusted clients).
+        envid: the ENVID the sender gave with MAIL (RFC 3461), returned as ``Original-Envelope-Id``.
 
     Returns:
         The message, header section and body, bytes, CRLF line endings.
@@ -181,8 +186,10 @@ def build_dsn(
     delayed_only = all(r.action == "delayed" for r in recipients)
     text_body, text_cte, charset = _text_part(reporting_mta, recipients, arrival, now,
                                                postmaster or "postmaster", delayed_only)
+    if envid is not None:
+        fmt.check_line("envid", envid)
     status_body = _delivery_status(reporting_mta, original_queue_id, original_sender,
-                                   arrival, recipients, date)
+                                   arrival, recipients, date, envid)
     headers_body = extract_headers(original_message, header_limit)
     headers_cte = "8bit" if any(byte >= 0x80 for byte in headers_body) else "7bit"
     parts = [
@@ -313,9 +320,10 @@ def _explain(recipient: FailedRecipient) -> list[str]:
 
 
 def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: float,
-                     recipients: Sequence[FailedRecipient], date: str) -> bytes:
+                     recipients: Sequence[FailedRecipient], date: str, envid: str | None = None) -> bytes:
     """The message/delivery-status body (RFC 3464 §2.2, §2.3), ASCII, CRLF."""
     blocks = [fmt.fields([
+        *([("Original-Envelope-Id", envid)] if envid else []),  # RFC 3464 §2.2.1
         ("Reporting-MTA", f"dns; {reporting_mta}"),
         ("X-Gateway-Queue-ID", queue_id),
         ("X-Gateway-Sender", fmt.address_field(sender)),
@@ -329,7 +337,7 @@ def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: fl
             status = "4" + status[1:]
         fields = [
             # RFC 3464 §2.3.1: the address the client gave, where an alias rewrote it
-            *([("Original-Recipient", fmt.address_field(recipient.original))] if recipient.original else []),
+            *([("Original-Recipient", _original_field(recipient))] if recipient.original else []),
             ("Final-Recipient", fmt.address_field(recipient.address)),
             ("Action", recipient.action),
             ("Status", status),
@@ -342,6 +350,14 @@ def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: fl
         fields.append(("Last-Attempt-Date", date))
         blocks.append(fmt.fields(fields))
     return b"\r\n".join(blocks)
+
+
+def _original_field(recipient: FailedRecipient) -> str:
+    """``rfc822; addr`` (an alias's RCPT address, or an ORCPT of that type), or ORCPT's own ``type; address``."""
+    assert recipient.original is not None
+    if recipient.original_type == "rfc822":
+        return fmt.address_field(recipient.original)
+    return f"{recipient.original_type}; {recipient.original}"
 
 
 def _mta_name(remote_mta: str) -> str:

@@ -304,6 +304,13 @@ class RelayWorker:
             log.info("%s: removed", entry.queue_id)
 
     async def _bounce(self, entry: SpoolEntry, message: bytes | FileText, recipients: list[RecipientStatus]) -> None:
+        unwanted = [r for r in recipients if r.notify is not None and "FAILURE" not in r.notify]
+        if unwanted:  # RFC 3461 §4.1: NOTIFY=NEVER, or a list without FAILURE
+            log.info("%s: no DSN for %s (NOTIFY=%s)", entry.queue_id, ", ".join(r.address for r in unwanted),
+                     ",".join(unwanted[0].notify or ()))
+            recipients = [r for r in recipients if r not in unwanted]
+            if not recipients:
+                return
         if should_bounce(entry.sender, entry.is_bounce):
             now = time.time()
             # From an untrusted client the sender may be forged: the DSN may be backscatter.
@@ -316,10 +323,8 @@ class RelayWorker:
             dsn = build_dsn(
                 reporting_mta=self.config.myhostname, original_sender=entry.sender,
                 original_queue_id=entry.queue_id, arrival=entry.arrival,
-                recipients=[FailedRecipient(r.address, r.last_reply or replies.FAILED_WITHOUT_REPLY, r.relay,
-                                                original=r.original)
-                            for r in recipients],
-                original_message=message, now=now,
+                recipients=[_failed(r) for r in recipients], original_message=message, now=now,
+                envid=entry.dsn_envid,
                 header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
             bounce = SpoolEntry(
                 queue_id=new_queue_id(now), arrival=now, sender="",
@@ -340,3 +345,13 @@ class RelayWorker:
         else:
             log.info("%s: no DSN for %s (null sender or a DSN itself)", entry.queue_id,
                      ", ".join(r.address for r in recipients))
+
+
+def _failed(recipient: RecipientStatus) -> FailedRecipient:
+    """One recipient of a DSN: its ORCPT (RFC 3461) as the original recipient, else the RCPT address an alias
+    rewrote."""
+    original, original_type = recipient.original, "rfc822"
+    if recipient.orcpt is not None:
+        original_type, _, original = recipient.orcpt.partition(";")
+    return FailedRecipient(recipient.address, recipient.last_reply or replies.FAILED_WITHOUT_REPLY, recipient.relay,
+                           original=original, original_type=original_type)

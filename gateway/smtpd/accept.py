@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from gateway import metrics
 from gateway import reply as replies
 from gateway.config import Config
-from gateway.envelope import Direction
+from gateway.envelope import Direction, Envelope
 from gateway.errors import SpoolError, SpoolFullError
 from gateway.message import FileText, message_size
 from gateway.pipeline.finish import finish
@@ -77,8 +77,7 @@ async def accept(ctx: PolicyContext, content: bytes | FileText, result: StageRes
     size = message_size(message)
     entry = SpoolEntry(
         queue_id=ctx.queue_id, arrival=now, sender=ctx.envelope.sender,
-        recipients=[RecipientStatus(address, original=ctx.envelope.original_recipients.get(address))
-                    for address in recipients], client=ctx.client,
+        recipients=[_recipient_status(ctx.envelope, address) for address in recipients], client=ctx.client, dsn_ret=ctx.envelope.dsn_ret, dsn_envid=ctx.envelope.dsn_envid,
         smtputf8=ctx.envelope.smtputf8, body_8bitmime=ctx.envelope.body_8bitmime,
         hold_reason=verdict.reason if verdict.action is Action.HOLD else None)
     state = QueueState.HOLD if verdict.action is Action.HOLD else QueueState.INCOMING
@@ -99,3 +98,12 @@ async def accept(ctx: PolicyContext, content: bytes | FileText, result: StageRes
              f" reason={verdict.reason} detail={verdict.detail}" if state is QueueState.HOLD else "")
     ctx.queue_id = None
     return str(replies.queued(entry.queue_id))
+
+
+def _recipient_status(transaction: Envelope, address: str) -> RecipientStatus:
+    """A new spool recipient, with the RCPT address it came from and its DSN parameters when there are any."""
+    if not transaction.original_recipients and not transaction.recipient_dsn:
+        return RecipientStatus(address)
+    notify, orcpt = transaction.recipient_dsn.get(address, (None, None))
+    return RecipientStatus(address, original=transaction.original_recipients.get(address), notify=notify,
+                           orcpt=orcpt)

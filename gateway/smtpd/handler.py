@@ -209,6 +209,8 @@ class SmtpHandler:
         if not has_room(self.intake.batcher.spool.root, transaction.declared_size or 0, self.config.queue_minfree):
             return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),
                           sender=sender, helo=ctx.client.helo, detail=f"size={transaction.declared_size}")
+        dsn = cast(GatewaySMTP, server).dsn_mail
+        transaction.dsn_ret, transaction.dsn_envid = dsn.ret, dsn.envid
         ctx.envelope = transaction
         ctx.queue_id = new_queue_id()
         refusal = await decisions.mail_policy_refusal(self.pipelines, ctx, sender)
@@ -244,6 +246,10 @@ class SmtpHandler:
             ctx.envelope.recipients.append(address)
         else:
             decisions.add_recipients(ctx.envelope, address, decision.recipients)
+        dsn = cast(GatewaySMTP, server).dsn_rcpt
+        if dsn.notify is not None or dsn.orcpt is not None:
+            for final in decision.recipients:
+                ctx.envelope.recipient_dsn.setdefault(final, (dsn.notify, dsn.orcpt))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.RECIPIENT_OK)

@@ -41,6 +41,7 @@ from typing import Any, AnyStr, cast
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from gateway import reply as replies
+from gateway.smtpd import dsn_parameters
 from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
 from gateway.smtpd.refusal import refuse
@@ -109,6 +110,8 @@ class GatewaySMTP(SMTP):
         self.command_checks = CommandChecks(input_rules)
         self.greeted = False
         self.message_has_nul = self.message_has_8bit = False  # of the message just read (for handle_DATA)
+        # RFC 3461 parameters of the MAIL and the RCPT being handled (for handle_MAIL / handle_RCPT)
+        self.dsn_mail = self.dsn_rcpt = dsn_parameters.NOT_ASKED
         self.early_input = b""          # what the client sent before the greeting (an early talker)
         self.limiter = limiter
         self.implicit_tls = tls_mode == "implicit"
@@ -300,10 +303,7 @@ class GatewaySMTP(SMTP):
             self.event_handler.end_session(self)
 
     async def _pregreet_refusal(self) -> str | None:
-        """An untrusted client that sent something before the greeting: refused (postscreen's pregreet test).
-
-        Waits ``smtpd_pregreet_wait`` first, unless the client has talked already.
-        """
+        """An untrusted client that talked before the greeting (after ``smtpd_pregreet_wait``): refused."""
         ctx = self.gateway_ctx
         if ctx is not None and ctx.client.trusted:
             return None
@@ -367,12 +367,23 @@ class GatewaySMTP(SMTP):
                                    sender=arg))
             return
         # RFC 4954 §5: AUTH=<mailbox> is taken and ignored (it grants nothing; aiosmtpd would answer 555)
-        await super().smtp_MAIL(_AUTH_PARAMETER.sub("", arg) if arg else arg)
+        arg = _AUTH_PARAMETER.sub("", arg) if arg else arg
+        try:
+            arg, self.dsn_mail = dsn_parameters.split_off(arg, "FROM:", dsn_parameters.MAIL_PARAMETERS, self._getaddr)
+        except dsn_parameters.ParameterError as error:
+            await self.push(refuse("mail", error.reply, reason="bad_dsn_parameter", client=self._peer_text()))
+            return
+        await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if unterminated_path(arg, "TO:"):
             await self.push(refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=self._peer_text(),
                                    recipients=[arg or ""]))
+            return
+        try:
+            arg, self.dsn_rcpt = dsn_parameters.split_off(arg, "TO:", dsn_parameters.RCPT_PARAMETERS, self._getaddr)
+        except dsn_parameters.ParameterError as error:
+            await self.push(refuse("rcpt", error.reply, reason="bad_dsn_parameter", client=self._peer_text()))
             return
         await super().smtp_RCPT(arg)
 

@@ -38,6 +38,7 @@ class RecipientStatus:
 
     last_attempt: unix seconds. relay: ``host[ip]:port`` that gave ``last_reply``.
     original: the RCPT address this recipient came from when an alias rewrote it (the ORCPT of its DSNs).
+    notify: the RCPT's NOTIFY words (RFC 3461), None when not given; orcpt: its ORCPT, ``"type;address"``.
     """
 
     address: str
@@ -47,6 +48,8 @@ class RecipientStatus:
     last_attempt: float | None = None
     relay: str | None = None
     original: str | None = None
+    notify: tuple[str, ...] | None = None
+    orcpt: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -54,12 +57,16 @@ class RecipientStatus:
         return self.state in (RecipientState.DELIVERED, RecipientState.BOUNCED)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``original`` only when there is one)."""
-        data = {"address": self.address, "state": self.state.value, "attempts": self.attempts,
+        """JSON-ready form (``original``, ``notify`` and ``orcpt`` only when there are some)."""
+        data: dict[str, Any] = {"address": self.address, "state": self.state.value, "attempts": self.attempts,
                 "last_reply": self.last_reply.to_dict() if self.last_reply else None,
                 "last_attempt": self.last_attempt, "relay": self.relay}
         if self.original is not None:
             data["original"] = self.original
+        if self.notify is not None:
+            data["notify"] = list(self.notify)
+        if self.orcpt is not None:
+            data["orcpt"] = self.orcpt
         return data
 
     @classmethod
@@ -69,7 +76,9 @@ class RecipientStatus:
         return cls(address=str(data["address"]), state=RecipientState(data["state"]),
                    attempts=int(data.get("attempts", 0)),
                    last_reply=Reply.from_dict(reply) if reply else None,
-                   last_attempt=data.get("last_attempt"), relay=data.get("relay"), original=data.get("original"))
+                   last_attempt=data.get("last_attempt"), relay=data.get("relay"), original=data.get("original"),
+                   notify=tuple(str(word) for word in data["notify"]) if data.get("notify") is not None else None,
+                   orcpt=data.get("orcpt"))
 
 
 @dataclass(slots=True)
@@ -97,6 +106,8 @@ class SpoolEntry:
     smtputf8: bool = False
     body_8bitmime: bool = False
     hold_reason: str | None = None
+    dsn_ret: str | None = None     # RFC 3461 RET of MAIL: FULL or HDRS
+    dsn_envid: str | None = None   # RFC 3461 ENVID of MAIL, decoded
     format_version: int = FORMAT_VERSION
     state: QueueState = field(default=QueueState.INCOMING, compare=False)
 
@@ -117,6 +128,10 @@ class SpoolEntry:
             "smtputf8": self.smtputf8, "body_8bitmime": self.body_8bitmime,
             "hold_reason": self.hold_reason,
         }
+        if self.dsn_ret is not None:
+            data["dsn_ret"] = self.dsn_ret
+        if self.dsn_envid is not None:
+            data["dsn_envid"] = self.dsn_envid
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
 
     @classmethod
@@ -141,7 +156,8 @@ class SpoolEntry:
                 last_delay=data.get("last_delay"), is_bounce=bool(data.get("is_bounce", False)),
                 smtputf8=bool(data.get("smtputf8", False)),
                 body_8bitmime=bool(data.get("body_8bitmime", False)),
-                hold_reason=data.get("hold_reason"), format_version=version, state=state)
+                hold_reason=data.get("hold_reason"), dsn_ret=data.get("dsn_ret"), dsn_envid=data.get("dsn_envid"),
+                format_version=version, state=state)
         except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as error:
             # RecursionError: JSON nested thousands deep; ValueError: bad JSON, numbers, addresses.
             raise ValueError(f"malformed spool record: {type(error).__name__}: {str(error)[:200]}") from None
