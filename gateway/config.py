@@ -95,6 +95,7 @@ class Config:
     smtpd_tls_CAfile: Path | None = None
     maximal_queue_lifetime: float = 5 * 86400.0
     bounce_queue_lifetime: float = 5 * 86400.0
+    delay_warning_time: float = 0.0   # 0: no delay warnings (Postfix's default)
     minimal_backoff_time: float = 300.0
     maximal_backoff_time: float = 4000.0
     queue_run_delay: float = 300.0
@@ -132,7 +133,7 @@ _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
-    "anvil_rate_time_unit", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
+    "anvil_rate_time_unit", "delay_warning_time", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
     "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
 )
 _INT_KEYS = (

@@ -154,7 +154,7 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 AUTH_THROTTLED = Reply(454, "4.7.0", "Error: too many failed logins, try again later")
 AUTH_TOO_MANY_FAILURES = Reply(421, "4.7.0", "Error: too many failed logins, closing transmission channel")
 START_MAIL_INPUT = "354 End data with <CR><LF>.<CR><LF>"  # intermediate: no enhanced code (RFC 3463 §3)
-EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES")  # added to aiosmtpd's EHLO lines
+EHLO_EXTENSIONS = ("250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN")  # added to aiosmtpd's EHLO lines
 EHLO_AUTH = "250-AUTH PLAIN LOGIN"  # where AUTH is offered (RFC 4954 §3; gateway.smtpd.sasl.MECHANISMS)
 
 

@@ -36,7 +36,7 @@ from gateway.message import FileText
 from gateway.relay import dsn_format as fmt
 from gateway.reply import Reply
 
-ACTIONS = frozenset({"failed", "delayed"})
+ACTIONS = frozenset({"failed", "delayed", "relayed"})
 """RFC 3464 §2.3.3 actions this module reports (delivered/relayed/expanded are not bounces)."""
 
 HEADER_SIZE_LIMIT = 102400
@@ -96,8 +96,8 @@ class FailedRecipient:
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"action {self.action!r} is not one of {sorted(ACTIONS)}")
-        if self.reply.is_success:
-            raise ValueError(f"a {self.reply.code} reply is a delivery, not a failure")
+        if self.reply.is_success != (self.action == "relayed"):
+            raise ValueError(f"a {self.reply.code} reply cannot be reported as {self.action}")
         if not self.address:
             raise ValueError("recipient address is empty")
         fmt.check_line("address", self.address)
@@ -184,8 +184,12 @@ def build_dsn(
 
     date = fmt.rfc5322_date(now)
     delayed_only = all(r.action == "delayed" for r in recipients)
-    text_body, text_cte, charset = _text_part(reporting_mta, recipients, arrival, now,
-                                               postmaster or "postmaster", delayed_only)
+    relayed_only = all(r.action == "relayed" for r in recipients)
+    if relayed_only:
+        text_body, text_cte, charset = _relayed_text(reporting_mta, recipients)
+    else:
+        text_body, text_cte, charset = _text_part(reporting_mta, [r for r in recipients if r.action != "relayed"],
+                                                   arrival, now, postmaster or "postmaster", delayed_only)
     if envid is not None:
         fmt.check_line("envid", envid)
     status_body = _delivery_status(reporting_mta, original_queue_id, original_sender,
@@ -204,7 +208,8 @@ def build_dsn(
                   ("Content-Transfer-Encoding", headers_cte)]), headers_body),
     ]
     boundary = fmt.boundary(body for _, body in parts)
-    subject = ("Delayed Mail (still being retried)" if delayed_only
+    subject = ("Successful Mail Delivery Report" if relayed_only
+               else "Delayed Mail (still being retried)" if delayed_only
                else "Undelivered Mail Returned to Sender")
     top = [
         ("Date", date),
@@ -301,6 +306,11 @@ def _text_part(reporting_mta: str, recipients: Sequence[FailedRecipient], arriva
                   "you do not need to resend the message to them:"]
         for recipient in delayed:
             lines += ["", *_explain(recipient)]
+    return _encoded_text(lines)
+
+
+def _encoded_text(lines: list[str]) -> tuple[bytes, str, str]:
+    """``(body, content-transfer-encoding, charset)`` of text lines: 7bit when it can be, else quoted-printable."""
     text = "\r\n".join(lines) + "\r\n"
     raw = fmt.utf8(text)
     if raw.isascii() and all(len(line) <= fmt.MAX_LINE for line in raw.split(b"\r\n")):
@@ -311,10 +321,23 @@ def _text_part(reporting_mta: str, recipients: Sequence[FailedRecipient], arriva
     return encoded, "quoted-printable", "utf-8"
 
 
-def _explain(recipient: FailedRecipient) -> list[str]:
+def _relayed_text(reporting_mta: str, recipients: Sequence[FailedRecipient]) -> tuple[bytes, str, str]:
+    """The human-readable part of a success notice (Postfix's wording for a relayed message)."""
+    lines = [f"This is the mail system at host {reporting_mta}.", "",
+             "Your message was successfully delivered to the destination(s)",
+             "listed below. If the message was delivered to mailbox you will",
+             "receive no further notifications. Otherwise you may still receive",
+             "notifications of mail delivery errors from other systems.", "",
+             "                   The mail system"]
+    for recipient in recipients:
+        lines += ["", *_explain(recipient, "relayed to a mailer that does not do DSN: ")]
+    return _encoded_text(lines)
+
+
+def _explain(recipient: FailedRecipient, prefix: str = "") -> list[str]:
     """Postfix-style lines ``<rcpt>: host H said: 550 5.1.1 text``, wrapped at 76 columns."""
     said = f"host {recipient.remote_mta} said: " if recipient.remote_mta else ""
-    return textwrap.wrap(f"<{recipient.address}>: {said}{recipient.reply}", width=76,
+    return textwrap.wrap(f"<{recipient.address}>: {prefix}{said}{recipient.reply}", width=76,
                          subsequent_indent="    ", break_long_words=False,
                          break_on_hyphens=False)
 

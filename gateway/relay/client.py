@@ -26,7 +26,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import aiosmtplib
@@ -35,6 +35,7 @@ from gateway.config import Config
 from gateway.errors import DeliveryError
 from gateway.message import FileText, crlf_line_ends, whole_lines
 from gateway.relay import replies
+from gateway.relay.dsn_format import xtext
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
 
@@ -43,10 +44,37 @@ log = logging.getLogger("gateway.relay")
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    """Per-recipient replies of one attempt, keyed by recipient address."""
+    """Per-recipient replies of one attempt, keyed by recipient address; ``dsn_passed``: the host offered DSN,
+    so the RFC 3461 parameters went on with the message (and its success notices are that host's)."""
 
     replies: dict[str, Reply]
     host: TargetHost
+    dsn_passed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DsnOptions:
+    """RFC 3461 parameters to pass on to a next hop that offers DSN.
+
+    ret, envid: of MAIL. recipients: address -> (NOTIFY words or None, ORCPT ``"type;address"`` or None).
+    """
+
+    ret: str | None = None
+    envid: str | None = None
+    recipients: dict[str, tuple[tuple[str, ...] | None, str | None]] = field(default_factory=dict)
+
+    def mail_options(self) -> list[str]:
+        """``RET=`` and ``ENVID=`` (xtext) for MAIL."""
+        return ([f"RET={self.ret}"] if self.ret else []) + ([f"ENVID={xtext(self.envid)}"] if self.envid else [])
+
+    def rcpt_options(self, recipient: str) -> list[str]:
+        """``NOTIFY=`` and ``ORCPT=`` (xtext) for one RCPT."""
+        notify, orcpt = self.recipients.get(recipient, (None, None))
+        options = [f"NOTIFY={','.join(notify)}"] if notify else []
+        if orcpt:
+            addr_type, _, address = orcpt.partition(";")
+            options.append(f"ORCPT={addr_type};{xtext(address)}")
+        return options
 
 
 DATA_CHUNK_BYTES = 256 * 1024  # message bytes encoded and written at a time; bounds the extra memory
@@ -212,7 +240,7 @@ class SmtpClient:
             await smtp.helo()
 
     async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes | FileText, *,
-                      smtputf8: bool, body_8bitmime: bool) -> AttemptResult:
+                      smtputf8: bool, body_8bitmime: bool, dsn: DsnOptions | None = None) -> AttemptResult:
         """Send ``message`` to ``recipients`` through ``host``.
 
         Raises:
@@ -222,18 +250,19 @@ class SmtpClient:
         if smtp is not None:
             try:
                 return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
-                                              body_8bitmime=body_8bitmime, reused=True)
+                                              body_8bitmime=body_8bitmime, reused=True, dsn=dsn)
             except _StaleSession:
                 pass
         smtp = await self._open(host)
         return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
-                                      body_8bitmime=body_8bitmime, reused=False)
+                                      body_8bitmime=body_8bitmime, reused=False, dsn=dsn)
 
     async def _attempt_on(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                          message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool, reused: bool) -> AttemptResult:
+                          message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool, reused: bool,
+                          dsn: DsnOptions | None) -> AttemptResult:
         try:
-            result = await self._transaction(smtp, host, sender, recipients, message,
-                                             smtputf8=smtputf8, body_8bitmime=body_8bitmime, reused=reused)
+            result = await self._transaction(smtp, host, sender, recipients, message, smtputf8=smtputf8,
+                                             body_8bitmime=body_8bitmime, reused=reused, dsn=dsn)
         except (DeliveryError, _StaleSession):
             smtp.close()
             raise
@@ -292,7 +321,7 @@ class SmtpClient:
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
                            message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool,
-                           reused: bool = False) -> AttemptResult:
+                           reused: bool = False, dsn: DsnOptions | None = None) -> AttemptResult:
         options = []
         encoding = "ascii"
         needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
@@ -307,6 +336,10 @@ class SmtpClient:
             options.append("BODY=8BITMIME")
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(message)}")
+        dsn_passed = dsn is not None and smtp.supports_extension("dsn")
+        if dsn_passed:
+            assert dsn is not None
+            options += dsn.mail_options()
         try:
             await smtp.mail(sender, options=options, encoding=encoding)
         except aiosmtplib.SMTPSenderRefused as error:
@@ -324,7 +357,8 @@ class SmtpClient:
         accepted: list[str] = []
         for recipient in recipients:
             try:
-                response = await smtp.rcpt(recipient, encoding=encoding)
+                response = await smtp.rcpt(recipient, options=dsn.rcpt_options(recipient) if dsn_passed and dsn else [],
+                                           encoding=encoding)
             except aiosmtplib.SMTPRecipientRefused as error:
                 per_recipient[recipient] = _reply(error)
                 continue
@@ -332,7 +366,7 @@ class SmtpClient:
             per_recipient[recipient] = Reply.from_remote(response.code, response.message)
         if not accepted:
             await smtp.rset()
-            return AttemptResult(per_recipient, host)
+            return AttemptResult(per_recipient, host, dsn_passed)
         try:
             response = await self._send_data(smtp, message)
             data_reply = Reply.from_remote(response.code, response.message)
@@ -340,4 +374,4 @@ class SmtpClient:
             data_reply = _reply(error)
         for recipient in accepted:
             per_recipient[recipient] = data_reply
-        return AttemptResult(per_recipient, host)
+        return AttemptResult(per_recipient, host, dsn_passed)

@@ -16,6 +16,12 @@ FOLD_AT = 78  # RFC 5322 §2.1.1 "SHOULD" limit, used for the fields we write
 FORBIDDEN_CHARS = ("\r", "\n", "\x00")
 
 
+def xtext(text: str) -> str:
+    """RFC 3461 §4 xtext: ``+``, ``=``, controls, space and non-ASCII (as UTF-8 octets) become ``+HH``."""
+    return "".join(chr(octet) if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D) else f"+{octet:02X}"
+                   for octet in text.encode("utf-8", "surrogateescape"))
+
+
 def address_field(address: str) -> str:
     """``rfc822; addr`` for ASCII, else ``utf-8; <utf-8-addr-xtext>`` (RFC 6533 §3)."""
     if address.isascii():

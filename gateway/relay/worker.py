@@ -35,7 +35,7 @@ from gateway.relay.backoff import is_expired, next_attempt
 from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
                                   should_bounce)
 from gateway.relay.dsn_rate import DsnRateLimit
-from gateway.relay.client import SmtpClient
+from gateway.relay.client import DsnOptions, SmtpClient
 from gateway.relay.routing import Destination, Router, RoutingError
 from gateway.reply import Reply
 from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
@@ -66,6 +66,8 @@ class RelayWorker:
         self.batcher = batcher
         self.handoff_limit = handoff_limit
         self.dsn_rate = DsnRateLimit()  # backscatter: DSNs per address about mail from untrusted clients
+        # queue ID -> recipients delivered this pass to a next hop without DSN that asked NOTIFY=SUCCESS
+        self.success_notices: dict[str, list[RecipientStatus]] = {}
         self.handoff_bytes = 0
         self.router = router
         self.client = client
@@ -247,7 +249,7 @@ class RelayWorker:
             try:
                 result = await self.client.deliver(
                     host, entry.sender, [r.address for r in recipients], message,
-                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime)
+                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime, dsn=_dsn_options(entry, recipients))
             except DeliveryError as error:
                 assert isinstance(error.reply, Reply)
                 log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
@@ -257,6 +259,10 @@ class RelayWorker:
             for recipient in recipients:
                 self._record(entry, [recipient], result.replies[recipient.address], host.describe(),
                              destination.label)
+                if (not result.dsn_passed and recipient.state is RecipientState.DELIVERED
+                        and recipient.notify is not None and "SUCCESS" in recipient.notify):
+                    # RFC 3461 §5.2.2.1: the next hop does not do DSN, so the success notice is ours
+                    self.success_notices.setdefault(entry.queue_id, []).append(recipient)
             return
         self._record(entry, recipients, last_reply, last_host, destination.label)
 
@@ -292,6 +298,14 @@ class RelayWorker:
         bounced_now = [r for r in was_pending if r.state is RecipientState.BOUNCED]
         if bounced_now:
             await self._bounce(entry, message, bounced_now)
+        relayed = self.success_notices.pop(entry.queue_id, [])
+        if relayed:
+            await self._send_dsn(entry, message, [_reported(r, "relayed") for r in relayed], "success notice")
+        if entry.pending() and self._delay_warning_due(entry, now):
+            entry.delay_warned = True  # one warning per message, whatever it covers
+            delayed = [r for r in entry.pending() if r.notify is None or "DELAY" in r.notify]
+            if delayed:
+                await self._send_dsn(entry, message, [_reported(r, "delayed") for r in delayed], "delay warning")
         if entry.pending():
             retry = next_attempt(now, entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
                                  self.config.maximal_backoff_time)
@@ -303,6 +317,11 @@ class RelayWorker:
             await self.batcher.remove(entry.queue_id)
             log.info("%s: removed", entry.queue_id)
 
+    def _delay_warning_due(self, entry: SpoolEntry, now: float) -> bool:
+        """``delay_warning_time`` has passed since arrival and this message has had no warning yet."""
+        wait = self.config.delay_warning_time
+        return bool(wait) and not entry.delay_warned and not entry.is_bounce and now - entry.arrival >= wait
+
     async def _bounce(self, entry: SpoolEntry, message: bytes | FileText, recipients: list[RecipientStatus]) -> None:
         unwanted = [r for r in recipients if r.notify is not None and "FAILURE" not in r.notify]
         if unwanted:  # RFC 3461 §4.1: NOTIFY=NEVER, or a list without FAILURE
@@ -311,47 +330,62 @@ class RelayWorker:
             recipients = [r for r in recipients if r not in unwanted]
             if not recipients:
                 return
-        if should_bounce(entry.sender, entry.is_bounce):
-            now = time.time()
-            # From an untrusted client the sender may be forged: the DSN may be backscatter.
-            untrusted = entry.client is not None and not entry.client.trusted
-            if untrusted and not self.dsn_rate.allow(entry.sender, now):
-                log.info("%s: no DSN for %s: <%s> got %d DSNs about mail from untrusted clients in the last "
-                         "%ds (backscatter limit)", entry.queue_id, ", ".join(r.address for r in recipients),
-                         entry.sender, self.dsn_rate.count, self.dsn_rate.period)
-                return
-            dsn = build_dsn(
-                reporting_mta=self.config.myhostname, original_sender=entry.sender,
-                original_queue_id=entry.queue_id, arrival=entry.arrival,
-                recipients=[_failed(r) for r in recipients], original_message=message, now=now,
-                envid=entry.dsn_envid,
-                header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
-            bounce = SpoolEntry(
-                queue_id=new_queue_id(now), arrival=now, sender="",
-                recipients=[RecipientStatus(entry.sender)],
-                client=None,  # generated here
-                is_bounce=True,
-                smtputf8=entry.smtputf8, body_8bitmime=True)
-            try:
-                await self.batcher.commit(bounce, dsn)
-            except SpoolError as error:
-                log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
-                for recipient in recipients:
-                    recipient.state = RecipientState.DEFERRED
-                return
-            metrics.BOUNCES.inc()
-            log.info("%s: sender non-delivery notification: %s", entry.queue_id, bounce.queue_id)
-            self.notify(bounce)
-        else:
-            log.info("%s: no DSN for %s (null sender or a DSN itself)", entry.queue_id,
-                     ", ".join(r.address for r in recipients))
+        if not await self._send_dsn(entry, message, [_reported(r, "failed") for r in recipients],
+                                    "sender non-delivery notification", limited=True):
+            for recipient in recipients:  # the DSN could not be queued: kept for retry
+                recipient.state = RecipientState.DEFERRED
+
+    async def _send_dsn(self, entry: SpoolEntry, message: bytes | FileText, reported: list[FailedRecipient],
+                        what: str, *, limited: bool = False) -> bool:
+        """Queue one RFC 3464 DSN about ``reported`` to the sender; False when it could not be queued.
+
+        Never to the null sender or about a DSN; with ``limited``, about mail from an untrusted client
+        only within the backscatter limit (:mod:`gateway.relay.dsn_rate`).
+        """
+        addresses = ", ".join(r.address for r in reported)
+        if not should_bounce(entry.sender, entry.is_bounce):
+            log.info("%s: no DSN for %s (null sender or a DSN itself)", entry.queue_id, addresses)
+            return True
+        now = time.time()
+        # From an untrusted client the sender may be forged: the DSN may be backscatter.
+        untrusted = entry.client is not None and not entry.client.trusted
+        if limited and untrusted and not self.dsn_rate.allow(entry.sender, now):
+            log.info("%s: no DSN for %s: <%s> got %d DSNs about mail from untrusted clients in the last "
+                     "%ds (backscatter limit)", entry.queue_id, addresses, entry.sender, self.dsn_rate.count,
+                     self.dsn_rate.period)
+            return True
+        dsn = build_dsn(reporting_mta=self.config.myhostname, original_sender=entry.sender,
+                        original_queue_id=entry.queue_id, arrival=entry.arrival, recipients=reported,
+                        original_message=message, now=now, envid=entry.dsn_envid,
+                        header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
+        notice = SpoolEntry(queue_id=new_queue_id(now), arrival=now, sender="",
+                            recipients=[RecipientStatus(entry.sender)], client=None,  # generated here
+                            is_bounce=True, smtputf8=entry.smtputf8, body_8bitmime=True)
+        try:
+            await self.batcher.commit(notice, dsn)
+        except SpoolError as error:
+            log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
+            return False
+        if limited:
+            metrics.BOUNCES.inc()  # non-delivery notifications only, not warnings or success notices
+        log.info("%s: %s: %s", entry.queue_id, what, notice.queue_id)
+        self.notify(notice)
+        return True
 
 
-def _failed(recipient: RecipientStatus) -> FailedRecipient:
-    """One recipient of a DSN: its ORCPT (RFC 3461) as the original recipient, else the RCPT address an alias
-    rewrote."""
+def _reported(recipient: RecipientStatus, action: str) -> FailedRecipient:
+    """One recipient of a DSN (``failed``, ``delayed`` or ``relayed``): its ORCPT (RFC 3461) as the original
+    recipient, else the RCPT address an alias rewrote."""
     original, original_type = recipient.original, "rfc822"
     if recipient.orcpt is not None:
         original_type, _, original = recipient.orcpt.partition(";")
     return FailedRecipient(recipient.address, recipient.last_reply or replies.FAILED_WITHOUT_REPLY, recipient.relay,
-                           original=original, original_type=original_type)
+                           action=action, original=original, original_type=original_type)
+
+
+def _dsn_options(entry: SpoolEntry, recipients: list[RecipientStatus]) -> DsnOptions | None:
+    """The RFC 3461 parameters of ``entry`` for these recipients, or None when the sender gave none."""
+    per_recipient = {r.address: (r.notify, r.orcpt) for r in recipients if r.notify is not None or r.orcpt}
+    if entry.dsn_ret is None and entry.dsn_envid is None and not per_recipient:
+        return None
+    return DsnOptions(entry.dsn_ret, entry.dsn_envid, per_recipient)

@@ -108,6 +108,7 @@ class SpoolEntry:
     hold_reason: str | None = None
     dsn_ret: str | None = None     # RFC 3461 RET of MAIL: FULL or HDRS
     dsn_envid: str | None = None   # RFC 3461 ENVID of MAIL, decoded
+    delay_warned: bool = False     # the delay_warning_time DSN has been sent
     format_version: int = FORMAT_VERSION
     state: QueueState = field(default=QueueState.INCOMING, compare=False)
 
@@ -132,6 +133,8 @@ class SpoolEntry:
             data["dsn_ret"] = self.dsn_ret
         if self.dsn_envid is not None:
             data["dsn_envid"] = self.dsn_envid
+        if self.delay_warned:
+            data["delay_warned"] = True
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
 
     @classmethod
@@ -157,6 +160,7 @@ class SpoolEntry:
                 smtputf8=bool(data.get("smtputf8", False)),
                 body_8bitmime=bool(data.get("body_8bitmime", False)),
                 hold_reason=data.get("hold_reason"), dsn_ret=data.get("dsn_ret"), dsn_envid=data.get("dsn_envid"),
+                delay_warned=bool(data.get("delay_warned", False)),
                 format_version=version, state=state)
         except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as error:
             # RecursionError: JSON nested thousands deep; ValueError: bad JSON, numbers, addresses.

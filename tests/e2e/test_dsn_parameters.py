@@ -16,6 +16,7 @@ import re
 import smtplib
 
 from tests.harness.helpers import relay_config
+from tests.harness.smtp_sink import SmtpSink
 
 REFUSE = "550 5.1.1 <{address}>: no such user"
 
@@ -71,3 +72,54 @@ def test_the_parameters_are_stored_as_sent_and_malformed_ones_refused(gateway_fa
         assert refused[0] == (501, b"5.5.4 Error: invalid parameter RET=MAYBE")
         refused = transaction(gateway, "FROM:<sender@example.org>", ["TO:<x@elsewhere.test> NOTIFY=NEVER,FAILURE"])
         assert refused[1] == (501, b"5.5.4 Error: invalid parameter NOTIFY=NEVER,FAILURE")
+
+
+def test_ehlo_offers_dsn_and_a_next_hop_that_does_gets_the_parameters(gateway_factory):
+    with SmtpSink(dsn=True) as next_hop, gateway_factory(relay_config(next_hop.port)) as gateway:
+        with smtplib.SMTP("127.0.0.1", gateway.port, timeout=30) as client:
+            client.ehlo("client.example")
+            assert client.has_extn("dsn")
+        replies = transaction(gateway, "FROM:<sender@example.org> RET=HDRS ENVID=id+2Bone", [
+            "TO:<a@elsewhere.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;first+40example.org",
+            "TO:<b@elsewhere.test>"])
+        assert [code for code, _ in replies] == [250, 250, 250, 250]
+        (message,) = next_hop.wait_for_messages(1)
+        assert "RET=HDRS" in message.mail_options and "ENVID=id+2Bone" in message.mail_options
+        # xtext again on the way out ("@" needs no encoding, "+" does)
+        assert message.rcpt_params == {"a@elsewhere.test": ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;first@example.org"],
+                                       "b@elsewhere.test": []}
+        gateway.wait_for_log(r"removed")
+        assert len(next_hop.messages) == 1  # the next hop does DSN: the success notice is its own
+
+
+def test_a_next_hop_without_dsn_makes_the_success_notice_ours(gateway_factory, sink):
+    with gateway_factory(relay_config(sink.port)) as gateway:
+        transaction(gateway, "FROM:<sender@example.org> ENVID=E1", [
+            "TO:<wants@elsewhere.test> NOTIFY=SUCCESS", "TO:<quiet@elsewhere.test>"])
+        messages = sink.wait_for_messages(2, timeout=20)
+    (notice,) = [message for message in messages if message.mail_from == ""]
+    assert notice.rcpt_tos == ["sender@example.org"] and b"Subject: Successful Mail Delivery Report" in notice.data
+    status = notice.data.split(b"message/delivery-status", 1)[1]
+    assert b"Original-Envelope-Id: E1\r\n" in status
+    assert b"Final-Recipient: rfc822; wants@elsewhere.test\r\nAction: relayed\r\nStatus: 2.0.0" in status
+    assert b"quiet@elsewhere.test" not in notice.data
+
+
+def test_one_delay_warning_after_delay_warning_time(gateway_factory, sink):
+    for address in ("slow@elsewhere.test", "failure-only@elsewhere.test"):
+        sink.rcpt_replies[address] = ["450 4.2.0 mailbox busy"] * 50
+    extra = {"delay_warning_time": '"1s"', "minimal_backoff_time": '"1s"', "maximal_backoff_time": '"1s"',
+             "queue_run_delay": '"1s"'}
+    with gateway_factory(relay_config(sink.port, **extra)) as gateway:
+        transaction(gateway, "FROM:<sender@example.org>", ["TO:<slow@elsewhere.test>",
+                                                           "TO:<failure-only@elsewhere.test> NOTIFY=FAILURE"])
+        (warning,) = sink.wait_for_messages(1, timeout=20)
+        gateway.wait_for_log(r"delay warning: ")
+        assert sink.attempts["slow@elsewhere.test"] >= 2
+        attempts = sink.attempts["slow@elsewhere.test"]
+        gateway.wait_for_log(r"to=<slow@elsewhere\.test>.*attempts=%d," % (attempts + 2), timeout=20)
+        assert len(sink.messages) == 1  # one warning per message, however long it waits
+    assert warning.mail_from == "" and b"Subject: Delayed Mail (still being retried)" in warning.data
+    status = warning.data.split(b"message/delivery-status", 1)[1]
+    assert b"Final-Recipient: rfc822; slow@elsewhere.test\r\nAction: delayed\r\nStatus: 4.2.0" in status
+    assert b"failure-only@elsewhere.test" not in warning.data  # its NOTIFY has no DELAY

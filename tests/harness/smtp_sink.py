@@ -25,6 +25,7 @@ the same port again.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import threading
@@ -59,6 +60,8 @@ class ReceivedMessage:
         mail_options: MAIL FROM parameters, upper-cased by aiosmtpd
             (e.g. ``["SIZE=123", "BODY=8BITMIME", "SMTPUTF8"]``).
         helo: the EHLO/HELO name the client gave in this session.
+        rcpt_params: with ``dsn=True``, each accepted recipient's RFC 3461 parameters as sent
+            (e.g. ``{"a@b": ["NOTIFY=SUCCESS", "ORCPT=rfc822;x+40y"]}``); MAIL's are in ``mail_options``.
     """
 
     mail_from: str
@@ -69,6 +72,7 @@ class ReceivedMessage:
     auth_user: str | None
     mail_options: list[str]
     helo: str | None = None
+    rcpt_params: dict[str, list[str]] | None = None
 
 
 class _SinkController(Controller):
@@ -85,6 +89,31 @@ class _SinkController(Controller):
 
     def _create_server(self) -> Any:
         return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
+
+    def factory(self) -> SMTP:
+        if getattr(self.handler, "dsn", False):
+            return _DsnSMTP(self.handler, **self.SMTP_kwargs)
+        return super().factory()  # type: ignore[no-any-return]
+
+
+_DSN_PARAMETER = re.compile(r"[ \t]+((?:RET|ENVID|NOTIFY|ORCPT)=\S*)", re.IGNORECASE)
+
+
+class _DsnSMTP(SMTP):
+    """A server that offers DSN (RFC 3461): its parameters are taken out before aiosmtpd (which refuses them
+    with 555) and kept, as sent, for the handler."""
+
+    dsn_taken: list[str]
+
+    def _take(self, arg: str | None) -> str | None:
+        self.dsn_taken = _DSN_PARAMETER.findall(arg or "")
+        return _DSN_PARAMETER.sub("", arg) if arg else arg
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._take(arg))
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(self._take(arg))
 
 
 class SmtpSink:
@@ -116,6 +145,8 @@ class SmtpSink:
         mail_replies: FIFO of replies, one consumed per MAIL FROM (before
             ``refuse_all``); None or exhausted goes on as without it.
 
+        dsn: offer DSN in EHLO and take its parameters (recorded in ``ReceivedMessage``).
+
     Raises:
         OSError: from the constructor if the address cannot be bound.
     """
@@ -130,8 +161,10 @@ class SmtpSink:
         auth_require_tls: bool = True,
         auth_required: bool = False,
         server_hostname: str = "sink.test",
+        dsn: bool = False,
     ) -> None:
         self.host = host
+        self.dsn = dsn
         self.tls_context = tls_context
         self.auth = dict(auth) if auth is not None else None
         self.auth_require_tls = auth_require_tls
@@ -390,6 +423,15 @@ class _SinkHandler:
 
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
+        self.dsn = sink.dsn
+        self._rcpt_params: dict[str, list[str]] = {}
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -406,6 +448,9 @@ class _SinkHandler:
             return refuse
         envelope.mail_from = address  # "<>" for the null sender; aiosmtpd needs it truthy
         envelope.mail_options.extend(mail_options)
+        if self.dsn:
+            envelope.mail_options.extend(getattr(server, "dsn_taken", []))
+            self._rcpt_params = {}
         return DEFAULT_MAIL_OK
 
     async def handle_RCPT(
@@ -420,6 +465,8 @@ class _SinkHandler:
         if reply is None or _is_positive(reply):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
+            if self.dsn:
+                self._rcpt_params[address] = list(getattr(server, "dsn_taken", []))
             return reply or DEFAULT_RCPT_OK
         _close_after_reply_if_421(server, reply)
         return reply
@@ -441,6 +488,7 @@ class _SinkHandler:
                 auth_user=auth_user if session.authenticated else None,
                 mail_options=list(envelope.mail_options),
                 helo=session.host_name,
+                rcpt_params=dict(self._rcpt_params) if self.dsn else None,
             )
         )
         return reply
