@@ -80,14 +80,15 @@ def test_ehlo_offers_dsn_and_a_next_hop_that_does_gets_the_parameters(gateway_fa
             client.ehlo("client.example")
             assert client.has_extn("dsn")
         replies = transaction(gateway, "FROM:<sender@example.org> RET=HDRS ENVID=id+2Bone", [
-            "TO:<a@elsewhere.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;first+40example.org",
-            "TO:<b@elsewhere.test>"])
-        assert [code for code, _ in replies] == [250, 250, 250, 250]
+            "TO:<a@elsewhere.test> NOTIFY=SUCCESS,DELAY,FAILURE ORCPT=rfc822;first+40example.org",
+            "TO:<b@elsewhere.test>", "TO:<c@elsewhere.test> NOTIFY=NEVER"])
+        assert [code for code, _ in replies] == [250, 250, 250, 250, 250]
         (message,) = next_hop.wait_for_messages(1)
         assert "RET=HDRS" in message.mail_options and "ENVID=id+2Bone" in message.mail_options
         # xtext again on the way out ("@" needs no encoding, "+" does)
-        assert message.rcpt_params == {"a@elsewhere.test": ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;first@example.org"],
-                                       "b@elsewhere.test": []}
+        assert message.rcpt_params == {
+            "a@elsewhere.test": ["NOTIFY=SUCCESS,DELAY,FAILURE", "ORCPT=rfc822;first@example.org"],
+            "b@elsewhere.test": [], "c@elsewhere.test": ["NOTIFY=NEVER"]}
         gateway.wait_for_log(r"removed")
         assert len(next_hop.messages) == 1  # the next hop does DSN: the success notice is its own
 
