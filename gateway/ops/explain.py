@@ -92,6 +92,8 @@ async def explain(config: Config, prepared: Prepared, question: Question) -> Rep
     if pipelines.recipients is not None:  # verification probes as the server makes them
         relay_client = SmtpClient(config, prepared.client_tls, ConnectionCache(0))
         pipelines.recipients.attach_prober(functools.partial(probe_recipient, router, relay_client))
+        if pipelines.recipients.verifier is not None:
+            pipelines.recipients.verifier.cache.read_only = True  # explain writes nothing
     result = await pipelines.access.connect(ctx)
     if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
         return _refused(report, "connect", result.verdict.reply, result.verdict.reason)

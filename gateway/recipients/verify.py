@@ -42,30 +42,36 @@ class VerifyCache:
     """Probe results by address: ``(deliverable, reply text, unix seconds)``.
 
     Args:
-        path: the SQLite file (made when missing).
+        path: the SQLite file, made at the first result kept (nothing is written before:
+            ``check-config`` and ``gateway explain`` build this too).
+        read_only: keep no results (``gateway explain``).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
-                       "reply TEXT, updated REAL)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")  # readers in other workers do not wait for a writer
+        db.execute("CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
+                   "reply TEXT, updated REAL)")
         return db
 
     def get(self, address: str) -> tuple[bool, str, float] | None:
         """The cached result of ``address`` (lower-cased), or None."""
+        if not self.path.exists():
+            return None
         with self._lock, self._connect() as db:
             row = db.execute("SELECT deliverable, reply, updated FROM verified WHERE address = ?",
                              (address.lower(),)).fetchone()
         return (bool(row[0]), str(row[1]), float(row[2])) if row else None
 
     def put(self, address: str, deliverable: bool, reply: str, when: float) -> None:
-        """Remember one result (replacing an older one)."""
+        """Remember one result (replacing an older one); nothing when read-only."""
+        if self.read_only:
+            return
         with self._lock, self._connect() as db:
             db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?)",
                        (address.lower(), int(deliverable), reply, when))

@@ -74,3 +74,15 @@ def test_a_probe_that_tempfails_gives_450_and_is_asked_again(gateway_factory, si
             assert client.sendmail("someone@sender.test", ["alice@example.net"], b"Subject: v\r\n\r\nx\r\n") == {}
         (message,) = mailbox_server.wait_for_messages(1)
         assert message.rcpt_tos == ["alice@example.net"]
+
+
+def test_check_config_and_explain_keep_no_cache(gateway_factory, sink, mailbox_server):
+    gateway = gateway_factory(config(sink.port, mailbox_server.port))  # not started: the CLI only
+    assert gateway.cli("check-config").returncode == 0
+    done = gateway.cli("explain", "--client", OUTSIDER, "--from", "someone@sender.test", "--to", "nobody@example.net",
+                       check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("RCPT TO:<nobody@example.net>: 550 5.1.1 <nobody@example.net>: Recipient address rejected: "
+            "undeliverable address: 550 5.1.1") in done.stdout
+    assert mailbox_server.attempts == {"nobody@example.net": 1}   # explain asked the mailbox server ...
+    assert not (gateway.state_dir / "address_verify.sqlite").exists()  # ... and kept nothing
