@@ -70,6 +70,8 @@ class Config:
     smtpd_data_timeout: float = 600.0
     smtpd_starttls_timeout: float = 10.0
     smtpd_junk_command_limit: int = 100
+    upstream_proxy_networks: tuple[Network, ...] = ()   # who may send PROXY headers (listener upstream_proxy_protocol)
+    smtpd_upstream_proxy_timeout: float = 5.0
     virtual_alias_maps: tuple[Path, ...] = ()
     relay_recipient_maps: tuple[Path, ...] = ()
     recipient_delimiter: str = "+"
@@ -133,7 +135,7 @@ _DURATION_KEYS = (
     "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
     "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
-    "anvil_rate_time_unit", "delay_warning_time", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
+    "anvil_rate_time_unit", "delay_warning_time", "smtpd_upstream_proxy_timeout", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
     "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
 )
 _INT_KEYS = (
@@ -217,6 +219,10 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         values["mynetworks"] = tuple(
             wrap("mynetworks", item, parse_network, "CIDR networks such as 127.0.0.0/8 or [::1]/128")
             for item in as_list("mynetworks", raw["mynetworks"]))
+    if "upstream_proxy_networks" in raw:
+        values["upstream_proxy_networks"] = tuple(
+            wrap("upstream_proxy_networks", item, parse_network, "CIDR networks such as 10.0.0.0/8")
+            for item in as_list("upstream_proxy_networks", raw["upstream_proxy_networks"]))
     for key in _BOOL_KEYS:
         if key in raw:
             values[key] = wrap(key, raw[key], parse_bool, "true or false")
@@ -325,6 +331,10 @@ def _check_consistency(config: Config) -> None:
     names = [listener.name for listener in config.listeners]
     if len(names) != len(set(names)):
         raise ConfigError("listener.name", names, "unique listener names")
+    proxied = [listener.name for listener in config.listeners if listener.upstream_proxy_protocol]
+    if proxied and not config.upstream_proxy_networks:
+        raise ConfigError("upstream_proxy_networks", [], f"the balancers' networks: listener {proxied[0]} takes "
+                          "PROXY headers (upstream_proxy_protocol), and only these may send them")
 
 
 def read_toml(path: Path | None) -> tuple[dict[str, Any], Path | None]:

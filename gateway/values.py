@@ -105,6 +105,8 @@ class ListenerConfig:
     auth: SMTP AUTH on this listener (Postfix ``smtpd_sasl_auth_enable``): ``off``,
     ``optional`` (offered; a login lets the client relay) or ``required`` (MAIL
     is refused ``530 5.7.0`` until the client has logged in).
+    upstream_proxy_protocol: ``"haproxy"`` (Postfix ``smtpd_upstream_proxy_protocol``): every connection
+    starts with a PROXY v1 or v2 header naming the real client; ``""``: none.
     """
 
     name: str
@@ -113,6 +115,7 @@ class ListenerConfig:
     tls: str = "starttls"
     require_tls: bool = False
     auth: str = "off"
+    upstream_proxy_protocol: str = ""
 
 
 def wrap(key: str, raw: object, parse: Callable[[Any], Any], allowed: str) -> Any:
@@ -258,10 +261,10 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
     prefix = f"listener[{index}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(prefix, raw, "a table with address and tls")
-    unknown = set(raw) - {"name", "address", "tls", "require_tls", "auth"}
+    unknown = set(raw) - {"name", "address", "tls", "require_tls", "auth", "upstream_proxy_protocol"}
     if unknown:
         raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "known listener keys: name, address, tls, require_tls, auth")
+                          "known listener keys: name, address, tls, require_tls, auth, upstream_proxy_protocol")
     address = raw.get("address")
     if not isinstance(address, str):
         raise ConfigError(f"{prefix}.address", address, "host:port, e.g. 0.0.0.0:25 or [::]:25")
@@ -271,8 +274,14 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
     tls = wrap(f"{prefix}.tls", raw.get("tls", "starttls"), choice(TLS_MODES), "one of " + ", ".join(TLS_MODES))
     require_tls = wrap(f"{prefix}.require_tls", raw.get("require_tls", False), parse_bool, "true or false")
     auth = wrap(f"{prefix}.auth", raw.get("auth", "off"), choice(AUTH_MODES), "one of " + ", ".join(AUTH_MODES))
+    proxy = wrap(f"{prefix}.upstream_proxy_protocol", raw.get("upstream_proxy_protocol", ""), choice(("", "haproxy")),
+                 '"haproxy" (PROXY protocol v1 or v2) or "" (none)')
+    if proxy and tls == "implicit":
+        raise ConfigError(f"{prefix}.upstream_proxy_protocol", proxy,
+                          '"" on a tls = "implicit" listener (a PROXY header before the TLS handshake is not read yet)')
     name = str(raw.get("name", f"listener{index}"))
-    return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls, auth=auth)
+    return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls, auth=auth,
+                          upstream_proxy_protocol=proxy)
 
 
 def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:

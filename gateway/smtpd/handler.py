@@ -68,7 +68,7 @@ class SmtpHandler:
 
     async def start_session(self, server: GatewaySMTP) -> Reply | None:
         """Describe the client and run connect policies; a Reply refuses the connection."""
-        client = client_of(server.transport, self.listener_name)
+        client = client_of(server.transport, self.listener_name, peer=server.proxy_peer)
         ctx = PolicyContext(client=client)
         server.gateway_ctx = ctx  # on the protocol: aiosmtpd replaces the Session at STARTTLS
         self.sessions.add(server)

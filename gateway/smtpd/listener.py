@@ -18,7 +18,9 @@ from gateway.smtpd.data_reader import MemoryBudget
 from gateway.smtpd.handler import SmtpHandler
 from gateway.smtpd.connection_limits import ConnectionLimiter
 from gateway.smtpd.protocol import GatewaySMTP
+from gateway.networks import NetworkSet
 from gateway.smtpd.strict_input import InputRules
+from gateway.smtpd.upstream_proxy import UpstreamProxy
 from gateway.tls.context import ServerTls
 
 log = logging.getLogger("gateway.listener")
@@ -60,6 +62,7 @@ class Listener:
             self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
             data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
             tls_handshake_timeout=self.tls_handshake_timeout, input_rules=self._input_rules(),
+            upstream_proxy=self._upstream_proxy(),
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
             loop=asyncio.get_running_loop(), **self._smtp_options())
 
@@ -68,6 +71,12 @@ class Listener:
         return InputRules(junk_command_limit=config.smtpd_junk_command_limit,
                           forbid_unauth_pipelining=config.smtpd_forbid_unauth_pipelining,
                           pregreet_wait=config.smtpd_pregreet_wait)
+
+    def _upstream_proxy(self) -> UpstreamProxy | None:
+        if not self.config.upstream_proxy_protocol:
+            return None
+        config = self.handler.config  # the live one: a reload replaces it
+        return UpstreamProxy(NetworkSet(config.upstream_proxy_networks), config.smtpd_upstream_proxy_timeout)
 
     def _smtp_options(self) -> dict[str, object]:
         """aiosmtpd ``SMTP`` keyword arguments common to the listener's connections."""

@@ -45,23 +45,13 @@ from gateway.smtpd import dsn_parameters
 from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
 from gateway.smtpd.refusal import refuse
+from gateway.smtpd.paths import split_path
 from gateway.smtpd.replies import enhance, is_greeting
 from gateway.smtpd.strict_input import CommandChecks, InputRules, unterminated_path
+from gateway.smtpd.upstream_proxy import UpstreamProxy, proxied_peer
 from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
-
-# The fast path of _getaddr. What email._header_value_parser (used by aiosmtpd's
-# _getaddr) takes as atext is anything but its ATOM_ENDS (specials, space, tab);
-# the fast path also leaves out every str.isspace() character (Domain.domain
-# drops them from the domain) and, to stay on the plain side, ASCII controls, so
-# the parser would return a match unchanged. A dot-atom starting with "=?" would
-# be tried as an RFC 2047 encoded word: left to the parser too.
-_ATEXT = r'[^\x00-\x20\x7f()<>@,:;.\\"\[\]\s]+'
-_DOT_ATOM = rf"(?!=\?){_ATEXT}(?:\.{_ATEXT})*"
-_ADDR_SPEC = rf"{_DOT_ATOM}@(?:{_DOT_ATOM}|\[[A-Za-z0-9.:-]+\])"
-_ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
-_BARE_ADDR = re.compile(_ADDR_SPEC)
 
 _AUTH_PARAMETER = re.compile(r"[ \t]+AUTH=[^ \t]*", re.IGNORECASE)
 _DATA_REFUSALS = {DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
@@ -94,13 +84,15 @@ class GatewaySMTP(SMTP):
         tls_handshake_timeout: seconds an implicit-TLS client has to finish its
             handshake (``smtpd_starttls_timeout``; asyncio's own default is 60).
         input_rules: what input is refused (:mod:`gateway.smtpd.strict_input`).
+        upstream_proxy: the PROXY protocol settings of a listener behind a balancer (None: no PROXY header).
         kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
     def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
                  server_tls: ServerTls | None, data_timeout: float, data_budget: MemoryBudget | None = None,
                  spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0,
-                 input_rules: InputRules = InputRules(), **kwargs: Any) -> None:
+                 input_rules: InputRules = InputRules(), upstream_proxy: UpstreamProxy | None = None,
+                 **kwargs: Any) -> None:
         starttls = tls_mode == "starttls" and server_tls is not None
         super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
         # every command through the strict-input checks first (aiosmtpd dispatches from this table)
@@ -109,6 +101,8 @@ class GatewaySMTP(SMTP):
         self.input_rules = input_rules
         self.command_checks = CommandChecks(input_rules)
         self.greeted = False
+        self.upstream_proxy = upstream_proxy
+        self.proxy_peer: tuple[str, int] | None = None   # the client a PROXY header named (kept across STARTTLS)
         self.message_has_nul = self.message_has_8bit = False  # of the message just read (for handle_DATA)
         # RFC 3461 parameters of the MAIL and the RCPT being handled (for handle_MAIL / handle_RCPT)
         self.dsn_mail = self.dsn_rcpt = dsn_parameters.NOT_ASKED
@@ -137,7 +131,8 @@ class GatewaySMTP(SMTP):
             # The accepted connection, before any TLS: counted now, so that clients that never
             # finish a handshake cannot hold more than their share of connections.
             peer = transport.get_extra_info("peername")
-            key = client_key(str(peer[0])) if peer else "?"
+            # behind a balancer the real client is known only after the PROXY header: counted in all for now
+            key = f"proxy:{id(self)}" if self.upstream_proxy else client_key(str(peer[0])) if peer else "?"
             if not self.limiter.try_acquire(key):
                 self._refused = True
                 log.warning("connection limit reached, refusing %s", key)
@@ -238,48 +233,9 @@ class GatewaySMTP(SMTP):
         return True
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """Split ``<local@domain> params`` into the address and the rest.
-
-        Same results as aiosmtpd's ``SMTP._getaddr`` for every input (address
-        None when malformed, ``("<>", rest)`` for the null path, ``("", "")`` for
-        an empty argument); only ``<dot-atom@dot-atom-or-[literal]>`` and the
-        same without brackets, with parameters or nothing after them, are
-        handled here, everything else by aiosmtpd. Its version builds a
-        ``typing.Protocol`` class and a token tree per call.
-        """
-        if not arg:
-            return "", ""
-        if arg[0] == "<":
-            if arg[1:2] == ">":
-                # get_angle_addr returns right after "<>", without reading the CFWS after it.
-                return "<>", arg[2:]
-            match = _ANGLE_ADDR.match(arg)
-            if match is None:
-                return super()._getaddr(arg)
-            address = match.group(1)
-            rest = arg[match.end():]
-            if rest[:1] in (" ", "\t"):
-                rest = rest.lstrip()  # get_fws strips all whitespace once started by space or tab
-            if rest[:1] == "(":
-                return super()._getaddr(arg)  # a comment
-        else:
-            match = _BARE_ADDR.match(arg)
-            if match is None:
-                return super()._getaddr(arg)
-            address = match.group()
-            rest = arg[match.end():]
-            if rest:
-                # Only whitespace ends the bare dot-atom here: other characters may
-                # still be atext to the parser, or make it read on ("." obs-domain,
-                # "@" error, "(" comment).
-                if rest[0] not in (" ", "\t"):
-                    return super()._getaddr(arg)
-                rest = rest.lstrip()
-                if rest[:1] in ("(", ".", "@"):
-                    return super()._getaddr(arg)
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
+        """Split ``<local@domain> params`` into the address and the rest: aiosmtpd's results, faster
+        (:func:`gateway.smtpd.paths.split_path`)."""
+        return split_path(arg, self.local_part_limit, super()._getaddr)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self.in_ehlo and not is_greeting(status, self.hostname):
@@ -288,6 +244,8 @@ class GatewaySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         try:
+            if self.upstream_proxy is not None and not await self._read_proxy_header():
+                return
             refusal = await self.event_handler.start_session(self)
             if refusal is None:
                 refusal = await self._pregreet_refusal()
@@ -301,6 +259,24 @@ class GatewaySMTP(SMTP):
         finally:
             self._release_slot()
             self.event_handler.end_session(self)
+
+    async def _read_proxy_header(self) -> bool:
+        """The PROXY header (:mod:`gateway.smtpd.upstream_proxy`); False with the connection closed or refused."""
+        assert self.upstream_proxy is not None and self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        client = await proxied_peer(self._reader, (str(peer[0]), int(peer[1])), self.upstream_proxy,
+                                    getattr(self.event_handler, "listener_name", "?"))
+        if client is not None:
+            self._release_slot()  # counted again under the real client, for the per-client limit
+            if self.limiter.try_acquire(client_key(client[0])):
+                self._slot, self.proxy_peer = client_key(client[0]), client
+                # the header was expected before the greeting; only what came after it talked first
+                self.early_input = bytes(getattr(self._reader, "_buffer", b"")[:64])
+                return True
+            await super().push(refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
+                                      client=peer_text(client)))
+        self.transport.close()
+        return False
 
     async def _pregreet_refusal(self) -> str | None:
         """An untrusted client that talked before the greeting (after ``smtpd_pregreet_wait``): refused."""

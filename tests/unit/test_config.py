@@ -541,3 +541,19 @@ def test_recipient_keys() -> None:
         with pytest.raises(ConfigError) as raised:
             build({"recipient_delimiter": bad})
         assert raised.value.key == "recipient_delimiter"
+
+
+def test_upstream_proxy_keys() -> None:
+    listener = {"name": "smtp", "address": "0.0.0.0:25", "tls": "starttls", "upstream_proxy_protocol": "haproxy"}
+    with pytest.raises(ConfigError) as raised:
+        build({"listener": [listener]})
+    assert raised.value.key == "upstream_proxy_networks"
+    config = build({"listener": [listener], "upstream_proxy_networks": ["10.0.0.0/24"]})
+    assert config.listeners[0].upstream_proxy_protocol == "haproxy"
+    assert config.upstream_proxy_networks == (parse_network("10.0.0.0/24"),)
+    with pytest.raises(ConfigError) as raised:
+        build({"listener": [{**listener, "tls": "implicit"}], "upstream_proxy_networks": ["10.0.0.0/24"]})
+    assert raised.value.key == "listener[0].upstream_proxy_protocol"
+    with pytest.raises(ConfigError) as raised:
+        build({"listener": [{**listener, "upstream_proxy_protocol": "v3"}]})
+    assert raised.value.key == "listener[0].upstream_proxy_protocol"

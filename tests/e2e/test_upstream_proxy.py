@@ -1,0 +1,116 @@
+"""A gateway behind a real haproxy (Debian, TCP mode) with the PROXY protocol, v1 and v2.
+
+haproxy connects to the gateway from 127.0.0.1, which is in mynetworks: without
+the PROXY header every client would look trusted (the source-NAT open relay).
+Shown: the client address from the header (127.0.0.3, or 127.0.0.1 for an inside
+client) decides relay access, is logged, and is the one in the ``Received:``
+field; it survives STARTTLS; a PROXY header from an address outside
+``upstream_proxy_networks``, a connection without one, and one that says nothing
+are closed without a greeting; the per-client connection limit counts the real
+clients, not the balancer.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+
+import pytest
+
+from tests.harness.haproxy import HaproxyServer
+from tests.harness.helpers import client_tls, relay_config
+from tests.harness.ports import free_port
+
+OUTSIDER, INSIDER, STRANGER = "127.0.0.3", "127.0.0.1", "127.0.0.4"
+
+
+@pytest.fixture
+def proxied(gateway_factory, sink):
+    port = free_port()
+    config = relay_config(sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\n'
+                                     'smtpd_upstream_proxy_timeout = "1s"\nsmtpd_client_connection_count_limit = 2\n')
+    config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "starttls"\n'
+               'upstream_proxy_protocol = "haproxy"\n')
+    with gateway_factory(config) as gateway:
+        gateway.port = port
+        with HaproxyServer({"v1": ([("127.0.0.1", port)], "send-proxy"),
+                            "v2": ([("127.0.0.1", port)], "send-proxy-v2")}) as balancer:
+            yield gateway, balancer
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_real_client_decides_relay_access_and_is_in_received(proxied, sink, version):
+    gateway, balancer = proxied
+    with smtplib.SMTP("127.0.0.1", balancer.ports[version], source_address=(OUTSIDER, 0), timeout=30) as client:
+        client.ehlo("outside.test")
+        assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
+        assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554   # not trusted, though haproxy is
+        assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250     # relay_domains
+        assert client.docmd("DATA")[0] == 354
+        client.send(b"Subject: via haproxy\r\n\r\nbody\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    with smtplib.SMTP("127.0.0.1", balancer.ports[version], source_address=(INSIDER, 0), timeout=30) as client:
+        assert client.sendmail("a@inside.test", ["x@elsewhere.test"], b"Subject: inside\r\n\r\nbody\r\n") == {}
+    messages = sink.wait_for_messages(2)
+    outside = next(m for m in messages if m.rcpt_tos == ["in@example.net"])
+    assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\)", outside.data), outside.data[:300]
+    gateway.wait_for_log(rf"connect from unknown\[{re.escape(OUTSIDER)}\]:\d+ listener=smtp")
+    gateway.wait_for_log(r"reject: RCPT from unknown\[127\.0\.0\.3\]:\d+: 554 5\.7\.1 <x@elsewhere\.test>")
+
+
+def test_the_client_survives_starttls(proxied, sink):
+    gateway, balancer = proxied
+    with smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(OUTSIDER, 0), timeout=30) as client:
+        client.starttls(context=client_tls(gateway.ca_file))
+        client.ehlo("outside.test")
+        assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
+        assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554
+        assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        client.send(b"Subject: tls via haproxy\r\n\r\nbody\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    (message,) = sink.wait_for_messages(1)
+    received = message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\).*with ESMTPS", received), received
+
+
+def greeting_or_close(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    try:
+        return sock.recv(200)
+    except ConnectionResetError:
+        return b""
+
+
+def test_headers_from_elsewhere_missing_or_slow_close_the_connection(proxied):
+    gateway, _ = proxied
+    # a PROXY header from an address that is not a balancer: it could claim any client
+    with socket.create_connection(("127.0.0.1", gateway.port), source_address=(STRANGER, 0)) as sock:
+        sock.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 25\r\n")
+        assert greeting_or_close(sock) == b""
+    gateway.wait_for_log(r"PROXY refused from unknown\[127\.0\.0\.4\]:\d+ listener=smtp: not in upstream_proxy_networks")
+    # from the balancer's address, but no header: SMTP straight away
+    with socket.create_connection(("127.0.0.1", gateway.port), source_address=(INSIDER, 0)) as sock:
+        sock.sendall(b"EHLO direct.test\r\n")
+        assert greeting_or_close(sock) == b""
+    gateway.wait_for_log(r"PROXY header refused from unknown\[127\.0\.0\.1\]:\d+ listener=smtp: PROXY unrecognized")
+    # nothing at all: closed after smtpd_upstream_proxy_timeout
+    with socket.create_connection(("127.0.0.1", gateway.port), source_address=(INSIDER, 0)) as sock:
+        assert greeting_or_close(sock) == b""
+    gateway.wait_for_log(r"PROXY header missing from unknown\[127\.0\.0\.1\]:\d+ listener=smtp \(no header within 1s\)")
+
+
+def test_the_per_client_limit_counts_real_clients_not_the_balancer(proxied):
+    _, balancer = proxied
+    held = []
+    try:
+        for source in (OUTSIDER, OUTSIDER, "127.0.0.5", "127.0.0.5", "127.0.0.6"):  # limit 2 per client
+            client = smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(source, 0), timeout=30)
+            held.append(client)   # five connections through one balancer address: all greeted
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(OUTSIDER, 0), timeout=30)
+        assert refused.value.smtp_code == 421
+    finally:
+        for client in held:
+            client.close()
