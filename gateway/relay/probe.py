@@ -44,11 +44,15 @@ async def probe_recipient(router: Router, client: SmtpClient, sender: str, addre
         except DeliveryError as error:
             last = error.reply
             continue
+        utf8 = not (sender + address).isascii()
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            smtp.close()
+            return replies.smtputf8_not_offered(host.describe())  # RFC 6531 §3.4: no downgrade
         try:
-            mail = await smtp.mail(sender)
+            mail = await smtp.mail(sender, options=["SMTPUTF8"] if utf8 else [], encoding="utf-8" if utf8 else "ascii")
             if mail.code >= 400:
                 return replies.probe_sender_refused(host.describe(), Reply.from_remote(mail.code, mail.message))
-            answer = await smtp.rcpt(address)
+            answer = await smtp.rcpt(address, encoding="utf-8" if utf8 else "ascii")
             return Reply.from_remote(answer.code, answer.message)
         except aiosmtplib.SMTPResponseException as error:
             if error.code >= 500:

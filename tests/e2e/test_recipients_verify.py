@@ -86,3 +86,13 @@ def test_check_config_and_explain_keep_no_cache(gateway_factory, sink, mailbox_s
             "undeliverable address: 550 5.1.1") in done.stdout
     assert mailbox_server.attempts == {"nobody@example.net": 1}   # explain asked the mailbox server ...
     assert not (gateway.state_dir / "address_verify.sqlite").exists()  # ... and kept nothing
+
+
+def test_a_utf8_recipient_is_probed_with_smtputf8(gateway_factory, sink, mailbox_server):
+    with gateway_factory(config(sink.port, mailbox_server.port)) as gateway:
+        with smtplib.SMTP("127.0.0.1", gateway.port, source_address=(OUTSIDER, 0), timeout=30) as client:
+            client.ehlo("mx.sender.test")
+            assert client.docmd("MAIL", "FROM:<someone@sender.test> SMTPUTF8")[0] == 250
+            client.send("RCPT TO:<δοκιμή@example.net>\r\n".encode())
+            assert client.getreply()[0] == 250
+    assert mailbox_server.attempts == {"δοκιμή@example.net": 1}
