@@ -276,9 +276,6 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
     auth = wrap(f"{prefix}.auth", raw.get("auth", "off"), choice(AUTH_MODES), "one of " + ", ".join(AUTH_MODES))
     proxy = wrap(f"{prefix}.upstream_proxy_protocol", raw.get("upstream_proxy_protocol", ""), choice(("", "haproxy")),
                  '"haproxy" (PROXY protocol v1 or v2) or "" (none)')
-    if proxy and tls == "implicit":
-        raise ConfigError(f"{prefix}.upstream_proxy_protocol", proxy,
-                          '"" on a tls = "implicit" listener (a PROXY header before the TLS handshake is not read yet)')
     name = str(raw.get("name", f"listener{index}"))
     return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls, auth=auth,
                           upstream_proxy_protocol=proxy)

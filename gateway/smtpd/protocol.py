@@ -48,6 +48,7 @@ from gateway.smtpd.refusal import refuse
 from gateway.smtpd.paths import split_path
 from gateway.smtpd.replies import enhance, is_greeting
 from gateway.smtpd.strict_input import CommandChecks, InputRules, unterminated_path
+from gateway.smtpd.proxied_tls import ProxiedImplicitTls
 from gateway.smtpd.upstream_proxy import UpstreamProxy, proxied_peer
 from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
@@ -65,7 +66,7 @@ def peer_text(peer: object) -> str:
     """
     return f"unknown[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else "unknown"
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(ProxiedImplicitTls, SMTP):
     """The SMTP protocol object of one connection.
 
     Args:
@@ -103,6 +104,7 @@ class GatewaySMTP(SMTP):
         self.greeted = False
         self.upstream_proxy = upstream_proxy
         self.proxy_peer: tuple[str, int] | None = None   # the client a PROXY header named (kept across STARTTLS)
+        self._header: bytearray | None = None  # implicit TLS behind a balancer: the PROXY header so far
         self.message_has_nul = self.message_has_8bit = False  # of the message just read (for handle_DATA)
         # RFC 3461 parameters of the MAIL and the RCPT being handled (for handle_MAIL / handle_RCPT)
         self.dsn_mail = self.dsn_rcpt = dsn_parameters.NOT_ASKED
@@ -144,19 +146,25 @@ class GatewaySMTP(SMTP):
                 return
             self._slot = key
             if self.implicit_tls:
+                if self.upstream_proxy is not None:  # the header comes before the TLS handshake
+                    self._await_proxy_header(cast(asyncio.Transport, transport))
+                    return
                 self._start_implicit_tls(cast(asyncio.Transport, transport))
                 return
         # A plain connection, the end of a STARTTLS handshake, or the end of the implicit one.
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            self._collect_proxy_header(data)
+            return
         if not self.greeted and not self.early_input:
             self.early_input = data[:64]
         super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         self._release_slot()
-        if self._refused:
+        if self._refused or self._header is not None:
             return  # aiosmtpd never saw this connection
         super().connection_lost(error)
 
@@ -164,6 +172,17 @@ class GatewaySMTP(SMTP):
         if self._slot is not None:
             self.limiter.release(self._slot)
             self._slot = None
+
+    def _rekey(self, client: tuple[str, int]) -> bool:
+        """Count this connection under the client a PROXY header named (the per-client limit); False when over."""
+        self._release_slot()
+        if not self.limiter.try_acquire(client_key(client[0])):
+            return False
+        self._slot, self.proxy_peer = client_key(client[0]), client
+        return True
+
+    def _listener_name(self) -> str:
+        return str(getattr(self.event_handler, "listener_name", "?"))
 
     def _start_implicit_tls(self, transport: asyncio.Transport) -> None:
         # The listening socket has no SSLContext (it would keep the one it was
@@ -244,7 +263,7 @@ class GatewaySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         try:
-            if self.upstream_proxy is not None and not await self._read_proxy_header():
+            if self.upstream_proxy is not None and self.proxy_peer is None and not await self._read_proxy_header():
                 return
             refusal = await self.event_handler.start_session(self)
             if refusal is None:
@@ -265,11 +284,9 @@ class GatewaySMTP(SMTP):
         assert self.upstream_proxy is not None and self.transport is not None
         peer = self.transport.get_extra_info("peername")
         client = await proxied_peer(self._reader, (str(peer[0]), int(peer[1])), self.upstream_proxy,
-                                    getattr(self.event_handler, "listener_name", "?"))
+                                    self._listener_name())
         if client is not None:
-            self._release_slot()  # counted again under the real client, for the per-client limit
-            if self.limiter.try_acquire(client_key(client[0])):
-                self._slot, self.proxy_peer = client_key(client[0]), client
+            if self._rekey(client):  # counted again under the real client, for the per-client limit
                 # the header was expected before the greeting; only what came after it talked first
                 self.early_input = bytes(getattr(self._reader, "_buffer", b"")[:64])
                 return True

@@ -114,3 +114,29 @@ def test_the_per_client_limit_counts_real_clients_not_the_balancer(proxied):
     finally:
         for client in held:
             client.close()
+
+
+@pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
+def test_implicit_tls_behind_the_balancer(gateway_factory, sink, option):
+    port = free_port()
+    config = relay_config(sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\nsmtpd_upstream_proxy_timeout = "1s"\n')
+    config += (f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+               'upstream_proxy_protocol = "haproxy"\n')
+    with gateway_factory(config) as gateway, HaproxyServer({"tls": ([("127.0.0.1", port)], option)}) as balancer:
+        with smtplib.SMTP_SSL("127.0.0.1", balancer.ports["tls"], source_address=(OUTSIDER, 0), timeout=30,
+                              context=client_tls(gateway.ca_file)) as client:
+            client.ehlo("outside.test")
+            assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
+            assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554
+            assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250
+            assert client.docmd("DATA")[0] == 354
+            client.send(b"Subject: 465 via haproxy\r\n\r\nbody\r\n.\r\n")
+            assert client.getreply()[0] == 250
+        (message,) = sink.wait_for_messages(1)
+        # straight to the port without a header: closed before any TLS
+        with socket.create_connection(("127.0.0.1", port), source_address=(INSIDER, 0)) as sock:
+            sock.sendall(b"\x16\x03\x01\x00\x05hello")
+            assert greeting_or_close(sock) == b""
+        gateway.wait_for_log(r"PROXY header refused from unknown\[127\.0\.0\.1\]:\d+ listener=smtps")
+    received = message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\).*with ESMTPS", received), received
