@@ -56,6 +56,9 @@ DELIVERY_DURATION = Histogram(f"{PREFIX}_delivery_attempt_duration_seconds",
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
                               registry=REGISTRY)
 BOUNCES = Counter(f"{PREFIX}_bounces_total", "Delivery status notifications generated", registry=REGISTRY)
+SHARED_COUNTS_ERRORS = Counter(f"{PREFIX}_shared_counts_errors_total",
+                               "Rate-limit and failed-login checks let through because the shared counts ([cluster] "
+                               "redis_url) failed", registry=REGISTRY)
 SCAN_DURATION = Histogram(f"{PREFIX}_scan_duration_seconds", "Duration of one content check at DATA",
                           ["scanner"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
                           registry=REGISTRY)

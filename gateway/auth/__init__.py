@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gateway.cluster import ClusterSettings
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.pipeline.section import Section
@@ -77,6 +78,7 @@ class AuthSettings:
     failure_window: float = 60.0   # seconds
     session_failure_limit: int = 3
     check_from_header: bool = False  # hold From: to smtpd_sender_login_maps too
+    cluster: ClusterSettings = ClusterSettings()  # where failed logins are counted ([cluster])
 
     @classmethod
     def from_config(cls, config: Config) -> AuthSettings | None:
@@ -129,7 +131,8 @@ class AuthSettings:
                    _path(config, sender_login_maps), sasl_path,
                    section.duration("timeout", 10.0), ldap if backend == "ldap" else None,
                    section.whole_number("failure_limit", 10), section.duration("failure_window", 60.0),
-                   section.whole_number("session_failure_limit", 3, least=1), check_from_header)
+                   section.whole_number("session_failure_limit", 3, least=1), check_from_header,
+                   ClusterSettings.from_config(config))
 
 
 def passwd_file_path(config: Config) -> Path:

@@ -8,11 +8,11 @@ failures within ``failure_window`` seconds, further AUTH from that client (or
 for that login) is answered ``454 4.7.0`` after a pause, without a password
 check (:mod:`gateway.smtpd.sasl`).
 
-The counts are the ``limits`` library's moving windows in this process's
-memory: each worker process counts its own sessions (with ``workers = N`` a
-client may fail up to N times ``failure_limit`` before every worker slows it),
-and a restart forgets them. Shared storage between processes and replicas is
-the same library's Redis storage (a later issue).
+The counts are the ``limits`` library's moving windows (:mod:`gateway.cluster`):
+in this process's memory (each worker counts its own sessions, so with
+``workers = N`` a client may fail up to N times ``failure_limit``, and a restart
+forgets them), or with ``[cluster] redis_url`` in Redis, shared by every worker
+of every replica and kept across restarts (failing open when Redis does not answer).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 
 from limits import RateLimitItemPerSecond
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+
+from gateway.cluster import ClusterSettings, shared_counts
 
 
 class AuthThrottle:
@@ -30,31 +30,32 @@ class AuthThrottle:
     Args:
         limit: failures allowed per client key and per login within ``window``; 0 turns counting off.
         window: seconds.
+        cluster: where the counts live (:mod:`gateway.cluster`: this process's memory, or Redis).
     """
 
-    def __init__(self, limit: int, window: float) -> None:
+    def __init__(self, limit: int, window: float, cluster: ClusterSettings = ClusterSettings()) -> None:
         self.limit = limit
         self._item = RateLimitItemPerSecond(max(limit, 1), max(int(window), 1))
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._counts = shared_counts(cluster)
 
-    def client_blocked(self, client_key: str) -> bool:
+    async def client_blocked(self, client_key: str) -> bool:
         """True when ``client_key`` (an IPv4 address or an IPv6 /64) has used up its failures."""
-        return self.limit > 0 and not self._limiter.test(self._item, "client", client_key)
+        return self.limit > 0 and not await self._counts.test(self._item, "auth-client", client_key)
 
-    def login_blocked(self, login: str) -> bool:
+    async def login_blocked(self, login: str) -> bool:
         """True when ``login`` has used up its failures (from any client)."""
-        return self.limit > 0 and not self._limiter.test(self._item, "login", login.lower())
+        return self.limit > 0 and not await self._counts.test(self._item, "auth-login", login.lower())
 
-    def failed(self, client_key: str, login: str | None) -> None:
+    async def failed(self, client_key: str, login: str | None) -> None:
         """Count one failed login from ``client_key`` (and for ``login``, when the client named one)."""
         if self.limit <= 0:
             return
-        self._limiter.hit(self._item, "client", client_key)
+        await self._counts.hit(self._item, "auth-client", client_key)
         if login:
-            self._limiter.hit(self._item, "login", login.lower())
+            await self._counts.hit(self._item, "auth-login", login.lower())
 
 
 @functools.cache
-def process_throttle(limit: int, window: float) -> AuthThrottle:
+def process_throttle(limit: int, window: float, cluster: ClusterSettings = ClusterSettings()) -> AuthThrottle:
     """This process's one :class:`AuthThrottle` for these settings: the counts outlive a reload that keeps them."""
-    return AuthThrottle(limit, window)
+    return AuthThrottle(limit, window, cluster)

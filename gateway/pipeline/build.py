@@ -50,7 +50,8 @@ VIRUS_SCANNERS = _scanners("virus")
 SPAM_SCANNERS = _scanners("spam")
 # Tables read outside the policies: [pipeline] and [content_filter] here, [spam_levels] by the spam
 # scanners' shared levels, [dkim] by gateway.dkim.settings.
-OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim", "auth", "relay_recipient_ldap"})
+OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim", "auth", "relay_recipient_ldap",
+                          "cluster"})
 
 
 def known_tables() -> frozenset[str]:

@@ -84,7 +84,7 @@ class SmtpHandler:
             refuse("connect", reply, reason=result.verdict.reason or "policy", client=client.describe())
             return reply
         rates = self.client_rates()
-        if rates is not None and not rates.allow("connection", client):
+        if rates is not None and not await rates.allow("connection", client):
             metrics.CONNECTIONS_REFUSED.labels(self.listener_name).inc()
             reply = replies.too_many_connections_from(str(client.address))
             refuse("connect", reply, reason="connection_rate_limit", client=client.describe())
@@ -199,7 +199,7 @@ class SmtpHandler:
         if refusal is not None:
             return self._refused("mail", refusal, ctx, sender=sender)
         rates = self.client_rates()
-        if rates is not None and not rates.allow("message", ctx.client):
+        if rates is not None and not await rates.allow("message", ctx.client):
             return refuse("mail", replies.too_much_mail_from(str(ctx.client.address)), reason="message_rate_limit",
                           client=ctx.client.describe(), sender=sender, helo=ctx.client.helo)
         refusal = decisions.sender_login_refusal(self.pipelines, ctx, sender)
@@ -232,7 +232,7 @@ class SmtpHandler:
         if refusal is not None:
             return self._refused("rcpt", refusal, ctx, recipient=address)
         rates = self.client_rates()
-        if rates is not None and not rates.allow("recipient", ctx.client):
+        if rates is not None and not await rates.allow("recipient", ctx.client):
             return refuse("rcpt", replies.too_many_recipients_from(str(ctx.client.address)),
                           reason="recipient_rate_limit", client=ctx.client.describe(), sender=ctx.envelope.sender,
                           recipients=[address], helo=ctx.client.helo)

@@ -16,11 +16,11 @@ A refused request is not counted, so a client that waits gets through again.
 The clients of ``mynetworks`` (and of ``auto_trust_networks``) are exempt by
 default, as in Postfix.
 
-The counts are moving windows of the ``limits`` library in this process's
-memory: each worker counts its own sessions (with ``workers = N`` a client may
-reach up to N times a limit before every worker refuses it) and a restart
-forgets them; the same library's Redis storage can share them between
-processes and replicas.
+The counts are moving windows of the ``limits`` library
+(:mod:`gateway.cluster`): in this process's memory (each worker counts its own
+sessions, so with ``workers = N`` a client may reach up to N times a limit, and
+a restart forgets them), or with ``[cluster] redis_url`` in Redis, shared by
+every worker of every replica (failing open when Redis does not answer).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import functools
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
+from gateway.cluster import ClusterSettings, shared_counts
 from gateway.config import Config
 from gateway.envelope import ClientInfo
 from gateway.networks import NetworkSet
@@ -53,6 +52,7 @@ class RateSettings:
     time_unit: float = 60.0
     exempt_mynetworks: bool = True
     exempt_networks: tuple[Network, ...] = ()
+    cluster: ClusterSettings = ClusterSettings()
 
     @property
     def enabled(self) -> bool:
@@ -65,7 +65,8 @@ class RateSettings:
         exceptions = config.smtpd_client_event_limit_exceptions
         return cls(config.smtpd_client_connection_rate_limit, config.smtpd_client_message_rate_limit,
                    config.smtpd_client_recipient_rate_limit, config.anvil_rate_time_unit, MYNETWORKS in exceptions,
-                   tuple(parse_network(entry) for entry in exceptions if entry != MYNETWORKS))
+                   tuple(parse_network(entry) for entry in exceptions if entry != MYNETWORKS),
+                   ClusterSettings.from_config(config))
 
 
 class ClientRates:
@@ -81,7 +82,7 @@ class ClientRates:
         self._items = {event: RateLimitItemPerSecond(limit, seconds)
                        for event, limit in zip(EVENTS, (settings.connection, settings.message, settings.recipient))
                        if limit}
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._counts = shared_counts(settings.cluster)
         self._exempt_networks = NetworkSet(settings.exempt_networks)
 
     def exempt(self, client: ClientInfo) -> bool:
@@ -90,7 +91,7 @@ class ClientRates:
             return True
         return client.address in self._exempt_networks
 
-    def allow(self, event: str, client: ClientInfo) -> bool:
+    async def allow(self, event: str, client: ClientInfo) -> bool:
         """Count one ``event`` (``connection``, ``message`` or ``recipient``) of ``client``; False when over.
 
         An event over the limit is not counted; an exempt client, or an event without a limit, is always allowed.
@@ -98,7 +99,7 @@ class ClientRates:
         item = self._items.get(event)
         if item is None or self.exempt(client):
             return True
-        return self._limiter.hit(item, event, client_key(str(client.address)))
+        return await self._counts.hit(item, "rate", event, client_key(str(client.address)))
 
 
 @functools.cache

@@ -158,9 +158,9 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
         return
     from gateway.auth.throttle import process_throttle  # imported late: only a gateway that offers AUTH needs it
 
-    throttle = process_throttle(settings.failure_limit, settings.failure_window)
+    throttle = process_throttle(settings.failure_limit, settings.failure_window, settings.cluster)
     key = client_key(str(client.address))
-    if throttle.client_blocked(key):
+    if await throttle.client_blocked(key):
         await _throttled(server, "client", f"client unknown[{client.address}]", settings)
         return
     try:
@@ -174,7 +174,7 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
     if credentials is not None and max(map(len, credentials)) > _MAX_FIELD:
         credentials = None  # not a login: an attack
     login, password = credentials if credentials is not None else ("", "")
-    if login and throttle.login_blocked(login):
+    if login and await throttle.login_blocked(login):
         await _throttled(server, "login", f"login {login!r}", settings)
         return
     outcome = AuthOutcome.FAIL
@@ -194,7 +194,7 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
         return
     # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
     log.warning("unknown[%s]: SASL %s authentication failed: authentication failure", client.address, mechanism)
-    throttle.failed(key, login or None)
+    await throttle.failed(key, login or None)
     server.auth_failures += 1
     if server.auth_failures >= settings.session_failure_limit:
         await server.push(str(replies.AUTH_TOO_MANY_FAILURES))

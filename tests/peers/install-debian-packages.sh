@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite runs as real peers (clamd, spamd, rspamd, swaks, msmtp, curl,
 # dovecot (its auth service only), slapd, Postfix (a private instance as a client), fail2ban-regex,
-# iproute2 for the network-namespace tests, haproxy as the load balancer in front of the gateway).
+# iproute2 for the network-namespace tests, haproxy as the load balancer in front of the gateway,
+# redis-server for the counts replicas share).
 # Idempotent and quick when everything is present; needs root (or sudo) otherwise.
 set -euo pipefail
 PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl msmtp
           dovecot-core slapd ldap-utils postfix libsasl2-modules libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban
-          haproxy)
+          haproxy redis-server)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
