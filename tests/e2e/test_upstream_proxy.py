@@ -39,17 +39,27 @@ def proxied(gateway_factory, sink):
             yield gateway, balancer
 
 
+def send_as_outsider(client: smtplib.SMTP, subject: str) -> None:
+    """After EHLO: a recipient outside relay_domains is refused (the outsider is not trusted, though the
+    balancer is), one in relay_domains is taken, and the message is queued."""
+    client.ehlo("outside.test")
+    assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
+    assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554
+    assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250
+    assert client.docmd("DATA")[0] == 354
+    client.send(f"Subject: {subject}\r\n\r\nbody\r\n.\r\n".encode())
+    assert client.getreply()[0] == 250
+
+
+def received_field(message) -> bytes:
+    return message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_the_real_client_decides_relay_access_and_is_in_received(proxied, sink, version):
     gateway, balancer = proxied
     with smtplib.SMTP("127.0.0.1", balancer.ports[version], source_address=(OUTSIDER, 0), timeout=30) as client:
-        client.ehlo("outside.test")
-        assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
-        assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554   # not trusted, though haproxy is
-        assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250     # relay_domains
-        assert client.docmd("DATA")[0] == 354
-        client.send(b"Subject: via haproxy\r\n\r\nbody\r\n.\r\n")
-        assert client.getreply()[0] == 250
+        send_as_outsider(client, "via haproxy")
     with smtplib.SMTP("127.0.0.1", balancer.ports[version], source_address=(INSIDER, 0), timeout=30) as client:
         assert client.sendmail("a@inside.test", ["x@elsewhere.test"], b"Subject: inside\r\n\r\nbody\r\n") == {}
     messages = sink.wait_for_messages(2)
@@ -63,15 +73,9 @@ def test_the_client_survives_starttls(proxied, sink):
     gateway, balancer = proxied
     with smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(OUTSIDER, 0), timeout=30) as client:
         client.starttls(context=client_tls(gateway.ca_file))
-        client.ehlo("outside.test")
-        assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
-        assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554
-        assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250
-        assert client.docmd("DATA")[0] == 354
-        client.send(b"Subject: tls via haproxy\r\n\r\nbody\r\n.\r\n")
-        assert client.getreply()[0] == 250
+        send_as_outsider(client, "tls via haproxy")
     (message,) = sink.wait_for_messages(1)
-    received = message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    received = received_field(message)
     assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\).*with ESMTPS", received), received
 
 
@@ -125,18 +129,12 @@ def test_implicit_tls_behind_the_balancer(gateway_factory, sink, option):
     with gateway_factory(config) as gateway, HaproxyServer({"tls": ([("127.0.0.1", port)], option)}) as balancer:
         with smtplib.SMTP_SSL("127.0.0.1", balancer.ports["tls"], source_address=(OUTSIDER, 0), timeout=30,
                               context=client_tls(gateway.ca_file)) as client:
-            client.ehlo("outside.test")
-            assert client.docmd("MAIL", "FROM:<a@outside.test>")[0] == 250
-            assert client.docmd("RCPT", "TO:<x@elsewhere.test>")[0] == 554
-            assert client.docmd("RCPT", "TO:<in@example.net>")[0] == 250
-            assert client.docmd("DATA")[0] == 354
-            client.send(b"Subject: 465 via haproxy\r\n\r\nbody\r\n.\r\n")
-            assert client.getreply()[0] == 250
+            send_as_outsider(client, "465 via haproxy")
         (message,) = sink.wait_for_messages(1)
         # straight to the port without a header: closed before any TLS
         with socket.create_connection(("127.0.0.1", port), source_address=(INSIDER, 0)) as sock:
             sock.sendall(b"\x16\x03\x01\x00\x05hello")
             assert greeting_or_close(sock) == b""
         gateway.wait_for_log(r"PROXY header refused from unknown\[127\.0\.0\.1\]:\d+ listener=smtps")
-    received = message.data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+    received = received_field(message)
     assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\).*with ESMTPS", received), received
