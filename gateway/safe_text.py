@@ -13,6 +13,8 @@ import re
 
 # C0 but tab, DEL, C1, LINE/PARAGRAPH SEPARATOR, and surrogates (undecodable bytes kept by surrogateescape).
 _UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The same with tab: never in an address or a host name, which are then neither deliverable nor safe to log.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _shown(match: re.Match[str]) -> str:

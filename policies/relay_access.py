@@ -22,7 +22,6 @@ Postfix ``allow_untrusted_routing = no``); everything else gets
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import ClassVar
 
@@ -31,10 +30,10 @@ from gateway.addresses import domain_matches, has_routing_tricks, split_mailbox
 from gateway.config import Config
 from gateway.networks import MIN_TRUSTED_PREFIX, InterfaceScan, NetworkSet, scan_interfaces
 from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.safe_text import CONTROL
 from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
 
 _DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")
-_INVALID_HELO = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _INVALID_HELO_VERDICT = Verdict(Action.REJECT, replies.INVALID_HELO, reason="invalid_helo")
 INTERFACE_RESCAN_SECONDS = 30.0  # how often auto_trust_networks looks at the interfaces again
 log = logging.getLogger("gateway.relay_access")
@@ -107,7 +106,7 @@ class RelayAccess(Policy):
     async def on_helo(self, ctx: PolicyContext, helo: str) -> Verdict:
         # Postfix reject_invalid_helo_hostname, for what can never be a host name or address literal:
         # control characters, separators, bytes that are not UTF-8 (and that forge log lines).
-        if _INVALID_HELO.search(helo):
+        if CONTROL.search(helo):
             return _INVALID_HELO_VERDICT
         return CONTINUE
 

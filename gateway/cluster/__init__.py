@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from limits import RateLimitItem
@@ -78,16 +79,16 @@ class SharedCounts:
 
     async def hit(self, item: RateLimitItem, *keys: str) -> bool:
         """Count one event under ``keys``; False when the window is full (the event is then not counted)."""
-        try:
-            return bool(await self._limiter.hit(item, *keys))
-        except Exception as error:  # noqa: BLE001 - any storage failure: fail open
-            self._failed(error)
-            return True
+        return await self._open_on_failure(self._limiter.hit(item, *keys))
 
     async def test(self, item: RateLimitItem, *keys: str) -> bool:
         """True while the window under ``keys`` has room (nothing is counted)."""
+        return await self._open_on_failure(self._limiter.test(item, *keys))
+
+    async def _open_on_failure(self, answer: Awaitable[bool]) -> bool:
+        """The storage's answer, or True (allowed) when the storage failed."""
         try:
-            return bool(await self._limiter.test(item, *keys))
+            return bool(await answer)
         except Exception as error:  # noqa: BLE001 - any storage failure: fail open
             self._failed(error)
             return True

@@ -34,7 +34,6 @@ from gateway.reply import Reply
 
 log = logging.getLogger("gateway.recipients")
 
-Prober = Callable[[str], Awaitable[Reply]]   # address -> the next hop's RCPT reply
 CACHE_FILE = "address_verify.sqlite"
 
 
@@ -50,29 +49,33 @@ class VerifyCache:
     def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one thread at a time on the one connection
+        self._db: sqlite3.Connection | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")  # readers in other workers do not wait for a writer
-        db.execute("CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
-                   "reply TEXT, updated REAL)")
-        return db
+    def _connection(self) -> sqlite3.Connection:
+        """The connection, opened (and the table made) the first time; called under the lock."""
+        if self._db is None:
+            db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)  # used from to_thread's threads
+            db.execute("PRAGMA journal_mode=WAL")  # readers in other workers do not wait for a writer
+            db.execute("CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
+                       "reply TEXT, updated REAL)")
+            self._db = db
+        return self._db
 
     def get(self, address: str) -> tuple[bool, str, float] | None:
         """The cached result of ``address`` (lower-cased), or None."""
-        if not self.path.exists():
-            return None
-        with self._lock, self._connect() as db:
-            row = db.execute("SELECT deliverable, reply, updated FROM verified WHERE address = ?",
-                             (address.lower(),)).fetchone()
+        with self._lock:
+            if self._db is None and not self.path.exists():
+                return None
+            row = self._connection().execute("SELECT deliverable, reply, updated FROM verified WHERE address = ?",
+                                             (address.lower(),)).fetchone()
         return (bool(row[0]), str(row[1]), float(row[2])) if row else None
 
     def put(self, address: str, deliverable: bool, reply: str, when: float) -> None:
         """Remember one result (replacing an older one); nothing when read-only."""
         if self.read_only:
             return
-        with self._lock, self._connect() as db:
+        with self._lock, self._connection() as db:  # the with-block commits
             db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?)",
                        (address.lower(), int(deliverable), reply, when))
 

@@ -11,7 +11,6 @@ handler; :mod:`gateway.ops.explain` says so instead of guessing.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from gateway import reply as replies
@@ -20,11 +19,9 @@ from gateway.envelope import Direction, Envelope
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
+from gateway.safe_text import CONTROL
 from gateway.verdict import Action, Verdict
 
-# Never deliverable, and unsafe in logs and terminals: ASCII and C1 controls, line/paragraph
-# separators, and surrogates (bytes that were not UTF-8, kept by aiosmtpd's surrogateescape).
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 # The Postfix restriction a policy refusal stands for, named in the log as rule=

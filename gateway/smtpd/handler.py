@@ -37,7 +37,7 @@ from gateway.smtpd.rate_limits import ClientRates, RateSettings, process_rates
 from gateway.smtpd import decisions
 from gateway.smtpd.strict_input import content_violation
 from gateway.spool.files import has_room
-from gateway.verdict import Action, Verdict
+from gateway.verdict import Action
 
 log = logging.getLogger("gateway.smtpd")
 
@@ -109,25 +109,15 @@ class SmtpHandler:
             log.info("disconnect from %s", ctx.client.describe())
 
     @staticmethod
-    def _refuse(stage: str, verdict: Verdict, ctx: PolicyContext, *, reply: Reply | None = None,
-                recipient: str | None = None, helo: str | None = None) -> str:
-        """A policy's refusal of ``stage``, through the one seam (:func:`gateway.smtpd.refusal.refuse`)."""
-        assert verdict.reply is not None
-        envelope = ctx.envelope
-        return refuse(stage, reply or verdict.reply, reason=verdict.reason or "policy", client=ctx.client.describe(),
-                      sender=envelope.sender if envelope is not None else None,
-                      recipients=[recipient] if recipient else (), helo=helo if helo is not None else ctx.client.helo,
-                      detail=verdict.detail)
-
-    @staticmethod
     def _refused(stage: str, refusal: decisions.Refusal, ctx: PolicyContext, *, sender: str | None = None,
-                 recipient: str | None = None) -> str:
-        """A refusal of :mod:`gateway.smtpd.decisions`, through the one seam (:func:`gateway.smtpd.refusal.refuse`)."""
+                 recipient: str | None = None, helo: str | None = None) -> str:
+        """A refusal (a policy's, or one of :mod:`gateway.smtpd.decisions`), through the one seam
+        (:func:`gateway.smtpd.refusal.refuse`); ``helo``: the name being refused at HELO/EHLO."""
         envelope = ctx.envelope
         return refuse(stage, refusal.reply, reason=refusal.reason, client=ctx.client.describe(),
                       sender=sender if sender is not None else (envelope.sender if envelope is not None else None),
-                      recipients=[recipient] if recipient else (), helo=ctx.client.helo, rule=refusal.rule,
-                      detail=refusal.detail)
+                      recipients=[recipient] if recipient else (), helo=helo if helo is not None else ctx.client.helo,
+                      rule=refusal.rule, detail=refusal.detail)
 
     @staticmethod
     def _ctx(server: AioSMTP) -> PolicyContext:
@@ -179,7 +169,7 @@ class SmtpHandler:
         ctx = self._ctx(server)
         result = await self.pipelines.access.helo(ctx, hostname)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
-            return self._refuse(stage, result.verdict, ctx, helo=hostname)
+            return self._refused(stage, decisions.Refusal.of(result.verdict), ctx, helo=hostname)
         session.host_name = hostname
         ctx.client.helo = hostname
         return None
