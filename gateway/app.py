@@ -7,6 +7,12 @@ open transaction with ``421 4.3.2``, let open transactions finish (up to
 ``shutdown_timeout`` seconds; each session then gets its 421 too), wait for
 running spool commits, stop the relay worker, release the spool lock.
 
+Drain (SIGUSR1, or SIGTERM with ``drain_to`` set; :mod:`gateway.ops.drain`):
+``/readyz`` turns 503, the listeners stop accepting as at shutdown, delivery
+goes on until nothing is left to try or ``drain_timeout`` passes, then what is
+still queued is handed to the peer and the process exits. A worker of a
+supervisor only stops accepting at SIGUSR1; its supervisor does the rest.
+
 Reload (SIGHUP): the config file is read and validated again through the same
 :func:`gateway.prepare.prepare` as at start; an invalid one is refused with a
 log line and the running config stays. A valid one brings a new server SSL
@@ -37,7 +43,9 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
-from gateway.ops.health import HealthCheck, run_checks
+from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
+from gateway.ops.health import HealthCheck, liveness
+from gateway.ops.readiness import readiness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.queue_metrics import watch_spool
 from gateway.resolver import LazyResolver
@@ -56,6 +64,7 @@ from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.intake import Intake
 from gateway.tls.context import ServerTls
 from gateway.workers.anvil import SharedConnectionLimiter, anvil_path
+from gateway.values import NextHop
 from gateway.workers.role import WorkerRole, worker_share
 
 log = logging.getLogger("gateway")
@@ -94,6 +103,8 @@ class Gateway:
         self.cert_file: Path | None = None
         self.metrics_server: MetricsServer | None = None
         self.stop_event = asyncio.Event()
+        self.draining = False
+        self.drain_target: NextHop | None = None
         self.data_budget = MemoryBudget(config.smtpd_data_memory_limit, config.smtpd_data_spill_size)
         self.data_memory_task: asyncio.Task[None] | None = None
         if role is None:
@@ -117,11 +128,18 @@ class Gateway:
 
             metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())
 
+    def _listener_addresses(self) -> list[tuple[str, str, int]]:
+        return [(l.config.name, l.config.host, l.bound_port) for l in self.listeners if l.accepting]
+
     async def health(self) -> list[HealthCheck]:
-        """The current health checks (listeners, spool, certificate)."""
-        listeners = [(l.config.name, l.config.host, l.bound_port) for l in self.listeners]
-        return await run_checks(listeners, self.config.spool_dir, self.cert_file,
-                                self.config.queue_minfree + self.config.message_size_limit)
+        """Liveness (``/healthz``): every listener accepts connections."""
+        return await liveness(self._listener_addresses())
+
+    async def ready(self) -> list[HealthCheck]:
+        """Readiness (``/readyz``, :func:`gateway.ops.readiness.readiness`)."""
+        probes = self.pipelines.readiness_probes() if self.pipelines is not None else []
+        return await readiness(self._listener_addresses(), self.config.spool_dir, self.cert_file,
+                               self.config.queue_minfree + self.config.message_size_limit, probes, self.draining)
 
     async def start(self) -> None:
         """Set everything up and start listening.
@@ -183,7 +201,7 @@ class Gateway:
         else:
             watch_spool(self.spool)
         if config.metrics_listen and role is None:
-            self.metrics_server = await start_metrics_server(config, self.health)
+            self.metrics_server = await start_metrics_server(config, self.health, self.ready)
         self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
         listening = " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners)
@@ -237,12 +255,29 @@ class Gateway:
         return True
 
     def request_stop(self) -> None:
-        """Ask the gateway to shut down gracefully."""
+        """Ask the gateway to shut down gracefully (to drain first when ``drain_to`` is set)."""
+        if self.config.drain_to is not None and self.role is None and not self.draining:
+            self.request_drain()
+            return
         log.info("stop requested")
         self.stop_event.set()
 
-    async def shutdown(self) -> None:
-        """Stop accepting, drain sessions and commits, stop the worker, release the spool."""
+    def request_drain(self) -> None:
+        """SIGUSR1: drain (see the module docstring); a worker only stops accepting and goes on delivering."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.role is not None:
+            log.info("worker %d: draining: no longer accepting connections", self.role.slot)
+            asyncio.ensure_future(self._close_sessions())
+            return
+        self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
+        log.info("drain requested: hand-off to %s after up to %gs of delivery", self.drain_target or "nobody",
+                 self.config.drain_timeout)
+        self.stop_event.set()
+
+    async def _close_sessions(self) -> None:
+        """Stop accepting; idle sessions get 421 4.3.2, open transactions finish within ``shutdown_timeout``."""
         for listener in self.listeners:
             listener.stop_accepting()
         loop = asyncio.get_running_loop()
@@ -264,6 +299,16 @@ class Gateway:
             await asyncio.gather(*commits, return_exceptions=True)
         if self.batcher is not None:
             await self.batcher.drain()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain sessions and commits, stop the worker, release the spool.
+
+        When draining: deliver until idle (``drain_timeout``) before the worker stops, and hand
+        what is left to the peer before the spool is released.
+        """
+        await self._close_sessions()
+        if self.draining and self.role is None and self.worker_task is not None:
+            await deliver_until_idle(self.spool, self.config.drain_timeout)
         if self.worker is not None:
             await self.worker.stop()
         if self.worker_task is not None:
@@ -271,6 +316,8 @@ class Gateway:
             await asyncio.gather(self.worker_task, return_exceptions=True)
         if self.pipelines is not None:
             await self.pipelines.aclose()
+        if self.draining and self.role is None:
+            await hand_off_spool(self.config, self.spool, self.drain_target)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         if self.data_memory_task is not None:

@@ -76,7 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     genkey.add_argument("--force", action="store_true", help="replace an existing key")
     dkim.add_parser("show", help="print the DNS records of the keys on disk").add_argument(
         "domains", nargs="*", metavar="DOMAIN", help="default: every domain that has a key")
-    commands.add_parser("health", help="check listeners, spool and certificate (exit 0 when healthy)")
+    commands.add_parser("health", help="the running gateway's /readyz, else check listeners, spool and certificate "
+                                       "(exit 0 when ready)")
+    drain = commands.add_parser("drain", help="stop taking mail, deliver for drain_timeout, hand the rest of the "
+                                              "queue to a peer and exit (a running gateway, or a stopped spool)")
+    drain.add_argument("--to", dest="peer", metavar="HOST:PORT", help="the peer (default: drain_to)")
+    drain.add_argument("--wait", type=_positive_seconds, default=None,
+                       help="seconds to wait for a running gateway to finish (default: drain_timeout + 600)")
     dns_parser = commands.add_parser("dns-check", help="check MX, A/AAAA, PTR, SPF, DKIM and DMARC in DNS")
     dns_parser.add_argument("domains", nargs="*", metavar="DOMAIN",
                             help="default: [dkim] domains, else relay_domains")
@@ -270,14 +276,27 @@ async def _check(config: Config) -> None:
 
 def _health(config: Config) -> int:
     from gateway.ops.health import report, run_checks
+    from gateway.ops.readiness import ask_running_gateway
     from gateway.prepare import server_certificate_file
 
+    if config.metrics_listen:
+        answer = ask_running_gateway(config.metrics_listen)
+        if answer is not None:
+            print(answer[1], end="")
+            return 0 if answer[0] == 200 else 1
     cert_file = server_certificate_file(config)
     listeners = [(l.name, l.host, l.port) for l in config.listeners]
     results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file,
                                      config.queue_minfree + config.message_size_limit))
     print(report(results), end="")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _drain(config: Config, args: argparse.Namespace) -> int:
+    from gateway.ops.drain import drain_command, parse_peer
+
+    peer = parse_peer("--to", args.peer) if args.peer else None
+    return drain_command(config, peer, args.wait if args.wait is not None else config.drain_timeout + 600)
 
 
 def _event_loop(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -291,8 +310,10 @@ def _event_loop(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | Non
 
 async def _prepare(config: Config, args: argparse.Namespace) -> int:
     """``run --prepare start|reload``: the supervisor's one-shot child that builds, checks and writes
-    (local CA, missing DKIM keys) what its workers will load, logs what to publish, and exits:
+    (local CA, missing DKIM keys) what its workers will load, and the scanners' readiness probes
+    (the supervisor never builds the policies), logs what to publish, and exits:
     0 when the config is good, 2 (start) or 1 (reload, refused) when it is not."""
+    from gateway.ops.readiness import save_probes
     from gateway.prepare import announce, prepare, prepare_reload
 
     if args.prepare == "start":
@@ -303,6 +324,7 @@ async def _prepare(config: Config, args: argparse.Namespace) -> int:
             return 1
         prepared = reloaded[1]
     announce(prepared)
+    save_probes(config.state_dir, prepared.pipelines.readiness_probes())
     await prepared.pipelines.aclose()
     return 0
 
@@ -364,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             return _explain(config, args)
         if args.command == "health":
             return _health(config)
+        if args.command == "drain":
+            return _drain(config, args)
         setup_logging(config.log_level, config.log_format)
         return _run(config, args)
     except ChildFailed as error:

@@ -119,6 +119,8 @@ class Config:
     event_loop: str = "uvloop"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     metrics_timeout: float = 10.0
+    drain_to: NextHop | None = None   # the peer gateway drain hands the queue to (gateway.ops.drain)
+    drain_timeout: float = 60.0       # seconds of delivery before the hand-off
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Any]:
@@ -137,6 +139,7 @@ _DURATION_KEYS = (
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
     "anvil_rate_time_unit", "delay_warning_time", "smtpd_upstream_proxy_timeout", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
     "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
+    "drain_timeout",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
@@ -234,6 +237,8 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         values["relay_clientcerts"] = frozenset(_relay_clientcerts(raw["relay_clientcerts"]))
     if "relayhost" in raw:
         values["relayhost"] = parse_hops("relayhost", raw["relayhost"])
+    if raw.get("drain_to"):
+        values["drain_to"] = wrap("drain_to", raw["drain_to"], parse_next_hop, "[host]:port or host:port")
     if "transport_maps" in raw:
         values["transport_maps"] = {
             wrap("transport_maps", domain, parse_domain, "domain = next hop"):
@@ -387,6 +392,8 @@ def describe(config: Config) -> str:
             continue
         elif item.name == "metrics_listen":
             value = f"{value[0]}:{value[1]}" if value else ""
+        elif item.name == "drain_to":
+            value = str(value) if value is not None else ""
         elif item.name in ("relayhost",):
             value = ", ".join(str(hop) for hop in value)
         elif item.name == "transport_maps":

@@ -40,7 +40,7 @@ import pyclamd  # type: ignore[import-untyped]  # no stubs; 0.4.0 is the last re
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import FileText
-from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext, ScannerProbe
 from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
@@ -163,6 +163,13 @@ class Antivirus(Policy):
             raise ConfigError(section.key("timeout"), section.table["timeout"], "a duration above zero")
         self.on_error = section.choice("on_error", "tempfail", ON_ERROR_CHOICES)
         self.max_size = self._size(section, "max_size", DEFAULT_MAX_SIZE)
+
+    def readiness_probe(self) -> ScannerProbe | None:
+        """clamd's ``zPING``, answered ``PONG`` (clamd(8)); None with ``on_error = "pass"``."""
+        if self.on_error != "tempfail":
+            return None
+        return ScannerProbe(self.name, str(self.address), b"zPING\0", b"PONG", path=self.address.path,
+                            host=self.address.host, port=self.address.port)
 
     @staticmethod
     def _size(section: Section, key: str, default: int) -> int:

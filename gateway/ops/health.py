@@ -1,4 +1,4 @@
-"""Health checks shared by ``/healthz`` and ``gateway health`` (the container HEALTHCHECK).
+"""Health checks of ``/healthz`` (:func:`liveness`), ``/readyz`` and ``gateway health`` (the container HEALTHCHECK).
 
 Healthy means, as the ServerContainers image's healthcheck: every SMTP
 listener accepts TCP connections, the spool is writable (a file can be
@@ -87,6 +87,11 @@ def check_certificate(cert_file: Path | None, now: float | None = None) -> Healt
     if left <= CERTIFICATE_MARGIN:
         return HealthCheck("certificate", False, f"{cert_file} expires {when} (in {left / 86400:.1f} days)")
     return HealthCheck("certificate", True, f"valid until {when}")
+
+
+async def liveness(listeners: list[tuple[str, str, int]]) -> list[HealthCheck]:
+    """``/healthz``: every listener accepts connections (``listeners`` are (name, host, port))."""
+    return list(await asyncio.gather(*(check_listener(n, h, p) for n, h, p in listeners)))
 
 
 async def run_checks(listeners: list[tuple[str, str, int]], spool_dir: Path,

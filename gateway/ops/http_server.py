@@ -1,8 +1,9 @@
-"""The metrics and health HTTP listener: ``GET /metrics`` and ``GET /healthz`` (HTTP/1.1, RFC 9112).
+"""The metrics and health HTTP listener: ``GET /metrics``, ``/healthz`` and ``/readyz`` (HTTP/1.1, RFC 9112).
 
 Default ``metrics_listen = "127.0.0.1:9464"``; an empty value turns it off.
-``/healthz`` answers 200 when every check of :mod:`gateway.ops.health` passes,
-503 otherwise, with one line per check naming the failing one.
+``/healthz`` (liveness: every listener accepts connections) and ``/readyz``
+(readiness, :mod:`gateway.ops.readiness`) answer 200 when each of their checks
+passes, 503 otherwise, with one line per check naming the failing one.
 
 Two fixed pages need little of HTTP, and the little must hold against a client
 that tries to use up the process: at most :data:`MAX_CONNECTIONS` connections
@@ -42,7 +43,8 @@ class MetricsServer:
 
     Args:
         host, port: where to listen (port 0 picks a free one; see ``bound_port``).
-        health: coroutine returning the current health checks.
+        health: coroutine returning the liveness checks (``/healthz``).
+        ready: coroutine returning the readiness checks (``/readyz``; default: ``health``).
         max_connections: connections served at once (:data:`MAX_CONNECTIONS`).
         head_timeout: seconds for a request's head (:data:`HEAD_TIMEOUT`).
         registry: what ``/metrics`` renders (default :data:`gateway.metrics.REGISTRY`; a
@@ -50,11 +52,13 @@ class MetricsServer:
     """
 
     def __init__(self, host: str, port: int, health: Callable[[], Awaitable[list[HealthCheck]]], *,
+                 ready: Callable[[], Awaitable[list[HealthCheck]]] | None = None,
                  max_connections: int = MAX_CONNECTIONS, head_timeout: float = HEAD_TIMEOUT,
                  registry: CollectorRegistry | None = None) -> None:
         self.host = host
         self.port = port
         self.health = health
+        self.ready = ready if ready is not None else health
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.registry = registry if registry is not None else metrics.REGISTRY
@@ -68,7 +72,7 @@ class MetricsServer:
         self.server = await asyncio.start_server(self._connection, self.host, self.port, reuse_address=True,
                                                  limit=MAX_HEAD_BYTES)
         self.bound_port = int(self.server.sockets[0].getsockname()[1])
-        log.info("metrics and health on http://%s:%d/metrics and /healthz", self.host, self.bound_port)
+        log.info("metrics and health on http://%s:%d/metrics, /healthz and /readyz", self.host, self.bound_port)
 
     async def stop(self) -> None:
         """Stop listening and close the connections still open."""
@@ -129,12 +133,12 @@ class MetricsServer:
             # and must not stall the SMTP sessions served by the event loop.
             body = await asyncio.to_thread(generate_latest, self.registry)
             await self._respond(writer, 200, body, close=close, content_type=CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            results = await self.health()
+        elif path in ("/healthz", "/readyz"):
+            results = await (self.health() if path == "/healthz" else self.ready())
             await self._respond(writer, 200 if all(r.ok for r in results) else 503, report(results).encode(),
                                 close=close)
         else:
-            await self._respond(writer, 404, b"/metrics or /healthz\n", close=close)
+            await self._respond(writer, 404, b"/metrics, /healthz or /readyz\n", close=close)
         return not close
 
     @staticmethod
@@ -147,14 +151,15 @@ class MetricsServer:
 
 
 async def start_metrics_server(config: Config, health: Callable[[], Awaitable[list[HealthCheck]]],
+                               ready: Callable[[], Awaitable[list[HealthCheck]]],
                                registry: CollectorRegistry | None = None) -> MetricsServer:
-    """Serve ``/metrics`` and ``/healthz`` on ``config.metrics_listen`` (set) with ``metrics_timeout``.
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``config.metrics_listen`` (set) with ``metrics_timeout``.
 
     Raises:
         ConfigError: naming ``metrics_listen`` when the address cannot be bound.
     """
     assert config.metrics_listen is not None
-    server = MetricsServer(*config.metrics_listen, health=health, head_timeout=config.metrics_timeout,
+    server = MetricsServer(*config.metrics_listen, health=health, ready=ready, head_timeout=config.metrics_timeout,
                            registry=registry)
     try:
         await server.start()

@@ -57,6 +57,7 @@ class Service(Protocol):
     stop_event: asyncio.Event
 
     def request_stop(self) -> None: ...
+    def request_drain(self) -> None: ...
     async def start(self) -> None: ...
     async def reload(self) -> bool: ...
     async def shutdown(self) -> None: ...
@@ -65,16 +66,18 @@ class Service(Protocol):
 async def serve_until_stopped(service: Service) -> None:
     """Start ``service`` and run it until its ``stop_event`` (SIGTERM, SIGINT), then shut it down.
 
-    SIGHUP runs ``service.reload()``. A start that raises is shut down too, then re-raised.
+    SIGHUP runs ``service.reload()``, SIGUSR1 ``service.request_drain()`` (:mod:`gateway.ops.drain`).
+    A start that raises is shut down too, then re-raised.
     """
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+    loop.add_signal_handler(signal.SIGUSR1, service.request_drain)
     try:
         await service.start()
         await service.stop_event.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
         await service.shutdown()

@@ -30,7 +30,7 @@ from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet
 from gateway.pipeline.runner import Pipeline, PolicyEntry
-from gateway.pipeline.policy import Policy
+from gateway.pipeline.policy import Policy, ScannerProbe
 from gateway.pipeline.section import Section
 
 if TYPE_CHECKING:
@@ -128,6 +128,18 @@ class Pipelines:
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
         return self.outbound if direction is Direction.OUTBOUND else self.inbound
+
+    def readiness_probes(self) -> list[ScannerProbe]:
+        """The probes ``/readyz`` runs: one per fail-closed scanner that ``[content_filter]`` leaves on."""
+        off = (VIRUS_SCANNERS if self.switches.disable_virus_checks else frozenset()) | (
+            SPAM_SCANNERS if self.switches.disable_spam_checks else frozenset())
+        probes: dict[str, ScannerProbe] = {}
+        for pipeline in (self.inbound, self.outbound):
+            for policy in pipeline.policies:
+                probe = policy.readiness_probe() if policy.name not in off else None
+                if probe is not None:
+                    probes[policy.name] = probe
+        return list(probes.values())
 
     async def aclose(self) -> None:
         """Close every policy once."""

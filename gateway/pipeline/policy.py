@@ -18,6 +18,25 @@ from gateway.envelope import ClientInfo, Envelope
 from gateway.verdict import CONTINUE, Verdict
 
 
+@dataclass(frozen=True, slots=True)
+class ScannerProbe:
+    """How ``/readyz`` asks a scanner whether it answers: send ``request``, expect ``expect`` in the answer.
+
+    policy: the policy's name (``scanner:<policy>`` in the report). target: for people
+    (``unix:/run/clamav/clamd.ctl``, ``127.0.0.1:783``). Either ``path`` (a Unix socket) or
+    ``host`` and ``port``; ``tls`` wraps the TCP connection (an https rspamd URL).
+    """
+
+    policy: str
+    target: str
+    request: bytes
+    expect: bytes
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+    tls: bool = False
+
+
 @dataclass(slots=True)
 class PolicyContext:
     """What a policy may look at: the client, the envelope so far, the queue ID once known."""
@@ -63,6 +82,15 @@ class Policy:
     async def on_data(self, ctx: PolicyContext, message: bytes) -> Verdict:
         """After the end of data, with the raw message bytes as received (CRLF, dot-unstuffed)."""
         return CONTINUE
+
+    def readiness_probe(self) -> ScannerProbe | None:
+        """How ``/readyz`` checks the service this policy needs; None when there is none to check.
+
+        A scanner whose failures tempfail mail (``on_error = "tempfail"``) returns one:
+        while it does not answer, the gateway is not ready (a balancer then sends mail
+        to a replica that can scan, instead of this one answering 451 to everyone).
+        """
+        return None
 
     async def aclose(self) -> None:
         """Release connections or threads at shutdown."""

@@ -249,7 +249,7 @@ class RelayWorker:
             try:
                 result = await self.client.deliver(
                     host, entry.sender, [r.address for r in recipients], message,
-                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime, dsn=_dsn_options(entry, recipients))
+                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime, dsn=dsn_options(entry, recipients))
             except DeliveryError as error:
                 assert isinstance(error.reply, Reply)
                 log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
@@ -383,7 +383,7 @@ def _reported(recipient: RecipientStatus, action: str) -> FailedRecipient:
                            action=action, original=original, original_type=original_type)
 
 
-def _dsn_options(entry: SpoolEntry, recipients: list[RecipientStatus]) -> DsnOptions | None:
+def dsn_options(entry: SpoolEntry, recipients: list[RecipientStatus]) -> DsnOptions | None:
     """The RFC 3461 parameters of ``entry`` for these recipients, or None when the sender gave none."""
     per_recipient = {r.address: (r.notify, r.orcpt) for r in recipients if r.notify is not None or r.orcpt}
     if entry.dsn_ret is None and entry.dsn_envid is None and not per_recipient:

@@ -107,6 +107,11 @@ class Listener:
         assert self.server is not None and self.server.sockets
         return int(self.server.sockets[0].getsockname()[1])
 
+    @property
+    def accepting(self) -> bool:
+        """True until :meth:`stop_accepting` (or before :meth:`start`: False)."""
+        return self.server is not None and self.server.is_serving()
+
     def stop_accepting(self) -> None:
         """Close the listening socket; open sessions go on."""
         if self.server is not None:

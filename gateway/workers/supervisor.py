@@ -7,7 +7,7 @@ are written by that one process, never raced by the workers; the supervisor
 itself never loads the SMTP stack, the policies or cryptography, which keeps
 it at about half a worker's memory), clear the metrics directory, bind every listener
 (:mod:`gateway.workers.sockets`), start the workers and wait until each says it
-serves, then serve ``/metrics`` and ``/healthz`` and log ``gateway ready``.
+serves, then serve ``/metrics``, ``/healthz`` and ``/readyz`` and log ``gateway ready``.
 
 A worker that dies is logged and started again in its slot after a backoff (1 s,
 doubling up to 30 s while it keeps dying within 30 s of its start); the new one
@@ -16,6 +16,12 @@ first by a ``--prepare reload`` child (an invalid config is refused once, for
 all) and then passed to every worker; SIGTERM/SIGINT is passed to every worker, each drains as a single
 gateway does, and the supervisor exits 0 once all have. Workers are killed by
 the kernel if the supervisor dies (:meth:`WorkerRole.die_with_supervisor`).
+
+Drain (SIGUSR1, or SIGTERM with ``drain_to``; :mod:`gateway.ops.drain`): ``/readyz``
+turns 503, every worker gets SIGUSR1 and stops accepting, the supervisor closes
+its copies of the listening sockets, delivery goes on until nothing is left to
+try or ``drain_timeout`` passes, the workers are stopped as at SIGTERM, and the
+supervisor, which holds the spool lock, hands what is left to the peer.
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ from prometheus_client.process_collector import ProcessCollector
 from gateway import metrics
 from gateway.config import Config, load
 from gateway.errors import ChildFailed, GatewayError
-from gateway.ops.health import HealthCheck, run_checks
+from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
+from gateway.ops.health import HealthCheck, liveness
+from gateway.ops.readiness import load_probes, readiness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.queue_metrics import SpoolCollector
+from gateway.pipeline.policy import ScannerProbe
 from gateway.prepare import server_certificate_file
+from gateway.values import NextHop
 from gateway.spool import Spool
 from gateway.workers.anvil import anvil_path, create_table
 from gateway.workers.sockets import bind_listener
@@ -119,6 +129,9 @@ class Supervisor:
         self.stopping = False
         self.cert_file: Path | None = None
         self.metrics_server: MetricsServer | None = None
+        self.probes: list[ScannerProbe] = []
+        self.draining = False
+        self.drain_target: NextHop | None = None
 
     # ---- start ----
 
@@ -139,6 +152,7 @@ class Supervisor:
             # the child's own status (2: configuration error); 1 when a signal ended it
             raise ChildFailed("preparing the configuration failed (see above)", status if status > 0 else 1)
         self.cert_file = server_certificate_file(config)
+        self.probes = load_probes(config.state_dir)
         self._clear_metrics_dir()
         create_table(anvil_path(config), config.workers)  # counts of an earlier run are stale
         for listener in config.listeners:
@@ -153,7 +167,7 @@ class Supervisor:
         for slot in self.slots:
             slot.task = asyncio.create_task(self._keep_running(slot), name=f"worker-{slot.number}")
         if config.metrics_listen:
-            self.metrics_server = await start_metrics_server(config, self.health, self._registry())
+            self.metrics_server = await start_metrics_server(config, self.health, self.ready, self._registry())
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
         log.info("gateway ready: workers=%d (pids %s) listeners=%s relayhost=%s", len(self.slots),
                  " ".join(str(slot.process.pid) for slot in self.slots if slot.process is not None),
@@ -257,11 +271,17 @@ class Supervisor:
         await serve_until_stopped(self)
         return 0
 
+    def _listener_addresses(self) -> list[tuple[str, str, int]]:
+        return [(l.name, l.host, self._port(l.name)) for l in self.config.listeners if self.sockets.get(l.name)]
+
     async def health(self) -> list[HealthCheck]:
-        """The health checks of the whole gateway: every listener accepts, spool, certificate."""
-        listeners = [(l.name, l.host, self._port(l.name)) for l in self.config.listeners if l.name in self.sockets]
-        return await run_checks(listeners, self.config.spool_dir, self.cert_file,
-                                self.config.queue_minfree + self.config.message_size_limit)
+        """Liveness of the whole gateway (``/healthz``): every listener accepts."""
+        return await liveness(self._listener_addresses())
+
+    async def ready(self) -> list[HealthCheck]:
+        """Readiness of the whole gateway (``/readyz``, :func:`gateway.ops.readiness.readiness`)."""
+        return await readiness(self._listener_addresses(), self.config.spool_dir, self.cert_file,
+                               self.config.queue_minfree + self.config.message_size_limit, self.probes, self.draining)
 
     async def reload(self) -> bool:
         """Check the config file once, then have every worker reload it (SIGHUP); False when refused."""
@@ -278,6 +298,7 @@ class Supervisor:
                 (l.name, l.host, l.port, l.tls) for l in self.config.listeners]:
             log.warning("changes of workers or listeners need a restart; they are not applied")
         self.cert_file = server_certificate_file(config)
+        self.probes = load_probes(config.state_dir)
         self.config = config
         for slot in self.slots:
             if slot.process is not None and slot.process.returncode is None:
@@ -286,12 +307,38 @@ class Supervisor:
         return True
 
     def request_stop(self) -> None:
-        """Ask the gateway to shut down gracefully."""
+        """Ask the gateway to shut down gracefully (to drain first when ``drain_to`` is set)."""
+        if self.config.drain_to is not None and not self.draining:
+            self.request_drain()
+            return
         log.info("stop requested")
         self.stop_event.set()
 
+    def request_drain(self) -> None:
+        """SIGUSR1: drain (see the module docstring)."""
+        if self.draining:
+            return
+        self.draining = True
+        self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
+        log.info("drain requested: hand-off to %s after up to %gs of delivery", self.drain_target or "nobody",
+                 self.config.drain_timeout)
+        self.stop_event.set()
+
+    def _running(self) -> list[asyncio.subprocess.Process]:
+        return [slot.process for slot in self.slots if slot.process is not None and slot.process.returncode is None]
+
+    def _close_sockets(self) -> None:
+        for sockets in self.sockets.values():
+            for sock in sockets:
+                sock.close()
+        self.sockets.clear()
+
     async def shutdown(self) -> None:
-        """SIGTERM every worker, wait for each to drain (SIGKILL after STOP_TIMEOUT), release the spool."""
+        """SIGTERM every worker, wait for each to drain (SIGKILL after STOP_TIMEOUT), release the spool.
+
+        When draining: first the workers stop accepting (SIGUSR1) and deliver until idle
+        (``drain_timeout``); after they exit, what is left is handed to the peer.
+        """
         self.stopping = True
         self.stop_event.set()
         # No restart from here on: a slot caught starting a worker keeps it in slot.process.
@@ -299,7 +346,12 @@ class Supervisor:
             if slot.task is not None:
                 slot.task.cancel()
         await asyncio.gather(*(slot.task for slot in self.slots if slot.task is not None), return_exceptions=True)
-        running = [slot.process for slot in self.slots if slot.process is not None and slot.process.returncode is None]
+        if self.draining:
+            for process in self._running():
+                process.send_signal(signal.SIGUSR1)
+            self._close_sockets()
+            await deliver_until_idle(self.spool, self.config.drain_timeout)
+        running = self._running()
         for process in running:
             process.send_signal(signal.SIGTERM)
         for process in running:
@@ -309,9 +361,9 @@ class Supervisor:
                 log.error("worker pid %d still running %gs after SIGTERM; killed", process.pid, STOP_TIMEOUT)
                 process.kill()
                 await process.wait()
-        for sockets in self.sockets.values():
-            for sock in sockets:
-                sock.close()
+        self._close_sockets()
+        if self.draining:
+            await hand_off_spool(self.config, self.spool, self.drain_target)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         self.spool.unlock()

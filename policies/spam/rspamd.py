@@ -59,7 +59,7 @@ from multidict import CIMultiDict
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import FileText
-from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext, ScannerProbe
 from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, Verdict
@@ -124,6 +124,17 @@ class Rspamd(Policy):
         self.levels = dataclasses.replace(base, **levels)  # type: ignore[arg-type]
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def readiness_probe(self) -> ScannerProbe | None:
+        """rspamd's ``GET /ping``, answered ``pong``; None with ``on_error = "pass"``."""
+        if self.on_error != "tempfail":
+            return None
+        parts = urlsplit(self.url)
+        secure = parts.scheme == "https"
+        assert parts.hostname is not None  # checked in __init__
+        request = f"GET {parts.path}/ping HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode("latin-1")
+        return ScannerProbe(self.name, self.url, request, b"pong", host=parts.hostname,
+                            port=parts.port or (443 if secure else 80), tls=secure)
 
     def request_headers(self, ctx: PolicyContext) -> CIMultiDict[str]:
         """The rspamd protocol headers for this transaction (control characters dropped)."""

@@ -31,7 +31,7 @@ from typing import ClassVar
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import whole_bytes
-from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.pipeline.policy import Policy, PolicyContext, ScannerProbe
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
@@ -103,6 +103,13 @@ class SpamAssassin(Policy):
 
         limit = aiospamc.Timeout(total=self.timeout, connection=self.timeout, response=self.timeout)
         self._client = Client(TcpConnectionManager(self.host, self.port, ssl_context=None, timeout=limit))
+
+    def readiness_probe(self) -> ScannerProbe | None:
+        """spamd's ``PING``, answered ``SPAMD/1.5 0 PONG`` (spamd's protocol); None with ``on_error = "pass"``."""
+        if self.on_error != "tempfail":
+            return None
+        target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return ScannerProbe(self.name, target, b"PING SPAMC/1.5\r\n\r\n", b"PONG", host=self.host, port=self.port)
 
     async def on_data(self, ctx: PolicyContext, message: bytes) -> Verdict:
         """Ask spamd for the score and rule names; map them with the spam levels.

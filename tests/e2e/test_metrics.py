@@ -1,4 +1,4 @@
-"""Metrics and health: a real Prometheus scrapes the gateway; /healthz turns 503 when it must."""
+"""Metrics and health: a real Prometheus scrapes the gateway; /readyz turns 503 when it must, /healthz is liveness."""
 
 from __future__ import annotations
 
@@ -73,11 +73,13 @@ def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
     assert 'gateway_recipients_total{nexthop="[127.0.0.1]:' in text
 
 
-def test_healthz_reports_each_check(gateway_factory, sink):
+def test_readyz_reports_each_check(gateway_factory, sink):
     with gateway_factory(relay_config(sink.port)) as gateway:
-        status, text = http_get(gateway.metrics_url + "/healthz")
+        status, text = http_get(gateway.metrics_url + "/readyz")
         assert status == 200, text
         assert "ok   listener:smtp" in text and "ok   spool" in text and "ok   certificate" in text
+        status, text = http_get(gateway.metrics_url + "/healthz")
+        assert status == 200 and text.startswith("ok   listener:smtp") and "spool" not in text, text
         spool_tmp = gateway.state_dir / "spool" / "tmp"
         os.chmod(spool_tmp, 0o500)
         try:
@@ -85,17 +87,18 @@ def test_healthz_reports_each_check(gateway_factory, sink):
                 os.chmod(spool_tmp, 0o700)
                 spool_tmp.rename(spool_tmp.with_name("tmp.away"))
                 spool_tmp.write_bytes(b"")  # a file where the directory was: creating inside fails
-            status, text = http_get(gateway.metrics_url + "/healthz")
+            status, text = http_get(gateway.metrics_url + "/readyz")
             assert status == 503 and "FAIL spool" in text, text
+            assert http_get(gateway.metrics_url + "/healthz")[0] == 200  # liveness: a restart would not help
         finally:
             if spool_tmp.is_file():
                 spool_tmp.unlink()
                 spool_tmp.with_name("tmp.away").rename(spool_tmp)
             os.chmod(spool_tmp, 0o700)
-        assert http_get(gateway.metrics_url + "/healthz")[0] == 200
+        assert http_get(gateway.metrics_url + "/readyz")[0] == 200
 
 
-def test_healthz_fails_when_the_certificate_expires_within_3_days(gateway_factory, sink, tmp_path):
+def test_readyz_fails_when_the_certificate_expires_within_3_days(gateway_factory, sink, tmp_path):
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1",
                          not_after=datetime.now(timezone.utc) + timedelta(days=2))
@@ -104,7 +107,8 @@ def test_healthz_fails_when_the_certificate_expires_within_3_days(gateway_factor
     leaf.private_key_pem.write_to_path(str(key))
     config = relay_config(sink.port, f'smtpd_tls_cert_file = "{cert}"\nsmtpd_tls_key_file = "{key}"\n')
     with gateway_factory(config) as gateway:
-        status, text = http_get(gateway.metrics_url + "/healthz")
+        status, text = http_get(gateway.metrics_url + "/readyz")
+        assert http_get(gateway.metrics_url + "/healthz")[0] == 200  # liveness: a restart would not renew it
     assert status == 503 and "FAIL certificate" in text and "in 2.0 days" in text, text
 
 

@@ -177,15 +177,16 @@ def test_size_beyond_the_free_space_gets_452_at_mail_and_low_space_is_unhealthy(
                               name="gw")
     started.append(gateway)
     gateway.start()
-    status, text = http_get(gateway.metrics_url + "/healthz")
+    status, text = http_get(gateway.metrics_url + "/readyz")
     assert status == 200 and "ok   spool: " in text, text
     assert mail_reply(gateway.port, 950_000)[0] == 250
     # leave about 1.1 MB: less than queue_minfree + message_size_limit (1.2 MB)
     filler = spool / "filler"
     fill_filesystem(filler)
     os.truncate(filler, os.path.getsize(filler) - 1_100_000)
-    status, text = http_get(gateway.metrics_url + "/healthz")
+    status, text = http_get(gateway.metrics_url + "/readyz")
     assert status == 503 and "FAIL spool: " in text and "less than queue_minfree plus message_size_limit" in text
+    assert http_get(gateway.metrics_url + "/healthz")[0] == 200  # liveness: a restart frees no space
     assert gateway.cli("health", check=False).returncode == 1
     # SIZE= over half of what is free: refused at MAIL, not after the whole DATA; small mail still comes in
     assert mail_reply(gateway.port, 950_000) == (452, b"4.3.1 Insufficient system storage")

@@ -424,7 +424,6 @@ class _SinkHandler:
     def __init__(self, sink: SmtpSink) -> None:
         self._sink = sink
         self.dsn = sink.dsn
-        self._rcpt_params: dict[str, list[str]] = {}
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -450,7 +449,7 @@ class _SinkHandler:
         envelope.mail_options.extend(mail_options)
         if self.dsn:
             envelope.mail_options.extend(getattr(server, "dsn_taken", []))
-            self._rcpt_params = {}
+            envelope.dsn_rcpt_params = {}  # type: ignore[attr-defined]  # per transaction: sessions run at once
         return DEFAULT_MAIL_OK
 
     async def handle_RCPT(
@@ -466,7 +465,7 @@ class _SinkHandler:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
             if self.dsn:
-                self._rcpt_params[address] = list(getattr(server, "dsn_taken", []))
+                envelope.dsn_rcpt_params[address] = list(getattr(server, "dsn_taken", []))  # type: ignore[attr-defined]
             return reply or DEFAULT_RCPT_OK
         _close_after_reply_if_421(server, reply)
         return reply
@@ -488,7 +487,7 @@ class _SinkHandler:
                 auth_user=auth_user if session.authenticated else None,
                 mail_options=list(envelope.mail_options),
                 helo=session.host_name,
-                rcpt_params=dict(self._rcpt_params) if self.dsn else None,
+                rcpt_params=dict(getattr(envelope, "dsn_rcpt_params", {})) if self.dsn else None,
             )
         )
         return reply
