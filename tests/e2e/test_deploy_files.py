@@ -145,8 +145,10 @@ def test_statefulset_has_one_spool_volume_per_replica_and_drains_on_termination(
     assert claims[mounts["/var/lib/gateway"]]["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[0] == "sleep"
-    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + SHUTDOWN_TIMEOUT + 30
+    assert pre_stop == ["gateway", "--config", "/etc/gateway/gateway.toml", "drain"]
+    config = build(tomllib.loads(find("ConfigMap")["data"]["gateway.toml"]))
+    # open transactions, then delivery for drain_timeout, then at least a minute to hand the rest over
+    assert pod["terminationGracePeriodSeconds"] >= SHUTDOWN_TIMEOUT + config.drain_timeout + 60
     headless = find("Service", spec["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
     assert selected(spec["selector"]["matchLabels"], spec["template"]["metadata"]["labels"])
@@ -157,13 +159,13 @@ def test_statefulset_has_one_spool_volume_per_replica_and_drains_on_termination(
     assert pod["enableServiceLinks"] is False
 
 
-def test_probes_use_the_health_endpoint_on_the_metrics_port():
+def test_probes_use_readyz_for_readiness_and_healthz_for_liveness_on_the_metrics_port():
     container = find("StatefulSet")["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"smtp": 25, "smtps": 465, "submission": 587, "metrics": 9464}
-    for probe in ("readinessProbe", "startupProbe"):
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    for probe in ("livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
-    assert container["livenessProbe"]["httpGet"]["port"] == "metrics"
 
 
 def test_services_expose_smtp_and_metrics_ports_of_the_pods():
@@ -284,6 +286,9 @@ def test_compose_ports_volumes_and_networks():
         spools.add(targets["/var/lib/gateway"])
         assert gateway["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
         assert gateway["stop_signal"] == "SIGTERM"
+        # the healthcheck asks the running gateway (its /readyz), with the config the service runs
+        assert gateway["healthcheck"]["test"] == ["CMD", "gateway", "--config", "/etc/gateway/gateway.toml",
+                                                  "health"], name
     assert len(spools) == 2   # one spool volume per gateway, never shared
     listen = spec["services"]["gateway"]["environment"]["GATEWAY_LISTEN"]
     assert [table["address"] for table in parse_listen(listen)] == ["0.0.0.0:25"]
