@@ -53,6 +53,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     mynetworks: tuple[Network, ...] = ()
     auto_trust_networks: bool = False
+    auto_trust_rescan_interval: float = 30.0   # seconds between readings of the interfaces
     relay_domains: tuple[str, ...] = ()
     relay_clientcerts: frozenset[str] = frozenset()
     relayhost: tuple[NextHop, ...] = ()
@@ -139,7 +140,7 @@ _DURATION_KEYS = (
     "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
     "anvil_rate_time_unit", "delay_warning_time", "smtpd_upstream_proxy_timeout", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
     "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
-    "drain_timeout",
+    "drain_timeout", "auto_trust_rescan_interval",
 )
 _INT_KEYS = (
     "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",

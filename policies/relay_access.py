@@ -35,7 +35,6 @@ from gateway.verdict import ACCEPT, CONTINUE, Action, Verdict
 
 _DENIED = Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied")
 _INVALID_HELO_VERDICT = Verdict(Action.REJECT, replies.INVALID_HELO, reason="invalid_helo")
-INTERFACE_RESCAN_SECONDS = 30.0  # how often auto_trust_networks looks at the interfaces again
 log = logging.getLogger("gateway.relay_access")
 
 
@@ -47,6 +46,7 @@ class RelayAccess(Policy):
     def __init__(self, config: Config) -> None:
         self.mynetworks = NetworkSet(config.mynetworks)
         self.auto_trust = config.auto_trust_networks
+        self.rescan_interval = config.auto_trust_rescan_interval
         self.scan: InterfaceScan | None = None
         self.interface_networks = NetworkSet(())
         self.scanned_at = 0.0
@@ -98,7 +98,7 @@ class RelayAccess(Policy):
             client.trusted, client.trusted_by, client.trusted_rule = False, None, None
 
     async def on_connect(self, ctx: PolicyContext) -> Verdict:
-        if self.auto_trust and time.monotonic() - self.scanned_at >= INTERFACE_RESCAN_SECONDS:
+        if self.auto_trust and time.monotonic() - self.scanned_at >= self.rescan_interval:
             self._rescan()  # docker networks come and go while the gateway runs
         self.classify(ctx)
         return CONTINUE

@@ -15,9 +15,10 @@ import time
 
 import pytest
 
-from policies.relay_access import INTERFACE_RESCAN_SECONDS
 from tests.harness.gateway_process import GatewayProcess
 from tests.harness.ports import free_port
+
+RESCAN_SECONDS = 6.0  # auto_trust_rescan_interval here: the first checks come well within it after a reading
 
 # veth pairs with both ends in the namespace (this kernel has no dummy links).
 SETUP = [
@@ -61,6 +62,7 @@ def gateway_in(namespace: str, tmp_path, port: int) -> GatewayProcess:
     workers = 1: the networks are logged once per process, and the tests read those lines.
     """
     return GatewayProcess(tmp_path / "gw", 'auto_trust_networks = true\nmynetworks = []\nworkers = 1\n'
+                          f'auto_trust_rescan_interval = "{RESCAN_SECONDS:g}s"\n'
                           'relayhost = ["[127.0.0.1]:9"]\n'
                           f'[[listener]]\nname = "smtp"\naddress = "0.0.0.0:{port}"\ntls = "none"\n',
                           wrapper=["ip", "netns", "exec", namespace])
@@ -93,10 +95,11 @@ def test_a_network_attached_after_start_is_trusted_after_sighup_and_after_the_re
         (after_reload,) = gateway.wait_for_log(r"trusting the networks of the interfaces that are up: .*late0", 10)
         assert "late0 10.95.0.0/24" in after_reload
         assert _rcpt_reply(namespace, "10.95.0.1", port) == 250
-        # and without a signal: the interfaces are read again at the first connection 30 s after the last reading
+        # and without a signal: the interfaces are read again at the first connection auto_trust_rescan_interval
+        # (RESCAN_SECONDS here) after the last reading
         for command in ("link add later0 type veth peer name later0p", "addr add 10.94.0.1/24 dev later0",
                         "link set later0p up", "link set later0 up"):
             subprocess.run(["ip", "-n", namespace, *command.split()], check=True, timeout=30)
-        time.sleep(INTERFACE_RESCAN_SECONDS + 1)
+        time.sleep(RESCAN_SECONDS + 1)
         assert _rcpt_reply(namespace, "10.94.0.1", port) == 250
         gateway.wait_for_log(r"trusting the networks of the interfaces that are up: .*later0 10\.94\.0\.0/24")
