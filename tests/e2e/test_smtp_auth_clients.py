@@ -13,6 +13,7 @@ test_smtp_auth.py, test_smtp_auth_dovecot.py and test_smtp_auth_ldap.py.
 
 from __future__ import annotations
 
+import re
 import shutil
 import smtplib
 import subprocess
@@ -23,10 +24,12 @@ import pytest
 from passlib.hash import bcrypt, sha512_crypt
 
 from tests.harness.dovecot import DovecotAuthServer
+from tests.harness.gateway_process import GatewayProcess
 from tests.harness.helpers import client_tls, relay_config, swaks_login_and_send
 from tests.harness.ports import free_port
 from tests.harness.postfix import PostfixInstance
 from tests.harness.slapd import SlapdServer
+from tests.harness.smtp_sink import SmtpSink
 
 OUTSIDER = "127.0.0.3"  # not in mynetworks
 LOGIN, PASSWORD = "alice@example.com", "alice secret"
@@ -56,18 +59,44 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                                   'ldap_group_filter = "(memberOf=cn=mail-senders,ou=groups,dc=example,dc=org)"\n')
 
 
-@pytest.fixture
-def gateway(gateway_factory, sink, backend):
-    """Listeners submission (STARTTLS) and smtps (implicit TLS), both ``auth = "required"``; example.com signed."""
+@pytest.fixture(scope="module")
+def shared_sink(backend: Backend) -> Iterator[SmtpSink]:
+    """One sink per back end (the gateway below relays to it); emptied before each test."""
+    with SmtpSink() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(shared_sink: SmtpSink, backend: Backend,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One gateway per back end, for every client and listener: submission (STARTTLS) and smtps
+    (implicit TLS), both ``auth = "required"``; example.com signed."""
     ports = {name: free_port() for name in LISTENERS}
-    config = relay_config(sink.port, f'[auth]\n{backend.auth_table}[dkim]\ndomains = ["example.com"]\n')
+    config = relay_config(shared_sink.port, f'[auth]\n{backend.auth_table}[dkim]\ndomains = ["example.com"]\n')
     config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
                'tls = "starttls"\nauth = "required"\n'
                f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
                'auth = "required"\n')
-    with gateway_factory(config) as started:
-        started.ports = ports
+    with GatewayProcess(tmp_path_factory.mktemp(f"gw-{backend.name}"), config) as started:
+        started.ports = ports  # type: ignore[attr-defined]
         yield started
+
+
+@pytest.fixture
+def sink(shared_sink: SmtpSink) -> SmtpSink:
+    shared_sink.reset()
+    return shared_sink
+
+
+@pytest.fixture
+def gateway(shared_gateway: GatewayProcess, request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    """The back end's gateway; ``log_mark``: its log lines before this test (the log of a failed test is printed)."""
+    shared_gateway.log_mark = len(shared_gateway.lines)  # type: ignore[attr-defined]
+    yield shared_gateway
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        print(f"---- log of gateway {shared_gateway.state_dir.name} during the test ----\n"
+              + "\n".join(shared_gateway.lines[shared_gateway.log_mark:]))  # type: ignore[attr-defined]
 
 
 def assert_relayed_signed_esmtpsa(sink, gateway, mechanism: str = "(PLAIN|LOGIN)") -> None:
@@ -78,7 +107,9 @@ def assert_relayed_signed_esmtpsa(sink, gateway, mechanism: str = "(PLAIN|LOGIN)
     signatures = [line for line in head.split(b"\r\n") if line.startswith(b"DKIM-Signature:")]
     assert len(signatures) == 1 and b" d=example.com;" in signatures[0], head
     assert b"with ESMTPSA id" in message.data and PASSWORD.encode() not in message.data
-    gateway.wait_for_log(rf"unknown\[{OUTSIDER}\]:\d+: sasl_method={mechanism}, sasl_username={LOGIN}")
+    login = rf"unknown\[{OUTSIDER}\]:\d+: sasl_method={mechanism}, sasl_username={LOGIN}"
+    before = sum(1 for line in gateway.lines[:gateway.log_mark] if re.search(login, line))
+    gateway.wait_for_log(login, count=before + 1)   # logged during this test
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
