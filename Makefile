@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-workers install test-peers clean bench bytecode
+.PHONY: run test test-workers test-container install test-peers clean bench bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: $(STAMP) test-peers
 ## The end-to-end and fault tests again, every test gateway with `workers = 2` (a supervisor and two workers).
 test-workers: $(STAMP) test-peers
 	$(BIN)/pytest --gateway-workers 2 tests/e2e tests/faults
+
+## The container tests: build deploy/Dockerfile on a base image made with debootstrap from Debian packages and
+## run it on a Docker engine (a private dockerd when none runs; all started, built and run is removed after).
+test-container: $(STAMP)
+	bash tests/peers/install-container-packages.sh
+	$(BIN)/pytest -m container tests/container
 
 ## Benchmark the gateway against a private Postfix instance (as root, about 20 minutes);
 ## writes docs/benchmarks.md. BENCH_ARGS passes options, e.g. BENCH_ARGS=--quick.

@@ -1,6 +1,7 @@
 """The deployment files under deploy/: each checked by the strongest validator that runs offline.
 
-What runs (no Docker engine and no cluster here):
+What runs (no Docker engine and no cluster in ``make test``; ``make test-container`` builds and runs the
+image on a real engine: tests/container):
 
 * every YAML file: parsed with PyYAML (``safe_load_all``);
 * Kubernetes manifests: validated against the Kubernetes OpenAPI schemas bundled in the
@@ -441,7 +442,8 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_dockerfile_runs_as_a_non_root_user_with_healthcheck_and_volumes():
     instructions = dockerfile_instructions()
     names = [name for name, _ in instructions]
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    # the base is a build argument (tests/container builds on a debootstrap base), the official image by default
+    assert instructions[:2] == [("ARG", "BASE_IMAGE=python:3.11-slim"), ("FROM", "${BASE_IMAGE}")]
     users = [args for name, args in instructions if name == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert int(users[-1].split(":")[0]) == GATEWAY_UID
@@ -461,8 +463,21 @@ def test_dockerfile_runs_as_a_non_root_user_with_healthcheck_and_volumes():
     assert entrypoint == ["docker-entrypoint.sh"]
 
 
+def test_dockerfile_builds_with_the_legacy_builder_too():
+    """Debian's docker.io builds with the legacy builder (DOCKER_BUILDKIT=0), which knows no `# syntax=`
+    line and no `COPY --chmod`, and reads only the context's .dockerignore (tests/container builds it so)."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert not re.match(r"#\s*syntax\s*=", text)
+    for name, args in dockerfile_instructions():
+        if name in ("COPY", "ADD"):
+            assert all(not option.startswith(("--chmod", "--link", "--parents")) for option in args.split()), args
+    assert not (DEPLOY / "Dockerfile.dockerignore").exists(), "BuildKit would prefer it to the root .dockerignore"
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    assert patterns[0] == "*"  # everything out, then only what the image needs back in
+
+
 def test_dockerfile_copies_only_what_exists_and_the_ignore_file_keeps():
-    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    ignore = (ROOT / ".dockerignore").read_text().split()
     for name, args in dockerfile_instructions():
         if name == "COPY":
             sources = [a for a in args.split() if not a.startswith("--")][:-1]

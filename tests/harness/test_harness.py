@@ -1,4 +1,5 @@
-"""Tests of the test harness itself: the SMTP sink, the loopback DNS server and the free-port picker."""
+"""Tests of the test harness itself: the SMTP sink, the loopback DNS server, the free-port picker and the
+Debian mirror the container tests' base image comes from (read from apt's sources)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import dns.resolver
 import pytest
 import trustme
 
+from tests.harness.debian_base_image import debian_mirror
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.ports import free_ports
 from tests.harness.smtp_sink import ReceivedMessage, SmtpSink
@@ -417,3 +419,21 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
     # an outgoing connection's local port comes from the ephemeral range, so it never takes one of them
     with SmtpSink() as sink, socket.create_connection(("127.0.0.1", sink.port)) as client:
         assert low <= client.getsockname()[1] <= high
+
+
+def test_debian_mirror_is_read_from_one_line_and_deb822_sources(tmp_path) -> None:
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("# deb http://old.example/debian bookworm main\n"
+                        "deb-src http://src.example/debian bookworm main\n"
+                        "deb [arch=amd64 signed-by=/k.gpg] http://other.example/apt stable main\n"
+                        "deb http://contrib-only.example/debian bookworm contrib\n")
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text("Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\n"
+                      "Enabled: no\n\n"
+                      "# a comment\nTypes: deb deb-src\nURIs: http://mirror.example/debian\n"
+                      "Suites: bookworm bookworm-updates\nComponents: main contrib\n"
+                      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    assert debian_mirror("bookworm", [one_line, deb822]) == "http://mirror.example/debian"
+    assert debian_mirror("stable", [one_line, deb822]) == "http://other.example/apt"
+    with pytest.raises(LookupError, match="trixie"):
+        debian_mirror("trixie", [one_line, deb822])
