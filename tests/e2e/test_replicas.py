@@ -189,8 +189,8 @@ def test_replicas_share_the_load_and_a_killed_one_loses_nothing(fleet, sink):
             relayed_late[received.group(3).decode()] += 1
     sessions = {name: client_connects(victim_log_before if name == VICTIM else replicas[name].log_text)
                 for name in REPLICAS}
-    print(f"{total} acknowledged of {len(attempts)} sessions; failed sessions {len(failed)}, "
-          f"{sum(1 for a in failed if killed_at < a.started <= down_at)} of them between the kill and DOWN "
+    print(f"{total} acknowledged of {len(attempts)} sessions; failed sessions {len(failed)} (begun before the kill); "
+          f"{sum(1 for a in attempts if killed_at < a.started <= down_at)} sessions begun between the kill and DOWN "
           f"({down_at - killed_at:.2f}s later); client sessions per replica {sessions}; "
           f"relayed per replica {dict(relayed_by)} (after DOWN {dict(relayed_late)}); "
           f"duplicates at the sink {len(duplicates)} {duplicates}; "
