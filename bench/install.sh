@@ -2,8 +2,8 @@
 # Installs what `make bench` needs: Postfix (the system compared against, and its smtp-source /
 # smtp-sink load tools), the scanners of the scan variants (clamd, spamd, rspamd), amavisd-new (the
 # content filter of Postfix in the "amavis" variant: the seed image's filter stack), strace and
-# script(1) for the profile section, and py-spy (into bench/.tools). Idempotent and quick when
-# everything is present; needs root (or sudo).
+# script(1) for the profile section, haproxy for the replicas section, and py-spy (into
+# bench/.tools). Idempotent and quick when everything is present; needs root (or sudo).
 #
 # Postfix is installed with debconf "No configuration": no /etc/postfix/main.cf is written and no
 # system instance is set up. policy-rc.d (exit 101) keeps the package scripts from starting any
@@ -12,7 +12,7 @@
 # that no system Postfix master runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES=(postfix clamav-daemon spamd spamc spamassassin amavisd-new rspamd strace util-linux)
+PACKAGES=(postfix clamav-daemon spamd spamc spamassassin amavisd-new rspamd strace util-linux haproxy)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

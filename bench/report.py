@@ -19,6 +19,7 @@ import psutil
 from bench.common import BODY_BYTES, RECIPIENT, SENDER, SESSIONS
 from bench.load import RunResult
 from bench.profiles import PROFILE_BUCKETS, PROFILE_PATTERNS, STACK_WIDE_BUCKETS
+from bench.replicas import replicas_report
 from bench.report_scanners import POSTFIX_LABELS, filter_report, filter_targets
 from bench.runs import Bench
 
@@ -256,6 +257,7 @@ def report(bench: Bench, info: dict[str, Any], started: float, argv: list[str] |
         add("")
     filter_report(bench, lines)
     extras_report(bench, lines)
+    replicas_report(bench.extras, lines)
     targets_report(bench, lines)
     analysis_report(bench, lines)
     add("")

@@ -39,7 +39,8 @@ Extras: the peak memory of one 50 MB message; delivery after a full sink
 outage (the sink answers 4xx to every RCPT while the messages arrive, then a
 normal sink comes back on the same port); a profile of the gateway (py-spy
 sampling and an strace syscall count of both systems) on a separate, smaller
-run that is not part of the figures.
+run that is not part of the figures; three gateway replicas behind haproxy
+against one gateway (bench/replicas.py).
 
 Results go to ``docs/benchmarks.md`` (and the raw numbers to
 ``bench/last-run.json``). Every wait is bounded; only processes this script
@@ -62,18 +63,21 @@ from bench.common import DEFAULT_VARIANTS, POSTCONF, POSTFIX, ROOT, SMTP_SINK, S
 from bench.filters import AMAVISD
 from bench.load import RunResult
 from bench.profiles import profiles_dir, summarise_py_spy
+from bench.replicas import replicas_extra
 from bench.report import machine, report
 from bench.runs import Bench
+from tests.harness.haproxy import HAPROXY
 
 
-def check_tools(variants: list[str]) -> None:
+def check_tools(variants: list[str], extras: list[str]) -> None:
     tools = [SMTP_SOURCE, SMTP_SINK, POSTFIX, POSTCONF]
+    tools += [HAPROXY] if "replicas" in extras else []
     tools += [AMAVISD] if "amavis" in variants else []
     tools += [Path("/usr/bin/rspamd")] if "rspamd" in variants else []
     missing = [str(p) for p in tools if not p.exists()]
     if missing:
         sys.exit(f"missing {', '.join(missing)}: run `bash bench/install.sh` (Debian packages postfix, "
-                 "amavisd-new, rspamd)")
+                 "amavisd-new, rspamd, haproxy)")
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root: a private Postfix instance runs its daemons as user postfix")
 
@@ -88,10 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per variant (default 3)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
-    parser.add_argument("--extras", default="sessions,whatif,big,outage,profile",
-                        help="comma list of sessions, whatif, big, outage, profile ('' for none)")
+    parser.add_argument("--extras", default="sessions,whatif,big,outage,profile,replicas",
+                        help="comma list of sessions, whatif, big, outage, profile, replicas ('' for none)")
     parser.add_argument("--small-messages", type=int, default=None,
-                        help="N of the sessions and what-if runs (default N/8, at most 3000)")
+                        help="N of the sessions, what-if and replicas runs (default N/8, at most 3000)")
     parser.add_argument("--big-message-mb", type=int, default=50)
     parser.add_argument("--outage-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--profile-messages", type=int, default=None, help="default N/4, at most 5000")
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
         return report_only(args)
-    check_tools(args.variants)
+    check_tools(args.variants, args.extras)
     started = time.time()
     info = machine()
     bench = Bench(args)
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants:
             bench.variant_rounds(variant)
         extras = {"sessions": bench.sessions, "whatif": bench.whatif, "big": bench.big_message,
-                  "outage": bench.outage, "profile": bench.profile}
+                  "outage": bench.outage, "profile": bench.profile, "replicas": lambda: replicas_extra(bench)}
         for name, run_extra in extras.items():
             if name not in args.extras:
                 continue

@@ -58,7 +58,7 @@ class Bench:
 
     def make_system(self, kind: str, variant: str, sink_port: int, workdir: Path,
                     gateway_extra: str = "", postfix_extra: dict[str, str] | None = None,
-                    whatif: WhatIf | None = None) -> System:
+                    whatif: WhatIf | None = None, listener_extra: str = "") -> System:
         if kind == "postfix":
             master_extra = ""
             if variant in FILTER_VARIANTS and self.filters:
@@ -75,7 +75,7 @@ class Bench:
         workers_value = workers if workers.isdigit() else f'"{workers}"'
         settings = f'workers = {workers_value}\nevent_loop = "{event_loop}"\n'
         return GatewaySystem(workdir, sink_port, variant=variant, dkim_keys=self.dkim_keys, scanners=scanners,
-                             extra=settings + gateway_extra, whatif=whatif)
+                             extra=settings + gateway_extra, whatif=whatif, listener_extra=listener_extra)
 
     @contextlib.contextmanager
     def workspace(self, name: str) -> Iterator[tuple[Path, Sink]]:

@@ -120,12 +120,17 @@ class WhatIf:
 
 
 class GatewaySystem(System):
-    """One ``gateway run`` process with a config written for the bench."""
+    """One ``gateway run`` process with a config written for the bench.
+
+    ``extra``: more top-level config lines; ``listener_extra``: more lines of its listener's table (the
+    replicas extra's ``upstream_proxy_protocol``).
+    """
 
     name = "gateway"
 
     def __init__(self, workdir: Path, sink_port: int, *, variant: str = "plain", dkim_keys: Path | None = None,
-                 scanners: dict[str, str] | None = None, extra: str = "", whatif: WhatIf | None = None) -> None:
+                 scanners: dict[str, str] | None = None, extra: str = "", whatif: WhatIf | None = None,
+                 listener_extra: str = "") -> None:
         super().__init__(workdir, sink_port)
         self.variant = variant
         self.whatif = whatif  # a gateway with one cost changed (bench/whatif_gateway.py); None = `python -m gateway`
@@ -159,7 +164,7 @@ class GatewaySystem(System):
             f'relayhost = ["[{HOST}]:{sink_port}"]\n'
             'smtp_tls_security_level = "none"\n'
             f"{extra}"
-            f'\n[[listener]]\nname = "bench"\naddress = "{HOST}:{self.port}"\ntls = "none"\n'
+            f'\n[[listener]]\nname = "bench"\naddress = "{HOST}:{self.port}"\ntls = "none"\n{listener_extra}'
             f"{sections}")
 
     def start(self) -> None:

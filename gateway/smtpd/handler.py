@@ -13,6 +13,7 @@ then delivered, even if the 250 never reached the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import cast
 
@@ -300,10 +301,17 @@ class SmtpHandler:
         return await accepting
 
     async def handle_exception(self, error: Exception) -> str:
-        """Any unexpected error: log it, answer ``451 4.3.0`` without internals."""
+        """Any unexpected error: log it, answer ``451 4.3.0`` without internals.
+
+        The end of the stream before a whole command line (``asyncio.IncompleteReadError``) is the client
+        leaving, not an error: a balancer's probe that closes right after its PROXY header sends both at once.
+        aiosmtpd's ``connection_lost`` ends the session (logged as the disconnect); the reply goes nowhere.
+        """
         if isinstance(error, TLSSetupException):
             # Logged by GatewaySMTP with the client and its certificate; aiosmtpd closes the connection.
             return str(replies.INTERNAL_ERROR)
+        if isinstance(error, asyncio.IncompleteReadError):
+            return str(replies.SERVICE_UNAVAILABLE)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
 

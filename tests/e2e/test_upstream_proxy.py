@@ -19,7 +19,7 @@ import socket
 import pytest
 
 from tests.harness.haproxy import HaproxyServer
-from tests.harness.helpers import client_tls, relay_config
+from tests.harness.helpers import client_tls, http_get, relay_config
 from tests.harness.ports import free_port
 
 OUTSIDER, INSIDER, STRANGER = "127.0.0.3", "127.0.0.1", "127.0.0.4"
@@ -138,3 +138,17 @@ def test_implicit_tls_behind_the_balancer(gateway_factory, sink, option):
         gateway.wait_for_log(r"PROXY header refused from unknown\[127\.0\.0\.1\]:\d+ listener=smtps")
     received = received_field(message)
     assert re.search(rb"Received: from outside\.test \(unknown \[127\.0\.0\.3\]\).*with ESMTPS", received), received
+
+
+def test_a_client_that_leaves_right_after_its_header_is_a_disconnect_not_an_error(proxied):
+    """A balancer's probe (or a client that gave up) closes right after the PROXY header: the header and the
+    end of the stream arrive together. Logged as the client's connect and disconnect; not as an internal error
+    (it once was: ``unexpected error in SMTP session: IncompleteReadError`` and a counted 451 refusal)."""
+    gateway, _ = proxied
+    for number in range(3):
+        with socket.create_connection(("127.0.0.1", gateway.port), source_address=(INSIDER, 0)) as sock:
+            sock.sendall(f"PROXY TCP4 {OUTSIDER} 127.0.0.1 4000{number} 25\r\n".encode())
+            sock.shutdown(socket.SHUT_WR)
+        gateway.wait_for_log(rf"disconnect from unknown\[127\.0\.0\.3\]:4000{number}$")
+    _, text = http_get(gateway.metrics_url + "/metrics")
+    assert "unexpected error" not in gateway.log_text and 'reason="internal_error"' not in text

@@ -122,10 +122,12 @@ class GatewayProcess:
         return re.search(r"(http://[^/ ]+)/metrics", line).group(1)  # type: ignore[union-attr]
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would."""
+        """SIGKILL, as a crash would; returns once its log is read to the end (at most 5 s more)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
+            if self._reader is not None:  # every line it wrote before it died is in self.lines
+                self._reader.join(5)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM, wait, then SIGKILL if needed; returns the exit status."""
