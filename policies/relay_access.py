@@ -21,6 +21,7 @@ Postfix ``allow_untrusted_routing = no``); everything else gets
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from typing import ClassVar
@@ -70,6 +71,10 @@ class RelayAccess(Policy):
                      "(and mynetworks: %s)", scan.describe(),
                      ", ".join(str(n) for n in self.mynetworks.networks) or "none")
         self.interface_networks = NetworkSet(network for _, network in scan.trusted)
+
+    def trusts_network_of(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """True when ``address`` is in mynetworks or (with auto_trust_networks) an interface's network."""
+        return self.mynetworks.match(address) is not None or self.interface_networks.match(address) is not None
 
     def classify(self, ctx: PolicyContext) -> None:
         """Set ``ctx.client.trusted``, ``trusted_by`` and ``trusted_rule`` from address, certificate and login.

@@ -37,9 +37,12 @@ class ConnectionLimiter:
         self.total = 0
         self.per_client: dict[str, int] = {}
 
-    def try_acquire(self, client: str) -> bool:
-        """Count a new connection; False (nothing counted) when a limit is reached."""
-        if self.total >= self.total_limit or self.per_client.get(client, 0) >= self.per_client_limit:
+    def try_acquire(self, client: str, exempt: bool = False) -> bool:
+        """Count a new connection; False (nothing counted) when a limit is reached.
+
+        An ``exempt`` client (``smtpd_client_event_limit_exceptions``) is held to the total only.
+        """
+        if self.total >= self.total_limit or (not exempt and self.per_client.get(client, 0) >= self.per_client_limit):
             return False
         self.total += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1

@@ -14,6 +14,7 @@ then delivered, even if the 250 never reached the client.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from typing import cast
 
@@ -23,6 +24,7 @@ from gateway import metrics
 from gateway import reply as replies
 from gateway.config import Config
 from gateway.envelope import Envelope
+from gateway.networks import NetworkSet
 from gateway.message import header_end, header_has_bare_cr, received_count
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
@@ -64,6 +66,8 @@ class SmtpHandler:
         self.sessions: set[GatewaySMTP] = set()
         self._rates: ClientRates | None = None
         self._rates_of: Config | None = None  # the config _rates was made from (a reload replaces it)
+        self._exceptions: tuple[bool, NetworkSet] = (False, NetworkSet(()))
+        self._exceptions_of: Config | None = None
 
     # ---- connection life ----
 
@@ -91,6 +95,26 @@ class SmtpHandler:
             refuse("connect", reply, reason="connection_rate_limit", client=client.describe())
             return reply
         return None
+
+    def connection_limit_exempt(self, host: str) -> bool:
+        """Postfix ``smtpd_client_event_limit_exceptions`` for the per-client connection count: True for a
+        client of mynetworks (or of ``auto_trust_networks``) when the list says ``mynetworks``, or of a network
+        it lists. Asked at accept, before the session exists (the total ``smtpd_connection_limit`` still holds)."""
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if self._exceptions_of is not self.config:
+            settings = RateSettings.from_config(self.config)
+            self._exceptions = (settings.exempt_mynetworks, NetworkSet(settings.exempt_networks))
+            self._exceptions_of = self.config
+        exempt_mynetworks, networks = self._exceptions
+        if exempt_mynetworks:
+            access = self.pipelines.access.policies[0]
+            trusts = getattr(access, "trusts_network_of", None)
+            if trusts is not None and trusts(address):
+                return True
+        return networks.match(address) is not None
 
     def client_rates(self) -> ClientRates | None:
         """The anvil-style rate counts of this process (:mod:`gateway.smtpd.rate_limits`); None when no limit is set."""

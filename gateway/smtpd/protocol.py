@@ -135,7 +135,7 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
             peer = transport.get_extra_info("peername")
             # behind a balancer the real client is known only after the PROXY header: counted in all for now
             key = f"proxy:{id(self)}" if self.upstream_proxy else client_key(str(peer[0])) if peer else "?"
-            if not self.limiter.try_acquire(key):
+            if not self.limiter.try_acquire(key, exempt=bool(peer) and self._limit_exempt(str(peer[0]))):
                 self._refused = True
                 log.warning("connection limit reached, refusing %s", key)
                 line = refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
@@ -176,10 +176,14 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
     def _rekey(self, client: tuple[str, int]) -> bool:
         """Count this connection under the client a PROXY header named (the per-client limit); False when over."""
         self._release_slot()
-        if not self.limiter.try_acquire(client_key(client[0])):
+        if not self.limiter.try_acquire(client_key(client[0]), exempt=self._limit_exempt(client[0])):
             return False
         self._slot, self.proxy_peer = client_key(client[0]), client
         return True
+
+    def _limit_exempt(self, host: str) -> bool:
+        exempt = getattr(self.event_handler, "connection_limit_exempt", None)
+        return bool(exempt(host)) if exempt is not None else False
 
     def _listener_name(self) -> str:
         return str(getattr(self.event_handler, "listener_name", "?"))

@@ -112,14 +112,17 @@ class SharedConnectionLimiter(ConnectionLimiter):
 
     # ---- ConnectionLimiter ----
 
-    def try_acquire(self, client: str) -> bool:
-        """Count a new connection of ``client`` for this worker; False (nothing counted) at a limit."""
+    def try_acquire(self, client: str, exempt: bool = False) -> bool:
+        """Count a new connection of ``client`` for this worker; False (nothing counted) at a limit.
+
+        An ``exempt`` client (``smtpd_client_event_limit_exceptions``) is held to the total only.
+        """
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             if self._sum(0) >= self.total_limit:
                 return False
             index = self._find(client, insert=True)
-            if index is None or self._sum(index) >= self.per_client_limit:
+            if index is None or (not exempt and self._sum(index) >= self.per_client_limit):
                 return False  # a full table (ENTRIES clients connected) refuses too
             self._add(index, 1)
             self._add(0, 1)

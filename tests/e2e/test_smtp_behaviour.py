@@ -24,8 +24,8 @@ def gateway(gateway_factory, sink):
 class RawClient:
     """A line-level SMTP client on a plain socket (to send what smtplib will not)."""
 
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -178,22 +178,27 @@ def test_bare_cr_in_a_header_field_is_refused_and_never_relayed(gateway, sink):
 
 
 def test_per_client_connection_limit_gets_421(gateway):
-    clients = [RawClient(gateway.port) for _ in range(4)]
+    outsider = "127.0.0.3"  # not in mynetworks: held to smtpd_client_connection_count_limit
+    clients = [RawClient(gateway.port, outsider) for _ in range(4)]
+    trusted = []
     try:
         for client in clients:
             assert client.reply()[0].startswith("220")
-        extra = RawClient(gateway.port)
+        extra = RawClient(gateway.port, outsider)
         line = extra.reply()[0]
         assert line.startswith("421 4.7.0"), line
         extra.close()
+        # mynetworks is in smtpd_client_event_limit_exceptions by default (Postfix): no per-client count
+        trusted = [RawClient(gateway.port) for _ in range(6)]
+        assert all(client.reply()[0].startswith("220") for client in trusted)
     finally:
-        for client in clients:
+        for client in clients + trusted:
             client.close()
     # The server keeps serving once it has seen the four closes: a connection that races them may
     # still be counted over the limit, so ask again for up to 5 s.
     deadline = time.monotonic() + 5
     while True:
-        again = RawClient(gateway.port)
+        again = RawClient(gateway.port, outsider)
         greeting = again.reply()[0]
         if greeting.startswith("220") or time.monotonic() > deadline:
             break
