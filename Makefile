@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-workers install test-peers clean bench bytecode
+.PHONY: run test test-workers install test-peers clean bench bytecode lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ bytecode: $(STAMP)
 ## Start the gateway on the embedded default config (127.0.0.1:2525, STARTTLS, spool in ./var).
 run: bytecode
 	$(BIN)/gateway run
+
+## Lint and format check alone (make test runs them too: tests/invariants/test_lint.py).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ## Debian packages of the real peers the tests run (clamd, spamd, rspamd, swaks).
 test-peers:
