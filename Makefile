@@ -4,12 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-workers test-container install test-peers clean bench bytecode
+LOCK   := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: run test test-workers test-container install test-peers clean bench bytecode lint lock
+
+## The project and its test tools, at the versions of $(LOCK) (constraints: pyproject.toml's ranges say what
+## may be installed, the lock which exact versions are). Reinstalled when either file changes.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +26,20 @@ bytecode: $(STAMP)
 ## Start the gateway on the embedded default config (127.0.0.1:2525, STARTTLS, spool in ./var).
 run: bytecode
 	$(BIN)/gateway run
+
+## Lint and format check alone (make test runs them too: tests/invariants/test_lint.py).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## Re-resolve $(LOCK) from pyproject.toml: the newest versions its ranges allow, for Python 3.11 (the
+## Dockerfile's). LOCK_ARGS=--upgrade-package=NAME moves one package only; LOCK_ARGS= keeps the other pins.
+## No hashes: in a constraints file they turn on pip's hash checking, which refuses the project itself.
+LOCK_ARGS ?= --upgrade
+lock:
+	test -x $(BIN)/pip-compile || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet pip-tools; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra test --strip-extras \
+		--no-emit-index-url --no-emit-find-links $(LOCK_ARGS) -o $(LOCK) pyproject.toml
 
 ## Debian packages of the real peers the tests run (clamd, spamd, rspamd, swaks).
 test-peers:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from gateway import __version__
+from gateway import package_version
 from gateway.dkim import keys as dkim_keys
 from gateway.dkim import settings as dkim_settings
 from gateway.ops import queue_admin
@@ -42,7 +42,7 @@ def _positive_seconds(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Filtering SMTP smarthost gateway")
-    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument("--version", action="version", version=f"gateway {package_version()}")
     parser.add_argument("-c", "--config", type=Path, default=None,
                         help="TOML config file (default: the embedded default config)")
     commands = parser.add_subparsers(dest="command", required=True)
