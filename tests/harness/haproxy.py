@@ -31,16 +31,19 @@ class HaproxyServer(FolderDaemon):
     """``with HaproxyServer({"v1": ([("127.0.0.1", 2525)], "send-proxy")}) as lb: lb.ports["v1"]``.
 
     Args:
-        frontends: name -> (backend servers as (host, port), the server option: ``send-proxy`` or
-            ``send-proxy-v2``); each gets a frontend on a free port of 127.0.0.1, balancing round-robin.
-            The servers of backend ``name`` are called ``s0``, ``s1``, ... in the order given.
-        health_check: haproxy's check option without ``option`` (``"smtpchk EHLO lb.test"``); None: no checks.
+        frontends: name -> (backend servers as (host, port), or (host, port, check port) to run the health
+            check on another port, the server option: ``send-proxy`` or ``send-proxy-v2``); each gets a
+            frontend on a free port of 127.0.0.1, balancing round-robin. The servers of backend ``name`` are
+            called ``s0``, ``s1``, ... in the order given.
+        health_check: haproxy's check option without ``option`` (``"smtpchk EHLO lb.test"``, or
+            ``"httpchk GET /readyz"`` with a check port: the gateway's metrics listener); None: no checks.
         check_interval: seconds between two checks of a server (haproxy ``inter``); a server is marked down
             after two failed checks in a row and up again after one good one.
         max_connections: haproxy's ``maxconn`` (connections at once, whole process).
     """
 
-    def __init__(self, frontends: dict[str, tuple[list[tuple[str, int]], str]], *, health_check: str | None = None,
+    def __init__(self, frontends: dict[str, tuple[list[tuple[str, int] | tuple[str, int, int]], str]], *,
+                 health_check: str | None = None,
                  check_interval: float = 2.0, max_connections: int = 200) -> None:
         assert HAPROXY.exists(), "haproxy is installed by make test-peers (tests/peers/install-debian-packages.sh)"
         self.folder = Path(tempfile.mkdtemp(prefix="haproxy-"))
@@ -56,8 +59,9 @@ class HaproxyServer(FolderDaemon):
             lines += [f"frontend {name}", f"    bind 127.0.0.1:{self.ports[name]}",
                       f"    default_backend {name}_servers", f"backend {name}_servers", "    balance roundrobin"]
             lines += [f"    option {health_check}"] if health_check else []
-            lines += [f"    server s{index} {host}:{port} {option}{check}"
-                      for index, (host, port) in enumerate(servers)]
+            for index, (host, port, *check_port) in enumerate(servers):
+                on_port = f" port {check_port[0]}" if check and check_port else ""
+                lines.append(f"    server s{index} {host}:{port} {option}{check}{on_port}")
         self.config = self.folder / "haproxy.cfg"
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
