@@ -8,23 +8,11 @@ set -euo pipefail
 PACKAGES=(clamav-daemon clamdscan spamd spamc spamassassin rspamd swaks libnet-ssleay-perl curl msmtp
           dovecot-core slapd ldap-utils postfix libsasl2-modules libmail-dkim-perl libnet-dns-perl prometheus iproute2 fail2ban
           haproxy redis-server)
-missing=()
-for package in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-# Daemons must not start on their own (and must not try to reach the internet): policy-rc.d says no.
-if [ ! -x /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-  $SUDO chmod +x /usr/sbin/policy-rc.d
-fi
 # Postfix (a private instance is a test client) without a system configuration of its own
 printf '%s\n' "postfix postfix/main_mailer_type select No configuration" "postfix postfix/mailname string localhost" \
   | $SUDO debconf-set-selections
-echo "installing Debian packages for the test peers: ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/apt-install.sh" "the test peers" "${PACKAGES[@]}"
 # spamassassin's postinst leaves a gpg-agent running for sa-update keys
 $SUDO gpgconf --homedir /var/lib/spamassassin/sa-update-keys --kill gpg-agent 2>/dev/null || true

@@ -1,6 +1,10 @@
-"""A balancer that asks ``/readyz`` sends mail only to replicas that can scan it (issue 15, item 5).
+"""Readiness that means something (issue 15, item 5): ``/readyz`` follows a real clamd, and a balancer that
+asks it sends mail only to the replicas that can scan.
 
-Two replicas, each with its own real clamd (``on_error = "tempfail"``), behind a
+A gateway whose clamd (``on_error = "tempfail"``) stops is not ready (503, naming
+the scanner) while ``/healthz``, liveness, stays 200; ready again when clamd is
+back; a scanner that may fail open never makes it unready; a supervisor pings
+the scanners its workers use. Then two replicas, each with its own real clamd (``on_error = "tempfail"``), behind a
 real haproxy (TCP mode, ``send-proxy-v2``) whose health check is ``GET /readyz``
 on each replica's metrics port. With replica b's clamd stopped, haproxy marks b
 DOWN and every session it passes on lands on a, which accepts the mail; b alone
@@ -17,11 +21,57 @@ import pytest
 
 from tests.harness.clamd import ClamdDaemon
 from tests.harness.haproxy import HaproxyServer
-from tests.harness.helpers import relay_config
+from tests.harness.helpers import http_get, relay_config
 from tests.harness.ports import free_port
 
 CLIENT = "127.0.0.6"
 RECEIVED_BY = re.compile(rb"by gw-(\w)\.test")
+
+
+def scanning(clamd: str, on_error: str) -> str:
+    """Config tables: both directions scanned by the clamd at ``clamd`` with ``on_error``."""
+    return (f'[antivirus]\nclamd = "{clamd}"\non_error = "{on_error}"\n'
+            '[pipeline]\ninbound = ["antivirus"]\noutbound = ["antivirus"]\n')
+
+
+def test_readyz_follows_a_fail_closed_scanner_and_healthz_stays_liveness(gateway_factory, sink):
+    with ClamdDaemon() as clamd:
+        # a fixed metrics port: `gateway health` asks the running gateway's /readyz there
+        config = relay_config(sink.port, f'metrics_listen = "127.0.0.1:{free_port()}"\n'
+                                         + scanning(clamd.tcp_address, "tempfail"))
+        with gateway_factory(config) as gateway:
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 200 and f"ok   scanner:antivirus: {clamd.tcp_address} answers" in text, text
+            clamd.stop()
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 503 and f"FAIL scanner:antivirus: {clamd.tcp_address} does not answer" in text, text
+            assert http_get(gateway.metrics_url + "/healthz")[0] == 200   # liveness: a restart would not help
+            health = gateway.cli("health", check=False)
+            assert health.returncode == 1 and "FAIL scanner:antivirus" in health.stdout, health.stdout
+            clamd.start()
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 200, text
+            assert gateway.cli("health", check=False).returncode == 0
+
+
+def test_a_scanner_that_may_fail_open_does_not_make_the_gateway_unready(gateway_factory, sink):
+    with ClamdDaemon() as clamd:
+        config = relay_config(sink.port, scanning(clamd.tcp_address, "pass"))
+        with gateway_factory(config) as gateway:
+            clamd.stop()
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 200 and "scanner:" not in text, text
+
+
+def test_readyz_of_a_supervisor_pings_the_scanners_its_workers_use(gateway_factory, sink):
+    with ClamdDaemon() as clamd:
+        config = relay_config(sink.port, "workers = 2\n" + scanning(clamd.unix_address, "tempfail"))
+        with gateway_factory(config) as gateway:
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 200 and f"ok   scanner:antivirus: {clamd.unix_address} answers" in text, text
+            clamd.stop()
+            status, text = http_get(gateway.metrics_url + "/readyz")
+            assert status == 503 and "FAIL scanner:antivirus" in text, text
 
 
 @pytest.fixture
@@ -36,8 +86,7 @@ def replicas(gateway_factory, sink, clamds):
         port, metrics = free_port(), free_port()
         config = relay_config(sink.port, f'metrics_listen = "127.0.0.1:{metrics}"\n'
                                          'upstream_proxy_networks = ["127.0.0.1/32"]\n'
-                                         f'[antivirus]\nclamd = "{clamd.tcp_address}"\non_error = "tempfail"\n'
-                                         '[pipeline]\ninbound = ["antivirus"]\noutbound = ["antivirus"]\n',
+                                         + scanning(clamd.tcp_address, "tempfail"),
                               myhostname=f'"gw-{name}.test"')
         config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
                    'upstream_proxy_protocol = "haproxy"\n')
