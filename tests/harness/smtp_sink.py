@@ -62,6 +62,7 @@ class ReceivedMessage:
         helo: the EHLO/HELO name the client gave in this session.
         rcpt_params: with ``dsn=True``, each accepted recipient's RFC 3461 parameters as sent
             (e.g. ``{"a@b": ["NOTIFY=SUCCESS", "ORCPT=rfc822;x+40y"]}``); MAIL's are in ``mail_options``.
+        accepted_at: ``time.monotonic()`` when the sink took the message, right before its 250 to DATA.
     """
 
     mail_from: str
@@ -73,6 +74,7 @@ class ReceivedMessage:
     mail_options: list[str]
     helo: str | None = None
     rcpt_params: dict[str, list[str]] | None = None
+    accepted_at: float = 0.0
 
 
 class _SinkController(Controller):
@@ -489,6 +491,7 @@ class _SinkHandler:
                 mail_options=list(envelope.mail_options),
                 helo=session.host_name,
                 rcpt_params=dict(self._rcpt_params) if self.dsn else None,
+                accepted_at=time.monotonic(),
             )
         )
         return reply
