@@ -358,7 +358,7 @@ class RelayWorker:
             await removal
             log.info("%s: removed", entry.queue_id)
         except SpoolError as error:
-            log.error("%s: %s; after a power loss it may be delivered again", entry.queue_id, error)
+            log.error("%s: %s; it may be delivered again", entry.queue_id, error)
 
     def _delay_warning_due(self, entry: SpoolEntry, now: float) -> bool:
         """``delay_warning_time`` has passed since arrival and this message has had no warning yet."""
