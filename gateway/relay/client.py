@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol
 
 from gateway.config import Config
 from gateway.errors import DeliveryError
@@ -299,10 +300,38 @@ class SmtpClient:
         # No await between the end of data and reading the reply: aiosmtplib only keeps a
         # reply that arrives while a read is pending.
         protocol.write(b".\r\n")
-        response = await protocol.read_response(timeout=self.config.smtp_timeout)
+        response = await self._final_reply(protocol, transport)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
+
+    async def _final_reply(self, protocol: SMTPProtocol, transport: asyncio.WriteTransport) -> aiosmtplib.SMTPResponse:
+        """The reply to the end of data, at most ``smtp_timeout`` seconds away.
+
+        Not through ``read_response(timeout=...)``: its ``asyncio.wait_for`` costs one more turn of
+        the event loop (Python 3.11) between the server's 250 and the worker, which marks the
+        recipients done right after it (issue 17). A timer aborts the connection instead.
+
+        Raises:
+            asyncio.TimeoutError: no reply within ``smtp_timeout`` seconds (the connection is aborted).
+            aiosmtplib.SMTPException: the connection was lost, or the reply was malformed.
+        """
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            transport.abort()
+
+        timer = asyncio.get_running_loop().call_later(self.config.smtp_timeout, expire)
+        try:
+            return await protocol.read_response(timeout=None)
+        except aiosmtplib.SMTPServerDisconnected:
+            if expired:
+                raise asyncio.TimeoutError(f"no reply to the end of data in {self.config.smtp_timeout:.0f}s") from None
+            raise
+        finally:
+            timer.cancel()
 
     async def _drained(self, transport: asyncio.WriteTransport) -> None:
         # Public transport API only: wait while more than a piece is buffered, as long as bytes move.

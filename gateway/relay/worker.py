@@ -14,6 +14,10 @@
 * Per recipient: 2xx → delivered (never tried again), 5xx → bounced, 4xx or
   no answer → deferred with backoff, until ``maximal_queue_lifetime``
   (``bounce_queue_lifetime`` for our own DSNs) has passed: then bounced.
+* A 2xx reaches the kernel at once, before anything else runs on the event loop
+  (:mod:`gateway.spool.marks`): the record leaves ``active/`` when it finished the
+  message, else the recipients are marked done; a crash then repeats only the
+  deliveries whose reply was still on its way (at most those in flight).
 * Recipients bounced in this pass get one RFC 3464 DSN to the sender (never to
   ``<>``, never for a DSN). The DSN is committed before the original's record
   is updated, so a crash can duplicate a DSN but never lose one.
@@ -68,6 +72,8 @@ class RelayWorker:
         self.dsn_rate = DsnRateLimit()  # backscatter: DSNs per address about mail from untrusted clients
         # queue ID -> recipients delivered this pass to a next hop without DSN that asked NOTIFY=SUCCESS
         self.success_notices: dict[str, list[RecipientStatus]] = {}
+        # queue ID -> the batched removal of a message whose record left active/ at its last 2xx
+        self.early_removals: dict[str, asyncio.Future[None]] = {}
         self.handoff_bytes = 0
         self.router = router
         self.client = client
@@ -197,8 +203,15 @@ class RelayWorker:
         try:
             await self._deliver_entry(entry, message)
         except Exception:
+            removal = self.early_removals.pop(entry.queue_id, None)
+            if removal is not None:  # every recipient was delivered and the record is out of active/ already
+                log.exception("%s: delivery pass failed after its last delivery", entry.queue_id)
+                await self._removed(entry, removal)
+                return
             log.exception("%s: delivery pass failed; deferred for retry", entry.queue_id)
             await self._defer_after_error(entry)
+        finally:
+            self.early_removals.pop(entry.queue_id, None)
 
     async def _defer_after_error(self, entry: SpoolEntry) -> None:
         # Move the record as it is on disk (statuses of this pass may be half-made) out of active/.
@@ -256,35 +269,56 @@ class RelayWorker:
                          error.reply)
                 last_reply, last_host = error.reply, host.describe()
                 continue
+            now = time.time()
             for recipient in recipients:
-                self._record(entry, [recipient], result.replies[recipient.address], host.describe(),
-                             destination.label)
-                if (not result.dsn_passed and recipient.state is RecipientState.DELIVERED
-                        and recipient.notify is not None and "SUCCESS" in recipient.notify):
-                    # RFC 3461 §5.2.2.1: the next hop does not do DSN, so the success notice is ours
-                    self.success_notices.setdefault(entry.queue_id, []).append(recipient)
+                _settle(recipient, result.replies[recipient.address], host.describe(), now)
+            # RFC 3461 §5.2.2.1: a next hop without DSN leaves the success notices to us
+            notices = [] if result.dsn_passed else [r for r in recipients if r.state is RecipientState.DELIVERED
+                                                    and r.notify is not None and "SUCCESS" in r.notify]
+            if notices:
+                self.success_notices.setdefault(entry.queue_id, []).extend(notices)
+            self._mark_done(entry, [r for r in recipients if r.state is RecipientState.DELIVERED
+                                    and not any(r is notice for notice in notices)])
+            await asyncio.sleep(0)  # replies that came in with this one are marked before any of them is logged
+            for recipient in recipients:
+                self._report(entry, recipient, destination.label, now)
             return
         self._record(entry, recipients, last_reply, last_host, destination.label)
+
+    def _mark_done(self, entry: SpoolEntry, delivered: list[RecipientStatus]) -> None:
+        """Make the 2xx of ``delivered`` reach the kernel now, with no await before it
+        (:mod:`gateway.spool.marks`): the record goes to done/ when every recipient is delivered, else
+        the recipients are marked. A recipient with a success notice to send is never in ``delivered``:
+        its notice is committed first, at the end of the pass."""
+        if not delivered:
+            return
+        try:
+            if (entry.queue_id not in self.success_notices
+                    and all(r.state is RecipientState.DELIVERED for r in entry.recipients)):
+                self.spool.finish_record(entry.queue_id)
+                self.early_removals[entry.queue_id] = self.batcher.remove(entry.queue_id, finished=True)
+            else:
+                self.spool.mark_delivered(entry.queue_id, [index for index, r in enumerate(entry.recipients)
+                                                           if any(r is done for done in delivered)])
+        except (OSError, SpoolError) as error:
+            log.warning("%s: cannot mark %d recipient(s) delivered (%s); until this pass ends, a crash would "
+                        "deliver to them again", entry.queue_id, len(delivered), error)
 
     def _record(self, entry: SpoolEntry, recipients: list[RecipientStatus], reply: Reply,
                 relay: str | None, nexthop: str) -> None:
         now = time.time()
         for recipient in recipients:
-            recipient.attempts += 1
-            recipient.last_attempt = now
-            recipient.last_reply = reply
-            recipient.relay = relay
-            if reply.is_success:
-                recipient.state = RecipientState.DELIVERED
-            elif reply.is_permanent:
-                recipient.state = RecipientState.BOUNCED
-            else:
-                recipient.state = RecipientState.DEFERRED
-            status = {RecipientState.DELIVERED: "sent", RecipientState.BOUNCED: "bounced",
-                      RecipientState.DEFERRED: "deferred"}[recipient.state]
-            metrics.RECIPIENTS.labels(recipient.state.value, nexthop).inc()
-            log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
-                     recipient.address, relay or "none", now - entry.arrival, recipient.attempts, status, reply)
+            _settle(recipient, reply, relay, now)
+            self._report(entry, recipient, nexthop, now)
+
+    @staticmethod
+    def _report(entry: SpoolEntry, recipient: RecipientStatus, nexthop: str, now: float) -> None:
+        status = {RecipientState.DELIVERED: "sent", RecipientState.BOUNCED: "bounced",
+                  RecipientState.DEFERRED: "deferred"}[recipient.state]
+        metrics.RECIPIENTS.labels(recipient.state.value, nexthop).inc()
+        log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
+                 recipient.address, recipient.relay or "none", now - entry.arrival, recipient.attempts, status,
+                 recipient.last_reply)
 
     async def _finish(self, entry: SpoolEntry, message: bytes | FileText, was_pending: list[RecipientStatus]) -> None:
         now = time.time()
@@ -314,8 +348,17 @@ class RelayWorker:
             log.info("%s: deferred, %d recipient(s) left, next attempt in %.0fs", entry.queue_id,
                      len(entry.pending()), retry.delay)
         else:
-            await self.batcher.remove(entry.queue_id)
+            removal = self.early_removals.pop(entry.queue_id, None)
+            await self._removed(entry, removal or self.batcher.remove(entry.queue_id))
+
+    @staticmethod
+    async def _removed(entry: SpoolEntry, removal: asyncio.Future[None]) -> None:
+        """Wait for the batched removal of a finished message (its record is out of active/: a failure is logged)."""
+        try:
+            await removal
             log.info("%s: removed", entry.queue_id)
+        except SpoolError as error:
+            log.error("%s: %s; it may be delivered again", entry.queue_id, error)
 
     def _delay_warning_due(self, entry: SpoolEntry, now: float) -> bool:
         """``delay_warning_time`` has passed since arrival and this message has had no warning yet."""
@@ -371,6 +414,20 @@ class RelayWorker:
         log.info("%s: %s: %s", entry.queue_id, what, notice.queue_id)
         self.notify(notice)
         return True
+
+
+def _settle(recipient: RecipientStatus, reply: Reply, relay: str | None, now: float) -> None:
+    """Record one attempt's ``reply`` for ``recipient``: 2xx delivered, 5xx bounced, else deferred."""
+    recipient.attempts += 1
+    recipient.last_attempt = now
+    recipient.last_reply = reply
+    recipient.relay = relay
+    if reply.is_success:
+        recipient.state = RecipientState.DELIVERED
+    elif reply.is_permanent:
+        recipient.state = RecipientState.BOUNCED
+    else:
+        recipient.state = RecipientState.DEFERRED
 
 
 def _reported(recipient: RecipientStatus, action: str) -> FailedRecipient:

@@ -5,7 +5,9 @@ thread: while a batch is being written and fsynced, new commits wait in a
 list, and the next batch takes all of them (up to ``max_batch``). Up to
 ``COMMIT_BATCHES_IN_FLIGHT`` batches run at once, so one can be written while
 another waits for the disk. Each session still gets its 250 only after its own message is
-durable. Removals after delivery are batched the same way. This trades a
+durable. Removals after delivery are batched the same way (the relay worker has
+usually moved the record out of ``active/`` at the next hop's 250 already,
+:mod:`gateway.spool.marks`; the batch makes that durable and deletes the files). This trades a
 little latency under no load (none: a lone commit goes at once) for far fewer
 thread hops and directory fsyncs under load.
 """
@@ -48,7 +50,7 @@ class SpoolBatcher:
         self.max_batch = max_batch
         self.observe_commit = observe_commit
         self._commits: list[tuple[PendingCommit, float, asyncio.Future[None]]] = []
-        self._removals: list[tuple[str, asyncio.Future[None]]] = []
+        self._removals: list[tuple[str, bool, asyncio.Future[None]]] = []
         self._commit_tasks: set[asyncio.Task[None]] = set()
         self._removal_task: asyncio.Task[None] | None = None
 
@@ -72,15 +74,17 @@ class SpoolBatcher:
         """Commit a new message durably (batched); see :meth:`submit` for the errors raised."""
         await asyncio.shield(self.submit(entry, message, state))
 
-    def remove(self, queue_id: str) -> asyncio.Future[None]:
+    def remove(self, queue_id: str, *, finished: bool = False) -> asyncio.Future[None]:
         """Queue the removal of a finished message from ``active/``; done when the removal is durable.
 
-        A record that was already gone counts as removed (logged). On an I/O
-        error the future's exception is :class:`SpoolError`, and the record may
-        come back after a crash (the message is then delivered again, never lost).
+        ``finished``: :meth:`Spool.finish_record` has moved the record out of ``active/`` already;
+        the directory fsync and the deletion of its files are left. A record that was already gone
+        otherwise counts as removed (logged). On an I/O error the future's exception is
+        :class:`SpoolError`, and the record may come back after a power loss (the message
+        is then delivered again, never lost).
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._removals.append((queue_id, future))
+        self._removals.append((queue_id, finished, future))
         if self._removal_task is None:
             self._removal_task = asyncio.create_task(self._run_removals(), name="spool-remove")
         return future
@@ -128,18 +132,20 @@ class SpoolBatcher:
         try:
             while self._removals:
                 batch, self._removals = self._removals[:self.max_batch], self._removals[self.max_batch:]
+                records = [queue_id for queue_id, done, _ in batch if not done]
+                finished = [queue_id for queue_id, done, _ in batch if done]
                 try:
-                    missing = await run_io(self.spool.remove_many, [queue_id for queue_id, _ in batch], state)
+                    missing = await run_io(self.spool.remove_many, records, state, finished)
                 except OSError as error:
                     failure = SpoolError(f"cannot remove from the spool: {error.strerror}")
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(failure)
                             future.exception()
                     continue
                 for queue_id in missing:
                     log.warning("%s: record already gone from %s at removal", queue_id, state.value)
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
         finally:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.spool import files as spool_files
+from gateway.spool import marks
 from gateway.spool.entry import QueueState
 
 if TYPE_CHECKING:
@@ -20,6 +22,7 @@ class RecoveryReport:
     requeued_active: int = 0
     removed_tmp: int = 0
     removed_orphan_data: int = 0
+    removed_done: int = 0
     corrupt: list[str] = field(default_factory=list)
 
 
@@ -27,8 +30,9 @@ def recover(spool: Spool) -> RecoveryReport:
     """Repair the spool after a crash; call at start, holding the lock.
 
     ``active/`` and every worker's ``active.<slot>/`` go back to ``incoming/``; ``tmp/`` is emptied; message files
-    without a record anywhere are deleted (never acknowledged); records
-    without a message file are moved to ``corrupt/``.
+    without a record anywhere are deleted (never acknowledged, or delivered to all: their record is in
+    ``done/``), and so is everything in ``done/`` without a queued record (:mod:`gateway.spool.marks`);
+    records without a message file are moved to ``corrupt/``.
     """
     report = RecoveryReport()
     for directory in spool.active_dirs():
@@ -47,6 +51,29 @@ def recover(spool: Spool) -> RecoveryReport:
         if not name.endswith(".eml") or name[:-4] not in known:
             (spool.data_dir / name).unlink()
             report.removed_orphan_data += 1
+    report.removed_done = marks.discard_orphans(spool, known)
     spool_files.fsync_dir(spool.data_dir)
     spool_files.fsync_dir(spool.tmp_dir)
     return report
+
+
+def requeue(spool: Spool, source: Path) -> int:
+    """Move every record of the active directory ``source`` back to ``incoming/``; returns how many.
+
+    What a worker had claimed or was handed when it died goes back to the queue
+    when its slot starts again (:meth:`Spool.requeue_active`).
+
+    Raises:
+        OSError: when a rename or the directory fsync fails.
+    """
+    try:
+        names = [name for name in os.listdir(source) if name.endswith(".json")]
+    except FileNotFoundError:
+        return 0
+    incoming = spool.state_dir(QueueState.INCOMING)
+    for name in names:
+        os.rename(source / name, incoming / name)
+    if names:
+        spool_files.fsync_dir(incoming)
+        spool_files.fsync_dir(source)
+    return len(names)

@@ -6,6 +6,8 @@ Layout under the spool directory::
     tmp/<id>.json        records being written
     incoming/ active/ deferred/ hold/ corrupt/   <id>.json envelope records
     active.<slot>/       a worker process's own active/ (``workers`` > 1, :mod:`gateway.workers`)
+    done/                <id>.done: recipients delivered since the record was last written; <id>.json: the
+                         record of a message delivered to all, until its files are deleted (:mod:`gateway.spool.marks`)
     lock                 flock()ed by the running gateway (its supervisor when it has workers)
 
 Commit (what makes ``250 2.0.0 Ok: queued as <id>`` true):
@@ -38,11 +40,13 @@ commits per batch instead of one or more per file, at the price of also
 flushing whatever else is dirty on that file system (best on a file system of
 its own). No file changes; each message's 250 still waits for its own record
 to be durable. Removals after
-delivery are batched the same way (:meth:`Spool.remove_many`).
+delivery are batched the same way (:meth:`Spool.remove_many`). What a next hop
+accepted reaches the kernel at its 250, before that batch (:mod:`gateway.spool.marks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -54,10 +58,11 @@ from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError
 from gateway.message import FileText, MessageText
 from gateway.spool import files as spool_files
+from gateway.spool import marks
 from gateway.spool.commit import PendingCommit, commit_batch
 from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.queue_id import is_queue_id
-from gateway.spool.recovery import RecoveryReport, recover
+from gateway.spool.recovery import RecoveryReport, recover, requeue
 
 IN_MEMORY_BYTES = 1 << 20  # larger messages are read from the spool as a FileText, in chunks
 
@@ -131,7 +136,8 @@ class Spool:
             SpoolError: when they cannot be created.
         """
         try:
-            for path in [self.root, self.data_dir, self.tmp_dir, *(self.state_dir(s) for s in QueueState)]:
+            for path in [self.root, self.data_dir, self.tmp_dir, self.root / marks.MARKS_DIR,
+                         *(self.state_dir(s) for s in QueueState)]:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
             raise SpoolError(f"cannot create spool directory {error.filename}: {error.strerror}") from None
@@ -184,7 +190,7 @@ class Spool:
     # ---- reading ----
 
     def read(self, queue_id: str, state: QueueState) -> SpoolEntry:
-        """Load the record of ``queue_id`` in ``state``.
+        """Load the record of ``queue_id`` in ``state``, with its done marks folded in (:func:`marks.fold`).
 
         Raises:
             NotInQueue: when there is no such record.
@@ -203,7 +209,7 @@ class Spool:
                     continue
             else:
                 raise NotInQueue(f"{queue_id}: not in {state.value}") from None
-        return SpoolEntry.from_json(raw, state)
+        return marks.fold(self, SpoolEntry.from_json(raw, state))
 
     def locate(self, queue_id: str) -> QueueState:
         """The state whose directory holds a record for ``queue_id`` (the record is not parsed).
@@ -326,9 +332,8 @@ class Spool:
             return None
 
     def write(self, entry: SpoolEntry) -> None:
-        """Rewrite ``entry``'s record in its current state atomically (tmp + fsync + rename).
-
-        For a deferred entry the file's mtime is set to ``entry.next_attempt``.
+        """Rewrite ``entry``'s record in its current state atomically (tmp + fsync + rename), then delete
+        its done marks. For a deferred entry the file's mtime is set to ``entry.next_attempt``.
 
         Raises:
             SpoolError: on an I/O error (the old record stays intact).
@@ -343,6 +348,8 @@ class Spool:
             spool_files.fsync_dir(target.parent)
         except OSError as error:
             raise SpoolError(f"{entry.queue_id}: cannot rewrite record: {error.strerror}") from None
+        with contextlib.suppress(OSError):
+            marks.discard(self, entry.queue_id)  # marks left behind only repeat what the record says
 
     def update_and_move(self, entry: SpoolEntry, target: QueueState) -> None:
         """Persist ``entry``'s new statuses in place, then move it to ``target``.
@@ -379,17 +386,35 @@ class Spool:
         if self.remove_many([queue_id], state):
             raise NotInQueue(f"{queue_id}: not in {state.value}")
 
-    def remove_many(self, queue_ids: list[str], state: QueueState) -> list[str]:
-        """Delete several records in ``state`` with one directory fsync, then their message files.
+    def mark_delivered(self, queue_id: str, indices: list[int]) -> None:
+        """Note that the recipients at ``indices`` of the record were delivered: in the kernel on return,
+        not fsynced (:func:`gateway.spool.marks.append`; raises OSError as it does)."""
+        marks.append(self, queue_id, indices)
 
-        Returns the IDs that had no record in ``state`` (nothing was removed for them).
+    def finish_record(self, queue_id: str) -> None:
+        """Move the record of a message delivered to all from ``active/`` into ``done/`` now: one rename, no
+        fsync (:mod:`gateway.spool.marks`); then delete it with :meth:`remove_many` ``finished=[queue_id]``.
+
+        Raises NotInQueue when it is not in ``active/``, OSError on another error renaming it.
+        """
+        try:
+            os.rename(f"{self._state_prefix[QueueState.ACTIVE]}{queue_id}.json", marks.finished_path(self, queue_id))
+        except FileNotFoundError:
+            raise NotInQueue(f"{queue_id}: not in {QueueState.ACTIVE.value}") from None
+
+    def remove_many(self, queue_ids: list[str], state: QueueState, finished: list[str] | None = None) -> list[str]:
+        """Delete several records in ``state`` with one directory fsync, then their message files and marks.
+
+        ``finished``: messages whose records :meth:`finish_record` moved out of ``state`` already; the
+        fsync makes that durable, then their files go as well. Returns the IDs of ``queue_ids`` that
+        had no record in ``state`` (nothing was removed for them).
 
         Raises:
             OSError: when the directory cannot be fsynced (the records are gone
                 from the directory but that may not be durable; after a crash
                 such a message is delivered again, never lost).
         """
-        missing, removed = [], []
+        missing, removed = [], list(finished or ())
         prefix = self._state_prefix[state]
         for queue_id in queue_ids:
             try:
@@ -404,6 +429,8 @@ class Spool:
                 os.unlink(f"{self._data_prefix}{queue_id}.eml")
             except FileNotFoundError:
                 pass
+            with contextlib.suppress(OSError):
+                marks.discard(self, queue_id, finished=True)
         return missing
 
     # ---- start-up ----
@@ -413,23 +440,10 @@ class Spool:
         return recover(self)
 
     def requeue_active(self, directory: Path | None = None) -> int:
-        """Move every record of ``directory`` (default: this slot's active one) back to ``incoming/``.
-
-        What a worker had claimed or was handed when it died goes back to the queue
-        when its slot starts again. Returns how many records moved.
+        """Move every record of ``directory`` (default: this slot's active one) back to ``incoming/``
+        (:func:`gateway.spool.recovery.requeue`: what a worker held when it died); returns how many.
 
         Raises:
             OSError: when a rename or the directory fsync fails.
         """
-        source = self.state_dir(QueueState.ACTIVE) if directory is None else directory
-        try:
-            names = [name for name in os.listdir(source) if name.endswith(".json")]
-        except FileNotFoundError:
-            return 0
-        incoming = self.state_dir(QueueState.INCOMING)
-        for name in names:
-            os.rename(source / name, incoming / name)
-        if names:
-            spool_files.fsync_dir(incoming)
-            spool_files.fsync_dir(source)
-        return len(names)
+        return requeue(self, self.state_dir(QueueState.ACTIVE) if directory is None else directory)

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -62,6 +62,7 @@ class ReceivedMessage:
         helo: the EHLO/HELO name the client gave in this session.
         rcpt_params: with ``dsn=True``, each accepted recipient's RFC 3461 parameters as sent
             (e.g. ``{"a@b": ["NOTIFY=SUCCESS", "ORCPT=rfc822;x+40y"]}``); MAIL's are in ``mail_options``.
+        accepted_at: ``time.monotonic()`` when the sink took the message, right before its 250 to DATA.
     """
 
     mail_from: str
@@ -73,6 +74,7 @@ class ReceivedMessage:
     mail_options: list[str]
     helo: str | None = None
     rcpt_params: dict[str, list[str]] | None = None
+    accepted_at: float = 0.0
 
 
 class _SinkController(Controller):
@@ -144,6 +146,9 @@ class SmtpSink:
         refuse_all: when set, every MAIL FROM gets this reply.
         mail_replies: FIFO of replies, one consumed per MAIL FROM (before
             ``refuse_all``); None or exhausted goes on as without it.
+        on_mail: called in the sink's thread at each MAIL FROM, before it is answered, with the
+            number of messages this session has delivered before it (1 or more: the client reuses
+            a connection after a 250 to DATA).
 
         dsn: offer DSN in EHLO and take its parameters (recorded in ``ReceivedMessage``).
 
@@ -175,6 +180,7 @@ class SmtpSink:
         self.data_replies: list[str | None] = []
         self.refuse_all: str | None = None
         self.mail_replies: list[str | None] = []
+        self.on_mail: Callable[[int], None] | None = None
 
         self._cond = threading.Condition()
         self._messages: list[ReceivedMessage] = []
@@ -440,6 +446,8 @@ class _SinkHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if self._sink.on_mail is not None:
+            self._sink.on_mail(getattr(session, "sink_delivered", 0))
         scripted = self._sink.mail_replies.pop(0) if self._sink.mail_replies else None
         refuse = scripted if scripted is not None else self._sink.refuse_all
         if refuse is not None:
@@ -476,6 +484,7 @@ class _SinkHandler:
             _close_after_reply_if_421(server, reply)
             return reply
         mail_from = envelope.mail_from or ""
+        session.sink_delivered = getattr(session, "sink_delivered", 0) + 1
         auth_user = session.auth_data if isinstance(session.auth_data, str) else None
         self._sink._record(
             ReceivedMessage(
@@ -488,6 +497,7 @@ class _SinkHandler:
                 mail_options=list(envelope.mail_options),
                 helo=session.host_name,
                 rcpt_params=dict(getattr(envelope, "dsn_rcpt_params", {})) if self.dsn else None,
+                accepted_at=time.monotonic(),
             )
         )
         return reply

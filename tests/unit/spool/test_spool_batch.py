@@ -285,9 +285,9 @@ def test_removals_are_batched_and_a_missing_record_is_not_an_error(
     sizes: list[int] = []
     real = spool.remove_many
 
-    def counting(queue_ids: list[str], state: QueueState) -> list[str]:
-        sizes.append(len(queue_ids))
-        return real(queue_ids, state)
+    def counting(queue_ids: list[str], state: QueueState, finished: list[str] | None = None) -> list[str]:
+        sizes.append(len(queue_ids) + len(finished or ()))
+        return real(queue_ids, state, finished)
 
     spool.remove_many = counting  # type: ignore[method-assign]
 
