@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,8 +106,9 @@ def count_files(*roots: Path, suffix: str = "") -> int:
     return total
 
 
-def stop_pid(process: subprocess.Popen[Any] | None, timeout: float = 30.0,
-             stop_signal: signal.Signals = signal.SIGTERM) -> None:
+def stop_pid(
+    process: subprocess.Popen[Any] | None, timeout: float = 30.0, stop_signal: signal.Signals = signal.SIGTERM
+) -> None:
     """Send ``stop_signal`` to one process we started, wait (bounded, seconds), then SIGKILL."""
     if process is None or process.poll() is not None:
         return

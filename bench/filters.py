@@ -57,8 +57,9 @@ def stop_tree(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) ->
     psutil.wait_procs(alive, timeout=5)
 
 
-def amavis_config(home: Path, port: int, reinject_port: int, clamd_socket: Path, max_servers: int,
-                  sa_site_dir: Path) -> str:
+def amavis_config(
+    home: Path, port: int, reinject_port: int, clamd_socket: Path, max_servers: int, sa_site_dir: Path
+) -> str:
     """amavisd-new's whole config (``-c FILE``, so Debian's conf.d is not read): the Debian
     defaults that matter, with virus and spam checks on, files under ``home``, loopback only."""
     return f"""use strict;
@@ -156,8 +157,9 @@ class Amavis:
             if path.suffix in (".pre", ".cf") and not (site / path.name).exists():
                 (site / path.name).symlink_to(path)
         (site / "zz-bench-offline.cf").write_text(SA_OFFLINE_CF)
-        self.config_path.write_text(amavis_config(self.home, self.port, self.reinject_port,
-                                                  self.clamd.socket_path, self.max_servers, site))
+        self.config_path.write_text(
+            amavis_config(self.home, self.port, self.reinject_port, self.clamd.socket_path, self.max_servers, site)
+        )
 
     def start(self) -> None:
         """Start amavisd and wait until it accepts SMTP (bounded by ``ready_timeout`` seconds).
@@ -167,8 +169,13 @@ class Amavis:
         """
         self._write_files()
         with open(self.base / "stdout.log", "ab") as out:
-            process = subprocess.Popen([str(AMAVISD), "-c", str(self.config_path), "foreground"],
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.base)
+            process = subprocess.Popen(
+                [str(AMAVISD), "-c", str(self.config_path), "foreground"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.base,
+            )
         self.process = process
         ready = wait_until(lambda: process.poll() is not None or port_open(self.port), self.ready_timeout, 0.2)
         if not ready or process.poll() is not None:
@@ -216,19 +223,21 @@ class Amavis:
     def postfix_master(self) -> str:
         """master.cf lines: the smtp-amavis transport and the re-injection listener (FILTER_README's
         classic setup, amavisd-new's README.postfix)."""
-        return (f"smtp-amavis unix - - n - {self.max_servers} smtp\n"
-                "  -o smtp_data_done_timeout=1200\n  -o smtp_send_xforward_command=yes\n"
-                "  -o disable_dns_lookups=yes\n  -o max_use=20\n"
-                f"{HOST}:{self.reinject_port} inet n - n - - smtpd\n"
-                "  -o content_filter=\n  -o local_recipient_maps=\n  -o relay_recipient_maps=\n"
-                "  -o smtpd_restriction_classes=\n  -o smtpd_delay_reject=no\n"
-                "  -o smtpd_client_restrictions=permit_mynetworks,reject\n  -o smtpd_helo_restrictions=\n"
-                "  -o smtpd_sender_restrictions=\n  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
-                "  -o smtpd_data_restrictions=reject_unauth_pipelining\n  -o smtpd_end_of_data_restrictions=\n"
-                "  -o mynetworks=127.0.0.0/8\n  -o smtpd_error_sleep_time=0\n  -o smtpd_soft_error_limit=1001\n"
-                "  -o smtpd_hard_error_limit=1000\n  -o smtpd_client_connection_count_limit=0\n"
-                "  -o smtpd_client_connection_rate_limit=0\n"
-                "  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters\n")
+        return (
+            f"smtp-amavis unix - - n - {self.max_servers} smtp\n"
+            "  -o smtp_data_done_timeout=1200\n  -o smtp_send_xforward_command=yes\n"
+            "  -o disable_dns_lookups=yes\n  -o max_use=20\n"
+            f"{HOST}:{self.reinject_port} inet n - n - - smtpd\n"
+            "  -o content_filter=\n  -o local_recipient_maps=\n  -o relay_recipient_maps=\n"
+            "  -o smtpd_restriction_classes=\n  -o smtpd_delay_reject=no\n"
+            "  -o smtpd_client_restrictions=permit_mynetworks,reject\n  -o smtpd_helo_restrictions=\n"
+            "  -o smtpd_sender_restrictions=\n  -o smtpd_recipient_restrictions=permit_mynetworks,reject\n"
+            "  -o smtpd_data_restrictions=reject_unauth_pipelining\n  -o smtpd_end_of_data_restrictions=\n"
+            "  -o mynetworks=127.0.0.0/8\n  -o smtpd_error_sleep_time=0\n  -o smtpd_soft_error_limit=1001\n"
+            "  -o smtpd_hard_error_limit=1000\n  -o smtpd_client_connection_count_limit=0\n"
+            "  -o smtpd_client_connection_rate_limit=0\n"
+            "  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters\n"
+        )
 
 
 class BenchRspamd(RspamdDaemon):
@@ -245,11 +254,13 @@ class BenchRspamd(RspamdDaemon):
         super()._write_config()
         override = self.dir / "etc" / "override.d"
         (override / "worker-normal.inc").write_text(
-            f'bind_socket = "{self.host}:{self.port}";\ncount = {self.workers};\n')
+            f'bind_socket = "{self.host}:{self.port}";\ncount = {self.workers};\n'
+        )
         (override / "worker-proxy.inc").write_text(
             f'bind_socket = "{self.host}:{self.proxy_port}";\nenabled = true;\nmilter = yes;\ntimeout = 120s;\n'
             'upstream "local" {\n  default = yes;\n  self_scan = yes;\n}\n'
-            f"count = {self.workers};\n")
+            f"count = {self.workers};\n"
+        )
         (self.dir / "etc" / "rspamd.local.lua").unlink(missing_ok=True)
 
     def start(self) -> None:
@@ -273,9 +284,13 @@ class BenchRspamd(RspamdDaemon):
 
     def postfix_main(self) -> dict[str, str]:
         """main.cf settings: the proxy worker as the milter of every smtpd (rspamd's MTA integration)."""
-        return {"smtpd_milters": f"inet:{HOST}:{self.proxy_port}", "non_smtpd_milters": "",
-                "milter_default_action": "accept", "milter_protocol": "6",
-                "milter_mail_macros": "i {mail_addr} {client_addr} {client_name} {auth_authen}"}
+        return {
+            "smtpd_milters": f"inet:{HOST}:{self.proxy_port}",
+            "non_smtpd_milters": "",
+            "milter_default_action": "accept",
+            "milter_protocol": "6",
+            "milter_mail_macros": "i {mail_addr} {client_addr} {client_name} {auth_authen}",
+        }
 
     def scanned(self) -> int:
         """Messages rspamd has scanned so far, all workers (the controller's ``/stat``), -1 if unknown."""
@@ -319,8 +334,12 @@ class FilterDaemons:
 
     def close(self) -> None:
         """Stop them all by PID (errors suppressed: closing must not hide the run's own error)."""
-        for stop in (self.amavis and self.amavis.stop, self.spamd and self.spamd.cleanup,
-                     self.clamd and self.clamd.close, self.rspamd and self.rspamd.cleanup):
+        for stop in (
+            self.amavis and self.amavis.stop,
+            self.spamd and self.spamd.cleanup,
+            self.clamd and self.clamd.close,
+            self.rspamd and self.rspamd.cleanup,
+        ):
             if stop:
                 with contextlib.suppress(Exception):
                     stop()
@@ -340,8 +359,10 @@ class FilterDaemons:
         elif kind == "gateway":
             pids = {"clamd": self.clamd.pid if self.clamd else None, "spamd": self.spamd.pid if self.spamd else None}
         else:
-            pids = {"clamd": self.clamd.pid if self.clamd else None,
-                    "amavisd": self.amavis.pid if self.amavis else None}
+            pids = {
+                "clamd": self.clamd.pid if self.clamd else None,
+                "amavisd": self.amavis.pid if self.amavis else None,
+            }
         return {name: pid for name, pid in pids.items() if pid}
 
     def postfix_settings(self) -> tuple[dict[str, str], str]:
@@ -369,10 +390,15 @@ class FilterDaemons:
 
     def versions(self) -> dict[str, str]:
         """Version lines of the daemons in use."""
-        commands = {"amavis": {"clamd": ["/usr/sbin/clamd", "--version"], "spamd": ["/usr/sbin/spamd", "--version"],
-                               "amavisd-new": ["dpkg-query", "-W", "-f=amavisd-new ${Version}", "amavisd-new"],
-                               "spamassassin": ["dpkg-query", "-W", "-f=spamassassin ${Version}", "spamassassin"]},
-                    "rspamd": {"rspamd": ["/usr/bin/rspamd", "--version"]}}[self.variant]
+        commands = {
+            "amavis": {
+                "clamd": ["/usr/sbin/clamd", "--version"],
+                "spamd": ["/usr/sbin/spamd", "--version"],
+                "amavisd-new": ["dpkg-query", "-W", "-f=amavisd-new ${Version}", "amavisd-new"],
+                "spamassassin": ["dpkg-query", "-W", "-f=spamassassin ${Version}", "spamassassin"],
+            },
+            "rspamd": {"rspamd": ["/usr/bin/rspamd", "--version"]},
+        }[self.variant]
         out = {}
         for name, command in commands.items():
             with contextlib.suppress(Exception):

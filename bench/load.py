@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import psutil
 
@@ -45,12 +45,27 @@ class RunResult:
     error: str = ""
 
 
-def smtp_source(port: int, messages: int, sessions: int, body_bytes: int,
-                timeout: float) -> subprocess.CompletedProcess[bytes]:
-    command = [str(SMTP_SOURCE), "-d", "-s", str(sessions), "-m", str(messages), "-l", str(body_bytes),
-               "-f", SENDER, "-t", RECIPIENT, f"{HOST}:{port}"]
-    return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=timeout)
+def smtp_source(
+    port: int, messages: int, sessions: int, body_bytes: int, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    command = [
+        str(SMTP_SOURCE),
+        "-d",
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(body_bytes),
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        f"{HOST}:{port}",
+    ]
+    return subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
+    )
 
 
 def cpu_split(root_pids: list[int]) -> tuple[float, float]:
@@ -79,9 +94,16 @@ def main_thread_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
-def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = BODY_BYTES,
-            sessions: int = SESSIONS, sample_interval: float = 0.25,
-            scanners: Callable[[], dict[str, int]] | None = None) -> RunResult:
+def measure(
+    system: System,
+    sink: Sink,
+    result: RunResult,
+    *,
+    body_bytes: int = BODY_BYTES,
+    sessions: int = SESSIONS,
+    sample_interval: float = 0.25,
+    scanners: Callable[[], dict[str, int]] | None = None,
+) -> RunResult:
     """Drive ``result.messages`` through ``system`` into ``sink``; fill in the figures.
 
     ``scanners``: name → root PID of the daemons whose CPU (seconds per 1000 messages, per daemon and
@@ -97,8 +119,7 @@ def measure(system: System, sink: Sink, result: RunResult, *, body_bytes: int = 
     split0 = cpu_split(system.root_pids())
     gateway_pid = system.root_pids()[0] if isinstance(system, GatewaySystem) else None
     loop0 = main_thread_cpu(gateway_pid) if gateway_pid else {}
-    with MemorySampler(system.root_pids, sample_interval) as sampler, \
-            (scanner_sampler or contextlib.nullcontext()):
+    with MemorySampler(system.root_pids, sample_interval) as sampler, scanner_sampler or contextlib.nullcontext():
         start = time.monotonic()
         source = smtp_source(system.port, n, sessions, body_bytes, limit)
         result.accept_seconds = time.monotonic() - start

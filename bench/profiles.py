@@ -22,8 +22,9 @@ def find_py_spy() -> str | None:
     local = ROOT / "bench" / ".tools" / "bin" / "py-spy"
     if local.exists():
         return str(local)
-    return shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy")
-                                      if (Path(sys.executable).parent / "py-spy").exists() else None)
+    return shutil.which("py-spy") or (
+        str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None
+    )
 
 
 def _frame_name(frame: str) -> str:
@@ -40,19 +41,38 @@ def _frame_name(frame: str) -> str:
 
 # Buckets of the gateway's CPU, by the first matching frame (outermost first) of each sample.
 PROFILE_BUCKETS = [
-    ("spool commit (thread: write + fsync)", ("gateway/spool/store.py:Spool.commit",
-                                              "gateway/smtpd/handler.py:SmtpHandler._timed_commit")),
+    (
+        "spool commit (thread: write + fsync)",
+        ("gateway/spool/store.py:Spool.commit", "gateway/smtpd/handler.py:SmtpHandler._timed_commit"),
+    ),
     ("spool claim/read/remove (threads)", ("gateway/spool/store.py:",)),
     ("logging", ("logging/__init__.py:", "logging/handlers.py:")),
     ("DKIM signing", ("gateway/dkim/signer.py:", "dkim/")),
-    ("content scanners (policies)", ("policies/antivirus", "policies/spamassassin", "policies/rspamd",
-                                     "policies/spam_levels", "aiospamc/", "pyclamd/")),
+    (
+        "content scanners (policies)",
+        (
+            "policies/antivirus",
+            "policies/spamassassin",
+            "policies/rspamd",
+            "policies/spam_levels",
+            "aiospamc/",
+            "pyclamd/",
+        ),
+    ),
     ("relay: SMTP client (aiosmtplib)", ("aiosmtplib/",)),
     ("relay worker (gateway/relay)", ("gateway/relay/",)),
     ("receive: DATA handling (gateway)", ("gateway/smtpd/handler.py:SmtpHandler.handle_DATA",)),
-    ("receive: other gateway handlers (MAIL, RCPT, sessions)", ("gateway/smtpd/handler.py:", "gateway/smtpd/protocol.py:",
-                                                                "gateway/pipeline", "gateway/policy", "gateway/",
-                                                                "policies/")),
+    (
+        "receive: other gateway handlers (MAIL, RCPT, sessions)",
+        (
+            "gateway/smtpd/handler.py:",
+            "gateway/smtpd/protocol.py:",
+            "gateway/pipeline",
+            "gateway/policy",
+            "gateway/",
+            "policies/",
+        ),
+    ),
     ("receive: aiosmtpd protocol", ("aiosmtpd/",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     ("asyncio event loop / streams / threads", ("asyncio/", "concurrent/futures/", "threading.py:", "selectors.py:")),
@@ -87,21 +107,37 @@ def bucket_of(frames: list[str]) -> str:
 # Known costs looked for in every profile: (key, frames that must all be on the stack (prefix match, any of
 # the alternatives separated by |), what it is). Shares are of all samples of that profile.
 PROFILE_PATTERNS = [
-    ("getaddr", ("aiosmtpd/smtp.py:SMTP._getaddr",),
-     "aiosmtpd's `SMTP._getaddr` (MAIL FROM / RCPT TO address parsing through `email._header_value_parser`)"),
-    ("getaddr_class", ("aiosmtpd/smtp.py:SMTP._getaddr", "<frozen abc>:ABCMeta.__new__|typing.py:Protocol.__init_subclass__"),
-     "of which creating a class: `_getaddr` defines `class AddrSpec(typing.Protocol)` inside the function, "
-     "so every MAIL and RCPT command builds a new ABC class"),
+    (
+        "getaddr",
+        ("aiosmtpd/smtp.py:SMTP._getaddr",),
+        "aiosmtpd's `SMTP._getaddr` (MAIL FROM / RCPT TO address parsing through `email._header_value_parser`)",
+    ),
+    (
+        "getaddr_class",
+        ("aiosmtpd/smtp.py:SMTP._getaddr", "<frozen abc>:ABCMeta.__new__|typing.py:Protocol.__init_subclass__"),
+        "of which creating a class: `_getaddr` defines `class AddrSpec(typing.Protocol)` inside the function, "
+        "so every MAIL and RCPT command builds a new ABC class",
+    ),
     ("logging", ("logging/",), "the standard `logging` module (formatting and writing the log lines)"),
     ("metrics", ("prometheus_client/",), "prometheus_client counters and histograms"),
-    ("commit_gil", ("gateway/spool/store.py:Spool.commit",),
-     "the Python side of the spool commit (hashing, JSON, file calls) while holding the GIL"),
+    (
+        "commit_gil",
+        ("gateway/spool/store.py:Spool.commit",),
+        "the Python side of the spool commit (hashing, JSON, file calls) while holding the GIL",
+    ),
     ("to_json", ("gateway/spool/entry.py:",), "building and parsing spool records (`gateway/spool/entry.py`)"),
-    ("received", ("gateway/pipeline/received.py:",), "building the Received: header (`email.utils.format_datetime` ...)"),
+    (
+        "received",
+        ("gateway/pipeline/received.py:",),
+        "building the Received: header (`email.utils.format_datetime` ...)",
+    ),
     ("aiosmtplib", ("aiosmtplib/",), "aiosmtplib, the relay's SMTP client"),
     ("dkim", ("gateway/dkim/signer.py:",), "DKIM signing (dkimpy canonicalisation, hashing, the RSA signature)"),
-    ("aiospamc_ssl", ("aiospamc/", "ssl.py:SSLContext.load_default_certs"),
-     "`ssl.create_default_context()` run by aiospamc for every request"),
+    (
+        "aiospamc_ssl",
+        ("aiospamc/", "ssl.py:SSLContext.load_default_certs"),
+        "`ssl.create_default_context()` run by aiospamc for every request",
+    ),
 ]
 
 
@@ -135,16 +171,34 @@ def summarise_py_spy(raw: str) -> dict[str, Any]:
 
     def ranked(counter: collections.Counter[str]) -> list[tuple[str, int]]:
         return sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+
     return {
         "samples": total,
         "buckets": [(label, pct(count)) for label, count in ranked(buckets)],
         "patterns": {key: pct(count) for key, count in patterns.items()},
         "self": [(name, pct(count)) for name, count in ranked(self_time)[:20]],
-        "inclusive": [(name, pct(count)) for name, count in ranked(inclusive)[:60]
-                      if name.startswith(("gateway/", "policies/", "aiosmtpd/", "aiosmtplib/", "logging/",
-                                          "prometheus_client/", "email/", "asyncio/selector_events",
-                                          "asyncio/streams", "aiospamc/", "pyclamd/", "ssl.py", "dkim/"))
-                      and not name.startswith(("gateway/cli.py", "gateway/__main__.py"))][:25],
+        "inclusive": [
+            (name, pct(count))
+            for name, count in ranked(inclusive)[:60]
+            if name.startswith(
+                (
+                    "gateway/",
+                    "policies/",
+                    "aiosmtpd/",
+                    "aiosmtplib/",
+                    "logging/",
+                    "prometheus_client/",
+                    "email/",
+                    "asyncio/selector_events",
+                    "asyncio/streams",
+                    "aiospamc/",
+                    "pyclamd/",
+                    "ssl.py",
+                    "dkim/",
+                )
+            )
+            and not name.startswith(("gateway/cli.py", "gateway/__main__.py"))
+        ][:25],
     }
 
 
@@ -162,9 +216,33 @@ def summarise_strace(text: str, messages: int) -> dict[str, Any]:
             except (ValueError, IndexError):
                 continue
     total_calls = sum(calls.values())
-    keys = ("fsync", "fdatasync", "rename", "renameat", "renameat2", "unlink", "unlinkat", "openat", "write",
-            "writev", "sendto", "sendmsg", "read", "recvfrom", "epoll_wait", "futex", "clone3", "clone",
-            "mmap", "munmap", "sendfile", "getrandom", "lseek", "fstat", "newfstatat")
+    keys = (
+        "fsync",
+        "fdatasync",
+        "rename",
+        "renameat",
+        "renameat2",
+        "unlink",
+        "unlinkat",
+        "openat",
+        "write",
+        "writev",
+        "sendto",
+        "sendmsg",
+        "read",
+        "recvfrom",
+        "epoll_wait",
+        "futex",
+        "clone3",
+        "clone",
+        "mmap",
+        "munmap",
+        "sendfile",
+        "getrandom",
+        "lseek",
+        "fstat",
+        "newfstatat",
+    )
     return {
         "messages": messages,
         "per_message": {k: round(calls[k] / messages, 2) for k in keys if k in calls},

@@ -28,9 +28,12 @@ from bench.runs import Bench, failure
 from bench.systems import GatewaySystem, System
 from tests.harness.haproxy import HaproxyServer
 
-SETUPS = (("one gateway", 1, False), ("one gateway behind haproxy", 1, True),
-          ("three gateways behind haproxy", 3, True))  # label, gateways, behind haproxy
-PROXY_SETTINGS = 'upstream_proxy_networks = ["127.0.0.1/32"]\n'    # haproxy connects from 127.0.0.1
+SETUPS = (
+    ("one gateway", 1, False),
+    ("one gateway behind haproxy", 1, True),
+    ("three gateways behind haproxy", 3, True),
+)  # label, gateways, behind haproxy
+PROXY_SETTINGS = 'upstream_proxy_networks = ["127.0.0.1/32"]\n'  # haproxy connects from 127.0.0.1
 PROXY_LISTENER = 'upstream_proxy_protocol = "haproxy"\n'
 
 
@@ -59,8 +62,9 @@ class BalancedGateways(System):
             for gateway in self.gateways:
                 gateway.start()
             servers = [(HOST, gateway.port) for gateway in self.gateways]
-            self.balancer = HaproxyServer({"bench": (servers, "send-proxy-v2")}, health_check="smtpchk EHLO lb.bench",
-                                          max_connections=1000)
+            self.balancer = HaproxyServer(
+                {"bench": (servers, "send-proxy-v2")}, health_check="smtpchk EHLO lb.bench", max_connections=1000
+            )
             self.balancer.start()
             self.balancer.wait_for_states("bench", {f"s{index}": "UP" for index in range(len(servers))})
         except BaseException:
@@ -108,11 +112,18 @@ def replicas_extra(bench: Bench) -> None:
             try:
                 system: System
                 if balanced:
-                    gateways = [bench.make_system("gateway", "plain", sink.port, workdir / f"replica{index}",
-                                                  gateway_extra=PROXY_SETTINGS, listener_extra=PROXY_LISTENER)
-                                for index in range(count)]
-                    system = BalancedGateways([g for g in gateways if isinstance(g, GatewaySystem)], workdir,
-                                              sink.port)
+                    gateways = [
+                        bench.make_system(
+                            "gateway",
+                            "plain",
+                            sink.port,
+                            workdir / f"replica{index}",
+                            gateway_extra=PROXY_SETTINGS,
+                            listener_extra=PROXY_LISTENER,
+                        )
+                        for index in range(count)
+                    ]
+                    system = BalancedGateways([g for g in gateways if isinstance(g, GatewaySystem)], workdir, sink.port)
                 else:
                     system = bench.make_system("gateway", "plain", sink.port, workdir)
                 with bench.running(system):
@@ -122,11 +133,14 @@ def replicas_extra(bench: Bench) -> None:
                         per_gateway = system.accepted_per_gateway()
             except Exception as error:  # one failed run must not lose the others
                 result.error += f" {failure(error)}"
-        log(f"  {label:30}: accept {result.accept_rate:6.0f}, end-to-end {result.e2e_rate:6.0f} msg/s, "
+        log(
+            f"  {label:30}: accept {result.accept_rate:6.0f}, end-to-end {result.e2e_rate:6.0f} msg/s, "
             f"CPU {result.cpu_per_1000:.2f} s/1000, per gateway {per_gateway or '-'}"
-            + (f"  ERROR:{result.error}" if result.error else ""))
-        runs.append(asdict(result) | {"label": label, "gateways": count, "haproxy": balanced,
-                                      "per_gateway": per_gateway})
+            + (f"  ERROR:{result.error}" if result.error else "")
+        )
+        runs.append(
+            asdict(result) | {"label": label, "gateways": count, "haproxy": balanced, "per_gateway": per_gateway}
+        )
     bench.extras["replicas"] = {"messages": messages, "workers": str(bench.args.workers), "runs": runs}
 
 
@@ -138,22 +152,28 @@ def replicas_report(extras: dict[str, Any], lines: list[str]) -> None:
     add = lines.append
     add(f"## Three replicas behind haproxy ({replicas['messages']} messages per run)")
     add("")
-    add(f"The plain workload ({SESSIONS} smtp-source sessions) against one gateway, against the same gateway behind "
+    add(
+        f"The plain workload ({SESSIONS} smtp-source sessions) against one gateway, against the same gateway behind "
         "haproxy (TCP mode, `send-proxy-v2`, `option smtpchk` every 2 s; the gateway's listener takes the PROXY "
         "header), and against three such gateways behind that haproxy, each with its own spool and the single "
         f"gateway's settings (`workers = {replicas.get('workers', '?')}` each), all relaying to one sink; haproxy "
         "shares the sessions out "
         "round-robin. One run each, fresh instances. All of it runs on this one machine: the three replicas share "
         "its cores, so the ratio shows what the balancer and the extra processes cost here, not what three "
-        "machines would give. CPU includes haproxy's.")
+        "machines would give. CPU includes haproxy's."
+    )
     add("")
-    add("| set-up | accept msg/s | end-to-end msg/s | CPU s per 1000 msg | messages per gateway | "
-        "end-to-end vs one gateway |")
+    add(
+        "| set-up | accept msg/s | end-to-end msg/s | CPU s per 1000 msg | messages per gateway | "
+        "end-to-end vs one gateway |"
+    )
     add("|---|---|---|---|---|---|")
     base = next((r["e2e_rate"] for r in replicas["runs"] if r["gateways"] == 1 and not r["haproxy"]), 0.0)
     for r in replicas["runs"]:
         ratio = f"{r['e2e_rate'] / base:.2f}" if base and r["e2e_rate"] else "–"
         spread = " / ".join(str(n) for n in r["per_gateway"]) if r["per_gateway"] else "–"
-        add(f"| {r['label']} | {r['accept_rate']:.0f} | {r['e2e_rate']:.0f} | {r['cpu_per_1000']:.2f} | {spread} | "
-            f"{ratio} |" + (f" {r['error'].strip()}" if r["error"] else ""))
+        add(
+            f"| {r['label']} | {r['accept_rate']:.0f} | {r['e2e_rate']:.0f} | {r['cpu_per_1000']:.2f} | {spread} | "
+            f"{ratio} |" + (f" {r['error'].strip()}" if r["error"] else "")
+        )
     add("")

@@ -19,15 +19,22 @@ if TYPE_CHECKING:
 POSTFIX_LABELS = {"amavis": "Postfix + amavisd-new", "rspamd": "Postfix + rspamd milter"}
 GATEWAY_LABELS = {"amavis": "gateway + clamd + spamd", "rspamd": "gateway + rspamd"}
 # the issue's targets: gateway / Postfix end-to-end throughput, median of the per-round ratios
-TARGETS = {"amavis": (1.5, "clamd + spamd: ≥ 1.5× Postfix + amavisd-new with the same daemons"),
-           "rspamd": (1.0, "rspamd: ≥ 1.0× Postfix + rspamd milter")}
+TARGETS = {
+    "amavis": (1.5, "clamd + spamd: ≥ 1.5× Postfix + amavisd-new with the same daemons"),
+    "rspamd": (1.0, "rspamd: ≥ 1.0× Postfix + rspamd milter"),
+}
 DAEMONS = {"amavis": ("clamd", "spamd", "amavisd"), "rspamd": ("rspamd",)}
-DAEMON_TITLES = {"clamd": "clamd", "spamd": "spamd", "amavisd": "amavisd-new (SpamAssassin in-process)",
-                 "rspamd": "rspamd (whole process tree)"}
+DAEMON_TITLES = {
+    "clamd": "clamd",
+    "spamd": "spamd",
+    "amavisd": "amavisd-new (SpamAssassin in-process)",
+    "rspamd": "rspamd (whole process tree)",
+}
 
 
 def _base() -> Any:
     from bench import report  # here: bench.report imports this module
+
     return report
 
 
@@ -59,17 +66,30 @@ def _rows(runs: list[RunResult], variant: str, pairs: list[tuple[RunResult, RunR
     def row(title: str, get: Any, fmt: str, ratio: bool = True) -> list[str]:
         gw, pf = _values(runs, "gateway", get), _values(runs, "postfix", get)
         ratios = [get(g) / get(p) for g, p in pairs if get(p)] if ratio else []
-        return [title, spread(gw, fmt) if gw and any(gw) else "–", spread(pf, fmt) if pf and any(pf) else "–",
-                spread(ratios, ".2f") if ratios else "–"]
+        return [
+            title,
+            spread(gw, fmt) if gw and any(gw) else "–",
+            spread(pf, fmt) if pf and any(pf) else "–",
+            spread(ratios, ".2f") if ratios else "–",
+        ]
 
-    rows = [row("end-to-end msg/s", lambda r: r.e2e_rate, ".1f"),
-            row("accept msg/s", lambda r: r.accept_rate, ".1f"),
-            row("MTA's own CPU s per 1000 msg", lambda r: r.cpu_per_1000, ".1f")]
+    rows = [
+        row("end-to-end msg/s", lambda r: r.e2e_rate, ".1f"),
+        row("accept msg/s", lambda r: r.accept_rate, ".1f"),
+        row("MTA's own CPU s per 1000 msg", lambda r: r.cpu_per_1000, ".1f"),
+    ]
     for name in DAEMONS[variant]:
-        rows.append(row(f"+ {DAEMON_TITLES[name]} CPU s per 1000 msg",
-                        lambda r, n=name: r.scanner_parts.get(n, 0.0), ".1f", ratio=False))
-    rows.append(row("**all CPU s per 1000 msg** (MTA + filters)", lambda r: r.cpu_per_1000 + r.scanner_cpu_per_1000,
-                    ".1f"))
+        rows.append(
+            row(
+                f"+ {DAEMON_TITLES[name]} CPU s per 1000 msg",
+                lambda r, n=name: r.scanner_parts.get(n, 0.0),
+                ".1f",
+                ratio=False,
+            )
+        )
+    rows.append(
+        row("**all CPU s per 1000 msg** (MTA + filters)", lambda r: r.cpu_per_1000 + r.scanner_cpu_per_1000, ".1f")
+    )
     rows.append(row("MTA peak memory MB¹", lambda r: r.peak_memory_mb, ".0f"))
     rows.append(row("filters' peak PSS MB", lambda r: r.scanner_peak_pss_mb, ".0f"))
     rows.append(row("messages through the filter, per run", lambda r: float(r.filtered), ".0f", ratio=False))
@@ -85,37 +105,54 @@ def _bound(results: list[RunResult], variant: str) -> str:
         if not runs:
             return ""
         total = base.med([r.cpu_per_1000 + r.scanner_cpu_per_1000 for r in runs])
-        share = base.med([r.scanner_cpu_per_1000 / (r.cpu_per_1000 + r.scanner_cpu_per_1000) for r in runs
-                          if r.cpu_per_1000 + r.scanner_cpu_per_1000])
-        busy = base.med([(r.cpu_seconds + r.scanner_cpu_seconds) / (r.e2e_seconds + r.drain_seconds) for r in runs
-                         if r.e2e_seconds + r.drain_seconds])
+        share = base.med(
+            [
+                r.scanner_cpu_per_1000 / (r.cpu_per_1000 + r.scanner_cpu_per_1000)
+                for r in runs
+                if r.cpu_per_1000 + r.scanner_cpu_per_1000
+            ]
+        )
+        busy = base.med(
+            [
+                (r.cpu_seconds + r.scanner_cpu_seconds) / (r.e2e_seconds + r.drain_seconds)
+                for r in runs
+                if r.e2e_seconds + r.drain_seconds
+            ]
+        )
         sides[system] = (total, share, busy)
     (g_total, g_share, g_busy), (p_total, p_share, p_busy) = sides["gateway"], sides["postfix"]
     saturated = min(g_busy, p_busy) > 0.8 * (os.cpu_count() or 1) and min(g_share, p_share) > 0.5
-    return (f"The filters took {g_share:.0%} of all CPU per message on the gateway's side and {p_share:.0%} on "
-            f"Postfix's ({g_total:.1f} and {p_total:.1f} ms per message in all); MTA and filters together kept "
-            f"{g_busy:.2f} and {p_busy:.2f} cores busy (medians; {os.cpu_count()} CPUs here)"
-            + (". The cores are saturated and most of their time goes to the filters, so the throughput follows "
-               "the CPU per message in all; the MTA's own part, which the gateway controls, is "
-               f"{g_total * (1 - g_share):.1f} against {p_total * (1 - p_share):.1f} ms" if saturated else "")
-            + ".")
+    return (
+        f"The filters took {g_share:.0%} of all CPU per message on the gateway's side and {p_share:.0%} on "
+        f"Postfix's ({g_total:.1f} and {p_total:.1f} ms per message in all); MTA and filters together kept "
+        f"{g_busy:.2f} and {p_busy:.2f} cores busy (medians; {os.cpu_count()} CPUs here)"
+        + (
+            ". The cores are saturated and most of their time goes to the filters, so the throughput follows "
+            "the CPU per message in all; the MTA's own part, which the gateway controls, is "
+            f"{g_total * (1 - g_share):.1f} against {p_total * (1 - p_share):.1f} ms"
+            if saturated
+            else ""
+        )
+        + "."
+    )
 
 
 def filter_report(bench: Bench, lines: list[str]) -> None:
     """The yardstick section: both pairs in one table, the targets, and what the figures include."""
-    variants = [v for v in FILTER_VARIANTS if v in bench.args.variants and
-                any(r.variant == v for r in bench.results)]
+    variants = [v for v in FILTER_VARIANTS if v in bench.args.variants and any(r.variant == v for r in bench.results)]
     if not variants:
         return
     base = _base()
     add = lines.append
     add("## The seed's filter stack as the yardstick")
     add("")
-    add("The image this gateway replaces filters mail with Postfix + amavisd-new + ClamAV + SpamAssassin. Each "
+    add(
+        "The image this gateway replaces filters mail with Postfix + amavisd-new + ClamAV + SpamAssassin. Each "
         "pair below runs the same scanning daemons on both sides; medians (min–max) over the rounds, ratios "
         "gateway/Postfix per round. The MTA's own CPU and memory are its process tree only; each filter "
         "daemon's CPU is shown apart (CPU of its whole process tree during that side's runs), and \"all CPU\" "
-        "adds them up: that is the cost of a filtered message on each side.")
+        "adds them up: that is the cost of a filtered message on each side."
+    )
     add("")
     header, rule = ["figure"], ["---"]
     tables = {}
@@ -151,7 +188,8 @@ def filter_report(bench: Bench, lines: list[str]) -> None:
     settings = bench.extras.get("filter_settings", {})
     if "amavis" in variants:
         amavis = settings.get("amavis", {})
-        add(f"**amavis.** Gateway: `[pipeline] outbound = [\"antivirus\", \"spamassassin\"]`, clamd over its Unix "
+        add(
+            f'**amavis.** Gateway: `[pipeline] outbound = ["antivirus", "spamassassin"]`, clamd over its Unix '
             f"socket (INSTREAM), spamd with {amavis.get('spamd_children', bench.args.spamd_children)} children, at "
             "DATA (before the 250). Postfix: `content_filter = smtp-amavis:[127.0.0.1]:PORT`, an `smtp-amavis` "
             "transport (`smtp`, `-o smtp_data_done_timeout=1200 -o smtp_send_xforward_command=yes "
@@ -166,23 +204,26 @@ def filter_report(bench: Bench, lines: list[str]) -> None:
             "Unix socket) and with SpamAssassin run inside its own processes, configured as spamd is (the site "
             "rules of /etc/spamassassin, `dns_available no`, `use_bayes 0`, `bayes_auto_learn 0`, local tests "
             "only). So the amavisd-new row holds what spamd does for the gateway *and* amavisd's own work (SMTP "
-            "in and out, MIME decoding, file typing, header checks): compare the \"all CPU\" rows. Postfix's "
+            'in and out, MIME decoding, file typing, header checks): compare the "all CPU" rows. Postfix\'s '
             "filter is after-queue: it accepts (its accept rate) before amavisd sees the message and queues each "
             "message twice (before the filter and after re-injection); the gateway scans before its 250. "
             "\"messages through the filter\": the gateway's scan histogram (spamassassin), amavisd-new's "
-            "\"Passed\" log lines.")
+            '"Passed" log lines.'
+        )
         add("")
     if "rspamd" in variants:
         workers = settings.get("rspamd", {}).get("rspamd_workers", getattr(bench.args, "rspamd_workers", 2))
-        add(f"**rspamd.** One rspamd 3.4 serves both sides of the variant with one configuration (the test "
+        add(
+            f"**rspamd.** One rspamd 3.4 serves both sides of the variant with one configuration (the test "
             "harness's: Debian's config, the modules that need the network off, DNS only to loopback; its "
             f"test-only Lua rules left out): {workers} normal workers for the gateway (`[pipeline] outbound = "
-            f"[\"rspamd\"]`, HTTP `/checkv2` at DATA, the policy's default score levels) and {workers} proxy "
-            "workers in milter mode that scan themselves (`milter = yes`, `upstream \"local\" { self_scan = yes; }`) "
+            f'["rspamd"]`, HTTP `/checkv2` at DATA, the policy\'s default score levels) and {workers} proxy '
+            'workers in milter mode that scan themselves (`milter = yes`, `upstream "local" { self_scan = yes; }`) '
             "for Postfix (`smtpd_milters = inet:127.0.0.1:PORT`, `milter_default_action = accept`, "
             "`milter_protocol = 6`). Both scan at DATA, before the 250. The rspamd row is its whole process tree "
             "(main, workers, controller, hs_helper) during that side's runs, so it includes the idle workers of "
-            "the other kind. \"messages through the filter\": rspamd's own `scanned` counter (controller `/stat`).")
+            'the other kind. "messages through the filter": rspamd\'s own `scanned` counter (controller `/stat`).'
+        )
         add("")
 
 
@@ -193,6 +234,11 @@ def filter_targets(bench: Bench, lines: list[str]) -> None:
             continue
         goal, text = TARGETS[variant]
         value, _ = target_ratio(bench.results, variant)
-        verdict = ("not measured" if value is None else "met" if value >= goal
-                   else f"**missed** by {(1 - value / goal) * 100:.0f}% (goal ≥ {goal:.2f}×)")
+        verdict = (
+            "not measured"
+            if value is None
+            else "met"
+            if value >= goal
+            else f"**missed** by {(1 - value / goal) * 100:.0f}% (goal ≥ {goal:.2f}×)"
+        )
         lines.append(f"| {text} (end-to-end) | {'–' if value is None else f'{value:.2f}×'} | {verdict} |")

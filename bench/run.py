@@ -76,45 +76,80 @@ def check_tools(variants: list[str], extras: list[str]) -> None:
     tools += [Path("/usr/bin/rspamd")] if "rspamd" in variants else []
     missing = [str(p) for p in tools if not p.exists()]
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: run `bash bench/install.sh` (Debian packages postfix, "
-                 "amavisd-new, rspamd, haproxy)")
+        sys.exit(
+            f"missing {', '.join(missing)}: run `bash bench/install.sh` (Debian packages postfix, "
+            "amavisd-new, rspamd, haproxy)"
+        )
     if os.geteuid() != 0:
         sys.exit("bench/run.py needs root: a private Postfix instance runs its daemons as user postfix")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=None, help="N per run (default 20000; --quick: 300)")
-    parser.add_argument("--scan-messages", type=int, default=None,
-                        help="N per run of the scan, amavis and rspamd variants (default N/20: the scanners "
-                             "are the bottleneck)")
+    parser.add_argument(
+        "--scan-messages",
+        type=int,
+        default=None,
+        help="N per run of the scan, amavis and rspamd variants (default N/20: the scanners are the bottleneck)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per variant (default 3)")
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
-    parser.add_argument("--extras", default="sessions,whatif,big,outage,profile,replicas",
-                        help="comma list of sessions, whatif, big, outage, profile, replicas ('' for none)")
-    parser.add_argument("--small-messages", type=int, default=None,
-                        help="N of the sessions, what-if and replicas runs (default N/8, at most 3000)")
+    parser.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma list of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--extras",
+        default="sessions,whatif,big,outage,profile,replicas",
+        help="comma list of sessions, whatif, big, outage, profile, replicas ('' for none)",
+    )
+    parser.add_argument(
+        "--small-messages",
+        type=int,
+        default=None,
+        help="N of the sessions, what-if and replicas runs (default N/8, at most 3000)",
+    )
     parser.add_argument("--big-message-mb", type=int, default=50)
     parser.add_argument("--outage-messages", type=int, default=None, help="default N/4, at most 5000")
     parser.add_argument("--profile-messages", type=int, default=None, help="default N/4, at most 5000")
-    parser.add_argument("--spamd-children", type=int, default=4,
-                        help="spamd's --max-children, and amavisd-new's $max_servers in the amavis variant")
-    parser.add_argument("--rspamd-workers", type=int, default=2,
-                        help="rspamd's normal workers (the gateway's) and milter proxy workers (Postfix's)")
+    parser.add_argument(
+        "--spamd-children",
+        type=int,
+        default=4,
+        help="spamd's --max-children, and amavisd-new's $max_servers in the amavis variant",
+    )
+    parser.add_argument(
+        "--rspamd-workers",
+        type=int,
+        default=2,
+        help="rspamd's normal workers (the gateway's) and milter proxy workers (Postfix's)",
+    )
     parser.add_argument("--workers", default="auto", help='the gateway\'s `workers` (default "auto": one per CPU)')
-    parser.add_argument("--event-loop", default="uvloop", choices=("uvloop", "asyncio"),
-                        help="the gateway's `event_loop` (the asyncio variant always uses asyncio's own)")
+    parser.add_argument(
+        "--event-loop",
+        default="uvloop",
+        choices=("uvloop", "asyncio"),
+        help="the gateway's `event_loop` (the asyncio variant always uses asyncio's own)",
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="seconds of idle after each start")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (300 messages, 1 round)")
-    parser.add_argument("--output", default=None,
-                        help="the Markdown report (default docs/benchmarks.md; --quick: bench/quick-report.md)")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="the Markdown report (default docs/benchmarks.md; --quick: bench/quick-report.md)",
+    )
     parser.add_argument("--json", default=None, help="raw results (default bench/last-run.json)")
     parser.add_argument("--workdir", default=None, help="where instances live (default a new /tmp/mailbench.*)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, spools)")
-    parser.add_argument("--report-only", metavar="JSON", default=None,
-                        help="only rewrite the report from the raw results of an earlier run (e.g. bench/last-run.json)")
+    parser.add_argument(
+        "--report-only",
+        metavar="JSON",
+        default=None,
+        help="only rewrite the report from the raw results of an earlier run (e.g. bench/last-run.json)",
+    )
     args = parser.parse_args(argv)
     if args.messages is None:
         args.messages = 300 if args.quick else 20000
@@ -146,8 +181,21 @@ def report_only(args: argparse.Namespace) -> int:
     """Rewrite the report from a JSON of an earlier run (older profile summaries redone from its -profiles/ dir)."""
     data = json.loads(Path(args.report_only).read_text())
     saved = data.get("args", {})
-    for key in ("messages", "scan_messages", "rounds", "variants", "extras", "spamd_children", "rspamd_workers",
-                "big_message_mb", "outage_messages", "profile_messages", "small_messages", "workers", "event_loop"):
+    for key in (
+        "messages",
+        "scan_messages",
+        "rounds",
+        "variants",
+        "extras",
+        "spamd_children",
+        "rspamd_workers",
+        "big_message_mb",
+        "outage_messages",
+        "profile_messages",
+        "small_messages",
+        "workers",
+        "event_loop",
+    ):
         if key in saved:
             setattr(args, key, saved[key])
     bench = Bench.__new__(Bench)
@@ -180,17 +228,26 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     info = machine()
     bench = Bench(args)
-    log(f"work directory {bench.workdir}; N={args.messages}, rounds={args.rounds}, variants={args.variants}, "
-        f"extras={args.extras}")
+    log(
+        f"work directory {bench.workdir}; N={args.messages}, rounds={args.rounds}, variants={args.variants}, "
+        f"extras={args.extras}"
+    )
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_signal)
     try:
         for variant in args.variants:
             bench.variant_rounds(variant)
-        extras = {"sessions": bench.sessions, "whatif": bench.whatif, "big": bench.big_message,
-                  "outage": bench.outage, "profile": bench.profile, "replicas": lambda: replicas_extra(bench)}
+        extras = {
+            "sessions": bench.sessions,
+            "whatif": bench.whatif,
+            "big": bench.big_message,
+            "outage": bench.outage,
+            "profile": bench.profile,
+            "replicas": lambda: replicas_extra(bench),
+        }
         for name, run_extra in extras.items():
             if name not in args.extras:
                 continue
@@ -203,11 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"machine": info, "args": {k: v for k, v in vars(args).items()},
-                                           "argv": sys.argv[1:], "minutes": (time.time() - started) / 60,
-                                           "finished": time.time(),
-                                           "runs": [asdict(r) for r in bench.results], "extras": bench.extras},
-                                          indent=1, default=str))
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "args": {k: v for k, v in vars(args).items()},
+                "argv": sys.argv[1:],
+                "minutes": (time.time() - started) / 60,
+                "finished": time.time(),
+                "runs": [asdict(r) for r in bench.results],
+                "extras": bench.extras,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     text = report(bench, info, started)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)

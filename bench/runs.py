@@ -1,4 +1,7 @@
-"""The runs of a benchmark: variants in alternating rounds, and the extras (sessions, what-if, 50 MB, outage, profile)."""
+"""The runs of a benchmark: variants in alternating rounds, and the extras.
+
+The extras: sessions, what-if, 50 MB, outage, profile.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,12 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from bench.common import (BODY_BYTES, FILTER_VARIANTS, SCAN_VARIANTS, SESSIONS, free_port, log, stop_pid,
-                          wait_until)
+from bench.common import BODY_BYTES, FILTER_VARIANTS, SCAN_VARIANTS, SESSIONS, free_port, log, stop_pid, wait_until
 from bench.filters import FilterDaemons
 from bench.load import RunResult, measure, smtp_source
 from bench.measure import MemorySampler, tree, tree_cpu
@@ -56,9 +59,17 @@ class Bench:
         path.chmod(0o755)
         return path
 
-    def make_system(self, kind: str, variant: str, sink_port: int, workdir: Path,
-                    gateway_extra: str = "", postfix_extra: dict[str, str] | None = None,
-                    whatif: WhatIf | None = None, listener_extra: str = "") -> System:
+    def make_system(
+        self,
+        kind: str,
+        variant: str,
+        sink_port: int,
+        workdir: Path,
+        gateway_extra: str = "",
+        postfix_extra: dict[str, str] | None = None,
+        whatif: WhatIf | None = None,
+        listener_extra: str = "",
+    ) -> System:
         if kind == "postfix":
             master_extra = ""
             if variant in FILTER_VARIANTS and self.filters:
@@ -74,8 +85,16 @@ class Bench:
         event_loop = "asyncio" if variant == "asyncio" else getattr(self.args, "event_loop", "uvloop")
         workers_value = workers if workers.isdigit() else f'"{workers}"'
         settings = f'workers = {workers_value}\nevent_loop = "{event_loop}"\n'
-        return GatewaySystem(workdir, sink_port, variant=variant, dkim_keys=self.dkim_keys, scanners=scanners,
-                             extra=settings + gateway_extra, whatif=whatif, listener_extra=listener_extra)
+        return GatewaySystem(
+            workdir,
+            sink_port,
+            variant=variant,
+            dkim_keys=self.dkim_keys,
+            scanners=scanners,
+            extra=settings + gateway_extra,
+            whatif=whatif,
+            listener_extra=listener_extra,
+        )
 
     @contextlib.contextmanager
     def workspace(self, name: str) -> Iterator[tuple[Path, Sink]]:
@@ -119,11 +138,13 @@ class Bench:
                         self.count_filtered(filters, kind, result, filtered0)
             except Exception as error:  # one failed run must not lose the others
                 result.error += f" {failure(error)}"
-        log(f"  {variant:5} round {round_no} {kind:7}: accept {result.accept_rate:7.1f} msg/s, "
+        log(
+            f"  {variant:5} round {round_no} {kind:7}: accept {result.accept_rate:7.1f} msg/s, "
             f"end-to-end {result.e2e_rate:7.1f} msg/s, CPU {result.cpu_per_1000:6.2f} s/1000, "
             f"mem {result.peak_memory_mb:6.1f} MB, cores {result.cores_busy:4.2f}"
             + (f", scanners {result.scanner_cpu_per_1000:.2f} s/1000" if result.scanner_cpu_seconds else "")
-            + (f"  ERROR:{result.error}" if result.error else ""))
+            + (f"  ERROR:{result.error}" if result.error else "")
+        )
         return result
 
     @staticmethod
@@ -131,8 +152,13 @@ class Bench:
         """How many messages of this run went through the filter: Postfix's amavisd ("Passed" log
         lines) or rspamd (its scanned counter); the gateway's scans from its own histogram."""
         if kind == "gateway" and filters.variant == "amavis":
-            result.filtered = int(sum(v for k, v in result.metrics.items()
-                                      if k.startswith("gateway_scan_duration_seconds_count") and "spamassassin" in k))
+            result.filtered = int(
+                sum(
+                    v
+                    for k, v in result.metrics.items()
+                    if k.startswith("gateway_scan_duration_seconds_count") and "spamassassin" in k
+                )
+            )
         else:
             # amavisd logs after it has forwarded; the sink can have a message a moment before that
             wait_until(lambda: filters.filtered(kind) - before >= result.messages, 10, 0.2)
@@ -148,8 +174,9 @@ class Bench:
             self.scanners.start()
             self.extras["scanner_versions"] = self.scanners.versions()
         if variant in FILTER_VARIANTS:
-            self.filters = FilterDaemons(variant, self.workdir, self.args.spamd_children,
-                                         getattr(self.args, "rspamd_workers", 2))
+            self.filters = FilterDaemons(
+                variant, self.workdir, self.args.spamd_children, getattr(self.args, "rspamd_workers", 2)
+            )
             try:
                 self.filters.start()
             except Exception:
@@ -173,14 +200,21 @@ class Bench:
 
     # ---- extras
 
-    def small_run(self, kind: str, messages: int, *, sessions: int = SESSIONS, whatif: WhatIf | None = None,
-                  gateway_extra: str = "", label: str = "") -> RunResult:
+    def small_run(
+        self,
+        kind: str,
+        messages: int,
+        *,
+        sessions: int = SESSIONS,
+        whatif: WhatIf | None = None,
+        gateway_extra: str = "",
+        label: str = "",
+    ) -> RunResult:
         """One plain run outside the rounds (fresh instance and sink); errors are recorded, not raised."""
         result = RunResult(system=kind, variant=label or "small", round=1, position=1, messages=messages)
         with self.workspace(f"{label or 'small'}-{kind}") as (workdir, sink):
             try:
-                system = self.make_system(kind, "plain", sink.port, workdir, gateway_extra=gateway_extra,
-                                          whatif=whatif)
+                system = self.make_system(kind, "plain", sink.port, workdir, gateway_extra=gateway_extra, whatif=whatif)
                 with self.running(system):
                     time.sleep(self.args.settle)
                     measure(system, sink, result, sessions=sessions)
@@ -196,23 +230,41 @@ class Bench:
         for sessions in (1, 5, 20, 50):
             for kind in ("gateway", "postfix"):
                 result = self.small_run(kind, messages, sessions=sessions, label=f"sessions{sessions}")
-                log(f"  {kind:7} {sessions:2} sessions: accept {result.accept_rate:6.0f}, end-to-end "
+                log(
+                    f"  {kind:7} {sessions:2} sessions: accept {result.accept_rate:6.0f}, end-to-end "
                     f"{result.e2e_rate:6.0f} msg/s, CPU {result.cpu_per_1000:.2f} s/1000, "
-                    f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}")
+                    f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}"
+                )
                 out["runs"].append(asdict(result) | {"sessions": sessions})
         self.extras["sessions"] = out
 
     WHATIFS = [  # label, the gateway's change (None: as it is), extra config, what it shows
         ("as measured", None, "", "the gateway as it is (first of two runs)"),
-        ("log_level = warning", None, 'log_level = "warning"\n',
-         "the per-message info lines (connect, queued, sent, removed, disconnect) not written"),
-        ("16 spool threads", WhatIf(spool_threads=16), "", "the spool's own thread pool with 16 threads instead of "
-                                                          "gateway.spool.threads.SPOOL_THREADS"),
-        ("no fsync (NOT durable)", WhatIf(fsync=False), "",
-         "os.fsync patched out: what the fsyncs cost (their count per message: see the strace table)"),
+        (
+            "log_level = warning",
+            None,
+            'log_level = "warning"\n',
+            "the per-message info lines (connect, queued, sent, removed, disconnect) not written",
+        ),
+        (
+            "16 spool threads",
+            WhatIf(spool_threads=16),
+            "",
+            "the spool's own thread pool with 16 threads instead of gateway.spool.threads.SPOOL_THREADS",
+        ),
+        (
+            "no fsync (NOT durable)",
+            WhatIf(fsync=False),
+            "",
+            "os.fsync patched out: what the fsyncs cost (their count per message: see the strace table)",
+        ),
         ("no fsync + warning log", WhatIf(fsync=False), 'log_level = "warning"\n', "both: what is left is Python work"),
-        ("one commit batch in flight", WhatIf(commit_batches=1), "", "group commits one batch at a time instead of "
-                                                                     "gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT"),
+        (
+            "one commit batch in flight",
+            WhatIf(commit_batches=1),
+            "",
+            "group commits one batch at a time instead of gateway.spool.batcher.COMMIT_BATCHES_IN_FLIGHT",
+        ),
         ("as measured, again", None, "", "the gateway as it is (second run: the spread shows the noise)"),
     ]
 
@@ -223,8 +275,10 @@ class Bench:
         out: dict[str, Any] = {"messages": messages, "runs": []}
         for label, change, extra, meaning in self.WHATIFS:
             result = self.small_run("gateway", messages, whatif=change, gateway_extra=extra, label="whatif")
-            log(f"  {label:24}: end-to-end {result.e2e_rate:6.0f} msg/s, CPU {result.cpu_per_1000:.2f} s/1000, "
-                f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}")
+            log(
+                f"  {label:24}: end-to-end {result.e2e_rate:6.0f} msg/s, CPU {result.cpu_per_1000:.2f} s/1000, "
+                f"loop thread {result.loop_thread_busy:.2f}{'  ERROR:' + result.error if result.error else ''}"
+            )
             out["runs"].append(asdict(result) | {"label": label, "meaning": meaning})
         self.extras["whatif"] = out
 
@@ -236,9 +290,14 @@ class Bench:
             entry: dict[str, Any] = {}
             with self.workspace(f"big-{kind}") as (workdir, sink):
                 try:
-                    system = self.make_system(kind, "plain", sink.port, workdir,
-                                              gateway_extra=f'message_size_limit = "{size + 10 * 1024 * 1024}"\n',
-                                              postfix_extra={"message_size_limit": str(size + 10 * 1024 * 1024)})
+                    system = self.make_system(
+                        kind,
+                        "plain",
+                        sink.port,
+                        workdir,
+                        gateway_extra=f'message_size_limit = "{size + 10 * 1024 * 1024}"\n',
+                        postfix_extra={"message_size_limit": str(size + 10 * 1024 * 1024)},
+                    )
                     with self.running(system):
                         time.sleep(self.args.settle)
                         idle = MemorySampler(system.root_pids)
@@ -246,9 +305,15 @@ class Bench:
                         entry["idle_mb"] = (idle.peak_rss_kib if kind == "gateway" else idle.peak_pss_kib) / 1024
                         result = RunResult(system=kind, variant="big", round=1, position=1, messages=1)
                         measure(system, sink, result, body_bytes=size, sessions=1, sample_interval=0.02)
-                        entry.update(peak_mb=result.peak_memory_mb, peak_pss_mb=result.peak_pss_mb,
-                                     accept_seconds=result.accept_seconds, e2e_seconds=result.e2e_seconds,
-                                     cpu_seconds=result.cpu_seconds, delivered=result.delivered, error=result.error)
+                        entry.update(
+                            peak_mb=result.peak_memory_mb,
+                            peak_pss_mb=result.peak_pss_mb,
+                            accept_seconds=result.accept_seconds,
+                            e2e_seconds=result.e2e_seconds,
+                            cpu_seconds=result.cpu_seconds,
+                            delivered=result.delivered,
+                            error=result.error,
+                        )
                 except Exception as error:
                     entry["error"] = failure(error)
             log(f"  {kind}: {entry}")
@@ -267,9 +332,14 @@ class Bench:
             sink: Sink | None = None
             entry: dict[str, Any] = {}
             try:
-                system = self.make_system(kind, "plain", port, workdir,
-                                          gateway_extra="".join(f'{k} = "{v}"\n' for k, v in timing.items()),
-                                          postfix_extra=dict(timing))
+                system = self.make_system(
+                    kind,
+                    "plain",
+                    port,
+                    workdir,
+                    gateway_extra="".join(f'{k} = "{v}"\n' for k, v in timing.items()),
+                    postfix_extra=dict(timing),
+                )
                 with self.running(system):
                     time.sleep(self.args.settle)
                     cpu0 = tree_cpu(system.root_pids())
@@ -340,8 +410,9 @@ class Bench:
         with self.workspace(f"profile-pyspy-{variant}") as (workdir, sink):
             return self._py_spy_run(py_spy, variant, messages, gil, workdir, sink)
 
-    def _py_spy_run(self, py_spy: str, variant: str, messages: int, gil: bool, workdir: Path,
-                    sink: Sink) -> dict[str, Any]:
+    def _py_spy_run(
+        self, py_spy: str, variant: str, messages: int, gil: bool, workdir: Path, sink: Sink
+    ) -> dict[str, Any]:
         raw = workdir / "py-spy.txt"
         try:
             if variant == "scan":
@@ -350,10 +421,23 @@ class Bench:
             system = self.make_system("gateway", variant, sink.port, workdir)
             with self.running(system):
                 time.sleep(self.args.settle)
-                command = [py_spy, "record", "--pid", str(system.root_pids()[0]), "--subprocesses", "--rate", "100",
-                           "--format", "raw", "--output", str(raw), "--nonblocking"] + (["--gil"] if gil else [])
-                spy = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE)
+                command = [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(system.root_pids()[0]),
+                    "--subprocesses",
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ] + (["--gil"] if gil else [])
+                spy = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
                 time.sleep(1)
                 result = RunResult(system="gateway", variant="profile", round=1, position=1, messages=messages)
                 measure(system, sink, result)
@@ -363,8 +447,12 @@ class Bench:
                 keep = profiles_dir(self.args.json)
                 keep.mkdir(parents=True, exist_ok=True)
                 shutil.copy(raw, keep / f"{variant}{'-gil' if gil else '-all-threads'}.collapsed.txt")
-            summary["run"] = {"messages": messages, "e2e_rate": result.e2e_rate, "cpu_per_1000": result.cpu_per_1000,
-                              "gil": gil}
+            summary["run"] = {
+                "messages": messages,
+                "e2e_rate": result.e2e_rate,
+                "cpu_per_1000": result.cpu_per_1000,
+                "gil": gil,
+            }
             log(f"  py-spy {variant}{' --gil' if gil else ''}: {summary.get('buckets', summary.get('error'))}")
             return summary
         except Exception as error:
@@ -388,8 +476,9 @@ class Bench:
                 command = [strace, "-f", "-c", "-o", str(summary_path)]
                 for pid in pids:
                     command += ["-p", str(pid)]
-                tracer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL)
+                tracer = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
                 time.sleep(1.5)
                 result = RunResult(system=kind, variant="strace", round=1, position=1, messages=messages)
                 measure(system, sink, result)

@@ -14,7 +14,20 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import HOST, NO_PROXY, POSTCONF, POSTFIX, ROOT, SCRIPT, SMTP_SINK, count_files, free_port, port_open, stop_pid, wait_until
+from bench.common import (
+    HOST,
+    NO_PROXY,
+    POSTCONF,
+    POSTFIX,
+    ROOT,
+    SCRIPT,
+    SMTP_SINK,
+    count_files,
+    free_port,
+    port_open,
+    stop_pid,
+    wait_until,
+)
 from bench.measure import MemorySampler, tree_cpu, vm_hwm_kib
 
 
@@ -36,8 +49,7 @@ class Sink:
             command += ["-r", self.refuse]
         command += [f"{HOST}:{self.port}", "256"]
         with open(self.output, "wb") as out:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         if not wait_until(lambda: port_open(self.port) or self.process.poll() is not None, 10):
             self.stop()
             raise RuntimeError(f"smtp-sink not listening on {self.port}")
@@ -128,9 +140,18 @@ class GatewaySystem(System):
 
     name = "gateway"
 
-    def __init__(self, workdir: Path, sink_port: int, *, variant: str = "plain", dkim_keys: Path | None = None,
-                 scanners: dict[str, str] | None = None, extra: str = "", whatif: WhatIf | None = None,
-                 listener_extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        sink_port: int,
+        *,
+        variant: str = "plain",
+        dkim_keys: Path | None = None,
+        scanners: dict[str, str] | None = None,
+        extra: str = "",
+        whatif: WhatIf | None = None,
+        listener_extra: str = "",
+    ) -> None:
         super().__init__(workdir, sink_port)
         self.variant = variant
         self.whatif = whatif  # a gateway with one cost changed (bench/whatif_gateway.py); None = `python -m gateway`
@@ -146,13 +167,17 @@ class GatewaySystem(System):
             extra += 'spool_sync_method = "syncfs"\n'
         if variant.startswith("dkim"):
             assert dkim_keys is not None
-            sections += (f'\n[dkim]\ndomains = ["bench.example"]\nselector = "bench"\n'
-                         f'algorithms = ["rsa-sha256"]\nrsa_bits = 2048\nkey_directory = "{dkim_keys}"\n')
+            sections += (
+                f'\n[dkim]\ndomains = ["bench.example"]\nselector = "bench"\n'
+                f'algorithms = ["rsa-sha256"]\nrsa_bits = 2048\nkey_directory = "{dkim_keys}"\n'
+            )
         if variant in ("scan", "amavis"):
             assert scanners is not None
-            sections += ('\n[pipeline]\noutbound = ["antivirus", "spamassassin"]\n'
-                         f'\n[antivirus]\nclamd = "{scanners["clamd"]}"\n'
-                         f'\n[spamassassin]\naddress = "{scanners["spamd"]}"\n')
+            sections += (
+                '\n[pipeline]\noutbound = ["antivirus", "spamassassin"]\n'
+                f'\n[antivirus]\nclamd = "{scanners["clamd"]}"\n'
+                f'\n[spamassassin]\naddress = "{scanners["spamd"]}"\n'
+            )
         if variant == "rspamd":  # the policy's defaults otherwise (score levels, not rspamd's action)
             assert scanners is not None
             sections += f'\n[pipeline]\noutbound = ["rspamd"]\n\n[rspamd]\nurl = "{scanners["rspamd"]}"\n'
@@ -165,7 +190,8 @@ class GatewaySystem(System):
             'smtp_tls_security_level = "none"\n'
             f"{extra}"
             f'\n[[listener]]\nname = "bench"\naddress = "{HOST}:{self.port}"\ntls = "none"\n{listener_extra}'
-            f"{sections}")
+            f"{sections}"
+        )
 
     def start(self) -> None:
         self.config_path.write_text(self.config_text)
@@ -177,10 +203,18 @@ class GatewaySystem(System):
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, *program, "--config", str(self.config_path), "run"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
         # "gateway ready" is an info line; with log_level = "warning" the listener's port tells
-        ready = wait_until(lambda: "gateway ready" in self.log_text() or port_open(self.port)
-                           or self.process.poll() is not None, 90, 0.1)
+        ready = wait_until(
+            lambda: "gateway ready" in self.log_text() or port_open(self.port) or self.process.poll() is not None,
+            90,
+            0.1,
+        )
         if not ready or self.process.poll() is not None:
             self.stop()
             raise RuntimeError(f"gateway did not start; log:\n{self.log_text()[-3000:]}")
@@ -259,8 +293,9 @@ class PostfixSystem(System):
     name = "postfix"
     label = "postfix"
 
-    def __init__(self, workdir: Path, sink_port: int, extra: dict[str, str] | None = None,
-                 master_extra: str = "") -> None:
+    def __init__(
+        self, workdir: Path, sink_port: int, extra: dict[str, str] | None = None, master_extra: str = ""
+    ) -> None:
         super().__init__(workdir, sink_port)
         self.master_extra = master_extra  # more master.cf lines (a content filter's transport and listener)
         self.base = workdir / "postfix"
@@ -305,8 +340,13 @@ class PostfixSystem(System):
     def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         # postfix(1) reports errors on stderr only when it is a terminal, else to syslog: give it one.
         command = " ".join([str(POSTFIX), "-c", str(self.config_dir), *args])
-        return subprocess.run([SCRIPT, "-qec", command, "/dev/null"], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [SCRIPT, "-qec", command, "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def start(self) -> None:
         for path in (self.config_dir, self.queue_dir, self.data_dir):
@@ -314,8 +354,9 @@ class PostfixSystem(System):
         self.base.chmod(0o755)
         shutil.chown(self.data_dir, "postfix")
         (self.config_dir / "main.cf").write_text(self.main_cf())
-        (self.config_dir / "master.cf").write_text(POSTFIX_MASTER_CF.format(host=HOST, port=self.port)
-                                                   + self.master_extra)
+        (self.config_dir / "master.cf").write_text(
+            POSTFIX_MASTER_CF.format(host=HOST, port=self.port) + self.master_extra
+        )
         result = self._postfix("start")
         if result.returncode != 0:
             raise RuntimeError(f"postfix -c {self.config_dir} start failed: {result.stdout}{result.stderr}")
@@ -364,8 +405,12 @@ class PostfixSystem(System):
         return sampler.peak_pss_kib
 
     def version(self) -> str:
-        result = subprocess.run([str(POSTCONF), "-c", str(self.config_dir), "-h", "mail_version"],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [str(POSTCONF), "-c", str(self.config_dir), "-h", "mail_version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return result.stdout.strip() or "?"
 
 
@@ -375,6 +420,7 @@ class Scanners:
     def __init__(self, spamd_children: int) -> None:
         from tests.harness.clamd import ClamdDaemon
         from tests.harness.spam_daemons import SpamdDaemon
+
         self.clamd = ClamdDaemon()
         self.spamd = SpamdDaemon(children=spamd_children)
 

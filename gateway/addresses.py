@@ -42,7 +42,7 @@ def split_mailbox(address: str) -> Mailbox:
             in_quotes = not in_quotes
         elif char == "@" and not in_quotes:
             at = index
-    domain = address[at + 1:].lower().rstrip(".") if at > 0 else ""
+    domain = address[at + 1 :].lower().rstrip(".") if at > 0 else ""
     if at <= 0 or not domain:
         raise ValueError(f"{address!r} is not local@domain")
     if domain.startswith("[") and not is_address_literal(domain):

@@ -41,15 +41,12 @@ from pathlib import Path
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.smtpd.data_reader import MemoryBudget
-from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
 from gateway.ops.health import HealthCheck, liveness
-from gateway.ops.readiness import readiness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
+from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.queue_metrics import watch_spool
-from gateway.resolver import LazyResolver
-from gateway.smtpd.listener import Listener
+from gateway.ops.readiness import readiness
 from gateway.pipeline.build import Pipelines
 from gateway.prepare import Prepared, announce, prepare, prepare_reload
 from gateway.relay.client import ConnectionCache, SmtpClient
@@ -57,14 +54,17 @@ from gateway.relay.dsn_rate import DSN_COUNT, DsnRateLimit
 from gateway.relay.probe import probe_recipient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
-from gateway.smtpd.handler import SmtpHandler
+from gateway.resolver import LazyResolver
 from gateway.smtpd.connection_limits import ConnectionLimiter
+from gateway.smtpd.data_reader import MemoryBudget
+from gateway.smtpd.handler import SmtpHandler
+from gateway.smtpd.listener import Listener
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
 from gateway.spool.intake import Intake
 from gateway.tls.context import ServerTls
-from gateway.workers.anvil import SharedConnectionLimiter, anvil_path
 from gateway.values import NextHop
+from gateway.workers.anvil import SharedConnectionLimiter, anvil_path
 from gateway.workers.role import WorkerRole, worker_share
 
 log = logging.getLogger("gateway")
@@ -83,16 +83,25 @@ class Gateway:
         role: set when this process is one worker of a supervisor (:mod:`gateway.workers`).
     """
 
-    def __init__(self, config: Config, shutdown_timeout: float = 30.0,
-                 config_path: Path | None = None, role: WorkerRole | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        shutdown_timeout: float = 30.0,
+        config_path: Path | None = None,
+        role: WorkerRole | None = None,
+    ) -> None:
         self.role = role
         config = self._share(config)
         self.config = config
         self.config_path = config_path
         self.server_tls: ServerTls | None = None
         self.shutdown_timeout = shutdown_timeout
-        self.spool = Spool(config.spool_dir, config.spool_sync_method, slot=role.slot if role else None,
-                           in_memory_bytes=config.smtpd_data_spill_size)
+        self.spool = Spool(
+            config.spool_dir,
+            config.spool_sync_method,
+            slot=role.slot if role else None,
+            in_memory_bytes=config.smtpd_data_spill_size,
+        )
         self.listeners: list[Listener] = []
         self.handlers: list[SmtpHandler] = []
         self.worker: RelayWorker | None = None
@@ -129,7 +138,11 @@ class Gateway:
             metrics.CERT_EXPIRY.labels("server").set(certificate_not_after(prepared.server_cert).timestamp())
 
     def _listener_addresses(self) -> list[tuple[str, str, int]]:
-        return [(l.config.name, l.config.host, l.bound_port) for l in self.listeners if l.accepting]
+        return [
+            (listener.config.name, listener.config.host, listener.bound_port)
+            for listener in self.listeners
+            if listener.accepting
+        ]
 
     async def health(self) -> list[HealthCheck]:
         """Liveness (``/healthz``): every listener accepts connections."""
@@ -138,8 +151,14 @@ class Gateway:
     async def ready(self) -> list[HealthCheck]:
         """Readiness (``/readyz``, :func:`gateway.ops.readiness.readiness`)."""
         probes = self.pipelines.readiness_probes() if self.pipelines is not None else []
-        return await readiness(self._listener_addresses(), self.config.spool_dir, self.cert_file,
-                               self.config.queue_minfree + self.config.message_size_limit, probes, self.draining)
+        return await readiness(
+            self._listener_addresses(),
+            self.config.spool_dir,
+            self.cert_file,
+            self.config.queue_minfree + self.config.message_size_limit,
+            probes,
+            self.draining,
+        )
 
     async def start(self) -> None:
         """Set everything up and start listening.
@@ -156,8 +175,9 @@ class Gateway:
         else:
             role.die_with_supervisor()
             requeued = await asyncio.to_thread(self.spool.requeue_active)
-            log.info("worker %d: %d messages requeued from %s", role.slot, requeued,
-                     self.spool.state_dir(QueueState.ACTIVE))
+            log.info(
+                "worker %d: %d messages requeued from %s", role.slot, requeued, self.spool.state_dir(QueueState.ACTIVE)
+            )
         prepared = prepare(config)
         self._use_certificate(prepared)
         if prepared.server_tls is not None:
@@ -177,18 +197,33 @@ class Gateway:
         if role is None:
             limiter = ConnectionLimiter(config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
         else:
-            limiter = SharedConnectionLimiter(anvil_path(config), role.slot, role.count,
-                                              config.smtpd_connection_limit, config.smtpd_client_connection_count_limit)
+            limiter = SharedConnectionLimiter(
+                anvil_path(config),
+                role.slot,
+                role.count,
+                config.smtpd_connection_limit,
+                config.smtpd_client_connection_count_limit,
+            )
             limiter.forget_slot()
         for listener_config in config.listeners:
-            handler = SmtpHandler(config, listener_config.name, pipelines, self.intake,
-                                  tls_mode=listener_config.tls)
-            listener = Listener(listener_config, handler, self.server_tls, limiter, config.smtpd_data_timeout,
-                                self.data_budget, self.spool.tmp_dir, config.smtpd_starttls_timeout)
+            handler = SmtpHandler(config, listener_config.name, pipelines, self.intake, tls_mode=listener_config.tls)
+            listener = Listener(
+                listener_config,
+                handler,
+                self.server_tls,
+                limiter,
+                config.smtpd_data_timeout,
+                self.data_budget,
+                self.spool.tmp_dir,
+                config.smtpd_starttls_timeout,
+            )
             inherited = role.sockets.get(listener_config.name) if role else None
             if role is not None and inherited is None:
-                log.warning("listener %s: the supervisor bound no socket for it (listener changes need a "
-                            "restart of the supervisor); not served", listener_config.name)
+                log.warning(
+                    "listener %s: the supervisor bound no socket for it (listener changes need a "
+                    "restart of the supervisor); not served",
+                    listener_config.name,
+                )
                 continue
             try:
                 await listener.start(inherited)
@@ -204,7 +239,10 @@ class Gateway:
             self.metrics_server = await start_metrics_server(config, self.health, self.ready)
         self.worker_task = asyncio.create_task(self.worker.run(), name="relay-worker")
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
-        listening = " ".join(f"{l.config.name}={l.config.host}:{l.bound_port}/{l.config.tls}" for l in self.listeners)
+        listening = " ".join(
+            f"{listener.config.name}={listener.config.host}:{listener.bound_port}/{listener.config.tls}"
+            for listener in self.listeners
+        )
         if role is None:
             log.info("gateway ready: listeners=%s relayhost=%s", listening, relay)
         else:
@@ -229,8 +267,9 @@ class Gateway:
         if reloaded is None:
             return False
         config, prepared = reloaded
-        if [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
-                (l.name, l.host, l.port, l.tls) for l in self.config.listeners] or config.spool_dir != self.config.spool_dir:
+        if [(listener.name, listener.host, listener.port, listener.tls) for listener in config.listeners] != [
+            (listener.name, listener.host, listener.port, listener.tls) for listener in self.config.listeners
+        ] or config.spool_dir != self.config.spool_dir:
             log.warning("listener or spool changes need a restart; they are not applied")
         if self.server_tls is not None and prepared.server_tls is not None:
             # A new context, never an update of the live one (its trust store only grows):
@@ -272,8 +311,11 @@ class Gateway:
             asyncio.ensure_future(self._close_sessions())
             return
         self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
-        log.info("drain requested: hand-off to %s after up to %gs of delivery", self.drain_target or "nobody",
-                 self.config.drain_timeout)
+        log.info(
+            "drain requested: hand-off to %s after up to %gs of delivery",
+            self.drain_target or "nobody",
+            self.config.drain_timeout,
+        )
         self.stop_event.set()
 
     async def _close_sessions(self) -> None:
@@ -285,8 +327,12 @@ class Gateway:
         # Sessions without an open transaction get 421 4.3.2 at once; the others as soon as
         # their transaction ends (after the DATA reply), or are cut at the deadline.
         while loop.time() < deadline:
-            open_transactions = [session for handler in self.handlers for session in list(handler.sessions)
-                                 if not session.close_if_idle()]
+            open_transactions = [
+                session
+                for handler in self.handlers
+                for session in list(handler.sessions)
+                if not session.close_if_idle()
+            ]
             if not open_transactions and not any(h.sessions for h in self.handlers):
                 break
             await asyncio.sleep(0.05)

@@ -13,17 +13,17 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from gateway import package_version
+from gateway.config import Config, describe, load
 from gateway.dkim import keys as dkim_keys
 from gateway.dkim import settings as dkim_settings
-from gateway.ops import queue_admin
-from gateway.config import Config, describe, load
 from gateway.errors import ChildFailed, ConfigError, GatewayError
 from gateway.logs import setup_cli_logging, setup_logging
+from gateway.ops import queue_admin
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway")
@@ -43,8 +43,9 @@ def _positive_seconds(text: str) -> float:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Filtering SMTP smarthost gateway")
     parser.add_argument("--version", action="version", version=f"gateway {package_version()}")
-    parser.add_argument("-c", "--config", type=Path, default=None,
-                        help="TOML config file (default: the embedded default config)")
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, help="TOML config file (default: the embedded default config)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the gateway until SIGTERM")
     # Set by the supervisor on its workers' command lines (gateway.workers.role), not by operators.
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--prepare", choices=("start", "reload"), default=None, help=argparse.SUPPRESS)
     commands.add_parser("check-config", help="validate the config and print the effective values")
     queue = commands.add_parser("queue", help="inspect and manage the mail queue").add_subparsers(
-        dest="queue_command", required=True)
+        dest="queue_command", required=True
+    )
     listing = queue.add_parser("list", help="list queued messages (like mailq)")
     listing.add_argument("--json", action="store_true", help="one JSON object per message")
     queue.add_parser("show", help="show one message's record and headers").add_argument("queue_id")
@@ -66,42 +68,69 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_parser("hold", help="put a message on hold").add_argument("queue_id")
     queue.add_parser("release", help="release a held message").add_argument("queue_id")
     dkim = commands.add_parser("dkim", help="DKIM signing keys and their DNS records").add_subparsers(
-        dest="dkim_command", required=True)
+        dest="dkim_command", required=True
+    )
     genkey = dkim.add_parser("genkey", help="create a signing key under [dkim] key_directory, print its DNS record")
     genkey.add_argument("domain", metavar="DOMAIN")
     genkey.add_argument("--selector", default="mail", help="DKIM selector (default: mail)")
     genkey.add_argument("--algorithm", choices=dkim_keys.ALGORITHMS, default="rsa", help="default: rsa")
-    genkey.add_argument("--bits", type=int, default=dkim_keys.DEFAULT_RSA_BITS,
-                        help=f"RSA key size (default: {dkim_keys.DEFAULT_RSA_BITS})")
+    genkey.add_argument(
+        "--bits",
+        type=int,
+        default=dkim_keys.DEFAULT_RSA_BITS,
+        help=f"RSA key size (default: {dkim_keys.DEFAULT_RSA_BITS})",
+    )
     genkey.add_argument("--force", action="store_true", help="replace an existing key")
     dkim.add_parser("show", help="print the DNS records of the keys on disk").add_argument(
-        "domains", nargs="*", metavar="DOMAIN", help="default: every domain that has a key")
-    commands.add_parser("health", help="the running gateway's /readyz, else check listeners, spool and certificate "
-                                       "(exit 0 when ready)")
-    drain = commands.add_parser("drain", help="stop taking mail, deliver for drain_timeout, hand the rest of the "
-                                              "queue to a peer and exit (a running gateway, or a stopped spool)")
+        "domains", nargs="*", metavar="DOMAIN", help="default: every domain that has a key"
+    )
+    commands.add_parser(
+        "health", help="the running gateway's /readyz, else check listeners, spool and certificate (exit 0 when ready)"
+    )
+    drain = commands.add_parser(
+        "drain",
+        help="stop taking mail, deliver for drain_timeout, hand the rest of the "
+        "queue to a peer and exit (a running gateway, or a stopped spool)",
+    )
     drain.add_argument("--to", dest="peer", metavar="HOST:PORT", help="the peer (default: drain_to)")
-    drain.add_argument("--wait", type=_positive_seconds, default=None,
-                       help="seconds to wait for a running gateway to finish (default: drain_timeout + 600)")
+    drain.add_argument(
+        "--wait",
+        type=_positive_seconds,
+        default=None,
+        help="seconds to wait for a running gateway to finish (default: drain_timeout + 600)",
+    )
     dns_parser = commands.add_parser("dns-check", help="check MX, A/AAAA, PTR, SPF, DKIM and DMARC in DNS")
-    dns_parser.add_argument("domains", nargs="*", metavar="DOMAIN",
-                            help="default: [dkim] domains, else relay_domains")
-    dns_parser.add_argument("--timeout", type=_positive_seconds, default=10.0,
-                            help="seconds one DNS query may take (default: 10)")
+    dns_parser.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: [dkim] domains, else relay_domains")
+    dns_parser.add_argument(
+        "--timeout", type=_positive_seconds, default=10.0, help="seconds one DNS query may take (default: 10)"
+    )
     explain = commands.add_parser("explain", help="say what this config would do with one message (sends none)")
     explain.add_argument("--client", required=True, metavar="IP", help="the client's IP address")
     explain.add_argument("--from", dest="sender", required=True, metavar="ADDRESS", help='the sender ("" for <>)')
-    explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDRESS",
-                         help="a recipient (repeat for more)")
+    explain.add_argument(
+        "--to",
+        dest="recipients",
+        required=True,
+        action="append",
+        metavar="ADDRESS",
+        help="a recipient (repeat for more)",
+    )
     explain.add_argument("--helo", default="client.example", help="the HELO name (default: client.example)")
     explain.add_argument("--listener", help="the listener's name (default: the first)")
     explain.add_argument("--cert-sha256", help="the fingerprint of a verified client certificate (hex)")
     explain.add_argument("--login", help="an SMTP AUTH login, taken as logged in")
-    passwd = commands.add_parser("passwd", help="add a user to [auth] passwd_file or change its password "
-                                                "(the password from a prompt, or the first line of stdin)")
+    passwd = commands.add_parser(
+        "passwd",
+        help="add a user to [auth] passwd_file or change its password "
+        "(the password from a prompt, or the first line of stdin)",
+    )
     passwd.add_argument("login", metavar="USER")
-    passwd.add_argument("--scheme", choices=("bcrypt", "argon2id"), default="bcrypt",
-                        help="hash to write: bcrypt ({BLF-CRYPT}, the default) or argon2id ({ARGON2ID})")
+    passwd.add_argument(
+        "--scheme",
+        choices=("bcrypt", "argon2id"),
+        default="bcrypt",
+        help="hash to write: bcrypt ({BLF-CRYPT}, the default) or argon2id ({ARGON2ID})",
+    )
     for sub in (parser,):
         sub.set_defaults(config_path=None)
     return parser
@@ -173,30 +202,40 @@ def _dkim(config: Config, args: argparse.Namespace) -> int:
     if args.dkim_command == "genkey":
         try:
             path = dkim_keys.key_path(directory, args.domain, args.selector, args.algorithm)
-            clash = [key for key in dkim_keys.list_keys(directory, args.domain)
-                     if key.selector == dkim_keys.dns_name(args.selector, "selector")
-                     and key.algorithm != args.algorithm]
+            clash = [
+                key
+                for key in dkim_keys.list_keys(directory, args.domain)
+                if key.selector == dkim_keys.dns_name(args.selector, "selector") and key.algorithm != args.algorithm
+            ]
             if clash:
                 # One key record per selector name (RFC 6376 §3.6.2.2), so a second
                 # algorithm needs its own selector (RFC 8463 §4 signs with both).
-                print(f"gateway dkim genkey: selector {clash[0].selector} already has a {clash[0].algorithm} "
-                      f"key ({clash[0].path}); choose another --selector, e.g. "
-                      f"{clash[0].selector}-{args.algorithm}", file=sys.stderr)
+                print(
+                    f"gateway dkim genkey: selector {clash[0].selector} already has a {clash[0].algorithm} "
+                    f"key ({clash[0].path}); choose another --selector, e.g. "
+                    f"{clash[0].selector}-{args.algorithm}",
+                    file=sys.stderr,
+                )
                 return 1
             dkim_keys.generate_key(path, args.algorithm, args.bits, overwrite=args.force)
         except ValueError as error:
             print(f"gateway dkim genkey: {error}", file=sys.stderr)
             return 2
         except FileExistsError:
-            print(f"gateway dkim genkey: {path} exists; use --force to replace it "
-                  "(the old DNS record stops verifying), or 'gateway dkim show'", file=sys.stderr)
+            print(
+                f"gateway dkim genkey: {path} exists; use --force to replace it "
+                "(the old DNS record stops verifying), or 'gateway dkim show'",
+                file=sys.stderr,
+            )
             return 1
         except OSError as error:
             print(f"gateway dkim genkey: cannot write {path}: {error.strerror}", file=sys.stderr)
             return 1
         private_key = dkim_keys.load_private_key(path)
-        print(f"; DKIM {args.algorithm} key of {dkim_keys.dns_name(args.domain)}, selector "
-              f"{dkim_keys.dns_name(args.selector, 'selector')}: {path}")
+        print(
+            f"; DKIM {args.algorithm} key of {dkim_keys.dns_name(args.domain)}, selector "
+            f"{dkim_keys.dns_name(args.selector, 'selector')}: {path}"
+        )
         print(dkim_keys.dns_record(args.domain, args.selector, private_key))
         return 0
     try:
@@ -209,18 +248,20 @@ def _dkim(config: Config, args: argparse.Namespace) -> int:
             keys.setdefault(key_file.domain, []).append(key_file)
     status = 0
     if not keys:
-        print(f"gateway dkim show: no DKIM keys under {directory}; create one with "
-              "'gateway dkim genkey DOMAIN'", file=sys.stderr)
+        print(
+            f"gateway dkim show: no DKIM keys under {directory}; create one with 'gateway dkim genkey DOMAIN'",
+            file=sys.stderr,
+        )
         status = 1
     for domain, found in keys.items():
         if not found:
             print(f"gateway dkim show: no DKIM key for {domain} under {directory}", file=sys.stderr)
             status = 1
         for key_file in found:
-            print(f"; DKIM {key_file.algorithm} key of {key_file.domain}, selector {key_file.selector}: "
-                  f"{key_file.path}")
-            print(dkim_keys.dns_record(key_file.domain, key_file.selector,
-                                       dkim_keys.load_private_key(key_file.path)))
+            print(
+                f"; DKIM {key_file.algorithm} key of {key_file.domain}, selector {key_file.selector}: {key_file.path}"
+            )
+            print(dkim_keys.dns_record(key_file.domain, key_file.selector, dkim_keys.load_private_key(key_file.path)))
     return status
 
 
@@ -234,8 +275,10 @@ def _dns_check(config: Config, args: argparse.Namespace) -> int:
         print(f"gateway dns-check: {error}", file=sys.stderr)
         return 2
     if not domains:
-        print("gateway dns-check: no domains: give DOMAIN arguments or set [dkim] domains or relay_domains",
-              file=sys.stderr)
+        print(
+            "gateway dns-check: no domains: give DOMAIN arguments or set [dkim] domains or relay_domains",
+            file=sys.stderr,
+        )
         return 2
     results = asyncio.run(dns_check.check_domains(config, domains, timeout=args.timeout))
     print(dns_check.format_report(results))
@@ -247,9 +290,15 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     from gateway.ops.explain import Question, explain
     from gateway.prepare import prepare
 
-    question = Question(client=args.client, sender=args.sender, recipients=tuple(args.recipients),
-                        listener=args.listener, login=args.login, helo=args.helo,
-                        cert_sha256=args.cert_sha256.replace(":", "").lower() if args.cert_sha256 else None)
+    question = Question(
+        client=args.client,
+        sender=args.sender,
+        recipients=tuple(args.recipients),
+        listener=args.listener,
+        login=args.login,
+        helo=args.helo,
+        cert_sha256=args.cert_sha256.replace(":", "").lower() if args.cert_sha256 else None,
+    )
 
     async def walk() -> str | None:
         prepared = prepare(config, write_files=False)
@@ -285,9 +334,10 @@ def _health(config: Config) -> int:
             print(answer[1], end="")
             return 0 if answer[0] == 200 else 1
     cert_file = server_certificate_file(config)
-    listeners = [(l.name, l.host, l.port) for l in config.listeners]
-    results = asyncio.run(run_checks(listeners, config.spool_dir, cert_file,
-                                     config.queue_minfree + config.message_size_limit))
+    listeners = [(listener.name, listener.host, listener.port) for listener in config.listeners]
+    results = asyncio.run(
+        run_checks(listeners, config.spool_dir, cert_file, config.queue_minfree + config.message_size_limit)
+    )
     print(report(results), end="")
     return 0 if all(r.ok for r in results) else 1
 

@@ -24,17 +24,37 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.tls.context import normalize_fingerprint
-from gateway.values import (LISTEN_ENV, ListenerConfig, Network, NextHop, as_list, choice, parse_bool, parse_domain,
-                            parse_duration, parse_hops, parse_listen, parse_listener, parse_map, parse_nameserver,
-                            parse_count, parse_delimiter, parse_network, parse_next_hop, parse_positive_int, parse_size,
-                            wrap)
+from gateway.values import (
+    LISTEN_ENV,
+    ListenerConfig,
+    Network,
+    NextHop,
+    as_list,
+    choice,
+    parse_bool,
+    parse_count,
+    parse_delimiter,
+    parse_domain,
+    parse_duration,
+    parse_hops,
+    parse_listen,
+    parse_listener,
+    parse_map,
+    parse_nameserver,
+    parse_network,
+    parse_next_hop,
+    parse_positive_int,
+    parse_size,
+    wrap,
+)
 
 ENV_PREFIX = "GATEWAY_"
 SMTP_TLS_LEVELS = ("none", "may", "encrypt", "verify")
@@ -53,7 +73,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...] = ()
     mynetworks: tuple[Network, ...] = ()
     auto_trust_networks: bool = False
-    auto_trust_rescan_interval: float = 30.0   # seconds between readings of the interfaces
+    auto_trust_rescan_interval: float = 30.0  # seconds between readings of the interfaces
     relay_domains: tuple[str, ...] = ()
     relay_clientcerts: frozenset[str] = frozenset()
     relayhost: tuple[NextHop, ...] = ()
@@ -71,7 +91,7 @@ class Config:
     smtpd_data_timeout: float = 600.0
     smtpd_starttls_timeout: float = 10.0
     smtpd_junk_command_limit: int = 100
-    upstream_proxy_networks: tuple[Network, ...] = ()   # who may send PROXY headers (listener upstream_proxy_protocol)
+    upstream_proxy_networks: tuple[Network, ...] = ()  # who may send PROXY headers (listener upstream_proxy_protocol)
     smtpd_upstream_proxy_timeout: float = 5.0
     virtual_alias_maps: tuple[Path, ...] = ()
     relay_recipient_maps: tuple[Path, ...] = ()
@@ -79,7 +99,7 @@ class Config:
     virtual_alias_recursion_limit: int = 1000
     virtual_alias_expansion_limit: int = 1000
     reject_unverified_recipient: bool = False
-    address_verify_sender: str = ""   # "": double-bounce@myhostname
+    address_verify_sender: str = ""  # "": double-bounce@myhostname
     address_verify_positive_expire_time: float = 31 * 86400.0
     address_verify_negative_expire_time: float = 3 * 86400.0
     address_verify_positive_refresh_time: float = 7 * 86400.0
@@ -98,7 +118,7 @@ class Config:
     smtpd_tls_CAfile: Path | None = None
     maximal_queue_lifetime: float = 5 * 86400.0
     bounce_queue_lifetime: float = 5 * 86400.0
-    delay_warning_time: float = 0.0   # 0: no delay warnings (Postfix's default)
+    delay_warning_time: float = 0.0  # 0: no delay warnings (Postfix's default)
     minimal_backoff_time: float = 300.0
     maximal_backoff_time: float = 4000.0
     queue_run_delay: float = 300.0
@@ -120,8 +140,8 @@ class Config:
     event_loop: str = "uvloop"
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     metrics_timeout: float = 10.0
-    drain_to: NextHop | None = None   # the peer gateway drain hands the queue to (gateway.ops.drain)
-    drain_timeout: float = 60.0       # seconds of delivery before the hand-off
+    drain_to: NextHop | None = None  # the peer gateway drain hands the queue to (gateway.ops.drain)
+    drain_timeout: float = 60.0  # seconds of delivery before the hand-off
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def section(self, name: str) -> Mapping[str, Any]:
@@ -135,26 +155,57 @@ class Config:
 
 
 _DURATION_KEYS = (
-    "smtpd_timeout", "smtpd_data_timeout", "smtpd_starttls_timeout", "maximal_queue_lifetime", "bounce_queue_lifetime",
-    "minimal_backoff_time", "maximal_backoff_time", "queue_run_delay", "smtp_connect_timeout",
-    "smtp_timeout", "smtp_connection_cache_time_limit", "metrics_timeout", "smtpd_pregreet_wait",
-    "anvil_rate_time_unit", "delay_warning_time", "smtpd_upstream_proxy_timeout", "address_verify_positive_expire_time", "address_verify_negative_expire_time",
-    "address_verify_positive_refresh_time", "address_verify_negative_refresh_time", "address_verify_timeout",
-    "drain_timeout", "auto_trust_rescan_interval",
+    "smtpd_timeout",
+    "smtpd_data_timeout",
+    "smtpd_starttls_timeout",
+    "maximal_queue_lifetime",
+    "bounce_queue_lifetime",
+    "minimal_backoff_time",
+    "maximal_backoff_time",
+    "queue_run_delay",
+    "smtp_connect_timeout",
+    "smtp_timeout",
+    "smtp_connection_cache_time_limit",
+    "metrics_timeout",
+    "smtpd_pregreet_wait",
+    "anvil_rate_time_unit",
+    "delay_warning_time",
+    "smtpd_upstream_proxy_timeout",
+    "address_verify_positive_expire_time",
+    "address_verify_negative_expire_time",
+    "address_verify_positive_refresh_time",
+    "address_verify_negative_refresh_time",
+    "address_verify_timeout",
+    "drain_timeout",
+    "auto_trust_rescan_interval",
 )
 _INT_KEYS = (
-    "smtpd_recipient_limit", "hopcount_limit", "smtpd_client_connection_count_limit", "smtpd_connection_limit",
-    "default_destination_concurrency_limit", "delivery_concurrency_limit", "smtp_default_port",
-    "virtual_alias_recursion_limit", "virtual_alias_expansion_limit",
+    "smtpd_recipient_limit",
+    "hopcount_limit",
+    "smtpd_client_connection_count_limit",
+    "smtpd_connection_limit",
+    "default_destination_concurrency_limit",
+    "delivery_concurrency_limit",
+    "smtp_default_port",
+    "virtual_alias_recursion_limit",
+    "virtual_alias_expansion_limit",
 )
 _COUNT_KEYS = (  # 0 turns the limit off
-    "smtpd_junk_command_limit", "smtpd_client_connection_rate_limit", "smtpd_client_message_rate_limit",
+    "smtpd_junk_command_limit",
+    "smtpd_client_connection_rate_limit",
+    "smtpd_client_message_rate_limit",
     "smtpd_client_recipient_rate_limit",
 )
 _BOOL_KEYS = ("auto_trust_networks", "smtpd_forbid_unauth_pipelining", "strict_8bitmime", "reject_unverified_recipient")
 _PATH_KEYS = (
-    "state_dir", "spool_dir", "smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_CAfile",
-    "smtp_tls_CAfile", "smtp_tls_cert_file", "smtp_tls_key_file",
+    "state_dir",
+    "spool_dir",
+    "smtpd_tls_cert_file",
+    "smtpd_tls_key_file",
+    "smtpd_tls_CAfile",
+    "smtp_tls_CAfile",
+    "smtp_tls_cert_file",
+    "smtp_tls_key_file",
 )
 # The top-level keys; any other key whose value is a table is a section ([dkim], [antivirus] ...),
 # kept for the module that owns it, and gateway.pipeline.build refuses the tables nobody owns.
@@ -165,8 +216,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
     by_upper = {key.upper(): key for key in KNOWN_KEYS if key != "listener"}
     result: dict[str, str] = {}
     for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] in by_upper:
-            result[by_upper[name[len(ENV_PREFIX):]]] = value
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] in by_upper:
+            result[by_upper[name[len(ENV_PREFIX) :]]] = value
     return result
 
 
@@ -195,9 +246,18 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
             values[key] = wrap(key, raw[key], parse_count, "a whole number >= 0 (0: no limit)")
     if "smtpd_client_event_limit_exceptions" in raw:
         values["smtpd_client_event_limit_exceptions"] = tuple(
-            item if item == "mynetworks" else str(wrap("smtpd_client_event_limit_exceptions", item, parse_network,
-                                                       "mynetworks or CIDR networks such as 192.0.2.0/24"))
-            for item in as_list("smtpd_client_event_limit_exceptions", raw["smtpd_client_event_limit_exceptions"]))
+            item
+            if item == "mynetworks"
+            else str(
+                wrap(
+                    "smtpd_client_event_limit_exceptions",
+                    item,
+                    parse_network,
+                    "mynetworks or CIDR networks such as 192.0.2.0/24",
+                )
+            )
+            for item in as_list("smtpd_client_event_limit_exceptions", raw["smtpd_client_event_limit_exceptions"])
+        )
     for key in _PATH_KEYS:
         if key in raw and raw[key] not in (None, ""):
             path = Path(str(raw[key])).expanduser()
@@ -209,8 +269,12 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if "address_verify_sender" in raw:
         values["address_verify_sender"] = str(raw["address_verify_sender"]).strip()
     if "recipient_delimiter" in raw:
-        values["recipient_delimiter"] = wrap("recipient_delimiter", raw["recipient_delimiter"], parse_delimiter,
-                                             'characters that start an address extension, e.g. "+" ("" for none)')
+        values["recipient_delimiter"] = wrap(
+            "recipient_delimiter",
+            raw["recipient_delimiter"],
+            parse_delimiter,
+            'characters that start an address extension, e.g. "+" ("" for none)',
+        )
     if "spool_dir" not in values:
         values["spool_dir"] = values.get("state_dir", base / "var") / "spool"
     values.setdefault("state_dir", base / "var")
@@ -222,18 +286,21 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if "mynetworks" in raw:
         values["mynetworks"] = tuple(
             wrap("mynetworks", item, parse_network, "CIDR networks such as 127.0.0.0/8 or [::1]/128")
-            for item in as_list("mynetworks", raw["mynetworks"]))
+            for item in as_list("mynetworks", raw["mynetworks"])
+        )
     if "upstream_proxy_networks" in raw:
         values["upstream_proxy_networks"] = tuple(
             wrap("upstream_proxy_networks", item, parse_network, "CIDR networks such as 10.0.0.0/8")
-            for item in as_list("upstream_proxy_networks", raw["upstream_proxy_networks"]))
+            for item in as_list("upstream_proxy_networks", raw["upstream_proxy_networks"])
+        )
     for key in _BOOL_KEYS:
         if key in raw:
             values[key] = wrap(key, raw[key], parse_bool, "true or false")
     if "relay_domains" in raw:
         values["relay_domains"] = tuple(
             wrap("relay_domains", item, parse_domain, "domain names (.example.com for subdomains)")
-            for item in as_list("relay_domains", raw["relay_domains"]))
+            for item in as_list("relay_domains", raw["relay_domains"])
+        )
     if "relay_clientcerts" in raw:
         values["relay_clientcerts"] = frozenset(_relay_clientcerts(raw["relay_clientcerts"]))
     if "relayhost" in raw:
@@ -242,19 +309,25 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
         values["drain_to"] = wrap("drain_to", raw["drain_to"], parse_next_hop, "[host]:port or host:port")
     if "transport_maps" in raw:
         values["transport_maps"] = {
-            wrap("transport_maps", domain, parse_domain, "domain = next hop"):
-                parse_hops(f"transport_maps.{domain}", hops)
-            for domain, hops in parse_map("transport_maps", raw["transport_maps"]).items()}
+            wrap("transport_maps", domain, parse_domain, "domain = next hop"): parse_hops(
+                f"transport_maps.{domain}", hops
+            )
+            for domain, hops in parse_map("transport_maps", raw["transport_maps"]).items()
+        }
     if "smtp_sasl_password_maps" in raw:
         values["smtp_sasl_password_maps"] = _sasl_maps(raw["smtp_sasl_password_maps"])
     if "smtp_tls_security_level" in raw:
         values["smtp_tls_security_level"] = wrap(
-            "smtp_tls_security_level", raw["smtp_tls_security_level"], choice(SMTP_TLS_LEVELS),
-            "one of " + ", ".join(SMTP_TLS_LEVELS))
+            "smtp_tls_security_level",
+            raw["smtp_tls_security_level"],
+            choice(SMTP_TLS_LEVELS),
+            "one of " + ", ".join(SMTP_TLS_LEVELS),
+        )
     if "dns_nameservers" in raw:
         values["dns_nameservers"] = tuple(
             wrap("dns_nameservers", item, parse_nameserver, "IP addresses, optionally ip:port or [ip]:port")
-            for item in as_list("dns_nameservers", raw["dns_nameservers"]))
+            for item in as_list("dns_nameservers", raw["dns_nameservers"])
+        )
     if "log_level" in raw:
         values["log_level"] = wrap("log_level", raw["log_level"], choice(LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS))
     if "metrics_listen" in raw:
@@ -262,8 +335,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if "log_format" in raw:
         values["log_format"] = wrap("log_format", raw["log_format"], choice(LOG_FORMATS), "text or json")
     if "spool_sync_method" in raw:
-        values["spool_sync_method"] = wrap("spool_sync_method", raw["spool_sync_method"],
-                                            choice(SPOOL_SYNC_METHODS), "fsync or syncfs")
+        values["spool_sync_method"] = wrap(
+            "spool_sync_method", raw["spool_sync_method"], choice(SPOOL_SYNC_METHODS), "fsync or syncfs"
+        )
     if "event_loop" in raw:
         values["event_loop"] = wrap("event_loop", raw["event_loop"], choice(EVENT_LOOPS), "uvloop or asyncio")
     if "workers" in raw:
@@ -272,8 +346,9 @@ def build(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     if not isinstance(listeners, list):
         raise ConfigError("listener", listeners, "an array of tables [[listener]]")
     values["listeners"] = tuple(parse_listener(i, item) for i, item in enumerate(listeners))
-    values["sections"] = {name: dict(table) for name, table in raw.items()
-                          if name not in KNOWN_KEYS and isinstance(table, Mapping)}
+    values["sections"] = {
+        name: dict(table) for name, table in raw.items() if name not in KNOWN_KEYS and isinstance(table, Mapping)
+    }
     config = Config(**values)
     _check_consistency(config)
     return config
@@ -311,8 +386,14 @@ def _relay_clientcerts(raw: object) -> list[str]:
     for item in items:
         if not str(item).strip():
             continue
-        result.append(wrap("relay_clientcerts", item, normalize_fingerprint,
-                            "SHA-256 or SHA-1 fingerprints, colon-separated hex, optional trailing comment"))
+        result.append(
+            wrap(
+                "relay_clientcerts",
+                item,
+                normalize_fingerprint,
+                "SHA-256 or SHA-1 fingerprints, colon-separated hex, optional trailing comment",
+            )
+        )
     return result
 
 
@@ -329,8 +410,11 @@ def _sasl_maps(raw: object) -> dict[str, tuple[str, str]]:
 
 def _check_consistency(config: Config) -> None:
     if config.minimal_backoff_time > config.maximal_backoff_time:
-        raise ConfigError("minimal_backoff_time", config.minimal_backoff_time,
-                          f"at most maximal_backoff_time ({config.maximal_backoff_time:g}s)")
+        raise ConfigError(
+            "minimal_backoff_time",
+            config.minimal_backoff_time,
+            f"at most maximal_backoff_time ({config.maximal_backoff_time:g}s)",
+        )
     if bool(config.smtpd_tls_cert_file) != bool(config.smtpd_tls_key_file):
         key = "smtpd_tls_key_file" if config.smtpd_tls_cert_file else "smtpd_tls_cert_file"
         raise ConfigError(key, None, "set both smtpd_tls_cert_file and smtpd_tls_key_file, or neither")
@@ -339,8 +423,12 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("listener.name", names, "unique listener names")
     proxied = [listener.name for listener in config.listeners if listener.upstream_proxy_protocol]
     if proxied and not config.upstream_proxy_networks:
-        raise ConfigError("upstream_proxy_networks", [], f"the balancers' networks: listener {proxied[0]} takes "
-                          "PROXY headers (upstream_proxy_protocol), and only these may send them")
+        raise ConfigError(
+            "upstream_proxy_networks",
+            [],
+            f"the balancers' networks: listener {proxied[0]} takes "
+            "PROXY headers (upstream_proxy_protocol), and only these may send them",
+        )
 
 
 def read_toml(path: Path | None) -> tuple[dict[str, Any], Path | None]:
@@ -388,8 +476,10 @@ def describe(config: Config) -> str:
             continue
         elif item.name == "listeners":
             for listener in value:
-                lines.append(f"listener = {listener.name} {listener.host}:{listener.port} "
-                             f"tls={listener.tls} require_tls={str(listener.require_tls).lower()} auth={listener.auth}")
+                lines.append(
+                    f"listener = {listener.name} {listener.host}:{listener.port} "
+                    f"tls={listener.tls} require_tls={str(listener.require_tls).lower()} auth={listener.auth}"
+                )
             continue
         elif item.name == "metrics_listen":
             value = f"{value[0]}:{value[1]}" if value else ""

@@ -12,7 +12,7 @@ class Direction(StrEnum):
     """Which pipeline a transaction goes through, decided when the client is classified."""
 
     OUTBOUND = "outbound"  # a trusted client relays: mynetworks, listed client cert
-    INBOUND = "inbound"    # anyone else, only to relay_domains
+    INBOUND = "inbound"  # anyone else, only to relay_domains
 
 
 @dataclass(slots=True)
@@ -52,19 +52,29 @@ class ClientInfo:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the spool record."""
         return {
-            "address": str(self.address), "port": self.port, "listener": self.listener,
-            "helo": self.helo, "tls_version": self.tls_version, "tls_cipher": self.tls_cipher,
-            "cert_sha256": self.cert_sha256, "auth_user": self.auth_user, "trusted": self.trusted,
+            "address": str(self.address),
+            "port": self.port,
+            "listener": self.listener,
+            "helo": self.helo,
+            "tls_version": self.tls_version,
+            "tls_cipher": self.tls_cipher,
+            "cert_sha256": self.cert_sha256,
+            "auth_user": self.auth_user,
+            "trusted": self.trusted,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClientInfo:
         """Inverse of :meth:`to_dict`; raises ValueError/KeyError on bad data."""
         return cls(
-            address=ipaddress.ip_address(data["address"]), port=int(data["port"]),
-            listener=str(data["listener"]), helo=data.get("helo"),
-            tls_version=data.get("tls_version"), tls_cipher=data.get("tls_cipher"),
-            cert_sha256=data.get("cert_sha256"), auth_user=data.get("auth_user"),
+            address=ipaddress.ip_address(data["address"]),
+            port=int(data["port"]),
+            listener=str(data["listener"]),
+            helo=data.get("helo"),
+            tls_version=data.get("tls_version"),
+            tls_cipher=data.get("tls_cipher"),
+            cert_sha256=data.get("cert_sha256"),
+            auth_user=data.get("auth_user"),
             trusted=bool(data.get("trusted", False)),
         )
 
@@ -96,5 +106,9 @@ class Envelope:
         """The transaction a ``MAIL FROM`` starts: ``SIZE=`` (RFC 1870) and ``BODY=8BITMIME`` (RFC 6152) read."""
         options = [parameter.upper() for parameter in parameters]
         declared = next((o.split("=", 1)[1] for o in options if o.startswith("SIZE=")), None)
-        return cls(sender=sender, smtputf8=smtputf8, body_8bitmime="BODY=8BITMIME" in options,
-                   declared_size=int(declared) if declared and declared.isdigit() else None)
+        return cls(
+            sender=sender,
+            smtputf8=smtputf8,
+            body_8bitmime="BODY=8BITMIME" in options,
+            declared_size=int(declared) if declared and declared.isdigit() else None,
+        )

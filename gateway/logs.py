@@ -19,8 +19,12 @@ import time
 
 from gateway.safe_text import printable
 
-_LEVEL_PREFIX = {logging.DEBUG: "debug: ", logging.WARNING: "warning: ", logging.ERROR: "error: ",
-                 logging.CRITICAL: "fatal: "}
+_LEVEL_PREFIX = {
+    logging.DEBUG: "debug: ",
+    logging.WARNING: "warning: ",
+    logging.ERROR: "error: ",
+    logging.CRITICAL: "fatal: ",
+}
 
 
 class PrintableMessages(logging.Filter):
@@ -37,8 +41,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (unix seconds), level, logger, msg; ASCII only."""
 
     def format(self, record: logging.LogRecord) -> str:
-        data = {"ts": round(record.created, 6), "level": record.levelname.lower(),
-                "logger": record.name, "msg": record.getMessage()}
+        data = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=True)

@@ -11,7 +11,7 @@ import io
 import mmap
 import os
 import re
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.verdict import HeaderEdit
 
@@ -40,7 +40,7 @@ class FileText(mmap.mmap):
 
     fd: int
 
-    def __new__(cls, fd: int, size: int) -> "FileText":
+    def __new__(cls, fd: int, size: int) -> FileText:
         self = super().__new__(cls, fd, size, access=mmap.ACCESS_READ)
         self.fd = os.dup(fd)
         return self
@@ -248,14 +248,14 @@ def mbox_separator(raw: bytes | FileText) -> bytes:
     """
     if raw[:5] == b"From ":  # slicing: works on a FileText too
         end = raw.find(b"\n")
-        return raw[:end + 1] if end >= 0 else raw[:]
+        return raw[: end + 1] if end >= 0 else raw[:]
     return b""
 
 
 def insert_fields(raw: bytes, fields: bytes) -> bytes:
     """Put ready-made header ``fields`` (CRLF-terminated) on top of ``raw`` (after an mbox separator)."""
     separator = mbox_separator(raw)
-    return separator + fields + raw[len(separator):]
+    return separator + fields + raw[len(separator) :]
 
 
 def apply_edits(raw: bytes, prepend: bytes, edits: tuple[HeaderEdit, ...]) -> bytes:
@@ -283,7 +283,7 @@ def edited_parts(raw: bytes | FileText, prepend: bytes, edits: tuple[HeaderEdit,
         missing = [pair for key, pair in replaced.items() if key not in _names(head)]
         added += b"".join(_encode_field(name, value) for name, value in missing)
         separator = mbox_separator(head)
-        head = head[len(separator):]
+        head = head[len(separator) :]
     else:
         separator = mbox_separator(raw)
         rest = len(separator)
@@ -299,8 +299,9 @@ def _names(raw: bytes) -> set[str]:
     return {field_name(field) for field in raw_fields(raw)}
 
 
-def _rewrite(raw: bytes | FileText, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]
-             ) -> tuple[bytes, int]:
+def _rewrite(
+    raw: bytes | FileText, removed: set[str], replaced: dict[str, tuple[str, str]], dropped: list[bytes]
+) -> tuple[bytes, int]:
     """The header fields kept (rewritten where replaced), and the offset in ``raw`` where the rest begins."""
     kept: list[bytes] = []
     done: set[str] = set()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from gateway.values import Network
-
 
 # A shorter prefix on an interface is a misconfiguration (or a trick), not a neighbourhood to trust.
 MIN_TRUSTED_PREFIX = {4: 16, 6: 48}

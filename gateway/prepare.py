@@ -21,9 +21,10 @@ from __future__ import annotations
 import logging
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, load
 from gateway.errors import ConfigError
@@ -77,11 +78,13 @@ def prepare(config: Config, *, write_files: bool = True) -> Prepared:
             mismatched or refused, or a policy's bad setting.
     """
     server_tls, server_cert, local = _server_tls(config, write_files)
-    client_tls = client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
-                                config.smtp_tls_cert_file, config.smtp_tls_key_file)
+    client_tls = client_context(
+        config.smtp_tls_security_level, config.smtp_tls_CAfile, config.smtp_tls_cert_file, config.smtp_tls_key_file
+    )
     pipelines = build_pipelines(config, prepare_keys=write_files)
-    return Prepared(server_tls=server_tls, server_cert=server_cert, local_ca=local, client_tls=client_tls,
-                    pipelines=pipelines)
+    return Prepared(
+        server_tls=server_tls, server_cert=server_cert, local_ca=local, client_tls=client_tls, pipelines=pipelines
+    )
 
 
 def server_certificate_file(config: Config) -> Path | None:
@@ -93,8 +96,9 @@ def server_certificate_file(config: Config) -> Path | None:
     return config.smtpd_tls_cert_file or config.tls_dir / SERVER_CERT_NAME
 
 
-def _server_tls(config: Config, write_files: bool
-                ) -> tuple[ssl.SSLContext | None, Path | None, LocalCertificates | None]:
+def _server_tls(
+    config: Config, write_files: bool
+) -> tuple[ssl.SSLContext | None, Path | None, LocalCertificates | None]:
     if server_certificate_file(config) is None:
         return None, None, None
     # imported late: cryptography (9 MB) is loaded only by a gateway with TLS listeners
@@ -105,8 +109,7 @@ def _server_tls(config: Config, write_files: bool
         return context, config.smtpd_tls_cert_file, None
     if write_files:
         local = ensure_local_certificates(config.tls_dir, config.myhostname)
-        return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile), \
-            local.server_cert, local
+        return server_context(local.server_cert, local.server_key, config.smtpd_tls_CAfile), local.server_cert, local
     check_local_ca(config.tls_dir, config.myhostname)
     with tempfile.TemporaryDirectory(prefix="gateway-check-") as folder:
         throwaway = ensure_local_certificates(Path(folder), config.myhostname)
@@ -122,18 +125,27 @@ def announce(prepared: Prepared) -> None:
     """
     if prepared.local_ca is not None:
         local = prepared.local_ca
-        log.info("using the local CA %s%s; clients can pin it:", local.ca_cert,
-                 " (server certificate renewed)" if local.renewed else "")
+        log.info(
+            "using the local CA %s%s; clients can pin it:",
+            local.ca_cert,
+            " (server certificate renewed)" if local.renewed else "",
+        )
         for line in local.ca_cert.read_text().strip().splitlines():
             log.info("%s", line)
     if prepared.pipelines.signer is not None:
         for record in prepared.pipelines.signer.records():
-            log.info("dkim: d=%s s=%s a=%s: DNS record %s", record.domain, record.selector,
-                     record.algorithm, record.zone_line)
+            log.info(
+                "dkim: d=%s s=%s a=%s: DNS record %s",
+                record.domain,
+                record.selector,
+                record.algorithm,
+                record.zone_line,
+            )
 
 
-def prepare_reload(config_path: Path | None,
-                   adapt: Callable[[Config], Config] | None = None) -> tuple[Config, Prepared] | None:
+def prepare_reload(
+    config_path: Path | None, adapt: Callable[[Config], Config] | None = None
+) -> tuple[Config, Prepared] | None:
     """Read and prepare the config file again, for SIGHUP; None (and a log line) when it is refused.
 
     ``adapt`` turns the loaded config into the one to prepare (a worker's share of the limits).

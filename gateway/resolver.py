@@ -21,8 +21,7 @@ def make_resolver(config: Config, timeout: float = 10.0) -> dns.asyncresolver.Re
 
     if config.dns_nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port)
-                                for host, port in config.dns_nameservers]
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in config.dns_nameservers]
     else:
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = timeout

@@ -20,13 +20,13 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 def _shown(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x20:
-        return "^" + chr(code + 0x40)              # ESC -> ^[, CR -> ^M
+        return "^" + chr(code + 0x40)  # ESC -> ^[, CR -> ^M
     if code == 0x7F:
         return "^?"
     if code <= 0x9F:
-        return "M-^" + chr(code - 0x80 + 0x40)     # U+009B -> M-^[ (cat -v)
+        return "M-^" + chr(code - 0x80 + 0x40)  # U+009B -> M-^[ (cat -v)
     if 0xDC80 <= code <= 0xDCFF:
-        return f"\\x{code - 0xDC00:02x}"           # a byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"  # a byte that was not UTF-8
     return f"\\u{code:04x}"
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from gateway.errors import ConfigError
 
@@ -226,6 +226,7 @@ def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
         if value not in options:
             raise ValueError("not one of the allowed values")
         return value
+
     return parse
 
 
@@ -263,8 +264,11 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
         raise ConfigError(prefix, raw, "a table with address and tls")
     unknown = set(raw) - {"name", "address", "tls", "require_tls", "auth", "upstream_proxy_protocol"}
     if unknown:
-        raise ConfigError(f"{prefix}.{sorted(unknown)[0]}", raw[sorted(unknown)[0]],
-                          "known listener keys: name, address, tls, require_tls, auth, upstream_proxy_protocol")
+        raise ConfigError(
+            f"{prefix}.{sorted(unknown)[0]}",
+            raw[sorted(unknown)[0]],
+            "known listener keys: name, address, tls, require_tls, auth, upstream_proxy_protocol",
+        )
     address = raw.get("address")
     if not isinstance(address, str):
         raise ConfigError(f"{prefix}.address", address, "host:port, e.g. 0.0.0.0:25 or [::]:25")
@@ -274,11 +278,22 @@ def parse_listener(index: int, raw: object) -> ListenerConfig:
     tls = wrap(f"{prefix}.tls", raw.get("tls", "starttls"), choice(TLS_MODES), "one of " + ", ".join(TLS_MODES))
     require_tls = wrap(f"{prefix}.require_tls", raw.get("require_tls", False), parse_bool, "true or false")
     auth = wrap(f"{prefix}.auth", raw.get("auth", "off"), choice(AUTH_MODES), "one of " + ", ".join(AUTH_MODES))
-    proxy = wrap(f"{prefix}.upstream_proxy_protocol", raw.get("upstream_proxy_protocol", ""), choice(("", "haproxy")),
-                 '"haproxy" (PROXY protocol v1 or v2) or "" (none)')
+    proxy = wrap(
+        f"{prefix}.upstream_proxy_protocol",
+        raw.get("upstream_proxy_protocol", ""),
+        choice(("", "haproxy")),
+        '"haproxy" (PROXY protocol v1 or v2) or "" (none)',
+    )
     name = str(raw.get("name", f"listener{index}"))
-    return ListenerConfig(name=name, host=hop.host, port=hop.port, tls=tls, require_tls=require_tls, auth=auth,
-                          upstream_proxy_protocol=proxy)
+    return ListenerConfig(
+        name=name,
+        host=hop.host,
+        port=hop.port,
+        tls=tls,
+        require_tls=require_tls,
+        auth=auth,
+        upstream_proxy_protocol=proxy,
+    )
 
 
 def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:
@@ -305,8 +320,12 @@ def parse_listen(text: str, key: str = LISTEN_ENV) -> list[dict[str, Any]]:
         name, sep, rest = entry.partition("=")
         parts = rest.split("/")
         if not sep or not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "require_tls"):
-            raise ConfigError(key, entry, "name=host:port/tls with tls starttls, implicit or none, "
-                                          "optionally /require_tls, e.g. smtp=0.0.0.0:25/starttls")
+            raise ConfigError(
+                key,
+                entry,
+                "name=host:port/tls with tls starttls, implicit or none, "
+                "optionally /require_tls, e.g. smtp=0.0.0.0:25/starttls",
+            )
         table = {"name": name, "address": parts[0], "tls": parts[1], "require_tls": len(parts) == 3}
         try:
             parse_listener(len(tables), table)

@@ -16,15 +16,21 @@ class Action(StrEnum):
     """A policy's decision for one stage (Haraka CONT/OK/DENY/DENYSOFT, Postfix access(5))."""
 
     CONTINUE = "continue"  # no objection; the next policy runs
-    ACCEPT = "accept"      # decisive yes for this stage; required at RCPT
-    REJECT = "reject"      # 5xx; ends the stage (at RCPT: this recipient only)
+    ACCEPT = "accept"  # decisive yes for this stage; required at RCPT
+    REJECT = "reject"  # 5xx; ends the stage (at RCPT: this recipient only)
     TEMPFAIL = "tempfail"  # 4xx; ends the stage
-    DISCARD = "discard"    # client gets 250, nothing is spooled
-    HOLD = "hold"          # client gets 250, message spooled into the hold queue
+    DISCARD = "discard"  # client gets 250, nothing is spooled
+    HOLD = "hold"  # client gets 250, message spooled into the hold queue
 
 
-PRECEDENCE = {Action.REJECT: 5, Action.TEMPFAIL: 4, Action.DISCARD: 3, Action.HOLD: 2,
-              Action.ACCEPT: 1, Action.CONTINUE: 0}
+PRECEDENCE = {
+    Action.REJECT: 5,
+    Action.TEMPFAIL: 4,
+    Action.DISCARD: 3,
+    Action.HOLD: 2,
+    Action.ACCEPT: 1,
+    Action.CONTINUE: 0,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,11 +37,11 @@ from typing import Any, ClassVar
 
 import pyclamd  # type: ignore[import-untyped]  # no stubs; 0.4.0 is the last release
 
+from gateway import reply as replies
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import FileText
 from gateway.pipeline.policy import Policy, PolicyContext, ScannerProbe
-from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.values import parse_size
 from gateway.verdict import Action, HeaderEdit, Verdict
@@ -148,14 +148,16 @@ class Antivirus(Policy):
         Raises:
             ConfigError: naming ``antivirus.<key>`` for an unknown key or a bad value.
         """
-        section = Section(self.name, config.section(self.name),
-                          known={"clamd", "action", "timeout", "on_error", "max_size"})
+        section = Section(
+            self.name, config.section(self.name), known={"clamd", "action", "timeout", "on_error", "max_size"}
+        )
         clamd = section.text("clamd", DEFAULT_CLAMD)
         try:
             self.address = parse_clamd_address(clamd or "")
         except ValueError:
-            raise ConfigError(section.key("clamd"), clamd,
-                              "unix:/absolute/path or tcp:host:port (IPv4 address or host name)") from None
+            raise ConfigError(
+                section.key("clamd"), clamd, "unix:/absolute/path or tcp:host:port (IPv4 address or host name)"
+            ) from None
         self.action = section.choice("action", "reject", ACTIONS)
         self.timeout = section.duration("timeout", 60.0)
         if self.timeout <= 0:
@@ -168,8 +170,15 @@ class Antivirus(Policy):
         """clamd's ``zPING``, answered ``PONG`` (clamd(8)); None with ``on_error = "pass"``."""
         if self.on_error != "tempfail":
             return None
-        return ScannerProbe(self.name, str(self.address), b"zPING\0", b"PONG", path=self.address.path,
-                            host=self.address.host, port=self.address.port)
+        return ScannerProbe(
+            self.name,
+            str(self.address),
+            b"zPING\0",
+            b"PONG",
+            path=self.address.path,
+            host=self.address.host,
+            port=self.address.port,
+        )
 
     @staticmethod
     def _size(section: Section, key: str, default: int) -> int:
@@ -205,8 +214,7 @@ class Antivirus(Policy):
             return _CLEAN
         if self.action == "hold":
             return Verdict(Action.HOLD, reason="virus", detail=signature)
-        return Verdict(Action.REJECT, replies.virus_found(signature),
-                       reason="virus", detail=signature)
+        return Verdict(Action.REJECT, replies.virus_found(signature), reason="virus", detail=signature)
 
     def _scan(self, message: bytes) -> str | None:
         """Blocking INSTREAM scan (runs in a worker thread); the signature name or None.

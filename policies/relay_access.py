@@ -64,12 +64,18 @@ class RelayAccess(Policy):
             return
         for name, network in scan.refused:
             if previous is None or (name, network) not in previous.refused:
-                log.warning("auto_trust_networks: not trusting %s of interface %s: a prefix shorter than /%d",
-                            network, name, MIN_TRUSTED_PREFIX[network.version])
+                log.warning(
+                    "auto_trust_networks: not trusting %s of interface %s: a prefix shorter than /%d",
+                    network,
+                    name,
+                    MIN_TRUSTED_PREFIX[network.version],
+                )
         if previous is None or previous.trusted != scan.trusted:
-            log.info("auto_trust_networks: trusting the networks of the interfaces that are up: %s "
-                     "(and mynetworks: %s)", scan.describe(),
-                     ", ".join(str(n) for n in self.mynetworks.networks) or "none")
+            log.info(
+                "auto_trust_networks: trusting the networks of the interfaces that are up: %s (and mynetworks: %s)",
+                scan.describe(),
+                ", ".join(str(n) for n in self.mynetworks.networks) or "none",
+            )
         self.interface_networks = NetworkSet(network for _, network in scan.trusted)
 
     def trusts_network_of(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

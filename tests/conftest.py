@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -15,8 +15,12 @@ pytest_plugins = ["tests.harness.clamd", "tests.harness.spam_daemons"]  # daemon
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--gateway-workers", type=int, default=None,
-                     help="run every gateway of the tests with `workers = N` (unless a test sets workers)")
+    parser.addoption(
+        "--gateway-workers",
+        type=int,
+        default=None,
+        help="run every gateway of the tests with `workers = N` (unless a test sets workers)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,13 +52,13 @@ def gateway_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     """
     made: list[GatewayProcess] = []
 
-    def make(config_text: str = "", *, port: int | None = None, name: str = "gw",
-             env: dict[str, str] | None = None) -> GatewayProcess:
+    def make(
+        config_text: str = "", *, port: int | None = None, name: str = "gw", env: dict[str, str] | None = None
+    ) -> GatewayProcess:
         port = port or free_port()
         text = config_text
         if "[[listener]]" not in config_text:
-            text = (config_text + f'\n[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\n'
-                    'tls = "starttls"\n')
+            text = config_text + f'\n[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "starttls"\n'
         gateway = GatewayProcess(tmp_path / name, text, env)
         gateway.port = port  # type: ignore[attr-defined]
         made.append(gateway)

@@ -44,7 +44,7 @@ class AuthOutcome(enum.Enum):
     """A back end's answer: the password is right, wrong (or the login unknown), or it cannot tell now."""
 
     OK = "ok"
-    FAIL = "fail"          # 535 5.7.8
+    FAIL = "fail"  # 535 5.7.8
     TEMPFAIL = "tempfail"  # 454 4.7.0: the password store is down or slow
 
 
@@ -71,11 +71,11 @@ class AuthSettings:
     passwd_file: Path | None
     tls_only: bool
     sender_login_maps: Path | None = None
-    sasl_path: str | None = None   # dovecot: socket path or inet:host:port
-    timeout: float = 10.0          # dovecot: seconds
+    sasl_path: str | None = None  # dovecot: socket path or inet:host:port
+    timeout: float = 10.0  # dovecot: seconds
     ldap: dict[str, str] | None = None  # ldap: LDAP_KEYS that are set
-    failure_limit: int = 10        # per client key and per login within failure_window; 0: off
-    failure_window: float = 60.0   # seconds
+    failure_limit: int = 10  # per client key and per login within failure_window; 0: off
+    failure_window: float = 60.0  # seconds
     session_failure_limit: int = 3
     check_from_header: bool = False  # hold From: to smtpd_sender_login_maps too
     cluster: ClusterSettings = ClusterSettings()  # where failed logins are counted ([cluster])
@@ -88,18 +88,34 @@ class AuthSettings:
             ConfigError: naming ``auth.<key>`` (or ``listener.<name>.auth`` when a
                 listener offers AUTH and ``[auth]`` names no back end), the value and what is allowed.
         """
-        section = Section("auth", config.section("auth"), {"backend", "passwd_file", "smtpd_tls_auth_only",
-                                                         "smtpd_sender_login_maps", "smtpd_sasl_path", "timeout",
-                                                         "failure_limit", "failure_window", "session_failure_limit",
-                                                         "check_from_header", *LDAP_KEYS})
+        section = Section(
+            "auth",
+            config.section("auth"),
+            {
+                "backend",
+                "passwd_file",
+                "smtpd_tls_auth_only",
+                "smtpd_sender_login_maps",
+                "smtpd_sasl_path",
+                "timeout",
+                "failure_limit",
+                "failure_window",
+                "session_failure_limit",
+                "check_from_header",
+                *LDAP_KEYS,
+            },
+        )
         offering = [listener for listener in config.listeners if listener.auth != "off"]
         if not offering:
             return None
         backend = section.text("backend")
         if backend is None:
             listener = offering[0]
-            raise ConfigError(f"listener.{listener.name}.auth", listener.auth,
-                              f"a back end in [auth] backend ({', '.join(BACKENDS)}) to check the passwords")
+            raise ConfigError(
+                f"listener.{listener.name}.auth",
+                listener.auth,
+                f"a back end in [auth] backend ({', '.join(BACKENDS)}) to check the passwords",
+            )
         if backend not in BACKENDS:
             raise ConfigError(section.key("backend"), backend, f"one of {', '.join(BACKENDS)}")
         passwd_file = section.text("passwd_file")
@@ -107,32 +123,45 @@ class AuthSettings:
             raise ConfigError(section.key("passwd_file"), passwd_file, "the path of the password file")
         sasl_path = section.text("smtpd_sasl_path")
         if backend == "dovecot" and not sasl_path:
-            raise ConfigError(section.key("smtpd_sasl_path"), sasl_path,
-                              "Dovecot's auth-client socket path, or inet:host:port")
+            raise ConfigError(
+                section.key("smtpd_sasl_path"), sasl_path, "Dovecot's auth-client socket path, or inet:host:port"
+            )
         if sasl_path and sasl_path.startswith("inet:"):
             host, colon, port = sasl_path[5:].rpartition(":")
             if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(section.key("smtpd_sasl_path"), sasl_path,
-                                  "inet:host:port, e.g. inet:127.0.0.1:12345")
+                raise ConfigError(
+                    section.key("smtpd_sasl_path"), sasl_path, "inet:host:port, e.g. inet:127.0.0.1:12345"
+                )
         ldap = {key: value for key in LDAP_KEYS if (value := section.text(key))}
         if backend == "ldap":
             for key in ("ldap_url", "ldap_search_base"):
                 if key not in ldap:
-                    raise ConfigError(section.key(key), None, "set for backend = \"ldap\"")
+                    raise ConfigError(section.key(key), None, 'set for backend = "ldap"')
             if not ldap["ldap_url"].startswith(("ldap://", "ldaps://")):
                 raise ConfigError(section.key("ldap_url"), ldap["ldap_url"], "ldap://host:port or ldaps://host:port")
             ldap.setdefault("ldap_filter", "(mail=%s)")
         sender_login_maps = section.text("smtpd_sender_login_maps")
         check_from_header = section.flag("check_from_header", False)
         if check_from_header and not sender_login_maps:
-            raise ConfigError(section.key("check_from_header"), True,
-                              "false, or smtpd_sender_login_maps set: it names who owns which From: address")
-        return cls(backend, _path(config, passwd_file), section.flag("smtpd_tls_auth_only", True),
-                   _path(config, sender_login_maps), sasl_path,
-                   section.duration("timeout", 10.0), ldap if backend == "ldap" else None,
-                   section.whole_number("failure_limit", 10), section.duration("failure_window", 60.0),
-                   section.whole_number("session_failure_limit", 3, least=1), check_from_header,
-                   ClusterSettings.from_config(config))
+            raise ConfigError(
+                section.key("check_from_header"),
+                True,
+                "false, or smtpd_sender_login_maps set: it names who owns which From: address",
+            )
+        return cls(
+            backend,
+            _path(config, passwd_file),
+            section.flag("smtpd_tls_auth_only", True),
+            _path(config, sender_login_maps),
+            sasl_path,
+            section.duration("timeout", 10.0),
+            ldap if backend == "ldap" else None,
+            section.whole_number("failure_limit", 10),
+            section.duration("failure_window", 60.0),
+            section.whole_number("session_failure_limit", 3, least=1),
+            check_from_header,
+            ClusterSettings.from_config(config),
+        )
 
 
 def passwd_file_path(config: Config) -> Path:
@@ -165,9 +194,15 @@ def build_authenticator(settings: AuthSettings) -> Authenticator:
         from gateway.auth.ldap import LdapAuth
 
         ldap = settings.ldap or {}
-        return LdapAuth(ldap["ldap_url"], ldap["ldap_search_base"], ldap["ldap_filter"],
-                        bind_dn=ldap.get("ldap_bind_dn"), bind_password=ldap.get("ldap_bind_password"),
-                        group_filter=ldap.get("ldap_group_filter"), timeout=settings.timeout)
+        return LdapAuth(
+            ldap["ldap_url"],
+            ldap["ldap_search_base"],
+            ldap["ldap_filter"],
+            bind_dn=ldap.get("ldap_bind_dn"),
+            bind_password=ldap.get("ldap_bind_password"),
+            group_filter=ldap.get("ldap_group_filter"),
+            timeout=settings.timeout,
+        )
     if settings.backend == "dovecot":
         from gateway.auth.dovecot import DovecotAuth
 

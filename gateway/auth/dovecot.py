@@ -55,9 +55,12 @@ class DovecotAuth:
         """Ask Dovecot whether ``password`` is right for ``login`` (see the module docstring for the answers)."""
         try:
             return await asyncio.wait_for(self._exchange(login, password, client), self.timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as error:
-            log.error("auth: Dovecot auth service %s did not answer: %s", self.path,
-                      error if str(error) else type(error).__name__)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as error:
+            log.error(
+                "auth: Dovecot auth service %s did not answer: %s",
+                self.path,
+                error if str(error) else type(error).__name__,
+            )
             return AuthOutcome.TEMPFAIL
 
     async def _exchange(self, login: str, password: str, client: AuthClient) -> AuthOutcome:
@@ -75,8 +78,9 @@ class DovecotAuth:
                     break
             if b"PLAIN" not in mechanisms:
                 raise ValueError("PLAIN is not among its mechanisms (auth_mechanisms)")
-            response = base64.b64encode(b"\0" + login.encode("utf-8", "surrogateescape") + b"\0"
-                                        + password.encode("utf-8", "surrogateescape")).decode("ascii")
+            response = base64.b64encode(
+                b"\0" + login.encode("utf-8", "surrogateescape") + b"\0" + password.encode("utf-8", "surrogateescape")
+            ).decode("ascii")
             request = ["AUTH", "1", "PLAIN", "service=smtp", f"rip={client.remote_ip}", f"lip={client.local_ip}"]
             if client.secured:
                 request.append("secured")
@@ -94,8 +98,10 @@ class DovecotAuth:
 def _outcome(fields: list[bytes], login: str) -> AuthOutcome:
     verb, extra = fields[0], set(fields[2:])
     if verb == b"OK":
-        refusal = next((flag for flag in (b"nologin", b"proxy") if flag in extra
-                        or any(f.startswith(flag + b"=") for f in extra)), None)
+        refusal = next(
+            (flag for flag in (b"nologin", b"proxy") if flag in extra or any(f.startswith(flag + b"=") for f in extra)),
+            None,
+        )
         if refusal is None:
             return AuthOutcome.OK
         log.info("auth: Dovecot answered OK with %s for %r: refused", refusal.decode(), login)

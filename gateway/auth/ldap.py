@@ -44,8 +44,9 @@ def user_filter(template: str, login: str) -> str:
     if not at:
         local, domain = login, ""
     values = {"s": login, "u": local, "d": domain}
-    return re.sub(r"%([sud%])", lambda m: "%" if m.group(1) == "%" else str(escape_filter_chars(values[m.group(1)])),
-                  template)
+    return re.sub(
+        r"%([sud%])", lambda m: "%" if m.group(1) == "%" else str(escape_filter_chars(values[m.group(1)])), template
+    )
 
 
 class LdapAuth:
@@ -59,8 +60,17 @@ class LdapAuth:
         timeout: seconds for connecting and for each answer.
     """
 
-    def __init__(self, url: str, search_base: str, filter_template: str, *, bind_dn: str | None = None,
-                 bind_password: str | None = None, group_filter: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        search_base: str,
+        filter_template: str,
+        *,
+        bind_dn: str | None = None,
+        bind_password: str | None = None,
+        group_filter: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.url = url
         self.search_base = search_base
         self.filter_template = filter_template
@@ -84,29 +94,45 @@ class LdapAuth:
             return AuthOutcome.FAIL
         server = Server(self.url, connect_timeout=self.timeout, get_info=None)
         try:
-            with Connection(server, user=self.bind_dn, password=self.bind_password,
-                            receive_timeout=self.timeout, raise_exceptions=False) as service:
+            with Connection(
+                server,
+                user=self.bind_dn,
+                password=self.bind_password,
+                receive_timeout=self.timeout,
+                raise_exceptions=False,
+            ) as service:
                 if not service.bound:
-                    log.error("auth: LDAP %s refused the search bind as %s: %s", self.url,
-                              self.bind_dn or "anonymous", service.result.get("description"))
+                    log.error(
+                        "auth: LDAP %s refused the search bind as %s: %s",
+                        self.url,
+                        self.bind_dn or "anonymous",
+                        service.result.get("description"),
+                    )
                     return AuthOutcome.TEMPFAIL
-                service.search(self.search_base, user_filter(self.filter_template, login), SUBTREE,
-                               attributes=[], size_limit=2)
+                service.search(
+                    self.search_base, user_filter(self.filter_template, login), SUBTREE, attributes=[], size_limit=2
+                )
                 found = [entry["dn"] for entry in service.response or [] if entry.get("type") == "searchResEntry"]
             if len(found) > 1:
                 log.error("auth: LDAP filter %s finds more than one entry for %r: refused", self.filter_template, login)
                 return AuthOutcome.FAIL
             if not found:
                 # a bind that must fail, so that an unknown login takes as long as a wrong password
-                decoy = Connection(server, user=f"cn=no such user,{self.search_base}", password=password,
-                                   receive_timeout=self.timeout, raise_exceptions=False)
+                decoy = Connection(
+                    server,
+                    user=f"cn=no such user,{self.search_base}",
+                    password=password,
+                    receive_timeout=self.timeout,
+                    raise_exceptions=False,
+                )
                 try:
                     decoy.bind()
                 finally:
                     decoy.unbind()
                 return AuthOutcome.FAIL
-            user = Connection(server, user=found[0], password=password, receive_timeout=self.timeout,
-                              raise_exceptions=False)
+            user = Connection(
+                server, user=found[0], password=password, receive_timeout=self.timeout, raise_exceptions=False
+            )
             try:
                 if not user.bind():
                     if user.result.get("result") == _INVALID_CREDENTIALS:
@@ -114,8 +140,9 @@ class LdapAuth:
                     log.error("auth: LDAP %s bind as %s: %s", self.url, found[0], user.result.get("description"))
                     return AuthOutcome.TEMPFAIL
                 if self.group_filter and not user.search(found[0], self.group_filter, BASE, attributes=[]):
-                    log.info("auth: LDAP entry %s does not match ldap_group_filter %s: refused", found[0],
-                             self.group_filter)
+                    log.info(
+                        "auth: LDAP entry %s does not match ldap_group_filter %s: refused", found[0], self.group_filter
+                    )
                     return AuthOutcome.FAIL
                 return AuthOutcome.OK
             finally:

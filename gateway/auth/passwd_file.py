@@ -39,8 +39,13 @@ from gateway.errors import ConfigError
 log = logging.getLogger("gateway.auth")
 
 # Dovecot scheme prefixes, and the libpass handler each hash of that scheme must be
-_SCHEMES = {"BLF-CRYPT": "bcrypt", "SHA512-CRYPT": "sha512_crypt", "SHA256-CRYPT": "sha256_crypt",
-            "ARGON2ID": "argon2", "ARGON2I": "argon2"}
+_SCHEMES = {
+    "BLF-CRYPT": "bcrypt",
+    "SHA512-CRYPT": "sha512_crypt",
+    "SHA256-CRYPT": "sha256_crypt",
+    "ARGON2ID": "argon2",
+    "ARGON2I": "argon2",
+}
 _CONTEXT = CryptContext(schemes=["bcrypt", "sha512_crypt", "sha256_crypt", "argon2", "apr_md5_crypt"])
 # Checked for a login that is not in the file, so that its answer takes as long as a known login's.
 _DUMMY_HASH = "$2b$12$Ar8xMcbPG1zkUmhGsgTOQ.ex5vLrHJBEIqyPTjFKmbN8uY2zV4tFm"  # bcrypt, cost 12: libpass's default
@@ -64,7 +69,7 @@ def parse_line(line: str) -> tuple[str, str] | None:
     if hashed.startswith("{"):
         scheme, brace, hashed = hashed[1:].partition("}")
         if not brace or scheme.upper() not in _SCHEMES:
-            raise ValueError(f"scheme {{{scheme}}} is not one of {', '.join('{%s}' % s for s in _SCHEMES)}")
+            raise ValueError(f"scheme {{{scheme}}} is not one of {', '.join(f'{{{s}}}' for s in _SCHEMES)}")
     handler = _CONTEXT.identify(hashed, required=False)
     if handler is None:
         raise ValueError("not a password hash this back end checks (plain text is refused)")
@@ -133,8 +138,12 @@ class PasswdFile:
                 if self._stamp is None and isinstance(error, FileNotFoundError):
                     self._log_missing()
                     return self._users
-                log.error("auth: %s cannot be read again, keeping the %d users read before: %s",
-                          self.path, len(self._users), error)
+                log.error(
+                    "auth: %s cannot be read again, keeping the %d users read before: %s",
+                    self.path,
+                    len(self._users),
+                    error,
+                )
             return self._users
 
     def check(self, login: str, password: str) -> AuthOutcome:

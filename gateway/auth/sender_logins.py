@@ -62,8 +62,11 @@ class SenderLogins:
             key, logins = fields[0], fields[1] if len(fields) > 1 else ""
             names = frozenset(name.lower() for name in logins.replace(",", " ").split())
             if not names:
-                raise ConfigError("auth.smtpd_sender_login_maps", str(path),
-                                  f"'key login[, login ...]' lines (line {number} names no login for {key})")
+                raise ConfigError(
+                    "auth.smtpd_sender_login_maps",
+                    str(path),
+                    f"'key login[, login ...]' lines (line {number} names no login for {key})",
+                )
             self.owners[key.lower()] = names
 
     def lookup(self, address: str) -> frozenset[str] | None:
@@ -91,8 +94,13 @@ class SenderLogins:
         addresses); a message whose ``From:`` fields give no address returns
         ``""``, refused as the null address.
         """
-        authors = [address for field in raw_fields(raw, end) if field_name(field) == "from"
-                   for _, address in email.utils.getaddresses([field_value(field)]) if "@" in address]
+        authors = [
+            address
+            for field in raw_fields(raw, end)
+            if field_name(field) == "from"
+            for _, address in email.utils.getaddresses([field_value(field)])
+            if "@" in address
+        ]
         if not authors:
             return ""
         return next((address for address in authors if not self.owns(login, address)), None)

@@ -70,8 +70,13 @@ class SharedCounts:
         self.settings = settings
         storage: Storage
         if settings.redis_url:
-            storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", wrap_exceptions=True,
-                                   socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout)
+            storage = RedisStorage(
+                "async+" + settings.redis_url,
+                implementation="redispy",
+                wrap_exceptions=True,
+                socket_timeout=settings.timeout,
+                socket_connect_timeout=settings.timeout,
+            )
         else:
             storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
@@ -98,8 +103,11 @@ class SharedCounts:
         now = time.monotonic()
         if now - self._warned_at >= WARNING_INTERVAL:
             self._warned_at = now
-            log.warning("cluster: the shared counts at %s failed (%s): limits are off until it answers again",
-                        self.settings.redis_url or "memory", error)
+            log.warning(
+                "cluster: the shared counts at %s failed (%s): limits are off until it answers again",
+                self.settings.redis_url or "memory",
+                error,
+            )
 
 
 @functools.cache

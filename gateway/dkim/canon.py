@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from gateway.message import crlf_line_ends, whole_lines
 
@@ -42,7 +42,7 @@ def split_header(chunks: Iterable[bytes | memoryview]) -> tuple[bytes, bytes, It
             return b"", buffer, rest
         found = _HEADER_END.search(buffer)
         if found:
-            return buffer[:found.end()], buffer[found.end():], rest
+            return buffer[: found.end()], buffer[found.end() :], rest
     return buffer, b"", rest
 
 
@@ -68,7 +68,7 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
     Memory: one chunk plus the part of a line that runs over it.
     """
     digest = hashlib.sha256()
-    held = 0      # empty lines seen after the last line with text: hashed only if text follows
+    held = 0  # empty lines seen after the last line with text: hashed only if text follows
     for lines in whole_lines(chunks):
         # the line ends the relay client sends, and a last line without one gets CRLF: receivers hash those
         lines = crlf_line_ends(lines)
@@ -82,6 +82,6 @@ def relaxed_body_hash(chunks: Iterable[bytes | memoryview]) -> bytes:
         if text_end == 0:
             held += len(lines) // 2
             continue
-        digest.update(CRLF * held + lines[:text_end + 2])
+        digest.update(CRLF * held + lines[: text_end + 2])
         held = (len(lines) - text_end - 2) // 2
     return digest.digest()

@@ -28,8 +28,18 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 __all__ = [
-    "ALGORITHMS", "KeyFile", "PrivateKey", "dns_name", "dns_record", "dns_txt_value", "ensure_key",
-    "generate_key", "key_path", "list_keys", "load_private_key", "txt_strings",
+    "ALGORITHMS",
+    "KeyFile",
+    "PrivateKey",
+    "dns_name",
+    "dns_record",
+    "dns_txt_value",
+    "ensure_key",
+    "generate_key",
+    "key_path",
+    "list_keys",
+    "load_private_key",
+    "txt_strings",
 ]
 
 ALGORITHMS = ("rsa", "ed25519")
@@ -88,8 +98,11 @@ def key_path(key_directory: Path, domain: str, selector: str, algorithm: str) ->
         ValueError: ``domain`` or ``selector`` is not a DNS name, or ``algorithm``
             is not in :data:`ALGORITHMS`.
     """
-    return (Path(key_directory) / dns_name(domain, "domain")
-            / f"{dns_name(selector, 'selector')}.{_algorithm(algorithm)}{_KEY_SUFFIX}")
+    return (
+        Path(key_directory)
+        / dns_name(domain, "domain")
+        / f"{dns_name(selector, 'selector')}.{_algorithm(algorithm)}{_KEY_SUFFIX}"
+    )
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -137,8 +150,7 @@ def _link_new(temp: Path, path: Path) -> None:
     temp.unlink()
 
 
-def generate_key(path: Path, algorithm: str = "rsa", bits: int = DEFAULT_RSA_BITS, *,
-                 overwrite: bool = False) -> None:
+def generate_key(path: Path, algorithm: str = "rsa", bits: int = DEFAULT_RSA_BITS, *, overwrite: bool = False) -> None:
     """Create a private key file: PKCS#8 PEM, unencrypted, mode 0600, written atomically.
 
     The key is written to a temporary file in the same directory, fsynced, then
@@ -166,10 +178,12 @@ def generate_key(path: Path, algorithm: str = "rsa", bits: int = DEFAULT_RSA_BIT
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-    key: PrivateKey = (rsa.generate_private_key(public_exponent=65537, key_size=bits)
-                       if algorithm == "rsa" else ed25519.Ed25519PrivateKey.generate())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    key: PrivateKey = (
+        rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        if algorithm == "rsa"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     _make_private_dirs(path.parent)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     temp = Path(temp_name)
@@ -232,12 +246,12 @@ def dns_txt_value(private_key: PrivateKey) -> str:
 
     if isinstance(private_key, rsa.RSAPrivateKey):
         algorithm = "rsa"
-        public = private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        public = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     elif isinstance(private_key, ed25519.Ed25519PrivateKey):
         algorithm = "ed25519"
-        public = private_key.public_key().public_bytes(serialization.Encoding.Raw,
-                                                       serialization.PublicFormat.Raw)
+        public = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     else:
         raise TypeError(f"not an RSA or Ed25519 private key: {type(private_key).__name__}")
     return f"v=DKIM1; k={algorithm}; p={base64.b64encode(public).decode('ascii')}"
@@ -249,7 +263,7 @@ def txt_strings(value: str) -> list[str]:
     DKIM verifiers concatenate them without separators (RFC 6376 §3.6.2.2), so
     the split may fall anywhere; the value is ASCII, so octets equal characters.
     """
-    return [value[i:i + _TXT_STRING_MAX] for i in range(0, len(value), _TXT_STRING_MAX)] or [""]
+    return [value[i : i + _TXT_STRING_MAX] for i in range(0, len(value), _TXT_STRING_MAX)] or [""]
 
 
 def dns_record(domain: str, selector: str, private_key: PrivateKey) -> str:
@@ -267,8 +281,9 @@ def dns_record(domain: str, selector: str, private_key: PrivateKey) -> str:
     return f"{owner}  IN TXT ( {strings} )"
 
 
-def ensure_key(key_directory: Path, domain: str, selector: str, algorithm: str,
-               bits: int = DEFAULT_RSA_BITS) -> tuple[Path, bool]:
+def ensure_key(
+    key_directory: Path, domain: str, selector: str, algorithm: str, bits: int = DEFAULT_RSA_BITS
+) -> tuple[Path, bool]:
     """Make sure the key for (domain, selector, algorithm) exists; returns (path, created).
 
     An existing file is kept as it is (created is False), also when another
@@ -309,8 +324,12 @@ def list_keys(key_directory: Path, domain: str | None = None) -> list[KeyFile]:
             continue
         for entry in sorted(folder.iterdir()):
             stem, _, algorithm = entry.name.removesuffix(_KEY_SUFFIX).rpartition(".")
-            if (not entry.name.endswith(_KEY_SUFFIX) or algorithm not in ALGORITHMS
-                    or not _NAME.fullmatch(stem) or not entry.is_file()):
+            if (
+                not entry.name.endswith(_KEY_SUFFIX)
+                or algorithm not in ALGORITHMS
+                or not _NAME.fullmatch(stem)
+                or not entry.is_file()
+            ):
                 continue
             found.append(KeyFile(folder.name, stem, algorithm, entry))
     return found

@@ -82,44 +82,65 @@ class DkimSettings:
             ConfigError: naming ``dkim.<key>`` or ``dkim.domain.<domain>.<key>``,
                 the value and what is allowed.
         """
-        section = Section("dkim", config.section("dkim"),
-                          {"domains", "selector", "ed25519_selector", "algorithms", "rsa_bits",
-                           "subdomains", "key_directory", "domain"})
+        section = Section(
+            "dkim",
+            config.section("dkim"),
+            {
+                "domains",
+                "selector",
+                "ed25519_selector",
+                "algorithms",
+                "rsa_bits",
+                "subdomains",
+                "key_directory",
+                "domain",
+            },
+        )
         domains = [_domain(section.key("domains"), raw) for raw in section.strings("domains")]
         duplicates = sorted({d for d in domains if domains.count(d) > 1})
         if duplicates:
-            raise ConfigError(section.key("domains"), section.table["domains"],
-                              f"each domain once ({duplicates[0]} is listed twice)")
+            raise ConfigError(
+                section.key("domains"), section.table["domains"], f"each domain once ({duplicates[0]} is listed twice)"
+            )
         selector = _selector(section.key("selector"), section.text("selector", "mail"))
         ed25519_selector = section.text("ed25519_selector")
         if ed25519_selector is not None:
             ed25519_selector = _selector(section.key("ed25519_selector"), ed25519_selector)
         algorithms = _algorithms(section, ("rsa-sha256",))
         rsa_bits = section.table.get("rsa_bits", DEFAULT_RSA_BITS)
-        if isinstance(rsa_bits, bool) or not isinstance(rsa_bits, int) \
-                or not MIN_RSA_BITS <= rsa_bits <= MAX_RSA_BITS:
-            raise ConfigError(section.key("rsa_bits"), rsa_bits,
-                              f"a whole number of bits, {MIN_RSA_BITS}-{MAX_RSA_BITS} (RFC 8301 §3.2)")
+        if isinstance(rsa_bits, bool) or not isinstance(rsa_bits, int) or not MIN_RSA_BITS <= rsa_bits <= MAX_RSA_BITS:
+            raise ConfigError(
+                section.key("rsa_bits"),
+                rsa_bits,
+                f"a whole number of bits, {MIN_RSA_BITS}-{MAX_RSA_BITS} (RFC 8301 §3.2)",
+            )
         subdomains = section.flag("subdomains", False)
         directory = key_directory(config)
         overrides = section.table.get("domain", {})
         if not isinstance(overrides, Mapping):
-            raise ConfigError(section.key("domain"), overrides,
-                              'tables [dkim.domain."example.com"] with ' + ", ".join(sorted(_DOMAIN_KEYS)))
+            raise ConfigError(
+                section.key("domain"),
+                overrides,
+                'tables [dkim.domain."example.com"] with ' + ", ".join(sorted(_DOMAIN_KEYS)),
+            )
         tables: dict[str, Section] = {}
         for raw_name, table in overrides.items():
             key = f"dkim.domain.{raw_name}"
             name = _domain(key, raw_name)
             if name not in domains:
-                raise ConfigError(key, dict(table) if isinstance(table, Mapping) else table,
-                                  "overrides only for a domain listed in dkim.domains")
+                raise ConfigError(
+                    key,
+                    dict(table) if isinstance(table, Mapping) else table,
+                    "overrides only for a domain listed in dkim.domains",
+                )
             if not isinstance(table, Mapping):
                 raise ConfigError(key, table, "a table with " + ", ".join(sorted(_DOMAIN_KEYS)))
             tables[name] = Section(key, table, set(_DOMAIN_KEYS))
         result: dict[str, DkimDomain] = {}
         for name in domains:
-            result[name] = _domain_settings(name, tables.get(name), selector, ed25519_selector, algorithms,
-                                            directory, config.state_dir)
+            result[name] = _domain_settings(
+                name, tables.get(name), selector, ed25519_selector, algorithms, directory, config.state_dir
+            )
         return cls(domains=result, subdomains=subdomains, rsa_bits=rsa_bits, key_directory=directory)
 
     def signing_domain(self, author_domain: str) -> DkimDomain | None:
@@ -154,8 +175,11 @@ def _domain(key: str, raw: object) -> str:
 
 def _selector(key: str, raw: str | None) -> str:
     # RFC 6376 §3.1: selector = sub-domain *("." sub-domain); underscores as OpenDKIM allows
-    if raw is None or not re.fullmatch(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
-                                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", raw):
+    if raw is None or not re.fullmatch(
+        r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*"
+        r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?",
+        raw,
+    ):
         raise ConfigError(key, raw, "a DNS label such as mail or 2024-01 (dots allowed)")
     return raw.lower()
 
@@ -163,14 +187,25 @@ def _selector(key: str, raw: str | None) -> str:
 def _algorithms(section: Section, default: tuple[str, ...]) -> tuple[str, ...]:
     allowed = "a non-empty list of " + " and ".join(ALGORITHMS) + ", each once"
     value = section.table.get("algorithms", list(default))
-    if (not isinstance(value, list) or not value or len(set(value)) != len(value)
-            or not all(isinstance(item, str) and item in ALGORITHMS for item in value)):
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(set(value)) != len(value)
+        or not all(isinstance(item, str) and item in ALGORITHMS for item in value)
+    ):
         raise ConfigError(section.key("algorithms"), value, allowed)
     return tuple(value)
 
 
-def _domain_settings(name: str, table: Section | None, selector: str, ed25519_selector: str | None,
-                     algorithms: tuple[str, ...], directory: Path, state_dir: Path) -> DkimDomain:
+def _domain_settings(
+    name: str,
+    table: Section | None,
+    selector: str,
+    ed25519_selector: str | None,
+    algorithms: tuple[str, ...],
+    directory: Path,
+    state_dir: Path,
+) -> DkimDomain:
     if table is not None:
         selector = _selector(table.key("selector"), table.text("selector", selector))
         if table.text("ed25519_selector") is not None:
@@ -179,16 +214,22 @@ def _domain_settings(name: str, table: Section | None, selector: str, ed25519_se
     selectors = {"rsa-sha256": selector, "ed25519-sha256": ed25519_selector or f"{selector}-ed25519"}
     if len(algorithms) > 1 and selectors["rsa-sha256"] == selectors["ed25519-sha256"]:
         where = table.key("ed25519_selector") if table is not None else "dkim.ed25519_selector"
-        raise ConfigError(where, selectors["ed25519-sha256"],
-                          "a selector other than the rsa-sha256 one (RFC 6376 §3.6.2.2: one key record per name)")
+        raise ConfigError(
+            where,
+            selectors["ed25519-sha256"],
+            "a selector other than the rsa-sha256 one (RFC 6376 §3.6.2.2: one key record per name)",
+        )
     key_files: dict[str, Path] = {}
     generated: set[str] = set()
     for algorithm in ALGORITHMS:
         option = KEY_OPTION[algorithm]
         explicit = table.path(option, state_dir) if table is not None else None
         if explicit is not None and algorithm not in algorithms:
-            raise ConfigError(table.key(option) if table else option, str(explicit),
-                              f"a key file only when algorithms includes {algorithm}")
+            raise ConfigError(
+                table.key(option) if table else option,
+                str(explicit),
+                f"a key file only when algorithms includes {algorithm}",
+            )
         if algorithm not in algorithms:
             continue
         if explicit is not None:

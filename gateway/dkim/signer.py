@@ -91,17 +91,42 @@ log = logging.getLogger("gateway.dkim")
 """DKIM ``a=`` values this signer makes (rsa-sha1 is forbidden for signers, RFC 8301 §3.1)."""
 
 
-SIGNED_FIELDS = frozenset({
-    # RFC 6376 §5.4.1 "SHOULD be included in the signature"
-    "from", "reply-to", "subject", "date", "to", "cc", "resent-date", "resent-from", "resent-to",
-    "resent-cc", "in-reply-to", "references", "list-id", "list-help", "list-unsubscribe",
-    "list-subscribe", "list-post", "list-owner", "list-archive",
-    # dkimpy's DKIM.SHOULD adds these (identity and MIME structure)
-    "sender", "message-id", "mime-version", "content-type", "content-transfer-encoding",
-    "content-id", "content-description", "resent-sender", "resent-message-id",
-    # RFC 8058 §4: one-click unsubscribe needs both List-Unsubscribe fields signed
-    "list-unsubscribe-post",
-})
+SIGNED_FIELDS = frozenset(
+    {
+        # RFC 6376 §5.4.1 "SHOULD be included in the signature"
+        "from",
+        "reply-to",
+        "subject",
+        "date",
+        "to",
+        "cc",
+        "resent-date",
+        "resent-from",
+        "resent-to",
+        "resent-cc",
+        "in-reply-to",
+        "references",
+        "list-id",
+        "list-help",
+        "list-unsubscribe",
+        "list-subscribe",
+        "list-post",
+        "list-owner",
+        "list-archive",
+        # dkimpy's DKIM.SHOULD adds these (identity and MIME structure)
+        "sender",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "content-id",
+        "content-description",
+        "resent-sender",
+        "resent-message-id",
+        # RFC 8058 §4: one-click unsubscribe needs both List-Unsubscribe fields signed
+        "list-unsubscribe-post",
+    }
+)
 """Lower-case names of the fields signed when present (never Received, Return-Path, Bcc: §5.4.1)."""
 
 OVERSIGNED_FIELDS = frozenset({"from"})
@@ -134,7 +159,7 @@ class DkimRecord:
 
 # The common From forms, "<local@domain>", "Name <local@domain>" and "local@domain", read without
 # email.utils (a fifth of the signer's Python time); anything else goes through getaddresses.
-_SIMPLE_FROM = re.compile(r'(?:[A-Za-z0-9 .\-]*<)?[A-Za-z0-9._+=\-]+@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)>?')
+_SIMPLE_FROM = re.compile(r"(?:[A-Za-z0-9 .\-]*<)?[A-Za-z0-9._+=\-]+@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)>?")
 
 
 def author_domain(from_value: str) -> str | None:
@@ -177,7 +202,7 @@ def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes] | None:
     headers: list[list[bytes]] = []
     for index, line in enumerate(lines):
         if not line:
-            return headers, b"\r\n".join(lines[index + 1:])
+            return headers, b"\r\n".join(lines[index + 1 :])
         if line[:1] in (b" ", b"\t"):
             if not headers:
                 return None
@@ -185,7 +210,7 @@ def parse_message(message: bytes) -> tuple[list[list[bytes]], bytes] | None:
             continue
         match = _FIELD_NAME.match(line)
         if match is not None:
-            headers.append([match.group(1), line[match.end():] + b"\r\n"])
+            headers.append([match.group(1), line[match.end() :] + b"\r\n"])
         elif index > 0 or not line.startswith(b"From ") or _OBS_FIELD.match(line):
             return None
     return headers, b""
@@ -205,10 +230,10 @@ def _sign_digest(key: PrivateKey, digest: bytes) -> bytes:
 def _dkimpy_key(key: PrivateKey) -> bytes:
     """``key`` as dkimpy's ``sign`` takes it: PEM for RSA, the base64 32-octet seed for Ed25519."""
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption())
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                            serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     return base64.b64encode(raw)
 
 
@@ -286,31 +311,53 @@ class DkimSigner:
                 if (name, algorithm) in self._keys:
                     continue
                 try:
-                    path, new = ensure_key(self.settings.key_directory, name, domain.selectors[algorithm],
-                                           KEY_TYPE[algorithm], self.settings.rsa_bits)
+                    path, new = ensure_key(
+                        self.settings.key_directory,
+                        name,
+                        domain.selectors[algorithm],
+                        KEY_TYPE[algorithm],
+                        self.settings.rsa_bits,
+                    )
                 except (OSError, ValueError) as error:
-                    raise ConfigError("dkim.key_directory", str(self.settings.key_directory),
-                                      f"a writable directory for DKIM keys ({error})") from None
+                    raise ConfigError(
+                        "dkim.key_directory",
+                        str(self.settings.key_directory),
+                        f"a writable directory for DKIM keys ({error})",
+                    ) from None
                 self._keys[(name, algorithm)] = self._load(domain, algorithm, path)
                 if new:
                     record = self._record(domain, algorithm)
                     created.append(record)
-                    logger.warning("dkim: generated %s key %s for d=%s s=%s; publish in DNS: %s",
-                                   algorithm, path, name, record.selector, record.zone_line)
+                    logger.warning(
+                        "dkim: generated %s key %s for d=%s s=%s; publish in DNS: %s",
+                        algorithm,
+                        path,
+                        name,
+                        record.selector,
+                        record.zone_line,
+                    )
         return created
 
     def records(self) -> list[DkimRecord]:
         """The DNS TXT records of every loaded key, in configuration order."""
-        return [self._record(domain, algorithm)
-                for name, domain in self.settings.domains.items() for algorithm in domain.algorithms
-                if (name, algorithm) in self._keys]
+        return [
+            self._record(domain, algorithm)
+            for name, domain in self.settings.domains.items()
+            for algorithm in domain.algorithms
+            if (name, algorithm) in self._keys
+        ]
 
     def _record(self, domain: DkimDomain, algorithm: str) -> DkimRecord:
         key = self._keys[(domain.domain, algorithm)]
         selector = domain.selectors[algorithm]
-        return DkimRecord(domain=domain.domain, selector=selector, algorithm=algorithm,
-                          name=f"{selector}._domainkey.{domain.domain}", value=dns_txt_value(key),
-                          zone_line=dns_record(domain.domain, selector, key))
+        return DkimRecord(
+            domain=domain.domain,
+            selector=selector,
+            algorithm=algorithm,
+            name=f"{selector}._domainkey.{domain.domain}",
+            value=dns_txt_value(key),
+            zone_line=dns_record(domain.domain, selector, key),
+        )
 
     def sign(self, message: MessageText) -> bytes:
         """The ``DKIM-Signature`` field(s) for ``message``, to prepend to it; b"" when not signed.
@@ -345,7 +392,8 @@ class DkimSigner:
         if not self.settings.domains:
             return []
         head, body_start, body_rest = split_header(
-            chunk for piece in message_parts(message) for chunk in piece_chunks(piece))
+            chunk for piece in message_parts(message) for chunk in piece_chunks(piece)
+        )
         parsed = parse_message(head)
         if parsed is None:
             return []
@@ -370,29 +418,50 @@ class DkimSigner:
         # t= read once so dual signatures carry the same time
         timestamp = str(int(time.time())).encode("ascii")
         if not self.use_cryptography:
-            return [DkimSignature(domain.domain, algorithm,
-                                  self._sign_dkimpy(whole_bytes(message), domain, algorithm, key, include))
-                    for algorithm, key in keys]
+            return [
+                DkimSignature(
+                    domain.domain, algorithm, self._sign_dkimpy(whole_bytes(message), domain, algorithm, key, include)
+                )
+                for algorithm, key in keys
+            ]
         canonical_headers = relaxed_headers(headers)
         body_hash = base64.b64encode(relaxed_body_hash(itertools.chain((body_start,), body_rest)))
-        return [DkimSignature(domain.domain, algorithm, _signature_field(
-                    canonical_headers, include, domain, algorithm, key, timestamp, body_hash))
-                for algorithm, key in keys]
+        return [
+            DkimSignature(
+                domain.domain,
+                algorithm,
+                _signature_field(canonical_headers, include, domain, algorithm, key, timestamp, body_hash),
+            )
+            for algorithm, key in keys
+        ]
 
     @staticmethod
-    def _sign_dkimpy(message: bytes, domain: DkimDomain, algorithm: str, key: PrivateKey,
-                     include: list[bytes]) -> bytes:
+    def _sign_dkimpy(
+        message: bytes, domain: DkimDomain, algorithm: str, key: PrivateKey, include: list[bytes]
+    ) -> bytes:
         # dkimpy reads t= from time.time() itself; parse_message is the stricter parser,
         # so a message it accepts parses here too
         signer = dkim.DKIM(message, linesep=b"\r\n")
         field_bytes: bytes = signer.sign(
-            domain.selectors[algorithm].encode("ascii"), domain.domain.encode("ascii"), _dkimpy_key(key),
-            signature_algorithm=algorithm.encode("ascii"), canonicalize=_CANONICALIZE, include_headers=include)
+            domain.selectors[algorithm].encode("ascii"),
+            domain.domain.encode("ascii"),
+            _dkimpy_key(key),
+            signature_algorithm=algorithm.encode("ascii"),
+            canonicalize=_CANONICALIZE,
+            include_headers=include,
+        )
         return field_bytes
 
 
-def _signature_field(canonical_headers: list[Any], include: list[bytes], domain: DkimDomain,
-                     algorithm: str, key: PrivateKey, timestamp: bytes, body_hash: bytes) -> bytes:
+def _signature_field(
+    canonical_headers: list[Any],
+    include: list[bytes],
+    domain: DkimDomain,
+    algorithm: str,
+    key: PrivateKey,
+    timestamp: bytes,
+    body_hash: bytes,
+) -> bytes:
     """One ``DKIM-Signature`` field, laid out exactly as dkimpy's ``DKIM.sign``/``gen_header``.
 
     The tag list, folding and the ``b=`` placeholder follow dkimpy 1.1 so the
@@ -402,9 +471,16 @@ def _signature_field(canonical_headers: list[Any], include: list[bytes], domain:
     d = domain.domain.encode("ascii")
     selector = domain.selectors[algorithm].encode("ascii")
     tags = [
-        (b"v", b"1"), (b"a", algorithm.encode("ascii")), (b"c", _RELAXED.to_c_value()), (b"d", d),
-        (b"i", b"@" + d), (b"q", b"dns/txt"), (b"s", selector), (b"t", timestamp),
-        (b"h", b" : ".join(include)), (b"bh", body_hash),
+        (b"v", b"1"),
+        (b"a", algorithm.encode("ascii")),
+        (b"c", _RELAXED.to_c_value()),
+        (b"d", d),
+        (b"i", b"@" + d),
+        (b"q", b"dns/txt"),
+        (b"s", selector),
+        (b"t", timestamp),
+        (b"h", b" : ".join(include)),
+        (b"bh", body_hash),
         (b"b", b"0" * 60),  # placeholder: makes the fold put b= on its own line, as dkimpy does
     ]
     value = dkim.fold(b"; ".join(b"=".join(tag) for tag in tags), namelen=len(_HEADER_NAME))

@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -42,12 +43,12 @@ import dns.resolver
 import dns.reversename
 import spf  # type: ignore[import-untyped]
 
+from gateway.config import Config
 from gateway.dkim import keys as dkim_keys
 from gateway.dkim import settings as dkim_settings
-from gateway.config import Config
-from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.pipeline.section import Section
+from gateway.resolver import make_resolver
 
 __all__ = ["CheckResult", "check_domains", "default_domains", "format_report"]
 
@@ -133,11 +134,12 @@ def _txt_line(owner: str, value: str) -> str:
 
 # ---- the gateway host ----
 
-async def _check_addresses(resolver: dns.asyncresolver.Resolver,
-                           host: str) -> tuple[CheckResult, list[str]]:
+
+async def _check_addresses(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[CheckResult, list[str]]:
     """The A/AAAA check of ``host``; returns it with the addresses found (text form)."""
-    answers = await asyncio.gather(_resolve(resolver, host, "A"), _resolve(resolver, host, "AAAA"),
-                                   return_exceptions=True)
+    answers = await asyncio.gather(
+        _resolve(resolver, host, "A"), _resolve(resolver, host, "AAAA"), return_exceptions=True
+    )
     addresses: list[str] = []
     errors: list[str] = []
     for answer in answers:
@@ -162,8 +164,10 @@ async def _check_ptr(resolver: dns.asyncresolver.Resolver, host: str, address: s
     check = f"PTR {address}"
     fix = f"{reverse}. IN PTR {host}.  ; set by whoever owns {address} (hosting provider)"
     try:
-        targets = [rdata.target.to_text(omit_final_dot=True).lower()  # type: ignore[attr-defined]
-                   for rdata in await _resolve(resolver, reverse, "PTR")]
+        targets = [
+            rdata.target.to_text(omit_final_dot=True).lower()  # type: ignore[attr-defined]
+            for rdata in await _resolve(resolver, reverse, "PTR")
+        ]
     except _LookupError as error:
         return CheckResult(host, check, False, str(error))
     if not targets:
@@ -175,20 +179,22 @@ async def _check_ptr(resolver: dns.asyncresolver.Resolver, host: str, address: s
 
 # ---- per domain ----
 
+
 async def _check_mx(resolver: dns.asyncresolver.Resolver, domain: str, host: str) -> CheckResult:
     fix = f"{domain}. IN MX 10 {host}."
     try:
         rdatas = await _resolve(resolver, domain, "MX")
     except _LookupError as error:
         return CheckResult(domain, "MX", False, str(error))
-    exchanges = sorted((rdata.preference, rdata.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
-                       for rdata in rdatas)
+    exchanges = sorted(
+        (rdata.preference, rdata.exchange.to_text(omit_final_dot=True))  # type: ignore[attr-defined]
+        for rdata in rdatas
+    )
     if not exchanges:
         return CheckResult(domain, "MX", False, "no MX record", fix)
     if any(exchange == "." for _, exchange in exchanges):
         # RFC 7505 §4.2: mail whose return path has a null MX SHOULD be rejected (550 5.7.27).
-        return CheckResult(domain, "MX", False,
-                           "null MX (RFC 7505): receivers may reject mail from this domain", fix)
+        return CheckResult(domain, "MX", False, "null MX (RFC 7505): receivers may reject mail from this domain", fix)
     return CheckResult(domain, "MX", True, ", ".join(f"{pref} {name}" for pref, name in exchanges))
 
 
@@ -236,13 +242,15 @@ async def _spf_values(resolver: dns.asyncresolver.Resolver, name: str, qtype: st
     return values
 
 
-def _evaluate_spf(loop: asyncio.AbstractEventLoop, resolver: dns.asyncresolver.Resolver,
-                  domain: str, host: str, address: str) -> tuple[str, str]:
+def _evaluate_spf(
+    loop: asyncio.AbstractEventLoop, resolver: dns.asyncresolver.Resolver, domain: str, host: str, address: str
+) -> tuple[str, str]:
     """pyspf's (result, explanation) for mail from ``postmaster@domain`` sent by ``address``.
 
     Runs in a worker thread (pyspf is synchronous); each lookup is run on
     ``loop`` with the async resolver and waited for here.
     """
+
     def lookup(name: str, qtype: str) -> list[Any]:
         future = asyncio.run_coroutine_threadsafe(_spf_values(resolver, name, qtype), loop)
         try:
@@ -269,39 +277,57 @@ def _spf_fix(domain: str, record: str | None, addresses: Sequence[str]) -> str:
     current = record.split()
     # Before "all" and "redirect=": terms after "all" are never reached (RFC 7208 §5.1),
     # and redirect= applies only when no mechanism matched (§6.1).
-    position = next((index for index, term in enumerate(current)
-                     if term.lower().lstrip("+-~?") == "all" or term.lower().startswith("redirect=")),
-                    len(current))
+    position = next(
+        (
+            index
+            for index, term in enumerate(current)
+            if term.lower().lstrip("+-~?") == "all" or term.lower().startswith("redirect=")
+        ),
+        len(current),
+    )
     current[position:position] = [term for term in terms if term not in current]
     return _txt_line(domain, " ".join(current))
 
 
-async def _check_spf(resolver: dns.asyncresolver.Resolver, domain: str, host: str,
-                     addresses: Sequence[str]) -> CheckResult:
+async def _check_spf(
+    resolver: dns.asyncresolver.Resolver, domain: str, host: str, addresses: Sequence[str]
+) -> CheckResult:
     try:
-        records = [text for text in map(_txt, await _resolve(resolver, domain, "TXT"))
-                   if _SPF_RECORD.match(text)]
+        records = [text for text in map(_txt, await _resolve(resolver, domain, "TXT")) if _SPF_RECORD.match(text)]
     except _LookupError as error:
         return CheckResult(domain, "SPF", False, str(error))
     if not records:
         fix = _spf_fix(domain, None, addresses) if addresses else None
         return CheckResult(domain, "SPF", False, "no SPF record (TXT v=spf1)", fix)
     if len(records) > 1:
-        return CheckResult(domain, "SPF", False,
-                           f"{len(records)} SPF records: permerror (RFC 7208 §4.5); keep one",
-                           _spf_fix(domain, records[0], addresses))
+        return CheckResult(
+            domain,
+            "SPF",
+            False,
+            f"{len(records)} SPF records: permerror (RFC 7208 §4.5); keep one",
+            _spf_fix(domain, records[0], addresses),
+        )
     record = records[0]
     if not addresses:
         return CheckResult(domain, "SPF", False, f"{record!r} found, but {host} has no address to check")
     loop = asyncio.get_running_loop()
-    outcomes = await asyncio.gather(*(asyncio.to_thread(_evaluate_spf, loop, resolver, domain, host, address)
-                                      for address in addresses))
-    refused = [(address, result, explanation)
-               for address, (result, explanation) in zip(addresses, outcomes, strict=True) if result != "pass"]
+    outcomes = await asyncio.gather(
+        *(asyncio.to_thread(_evaluate_spf, loop, resolver, domain, host, address) for address in addresses)
+    )
+    refused = [
+        (address, result, explanation)
+        for address, (result, explanation) in zip(addresses, outcomes, strict=True)
+        if result != "pass"
+    ]
     if refused:
         detail = "; ".join(f"{address}: {result} ({explanation})" for address, result, explanation in refused)
-        return CheckResult(domain, "SPF", False, f"{record!r} does not authorize {detail}",
-                           _spf_fix(domain, record, [address for address, _, _ in refused]))
+        return CheckResult(
+            domain,
+            "SPF",
+            False,
+            f"{record!r} does not authorize {detail}",
+            _spf_fix(domain, record, [address for address, _, _ in refused]),
+        )
     return CheckResult(domain, "SPF", True, f"{record!r} authorizes {', '.join(addresses)}")
 
 
@@ -340,19 +366,29 @@ async def _check_dkim(resolver: dns.asyncresolver.Resolver, key: dkim_keys.KeyFi
     if not published:
         return CheckResult(key.domain, check, False, f"key at {owner} is revoked (empty p=)", fix)
     if tags.get("k", "rsa") != expected["k"]:
-        return CheckResult(key.domain, check, False,
-                           f"k={tags.get('k', 'rsa')} at {owner}, but the key on disk is {expected['k']}", fix)
+        return CheckResult(
+            key.domain,
+            check,
+            False,
+            f"k={tags.get('k', 'rsa')} at {owner}, but the key on disk is {expected['k']}",
+            fix,
+        )
     if published != expected["p"]:
         return CheckResult(key.domain, check, False, f"the key at {owner} is not the one in {key.path}", fix)
     return CheckResult(key.domain, check, True, f"{owner} matches {key.path}")
 
 
-async def _check_dkim_keys(resolver: dns.asyncresolver.Resolver, domain: str,
-                           key_directory: Path) -> list[CheckResult]:
+async def _check_dkim_keys(resolver: dns.asyncresolver.Resolver, domain: str, key_directory: Path) -> list[CheckResult]:
     keys = dkim_keys.list_keys(key_directory, domain)
     if not keys:
-        return [CheckResult(domain, "DKIM", False,
-                            f"no key in {key_directory / domain}; create one with: gateway dkim genkey {domain}")]
+        return [
+            CheckResult(
+                domain,
+                "DKIM",
+                False,
+                f"no key in {key_directory / domain}; create one with: gateway dkim genkey {domain}",
+            )
+        ]
     return list(await asyncio.gather(*(_check_dkim(resolver, key) for key in keys)))
 
 
@@ -373,16 +409,21 @@ async def _check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> Che
     return CheckResult(domain, "DMARC", True, records[0])
 
 
-async def _check_domain(resolver: dns.asyncresolver.Resolver, domain: str, host: str,
-                        addresses: Sequence[str], key_directory: Path) -> list[CheckResult]:
+async def _check_domain(
+    resolver: dns.asyncresolver.Resolver, domain: str, host: str, addresses: Sequence[str], key_directory: Path
+) -> list[CheckResult]:
     mx, spf_result, dkim_results, dmarc = await asyncio.gather(
-        _check_mx(resolver, domain, host), _check_spf(resolver, domain, host, addresses),
-        _check_dkim_keys(resolver, domain, key_directory), _check_dmarc(resolver, domain))
+        _check_mx(resolver, domain, host),
+        _check_spf(resolver, domain, host, addresses),
+        _check_dkim_keys(resolver, domain, key_directory),
+        _check_dmarc(resolver, domain),
+    )
     return [mx, spf_result, *dkim_results, dmarc]
 
 
-async def check_domains(config: Config, domains: Sequence[str], *, key_directory: Path | None = None,
-                        timeout: float = 10.0) -> list[CheckResult]:
+async def check_domains(
+    config: Config, domains: Sequence[str], *, key_directory: Path | None = None, timeout: float = 10.0
+) -> list[CheckResult]:
     """Run every check for the gateway host and each of ``domains``; never raises for DNS errors.
 
     Args:
@@ -403,8 +444,9 @@ async def check_domains(config: Config, domains: Sequence[str], *, key_directory
     host = config.myhostname.lower().rstrip(".")
     address_result, addresses = await _check_addresses(resolver, host)
     ptr_results = await asyncio.gather(*(_check_ptr(resolver, host, address) for address in addresses))
-    per_domain = await asyncio.gather(*(_check_domain(resolver, domain.lower().rstrip("."), host,
-                                                      addresses, keys) for domain in domains))
+    per_domain = await asyncio.gather(
+        *(_check_domain(resolver, domain.lower().rstrip("."), host, addresses, keys) for domain in domains)
+    )
     return [address_result, *ptr_results, *(result for results in per_domain for result in results)]
 
 

@@ -42,8 +42,8 @@ log = logging.getLogger("gateway.drain")
 
 REQUEST_FILE = "drain-request"
 RESULT_FILE = "drain-result"
-POLL_INTERVAL = 0.2   # seconds between looks at the queue while delivery goes on
-EXIT_POLL = 0.2       # seconds between looks at the draining process
+POLL_INTERVAL = 0.2  # seconds between looks at the queue while delivery goes on
+EXIT_POLL = 0.2  # seconds between looks at the draining process
 
 
 def parse_peer(key: str, text: str) -> NextHop:
@@ -105,8 +105,11 @@ async def hand_off_spool(config: Config, spool: Spool, peer: NextHop | None) -> 
     """
     await run_io(spool.recover)
     if peer is None:
-        left = {queue_id: "no peer (drain_to)" for state in (QueueState.INCOMING, QueueState.DEFERRED,
-                                                               QueueState.HOLD) for queue_id in spool.ids(state)}
+        left = {
+            queue_id: "no peer (drain_to)"
+            for state in (QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD)
+            for queue_id in spool.ids(state)
+        }
         result: dict[str, object] = {"handed": 0, "left": left, "peer_down": None}
     else:
         from gateway.relay.client import ConnectionCache, SmtpClient  # the relay client: loaded only to drain
@@ -115,9 +118,16 @@ async def hand_off_spool(config: Config, spool: Spool, peer: NextHop | None) -> 
         from gateway.resolver import LazyResolver
         from gateway.tls.context import client_context
 
-        client = SmtpClient(config, client_context(config.smtp_tls_security_level, config.smtp_tls_CAfile,
-                                                   config.smtp_tls_cert_file, config.smtp_tls_key_file),
-                            ConnectionCache(config.smtp_connection_cache_time_limit))
+        client = SmtpClient(
+            config,
+            client_context(
+                config.smtp_tls_security_level,
+                config.smtp_tls_CAfile,
+                config.smtp_tls_cert_file,
+                config.smtp_tls_key_file,
+            ),
+            ConnectionCache(config.smtp_connection_cache_time_limit),
+        )
         try:
             report = await hand_off(spool, Router(config, LazyResolver(config)), client, peer)
         finally:
@@ -126,8 +136,13 @@ async def hand_off_spool(config: Config, spool: Spool, peer: NextHop | None) -> 
     result["to"] = str(peer) if peer is not None else None
     remaining = result["left"]
     assert isinstance(remaining, dict)
-    log.info("drain done: %s messages handed to %s, %d left in %s", result["handed"], peer or "nobody",
-             len(remaining), spool.root)
+    log.info(
+        "drain done: %s messages handed to %s, %d left in %s",
+        result["handed"],
+        peer or "nobody",
+        len(remaining),
+        spool.root,
+    )
     (config.state_dir / RESULT_FILE).write_text(json.dumps(result))
     return result
 

@@ -29,8 +29,8 @@ from gateway.prepare import Prepared
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.probe import probe_recipient
 from gateway.relay.routing import Router, RoutingError
-from gateway.resolver import LazyResolver
 from gateway.reply import Reply
+from gateway.resolver import LazyResolver
 from gateway.smtpd import decisions
 from gateway.verdict import Action
 
@@ -82,11 +82,18 @@ async def explain(config: Config, prepared: Prepared, question: Question) -> Rep
     """
     pipelines = prepared.pipelines
     report = Report()
-    listener = next((item for item in config.listeners if item.name == question.listener), None) \
-        if question.listener else (config.listeners[0] if config.listeners else None)
-    client = ClientInfo(address=ipaddress.ip_address(question.client), port=0,
-                        listener=listener.name if listener else "-", cert_sha256=question.cert_sha256,
-                        auth_user=question.login)
+    listener = (
+        next((item for item in config.listeners if item.name == question.listener), None)
+        if question.listener
+        else (config.listeners[0] if config.listeners else None)
+    )
+    client = ClientInfo(
+        address=ipaddress.ip_address(question.client),
+        port=0,
+        listener=listener.name if listener else "-",
+        cert_sha256=question.cert_sha256,
+        auth_user=question.login,
+    )
     ctx = PolicyContext(client=client)
     router = Router(config, LazyResolver(config))
     if pipelines.recipients is not None:  # verification probes as the server makes them
@@ -97,17 +104,23 @@ async def explain(config: Config, prepared: Prepared, question: Question) -> Rep
     result = await pipelines.access.connect(ctx)
     if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
         return _refused(report, "connect", result.verdict.reply, result.verdict.reason)
-    trust = (f"trusted by {client.trusted_rule or client.trusted_by}" if client.trusted
-             else "not trusted (not in mynetworks, no listed client certificate, no login): "
-                  "it may send only to relay_domains")
+    trust = (
+        f"trusted by {client.trusted_rule or client.trusted_by}"
+        if client.trusted
+        else "not trusted (not in mynetworks, no listed client certificate, no login): "
+        "it may send only to relay_domains"
+    )
     report.say(f"client {client.address}: {trust}")
     result = await pipelines.access.helo(ctx, question.helo)
     if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
         return _refused(report, "HELO", result.verdict.reply, result.verdict.reason)
     client.helo = question.helo
     sender = question.sender
-    refusal = (decisions.auth_required_refusal(pipelines, ctx, listener.auth if listener else "off")
-               or decisions.sender_syntax_refusal(sender) or decisions.sender_login_refusal(pipelines, ctx, sender))
+    refusal = (
+        decisions.auth_required_refusal(pipelines, ctx, listener.auth if listener else "off")
+        or decisions.sender_syntax_refusal(sender)
+        or decisions.sender_login_refusal(pipelines, ctx, sender)
+    )
     if refusal is None:
         ctx.envelope = Envelope(sender=sender)
         refusal = await decisions.mail_policy_refusal(pipelines, ctx, sender)
@@ -116,21 +129,32 @@ async def explain(config: Config, prepared: Prepared, question: Question) -> Rep
     assert ctx.envelope is not None
     direction = ctx.envelope.direction
     names = [entry.policy.name for entry in pipelines.for_direction(direction).entries] or ["(no checks)"]
-    report.say(f"MAIL FROM:<{sender}>: 250 2.1.0 Ok; {direction.value} mail, the {direction.value} pipeline "
-               f"runs at DATA: {', '.join(names)}"
-               + ("; DKIM-signed" if direction.value == "outbound" and pipelines.signer is not None else ""))
+    report.say(
+        f"MAIL FROM:<{sender}>: 250 2.1.0 Ok; {direction.value} mail, the {direction.value} pipeline "
+        f"runs at DATA: {', '.join(names)}"
+        + ("; DKIM-signed" if direction.value == "outbound" and pipelines.signer is not None else "")
+    )
     for address in question.recipients:
         refusal = decisions.recipient_syntax_refusal(address)
-        decision = decisions.RecipientDecision(refusal) if refusal else \
-            await decisions.recipient_decision(pipelines, ctx, address)
+        decision = (
+            decisions.RecipientDecision(refusal)
+            if refusal
+            else await decisions.recipient_decision(pipelines, ctx, address)
+        )
         if decision.refusal is not None:
             rule = f" rule={decision.refusal.rule}" if decision.refusal.rule else ""
-            report.say(f"RCPT TO:<{address}>: {decision.refusal.reply} (reason={decision.refusal.reason}{rule}"
-                       + (f": {decision.refusal.detail}" if decision.refusal.detail else "") + ")")
+            report.say(
+                f"RCPT TO:<{address}>: {decision.refusal.reply} (reason={decision.refusal.reason}{rule}"
+                + (f": {decision.refusal.detail}" if decision.refusal.detail else "")
+                + ")"
+            )
             continue
         report.accepted.append(address)
-        becomes = "" if decision.recipients == [address] else f", delivered to {', '.join(decision.recipients)} " \
-                                                              f"(virtual_alias_maps)"
+        becomes = (
+            ""
+            if decision.recipients == [address]
+            else f", delivered to {', '.join(decision.recipients)} (virtual_alias_maps)"
+        )
         report.say(f"RCPT TO:<{address}>: 250 2.1.5 Ok{becomes}")
         for final in decision.recipients:
             report.say(f"  {final}: next hop {_next_hop(router, final)}")
@@ -138,8 +162,10 @@ async def explain(config: Config, prepared: Prepared, question: Question) -> Rep
         report.refused = True
         report.say("result: refused (no recipient accepted; DATA would get 503 5.5.1 Error: need RCPT command)")
     else:
-        report.say(f"result: accepted for {len(report.accepted)} of {len(question.recipients)} recipients "
-                   "(not evaluated: rate limits, the recipient limit, spool space, the checks at DATA)")
+        report.say(
+            f"result: accepted for {len(report.accepted)} of {len(question.recipients)} recipients "
+            "(not evaluated: rate limits, the recipient limit, spool space, the checks at DATA)"
+        )
     return report
 
 

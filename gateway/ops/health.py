@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 from gateway.spool.files import free_bytes
@@ -35,7 +35,7 @@ async def check_listener(name: str, host: str, port: int, timeout: float = 2.0) 
     target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         return HealthCheck(f"listener:{name}", False, f"{target}:{port} does not accept connections ({error})")
     writer.close()
     try:
@@ -67,8 +67,11 @@ def check_spool(spool_dir: Path, needed_free: int = 0) -> HealthCheck:
     except OSError as error:
         return HealthCheck("spool", False, f"{spool_dir}: free space unknown ({error.strerror})")
     if free < needed_free:
-        return HealthCheck("spool", False, f"{spool_dir} has {free} bytes free, less than queue_minfree plus "
-                                           f"message_size_limit ({needed_free})")
+        return HealthCheck(
+            "spool",
+            False,
+            f"{spool_dir} has {free} bytes free, less than queue_minfree plus message_size_limit ({needed_free})",
+        )
     return HealthCheck("spool", True, f"{spool_dir} is writable, {free} bytes free")
 
 
@@ -83,7 +86,7 @@ def check_certificate(cert_file: Path | None, now: float | None = None) -> Healt
     except (OSError, ValueError) as error:
         return HealthCheck("certificate", False, f"{cert_file} cannot be read ({error})")
     left = not_after.timestamp() - (time.time() if now is None else now)
-    when = not_after.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = not_after.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     if left <= CERTIFICATE_MARGIN:
         return HealthCheck("certificate", False, f"{cert_file} expires {when} (in {left / 86400:.1f} days)")
     return HealthCheck("certificate", True, f"valid until {when}")
@@ -94,8 +97,9 @@ async def liveness(listeners: list[tuple[str, str, int]]) -> list[HealthCheck]:
     return list(await asyncio.gather(*(check_listener(n, h, p) for n, h, p in listeners)))
 
 
-async def run_checks(listeners: list[tuple[str, str, int]], spool_dir: Path,
-                     cert_file: Path | None, needed_free: int = 0) -> list[HealthCheck]:
+async def run_checks(
+    listeners: list[tuple[str, str, int]], spool_dir: Path, cert_file: Path | None, needed_free: int = 0
+) -> list[HealthCheck]:
     """All checks; ``listeners`` are (name, host, port); ``needed_free`` bytes (:func:`check_spool`)."""
     results = list(await asyncio.gather(*(check_listener(n, h, p) for n, h, p in listeners)))
     results.append(await asyncio.to_thread(check_spool, spool_dir, needed_free))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -29,13 +29,19 @@ from gateway.ops.health import HealthCheck, report
 
 log = logging.getLogger("gateway.http")
 
-MAX_CONNECTIONS = 32       # open at once; Prometheus and a probe or two need a handful
-HEAD_TIMEOUT = 10.0        # seconds to send a request line and headers (and to start the next request);
-                           # the config key metrics_timeout sets it
-MAX_HEAD_BYTES = 8192      # request line and headers together
-WRITE_TIMEOUT = 30.0       # seconds for a client to take a response
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Content Too Large", 503: "Service Unavailable"}
+MAX_CONNECTIONS = 32  # open at once; Prometheus and a probe or two need a handful
+HEAD_TIMEOUT = 10.0  # seconds to send a request line and headers (and to start the next request);
+# the config key metrics_timeout sets it
+MAX_HEAD_BYTES = 8192  # request line and headers together
+WRITE_TIMEOUT = 30.0  # seconds for a client to take a response
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    503: "Service Unavailable",
+}
 
 
 class MetricsServer:
@@ -51,10 +57,17 @@ class MetricsServer:
             supervisor passes one that sums its workers).
     """
 
-    def __init__(self, host: str, port: int, health: Callable[[], Awaitable[list[HealthCheck]]], *,
-                 ready: Callable[[], Awaitable[list[HealthCheck]]] | None = None,
-                 max_connections: int = MAX_CONNECTIONS, head_timeout: float = HEAD_TIMEOUT,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        health: Callable[[], Awaitable[list[HealthCheck]]],
+        *,
+        ready: Callable[[], Awaitable[list[HealthCheck]]] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        head_timeout: float = HEAD_TIMEOUT,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.health = health
@@ -69,8 +82,9 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Bind and serve. Raises OSError when the address cannot be bound."""
-        self.server = await asyncio.start_server(self._connection, self.host, self.port, reuse_address=True,
-                                                 limit=MAX_HEAD_BYTES)
+        self.server = await asyncio.start_server(
+            self._connection, self.host, self.port, reuse_address=True, limit=MAX_HEAD_BYTES
+        )
         self.bound_port = int(self.server.sockets[0].getsockname()[1])
         log.info("metrics and health on http://%s:%d/metrics, /healthz and /readyz", self.host, self.bound_port)
 
@@ -95,7 +109,7 @@ class MetricsServer:
         try:
             while await self._request(reader, writer):
                 pass
-        except (ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             self.open -= 1
@@ -135,34 +149,48 @@ class MetricsServer:
             await self._respond(writer, 200, body, close=close, content_type=CONTENT_TYPE_LATEST)
         elif path in ("/healthz", "/readyz"):
             results = await (self.health() if path == "/healthz" else self.ready())
-            await self._respond(writer, 200 if all(r.ok for r in results) else 503, report(results).encode(),
-                                close=close)
+            await self._respond(
+                writer, 200 if all(r.ok for r in results) else 503, report(results).encode(), close=close
+            )
         else:
             await self._respond(writer, 404, b"/metrics, /healthz or /readyz\n", close=close)
         return not close
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, *, close: bool,
-                       content_type: str = "text/plain; charset=utf-8", extra: str = "") -> None:
-        head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
+    async def _respond(
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: bytes,
+        *,
+        close: bool,
+        content_type: str = "text/plain; charset=utf-8",
+        extra: str = "",
+    ) -> None:
+        head = (
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        )
         writer.write(head.encode("latin-1") + body)
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
 
-async def start_metrics_server(config: Config, health: Callable[[], Awaitable[list[HealthCheck]]],
-                               ready: Callable[[], Awaitable[list[HealthCheck]]],
-                               registry: CollectorRegistry | None = None) -> MetricsServer:
+async def start_metrics_server(
+    config: Config,
+    health: Callable[[], Awaitable[list[HealthCheck]]],
+    ready: Callable[[], Awaitable[list[HealthCheck]]],
+    registry: CollectorRegistry | None = None,
+) -> MetricsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``config.metrics_listen`` (set) with ``metrics_timeout``.
 
     Raises:
         ConfigError: naming ``metrics_listen`` when the address cannot be bound.
     """
     assert config.metrics_listen is not None
-    server = MetricsServer(*config.metrics_listen, health=health, ready=ready, head_timeout=config.metrics_timeout,
-                           registry=registry)
+    server = MetricsServer(
+        *config.metrics_listen, health=health, ready=ready, head_timeout=config.metrics_timeout, registry=registry
+    )
     try:
         await server.start()
     except OSError as error:
-        raise ConfigError.unbindable("metrics_listen", "%s:%d" % config.metrics_listen, error) from None
+        raise ConfigError.unbindable("metrics_listen", "{}:{}".format(*config.metrics_listen), error) from None
     return server

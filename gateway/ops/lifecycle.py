@@ -41,9 +41,15 @@ async def lock_and_recover(spool: Spool) -> None:
     """
     spool.lock()
     report = await asyncio.to_thread(spool.recover)
-    log.info("spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
-             "messages removed, %d corrupt", spool.root, report.requeued_active, report.removed_tmp,
-             report.removed_orphan_data, len(report.corrupt))
+    log.info(
+        "spool %s recovered: %d requeued from active, %d temporary files and %d unacknowledged "
+        "messages removed, %d corrupt",
+        spool.root,
+        report.requeued_active,
+        report.removed_tmp,
+        report.removed_orphan_data,
+        len(report.corrupt),
+    )
 
 
 def unbindable(listener: ListenerConfig, error: OSError) -> ConfigError:

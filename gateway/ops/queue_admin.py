@@ -12,13 +12,13 @@ through :func:`gateway.safe_text.printable`: no byte of it acts on the terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gateway.errors import NotInQueue, SpoolError
 from gateway.safe_text import printable
 from gateway.spool import QueueState, Spool
-from gateway.spool.queue_id import arrival_of
 from gateway.spool.files import read_regular_file
+from gateway.spool.queue_id import arrival_of
 
 LISTED_STATES = (QueueState.ACTIVE, QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT)
 
@@ -42,7 +42,7 @@ class QueueRow:
 
 
 def _when(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def rows(spool: Spool) -> list[QueueRow]:
@@ -52,15 +52,25 @@ def rows(spool: Spool) -> list[QueueRow]:
     for entry in spool.entries(LISTED_STATES):
         listed.add(entry.queue_id)
         errors = [f"<{r.address}>: {r.last_reply}" for r in entry.pending() if r.last_reply]
-        result.append(QueueRow(
-            queue_id=entry.queue_id, state=entry.state.value, size=entry.message_size, arrival=entry.arrival,
-            sender=entry.sender, recipients=tuple(r.address for r in entry.pending()),
-            next_attempt=entry.next_attempt if entry.state is QueueState.DEFERRED else None,
-            last_error="; ".join(errors) or None))
+        result.append(
+            QueueRow(
+                queue_id=entry.queue_id,
+                state=entry.state.value,
+                size=entry.message_size,
+                arrival=entry.arrival,
+                sender=entry.sender,
+                recipients=tuple(r.address for r in entry.pending()),
+                next_attempt=entry.next_attempt if entry.state is QueueState.DEFERRED else None,
+                last_error="; ".join(errors) or None,
+            )
+        )
     for queue_id in spool.ids(QueueState.CORRUPT):
         if queue_id not in listed:  # an unreadable record still shows, so it can be deleted
-            result.append(QueueRow(queue_id, QueueState.CORRUPT.value, 0, arrival_of(queue_id), "?",
-                                   (), None, "unreadable record"))
+            result.append(
+                QueueRow(
+                    queue_id, QueueState.CORRUPT.value, 0, arrival_of(queue_id), "?", (), None, "unreadable record"
+                )
+            )
     return result
 
 
@@ -68,11 +78,15 @@ def format_list(queue_rows: list[QueueRow]) -> str:
     """mailq-style text: one header line per message, then recipients and last error."""
     if not queue_rows:
         return "Mail queue is empty"
-    lines = [f"{'Queue ID':<19} {'State':<8} {'Size':>9} {'Arrival (UTC)':<19}  {'Next attempt (UTC)':<19}  Sender/Recipient"]
+    lines = [
+        f"{'Queue ID':<19} {'State':<8} {'Size':>9} {'Arrival (UTC)':<19}  {'Next attempt (UTC)':<19}  Sender/Recipient"
+    ]
     for row in queue_rows:
         next_at = _when(row.next_attempt) if row.next_attempt else "-"
-        lines.append(f"{row.queue_id:<19} {row.state:<8} {row.size:>9} {_when(row.arrival):<19}  {next_at:<19}  "
-                     f"{printable(row.sender) or 'MAILER-DAEMON'}")
+        lines.append(
+            f"{row.queue_id:<19} {row.state:<8} {row.size:>9} {_when(row.arrival):<19}  {next_at:<19}  "
+            f"{printable(row.sender) or 'MAILER-DAEMON'}"
+        )
         if row.last_error:
             lines.append(f"{'':<40}({printable(row.last_error)})")
         for recipient in row.recipients:
@@ -90,8 +104,11 @@ def show(spool: Spool, queue_id: str) -> str:
         header = read_regular_file(spool.message_path(entry.queue_id)).split(b"\r\n\r\n", 1)[0]
     except (OSError, ValueError) as error:
         raise SpoolError(f"{entry.queue_id}: cannot read the message file: {error}") from None
-    lines = [entry.to_json().decode("utf-8", "surrogateescape"),
-             "", *header.decode("utf-8", "surrogateescape").split("\r\n")]
+    lines = [
+        entry.to_json().decode("utf-8", "surrogateescape"),
+        "",
+        *header.decode("utf-8", "surrogateescape").split("\r\n"),
+    ]
     return f"state: {entry.state.value}\n" + "\n".join(printable(line) for line in lines)
 
 

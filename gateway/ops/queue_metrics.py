@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -35,8 +35,11 @@ class SpoolCollector(Collector):
         oldest: list[str] = []
         for state in QueueState:
             try:
-                records = [name for name in os.listdir(self.spool.state_dir(state))
-                           if name.endswith(".json") and is_queue_id(name[:-5])]
+                records = [
+                    name
+                    for name in os.listdir(self.spool.state_dir(state))
+                    if name.endswith(".json") and is_queue_id(name[:-5])
+                ]
             except FileNotFoundError:
                 records = []
             sizes.add_metric([state.value], len(records))
@@ -45,9 +48,11 @@ class SpoolCollector(Collector):
         yield sizes
         # Queue IDs begin with the arrival time in hex microseconds, so the smallest name is the oldest.
         arrival = min((arrival_of(name[:-5]) for name in oldest), default=None)
-        yield GaugeMetricFamily(f"{PREFIX}_queue_oldest_message_age_seconds",
-                                "Age of the oldest queued message (0 when the queue is empty)",
-                                value=0.0 if arrival is None else max(0.0, self.clock() - arrival))
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_oldest_message_age_seconds",
+            "Age of the oldest queued message (0 when the queue is empty)",
+            value=0.0 if arrival is None else max(0.0, self.clock() - arrival),
+        )
         total = 0
         try:
             with os.scandir(self.spool.data_dir) as entries:

@@ -29,8 +29,8 @@ from pathlib import Path
 from gateway.ops.health import HealthCheck, run_checks
 from gateway.pipeline.policy import ScannerProbe
 
-PROBE_TIMEOUT = 2.0        # seconds for one scanner to answer its ping
-MAX_ANSWER_BYTES = 4096    # read of a ping answer
+PROBE_TIMEOUT = 2.0  # seconds for one scanner to answer its ping
+MAX_ANSWER_BYTES = 4096  # read of a ping answer
 PROBES_FILE = "readiness-probes.json"
 
 
@@ -39,8 +39,8 @@ async def probe_scanner(probe: ScannerProbe, timeout: float = PROBE_TIMEOUT) -> 
     name = f"scanner:{probe.policy}"
     try:
         answer = await asyncio.wait_for(_ask(probe), timeout)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError, asyncio.IncompleteReadError) as error:
-        why = "no answer within %gs" % timeout if isinstance(error, asyncio.TimeoutError) else str(error)
+    except (TimeoutError, OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
+        why = f"no answer within {timeout:g}s" if isinstance(error, asyncio.TimeoutError) else str(error)
         return HealthCheck(name, False, f"{probe.target} does not answer ({why})")
     if probe.expect not in answer:
         return HealthCheck(name, False, f"{probe.target} answered {answer[:80]!r}, not {probe.expect!r}")
@@ -67,11 +67,20 @@ async def _ask(probe: ScannerProbe) -> bytes:
         writer.close()
 
 
-async def readiness(listeners: list[tuple[str, str, int]], spool_dir: Path, cert_file: Path | None,
-                    needed_free: int, probes: list[ScannerProbe], draining: bool) -> list[HealthCheck]:
+async def readiness(
+    listeners: list[tuple[str, str, int]],
+    spool_dir: Path,
+    cert_file: Path | None,
+    needed_free: int,
+    probes: list[ScannerProbe],
+    draining: bool,
+) -> list[HealthCheck]:
     """Every readiness check: ``draining`` first, then :func:`run_checks`'s, then each scanner's."""
-    checks = [HealthCheck("draining", not draining,
-                          "draining: handing over, takes no new mail" if draining else "taking mail")]
+    checks = [
+        HealthCheck(
+            "draining", not draining, "draining: handing over, takes no new mail" if draining else "taking mail"
+        )
+    ]
     checks += await run_checks(listeners, spool_dir, cert_file, needed_free)
     checks += await asyncio.gather(*(probe_scanner(probe) for probe in probes))
     return checks
@@ -79,9 +88,19 @@ async def readiness(listeners: list[tuple[str, str, int]], spool_dir: Path, cert
 
 def save_probes(state_dir: Path, probes: list[ScannerProbe]) -> None:
     """Write ``probes`` for a supervisor (atomically: the supervisor may be reading the old file)."""
-    rows = [{"policy": p.policy, "target": p.target, "request": p.request.decode("latin-1"),
-             "expect": p.expect.decode("latin-1"), "path": p.path, "host": p.host, "port": p.port, "tls": p.tls}
-            for p in probes]
+    rows = [
+        {
+            "policy": p.policy,
+            "target": p.target,
+            "request": p.request.decode("latin-1"),
+            "expect": p.expect.decode("latin-1"),
+            "path": p.path,
+            "host": p.host,
+            "port": p.port,
+            "tls": p.tls,
+        }
+        for p in probes
+    ]
     path = state_dir / PROBES_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows))
@@ -92,9 +111,19 @@ def load_probes(state_dir: Path) -> list[ScannerProbe]:
     """The probes :func:`save_probes` wrote; none when the file is missing or damaged."""
     try:
         rows = json.loads((state_dir / PROBES_FILE).read_text())
-        return [ScannerProbe(policy=str(r["policy"]), target=str(r["target"]),
-                             request=str(r["request"]).encode("latin-1"), expect=str(r["expect"]).encode("latin-1"),
-                             path=r["path"], host=r["host"], port=r["port"], tls=bool(r["tls"])) for r in rows]
+        return [
+            ScannerProbe(
+                policy=str(r["policy"]),
+                target=str(r["target"]),
+                request=str(r["request"]).encode("latin-1"),
+                expect=str(r["expect"]).encode("latin-1"),
+                path=r["path"],
+                host=r["host"],
+                port=r["port"],
+                tls=bool(r["tls"]),
+            )
+            for r in rows
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

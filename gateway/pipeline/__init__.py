@@ -1,1 +1,4 @@
-"""Policies and how they run: the policy interface, the pipeline runner, building the pipelines from the config, the Received: field."""
+"""Policies and how they run.
+
+The policy interface, the pipeline runner, building the pipelines from the config, the Received: field.
+"""

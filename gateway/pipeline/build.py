@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING
 from gateway.addresses import domain_matches, split_mailbox
 from gateway.auth import Authenticator, AuthSettings, build_authenticator
 from gateway.auth.sender_logins import SenderLogins
-from gateway.recipients import RecipientRouting
 from gateway.config import Config
-from gateway.values import Network, parse_network
 from gateway.dkim.settings import DkimSettings
 from gateway.envelope import ClientInfo, Direction
 from gateway.errors import ConfigError
 from gateway.networks import NetworkSet
-from gateway.pipeline.runner import Pipeline, PolicyEntry
 from gateway.pipeline.policy import Policy, ScannerProbe
+from gateway.pipeline.runner import Pipeline, PolicyEntry
 from gateway.pipeline.section import Section
+from gateway.recipients import RecipientRouting
+from gateway.values import Network, parse_network
 
 if TYPE_CHECKING:
     from gateway.dkim.signer import DkimSigner
@@ -50,8 +50,9 @@ VIRUS_SCANNERS = _scanners("virus")
 SPAM_SCANNERS = _scanners("spam")
 # Tables read outside the policies: [pipeline] and [content_filter] here, [spam_levels] by the spam
 # scanners' shared levels, [dkim] by gateway.dkim.settings.
-OTHER_TABLES = frozenset({"pipeline", "content_filter", "spam_levels", "dkim", "auth", "relay_recipient_ldap",
-                          "cluster"})
+OTHER_TABLES = frozenset(
+    {"pipeline", "content_filter", "spam_levels", "dkim", "auth", "relay_recipient_ldap", "cluster"}
+)
 
 
 def known_tables() -> frozenset[str]:
@@ -73,9 +74,17 @@ class ScanSwitches:
     @classmethod
     def from_config(cls, config: Config) -> ScanSwitches:
         """Read ``[content_filter]``; raises ConfigError naming ``content_filter.<key>``."""
-        section = Section("content_filter", config.section("content_filter"), known={
-            "disable_scanning", "disable_virus_checks", "disable_spam_checks", "bypass_domains",
-            "bypass_clients"})
+        section = Section(
+            "content_filter",
+            config.section("content_filter"),
+            known={
+                "disable_scanning",
+                "disable_virus_checks",
+                "disable_spam_checks",
+                "bypass_domains",
+                "bypass_clients",
+            },
+        )
         everything = section.flag("disable_scanning", False)
         networks: list[Network] = []
         for item in section.strings("bypass_clients"):
@@ -83,10 +92,12 @@ class ScanSwitches:
                 networks.append(parse_network(item))
             except ValueError:
                 raise ConfigError("content_filter.bypass_clients", item, "CIDR networks such as 10.0.0.0/8") from None
-        return cls(disable_virus_checks=everything or section.flag("disable_virus_checks", False),
-                   disable_spam_checks=everything or section.flag("disable_spam_checks", False),
-                   bypass_domains=tuple(d.lower().rstrip(".") for d in section.strings("bypass_domains")),
-                   bypass_clients=NetworkSet(networks))
+        return cls(
+            disable_virus_checks=everything or section.flag("disable_virus_checks", False),
+            disable_spam_checks=everything or section.flag("disable_spam_checks", False),
+            bypass_domains=tuple(d.lower().rstrip(".") for d in section.strings("bypass_domains")),
+            bypass_clients=NetworkSet(networks),
+        )
 
     def skipped(self, client: ClientInfo, recipients: list[str]) -> frozenset[str]:
         """Names of the policies not to run for this message."""
@@ -96,7 +107,8 @@ class ScanSwitches:
         if self.disable_spam_checks:
             skip |= SPAM_SCANNERS
         if client.address in self.bypass_clients or (
-                recipients and self.bypass_domains and all(self._bypassed(r) for r in recipients)):
+            recipients and self.bypass_domains and all(self._bypassed(r) for r in recipients)
+        ):
             skip |= VIRUS_SCANNERS | SPAM_SCANNERS
         return frozenset(skip)
 
@@ -120,10 +132,10 @@ class Pipelines:
     outbound: Pipeline
     switches: ScanSwitches
     signer: DkimSigner | None = None
-    auth: AuthSettings | None = None              # None: no listener offers SMTP AUTH
+    auth: AuthSettings | None = None  # None: no listener offers SMTP AUTH
     authenticator: Authenticator | None = None
-    sender_logins: SenderLogins | None = None    # [auth] smtpd_sender_login_maps
-    recipients: RecipientRouting | None = None   # virtual_alias_maps, relay_recipient_maps
+    sender_logins: SenderLogins | None = None  # [auth] smtpd_sender_login_maps
+    recipients: RecipientRouting | None = None  # virtual_alias_maps, relay_recipient_maps
 
     def for_direction(self, direction: Direction) -> Pipeline:
         """The content pipeline of ``direction``."""
@@ -132,7 +144,8 @@ class Pipelines:
     def readiness_probes(self) -> list[ScannerProbe]:
         """The probes ``/readyz`` runs: one per fail-closed scanner that ``[content_filter]`` leaves on."""
         off = (VIRUS_SCANNERS if self.switches.disable_virus_checks else frozenset()) | (
-            SPAM_SCANNERS if self.switches.disable_spam_checks else frozenset())
+            SPAM_SCANNERS if self.switches.disable_spam_checks else frozenset()
+        )
         probes: dict[str, ScannerProbe] = {}
         for pipeline in (self.inbound, self.outbound):
             for policy in pipeline.policies:
@@ -164,8 +177,11 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
 
     unknown = sorted(set(config.sections) - known_tables())
     if unknown:
-        raise ConfigError(unknown[0], config.sections[unknown[0]],
-                          "not a known table; known: " + ", ".join(f"[{name}]" for name in sorted(known_tables())))
+        raise ConfigError(
+            unknown[0],
+            config.sections[unknown[0]],
+            "not a known table; known: " + ", ".join(f"[{name}]" for name in sorted(known_tables())),
+        )
     section = Section("pipeline", config.section("pipeline"), known={"inbound", "outbound"})
     built: dict[str, Policy] = {}
 
@@ -189,9 +205,16 @@ def build_pipelines(config: Config, *, prepare_keys: bool = True) -> Pipelines:
         if prepare_keys:
             signer.prepare(logging.getLogger("gateway.dkim"))
     auth = AuthSettings.from_config(config)
-    return Pipelines(access=Pipeline([REGISTRY[RELAY_ACCESS](config)]), inbound=Pipeline(entries("inbound")),
-                     outbound=Pipeline(entries("outbound")), switches=ScanSwitches.from_config(config),
-                     signer=signer, auth=auth, authenticator=build_authenticator(auth) if auth else None,
-                     sender_logins=(SenderLogins(auth.sender_login_maps, auth.check_from_header)
-                                    if auth and auth.sender_login_maps else None),
-                     recipients=RecipientRouting.from_config(config))
+    return Pipelines(
+        access=Pipeline([REGISTRY[RELAY_ACCESS](config)]),
+        inbound=Pipeline(entries("inbound")),
+        outbound=Pipeline(entries("outbound")),
+        switches=ScanSwitches.from_config(config),
+        signer=signer,
+        auth=auth,
+        authenticator=build_authenticator(auth) if auth else None,
+        sender_logins=(
+            SenderLogins(auth.sender_login_maps, auth.check_from_header) if auth and auth.sender_login_maps else None
+        ),
+        recipients=RecipientRouting.from_config(config),
+    )

@@ -29,8 +29,9 @@ _SIGNING_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dkim")
 HANDOVER_MAX_BYTES = 1 << 20
 
 
-async def finish(content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdit, ...], *, signer: DkimSigner | None,
-                 queue_id: str) -> MessageText:
+async def finish(
+    content: bytes | FileText, trace: bytes, edits: tuple[HeaderEdit, ...], *, signer: DkimSigner | None, queue_id: str
+) -> MessageText:
     """The message to commit: ``trace`` (the Received: field) and the ``edits`` applied, signed by ``signer``.
 
     Args:

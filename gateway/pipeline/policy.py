@@ -45,7 +45,8 @@ class PolicyContext:
     envelope: Envelope | None = None
     queue_id: str | None = None
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = field(
-        default_factory=lambda: logging.getLogger("gateway.policy"))
+        default_factory=lambda: logging.getLogger("gateway.policy")
+    )
 
 
 class Policy:

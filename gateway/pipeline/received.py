@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 from gateway.envelope import ClientInfo
 
@@ -28,15 +28,15 @@ def rfc5322_date(now: float) -> str:
     """
     global _last_date
     if not 0.0 <= now < _MAX_TIMESTAMP:
-        return format_datetime(datetime.fromtimestamp(now, timezone.utc))
+        return format_datetime(datetime.fromtimestamp(now, UTC))
     second = math.floor(now)
     if now - second >= 0.999:
         # fromtimestamp rounds to whole microseconds (half to even), which can
         # carry into the next second: let it decide.
-        return format_datetime(datetime.fromtimestamp(now, timezone.utc))
+        return format_datetime(datetime.fromtimestamp(now, UTC))
     cached = _last_date
     if cached[0] != second:
-        cached = (second, format_datetime(datetime.fromtimestamp(second, timezone.utc)))
+        cached = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
         _last_date = cached
     return cached[1]
 
@@ -49,8 +49,16 @@ def protocol_name(extended: bool, tls: bool, authenticated: bool, smtputf8: bool
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
-def received_header(client: ClientInfo, *, by_host: str, queue_id: str, recipients: list[str],
-                    extended: bool, smtputf8: bool, now: float) -> bytes:
+def received_header(
+    client: ClientInfo,
+    *,
+    by_host: str,
+    queue_id: str,
+    recipients: list[str],
+    extended: bool,
+    smtputf8: bool,
+    now: float,
+) -> bytes:
     """One folded ``Received:`` field ending in CRLF, Postfix style.
 
     ``for <rcpt>`` is given only for a single recipient (RFC 5321 §7.2: it must

@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
 from gateway import metrics
 from gateway import reply as replies
@@ -62,8 +62,12 @@ class PolicyEntry:
     @classmethod
     def of(cls, policy: Policy, concurrent: bool = False) -> PolicyEntry:
         """Read ``timeout`` / ``on_error`` from the policy's attributes when it has them."""
-        return cls(policy, float(getattr(policy, "timeout", DEFAULT_TIMEOUT)),
-                   str(getattr(policy, "on_error", "tempfail")), concurrent)
+        return cls(
+            policy,
+            float(getattr(policy, "timeout", DEFAULT_TIMEOUT)),
+            str(getattr(policy, "on_error", "tempfail")),
+            concurrent,
+        )
 
 
 class Pipeline:
@@ -77,26 +81,31 @@ class Pipeline:
         """The policies in order."""
         return tuple(entry.policy for entry in self.entries)
 
-    async def _call(self, entry: PolicyEntry, stage: str, call: Callable[[Policy], Awaitable[Verdict]],
-                    ctx: PolicyContext) -> Verdict:
+    async def _call(
+        self, entry: PolicyEntry, stage: str, call: Callable[[Policy], Awaitable[Verdict]], ctx: PolicyContext
+    ) -> Verdict:
         name = entry.policy.name
         started = time.monotonic()
         try:
             verdict = await asyncio.wait_for(call(entry.policy), entry.timeout)
-        except (ScannerError, asyncio.TimeoutError) as error:
+        except (TimeoutError, ScannerError) as error:
             if stage == "data":
                 metrics.SCANNER_UP.labels(name).set(0)
                 metrics.SCAN_VERDICTS.labels(name, "error").inc()
             what = f"timed out after {entry.timeout:g}s" if isinstance(error, asyncio.TimeoutError) else str(error)
             if entry.on_error == "pass":
-                log.warning("%s: policy %s failed at %s (%s); passing unscanned", ctx.queue_id or "NOQUEUE",
-                            name, stage, what)
-                return Verdict(Action.CONTINUE, headers=HeaderEdit(
-                    prepend=(("X-Scan-Skipped", f"{name} (scanner unavailable)"),)), reason=f"{name}_unavailable")
-            log.error("%s: policy %s failed at %s (%s); temporary failure", ctx.queue_id or "NOQUEUE", name,
-                      stage, what)
-            return Verdict(Action.TEMPFAIL, replies.TEMP_POLICY_FAILURE, reason=f"{name}_unavailable",
-                           detail=what)
+                log.warning(
+                    "%s: policy %s failed at %s (%s); passing unscanned", ctx.queue_id or "NOQUEUE", name, stage, what
+                )
+                return Verdict(
+                    Action.CONTINUE,
+                    headers=HeaderEdit(prepend=(("X-Scan-Skipped", f"{name} (scanner unavailable)"),)),
+                    reason=f"{name}_unavailable",
+                )
+            log.error(
+                "%s: policy %s failed at %s (%s); temporary failure", ctx.queue_id or "NOQUEUE", name, stage, what
+            )
+            return Verdict(Action.TEMPFAIL, replies.TEMP_POLICY_FAILURE, reason=f"{name}_unavailable", detail=what)
         except Exception:
             log.exception("%s: policy %s crashed at %s", ctx.queue_id or "NOQUEUE", name, stage)
             return Verdict(Action.TEMPFAIL, replies.INTERNAL_ERROR, reason="policy_error")
@@ -106,8 +115,13 @@ class Pipeline:
             metrics.SCANNER_UP.labels(name).set(1)
         return verdict
 
-    async def _run(self, stage: str, ctx: PolicyContext,
-                   call: Callable[[Policy], Awaitable[Verdict]], entries: Sequence[PolicyEntry]) -> StageResult:
+    async def _run(
+        self,
+        stage: str,
+        ctx: PolicyContext,
+        call: Callable[[Policy], Awaitable[Verdict]],
+        entries: Sequence[PolicyEntry],
+    ) -> StageResult:
         headers: list[HeaderEdit] = []
         for entry in entries:
             verdict = await self._call(entry, stage, call, ctx)
@@ -138,8 +152,9 @@ class Pipeline:
         """
         result = await self._run("rcpt", ctx, lambda p: p.on_rcpt(ctx, recipient), self.entries)
         if require_accept and result.verdict.action is Action.CONTINUE:
-            return StageResult(Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied"),
-                               None, result.headers)
+            return StageResult(
+                Verdict(Action.REJECT, replies.RELAY_DENIED, reason="relay_denied"), None, result.headers
+            )
         return result
 
     async def data(self, ctx: PolicyContext, message: bytes, skip: frozenset[str] = frozenset()) -> StageResult:
@@ -154,8 +169,9 @@ class Pipeline:
             return first
         concurrent = [e for e in entries if e.concurrent]
         verdicts = list(await asyncio.gather(*(self._call(e, "data", call, ctx) for e in concurrent)))
-        headers = list(first.headers) + [v.headers for v in verdicts
-                                         if v.action is Action.CONTINUE and v.headers != HeaderEdit()]
+        headers = list(first.headers) + [
+            v.headers for v in verdicts if v.action is Action.CONTINUE and v.headers != HeaderEdit()
+        ]
         decided = strongest(verdicts)
         if decided.action is Action.CONTINUE:
             return StageResult(ACCEPT, None, tuple(headers))

@@ -8,8 +8,9 @@ the value and what is allowed (maddy's per-module ``Configure``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.values import parse_duration
@@ -26,8 +27,9 @@ class Section:
         if known is not None:
             unknown = sorted(set(self.table) - known)
             if unknown:
-                raise ConfigError(f"{name}.{unknown[0]}", self.table[unknown[0]],
-                                  "known keys: " + ", ".join(sorted(known)))
+                raise ConfigError(
+                    f"{name}.{unknown[0]}", self.table[unknown[0]], "known keys: " + ", ".join(sorted(known))
+                )
 
     def key(self, key: str) -> str:
         """The dotted name of ``key`` for messages."""

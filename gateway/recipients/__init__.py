@@ -29,8 +29,8 @@ from gateway.addresses import domain_matches
 from gateway.config import Config
 from gateway.recipients.aliases import AliasLimitExceeded, VirtualAliases
 from gateway.recipients.ldap import LdapRecipients
-from gateway.recipients.verify import AddressVerifier
 from gateway.recipients.validation import Lookup, RecipientSource, RecipientTable, combined
+from gateway.recipients.verify import AddressVerifier
 from gateway.reply import Reply
 
 
@@ -60,8 +60,9 @@ class RecipientRouting:
         relay_domains: the domains validated.
     """
 
-    def __init__(self, aliases: VirtualAliases | None, sources: Sequence[RecipientSource],
-                 relay_domains: tuple[str, ...]) -> None:
+    def __init__(
+        self, aliases: VirtualAliases | None, sources: Sequence[RecipientSource], relay_domains: tuple[str, ...]
+    ) -> None:
         self.aliases = aliases
         self.sources = tuple(sources)
         self.relay_domains = relay_domains
@@ -77,15 +78,23 @@ class RecipientRouting:
         directory, verifier = LdapRecipients.from_config(config), AddressVerifier.from_config(config)
         if not (config.virtual_alias_maps or config.relay_recipient_maps or directory or verifier):
             return None
-        aliases = (VirtualAliases(config.virtual_alias_maps, config.recipient_delimiter,
-                                  config.virtual_alias_recursion_limit, config.virtual_alias_expansion_limit)
-                   if config.virtual_alias_maps else None)
-        sources: list[RecipientSource] = [RecipientTable(path, config.recipient_delimiter)
-                                          for path in config.relay_recipient_maps]
+        aliases = (
+            VirtualAliases(
+                config.virtual_alias_maps,
+                config.recipient_delimiter,
+                config.virtual_alias_recursion_limit,
+                config.virtual_alias_expansion_limit,
+            )
+            if config.virtual_alias_maps
+            else None
+        )
+        sources: list[RecipientSource] = [
+            RecipientTable(path, config.recipient_delimiter) for path in config.relay_recipient_maps
+        ]
         if directory is not None:
             sources.append(directory)  # after the tables, as Postfix tries its maps in order
         if verifier is not None:
-            sources.append(verifier)   # last: a probe only for what no table or directory knows
+            sources.append(verifier)  # last: a probe only for what no table or directory knows
         routing = cls(aliases, sources, config.relay_domains)
         routing.verifier = verifier
         return routing
@@ -106,25 +115,43 @@ class RecipientRouting:
         try:
             addresses = self.aliases.expand(address) if self.aliases is not None else [address]
         except AliasLimitExceeded as error:
-            return Resolution(reply=replies.for_recipient(replies.ALIAS_EXPANSION_FAILED, address),
-                              reason="virtual_alias_limit", rule="virtual_alias_maps", detail=str(error))
+            return Resolution(
+                reply=replies.for_recipient(replies.ALIAS_EXPANSION_FAILED, address),
+                reason="virtual_alias_limit",
+                rule="virtual_alias_maps",
+                detail=str(error),
+            )
         if validate and self.sources:
             for result in addresses:
                 if not domain_matches(result.rpartition("@")[2], self.relay_domains):
                     continue  # forwarded elsewhere by the operator's own alias
                 answer, source = await combined(self.sources, result)
                 if answer.lookup is Lookup.UNKNOWN and source == AddressVerifier.name:
-                    return Resolution(reply=replies.for_recipient(replies.undeliverable(answer.detail or ""), address),
-                                      reason="user_unknown", rule=AddressVerifier.name, detail=result)
+                    return Resolution(
+                        reply=replies.for_recipient(replies.undeliverable(answer.detail or ""), address),
+                        reason="user_unknown",
+                        rule=AddressVerifier.name,
+                        detail=result,
+                    )
                 if answer.lookup is Lookup.UNKNOWN:
-                    return Resolution(reply=replies.for_recipient(replies.USER_UNKNOWN, address),
-                                      reason="user_unknown", rule="relay_recipient_maps",
-                                      detail=f"{result} unknown" if result != address else None)
+                    return Resolution(
+                        reply=replies.for_recipient(replies.USER_UNKNOWN, address),
+                        reason="user_unknown",
+                        rule="relay_recipient_maps",
+                        detail=f"{result} unknown" if result != address else None,
+                    )
                 if answer.lookup is Lookup.UNVERIFIED:
-                    return Resolution(reply=replies.for_recipient(replies.unverified(answer.detail or ""), address),
-                                      reason="unverified_recipient", rule=AddressVerifier.name, detail=result)
+                    return Resolution(
+                        reply=replies.for_recipient(replies.unverified(answer.detail or ""), address),
+                        reason="unverified_recipient",
+                        rule=AddressVerifier.name,
+                        detail=result,
+                    )
                 if answer.lookup is Lookup.UNAVAILABLE:
-                    return Resolution(reply=replies.for_recipient(replies.RECIPIENT_LOOKUP_FAILED, address),
-                                      reason="recipient_lookup_failed", rule="relay_recipient_maps",
-                                      detail=f"{source} did not answer for {result}")
+                    return Resolution(
+                        reply=replies.for_recipient(replies.RECIPIENT_LOOKUP_FAILED, address),
+                        reason="recipient_lookup_failed",
+                        rule="relay_recipient_maps",
+                        detail=f"{source} did not answer for {result}",
+                    )
         return Resolution(addresses)

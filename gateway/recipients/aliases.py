@@ -44,8 +44,9 @@ class VirtualAliases:
         ConfigError: naming ``virtual_alias_maps`` when the file cannot be read or a key has no value.
     """
 
-    def __init__(self, paths: Sequence[Path], delimiter: str = "+", recursion_limit: int = 1000,
-                 expansion_limit: int = 1000) -> None:
+    def __init__(
+        self, paths: Sequence[Path], delimiter: str = "+", recursion_limit: int = 1000, expansion_limit: int = 1000
+    ) -> None:
         self.paths = tuple(paths)
         self.delimiter = delimiter
         self.recursion_limit = recursion_limit
@@ -79,8 +80,10 @@ class VirtualAliases:
                 seen.add(target.lower())
                 results.append(target)
                 if len(results) > self.expansion_limit:
-                    raise AliasLimitExceeded(f"{address} expands to more than {self.expansion_limit} addresses "
-                                             f"(virtual_alias_expansion_limit)")
+                    raise AliasLimitExceeded(
+                        f"{address} expands to more than {self.expansion_limit} addresses "
+                        f"(virtual_alias_expansion_limit)"
+                    )
 
         def walk(current: str, depth: int, path: frozenset[str]) -> None:
             targets = self.lookup(current)
@@ -88,8 +91,9 @@ class VirtualAliases:
                 deliver(current)
                 return
             if depth >= self.recursion_limit:
-                raise AliasLimitExceeded(f"{address} is nested more than {self.recursion_limit} levels deep "
-                                         f"(virtual_alias_recursion_limit)")
+                raise AliasLimitExceeded(
+                    f"{address} is nested more than {self.recursion_limit} levels deep (virtual_alias_recursion_limit)"
+                )
             for target in targets:
                 if target.lower() in path:
                     deliver(target)  # names itself or an address above it: delivered, not expanded again

@@ -41,8 +41,16 @@ class LdapRecipients:
         timeout: seconds for connecting and for the answer.
     """
 
-    def __init__(self, url: str, search_base: str, filter_template: str, *, bind_dn: str | None = None,
-                 bind_password: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        search_base: str,
+        filter_template: str,
+        *,
+        bind_dn: str | None = None,
+        bind_password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         self.url = url
         self.name = f"{SECTION} {url}"
         self.search_base = search_base
@@ -66,8 +74,14 @@ class LdapRecipients:
             raise ConfigError(section.key("ldap_url"), url, "ldap://host:port or ldaps://host:port")
         if not base:
             raise ConfigError(section.key("ldap_search_base"), base, "the base DN to search under")
-        return cls(url, base, section.text("ldap_filter") or "(mail=%s)", bind_dn=section.text("ldap_bind_dn"),
-                   bind_password=section.text("ldap_bind_password"), timeout=section.duration("timeout", 10.0))
+        return cls(
+            url,
+            base,
+            section.text("ldap_filter") or "(mail=%s)",
+            bind_dn=section.text("ldap_bind_dn"),
+            bind_password=section.text("ldap_bind_password"),
+            timeout=section.duration("timeout", 10.0),
+        )
 
     async def check(self, address: str) -> Answer:
         """:meth:`lookup` in a worker thread."""
@@ -80,14 +94,24 @@ class LdapRecipients:
 
         server = Server(self.url, connect_timeout=self.timeout, get_info=None)
         try:
-            with Connection(server, user=self.bind_dn, password=self.bind_password, receive_timeout=self.timeout,
-                            raise_exceptions=False) as connection:
+            with Connection(
+                server,
+                user=self.bind_dn,
+                password=self.bind_password,
+                receive_timeout=self.timeout,
+                raise_exceptions=False,
+            ) as connection:
                 if not connection.bound:
-                    log.error("recipients: LDAP %s refused the bind as %s: %s", self.url,
-                              self.bind_dn or "anonymous", connection.result.get("description"))
+                    log.error(
+                        "recipients: LDAP %s refused the bind as %s: %s",
+                        self.url,
+                        self.bind_dn or "anonymous",
+                        connection.result.get("description"),
+                    )
                     return Answer(Lookup.UNAVAILABLE)
-                if not connection.search(self.search_base, user_filter(self.filter_template, address), SUBTREE,
-                                         attributes=[], size_limit=1):
+                if not connection.search(
+                    self.search_base, user_filter(self.filter_template, address), SUBTREE, attributes=[], size_limit=1
+                ):
                     outcome = connection.result.get("description")
                     if outcome in ("success", "noSuchObject", "sizeLimitExceeded"):
                         return KNOWN if outcome == "sizeLimitExceeded" else UNKNOWN

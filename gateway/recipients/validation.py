@@ -33,8 +33,8 @@ class Lookup(enum.Enum):
 
     KNOWN = "known"
     UNKNOWN = "unknown"
-    UNAVAILABLE = "unavailable"   # the source could not answer (down, slow, an error)
-    UNVERIFIED = "unverified"     # a verification probe got no final answer (450 4.1.1)
+    UNAVAILABLE = "unavailable"  # the source could not answer (down, slow, an error)
+    UNVERIFIED = "unverified"  # a verification probe got no final answer (450 4.1.1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,8 +57,10 @@ class VerifyCache:
         if self._db is None:
             db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)  # used from to_thread's threads
             db.execute("PRAGMA journal_mode=WAL")  # readers in other workers do not wait for a writer
-            db.execute("CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
-                       "reply TEXT, updated REAL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS verified (address TEXT PRIMARY KEY, deliverable INTEGER, "
+                "reply TEXT, updated REAL)"
+            )
             self._db = db
         return self._db
 
@@ -67,8 +69,11 @@ class VerifyCache:
         with self._lock:
             if self._db is None and not self.path.exists():
                 return None
-            row = self._connection().execute("SELECT deliverable, reply, updated FROM verified WHERE address = ?",
-                                             (address.lower(),)).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT deliverable, reply, updated FROM verified WHERE address = ?", (address.lower(),))
+                .fetchone()
+            )
         return (bool(row[0]), str(row[1]), float(row[2])) if row else None
 
     def put(self, address: str, deliverable: bool, reply: str, when: float) -> None:
@@ -76,8 +81,9 @@ class VerifyCache:
         if self.read_only:
             return
         with self._lock, self._connection() as db:  # the with-block commits
-            db.execute("INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?)",
-                       (address.lower(), int(deliverable), reply, when))
+            db.execute(
+                "INSERT OR REPLACE INTO verified VALUES (?, ?, ?, ?)", (address.lower(), int(deliverable), reply, when)
+            )
 
 
 class AddressVerifier:
@@ -91,8 +97,17 @@ class AddressVerifier:
 
     name = "reject_unverified_recipient"
 
-    def __init__(self, cache: VerifyCache, sender: str, *, positive_expire: float, negative_expire: float,
-                 positive_refresh: float, negative_refresh: float, timeout: float) -> None:
+    def __init__(
+        self,
+        cache: VerifyCache,
+        sender: str,
+        *,
+        positive_expire: float,
+        negative_expire: float,
+        positive_refresh: float,
+        negative_refresh: float,
+        timeout: float,
+    ) -> None:
         self.cache = cache
         self.sender = sender
         self.positive_expire, self.negative_expire = positive_expire, negative_expire
@@ -107,12 +122,15 @@ class AddressVerifier:
         if not config.reject_unverified_recipient:
             return None
         sender = config.address_verify_sender or f"double-bounce@{config.myhostname}"
-        return cls(VerifyCache(config.state_dir / CACHE_FILE), sender,
-                   positive_expire=config.address_verify_positive_expire_time,
-                   negative_expire=config.address_verify_negative_expire_time,
-                   positive_refresh=config.address_verify_positive_refresh_time,
-                   negative_refresh=config.address_verify_negative_refresh_time,
-                   timeout=config.address_verify_timeout)
+        return cls(
+            VerifyCache(config.state_dir / CACHE_FILE),
+            sender,
+            positive_expire=config.address_verify_positive_expire_time,
+            negative_expire=config.address_verify_negative_expire_time,
+            positive_refresh=config.address_verify_positive_refresh_time,
+            negative_refresh=config.address_verify_negative_refresh_time,
+            timeout=config.address_verify_timeout,
+        )
 
     async def check(self, address: str) -> Answer:
         """KNOWN or UNKNOWN from the cache or a probe; UNVERIFIED when the probe cannot tell."""
@@ -124,8 +142,12 @@ class AddressVerifier:
             if age < (self.positive_expire if deliverable else self.negative_expire):
                 if age >= (self.positive_refresh if deliverable else self.negative_refresh):
                     self._refresh(address)
-                log.info("recipients: %s %s (address verification cache, %.0f s old)", address,
-                         "deliverable" if deliverable else "undeliverable", age)
+                log.info(
+                    "recipients: %s %s (address verification cache, %.0f s old)",
+                    address,
+                    "deliverable" if deliverable else "undeliverable",
+                    age,
+                )
                 return Answer(Lookup.KNOWN if deliverable else Lookup.UNKNOWN, text)
         return await self._probe(address)
 
@@ -134,7 +156,7 @@ class AddressVerifier:
             return Answer(Lookup.UNAVAILABLE, "address verification is not running")
         try:
             reply = await asyncio.wait_for(self.prober(self.sender, address), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return Answer(Lookup.UNVERIFIED, f"no answer from the next hop within {self.timeout:g} s")
         log.info("recipients: address verification of %s: %s", address, reply)
         if reply.is_transient:
@@ -145,6 +167,7 @@ class AddressVerifier:
 
     def _refresh(self, address: str) -> None:
         """Probe ``address`` again in the background; the cached answer stands meanwhile."""
+
         async def refresh() -> None:
             await self._probe(address)
 

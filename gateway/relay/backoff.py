@@ -78,16 +78,18 @@ def next_attempt(
         ValueError: when a time is not finite, a backoff or ``last_delay`` is
             negative, or ``minimal_backoff > maximal_backoff``.
     """
-    for name, value in (("now", now), ("arrival", arrival),
-                        ("minimal_backoff", minimal_backoff),
-                        ("maximal_backoff", maximal_backoff)):
+    for name, value in (
+        ("now", now),
+        ("arrival", arrival),
+        ("minimal_backoff", minimal_backoff),
+        ("maximal_backoff", maximal_backoff),
+    ):
         if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, not {value!r}")
     if minimal_backoff < 0:
         raise ValueError(f"minimal_backoff must be >= 0, not {minimal_backoff!r}")
     if minimal_backoff > maximal_backoff:
-        raise ValueError(f"minimal_backoff ({minimal_backoff!r}) exceeds "
-                         f"maximal_backoff ({maximal_backoff!r})")
+        raise ValueError(f"minimal_backoff ({minimal_backoff!r}) exceeds maximal_backoff ({maximal_backoff!r})")
     if last_delay is not None and not (math.isfinite(last_delay) and last_delay >= 0):
         raise ValueError(f"last_delay must be a finite number >= 0 or None, not {last_delay!r}")
 

@@ -188,29 +188,59 @@ def build_dsn(
     if relayed_only:
         text_body, text_cte, charset = _relayed_text(reporting_mta, recipients)
     else:
-        text_body, text_cte, charset = _text_part(reporting_mta, [r for r in recipients if r.action != "relayed"],
-                                                   arrival, now, postmaster or "postmaster", delayed_only)
+        text_body, text_cte, charset = _text_part(
+            reporting_mta,
+            [r for r in recipients if r.action != "relayed"],
+            arrival,
+            now,
+            postmaster or "postmaster",
+            delayed_only,
+        )
     if envid is not None:
         fmt.check_line("envid", envid)
-    status_body = _delivery_status(reporting_mta, original_queue_id, original_sender,
-                                   arrival, recipients, date, envid)
+    status_body = _delivery_status(reporting_mta, original_queue_id, original_sender, arrival, recipients, date, envid)
     headers_body = extract_headers(original_message, header_limit)
     headers_cte = "8bit" if any(byte >= 0x80 for byte in headers_body) else "7bit"
     parts = [
-        (fmt.fields([("Content-Description", "Notification"),
-                  ("Content-Type", f"text/plain; charset={charset}"),
-                  ("Content-Transfer-Encoding", text_cte)]), text_body),
-        (fmt.fields([("Content-Description", "Delivery report"),
-                  ("Content-Type", "message/delivery-status"),
-                  ("Content-Transfer-Encoding", "7bit")]), status_body),
-        (fmt.fields([("Content-Description", "Undelivered Message Headers"),
-                  ("Content-Type", "text/rfc822-headers"),
-                  ("Content-Transfer-Encoding", headers_cte)]), headers_body),
+        (
+            fmt.fields(
+                [
+                    ("Content-Description", "Notification"),
+                    ("Content-Type", f"text/plain; charset={charset}"),
+                    ("Content-Transfer-Encoding", text_cte),
+                ]
+            ),
+            text_body,
+        ),
+        (
+            fmt.fields(
+                [
+                    ("Content-Description", "Delivery report"),
+                    ("Content-Type", "message/delivery-status"),
+                    ("Content-Transfer-Encoding", "7bit"),
+                ]
+            ),
+            status_body,
+        ),
+        (
+            fmt.fields(
+                [
+                    ("Content-Description", "Undelivered Message Headers"),
+                    ("Content-Type", "text/rfc822-headers"),
+                    ("Content-Transfer-Encoding", headers_cte),
+                ]
+            ),
+            headers_body,
+        ),
     ]
     boundary = fmt.boundary(body for _, body in parts)
-    subject = ("Successful Mail Delivery Report" if relayed_only
-               else "Delayed Mail (still being retried)" if delayed_only
-               else "Undelivered Mail Returned to Sender")
+    subject = (
+        "Successful Mail Delivery Report"
+        if relayed_only
+        else "Delayed Mail (still being retried)"
+        if delayed_only
+        else "Undelivered Mail Returned to Sender"
+    )
     top = [
         ("Date", date),
         ("From", f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"),
@@ -269,8 +299,14 @@ def extract_headers(message: bytes | FileText, limit: int = HEADER_SIZE_LIMIT) -
     return b"".join(out)
 
 
-def _text_part(reporting_mta: str, recipients: Sequence[FailedRecipient], arrival: float,
-               now: float, postmaster: str, delayed_only: bool) -> tuple[bytes, str, str]:
+def _text_part(
+    reporting_mta: str,
+    recipients: Sequence[FailedRecipient],
+    arrival: float,
+    now: float,
+    postmaster: str,
+    delayed_only: bool,
+) -> tuple[bytes, str, str]:
     """Return ``(body, content-transfer-encoding, charset)`` of the human-readable part."""
     failed = [r for r in recipients if r.action == "failed"]
     delayed = [r for r in recipients if r.action == "delayed"]
@@ -302,8 +338,11 @@ def _text_part(reporting_mta: str, recipients: Sequence[FailedRecipient], arriva
     for recipient in failed if not delayed_only else delayed:
         lines += ["", *_explain(recipient)]
     if failed and delayed:
-        lines += ["", "Delivery to the following recipients is still being retried;",
-                  "you do not need to resend the message to them:"]
+        lines += [
+            "",
+            "Delivery to the following recipients is still being retried;",
+            "you do not need to resend the message to them:",
+        ]
         for recipient in delayed:
             lines += ["", *_explain(recipient)]
     return _encoded_text(lines)
@@ -323,12 +362,16 @@ def _encoded_text(lines: list[str]) -> tuple[bytes, str, str]:
 
 def _relayed_text(reporting_mta: str, recipients: Sequence[FailedRecipient]) -> tuple[bytes, str, str]:
     """The human-readable part of a success notice (Postfix's wording for a relayed message)."""
-    lines = [f"This is the mail system at host {reporting_mta}.", "",
-             "Your message was successfully delivered to the destination(s)",
-             "listed below. If the message was delivered to mailbox you will",
-             "receive no further notifications. Otherwise you may still receive",
-             "notifications of mail delivery errors from other systems.", "",
-             "                   The mail system"]
+    lines = [
+        f"This is the mail system at host {reporting_mta}.",
+        "",
+        "Your message was successfully delivered to the destination(s)",
+        "listed below. If the message was delivered to mailbox you will",
+        "receive no further notifications. Otherwise you may still receive",
+        "notifications of mail delivery errors from other systems.",
+        "",
+        "                   The mail system",
+    ]
     for recipient in recipients:
         lines += ["", *_explain(recipient, "relayed to a mailer that does not do DSN: ")]
     return _encoded_text(lines)
@@ -337,21 +380,36 @@ def _relayed_text(reporting_mta: str, recipients: Sequence[FailedRecipient]) -> 
 def _explain(recipient: FailedRecipient, prefix: str = "") -> list[str]:
     """Postfix-style lines ``<rcpt>: host H said: 550 5.1.1 text``, wrapped at 76 columns."""
     said = f"host {recipient.remote_mta} said: " if recipient.remote_mta else ""
-    return textwrap.wrap(f"<{recipient.address}>: {prefix}{said}{recipient.reply}", width=76,
-                         subsequent_indent="    ", break_long_words=False,
-                         break_on_hyphens=False)
+    return textwrap.wrap(
+        f"<{recipient.address}>: {prefix}{said}{recipient.reply}",
+        width=76,
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
-def _delivery_status(reporting_mta: str, queue_id: str, sender: str, arrival: float,
-                     recipients: Sequence[FailedRecipient], date: str, envid: str | None = None) -> bytes:
+def _delivery_status(
+    reporting_mta: str,
+    queue_id: str,
+    sender: str,
+    arrival: float,
+    recipients: Sequence[FailedRecipient],
+    date: str,
+    envid: str | None = None,
+) -> bytes:
     """The message/delivery-status body (RFC 3464 §2.2, §2.3), ASCII, CRLF."""
-    blocks = [fmt.fields([
-        *([("Original-Envelope-Id", envid)] if envid else []),  # RFC 3464 §2.2.1
-        ("Reporting-MTA", f"dns; {reporting_mta}"),
-        ("X-Gateway-Queue-ID", queue_id),
-        ("X-Gateway-Sender", fmt.address_field(sender)),
-        ("Arrival-Date", fmt.rfc5322_date(arrival)),
-    ])]
+    blocks = [
+        fmt.fields(
+            [
+                *([("Original-Envelope-Id", envid)] if envid else []),  # RFC 3464 §2.2.1
+                ("Reporting-MTA", f"dns; {reporting_mta}"),
+                ("X-Gateway-Queue-ID", queue_id),
+                ("X-Gateway-Sender", fmt.address_field(sender)),
+                ("Arrival-Date", fmt.rfc5322_date(arrival)),
+            ]
+        )
+    ]
     for recipient in recipients:
         reply = recipient.reply
         status = reply.status

@@ -199,13 +199,19 @@ class SmtpClient:
 
     async def _open(self, host: TargetHost) -> aiosmtplib.SMTP:
         level = self.config.smtp_tls_security_level
-        smtp = aiosmtplib.SMTP(hostname=host.address, port=host.port, local_hostname=self.config.myhostname,
-                               timeout=self.config.smtp_timeout, start_tls=False, validate_certs=False)
+        smtp = aiosmtplib.SMTP(
+            hostname=host.address,
+            port=host.port,
+            local_hostname=self.config.myhostname,
+            timeout=self.config.smtp_timeout,
+            start_tls=False,
+            validate_certs=False,
+        )
         try:
             await asyncio.wait_for(smtp.connect(), self.config.smtp_connect_timeout)
         except aiosmtplib.SMTPConnectResponseError as error:
             raise DeliveryError(_reply(error)) from None
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             raise DeliveryError(replies.connect_failed(host.describe(), error)) from None
         try:
             await self._hello(smtp)
@@ -228,7 +234,7 @@ class SmtpClient:
             if isinstance(error, aiosmtplib.SMTPAuthenticationError):
                 reply = replies.sasl_failed(reply, error.code)
             raise DeliveryError(reply) from None
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError, ssl.SSLError) as error:
             smtp.close()
             raise DeliveryError(replies.lost_connection(host.describe(), error)) from None
         return smtp
@@ -240,8 +246,17 @@ class SmtpClient:
         except aiosmtplib.SMTPHeloError:
             await smtp.helo()
 
-    async def deliver(self, host: TargetHost, sender: str, recipients: list[str], message: bytes | FileText, *,
-                      smtputf8: bool, body_8bitmime: bool, dsn: DsnOptions | None = None) -> AttemptResult:
+    async def deliver(
+        self,
+        host: TargetHost,
+        sender: str,
+        recipients: list[str],
+        message: bytes | FileText,
+        *,
+        smtputf8: bool,
+        body_8bitmime: bool,
+        dsn: DsnOptions | None = None,
+    ) -> AttemptResult:
         """Send ``message`` to ``recipients`` through ``host``.
 
         Raises:
@@ -250,20 +265,57 @@ class SmtpClient:
         smtp = self.cache.take(host)
         if smtp is not None:
             try:
-                return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
-                                              body_8bitmime=body_8bitmime, reused=True, dsn=dsn)
+                return await self._attempt_on(
+                    smtp,
+                    host,
+                    sender,
+                    recipients,
+                    message,
+                    smtputf8=smtputf8,
+                    body_8bitmime=body_8bitmime,
+                    reused=True,
+                    dsn=dsn,
+                )
             except _StaleSession:
                 pass
         smtp = await self._open(host)
-        return await self._attempt_on(smtp, host, sender, recipients, message, smtputf8=smtputf8,
-                                      body_8bitmime=body_8bitmime, reused=False, dsn=dsn)
+        return await self._attempt_on(
+            smtp,
+            host,
+            sender,
+            recipients,
+            message,
+            smtputf8=smtputf8,
+            body_8bitmime=body_8bitmime,
+            reused=False,
+            dsn=dsn,
+        )
 
-    async def _attempt_on(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                          message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool, reused: bool,
-                          dsn: DsnOptions | None) -> AttemptResult:
+    async def _attempt_on(
+        self,
+        smtp: aiosmtplib.SMTP,
+        host: TargetHost,
+        sender: str,
+        recipients: list[str],
+        message: bytes | FileText,
+        *,
+        smtputf8: bool,
+        body_8bitmime: bool,
+        reused: bool,
+        dsn: DsnOptions | None,
+    ) -> AttemptResult:
         try:
-            result = await self._transaction(smtp, host, sender, recipients, message, smtputf8=smtputf8,
-                                             body_8bitmime=body_8bitmime, reused=reused, dsn=dsn)
+            result = await self._transaction(
+                smtp,
+                host,
+                sender,
+                recipients,
+                message,
+                smtputf8=smtputf8,
+                body_8bitmime=body_8bitmime,
+                reused=reused,
+                dsn=dsn,
+            )
         except (DeliveryError, _StaleSession):
             smtp.close()
             raise
@@ -272,7 +324,7 @@ class SmtpClient:
             smtp.close()
             reply = replies.address_unsendable(error)
             return AttemptResult({r: reply for r in recipients}, host)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             smtp.close()
             raise DeliveryError(replies.lost_connection(host.describe(), error)) from None
         self.cache.put(host, smtp)
@@ -328,7 +380,7 @@ class SmtpClient:
             return await protocol.read_response(timeout=None)
         except aiosmtplib.SMTPServerDisconnected:
             if expired:
-                raise asyncio.TimeoutError(f"no reply to the end of data in {self.config.smtp_timeout:.0f}s") from None
+                raise TimeoutError(f"no reply to the end of data in {self.config.smtp_timeout:.0f}s") from None
             raise
         finally:
             timer.cancel()
@@ -345,12 +397,22 @@ class SmtpClient:
             if now_buffered < buffered:
                 stalled_since = time.monotonic()
             elif time.monotonic() - stalled_since > self.config.smtp_timeout:
-                raise asyncio.TimeoutError(f"no message bytes taken for {self.config.smtp_timeout:.0f}s")
+                raise TimeoutError(f"no message bytes taken for {self.config.smtp_timeout:.0f}s")
             buffered = now_buffered
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, host: TargetHost, sender: str, recipients: list[str],
-                           message: bytes | FileText, *, smtputf8: bool, body_8bitmime: bool,
-                           reused: bool = False, dsn: DsnOptions | None = None) -> AttemptResult:
+    async def _transaction(
+        self,
+        smtp: aiosmtplib.SMTP,
+        host: TargetHost,
+        sender: str,
+        recipients: list[str],
+        message: bytes | FileText,
+        *,
+        smtputf8: bool,
+        body_8bitmime: bool,
+        reused: bool = False,
+        dsn: DsnOptions | None = None,
+    ) -> AttemptResult:
         options = []
         encoding = "ascii"
         needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
@@ -386,8 +448,9 @@ class SmtpClient:
         accepted: list[str] = []
         for recipient in recipients:
             try:
-                response = await smtp.rcpt(recipient, options=dsn.rcpt_options(recipient) if dsn_passed and dsn else [],
-                                           encoding=encoding)
+                response = await smtp.rcpt(
+                    recipient, options=dsn.rcpt_options(recipient) if dsn_passed and dsn else [], encoding=encoding
+                )
             except aiosmtplib.SMTPRecipientRefused as error:
                 per_recipient[recipient] = _reply(error)
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 MAX_LINE = 998  # RFC 5322 §2.1.1, octets without CRLF
@@ -18,8 +18,10 @@ FORBIDDEN_CHARS = ("\r", "\n", "\x00")
 
 def xtext(text: str) -> str:
     """RFC 3461 §4 xtext: ``+``, ``=``, controls, space and non-ASCII (as UTF-8 octets) become ``+HH``."""
-    return "".join(chr(octet) if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D) else f"+{octet:02X}"
-                   for octet in text.encode("utf-8", "surrogateescape"))
+    return "".join(
+        chr(octet) if 0x21 <= octet <= 0x7E and octet not in (0x2B, 0x3D) else f"+{octet:02X}"
+        for octet in text.encode("utf-8", "surrogateescape")
+    )
 
 
 def address_field(address: str) -> str:
@@ -41,8 +43,7 @@ def address_field(address: str) -> str:
 def ascii_escape(text: str) -> str:
     """Make free text ASCII for a delivery-status field: non-ASCII and controls as ``\\x{HEX}``."""
     return "".join(
-        char if (0x20 <= ord(char) <= 0x7E or char == "\t") else f"\\x{{{ord(char):02X}}}"
-        for char in unicode(text)
+        char if (0x20 <= ord(char) <= 0x7E or char == "\t") else f"\\x{{{ord(char):02X}}}" for char in unicode(text)
     )
 
 
@@ -78,9 +79,11 @@ def fold(line: bytes, width: int) -> bytes:
     """
     out = []
     while len(line) > width:
-        breaks = [i for i in range(1, min(len(line) - 1, MAX_LINE + 1))
-                  if line[i] in b" \t" and line[i + 1] not in b" \t"
-                  and line[:i].strip()]
+        breaks = [
+            i
+            for i in range(1, min(len(line) - 1, MAX_LINE + 1))
+            if line[i] in b" \t" and line[i + 1] not in b" \t" and line[:i].strip()
+        ]
         within = [i for i in breaks if i <= width]
         if within:
             cut = within[-1]
@@ -115,7 +118,7 @@ def boundary(bodies: Iterable[bytes]) -> str:
 def rfc5322_date(timestamp: float) -> str:
     """RFC 5322 §3.3 date-time in UTC (``+0000``) for unix seconds."""
     try:
-        return format_datetime(datetime.fromtimestamp(timestamp, tz=timezone.utc))
+        return format_datetime(datetime.fromtimestamp(timestamp, tz=UTC))
     except (OverflowError, OSError) as exc:
         raise ValueError(f"{timestamp!r} is not a valid timestamp") from exc
 

@@ -15,7 +15,7 @@ from collections import deque
 
 DSN_COUNT = 10
 DSN_PERIOD = 3600.0  # seconds
-_PRUNE_AT = 10000    # addresses remembered before old ones are dropped
+_PRUNE_AT = 10000  # addresses remembered before old ones are dropped
 
 
 class DsnRateLimit:

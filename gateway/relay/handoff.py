@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from gateway.errors import DeliveryError, NotInQueue, SpoolError
 from gateway.relay.client import SmtpClient
+from gateway.relay.dsn import dsn_options
 from gateway.relay.routing import Destination, Router, RoutingError, TargetHost
-from gateway.relay.worker import dsn_options
 from gateway.spool import QueueState, RecipientState, Spool, SpoolEntry, run_io
 from gateway.values import NextHop
 
@@ -84,8 +84,9 @@ def _leave_all(spool: Spool, report: HandoffReport, why: str) -> None:
             report.left[queue_id] = why
 
 
-async def _hand_one(spool: Spool, client: SmtpClient, hosts: list[TargetHost], entry: SpoolEntry,
-                    report: HandoffReport) -> None:
+async def _hand_one(
+    spool: Spool, client: SmtpClient, hosts: list[TargetHost], entry: SpoolEntry, report: HandoffReport
+) -> None:
     pending = entry.pending()
     if pending:
         try:
@@ -98,9 +99,15 @@ async def _hand_one(spool: Spool, client: SmtpClient, hosts: list[TargetHost], e
         last_error = ""
         for host in hosts:
             try:
-                result = await client.deliver(host, entry.sender, [r.address for r in pending], message,
-                                              smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime,
-                                              dsn=dsn_options(entry, pending))
+                result = await client.deliver(
+                    host,
+                    entry.sender,
+                    [r.address for r in pending],
+                    message,
+                    smtputf8=entry.smtputf8,
+                    body_8bitmime=entry.body_8bitmime,
+                    dsn=dsn_options(entry, pending),
+                )
                 break
             except DeliveryError as error:
                 last_error = str(error.reply)
@@ -115,15 +122,30 @@ async def _hand_one(spool: Spool, client: SmtpClient, hosts: list[TargetHost], e
             reply = result.replies[recipient.address]
             held = " (held)" if entry.state is QueueState.HOLD else ""
             if reply.code < 300:
-                recipient.state, recipient.relay, recipient.last_reply = (RecipientState.DELIVERED,
-                                                                          result.host.describe(), reply)
+                recipient.state, recipient.relay, recipient.last_reply = (
+                    RecipientState.DELIVERED,
+                    result.host.describe(),
+                    reply,
+                )
                 recipient.last_attempt = now
-                log.info("%s: to=<%s>, relay=%s, status=handed-off%s (%s)", entry.queue_id, recipient.address,
-                         result.host.describe(), held, reply)
+                log.info(
+                    "%s: to=<%s>, relay=%s, status=handed-off%s (%s)",
+                    entry.queue_id,
+                    recipient.address,
+                    result.host.describe(),
+                    held,
+                    reply,
+                )
             else:
                 refused.append(f"<{recipient.address}>: {reply}")
-                log.error("%s: to=<%s>, relay=%s, not handed off%s (%s)", entry.queue_id, recipient.address,
-                          result.host.describe(), held, reply)
+                log.error(
+                    "%s: to=<%s>, relay=%s, not handed off%s (%s)",
+                    entry.queue_id,
+                    recipient.address,
+                    result.host.describe(),
+                    held,
+                    reply,
+                )
         if refused:
             await run_io(spool.write, entry)
             report.left[entry.queue_id] = "; ".join(refused)

@@ -13,8 +13,8 @@ import asyncio
 
 import aiosmtplib
 
-from gateway.relay import replies
 from gateway.errors import DeliveryError
+from gateway.relay import replies
 from gateway.relay.client import SmtpClient
 from gateway.relay.routing import Router, RoutingError
 from gateway.reply import Reply
@@ -58,12 +58,11 @@ async def probe_recipient(router: Router, client: SmtpClient, sender: str, addre
             if error.code >= 500:
                 return Reply.from_remote(error.code, error.message)
             last = Reply.from_remote(error.code, error.message)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             last = replies.lost_connection(host.describe(), error)
         finally:
             try:
                 await asyncio.wait_for(smtp.quit(), 5)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 smtp.close()
     return last
-

@@ -54,8 +54,11 @@ def sasl_failed(server_reply: Reply, server_code: int) -> Reply:
 
     Postfix's ``smtp_sasl_auth_soft_bounce = yes``; ``server_reply`` is quoted.
     """
-    return Reply(451, "4.7.8", _cut(f"SASL authentication failed; server said: {server_code} "
-                                    f"{server_reply.status} {server_reply.text}"))
+    return Reply(
+        451,
+        "4.7.8",
+        _cut(f"SASL authentication failed; server said: {server_code} {server_reply.status} {server_reply.text}"),
+    )
 
 
 def address_unsendable(error: BaseException) -> Reply:

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 from gateway.addresses import split_mailbox
 from gateway.config import Config
 from gateway.relay import replies
-from gateway.values import NextHop
 from gateway.reply import Reply
+from gateway.values import NextHop
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,15 +34,14 @@ from gateway import metrics
 from gateway.config import Config
 from gateway.errors import DeliveryError, SpoolError
 from gateway.message import FileText
-from gateway.relay import replies
+from gateway.relay import dsn, replies
 from gateway.relay.backoff import is_expired, next_attempt
-from gateway.relay.bounce import (HEADER_SIZE_LIMIT, UNTRUSTED_HEADER_LIMIT, FailedRecipient, build_dsn,
-                                  should_bounce)
+from gateway.relay.bounce import FailedRecipient
+from gateway.relay.client import SmtpClient
 from gateway.relay.dsn_rate import DsnRateLimit
-from gateway.relay.client import DsnOptions, SmtpClient
 from gateway.relay.routing import Destination, Router, RoutingError
 from gateway.reply import Reply
-from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id, run_io
+from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, run_io
 from gateway.spool.batcher import SpoolBatcher
 
 log = logging.getLogger("gateway.relay")
@@ -63,8 +62,15 @@ class RelayWorker:
         handoff_limit: bytes of handed-over messages held in memory at most.
     """
 
-    def __init__(self, config: Config, spool: Spool, router: Router, client: SmtpClient,
-                 batcher: SpoolBatcher, handoff_limit: int = HANDOFF_LIMIT_BYTES) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        router: Router,
+        client: SmtpClient,
+        batcher: SpoolBatcher,
+        handoff_limit: int = HANDOFF_LIMIT_BYTES,
+    ) -> None:
         self.config = config
         self.spool = spool
         self.batcher = batcher
@@ -83,7 +89,8 @@ class RelayWorker:
         self.pending_incoming: list[str] = []
         self.slots = asyncio.Semaphore(config.delivery_concurrency_limit)
         self.destination_slots: dict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(config.default_destination_concurrency_limit))
+            lambda: asyncio.Semaphore(config.default_destination_concurrency_limit)
+        )
         self.stopping = False
 
     def notify(self, entry: SpoolEntry) -> None:
@@ -143,7 +150,7 @@ class RelayWorker:
             self.wakeup.clear()
             try:
                 await asyncio.wait_for(self.wakeup.wait(), INCOMING_SCAN_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _start(self, queue_id: str, source: QueueState) -> None:
@@ -215,8 +222,13 @@ class RelayWorker:
 
     async def _defer_after_error(self, entry: SpoolEntry) -> None:
         # Move the record as it is on disk (statuses of this pass may be half-made) out of active/.
-        retry = next_attempt(time.time(), entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
-                             self.config.maximal_backoff_time)
+        retry = next_attempt(
+            time.time(),
+            entry.arrival,
+            entry.last_delay,
+            self.config.minimal_backoff_time,
+            self.config.maximal_backoff_time,
+        )
         try:
             stored = await run_io(self.spool.read, entry.queue_id, QueueState.ACTIVE)
             stored.next_attempt, stored.last_delay = retry.at, retry.delay
@@ -239,18 +251,24 @@ class RelayWorker:
                 groups[self.router.destination_for(recipient.address)].append(recipient)
             except RoutingError as error:
                 self._record(entry, [recipient], error.reply, None, "none")
-        await asyncio.gather(*(self._deliver_group(entry, message, destination, recipients)
-                               for destination, recipients in groups.items()))
+        await asyncio.gather(
+            *(
+                self._deliver_group(entry, message, destination, recipients)
+                for destination, recipients in groups.items()
+            )
+        )
         await self._finish(entry, message, was_pending)
 
-    async def _deliver_group(self, entry: SpoolEntry, message: bytes | FileText, destination: Destination,
-                             recipients: list[RecipientStatus]) -> None:
+    async def _deliver_group(
+        self, entry: SpoolEntry, message: bytes | FileText, destination: Destination, recipients: list[RecipientStatus]
+    ) -> None:
         async with self.destination_slots[destination.name]:
             with metrics.DELIVERY_DURATION.labels(destination.label).time():
                 await self._attempt(entry, message, destination, recipients)
 
-    async def _attempt(self, entry: SpoolEntry, message: bytes | FileText, destination: Destination,
-                       recipients: list[RecipientStatus]) -> None:
+    async def _attempt(
+        self, entry: SpoolEntry, message: bytes | FileText, destination: Destination, recipients: list[RecipientStatus]
+    ) -> None:
         try:
             hosts = await self.router.hosts(destination)
         except RoutingError as error:
@@ -261,24 +279,42 @@ class RelayWorker:
         for host in hosts:
             try:
                 result = await self.client.deliver(
-                    host, entry.sender, [r.address for r in recipients], message,
-                    smtputf8=entry.smtputf8, body_8bitmime=entry.body_8bitmime, dsn=dsn_options(entry, recipients))
+                    host,
+                    entry.sender,
+                    [r.address for r in recipients],
+                    message,
+                    smtputf8=entry.smtputf8,
+                    body_8bitmime=entry.body_8bitmime,
+                    dsn=dsn.dsn_options(entry, recipients),
+                )
             except DeliveryError as error:
                 assert isinstance(error.reply, Reply)
-                log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(),
-                         error.reply)
+                log.info("%s: host %s refused to talk or failed: %s", entry.queue_id, host.describe(), error.reply)
                 last_reply, last_host = error.reply, host.describe()
                 continue
             now = time.time()
             for recipient in recipients:
                 _settle(recipient, result.replies[recipient.address], host.describe(), now)
             # RFC 3461 §5.2.2.1: a next hop without DSN leaves the success notices to us
-            notices = [] if result.dsn_passed else [r for r in recipients if r.state is RecipientState.DELIVERED
-                                                    and r.notify is not None and "SUCCESS" in r.notify]
+            notices = (
+                []
+                if result.dsn_passed
+                else [
+                    r
+                    for r in recipients
+                    if r.state is RecipientState.DELIVERED and r.notify is not None and "SUCCESS" in r.notify
+                ]
+            )
             if notices:
                 self.success_notices.setdefault(entry.queue_id, []).extend(notices)
-            self._mark_done(entry, [r for r in recipients if r.state is RecipientState.DELIVERED
-                                    and not any(r is notice for notice in notices)])
+            self._mark_done(
+                entry,
+                [
+                    r
+                    for r in recipients
+                    if r.state is RecipientState.DELIVERED and not any(r is notice for notice in notices)
+                ],
+            )
             await asyncio.sleep(0)  # replies that came in with this one are marked before any of them is logged
             for recipient in recipients:
                 self._report(entry, recipient, destination.label, now)
@@ -293,19 +329,28 @@ class RelayWorker:
         if not delivered:
             return
         try:
-            if (entry.queue_id not in self.success_notices
-                    and all(r.state is RecipientState.DELIVERED for r in entry.recipients)):
+            if entry.queue_id not in self.success_notices and all(
+                r.state is RecipientState.DELIVERED for r in entry.recipients
+            ):
                 self.spool.finish_record(entry.queue_id)
                 self.early_removals[entry.queue_id] = self.batcher.remove(entry.queue_id, finished=True)
             else:
-                self.spool.mark_delivered(entry.queue_id, [index for index, r in enumerate(entry.recipients)
-                                                           if any(r is done for done in delivered)])
+                self.spool.mark_delivered(
+                    entry.queue_id,
+                    [index for index, r in enumerate(entry.recipients) if any(r is done for done in delivered)],
+                )
         except (OSError, SpoolError) as error:
-            log.warning("%s: cannot mark %d recipient(s) delivered (%s); until this pass ends, a crash would "
-                        "deliver to them again", entry.queue_id, len(delivered), error)
+            log.warning(
+                "%s: cannot mark %d recipient(s) delivered (%s); until this pass ends, a crash would "
+                "deliver to them again",
+                entry.queue_id,
+                len(delivered),
+                error,
+            )
 
-    def _record(self, entry: SpoolEntry, recipients: list[RecipientStatus], reply: Reply,
-                relay: str | None, nexthop: str) -> None:
+    def _record(
+        self, entry: SpoolEntry, recipients: list[RecipientStatus], reply: Reply, relay: str | None, nexthop: str
+    ) -> None:
         now = time.time()
         for recipient in recipients:
             _settle(recipient, reply, relay, now)
@@ -313,12 +358,22 @@ class RelayWorker:
 
     @staticmethod
     def _report(entry: SpoolEntry, recipient: RecipientStatus, nexthop: str, now: float) -> None:
-        status = {RecipientState.DELIVERED: "sent", RecipientState.BOUNCED: "bounced",
-                  RecipientState.DEFERRED: "deferred"}[recipient.state]
+        status = {
+            RecipientState.DELIVERED: "sent",
+            RecipientState.BOUNCED: "bounced",
+            RecipientState.DEFERRED: "deferred",
+        }[recipient.state]
         metrics.RECIPIENTS.labels(recipient.state.value, nexthop).inc()
-        log.info("%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)", entry.queue_id,
-                 recipient.address, recipient.relay or "none", now - entry.arrival, recipient.attempts, status,
-                 recipient.last_reply)
+        log.info(
+            "%s: to=<%s>, relay=%s, delay=%.2f, attempts=%d, status=%s (%s)",
+            entry.queue_id,
+            recipient.address,
+            recipient.relay or "none",
+            now - entry.arrival,
+            recipient.attempts,
+            status,
+            recipient.last_reply,
+        )
 
     async def _finish(self, entry: SpoolEntry, message: bytes | FileText, was_pending: list[RecipientStatus]) -> None:
         now = time.time()
@@ -327,26 +382,35 @@ class RelayWorker:
         if deferred and is_expired(now, entry.arrival, lifetime):
             for recipient in deferred:
                 recipient.state = RecipientState.BOUNCED
-                log.info("%s: to=<%s>, status=expired, returned to sender (%s)", entry.queue_id,
-                         recipient.address, recipient.last_reply)
+                log.info(
+                    "%s: to=<%s>, status=expired, returned to sender (%s)",
+                    entry.queue_id,
+                    recipient.address,
+                    recipient.last_reply,
+                )
         bounced_now = [r for r in was_pending if r.state is RecipientState.BOUNCED]
         if bounced_now:
             await self._bounce(entry, message, bounced_now)
         relayed = self.success_notices.pop(entry.queue_id, [])
         if relayed:
-            await self._send_dsn(entry, message, [_reported(r, "relayed") for r in relayed], "success notice")
+            await self._send_dsn(entry, message, [dsn.reported(r, "relayed") for r in relayed], "success notice")
         if entry.pending() and self._delay_warning_due(entry, now):
             entry.delay_warned = True  # one warning per message, whatever it covers
             delayed = [r for r in entry.pending() if r.notify is None or "DELAY" in r.notify]
             if delayed:
-                await self._send_dsn(entry, message, [_reported(r, "delayed") for r in delayed], "delay warning")
+                await self._send_dsn(entry, message, [dsn.reported(r, "delayed") for r in delayed], "delay warning")
         if entry.pending():
-            retry = next_attempt(now, entry.arrival, entry.last_delay, self.config.minimal_backoff_time,
-                                 self.config.maximal_backoff_time)
+            retry = next_attempt(
+                now, entry.arrival, entry.last_delay, self.config.minimal_backoff_time, self.config.maximal_backoff_time
+            )
             entry.next_attempt, entry.last_delay = retry.at, retry.delay
             await run_io(self.spool.update_and_move, entry, QueueState.DEFERRED)
-            log.info("%s: deferred, %d recipient(s) left, next attempt in %.0fs", entry.queue_id,
-                     len(entry.pending()), retry.delay)
+            log.info(
+                "%s: deferred, %d recipient(s) left, next attempt in %.0fs",
+                entry.queue_id,
+                len(entry.pending()),
+                retry.delay,
+            )
         else:
             removal = self.early_removals.pop(entry.queue_id, None)
             await self._removed(entry, removal or self.batcher.remove(entry.queue_id))
@@ -366,54 +430,18 @@ class RelayWorker:
         return bool(wait) and not entry.delay_warned and not entry.is_bounce and now - entry.arrival >= wait
 
     async def _bounce(self, entry: SpoolEntry, message: bytes | FileText, recipients: list[RecipientStatus]) -> None:
-        unwanted = [r for r in recipients if r.notify is not None and "FAILURE" not in r.notify]
-        if unwanted:  # RFC 3461 §4.1: NOTIFY=NEVER, or a list without FAILURE
-            log.info("%s: no DSN for %s (NOTIFY=%s)", entry.queue_id, ", ".join(r.address for r in unwanted),
-                     ",".join(unwanted[0].notify or ()))
-            recipients = [r for r in recipients if r not in unwanted]
-            if not recipients:
-                return
-        if not await self._send_dsn(entry, message, [_reported(r, "failed") for r in recipients],
-                                    "sender non-delivery notification", limited=True):
+        if not await dsn.bounce(self._dsn_context(), entry, message, recipients):
             for recipient in recipients:  # the DSN could not be queued: kept for retry
                 recipient.state = RecipientState.DEFERRED
 
-    async def _send_dsn(self, entry: SpoolEntry, message: bytes | FileText, reported: list[FailedRecipient],
-                        what: str, *, limited: bool = False) -> bool:
-        """Queue one RFC 3464 DSN about ``reported`` to the sender; False when it could not be queued.
+    async def _send_dsn(
+        self, entry: SpoolEntry, message: bytes | FileText, reported: list[FailedRecipient], what: str
+    ) -> None:
+        await dsn.send(self._dsn_context(), entry, message, reported, what)
 
-        Never to the null sender or about a DSN; with ``limited``, about mail from an untrusted client
-        only within the backscatter limit (:mod:`gateway.relay.dsn_rate`).
-        """
-        addresses = ", ".join(r.address for r in reported)
-        if not should_bounce(entry.sender, entry.is_bounce):
-            log.info("%s: no DSN for %s (null sender or a DSN itself)", entry.queue_id, addresses)
-            return True
-        now = time.time()
-        # From an untrusted client the sender may be forged: the DSN may be backscatter.
-        untrusted = entry.client is not None and not entry.client.trusted
-        if limited and untrusted and not self.dsn_rate.allow(entry.sender, now):
-            log.info("%s: no DSN for %s: <%s> got %d DSNs about mail from untrusted clients in the last "
-                     "%ds (backscatter limit)", entry.queue_id, addresses, entry.sender, self.dsn_rate.count,
-                     self.dsn_rate.period)
-            return True
-        dsn = build_dsn(reporting_mta=self.config.myhostname, original_sender=entry.sender,
-                        original_queue_id=entry.queue_id, arrival=entry.arrival, recipients=reported,
-                        original_message=message, now=now, envid=entry.dsn_envid,
-                        header_limit=UNTRUSTED_HEADER_LIMIT if untrusted else HEADER_SIZE_LIMIT)
-        notice = SpoolEntry(queue_id=new_queue_id(now), arrival=now, sender="",
-                            recipients=[RecipientStatus(entry.sender)], client=None,  # generated here
-                            is_bounce=True, smtputf8=entry.smtputf8, body_8bitmime=True)
-        try:
-            await self.batcher.commit(notice, dsn)
-        except SpoolError as error:
-            log.error("%s: cannot queue the DSN (%s); kept for retry", entry.queue_id, error)
-            return False
-        if limited:
-            metrics.BOUNCES.inc()  # non-delivery notifications only, not warnings or success notices
-        log.info("%s: %s: %s", entry.queue_id, what, notice.queue_id)
-        self.notify(notice)
-        return True
+    def _dsn_context(self) -> dsn.DsnContext:
+        # made per call: a reload replaces the config, and the app shares out dsn_rate after construction
+        return dsn.DsnContext(self.config, self.batcher, self.dsn_rate, self.notify)
 
 
 def _settle(recipient: RecipientStatus, reply: Reply, relay: str | None, now: float) -> None:
@@ -428,21 +456,3 @@ def _settle(recipient: RecipientStatus, reply: Reply, relay: str | None, now: fl
         recipient.state = RecipientState.BOUNCED
     else:
         recipient.state = RecipientState.DEFERRED
-
-
-def _reported(recipient: RecipientStatus, action: str) -> FailedRecipient:
-    """One recipient of a DSN (``failed``, ``delayed`` or ``relayed``): its ORCPT (RFC 3461) as the original
-    recipient, else the RCPT address an alias rewrote."""
-    original, original_type = recipient.original, "rfc822"
-    if recipient.orcpt is not None:
-        original_type, _, original = recipient.orcpt.partition(";")
-    return FailedRecipient(recipient.address, recipient.last_reply or replies.FAILED_WITHOUT_REPLY, recipient.relay,
-                           action=action, original=original, original_type=original_type)
-
-
-def dsn_options(entry: SpoolEntry, recipients: list[RecipientStatus]) -> DsnOptions | None:
-    """The RFC 3461 parameters of ``entry`` for these recipients, or None when the sender gave none."""
-    per_recipient = {r.address: (r.notify, r.orcpt) for r in recipients if r.notify is not None or r.orcpt}
-    if entry.dsn_ret is None and entry.dsn_envid is None and not per_recipient:
-        return None
-    return DsnOptions(entry.dsn_ret, entry.dsn_envid, per_recipient)

@@ -9,8 +9,9 @@ from gateway.envelope import ClientInfo
 from gateway.tls.context import peer_certificate_fingerprints, tls_session_info
 
 
-def client_of(transport: asyncio.BaseTransport | None, listener: str,
-              peer: tuple[str, int] | None = None) -> ClientInfo:
+def client_of(
+    transport: asyncio.BaseTransport | None, listener: str, peer: tuple[str, int] | None = None
+) -> ClientInfo:
     """A :class:`ClientInfo` for the connection on ``transport`` (its peer address and port, its TLS).
 
     ``peer``: the client a PROXY header named, instead of the connection's own peer (a balancer).

@@ -40,17 +40,17 @@ from typing import BinaryIO
 from gateway.message import FileText
 
 END_OF_DATA = b"\r\n.\r\n"
-LINE_LIMIT = 1001     # octets of a line with its CRLF (aiosmtpd's line_length_limit)
+LINE_LIMIT = 1001  # octets of a line with its CRLF (aiosmtpd's line_length_limit)
 SPILL_BYTES = 1 << 20  # a message larger than this is kept in a file while it arrives
-READ_BYTES = 1 << 18   # most octets taken from the stream reader at a time
+READ_BYTES = 1 << 18  # most octets taken from the stream reader at a time
 
 
 class DataOutcome(enum.Enum):
     """How a DATA phase ended."""
 
-    COMPLETE = "complete"      # the message is in DataResult.content
-    TOO_LONG = "too_long"      # a line over the limit: refuse with 500 5.5.2
-    TOO_BIG = "too_big"        # over size_limit: refuse with 552 5.3.4
+    COMPLETE = "complete"  # the message is in DataResult.content
+    TOO_LONG = "too_long"  # a line over the limit: refuse with 500 5.5.2
+    TOO_BIG = "too_big"  # over size_limit: refuse with 552 5.3.4
 
 
 class MemoryBudget:
@@ -116,7 +116,7 @@ class _Collector:
         self.spill_bytes = spill_bytes
         self.pieces: list[bytes] = []
         self.size = 0
-        self.held = 0   # octets taken from the budget
+        self.held = 0  # octets taken from the budget
         self.file: BinaryIO | None = None
         self.has_nul = False
         self.has_8bit = False
@@ -179,8 +179,8 @@ class _Unstuffer:
         self.collector = collector
         self.line_limit = line_limit
         self.size_limit = size_limit
-        self.carry = b""      # the start of a line whose CRLF has not come yet
-        self.size = 0         # octets of message text as sent (dots included)
+        self.carry = b""  # the start of a line whose CRLF has not come yet
+        self.size = 0  # octets of message text as sent (dots included)
         self.outcome = DataOutcome.COMPLETE
 
     def feed(self, piece: bytes) -> bytes | None:
@@ -202,7 +202,7 @@ class _Unstuffer:
             text, rest = b"", lines[3:]
         else:
             end = lines.find(END_OF_DATA)
-            text, rest = (lines, None) if end < 0 else (lines[:end + 2], lines[end + 5:])
+            text, rest = (lines, None) if end < 0 else (lines[: end + 2], lines[end + 5 :])
         self._store(text)
         if rest is None:
             self._carry(carry)
@@ -245,9 +245,15 @@ class _Unstuffer:
         self.collector.give_back()
 
 
-async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, budget: MemoryBudget | None = None,
-                    spill_dir: Path | None = None, line_limit: int = LINE_LIMIT,
-                    spill_bytes: int | None = None) -> DataResult:
+async def read_data(
+    reader: asyncio.StreamReader,
+    *,
+    size_limit: int | None,
+    budget: MemoryBudget | None = None,
+    spill_dir: Path | None = None,
+    line_limit: int = LINE_LIMIT,
+    spill_bytes: int | None = None,
+) -> DataResult:
     """Read one message after the 354 reply, up to and including the end-of-data line.
 
     Args:
@@ -295,8 +301,9 @@ async def read_data(reader: asyncio.StreamReader, *, size_limit: int | None, bud
             return DataResult(unstuffer.outcome, b"", received)
         content = collector.content()
         done = True
-        return DataResult(DataOutcome.COMPLETE, content, received, collector.held, collector.has_nul,
-                          collector.has_8bit)
+        return DataResult(
+            DataOutcome.COMPLETE, content, received, collector.held, collector.has_nul, collector.has_8bit
+        )
     finally:
         collector.close()
         if not done:

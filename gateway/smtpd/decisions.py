@@ -22,8 +22,6 @@ from gateway.reply import Reply
 from gateway.safe_text import CONTROL
 from gateway.verdict import Action, Verdict
 
-
-
 # The Postfix restriction a policy refusal stands for, named in the log as rule=
 POLICY_RULES = {"relay_denied": "reject_unauth_destination"}
 
@@ -123,8 +121,9 @@ async def recipient_decision(pipelines: Pipelines, ctx: PolicyContext, address: 
         return RecipientDecision(recipients=[address])
     resolution = await routing.resolve(address, validate=not ctx.client.trusted)
     if resolution.reply is not None:
-        return RecipientDecision(Refusal(resolution.reply, resolution.reason or "policy", resolution.rule,
-                                         resolution.detail))
+        return RecipientDecision(
+            Refusal(resolution.reply, resolution.reason or "policy", resolution.rule, resolution.detail)
+        )
     return RecipientDecision(recipients=resolution.addresses)
 
 

@@ -30,7 +30,8 @@ _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 # a cheap test before any parsing: most commands carry none of them
 NAMED: dict[tuple[str, ...], re.Pattern[str]] = {
     names: re.compile(r"[ \t](?:" + "|".join(names) + r")=", re.IGNORECASE)
-    for names in (MAIL_PARAMETERS, RCPT_PARAMETERS)}
+    for names in (MAIL_PARAMETERS, RCPT_PARAMETERS)
+}
 
 
 class ParameterError(ValueError):
@@ -71,8 +72,9 @@ def xtext_decode(text: str) -> str:
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
-def split_off(arg: str | None, keyword: str, names: tuple[str, ...],
-              getaddr: Callable[[str], tuple[str | None, str | None]]) -> tuple[str | None, DsnRequest]:
+def split_off(
+    arg: str | None, keyword: str, names: tuple[str, ...], getaddr: Callable[[str], tuple[str | None, str | None]]
+) -> tuple[str | None, DsnRequest]:
     """``arg`` of MAIL (``keyword`` ``"FROM:"``) or RCPT (``"TO:"``) without the parameters ``names``, and what
     they asked; ``arg`` unchanged when it has none, or when its path is malformed (aiosmtpd answers that).
 
@@ -81,9 +83,9 @@ def split_off(arg: str | None, keyword: str, names: tuple[str, ...],
     Raises:
         ParameterError: a malformed or repeated parameter.
     """
-    if not arg or not NAMED[names].search(arg) or arg[:len(keyword)].upper() != keyword:
+    if not arg or not NAMED[names].search(arg) or arg[: len(keyword)].upper() != keyword:
         return arg, NOT_ASKED
-    rest = getaddr(arg[len(keyword):].strip())[1]
+    rest = getaddr(arg[len(keyword) :].strip())[1]
     if not rest or not arg.endswith(rest):
         return arg, NOT_ASKED
     return take(arg, rest, names)
@@ -104,7 +106,7 @@ def take(arg: str, rest: str, names: tuple[str, ...]) -> tuple[str, DsnRequest]:
         ParameterError: a malformed or repeated parameter.
     """
     assert arg.endswith(rest), "rest is the tail of arg"
-    head = arg[:len(arg) - len(rest)]
+    head = arg[: len(arg) - len(rest)]
     kept, found = [], {}
     for token in rest.split():
         name, equals, value = token.partition("=")
@@ -115,9 +117,12 @@ def take(arg: str, rest: str, names: tuple[str, ...]) -> tuple[str, DsnRequest]:
         if keyword in found or not equals:
             raise ParameterError(replies.bad_dsn_parameter(token))
         found[keyword] = _checked(keyword, value, token)
-    request = DsnRequest(ret=found.get("RET"), envid=found.get("ENVID"),
-                         notify=tuple(found["NOTIFY"].split(",")) if "NOTIFY" in found else None,
-                         orcpt=found.get("ORCPT"))
+    request = DsnRequest(
+        ret=found.get("RET"),
+        envid=found.get("ENVID"),
+        notify=tuple(found["NOTIFY"].split(",")) if "NOTIFY" in found else None,
+        orcpt=found.get("ORCPT"),
+    )
     return (head.rstrip() + (" " + " ".join(kept) if kept else "")).rstrip(), request
 
 
@@ -130,8 +135,9 @@ def _checked(keyword: str, value: str, token: str) -> str:
             return value.upper()
         if keyword == "NOTIFY":
             words = [word.upper() for word in value.split(",")]
-            if words != ["NEVER"] and (not words or len(set(words)) != len(words)
-                                       or not set(words) <= set(NOTIFY_WORDS)):
+            if words != ["NEVER"] and (
+                not words or len(set(words)) != len(words) or not set(words) <= set(NOTIFY_WORDS)
+            ):
                 raise ValueError("NOTIFY is NEVER or a list of SUCCESS, FAILURE, DELAY")
             return ",".join(words)
         if keyword == "ENVID":
@@ -141,8 +147,13 @@ def _checked(keyword: str, value: str, token: str) -> str:
             return envid
         addr_type, semicolon, address = value.partition(";")
         decoded = xtext_decode(address)
-        if not semicolon or not _ADDR_TYPE.fullmatch(addr_type) or not decoded or len(decoded) > 500 \
-                or not decoded.isprintable():
+        if (
+            not semicolon
+            or not _ADDR_TYPE.fullmatch(addr_type)
+            or not decoded
+            or len(decoded) > 500
+            or not decoded.isprintable()
+        ):
             raise ValueError("ORCPT is addr-type;xtext")
         return f"{addr_type.lower()};{decoded}"
     except ValueError:

@@ -18,28 +18,29 @@ import ipaddress
 import logging
 from typing import cast
 
-from aiosmtpd.smtp import SMTP as AioSMTP, Envelope as AioEnvelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP as AioSMTP
+from aiosmtpd.smtp import Envelope as AioEnvelope
+from aiosmtpd.smtp import Session, TLSSetupException
 
 from gateway import metrics
 from gateway import reply as replies
 from gateway.config import Config
 from gateway.envelope import Envelope
-from gateway.networks import NetworkSet
 from gateway.message import header_end, header_has_bare_cr, received_count
+from gateway.networks import NetworkSet
 from gateway.pipeline.build import Pipelines
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
-from gateway.smtpd.protocol import GatewaySMTP
-from gateway.spool import new_queue_id
-from gateway.spool.intake import Intake
-from gateway.smtpd.client import client_of, describe_tls
+from gateway.smtpd import decisions, sasl
 from gateway.smtpd.accept import accept, transaction_summary
-from gateway.smtpd import sasl
-from gateway.smtpd.refusal import refuse
+from gateway.smtpd.client import client_of, describe_tls
+from gateway.smtpd.protocol import GatewaySMTP
 from gateway.smtpd.rate_limits import ClientRates, RateSettings, process_rates
-from gateway.smtpd import decisions
+from gateway.smtpd.refusal import refuse
 from gateway.smtpd.strict_input import content_violation
+from gateway.spool import new_queue_id
 from gateway.spool.files import has_room
+from gateway.spool.intake import Intake
 from gateway.verdict import Action
 
 log = logging.getLogger("gateway.smtpd")
@@ -56,8 +57,9 @@ class SmtpHandler:
         tls_mode: the listener's TLS mode, for the connection metric.
     """
 
-    def __init__(self, config: Config, listener_name: str, pipelines: Pipelines, intake: Intake,
-                 tls_mode: str = "none") -> None:
+    def __init__(
+        self, config: Config, listener_name: str, pipelines: Pipelines, intake: Intake, tls_mode: str = "none"
+    ) -> None:
         self.config = config
         self.listener_name = listener_name
         self.tls_mode = tls_mode
@@ -79,8 +81,12 @@ class SmtpHandler:
         self.sessions.add(server)
         metrics.CONNECTIONS.labels(self.listener_name, self.tls_mode).inc()
         metrics.SESSIONS_OPEN.labels(self.listener_name).inc()
-        log.info("connect from %s listener=%s%s", client.describe(), self.listener_name,
-                 f" tls={client.tls_version}" if client.tls_version else "")
+        log.info(
+            "connect from %s listener=%s%s",
+            client.describe(),
+            self.listener_name,
+            f" tls={client.tls_version}" if client.tls_version else "",
+        )
         result = await self.pipelines.access.connect(ctx)
         if result.verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert result.verdict.reply is not None
@@ -134,15 +140,29 @@ class SmtpHandler:
             log.info("disconnect from %s", ctx.client.describe())
 
     @staticmethod
-    def _refused(stage: str, refusal: decisions.Refusal, ctx: PolicyContext, *, sender: str | None = None,
-                 recipient: str | None = None, helo: str | None = None) -> str:
+    def _refused(
+        stage: str,
+        refusal: decisions.Refusal,
+        ctx: PolicyContext,
+        *,
+        sender: str | None = None,
+        recipient: str | None = None,
+        helo: str | None = None,
+    ) -> str:
         """A refusal (a policy's, or one of :mod:`gateway.smtpd.decisions`), through the one seam
         (:func:`gateway.smtpd.refusal.refuse`); ``helo``: the name being refused at HELO/EHLO."""
         envelope = ctx.envelope
-        return refuse(stage, refusal.reply, reason=refusal.reason, client=ctx.client.describe(),
-                      sender=sender if sender is not None else (envelope.sender if envelope is not None else None),
-                      recipients=[recipient] if recipient else (), helo=helo if helo is not None else ctx.client.helo,
-                      rule=refusal.rule, detail=refusal.detail)
+        return refuse(
+            stage,
+            refusal.reply,
+            reason=refusal.reason,
+            client=ctx.client.describe(),
+            sender=sender if sender is not None else (envelope.sender if envelope is not None else None),
+            recipients=[recipient] if recipient else (),
+            helo=helo if helo is not None else ctx.client.helo,
+            rule=refusal.rule,
+            detail=refusal.detail,
+        )
 
     @staticmethod
     def _ctx(server: AioSMTP) -> PolicyContext:
@@ -154,14 +174,20 @@ class SmtpHandler:
         describe_tls(server.transport, client)
         client.helo = None
         client.auth_user = None  # RFC 3207 §4.2: nothing learnt before TLS is kept
-        log.info("STARTTLS from %s %s %s%s", client.describe(), client.tls_version, client.tls_cipher,
-                 f" cert_sha256={client.cert_sha256}" if client.cert_sha256 else "")
+        log.info(
+            "STARTTLS from %s %s %s%s",
+            client.describe(),
+            client.tls_version,
+            client.tls_cipher,
+            f" cert_sha256={client.cert_sha256}" if client.cert_sha256 else "",
+        )
         return True
 
     # ---- commands ----
 
-    async def handle_EHLO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: AioSMTP, session: Session, envelope: AioEnvelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         """Record the EHLO name; advertise PIPELINING, ENHANCEDSTATUSCODES and, where offered, AUTH."""
         refusal = await self._greeted(server, session, "ehlo", hostname)
         if refusal is not None:
@@ -181,11 +207,11 @@ class SmtpHandler:
 
     async def authenticate(self, server: GatewaySMTP, arg: str) -> None:
         """One AUTH command (:func:`gateway.smtpd.sasl.authenticate`)."""
-        await sasl.authenticate(server, arg, mode=self.auth_mode(), settings=self.pipelines.auth,
-                                authenticator=self.pipelines.authenticator)
+        await sasl.authenticate(
+            server, arg, mode=self.auth_mode(), settings=self.pipelines.auth, authenticator=self.pipelines.authenticator
+        )
 
-    async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
-                          hostname: str) -> str:
+    async def handle_HELO(self, server: AioSMTP, session: Session, envelope: AioEnvelope, hostname: str) -> str:
         """Record the HELO name."""
         return await self._greeted(server, session, "helo", hostname) or replies.helo_ok(server.hostname)
 
@@ -199,8 +225,9 @@ class SmtpHandler:
         ctx.client.helo = hostname
         return None
 
-    async def handle_MAIL(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: AioSMTP, session: Session, envelope: AioEnvelope, address: str, mail_options: list[str]
+    ) -> str:
         """Check the sender and start a transaction; the queue ID is assigned here.
 
         The rules are :mod:`gateway.smtpd.decisions` (shared with ``gateway explain``), in this order,
@@ -209,21 +236,37 @@ class SmtpHandler:
         ctx = self._ctx(server)
         sender = "" if address == "<>" else address
         # the listener lookup only where [auth] is configured: most gateways have no AUTH at all
-        refusal = (decisions.auth_required_refusal(self.pipelines, ctx, self.auth_mode())
-                   if self.pipelines.auth is not None else None) or decisions.sender_syntax_refusal(sender)
+        refusal = (
+            decisions.auth_required_refusal(self.pipelines, ctx, self.auth_mode())
+            if self.pipelines.auth is not None
+            else None
+        ) or decisions.sender_syntax_refusal(sender)
         if refusal is not None:
             return self._refused("mail", refusal, ctx, sender=sender)
         rates = self.client_rates()
         if rates is not None and not await rates.allow("message", ctx.client):
-            return refuse("mail", replies.too_much_mail_from(str(ctx.client.address)), reason="message_rate_limit",
-                          client=ctx.client.describe(), sender=sender, helo=ctx.client.helo)
+            return refuse(
+                "mail",
+                replies.too_much_mail_from(str(ctx.client.address)),
+                reason="message_rate_limit",
+                client=ctx.client.describe(),
+                sender=sender,
+                helo=ctx.client.helo,
+            )
         refusal = decisions.sender_login_refusal(self.pipelines, ctx, sender)
         if refusal is not None:
             return self._refused("mail", refusal, ctx, sender=sender)
         transaction = Envelope.from_mail(sender, mail_options, smtputf8=envelope.smtp_utf8)
         if not has_room(self.intake.batcher.spool.root, transaction.declared_size or 0, self.config.queue_minfree):
-            return refuse("mail", replies.SPOOL_FULL, reason="queue_minfree", client=ctx.client.describe(),
-                          sender=sender, helo=ctx.client.helo, detail=f"size={transaction.declared_size}")
+            return refuse(
+                "mail",
+                replies.SPOOL_FULL,
+                reason="queue_minfree",
+                client=ctx.client.describe(),
+                sender=sender,
+                helo=ctx.client.helo,
+                detail=f"size={transaction.declared_size}",
+            )
         dsn = cast(GatewaySMTP, server).dsn_mail
         transaction.dsn_ret, transaction.dsn_envid = dsn.ret, dsn.envid
         ctx.envelope = transaction
@@ -236,24 +279,44 @@ class SmtpHandler:
         envelope.mail_options.extend(mail_options)
         return str(replies.SENDER_OK)
 
-    async def handle_RCPT(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: AioSMTP, session: Session, envelope: AioEnvelope, address: str, rcpt_options: list[str]
+    ) -> str:
         """Default-deny recipient check (:mod:`gateway.smtpd.decisions`), plus the rate and smtpd_recipient_limit."""
         ctx = self._ctx(server)
         if ctx.envelope is None:
-            return refuse("rcpt", replies.NEED_MAIL, reason="protocol", client=ctx.client.describe(),
-                          recipients=[address], helo=ctx.client.helo)
+            return refuse(
+                "rcpt",
+                replies.NEED_MAIL,
+                reason="protocol",
+                client=ctx.client.describe(),
+                recipients=[address],
+                helo=ctx.client.helo,
+            )
         refusal = decisions.recipient_syntax_refusal(address)
         if refusal is not None:
             return self._refused("rcpt", refusal, ctx, recipient=address)
         rates = self.client_rates()
         if rates is not None and not await rates.allow("recipient", ctx.client):
-            return refuse("rcpt", replies.too_many_recipients_from(str(ctx.client.address)),
-                          reason="recipient_rate_limit", client=ctx.client.describe(), sender=ctx.envelope.sender,
-                          recipients=[address], helo=ctx.client.helo)
+            return refuse(
+                "rcpt",
+                replies.too_many_recipients_from(str(ctx.client.address)),
+                reason="recipient_rate_limit",
+                client=ctx.client.describe(),
+                sender=ctx.envelope.sender,
+                recipients=[address],
+                helo=ctx.client.helo,
+            )
         if len(envelope.rcpt_tos) >= self.config.smtpd_recipient_limit:
-            return refuse("rcpt", replies.TOO_MANY_RECIPIENTS, reason="recipient_limit", client=ctx.client.describe(),
-                          sender=ctx.envelope.sender, recipients=[address], helo=ctx.client.helo)
+            return refuse(
+                "rcpt",
+                replies.TOO_MANY_RECIPIENTS,
+                reason="recipient_limit",
+                client=ctx.client.describe(),
+                sender=ctx.envelope.sender,
+                recipients=[address],
+                helo=ctx.client.helo,
+            )
         decision = await decisions.recipient_decision(self.pipelines, ctx, address)
         if decision.refusal is not None:
             return self._refused("rcpt", decision.refusal, ctx, recipient=address)
@@ -269,8 +332,7 @@ class SmtpHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.RECIPIENT_OK)
 
-    async def handle_VRFY(self, server: AioSMTP, session: Session, envelope: AioEnvelope,
-                          address: str) -> str:
+    async def handle_VRFY(self, server: AioSMTP, session: Session, envelope: AioEnvelope, address: str) -> str:
         """VRFY is disabled, as Postfix ``disable_vrfy_command = yes``."""
         return str(replies.VRFY_DISABLED)
 
@@ -287,40 +349,69 @@ class SmtpHandler:
         head_end = header_end(content)  # found once for both header checks of this message
         hops = received_count(content, head_end) + 1
         if hops >= self.config.hopcount_limit:
-            return refuse("data", replies.TOO_MANY_HOPS, reason="hopcount", client=ctx.client.describe(),
-                          summary=summary,
-                          detail=f"{hops} Received fields with ours, limit {self.config.hopcount_limit}")
+            return refuse(
+                "data",
+                replies.TOO_MANY_HOPS,
+                reason="hopcount",
+                client=ctx.client.describe(),
+                summary=summary,
+                detail=f"{hops} Received fields with ours, limit {self.config.hopcount_limit}",
+            )
         if header_has_bare_cr(content, head_end):
             # Sent on as a line end, it would split a field in two downstream: a header no check saw.
-            return refuse("data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(),
-                          summary=summary)
+            return refuse(
+                "data", replies.BARE_CR_IN_HEADER, reason="bare_cr", client=ctx.client.describe(), summary=summary
+            )
         reader = cast(GatewaySMTP, server)
-        violation = content_violation(has_nul=reader.message_has_nul, has_8bit=reader.message_has_8bit,
-                                      strict_8bitmime=self.config.strict_8bitmime,
-                                      declared_8bit=ctx.envelope.body_8bitmime or ctx.envelope.smtputf8)
+        violation = content_violation(
+            has_nul=reader.message_has_nul,
+            has_8bit=reader.message_has_8bit,
+            strict_8bitmime=self.config.strict_8bitmime,
+            declared_8bit=ctx.envelope.body_8bitmime or ctx.envelope.smtputf8,
+        )
         if violation is not None:
-            return refuse("data", violation.reply, reason=violation.reason, client=ctx.client.describe(),
-                          summary=summary)
+            return refuse(
+                "data", violation.reply, reason=violation.reason, client=ctx.client.describe(), summary=summary
+            )
         owners, login = self.pipelines.sender_logins, ctx.client.auth_user
         if login is not None and owners is not None and owners.check_from_header:
             author = owners.unowned_author(login, content, head_end)
             if author is not None:
-                return refuse("data", replies.author_not_owned(author, login), reason="from_login_mismatch",
-                              client=ctx.client.describe(), summary=summary)
+                return refuse(
+                    "data",
+                    replies.author_not_owned(author, login),
+                    reason="from_login_mismatch",
+                    client=ctx.client.describe(),
+                    summary=summary,
+                )
         pipeline = self.pipelines.for_direction(ctx.envelope.direction)
         result = await pipeline.data(ctx, content, skip=self.pipelines.switches.skipped(ctx.client, recipients))
         verdict = result.verdict
         if verdict.action in (Action.REJECT, Action.TEMPFAIL):
             assert verdict.reply is not None
-            return refuse("data", verdict.reply, reason=verdict.reason or "policy", client=ctx.client.describe(),
-                          summary=summary, detail=verdict.detail)
+            return refuse(
+                "data",
+                verdict.reply,
+                reason=verdict.reason or "policy",
+                client=ctx.client.describe(),
+                summary=summary,
+                detail=verdict.detail,
+            )
         if verdict.action is Action.DISCARD:
             metrics.MESSAGES_RECEIVED.labels(self.listener_name, ctx.envelope.direction.value, "discard").inc()
             log.info("%s, result=discard reason=%s", summary, verdict.reason)
             return str(replies.queued(ctx.queue_id))
-        accepting = accept(ctx, content, result, listener=self.listener_name, config=self.config,
-                           signer=self.pipelines.signer, intake=self.intake, summary=summary,
-                           extended_smtp=session.extended_smtp)
+        accepting = accept(
+            ctx,
+            content,
+            result,
+            listener=self.listener_name,
+            config=self.config,
+            signer=self.pipelines.signer,
+            intake=self.intake,
+            summary=summary,
+            extended_smtp=session.extended_smtp,
+        )
         del content  # accept() holds the text now, and lets go of it once committed
         return await accepting
 
@@ -338,4 +429,3 @@ class SmtpHandler:
             return str(replies.SERVICE_UNAVAILABLE)
         log.error("unexpected error in SMTP session: %r", error, exc_info=error)
         return refuse("session", replies.INTERNAL_ERROR, reason="internal_error", client="unknown")
-

@@ -13,15 +13,15 @@ import socket
 from functools import partial
 from pathlib import Path
 
-from gateway.values import ListenerConfig
+from gateway.networks import NetworkSet
+from gateway.smtpd.connection_limits import ConnectionLimiter
 from gateway.smtpd.data_reader import MemoryBudget
 from gateway.smtpd.handler import SmtpHandler
-from gateway.smtpd.connection_limits import ConnectionLimiter
 from gateway.smtpd.protocol import GatewaySMTP
-from gateway.networks import NetworkSet
 from gateway.smtpd.strict_input import InputRules
 from gateway.smtpd.upstream_proxy import UpstreamProxy
 from gateway.tls.context import ServerTls
+from gateway.values import ListenerConfig
 
 log = logging.getLogger("gateway.listener")
 
@@ -44,9 +44,17 @@ class Listener:
         tls_handshake_timeout: seconds for an implicit-TLS handshake (``smtpd_starttls_timeout``).
     """
 
-    def __init__(self, config: ListenerConfig, handler: SmtpHandler, server_tls: ServerTls | None,
-                 limiter: ConnectionLimiter, data_timeout: float, data_budget: MemoryBudget | None = None,
-                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        handler: SmtpHandler,
+        server_tls: ServerTls | None,
+        limiter: ConnectionLimiter,
+        data_timeout: float,
+        data_budget: MemoryBudget | None = None,
+        spill_dir: Path | None = None,
+        tls_handshake_timeout: float = 10.0,
+    ) -> None:
         self.config = config
         self.handler = handler
         self.server_tls = server_tls
@@ -59,18 +67,28 @@ class Listener:
 
     def _protocol(self) -> GatewaySMTP:
         return GatewaySMTP(
-            self.handler, limiter=self.limiter, tls_mode=self.config.tls, server_tls=self.server_tls,
-            data_timeout=self.data_timeout, data_budget=self.data_budget, spill_dir=self.spill_dir,
-            tls_handshake_timeout=self.tls_handshake_timeout, input_rules=self._input_rules(),
+            self.handler,
+            limiter=self.limiter,
+            tls_mode=self.config.tls,
+            server_tls=self.server_tls,
+            data_timeout=self.data_timeout,
+            data_budget=self.data_budget,
+            spill_dir=self.spill_dir,
+            tls_handshake_timeout=self.tls_handshake_timeout,
+            input_rules=self._input_rules(),
             upstream_proxy=self._upstream_proxy(),
             require_starttls=self.config.tls == "starttls" and self.config.require_tls,
-            loop=asyncio.get_running_loop(), **self._smtp_options())
+            loop=asyncio.get_running_loop(),
+            **self._smtp_options(),
+        )
 
     def _input_rules(self) -> InputRules:
         config = self.handler.config  # the live one: a reload replaces it
-        return InputRules(junk_command_limit=config.smtpd_junk_command_limit,
-                          forbid_unauth_pipelining=config.smtpd_forbid_unauth_pipelining,
-                          pregreet_wait=config.smtpd_pregreet_wait)
+        return InputRules(
+            junk_command_limit=config.smtpd_junk_command_limit,
+            forbid_unauth_pipelining=config.smtpd_forbid_unauth_pipelining,
+            pregreet_wait=config.smtpd_pregreet_wait,
+        )
 
     def _upstream_proxy(self) -> UpstreamProxy | None:
         if not self.config.upstream_proxy_protocol:
@@ -81,9 +99,14 @@ class Listener:
     def _smtp_options(self) -> dict[str, object]:
         """aiosmtpd ``SMTP`` keyword arguments common to the listener's connections."""
         config = self.handler.config  # the live one: a reload replaces it
-        return {"data_size_limit": config.message_size_limit, "enable_SMTPUTF8": True,
-                "decode_data": False, "hostname": config.myhostname, "ident": "ESMTP",
-                "timeout": config.smtpd_timeout}
+        return {
+            "data_size_limit": config.message_size_limit,
+            "enable_SMTPUTF8": True,
+            "decode_data": False,
+            "hostname": config.myhostname,
+            "ident": "ESMTP",
+            "timeout": config.smtpd_timeout,
+        }
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Bind and start accepting, or accept on ``sock`` (a listening socket bound by the supervisor).
@@ -96,10 +119,20 @@ class Listener:
             self.server = await loop.create_server(partial(self._protocol), sock=sock, start_serving=True)
         else:
             self.server = await loop.create_server(
-                partial(self._protocol), host=self.config.host, port=self.config.port,
-                reuse_address=True, start_serving=True)
-        log.info("listener %s on %s:%d tls=%s%s", self.config.name, self.config.host, self.bound_port,
-                 self.config.tls, " require_tls" if self.config.require_tls else "")
+                partial(self._protocol),
+                host=self.config.host,
+                port=self.config.port,
+                reuse_address=True,
+                start_serving=True,
+            )
+        log.info(
+            "listener %s on %s:%d tls=%s%s",
+            self.config.name,
+            self.config.host,
+            self.bound_port,
+            self.config.tls,
+            " require_tls" if self.config.require_tls else "",
+        )
 
     @property
     def bound_port(self) -> int:

@@ -24,8 +24,9 @@ _ANGLE_ADDR = re.compile(rf"<({_ADDR_SPEC})>")
 _BARE_ADDR = re.compile(_ADDR_SPEC)
 
 
-def split_path(arg: str, local_part_limit: int,
-               slow: Callable[[str], tuple[str | None, str | None]]) -> tuple[str | None, str | None]:
+def split_path(
+    arg: str, local_part_limit: int, slow: Callable[[str], tuple[str | None, str | None]]
+) -> tuple[str | None, str | None]:
     """Split ``<local@domain> params`` into the address and the rest.
 
     Same results as aiosmtpd's ``SMTP._getaddr`` (``slow``) for every input
@@ -44,7 +45,7 @@ def split_path(arg: str, local_part_limit: int,
         if match is None:
             return slow(arg)
         address = match.group(1)
-        rest = arg[match.end():]
+        rest = arg[match.end() :]
         if rest[:1] in (" ", "\t"):
             rest = rest.lstrip()  # get_fws strips all whitespace once started by space or tab
         if rest[:1] == "(":
@@ -54,7 +55,7 @@ def split_path(arg: str, local_part_limit: int,
         if match is None:
             return slow(arg)
         address = match.group()
-        rest = arg[match.end():]
+        rest = arg[match.end() :]
         if rest:
             # Only whitespace ends the bare dot-atom here: other characters may
             # still be atext to the parser, or make it read on ("." obs-domain,

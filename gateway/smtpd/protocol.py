@@ -44,19 +44,21 @@ from gateway import reply as replies
 from gateway.smtpd import dsn_parameters
 from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 from gateway.smtpd.data_reader import DataOutcome, MemoryBudget, read_data
-from gateway.smtpd.refusal import refuse
 from gateway.smtpd.paths import split_path
+from gateway.smtpd.proxied_tls import ProxiedImplicitTls
+from gateway.smtpd.refusal import refuse
 from gateway.smtpd.replies import enhance, is_greeting
 from gateway.smtpd.strict_input import CommandChecks, InputRules, unterminated_path
-from gateway.smtpd.proxied_tls import ProxiedImplicitTls
 from gateway.smtpd.upstream_proxy import UpstreamProxy, proxied_peer
 from gateway.tls.context import ServerTls, presented_certificate_fingerprints
 
 log = logging.getLogger("gateway.smtpd")
 
 _AUTH_PARAMETER = re.compile(r"[ \t]+AUTH=[^ \t]*", re.IGNORECASE)
-_DATA_REFUSALS = {DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
-                  DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit")}
+_DATA_REFUSALS = {
+    DataOutcome.TOO_LONG: (replies.LINE_TOO_LONG, "line_too_long"),
+    DataOutcome.TOO_BIG: (replies.MESSAGE_TOO_BIG, "message_size_limit"),
+}
 
 
 def peer_text(peer: object) -> str:
@@ -65,6 +67,7 @@ def peer_text(peer: object) -> str:
     ``peer`` is asyncio's ``peername`` extra (a tuple, or None) or aiosmtpd's ``session.peer``.
     """
     return f"unknown[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+
 
 class GatewaySMTP(ProxiedImplicitTls, SMTP):
     """The SMTP protocol object of one connection.
@@ -89,26 +92,38 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         kwargs: passed to aiosmtpd's ``SMTP`` (not ``tls_context``: taken from ``server_tls``).
     """
 
-    def __init__(self, handler: Any, *, limiter: ConnectionLimiter, tls_mode: str,
-                 server_tls: ServerTls | None, data_timeout: float, data_budget: MemoryBudget | None = None,
-                 spill_dir: Path | None = None, tls_handshake_timeout: float = 10.0,
-                 input_rules: InputRules = InputRules(), upstream_proxy: UpstreamProxy | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        limiter: ConnectionLimiter,
+        tls_mode: str,
+        server_tls: ServerTls | None,
+        data_timeout: float,
+        data_budget: MemoryBudget | None = None,
+        spill_dir: Path | None = None,
+        tls_handshake_timeout: float = 10.0,
+        input_rules: InputRules = InputRules(),
+        upstream_proxy: UpstreamProxy | None = None,
+        **kwargs: Any,
+    ) -> None:
         starttls = tls_mode == "starttls" and server_tls is not None
         super().__init__(handler, tls_context=server_tls.context if starttls and server_tls else None, **kwargs)
         # every command through the strict-input checks first (aiosmtpd dispatches from this table)
-        self._smtp_methods = {command: functools.partial(self._checked_command, command, method)
-                              for command, method in self._smtp_methods.items()}
+        self._smtp_methods = {
+            command: functools.partial(self._checked_command, command, method)
+            for command, method in self._smtp_methods.items()
+        }
         self.input_rules = input_rules
         self.command_checks = CommandChecks(input_rules)
         self.greeted = False
         self.upstream_proxy = upstream_proxy
-        self.proxy_peer: tuple[str, int] | None = None   # the client a PROXY header named (kept across STARTTLS)
+        self.proxy_peer: tuple[str, int] | None = None  # the client a PROXY header named (kept across STARTTLS)
         self._header: bytearray | None = None  # implicit TLS behind a balancer: the PROXY header so far
         self.message_has_nul = self.message_has_8bit = False  # of the message just read (for handle_DATA)
         # RFC 3461 parameters of the MAIL and the RCPT being handled (for handle_MAIL / handle_RCPT)
         self.dsn_mail = self.dsn_rcpt = dsn_parameters.NOT_ASKED
-        self.early_input = b""          # what the client sent before the greeting (an early talker)
+        self.early_input = b""  # what the client sent before the greeting (an early talker)
         self.limiter = limiter
         self.implicit_tls = tls_mode == "implicit"
         self.server_tls = server_tls
@@ -117,11 +132,11 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         self.spill_dir = spill_dir
         self.tls_handshake_timeout = tls_handshake_timeout
         self.in_ehlo = False
-        self.auth_failures = 0          # failed logins in this session (gateway.smtpd.sasl)
+        self.auth_failures = 0  # failed logins in this session (gateway.smtpd.sasl)
         self.gateway_ctx: Any = None
         self._implicit_handshake: sslproto.SSLProtocol | None = None
-        self._slot: str | None = None   # the limiter key this connection is counted under
-        self._refused = False           # over a connection limit: closed at once
+        self._slot: str | None = None  # the limiter key this connection is counted under
+        self._refused = False  # over a connection limit: closed at once
 
     @property
     def tls_active(self) -> bool:
@@ -138,8 +153,9 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
             if not self.limiter.try_acquire(key, exempt=bool(peer) and self._limit_exempt(str(peer[0]))):
                 self._refused = True
                 log.warning("connection limit reached, refusing %s", key)
-                line = refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
-                              client=peer_text(peer))
+                line = refuse(
+                    "connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit", client=peer_text(peer)
+                )
                 if not self.implicit_tls:  # in plain text; an implicit-TLS client is just closed
                     cast(asyncio.WriteTransport, transport).write(f"{line}\r\n".encode())
                 transport.close()
@@ -194,9 +210,15 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         # aiosmtpd runs STARTTLS. The SSLProtocol calls connection_made again when done.
         assert self.server_tls is not None
         waiter = self.loop.create_future()
-        handshake = sslproto.SSLProtocol(self.loop, self, self.server_tls.context, waiter, server_side=True,
-                                         call_connection_made=True,
-                                         ssl_handshake_timeout=self.tls_handshake_timeout)  # type: ignore[arg-type]
+        handshake = sslproto.SSLProtocol(
+            self.loop,
+            self,
+            self.server_tls.context,
+            waiter,
+            server_side=True,
+            call_connection_made=True,
+            ssl_handshake_timeout=self.tls_handshake_timeout,  # type: ignore[arg-type]
+        )
         self._implicit_handshake = handshake
         # aiosmtpd's sign of an encrypted session (EHLO, require_starttls, AUTH).
         self._tls_protocol = handshake
@@ -204,8 +226,9 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         handshake.connection_made(transport)
         waiter.add_done_callback(functools.partial(self._implicit_tls_done, transport, handshake))
 
-    def _implicit_tls_done(self, transport: asyncio.Transport, handshake: sslproto.SSLProtocol,
-                           waiter: asyncio.Future[None]) -> None:
+    def _implicit_tls_done(
+        self, transport: asyncio.Transport, handshake: sslproto.SSLProtocol, waiter: asyncio.Future[None]
+    ) -> None:
         error = None if waiter.cancelled() else waiter.exception()
         if waiter.cancelled() or error is not None:
             self.log_handshake_failure(transport, handshake, error)
@@ -214,8 +237,12 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         elif self.session is None:
             self._release_slot()  # the client left during the handshake
 
-    def log_handshake_failure(self, transport: asyncio.BaseTransport | None,
-                              handshake: sslproto.SSLProtocol | None, error: BaseException | None) -> None:
+    def log_handshake_failure(
+        self,
+        transport: asyncio.BaseTransport | None,
+        handshake: sslproto.SSLProtocol | None,
+        error: BaseException | None,
+    ) -> None:
         """Log a failed TLS handshake: client, listener, presented certificate, OpenSSL's reason.
 
         Args:
@@ -226,16 +253,22 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         peer = transport.get_extra_info("peername") if transport is not None else None
         client = peer_text(peer)
         fingerprints = presented_certificate_fingerprints(getattr(handshake, "_sslobj", None))
-        certificate = (f" cert_sha256={fingerprints[0]} cert_sha1={fingerprints[1]}" if fingerprints
-                       else " no client certificate")
+        certificate = (
+            f" cert_sha256={fingerprints[0]} cert_sha1={fingerprints[1]}" if fingerprints else " no client certificate"
+        )
         if error is None:
             reason = "cancelled"
         elif isinstance(error, ssl.SSLCertVerificationError):
             reason = f"certificate verify failed: {error.verify_message}"
         else:
             reason = str(error) or type(error).__name__
-        log.info("TLS handshake failed from %s listener=%s%s: %s", client,
-                 getattr(self.event_handler, "listener_name", "?"), certificate, reason)
+        log.info(
+            "TLS handshake failed from %s listener=%s%s: %s",
+            client,
+            getattr(self.event_handler, "listener_name", "?"),
+            certificate,
+            reason,
+        )
 
     def close_if_idle(self) -> bool:
         """At shutdown: with no mail transaction open, say ``421 4.3.2`` and close (RFC 5321 §3.8).
@@ -287,15 +320,17 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         """The PROXY header (:mod:`gateway.smtpd.upstream_proxy`); False with the connection closed or refused."""
         assert self.upstream_proxy is not None and self.transport is not None
         peer = self.transport.get_extra_info("peername")
-        client = await proxied_peer(self._reader, (str(peer[0]), int(peer[1])), self.upstream_proxy,
-                                    self._listener_name())
+        client = await proxied_peer(
+            self._reader, (str(peer[0]), int(peer[1])), self.upstream_proxy, self._listener_name()
+        )
         if client is not None:
             if self._rekey(client):  # counted again under the real client, for the per-client limit
                 # the header was expected before the greeting; only what came after it talked first
                 self.early_input = bytes(getattr(self._reader, "_buffer", b"")[:64])
                 return True
-            await super().push(refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit",
-                                      client=peer_text(client)))
+            await super().push(
+                refuse("connect", replies.TOO_MANY_CONNECTIONS, reason="connection_limit", client=peer_text(client))
+            )
         self.transport.close()
         return False
 
@@ -308,9 +343,13 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
             await asyncio.sleep(self.input_rules.pregreet_wait)
         if not self.early_input:
             return None
-        return refuse("connect", replies.TALKED_BEFORE_GREETING, reason="pregreet",
-                      client=ctx.client.describe() if ctx is not None else "unknown",
-                      detail=repr(self.early_input))
+        return refuse(
+            "connect",
+            replies.TALKED_BEFORE_GREETING,
+            reason="pregreet",
+            client=ctx.client.describe() if ctx is not None else "unknown",
+            detail=repr(self.early_input),
+        )
 
     async def _checked_command(self, command: str, method: Any, arg: str | None) -> None:
         """Run ``method`` for ``command`` unless :class:`~gateway.smtpd.strict_input.CommandChecks` refuses it."""
@@ -322,8 +361,15 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         if violation is None:
             await method(arg)
             return
-        await self.push(refuse("session", violation.reply, reason=violation.reason, client=self._peer_text(),
-                               detail=f"{command} {arg or ''}".strip()[:64]))  # the log escapes control characters
+        await self.push(
+            refuse(
+                "session",
+                violation.reply,
+                reason=violation.reason,
+                client=self._peer_text(),
+                detail=f"{command} {arg or ''}".strip()[:64],
+            )
+        )  # the log escapes control characters
         if violation.closes and self.transport is not None:
             self.transport.close()
 
@@ -360,8 +406,9 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         if unterminated_path(arg, "FROM:"):
-            await self.push(refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=self._peer_text(),
-                                   sender=arg))
+            await self.push(
+                refuse("mail", replies.BAD_SENDER_SYNTAX, reason="bad_address", client=self._peer_text(), sender=arg)
+            )
             return
         # RFC 4954 §5: AUTH=<mailbox> is taken and ignored (it grants nothing; aiosmtpd would answer 555)
         arg = _AUTH_PARAMETER.sub("", arg) if arg else arg
@@ -374,8 +421,15 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         if unterminated_path(arg, "TO:"):
-            await self.push(refuse("rcpt", replies.BAD_ADDRESS_SYNTAX, reason="bad_address", client=self._peer_text(),
-                                   recipients=[arg or ""]))
+            await self.push(
+                refuse(
+                    "rcpt",
+                    replies.BAD_ADDRESS_SYNTAX,
+                    reason="bad_address",
+                    client=self._peer_text(),
+                    recipients=[arg or ""],
+                )
+            )
             return
         try:
             arg, self.dsn_rcpt = dsn_parameters.split_off(arg, "TO:", dsn_parameters.RCPT_PARAMETERS, self._getaddr)
@@ -406,8 +460,9 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
             return
         await self.push(replies.START_MAIL_INPUT)
         try:
-            result = await read_data(self._reader, size_limit=self.data_size_limit, budget=self.data_budget,
-                                     spill_dir=self.spill_dir)
+            result = await read_data(
+                self._reader, size_limit=self.data_size_limit, budget=self.data_budget, spill_dir=self.spill_dir
+            )
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
             self._writer.close()
@@ -424,9 +479,15 @@ class GatewaySMTP(ProxiedImplicitTls, SMTP):
         try:
             if outcome is not DataOutcome.COMPLETE:
                 reply, reason = _DATA_REFUSALS[outcome]
-                line = refuse("data", reply, reason=reason, client=self._peer_text(),
-                              sender=self.envelope.mail_from, recipients=self.envelope.rcpt_tos,
-                              helo=self.session.host_name if self.session is not None else None)
+                line = refuse(
+                    "data",
+                    reply,
+                    reason=reason,
+                    client=self._peer_text(),
+                    sender=self.envelope.mail_from,
+                    recipients=self.envelope.rcpt_tos,
+                    helo=self.session.host_name if self.session is not None else None,
+                )
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(line)
                 return

@@ -16,8 +16,14 @@ from asyncio import sslproto
 
 from aiosmtpd.proxy_protocol import ProxyData
 
-from gateway.smtpd.upstream_proxy import (UpstreamProxy, from_a_balancer, header_length, log_missing, named_client,
-                                          parse_header)
+from gateway.smtpd.upstream_proxy import (
+    UpstreamProxy,
+    from_a_balancer,
+    header_length,
+    log_missing,
+    named_client,
+    parse_header,
+)
 
 
 class ProxiedImplicitTls:
@@ -69,8 +75,11 @@ class ProxiedImplicitTls:
         header, rest, self._header = bytes(self._header[:length]), bytes(self._header[length:]), None
         if not length:
             self._refused = True
-            named_client(ProxyData(version=None).with_error("PROXY unrecognized signature"), self._raw_peer,
-                         self._listener_name())
+            named_client(
+                ProxyData(version=None).with_error("PROXY unrecognized signature"),
+                self._raw_peer,
+                self._listener_name(),
+            )
             self._raw_transport.close()
             return
         self._raw_transport.pause_reading()  # the rest goes to the TLS layer once it exists

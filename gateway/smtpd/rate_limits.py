@@ -63,10 +63,15 @@ class RateSettings:
     def from_config(cls, config: Config) -> RateSettings:
         """The rate-limit keys of ``config`` (validated by :func:`gateway.config.build`)."""
         exceptions = config.smtpd_client_event_limit_exceptions
-        return cls(config.smtpd_client_connection_rate_limit, config.smtpd_client_message_rate_limit,
-                   config.smtpd_client_recipient_rate_limit, config.anvil_rate_time_unit, MYNETWORKS in exceptions,
-                   tuple(parse_network(entry) for entry in exceptions if entry != MYNETWORKS),
-                   ClusterSettings.from_config(config))
+        return cls(
+            config.smtpd_client_connection_rate_limit,
+            config.smtpd_client_message_rate_limit,
+            config.smtpd_client_recipient_rate_limit,
+            config.anvil_rate_time_unit,
+            MYNETWORKS in exceptions,
+            tuple(parse_network(entry) for entry in exceptions if entry != MYNETWORKS),
+            ClusterSettings.from_config(config),
+        )
 
 
 class ClientRates:
@@ -79,9 +84,11 @@ class ClientRates:
     def __init__(self, settings: RateSettings) -> None:
         self.settings = settings
         seconds = max(int(settings.time_unit), 1)
-        self._items = {event: RateLimitItemPerSecond(limit, seconds)
-                       for event, limit in zip(EVENTS, (settings.connection, settings.message, settings.recipient))
-                       if limit}
+        self._items = {
+            event: RateLimitItemPerSecond(limit, seconds)
+            for event, limit in zip(EVENTS, (settings.connection, settings.message, settings.recipient))
+            if limit
+        }
         self._counts = shared_counts(settings.cluster)
         self._exempt_networks = NetworkSet(settings.exempt_networks)
 
@@ -106,4 +113,3 @@ class ClientRates:
 def process_rates(settings: RateSettings) -> ClientRates:
     """This process's one :class:`ClientRates` for ``settings``: the counts outlive a reload that keeps them."""
     return ClientRates(settings)
-

@@ -22,9 +22,19 @@ log = logging.getLogger("gateway.smtpd")
 STAGES = ("connect", "helo", "ehlo", "mail", "rcpt", "data", "session")
 
 
-def refuse(stage: str, reply: Reply, *, reason: str, client: str, sender: str | None = None,
-           recipients: Sequence[str] = (), helo: str | None = None, summary: str | None = None,
-           detail: str | None = None, rule: str | None = None) -> str:
+def refuse(
+    stage: str,
+    reply: Reply,
+    *,
+    reason: str,
+    client: str,
+    sender: str | None = None,
+    recipients: Sequence[str] = (),
+    helo: str | None = None,
+    summary: str | None = None,
+    detail: str | None = None,
+    rule: str | None = None,
+) -> str:
     """Count and log a refused ``stage``; return the reply line to send.
 
     Args:
@@ -54,6 +64,12 @@ def refuse(stage: str, reply: Reply, *, reason: str, client: str, sender: str | 
         fields.append("to=" + ",".join(f"<{address}>" for address in recipients))
     if helo is not None:
         fields.append(f"helo=<{helo}>")
-    log.info("NOQUEUE: reject: %s from %s: %s%s%s", stage.upper(), client, reply,
-             "; " + " ".join(fields) if fields else "", more)
+    log.info(
+        "NOQUEUE: reject: %s from %s: %s%s%s",
+        stage.upper(),
+        client,
+        reply,
+        "; " + " ".join(fields) if fields else "",
+        more,
+    )
     return str(reply)

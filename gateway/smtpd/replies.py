@@ -26,8 +26,10 @@ _KNOWN = [
     (re.compile(r"^503 Error: need MAIL command$"), "503 5.5.1 Error: need MAIL command"),
     (re.compile(r"^503 Error: need RCPT command$"), "503 5.5.1 Error: need RCPT command"),
     (re.compile(r"^503 Error: nested MAIL command$"), "503 5.5.1 Error: nested MAIL command"),
-    (re.compile(r"^552 Error: (message size exceeds fixed maximum message size|Too much mail data)$", re.I),
-     str(replies.MESSAGE_TOO_BIG)),
+    (
+        re.compile(r"^552 Error: (message size exceeds fixed maximum message size|Too much mail data)$", re.I),
+        str(replies.MESSAGE_TOO_BIG),
+    ),
     (re.compile(r"^530 Must issue a STARTTLS command first$"), str(replies.TLS_REQUIRED)),
     (re.compile(r"^554 Command refused due to lack of security$"), "554 5.7.0 Error: TLS handshake failed"),
     (re.compile(r"^454 TLS not available$"), "454 4.7.0 TLS not available"),

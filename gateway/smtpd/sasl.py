@@ -104,8 +104,12 @@ async def _credentials(server: GatewaySMTP, mechanism: str, initial: bytes | Non
             return None
         authzid, login, password = (part.decode("utf-8", "surrogateescape") for part in parts)
         if authzid and authzid != login:
-            log.info("%s: PLAIN authorization identity %r differs from the login %r: refused",
-                     server.gateway_ctx.client.describe(), authzid[:_MAX_FIELD], login[:_MAX_FIELD])
+            log.info(
+                "%s: PLAIN authorization identity %r differs from the login %r: refused",
+                server.gateway_ctx.client.describe(),
+                authzid[:_MAX_FIELD],
+                login[:_MAX_FIELD],
+            )
             return None
         return login, password
     login_bytes = initial if initial is not None else await _response(server, _USERNAME_CHALLENGE)
@@ -115,12 +119,16 @@ async def _credentials(server: GatewaySMTP, mechanism: str, initial: bytes | Non
 
 def _auth_client(server: GatewaySMTP) -> AuthClient:
     local = server.transport.get_extra_info("sockname") if server.transport is not None else None
-    return AuthClient(remote_ip=str(server.gateway_ctx.client.address),
-                      local_ip=str(local[0]) if isinstance(local, tuple) else "", secured=server.tls_active)
+    return AuthClient(
+        remote_ip=str(server.gateway_ctx.client.address),
+        local_ip=str(local[0]) if isinstance(local, tuple) else "",
+        secured=server.tls_active,
+    )
 
 
-async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: AuthSettings | None,
-                       authenticator: Authenticator | None) -> None:
+async def authenticate(
+    server: GatewaySMTP, arg: str, *, mode: str, settings: AuthSettings | None, authenticator: Authenticator | None
+) -> None:
     """Run one ``AUTH`` command of ``server``'s session and send every reply of it.
 
     On success the login is recorded as ``server.gateway_ctx.client.auth_user``
@@ -188,8 +196,11 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
         return
     if outcome is AuthOutcome.TEMPFAIL:
         # not "authentication failed": fail2ban must not ban clients for our password store's trouble
-        log.warning("unknown[%s]: SASL %s authentication not possible: the password check failed temporarily",
-                    client.address, mechanism)
+        log.warning(
+            "unknown[%s]: SASL %s authentication not possible: the password check failed temporarily",
+            client.address,
+            mechanism,
+        )
         await server.push(str(replies.AUTH_TEMPFAIL))
         return
     # Postfix's words and form, for fail2ban's postfix-sasl filter; never the password
@@ -207,7 +218,12 @@ async def authenticate(server: GatewaySMTP, arg: str, *, mode: str, settings: Au
 async def _throttled(server: GatewaySMTP, scope: str, who: str, settings: AuthSettings) -> None:
     """Refuse an AUTH of a client or login over its failure limit: a pause, then 454 4.7.0, no password check."""
     metrics.AUTH_THROTTLED.labels(scope).inc()
-    log.warning("%s: AUTH refused: %s has had %d or more failed logins within %gs",
-                server.gateway_ctx.client.describe(), who, settings.failure_limit, settings.failure_window)
+    log.warning(
+        "%s: AUTH refused: %s has had %d or more failed logins within %gs",
+        server.gateway_ctx.client.describe(),
+        who,
+        settings.failure_limit,
+        settings.failure_window,
+    )
     await asyncio.sleep(THROTTLE_PAUSE)
     await server.push(str(replies.AUTH_THROTTLED))

@@ -109,14 +109,13 @@ class CommandChecks:
 def unterminated_path(arg: str | None, keyword: str) -> bool:
     """True for ``FROM:<a@b`` / ``TO:<a@b`` (``keyword`` ``"FROM:"``/``"TO:"``): a path opened with ``<``
     and never closed (RFC 5321 §4.1.2), which aiosmtpd's address parser would take as an address."""
-    if not arg or arg[:len(keyword)].upper() != keyword:
+    if not arg or arg[: len(keyword)].upper() != keyword:
         return False
-    path = arg[len(keyword):].lstrip()
+    path = arg[len(keyword) :].lstrip()
     return path.startswith("<") and ">" not in path
 
 
-def content_violation(*, has_nul: bool, has_8bit: bool, strict_8bitmime: bool,
-                      declared_8bit: bool) -> Violation | None:
+def content_violation(*, has_nul: bool, has_8bit: bool, strict_8bitmime: bool, declared_8bit: bool) -> Violation | None:
     """What is wrong with a message's text as received, or None.
 
     NUL octets are refused always (RFC 5322 §2.3 and §3.5 allow none); 8-bit

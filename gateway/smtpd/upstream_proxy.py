@@ -32,8 +32,13 @@ V1_LIMIT = 107  # octets of the longest v1 header, CRLF included (haproxy's prox
 
 def log_missing(peer: tuple[str, int], listener: str, timeout: float) -> None:
     """Log a connection closed for want of its PROXY header."""
-    log.warning("PROXY header missing from unknown[%s]:%d listener=%s (no header within %gs)",
-                peer[0], peer[1], listener, timeout)
+    log.warning(
+        "PROXY header missing from unknown[%s]:%d listener=%s (no header within %gs)",
+        peer[0],
+        peer[1],
+        listener,
+        timeout,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +49,9 @@ class UpstreamProxy:
     timeout: float = 5.0
 
 
-async def proxied_peer(reader: asyncio.StreamReader, peer: tuple[str, int], proxy: UpstreamProxy,
-                       listener: str) -> tuple[str, int] | None:
+async def proxied_peer(
+    reader: asyncio.StreamReader, peer: tuple[str, int], proxy: UpstreamProxy, listener: str
+) -> tuple[str, int] | None:
     """The client a PROXY header names, ``peer`` itself for LOCAL/UNKNOWN, or None to close the connection.
 
     Args:
@@ -58,7 +64,7 @@ async def proxied_peer(reader: asyncio.StreamReader, peer: tuple[str, int], prox
         return None
     try:
         data = await asyncio.wait_for(get_proxy(reader), proxy.timeout)
-    except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
         log_missing(peer, listener, proxy.timeout)
         return None
     return named_client(data, peer, listener)
@@ -69,16 +75,22 @@ def from_a_balancer(peer: tuple[str, int], proxy: UpstreamProxy, listener: str) 
     address = ipaddress.ip_address(peer[0].split("%", 1)[0])
     if address in proxy.networks:
         return True
-    log.warning("PROXY refused from unknown[%s]:%d listener=%s: not in upstream_proxy_networks",
-                address, peer[1], listener)
+    log.warning(
+        "PROXY refused from unknown[%s]:%d listener=%s: not in upstream_proxy_networks", address, peer[1], listener
+    )
     return False
 
 
 def named_client(data: ProxyData, peer: tuple[str, int], listener: str) -> tuple[str, int] | None:
     """The client a parsed header names (``peer`` for LOCAL/UNKNOWN), or None (logged) for a bad header."""
     if not data.valid:
-        log.warning("PROXY header refused from unknown[%s]:%d listener=%s: %s", peer[0], peer[1], listener,
-                    data.error or "malformed")
+        log.warning(
+            "PROXY header refused from unknown[%s]:%d listener=%s: %s",
+            peer[0],
+            peer[1],
+            listener,
+            data.error or "malformed",
+        )
         return None
     if data.src_addr is None or not isinstance(data.src_addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return peer  # LOCAL / UNKNOWN: the balancer speaks for itself (health checks)

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.errors import SpoolError
 from gateway.message import MessageText
-from gateway.spool.entry import QueueState, SpoolEntry
-from gateway.spool.threads import run_io
 from gateway.spool.commit import PendingCommit
+from gateway.spool.entry import QueueState, SpoolEntry
 from gateway.spool.store import Spool
+from gateway.spool.threads import run_io
 
 log = logging.getLogger("gateway.spool")
 
@@ -44,8 +44,9 @@ class SpoolBatcher:
             the spool itself knows nothing of metrics.
     """
 
-    def __init__(self, spool: Spool, max_batch: int = MAX_BATCH,
-                 observe_commit: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self, spool: Spool, max_batch: int = MAX_BATCH, observe_commit: Callable[[float], None] | None = None
+    ) -> None:
         self.spool = spool
         self.max_batch = max_batch
         self.observe_commit = observe_commit
@@ -54,8 +55,9 @@ class SpoolBatcher:
         self._commit_tasks: set[asyncio.Task[None]] = set()
         self._removal_task: asyncio.Task[None] | None = None
 
-    def submit(self, entry: SpoolEntry, message: MessageText,
-               state: QueueState = QueueState.INCOMING) -> asyncio.Future[None]:
+    def submit(
+        self, entry: SpoolEntry, message: MessageText, state: QueueState = QueueState.INCOMING
+    ) -> asyncio.Future[None]:
         """Queue a commit of a new message; the future is done when it is durable.
 
         The future's exception is :class:`SpoolFullError` or :class:`SpoolError`
@@ -92,8 +94,9 @@ class SpoolBatcher:
     async def drain(self) -> None:
         """Wait until every queued commit and removal has finished (used at shutdown)."""
         while self.busy:
-            await asyncio.gather(*self._commit_tasks, *(t for t in (self._removal_task,) if t is not None),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *self._commit_tasks, *(t for t in (self._removal_task,) if t is not None), return_exceptions=True
+            )
 
     @property
     def busy(self) -> bool:
@@ -102,7 +105,7 @@ class SpoolBatcher:
 
     async def _run_commits(self) -> None:
         while self._commits:
-            batch, self._commits = self._commits[:self.max_batch], self._commits[self.max_batch:]
+            batch, self._commits = self._commits[: self.max_batch], self._commits[self.max_batch :]
             try:
                 await run_io(self.spool.commit_many, [pending for pending, _, _ in batch])
             except BaseException as error:  # a bug, or cancellation at loop shutdown: fail the batch
@@ -131,7 +134,7 @@ class SpoolBatcher:
         state = QueueState.ACTIVE
         try:
             while self._removals:
-                batch, self._removals = self._removals[:self.max_batch], self._removals[self.max_batch:]
+                batch, self._removals = self._removals[: self.max_batch], self._removals[self.max_batch :]
                 records = [queue_id for queue_id, done, _ in batch if not done]
                 finished = [queue_id for queue_id, done, _ in batch if done]
                 try:
@@ -150,4 +153,3 @@ class SpoolBatcher:
                         future.set_result(None)
         finally:
             self._removal_task = None
-

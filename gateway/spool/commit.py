@@ -128,6 +128,7 @@ def commit_batch(spool: Spool, batch: list[PendingCommit]) -> None:
             for files in members:
                 files.fail(error)
 
+
 def _write_unsynced(spool: Spool, item: PendingCommit) -> CommitFiles | None:
     entry = item.entry
     digest = hashlib.sha256()

@@ -17,10 +17,10 @@ class QueueState(StrEnum):
     """Queue states, one directory each, as in Postfix (QSHAPE_README)."""
 
     INCOMING = "incoming"  # committed, not yet picked up by the relay worker
-    ACTIVE = "active"      # being delivered; moved back to incoming at start
+    ACTIVE = "active"  # being delivered; moved back to incoming at start
     DEFERRED = "deferred"  # some recipients failed temporarily; file mtime = next attempt
-    HOLD = "hold"          # kept until an operator releases it; never retried automatically
-    CORRUPT = "corrupt"    # unreadable record or message; kept for inspection
+    HOLD = "hold"  # kept until an operator releases it; never retried automatically
+    CORRUPT = "corrupt"  # unreadable record or message; kept for inspection
 
 
 class RecipientState(StrEnum):
@@ -58,9 +58,14 @@ class RecipientStatus:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``original``, ``notify`` and ``orcpt`` only when there are some)."""
-        data: dict[str, Any] = {"address": self.address, "state": self.state.value, "attempts": self.attempts,
-                "last_reply": self.last_reply.to_dict() if self.last_reply else None,
-                "last_attempt": self.last_attempt, "relay": self.relay}
+        data: dict[str, Any] = {
+            "address": self.address,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "last_reply": self.last_reply.to_dict() if self.last_reply else None,
+            "last_attempt": self.last_attempt,
+            "relay": self.relay,
+        }
         if self.original is not None:
             data["original"] = self.original
         if self.notify is not None:
@@ -73,12 +78,17 @@ class RecipientStatus:
     def from_dict(cls, data: dict[str, Any]) -> RecipientStatus:
         """Inverse of :meth:`to_dict`."""
         reply = data.get("last_reply")
-        return cls(address=str(data["address"]), state=RecipientState(data["state"]),
-                   attempts=int(data.get("attempts", 0)),
-                   last_reply=Reply.from_dict(reply) if reply else None,
-                   last_attempt=data.get("last_attempt"), relay=data.get("relay"), original=data.get("original"),
-                   notify=tuple(str(word) for word in data["notify"]) if data.get("notify") is not None else None,
-                   orcpt=data.get("orcpt"))
+        return cls(
+            address=str(data["address"]),
+            state=RecipientState(data["state"]),
+            attempts=int(data.get("attempts", 0)),
+            last_reply=Reply.from_dict(reply) if reply else None,
+            last_attempt=data.get("last_attempt"),
+            relay=data.get("relay"),
+            original=data.get("original"),
+            notify=tuple(str(word) for word in data["notify"]) if data.get("notify") is not None else None,
+            orcpt=data.get("orcpt"),
+        )
 
 
 @dataclass(slots=True)
@@ -106,9 +116,9 @@ class SpoolEntry:
     smtputf8: bool = False
     body_8bitmime: bool = False
     hold_reason: str | None = None
-    dsn_ret: str | None = None     # RFC 3461 RET of MAIL: FULL or HDRS
-    dsn_envid: str | None = None   # RFC 3461 ENVID of MAIL, decoded
-    delay_warned: bool = False     # the delay_warning_time DSN has been sent
+    dsn_ret: str | None = None  # RFC 3461 RET of MAIL: FULL or HDRS
+    dsn_envid: str | None = None  # RFC 3461 ENVID of MAIL, decoded
+    delay_warned: bool = False  # the delay_warning_time DSN has been sent
     format_version: int = FORMAT_VERSION
     state: QueueState = field(default=QueueState.INCOMING, compare=False)
 
@@ -119,14 +129,19 @@ class SpoolEntry:
     def to_json(self) -> bytes:
         """Serialise as UTF-8 JSON (the state is the directory, not a field)."""
         data = {
-            "format_version": self.format_version, "queue_id": self.queue_id,
-            "arrival": self.arrival, "next_attempt": self.next_attempt,
-            "last_delay": self.last_delay, "sender": self.sender,
+            "format_version": self.format_version,
+            "queue_id": self.queue_id,
+            "arrival": self.arrival,
+            "next_attempt": self.next_attempt,
+            "last_delay": self.last_delay,
+            "sender": self.sender,
             "recipients": [r.to_dict() for r in self.recipients],
             "client": self.client.to_dict() if self.client is not None else None,
             "message_size": self.message_size,
-            "message_sha256": self.message_sha256, "is_bounce": self.is_bounce,
-            "smtputf8": self.smtputf8, "body_8bitmime": self.body_8bitmime,
+            "message_sha256": self.message_sha256,
+            "is_bounce": self.is_bounce,
+            "smtputf8": self.smtputf8,
+            "body_8bitmime": self.body_8bitmime,
             "hold_reason": self.hold_reason,
         }
         if self.dsn_ret is not None:
@@ -150,18 +165,25 @@ class SpoolEntry:
             if version > FORMAT_VERSION:
                 raise ValueError(f"record format {version} is newer than this gateway ({FORMAT_VERSION})")
             return cls(
-                queue_id=str(data["queue_id"]), arrival=float(data["arrival"]),
+                queue_id=str(data["queue_id"]),
+                arrival=float(data["arrival"]),
                 sender=str(data["sender"]),
                 recipients=[RecipientStatus.from_dict(r) for r in data["recipients"]],
                 client=ClientInfo.from_dict(data["client"]) if data["client"] is not None else None,
-                message_size=int(data["message_size"]), message_sha256=str(data["message_sha256"]),
+                message_size=int(data["message_size"]),
+                message_sha256=str(data["message_sha256"]),
                 next_attempt=float(data.get("next_attempt", 0.0)),
-                last_delay=data.get("last_delay"), is_bounce=bool(data.get("is_bounce", False)),
+                last_delay=data.get("last_delay"),
+                is_bounce=bool(data.get("is_bounce", False)),
                 smtputf8=bool(data.get("smtputf8", False)),
                 body_8bitmime=bool(data.get("body_8bitmime", False)),
-                hold_reason=data.get("hold_reason"), dsn_ret=data.get("dsn_ret"), dsn_envid=data.get("dsn_envid"),
+                hold_reason=data.get("hold_reason"),
+                dsn_ret=data.get("dsn_ret"),
+                dsn_envid=data.get("dsn_envid"),
                 delay_warned=bool(data.get("delay_warned", False)),
-                format_version=version, state=state)
+                format_version=version,
+                state=state,
+            )
         except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RecursionError) as error:
             # RecursionError: JSON nested thousands deep; ValueError: bad JSON, numbers, addresses.
             raise ValueError(f"malformed spool record: {type(error).__name__}: {str(error)[:200]}") from None

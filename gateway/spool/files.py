@@ -12,8 +12,8 @@ import errno
 import functools
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from gateway.message import FileSpan, FileText, MessageText, message_parts
 
@@ -171,7 +171,7 @@ def copy_span(span: FileSpan, fd: int) -> None:
 def write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:  # os.write may take less than all
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def rewrite_file(path: Path, data: bytes) -> None:

@@ -63,8 +63,7 @@ class Intake:
             SpoolFullError: no room on the spool's file system (nothing left behind).
             SpoolError: the commit failed otherwise.
         """
-        handed_over = (state is QueueState.INCOMING and isinstance(message, bytes)
-                       and self.worker.reserve(len(message)))
+        handed_over = state is QueueState.INCOMING and isinstance(message, bytes) and self.worker.reserve(len(message))
         commit = self.batcher.submit(entry, message, QueueState.ACTIVE if handed_over else state)
         self.commits.add(commit)
 
@@ -79,6 +78,7 @@ class Intake:
                     self.worker.release(len(message))
             elif succeeded and state is QueueState.INCOMING:
                 self.worker.notify(entry)
+
         commit.add_done_callback(finished)
         # The shield keeps the commit (and the hand-off) running if the client goes away.
         await asyncio.shield(commit)

@@ -51,8 +51,8 @@ import fcntl
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from gateway.config import SPOOL_SYNC_METHODS
 from gateway.errors import NotInQueue, SpoolError
@@ -67,6 +67,7 @@ from gateway.spool.recovery import RecoveryReport, recover, requeue
 IN_MEMORY_BYTES = 1 << 20  # larger messages are read from the spool as a FileText, in chunks
 
 log = logging.getLogger("gateway.spool")
+
 
 class Spool:
     """A spool directory. Methods are synchronous and block on disk I/O.
@@ -86,8 +87,9 @@ class Spool:
             (``smtpd_data_spill_size``, the same bound as at DATA).
     """
 
-    def __init__(self, root: Path, sync_method: str = "fsync", slot: int | None = None,
-                 in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
+    def __init__(
+        self, root: Path, sync_method: str = "fsync", slot: int | None = None, in_memory_bytes: int = IN_MEMORY_BYTES
+    ) -> None:
         if sync_method not in SPOOL_SYNC_METHODS:
             raise ValueError(f"unknown spool sync method {sync_method!r}")
         self.root = Path(root)
@@ -115,7 +117,7 @@ class Spool:
             names = os.listdir(self.root)
         except FileNotFoundError:
             names = []
-        slots = sorted(name for name in names if name.startswith(prefix) and name[len(prefix):].isdigit())
+        slots = sorted(name for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit())
         return [self.root / QueueState.ACTIVE.value, *(self.root / name for name in slots)]
 
     def _reads_every_active_dir(self, state: QueueState) -> bool:
@@ -136,8 +138,13 @@ class Spool:
             SpoolError: when they cannot be created.
         """
         try:
-            for path in [self.root, self.data_dir, self.tmp_dir, self.root / marks.MARKS_DIR,
-                         *(self.state_dir(s) for s in QueueState)]:
+            for path in [
+                self.root,
+                self.data_dir,
+                self.tmp_dir,
+                self.root / marks.MARKS_DIR,
+                *(self.state_dir(s) for s in QueueState),
+            ]:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
             raise SpoolError(f"cannot create spool directory {error.filename}: {error.strerror}") from None
@@ -260,7 +267,7 @@ class Spool:
         except ValueError as error:
             raise SpoolError(f"{entry.queue_id}: {error}") from None
         digest = hashlib.sha256()
-        for chunk in (data.chunks() if isinstance(data, FileText) else (data,)):
+        for chunk in data.chunks() if isinstance(data, FileText) else (data,):
             digest.update(chunk)
         if digest.hexdigest() != entry.message_sha256:
             raise SpoolError(f"{entry.queue_id}: message file damaged (checksum mismatch)")

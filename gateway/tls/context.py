@@ -154,15 +154,11 @@ def client_context(
             missing or unloadable (``key`` names the ``smtp_tls_*`` setting).
     """
     if level not in CLIENT_SECURITY_LEVELS:
-        raise ConfigError(
-            "smtp_tls_security_level", level, "one of " + ", ".join(CLIENT_SECURITY_LEVELS)
-        )
+        raise ConfigError("smtp_tls_security_level", level, "one of " + ", ".join(CLIENT_SECURITY_LEVELS))
     if level == "none":
         return None
     if key_file is not None and cert_file is None:
-        raise ConfigError(
-            "smtp_tls_key_file", str(key_file), "only together with smtp_tls_cert_file"
-        )
+        raise ConfigError("smtp_tls_key_file", str(key_file), "only together with smtp_tls_cert_file")
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = MINIMUM_VERSION
@@ -252,8 +248,9 @@ def presented_certificate_fingerprints(ssl_object: object) -> tuple[str, str] | 
     return hashlib.sha256(der).hexdigest(), hashlib.sha1(der).hexdigest()
 
 
-def _remember_presented_certificate(conn: object, direction: str, version: object, content_type: int,
-                                    msg_type: int, data: bytes) -> None:
+def _remember_presented_certificate(
+    conn: object, direction: str, version: object, content_type: int, msg_type: int, data: bytes
+) -> None:
     # OpenSSL passes each handshake message decrypted, TLS 1.3 ones too. An exception
     # here would fail the handshake: a message we cannot parse is just not remembered.
     if direction != "read" or content_type != _HANDSHAKE_RECORD or msg_type != _CERTIFICATE_MESSAGE:
@@ -275,10 +272,10 @@ def _first_certificate(message: bytes, *, tls13: bool) -> bytes | None:
     offset = 4
     if tls13:
         offset += 1 + message[offset]
-    if len(message) < offset + 6 or int.from_bytes(message[offset:offset + 3], "big") == 0:
+    if len(message) < offset + 6 or int.from_bytes(message[offset : offset + 3], "big") == 0:
         return None  # an empty list: no certificate sent
-    length = int.from_bytes(message[offset + 3:offset + 6], "big")
-    der = message[offset + 6:offset + 6 + length]
+    length = int.from_bytes(message[offset + 3 : offset + 6], "big")
+    der = message[offset + 6 : offset + 6 + length]
     return der if len(der) == length else None
 
 
@@ -332,9 +329,7 @@ def tls_session_info(
     return ssl_object.version(), cipher[0] if cipher else None
 
 
-def _load_cert_chain(
-    ctx: ssl.SSLContext, cert_file: Path, key_file: Path, cert_key: str, key_key: str
-) -> None:
+def _load_cert_chain(ctx: ssl.SSLContext, cert_file: Path, key_file: Path, cert_key: str, key_key: str) -> None:
     _require_file(cert_file, cert_key)
     _require_file(key_file, key_key)
     # load_cert_chain reports a bad certificate and a bad key with the same
@@ -349,9 +344,7 @@ def _load_cert_chain(
             raise ConfigError(
                 cert_key, str(cert_file), f"a certificate OpenSSL's security level accepts ({exc})"
             ) from exc
-        raise ConfigError(
-            key_key, str(key_file), f"the PEM private key of {cert_file} ({exc})"
-        ) from exc
+        raise ConfigError(key_key, str(key_file), f"the PEM private key of {cert_file} ({exc})") from exc
     except OSError as exc:
         raise ConfigError(key_key, str(key_file), f"a readable PEM private key ({exc})") from exc
 
@@ -361,9 +354,7 @@ def _load_verify_locations(ctx: ssl.SSLContext, ca_file: Path, key: str) -> None
     try:
         ctx.load_verify_locations(cafile=ca_file)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            key, str(ca_file), f"a readable PEM file of certificates ({exc})"
-        ) from exc
+        raise ConfigError(key, str(ca_file), f"a readable PEM file of certificates ({exc})") from exc
 
 
 def _require_file(path: Path, key: str) -> None:

@@ -24,7 +24,7 @@ import ipaddress
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 
@@ -67,9 +67,7 @@ class LocalCertificates:
     renewed: bool
 
 
-def ensure_local_certificates(
-    tls_dir: Path, hostname: str, *, now: datetime | None = None
-) -> LocalCertificates:
+def ensure_local_certificates(tls_dir: Path, hostname: str, *, now: datetime | None = None) -> LocalCertificates:
     """Create or renew the local CA and server certificate in ``tls_dir``.
 
     The CA is created when ``ca.crt`` or ``ca.key`` is missing. The server key
@@ -99,7 +97,7 @@ def ensure_local_certificates(
             key ``"myhostname"`` when ``hostname`` is empty.
         OSError: the directory or a file cannot be created or written.
     """
-    now = _utc(now if now is not None else datetime.now(timezone.utc))
+    now = _utc(now if now is not None else datetime.now(UTC))
     hostname = _normalize_hostname(hostname)
     if not tls_dir.is_dir():
         tls_dir.mkdir(mode=0o700, parents=True)
@@ -167,8 +165,8 @@ def _utc(moment: datetime) -> datetime:
     # X.509 times have whole seconds; dropping the rest here keeps notAfter
     # exactly now + validity.
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def _normalize_hostname(hostname: str) -> str:
@@ -200,15 +198,11 @@ def _load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, _Issuer
         raise ConfigError(
             "tls_dir", str(cert_path.parent), f"readable {CA_CERT_NAME} and {CA_KEY_NAME} ({exc})"
         ) from exc
-    if (
-        not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
-        or key.public_key() != cert.public_key()
-    ):
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)) or key.public_key() != cert.public_key():
         raise ConfigError(
             "tls_dir",
             str(cert_path.parent),
-            f"{CA_KEY_NAME} must be the EC or RSA private key of {CA_CERT_NAME}; "
-            "delete both to create a new local CA",
+            f"{CA_KEY_NAME} must be the EC or RSA private key of {CA_CERT_NAME}; delete both to create a new local CA",
         )
     return cert, key
 
@@ -251,9 +245,7 @@ def _names_host(cert: x509.Certificate, hostname: str) -> bool:
 def _issue_ca(hostname: str, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     suffix = " gateway local CA"
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, hostname[: _CN_MAX - len(suffix)] + suffix)]
-    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[: _CN_MAX - len(suffix)] + suffix)])
     public = key.public_key()
     cert = (
         x509.CertificateBuilder()
@@ -280,8 +272,9 @@ def _issue_ca(hostname: str, now: datetime) -> tuple[x509.Certificate, ec.Ellipt
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         # RFC 5280 §4.2.1.10: clients pin this CA, so its key can only vouch for our own names.
-        .add_extension(x509.NameConstraints(permitted_subtrees=_permitted_names(hostname), excluded_subtrees=None),
-                       critical=True)
+        .add_extension(
+            x509.NameConstraints(permitted_subtrees=_permitted_names(hostname), excluded_subtrees=None), critical=True
+        )
         .sign(key, hashes.SHA256())
     )
     return cert, key
@@ -314,10 +307,13 @@ def _check_constraint(ca_cert: x509.Certificate, ca_dir: Path, hostname: str) ->
     permitted = [name.value for name in constraint.permitted_subtrees or [] if isinstance(name, x509.DNSName)]
     if _ip_literal(hostname) is not None or any(hostname == d or hostname.endswith("." + d) for d in permitted):
         return
-    raise ConfigError("myhostname", hostname,
-                      f"a name inside the local CA's name constraint ({', '.join(permitted)}); to use another "
-                      f"domain, delete {ca_dir / CA_CERT_NAME} and {ca_dir / CA_KEY_NAME} for a new local CA "
-                      "(clients that pinned the old one must pin the new one)")
+    raise ConfigError(
+        "myhostname",
+        hostname,
+        f"a name inside the local CA's name constraint ({', '.join(permitted)}); to use another "
+        f"domain, delete {ca_dir / CA_CERT_NAME} and {ca_dir / CA_KEY_NAME} for a new local CA "
+        "(clients that pinned the old one must pin the new one)",
+    )
 
 
 def _issue_server(
@@ -341,9 +337,7 @@ def _issue_server(
 
     # Clients match on subjectAltName (RFC 6125 §6.4.4); the CN is only for
     # humans reading the certificate, and is left out when it would not fit.
-    subject = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, hostname)] if len(hostname) <= _CN_MAX else []
-    )
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)] if len(hostname) <= _CN_MAX else [])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

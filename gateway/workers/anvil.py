@@ -23,7 +23,7 @@ from pathlib import Path
 from gateway.config import Config
 from gateway.smtpd.connection_limits import ConnectionLimiter
 
-ENTRIES = 4096          # table size: at most this many distinct clients connected at once
+ENTRIES = 4096  # table size: at most this many distinct clients connected at once
 _EMPTY, _DELETED = 0, 1  # hash values with a meaning of their own
 
 
@@ -89,8 +89,9 @@ class SharedConnectionLimiter(ConnectionLimiter):
 
     def _find(self, client: str, insert: bool) -> int | None:
         """The entry index of ``client`` (made when ``insert``); None when absent or the table is full."""
-        key = int.from_bytes(hashlib.blake2b(client.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
-                             "little")
+        key = int.from_bytes(
+            hashlib.blake2b(client.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little"
+        )
         key = max(key, _DELETED + 1)
         start = key % (self._entries - 1) + 1  # entry 0 holds the totals
         free: int | None = None
@@ -143,7 +144,7 @@ class SharedConnectionLimiter(ConnectionLimiter):
             self._add(0, -1)
             self.total -= 1
             if self._sum(0) <= 0:  # nobody connected: start the table afresh, without its deleted marks
-                self._map[self._entry:] = bytes(len(self._map) - self._entry)
+                self._map[self._entry :] = bytes(len(self._map) - self._entry)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 

@@ -106,4 +106,5 @@ def worker_share(config: Config, count: int) -> Config:
         config,
         default_destination_concurrency_limit=math.ceil(config.default_destination_concurrency_limit / count),
         delivery_concurrency_limit=math.ceil(config.delivery_concurrency_limit / count),
-        smtpd_data_memory_limit=config.smtpd_data_memory_limit // count)
+        smtpd_data_memory_limit=config.smtpd_data_memory_limit // count,
+    )

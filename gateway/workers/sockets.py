@@ -23,8 +23,9 @@ def bind_listener(listener: ListenerConfig, count: int) -> list[socket.socket]:
     Raises:
         OSError: when the address cannot be bound or resolved (the caller names the listener).
     """
-    family, kind, proto, _, address = socket.getaddrinfo(listener.host or None, listener.port,
-                                                         type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(
+        listener.host or None, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):

@@ -39,33 +39,33 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway import metrics
 from gateway.config import Config, load
 from gateway.errors import ChildFailed, GatewayError
 from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
 from gateway.ops.health import HealthCheck, liveness
-from gateway.ops.readiness import load_probes, readiness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
 from gateway.ops.queue_metrics import SpoolCollector
+from gateway.ops.readiness import load_probes, readiness
 from gateway.pipeline.policy import ScannerProbe
 from gateway.prepare import server_certificate_file
-from gateway.values import NextHop
 from gateway.spool import Spool
+from gateway.values import NextHop
 from gateway.workers.anvil import anvil_path, create_table
 from gateway.workers.sockets import bind_listener
 
 log = logging.getLogger("gateway.supervisor")
 
-READY_TIMEOUT = 60.0        # seconds for a worker to start serving
-RESTART_DELAY_MIN = 1.0     # seconds before a dead worker is started again ...
-RESTART_DELAY_MAX = 30.0    # ... doubling up to this while it keeps dying young
-STABLE_AFTER = 30.0         # seconds of life after which a death starts the backoff afresh
-STOP_TIMEOUT = 60.0         # seconds a worker gets to drain at SIGTERM before SIGKILL
+READY_TIMEOUT = 60.0  # seconds for a worker to start serving
+RESTART_DELAY_MIN = 1.0  # seconds before a dead worker is started again ...
+RESTART_DELAY_MAX = 30.0  # ... doubling up to this while it keeps dying young
+STABLE_AFTER = 30.0  # seconds of life after which a death starts the backoff afresh
+STOP_TIMEOUT = 60.0  # seconds a worker gets to drain at SIGTERM before SIGKILL
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -73,7 +73,7 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 class _Slot:
     number: int
     process: asyncio.subprocess.Process | None = None
-    started: float = 0.0       # loop time of the current process's start
+    started: float = 0.0  # loop time of the current process's start
     delay: float = RESTART_DELAY_MIN
     task: asyncio.Task[None] | None = None
 
@@ -169,9 +169,16 @@ class Supervisor:
         if config.metrics_listen:
             self.metrics_server = await start_metrics_server(config, self.health, self.ready, self._registry())
         relay = ", ".join(str(h) for h in config.relayhost) or "direct MX"
-        log.info("gateway ready: workers=%d (pids %s) listeners=%s relayhost=%s", len(self.slots),
-                 " ".join(str(slot.process.pid) for slot in self.slots if slot.process is not None),
-                 " ".join(f"{l.name}={l.host}:{self._port(l.name)}/{l.tls}" for l in config.listeners), relay)
+        log.info(
+            "gateway ready: workers=%d (pids %s) listeners=%s relayhost=%s",
+            len(self.slots),
+            " ".join(str(slot.process.pid) for slot in self.slots if slot.process is not None),
+            " ".join(
+                f"{listener.name}={listener.host}:{self._port(listener.name)}/{listener.tls}"
+                for listener in config.listeners
+            ),
+            relay,
+        )
 
     def _clear_metrics_dir(self) -> None:
         # Owned by this supervisor: files of an earlier run would be summed with ours.
@@ -201,14 +208,22 @@ class Supervisor:
         writes the local CA and missing DKIM keys, logs what to publish, and exits;
         its log lines and errors go to this process's stderr.
         """
-        process = await asyncio.create_subprocess_exec(*self._gateway_command(), "run", "--prepare", mode,
-                                                       stdin=asyncio.subprocess.DEVNULL)
+        process = await asyncio.create_subprocess_exec(
+            *self._gateway_command(), "run", "--prepare", mode, stdin=asyncio.subprocess.DEVNULL
+        )
         return await process.wait()
 
     def _command(self, slot: _Slot, ready_fd: int) -> list[str]:
         command = self._gateway_command()
-        command += ["run", "--worker", f"{slot.number}/{len(self.slots)}", "--supervisor", str(os.getpid()),
-                    "--ready-fd", str(ready_fd)]
+        command += [
+            "run",
+            "--worker",
+            f"{slot.number}/{len(self.slots)}",
+            "--supervisor",
+            str(os.getpid()),
+            "--ready-fd",
+            str(ready_fd),
+        ]
         for name, sockets in self.sockets.items():
             command.append(f"--listen-fd={name}={sockets[slot.number].fileno()}")
         return command
@@ -220,14 +235,18 @@ class Supervisor:
         inherited = [ready_write, *(sockets[slot.number].fileno() for sockets in self.sockets.values())]
         try:
             slot.process = await asyncio.create_subprocess_exec(
-                *self._command(slot, ready_write), pass_fds=inherited, stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, METRICS_ENV: str(self.metrics_dir)})
+                *self._command(slot, ready_write),
+                pass_fds=inherited,
+                stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, METRICS_ENV: str(self.metrics_dir)},
+            )
         finally:
             os.close(ready_write)
         slot.started = loop.time()
         reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(ready_read, "rb", buffering=0))
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(ready_read, "rb", buffering=0)
+        )
         try:
             ready = await asyncio.wait_for(reader.read(1), READY_TIMEOUT) == b"1"
         except TimeoutError:
@@ -235,8 +254,7 @@ class Supervisor:
         finally:
             transport.close()
         if not ready and slot.process.returncode is None:
-            log.error("worker %d (pid %d) not ready within %gs; killed", slot.number, slot.process.pid,
-                      READY_TIMEOUT)
+            log.error("worker %d (pid %d) not ready within %gs; killed", slot.number, slot.process.pid, READY_TIMEOUT)
             slot.process.kill()
             await slot.process.wait()
         return ready
@@ -253,8 +271,14 @@ class Supervisor:
             mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             lived = loop.time() - slot.started
             slot.delay = RESTART_DELAY_MIN if lived >= STABLE_AFTER else slot.delay
-            log.error("worker %d (pid %d) exited with %s after %.1fs; restarting in %gs", slot.number, pid,
-                      describe_exit(returncode), lived, slot.delay)
+            log.error(
+                "worker %d (pid %d) exited with %s after %.1fs; restarting in %gs",
+                slot.number,
+                pid,
+                describe_exit(returncode),
+                lived,
+                slot.delay,
+            )
             try:
                 await asyncio.wait_for(self.stop_event.wait(), slot.delay)
                 return  # stopping meanwhile
@@ -272,7 +296,11 @@ class Supervisor:
         return 0
 
     def _listener_addresses(self) -> list[tuple[str, str, int]]:
-        return [(l.name, l.host, self._port(l.name)) for l in self.config.listeners if self.sockets.get(l.name)]
+        return [
+            (listener.name, listener.host, self._port(listener.name))
+            for listener in self.config.listeners
+            if self.sockets.get(listener.name)
+        ]
 
     async def health(self) -> list[HealthCheck]:
         """Liveness of the whole gateway (``/healthz``): every listener accepts."""
@@ -280,8 +308,14 @@ class Supervisor:
 
     async def ready(self) -> list[HealthCheck]:
         """Readiness of the whole gateway (``/readyz``, :func:`gateway.ops.readiness.readiness`)."""
-        return await readiness(self._listener_addresses(), self.config.spool_dir, self.cert_file,
-                               self.config.queue_minfree + self.config.message_size_limit, self.probes, self.draining)
+        return await readiness(
+            self._listener_addresses(),
+            self.config.spool_dir,
+            self.cert_file,
+            self.config.queue_minfree + self.config.message_size_limit,
+            self.probes,
+            self.draining,
+        )
 
     async def reload(self) -> bool:
         """Check the config file once, then have every worker reload it (SIGHUP); False when refused."""
@@ -294,8 +328,9 @@ class Supervisor:
         # logs its own refusal
         if await self._prepare("reload") != 0:
             return False
-        if config.workers != self.config.workers or [(l.name, l.host, l.port, l.tls) for l in config.listeners] != [
-                (l.name, l.host, l.port, l.tls) for l in self.config.listeners]:
+        if config.workers != self.config.workers or [
+            (listener.name, listener.host, listener.port, listener.tls) for listener in config.listeners
+        ] != [(listener.name, listener.host, listener.port, listener.tls) for listener in self.config.listeners]:
             log.warning("changes of workers or listeners need a restart; they are not applied")
         self.cert_file = server_certificate_file(config)
         self.probes = load_probes(config.state_dir)
@@ -320,8 +355,11 @@ class Supervisor:
             return
         self.draining = True
         self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
-        log.info("drain requested: hand-off to %s after up to %gs of delivery", self.drain_target or "nobody",
-                 self.config.drain_timeout)
+        log.info(
+            "drain requested: hand-off to %s after up to %gs of delivery",
+            self.drain_target or "nobody",
+            self.config.drain_timeout,
+        )
         self.stop_event.set()
 
     def _running(self) -> list[asyncio.subprocess.Process]:

@@ -39,8 +39,16 @@ import dns.resolver
 
 from gateway.errors import ScannerError
 
-__all__ = ["DKIM_RESULTS", "MAX_SIGNATURES", "ArcResult", "DkimResult", "DnsTempError",
-           "resolve_txt", "verify_arc", "verify_dkim"]
+__all__ = [
+    "DKIM_RESULTS",
+    "MAX_SIGNATURES",
+    "ArcResult",
+    "DkimResult",
+    "DnsTempError",
+    "resolve_txt",
+    "verify_arc",
+    "verify_dkim",
+]
 
 DKIM_RESULTS = ("pass", "fail", "neutral", "temperror", "permerror")
 MAX_SIGNATURES = 10  # signatures (DKIM, or ARC sets) verified per message
@@ -212,8 +220,9 @@ def _classify(verifier: dkim.DKIM, index: int, tags: dict[bytes, bytes], keys: _
     except dkim.DKIMException as error:
         return "neutral", f"bad signature: {str(error)[:80]}"
     except Exception as error:  # noqa: BLE001  (a dkimpy bug on hostile input must not stop the mail)
-        log.warning("dkimpy failed on signature %d (d=%s): %s: %s", index, _text(tags.get(b"d")),
-                    type(error).__name__, error)
+        log.warning(
+            "dkimpy failed on signature %d (d=%s): %s: %s", index, _text(tags.get(b"d")), type(error).__name__, error
+        )
         return "neutral", f"verifier error ({type(error).__name__})"
     if valid:
         return "pass", ""
@@ -229,16 +238,23 @@ def _classify(verifier: dkim.DKIM, index: int, tags: dict[bytes, bytes], keys: _
     return "fail", "signature did not verify"
 
 
-def _verify_all(verifier: dkim.DKIM, signatures: list[dict[bytes, bytes] | None],
-                keys: _KeyStore) -> list[DkimResult]:
+def _verify_all(verifier: dkim.DKIM, signatures: list[dict[bytes, bytes] | None], keys: _KeyStore) -> list[DkimResult]:
     results = []
     for index, tags in enumerate(signatures):
         if tags is None:
             results.append(DkimResult("neutral", "", "", "", "", "signature not parseable"))
             continue
         result, reason = _classify(verifier, index, tags, keys)
-        results.append(DkimResult(result, _text(tags.get(b"d")).lower(), _text(tags.get(b"s")),
-                                  _text(tags.get(b"a")).lower(), _text(tags.get(b"i")), reason))
+        results.append(
+            DkimResult(
+                result,
+                _text(tags.get(b"d")).lower(),
+                _text(tags.get(b"s")),
+                _text(tags.get(b"a")).lower(),
+                _text(tags.get(b"i")),
+                reason,
+            )
+        )
     return results
 
 
@@ -246,12 +262,13 @@ def _has_field(message: bytes, name: bytes) -> bool:
     end = message.find(b"\n\n")
     crlf_end = message.find(b"\r\n\r\n")
     ends = [pos for pos in (end, crlf_end) if pos >= 0]
-    header = message[:min(ends)] if ends else message
+    header = message[: min(ends)] if ends else message
     return name in header.lower()
 
 
-async def verify_dkim(message: bytes, resolver: dns.asyncresolver.Resolver,
-                      max_signatures: int = MAX_SIGNATURES) -> list[DkimResult]:
+async def verify_dkim(
+    message: bytes, resolver: dns.asyncresolver.Resolver, max_signatures: int = MAX_SIGNATURES
+) -> list[DkimResult]:
     """Verify each DKIM-Signature of ``message`` (raw bytes as received), topmost first.
 
     Returns:
@@ -295,8 +312,7 @@ async def verify_arc(message: bytes, resolver: dns.asyncresolver.Resolver) -> Ar
     """
     if not _has_field(message, b"arc-seal"):
         return ArcResult("none")
-    verifier, values, problem = await asyncio.to_thread(
-        _parse, message, (b"arc-seal", b"arc-message-signature"))
+    verifier, values, problem = await asyncio.to_thread(_parse, message, (b"arc-seal", b"arc-message-signature"))
     if verifier is None:
         return ArcResult("fail", 0, problem)
     tag_lists = [tags for tags in (_tags(value) for value in values) if tags]

@@ -47,8 +47,19 @@ from gateway.message import field_name, field_value, raw_fields
 from policies.auth.dkim_verify import DkimResult, DnsTempError, resolve_txt
 from policies.auth.spf import SpfResult, valid_domain
 
-__all__ = ["DMARC_RESULTS", "MAX_AUTHOR_DOMAINS", "POLICIES", "DmarcRecord", "DmarcResult", "check_dmarc",
-           "evaluate_dmarc", "from_domains", "organizational_domain", "parse_record", "strictest"]
+__all__ = [
+    "DMARC_RESULTS",
+    "MAX_AUTHOR_DOMAINS",
+    "POLICIES",
+    "DmarcRecord",
+    "DmarcResult",
+    "check_dmarc",
+    "evaluate_dmarc",
+    "from_domains",
+    "organizational_domain",
+    "parse_record",
+    "strictest",
+]
 
 DMARC_RESULTS = ("pass", "fail", "none", "temperror", "permerror")
 POLICIES = ("none", "quarantine", "reject")  # mildest first
@@ -158,8 +169,9 @@ def parse_record(text: str) -> DmarcRecord:
         pct = 100
     adkim = tags.get("adkim", "r").lower()
     aspf = tags.get("aspf", "r").lower()
-    return DmarcRecord(policy, subdomain, adkim if adkim in ("r", "s") else "r",
-                       aspf if aspf in ("r", "s") else "r", pct)
+    return DmarcRecord(
+        policy, subdomain, adkim if adkim in ("r", "s") else "r", aspf if aspf in ("r", "s") else "r", pct
+    )
 
 
 def _to_ascii(domain: str) -> str | None:
@@ -208,9 +220,13 @@ def _milder(policy: str) -> str:
     return POLICIES[max(0, POLICIES.index(policy) - 1)]
 
 
-async def check_dmarc(domain: str, spf: SpfResult, dkim: Sequence[DkimResult],
-                      resolver: dns.asyncresolver.Resolver,
-                      sample: Callable[[], float] = random.random) -> DmarcResult:
+async def check_dmarc(
+    domain: str,
+    spf: SpfResult,
+    dkim: Sequence[DkimResult],
+    resolver: dns.asyncresolver.Resolver,
+    sample: Callable[[], float] = random.random,
+) -> DmarcResult:
     """Evaluate DMARC for one Author Domain (A-label, lower case).
 
     ``sample`` returns a float in [0, 1) for ``pct=`` sampling.
@@ -225,8 +241,12 @@ async def check_dmarc(domain: str, spf: SpfResult, dkim: Sequence[DkimResult],
     if not records:
         return DmarcResult("none", domain, reason="no DMARC record")
     if len(records) > 1:
-        return DmarcResult("permerror", domain, record_domain=record_domain,
-                           reason=f"{len(records)} DMARC records at _dmarc.{record_domain}")
+        return DmarcResult(
+            "permerror",
+            domain,
+            record_domain=record_domain,
+            reason=f"{len(records)} DMARC records at _dmarc.{record_domain}",
+        )
     try:
         record = parse_record(records[0])
     except ValueError as error:
@@ -239,15 +259,20 @@ async def check_dmarc(domain: str, spf: SpfResult, dkim: Sequence[DkimResult],
     if spf_aligned or dkim_aligned:
         return passed
     if (spf.result == "temperror" and _aligned(spf.domain, domain, record.aspf)) or any(
-            r.result == "temperror" and _aligned(r.domain, domain, record.adkim) for r in dkim):
+        r.result == "temperror" and _aligned(r.domain, domain, record.adkim) for r in dkim
+    ):
         return replace(passed, result="temperror", reason="aligned check failed temporarily")
     disposition = policy if sample() * 100 < record.pct else _milder(policy)
     return replace(passed, result="fail", disposition=disposition, reason="no aligned pass")
 
 
-async def evaluate_dmarc(message: bytes, spf: SpfResult, dkim: Sequence[DkimResult],
-                         resolver: dns.asyncresolver.Resolver,
-                         sample: Callable[[], float] = random.random) -> list[DmarcResult]:
+async def evaluate_dmarc(
+    message: bytes,
+    spf: SpfResult,
+    dkim: Sequence[DkimResult],
+    resolver: dns.asyncresolver.Resolver,
+    sample: Callable[[], float] = random.random,
+) -> list[DmarcResult]:
     """DMARC for every Author Domain of ``message`` (usually one); never empty.
 
     Raises:

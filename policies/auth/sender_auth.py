@@ -54,20 +54,27 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from gateway import metrics
+from gateway import reply as replies
 from gateway.config import Config
-from gateway.resolver import make_resolver
 from gateway.errors import ConfigError
 from gateway.message import field_name, field_value, raw_fields, whole_bytes
 from gateway.pipeline.policy import Policy, PolicyContext
-from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
+from gateway.resolver import make_resolver
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 from policies.auth.dkim_verify import ArcResult, DkimResult, verify_arc, verify_dkim
 from policies.auth.dmarc import DmarcResult, evaluate_dmarc, strictest
 from policies.auth.spf import SpfResult, check_spf
 
-__all__ = ["AR_HEADER", "QUARANTINE_HEADER", "AuthResults", "SenderAuthentication", "authserv_id_of",
-           "forged_fields", "format_authentication_results"]
+__all__ = [
+    "AR_HEADER",
+    "QUARANTINE_HEADER",
+    "AuthResults",
+    "SenderAuthentication",
+    "authserv_id_of",
+    "forged_fields",
+    "format_authentication_results",
+]
 
 AR_HEADER = "Authentication-Results"
 QUARANTINE_HEADER = ("X-DMARC-Quarantine", "yes")
@@ -141,14 +148,22 @@ def format_authentication_results(authserv_id: str, results: AuthResults) -> str
     """The value of our Authentication-Results field (RFC 8601 §2.2), folded with CRLF + tab."""
     spf = results.spf
     spf_comment = spf.explanation if spf.result in ("temperror", "permerror") else ""
-    items = [_resinfo("spf", spf.result, spf_comment,
-                      [("smtp.helo" if spf.identity == "helo" else "smtp.mailfrom", spf.domain)])]
+    items = [
+        _resinfo(
+            "spf", spf.result, spf_comment, [("smtp.helo" if spf.identity == "helo" else "smtp.mailfrom", spf.domain)]
+        )
+    ]
     if not results.dkim:
         items.append("dkim=none")
     for dkim in results.dkim:
-        items.append(_resinfo("dkim", dkim.result, "" if dkim.result == "pass" else dkim.reason,
-                              [("header.d", dkim.domain), ("header.s", dkim.selector),
-                               ("header.a", dkim.algorithm)]))
+        items.append(
+            _resinfo(
+                "dkim",
+                dkim.result,
+                "" if dkim.result == "pass" else dkim.reason,
+                [("header.d", dkim.domain), ("header.s", dkim.selector), ("header.a", dkim.algorithm)],
+            )
+        )
     for dmarc in results.dmarc:
         comment = ""
         if dmarc.record is not None:
@@ -188,12 +203,12 @@ def authserv_id_of(value: str) -> str | None:
     Leading comments and white space are skipped; a quoted-string is unquoted.
     """
     pos = _skip_cfws(value, 0)
-    if value[pos:pos + 1] == '"':
+    if value[pos : pos + 1] == '"':
         out, pos = [], pos + 1
         while pos < len(value) and value[pos] != '"':
             if value[pos] == "\\":
                 pos += 1
-            out.append(value[pos:pos + 1])
+            out.append(value[pos : pos + 1])
             pos += 1
         return "".join(out) if pos < len(value) else None
     match = _TOKEN_RE.match(value, pos)
@@ -233,12 +248,16 @@ class SenderAuthentication(Policy):
         Raises:
             ConfigError: naming ``sender_auth.<key>`` for an unknown key or a bad value.
         """
-        section = Section(self.name, config.section(self.name),
-                          known={"authserv_id", "dmarc_reject", "dmarc_quarantine", "arc", "timeout", "on_error"})
+        section = Section(
+            self.name,
+            config.section(self.name),
+            known={"authserv_id", "dmarc_reject", "dmarc_quarantine", "arc", "timeout", "on_error"},
+        )
         authserv_id = section.text("authserv_id", config.myhostname) or ""
         if not _TOKEN_RE.fullmatch(authserv_id):
-            raise ConfigError(section.key("authserv_id"), authserv_id,
-                              "a host name (letters, digits, '.', '-'; no spaces or ;)")
+            raise ConfigError(
+                section.key("authserv_id"), authserv_id, "a host name (letters, digits, '.', '-'; no spaces or ;)"
+            )
         self.authserv_id = authserv_id
         self.dmarc_reject = section.flag("dmarc_reject", False)
         self.dmarc_quarantine = section.choice("dmarc_quarantine", "tag", QUARANTINE_MODES)
@@ -261,8 +280,7 @@ class SenderAuthentication(Policy):
         """
         sender = ctx.envelope.sender if ctx.envelope is not None else ""
         message = whole_bytes(message)  # dkimpy and the ARC check take the message whole (a FileText too)
-        spf_check = check_spf(str(ctx.client.address), sender, ctx.client.helo or "", self.resolver,
-                              self.spf_timeout)
+        spf_check = check_spf(str(ctx.client.address), sender, ctx.client.helo or "", self.resolver, self.spf_timeout)
         dkim_check = verify_dkim(message, self.resolver)
         arc: ArcResult | None = None
         if self.arc:
@@ -295,8 +313,9 @@ class SenderAuthentication(Policy):
         if failing is not None and not rejecting and self.dmarc_quarantine == "tag":
             prepend += (QUARANTINE_HEADER,)
         # A REJECT's headers are never applied; they are kept for logs and tests.
-        headers = HeaderEdit(prepend=prepend, remove=(QUARANTINE_HEADER[0],),
-                             drop=forged_fields(message, self.authserv_id))
+        headers = HeaderEdit(
+            prepend=prepend, remove=(QUARANTINE_HEADER[0],), drop=forged_fields(message, self.authserv_id)
+        )
         if failing is None:
             return Verdict(Action.CONTINUE, headers=headers)
         detail = f"dmarc=fail header.from={failing.domain} dis={failing.disposition}"

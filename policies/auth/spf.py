@@ -197,8 +197,9 @@ def _evaluate(ip: str, sender: str, helo: str, resolver: dns.resolver.Resolver, 
     return str(result), str(explanation)
 
 
-async def check_spf(ip: str, mail_from: str, helo: str, resolver: dns.resolver.BaseResolver,
-                    timeout: float = DEFAULT_TIMEOUT) -> SpfResult:
+async def check_spf(
+    ip: str, mail_from: str, helo: str, resolver: dns.resolver.BaseResolver, timeout: float = DEFAULT_TIMEOUT
+) -> SpfResult:
     """Evaluate SPF ``check_host()`` for the MAIL FROM identity (HELO for the null sender).
 
     Args:

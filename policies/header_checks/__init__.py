@@ -98,22 +98,29 @@ import re
 from pathlib import Path
 from typing import ClassVar
 
+from gateway import reply as replies
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import raw_fields, unfolded
 from gateway.pipeline.policy import Policy, PolicyContext
-from gateway import reply as replies
-from gateway.reply import Reply
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
+from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
-from policies.header_checks.rules import (BLANK, NOT_PRINTABLE,
-                                         REPLY_TEXT_LIMIT, STATUS_PREFIX, Rule, parse_rules, prepend_field)
+from policies.header_checks.rules import (
+    BLANK,
+    NOT_PRINTABLE,
+    REPLY_TEXT_LIMIT,
+    STATUS_PREFIX,
+    Rule,
+    parse_rules,
+    prepend_field,
+)
 
 KEYS = {"file", "timeout", "on_error"}
-DEFAULT_TIMEOUT = 60.0          # seconds; the pipeline's default for a policy hook
-HEADER_SIZE_LIMIT = 102400      # characters matched per header (Postfix header_size_limit)
-LOG_HEADER_LIMIT = 200          # characters of a header shown in logs (Postfix cleanup_act_log "%.200s")
-_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")          # RFC 5322 ftext name, obs WSP before ':'
+DEFAULT_TIMEOUT = 60.0  # seconds; the pipeline's default for a policy hook
+HEADER_SIZE_LIMIT = 102400  # characters matched per header (Postfix header_size_limit)
+LOG_HEADER_LIMIT = 200  # characters of a header shown in logs (Postfix cleanup_act_log "%.200s")
+_FIELD_START = re.compile(rb"[!-9;-~]+[ \t]*:")  # RFC 5322 ftext name, obs WSP before ':'
 
 
 class HeaderChecks(Policy):
@@ -137,13 +144,15 @@ class HeaderChecks(Policy):
         # Postfix main.cf spells the table "regexp:/path"; accept that as a plain path.
         file = file.removeprefix("regexp:")
         if not file:
-            raise ConfigError(section.key("file"), section.table.get("file"),
-                              "the path of a Postfix regexp: table (required)")
+            raise ConfigError(
+                section.key("file"), section.table.get("file"), "the path of a Postfix regexp: table (required)"
+            )
         self.path: Path = Path(file).expanduser()
         self.timeout: float = section.duration("timeout", DEFAULT_TIMEOUT)
         if self.timeout <= 0:
-            raise ConfigError(section.key("timeout"), section.table.get("timeout"),
-                              "a duration greater than zero, such as 10s")
+            raise ConfigError(
+                section.key("timeout"), section.table.get("timeout"), "a duration greater than zero, such as 10s"
+            )
         self.on_error: str = section.choice("on_error", "tempfail", ON_ERROR_CHOICES)
         self.rules: tuple[Rule, ...] = ()
         self.load()
@@ -163,14 +172,15 @@ class HeaderChecks(Policy):
             # surrogateescape: a pattern may hold the same raw bytes a header carries.
             text = self.path.read_bytes().decode("utf-8", "surrogateescape")
         except OSError as error:
-            raise ConfigError(f"{self.name}.file", str(self.path),
-                              f"a readable Postfix regexp: table ({error.strerror or error})") from None
+            raise ConfigError(
+                f"{self.name}.file", str(self.path), f"a readable Postfix regexp: table ({error.strerror or error})"
+            ) from None
         self.rules = parse_rules(text, str(self.path), f"{self.name}.file")
         return len(self.rules)
 
     async def on_data(self, ctx: PolicyContext, message: bytes) -> Verdict:
         """Check each top-level header field of ``message`` (raw CRLF bytes); see the module docstring."""
-        rules = self.rules   # one table per message, even if load() runs meanwhile
+        rules = self.rules  # one table per message, even if load() runs meanwhile
         if not rules:
             return CONTINUE
         drops: list[bytes] = []
@@ -193,13 +203,12 @@ class HeaderChecks(Policy):
             if rule.action == "REJECT":
                 reply = rule.reply or _reject_reply(text)
                 self._log(ctx, logging.INFO, "reject", shown, str(reply))
-                return Verdict(Action.REJECT, reply, reason=self.name,
-                               detail=_detail("reject", shown, where, text))
+                return Verdict(Action.REJECT, reply, reason=self.name, detail=_detail("reject", shown, where, text))
             if rule.action == "DISCARD":
                 self._log(ctx, logging.INFO, "discard", shown, text)
                 return Verdict(Action.DISCARD, reason=self.name, detail=_detail("discard", shown, where, text))
             if rule.action == "HOLD":
-                if hold is None:   # Postfix logs and keeps only the first HOLD
+                if hold is None:  # Postfix logs and keeps only the first HOLD
                     self._log(ctx, logging.INFO, "hold", shown, text)
                     hold = Verdict(Action.HOLD, reason=self.name, detail=_detail("hold", shown, where, text))
                 continue
@@ -209,9 +218,14 @@ class HeaderChecks(Policy):
             elif rule.action == "PREPEND":
                 added = prepend_field(text)
                 if added is None:
-                    self._log(ctx, logging.WARNING, "warning", shown,
-                              f"bad PREPEND header text {_printable(text, LOG_HEADER_LIMIT)!r} from rule"
-                              f" {where}: need 'Name: value'; skipped")
+                    self._log(
+                        ctx,
+                        logging.WARNING,
+                        "warning",
+                        shown,
+                        f"bad PREPEND header text {_printable(text, LOG_HEADER_LIMIT)!r} from rule"
+                        f" {where}: need 'Name: value'; skipped",
+                    )
                     continue
                 prepends.append(added)
                 self._log(ctx, logging.INFO, "prepend", shown, _printable(f"{added[0]}: {added[1]}", 200))
@@ -232,10 +246,18 @@ class HeaderChecks(Policy):
         envelope = ctx.envelope
         sender = envelope.sender if envelope else ""
         recipients = ",".join(envelope.recipients) if envelope else ""
-        ctx.log.log(level, "%s: %s: header %s from %s; from=<%s> to=<%s> helo=<%s>%s",
-                    ctx.queue_id or "NOQUEUE", what, header, ctx.client.describe(),
-                    _printable(sender, 200), _printable(recipients, 400), _printable(ctx.client.helo or "", 200),
-                    f": {_printable(text, 400)}" if text else "")
+        ctx.log.log(
+            level,
+            "%s: %s: header %s from %s; from=<%s> to=<%s> helo=<%s>%s",
+            ctx.queue_id or "NOQUEUE",
+            what,
+            header,
+            ctx.client.describe(),
+            _printable(sender, 200),
+            _printable(recipients, 400),
+            _printable(ctx.client.helo or "", 200),
+            f": {_printable(text, 400)}" if text else "",
+        )
 
 
 def _lookup(rules: tuple[Rule, ...], header: str) -> tuple[Rule, re.Match[str] | bool] | None:

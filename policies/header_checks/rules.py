@@ -12,14 +12,14 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from gateway.errors import ConfigError
 from gateway import reply as replies
+from gateway.errors import ConfigError
 from gateway.reply import Reply
 
-REPLY_TEXT_LIMIT = 400          # characters; keeps "550 5.7.1 <text>" well under RFC 5321's 512
+REPLY_TEXT_LIMIT = 400  # characters; keeps "550 5.7.1 <text>" well under RFC 5321's 512
 SUPPORTED_ACTIONS = ("REJECT", "DISCARD", "HOLD", "IGNORE", "WARN", "INFO", "PREPEND", "DUNNO", "OK")
 UNSUPPORTED_ACTIONS = ("BCC", "FILTER", "REDIRECT", "REPLACE", "STRIP")
-BLANK = " \t\v\f\r"            # C isspace() minus newline, as Postfix's ISSPACE sees a line
+BLANK = " \t\v\f\r"  # C isspace() minus newline, as Postfix's ISSPACE sees a line
 STATUS_PREFIX = re.compile(r"([0-9])\.([0-9]{1,3})\.([0-9]{1,3})(?:[ \t]+(.*))?", re.DOTALL)
 _STATUS_HEAD = re.compile(r"([0-9])\.([0-9]{1,3})\.([0-9]{1,3})[ \t]")
 _ACTION = re.compile(r"(\S+)[ \t\v\f\r]*(.*)", re.DOTALL)
@@ -30,11 +30,20 @@ NOT_PRINTABLE = re.compile(r"[^ -~]")
 
 # POSIX bracket classes in the C locale, as Python set contents.
 _POSIX_CLASSES = {
-    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "blank": " \\t", "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~",
-    "punct": "!-/:-@\\[-`{-~", "space": " \\t\\n\\r\\f\\v", "upper": "A-Z", "xdigit": "0-9A-Fa-f",
+    "alnum": "0-9A-Za-z",
+    "alpha": "A-Za-z",
+    "blank": " \\t",
+    "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9",
+    "graph": "!-~",
+    "lower": "a-z",
+    "print": " -~",
+    "punct": "!-/:-@\\[-`{-~",
+    "space": " \\t\\n\\r\\f\\v",
+    "upper": "A-Z",
+    "xdigit": "0-9A-Fa-f",
 }
-Template = tuple[str | int, ...]   # literal text and group numbers, in order
+Template = tuple[str | int, ...]  # literal text and group numbers, in order
 _HEADER_TEXT = re.compile(r"([!-9;-~]+)[ \t]*:[ \t]*(.*)", re.DOTALL)
 
 
@@ -73,7 +82,7 @@ class Rule:
     action: str
     template: Template
     guards: tuple[_Pattern, ...] = ()
-    reply: Reply | None = field(default=None, compare=False)   # precomputed when the text is static
+    reply: Reply | None = field(default=None, compare=False)  # precomputed when the text is static
 
     def matches(self, text: str, guard_results: dict[int, bool]) -> re.Match[str] | bool:
         """The match object (True for a negated rule) when this rule applies to ``text``, else False.
@@ -99,8 +108,7 @@ class Rule:
         if not isinstance(match, re.Match):
             # Negated rules cannot hold $n (refused at load), so only literals remain.
             return "".join(part for part in self.template if isinstance(part, str))
-        return "".join(part if isinstance(part, str) else (match.group(part) or "")
-                       for part in self.template)
+        return "".join(part if isinstance(part, str) else (match.group(part) or "") for part in self.template)
 
 
 # ---- parsing the table ----------------------------------------------------------------
@@ -133,12 +141,15 @@ def parse_rules(text: str, origin: str, key: str = "header_checks.file") -> tupl
             elif _IF.match(logical):
                 pattern, rest = _parse_pattern(logical[2:])
                 if rest.strip(BLANK):
-                    raise _RuleSyntaxError(f"unexpected text after the if condition: {rest.strip(BLANK)!r}"
-                                           " (rules inside if/endif must not be indented)")
+                    raise _RuleSyntaxError(
+                        f"unexpected text after the if condition: {rest.strip(BLANK)!r}"
+                        " (rules inside if/endif must not be indented)"
+                    )
                 guards.append((line_no, pattern))
             elif logical[0].isalnum():
-                raise _RuleSyntaxError("a rule must start with a pattern delimiter such as '/' "
-                                       "(or be 'if /pattern/' or 'endif')")
+                raise _RuleSyntaxError(
+                    "a rule must start with a pattern delimiter such as '/' (or be 'if /pattern/' or 'endif')"
+                )
             else:
                 rules.append(_parse_rule(logical, line_no, tuple(g for _, g in guards)))
         except _RuleSyntaxError as error:
@@ -158,11 +169,12 @@ def _logical_lines(text: str, origin: str, key: str) -> list[tuple[int, str]]:
         line = line.rstrip("\r")
         stripped = line.strip(BLANK)
         if not stripped or stripped.startswith("#"):
-            continue   # does not end a logical line, as in readlline
+            continue  # does not end a logical line, as in readlline
         if line[0] in BLANK:
             if not result:
-                raise ConfigError(key, f"{origin}:{number}",
-                                  "a continuation line (starting with whitespace) with no rule before it")
+                raise ConfigError(
+                    key, f"{origin}:{number}", "a continuation line (starting with whitespace) with no rule before it"
+                )
             first, previous = result[-1]
             result[-1] = (first, previous + line)
         else:
@@ -173,7 +185,7 @@ def _logical_lines(text: str, origin: str, key: str) -> list[tuple[int, str]]:
 def _parse_rule(logical: str, line_no: int, guards: tuple[_Pattern, ...]) -> Rule:
     pattern, rest = _parse_pattern(logical)
     unless: _Pattern | None = None
-    if rest.startswith("!"):   # legacy /pattern1/!/pattern2/: pattern1 and not pattern2
+    if rest.startswith("!"):  # legacy /pattern1/!/pattern2/: pattern1 and not pattern2
         second, rest = _parse_pattern(rest)
         unless = _Pattern(second.regex, not second.negated)
     parsed = _ACTION.fullmatch(rest.lstrip(BLANK))
@@ -182,8 +194,9 @@ def _parse_rule(logical: str, line_no: int, guards: tuple[_Pattern, ...]) -> Rul
     action_word, text = parsed.group(1), parsed.group(2)
     action = action_word.upper()
     if action in UNSUPPORTED_ACTIONS:
-        raise _RuleSyntaxError(f"Postfix action {action} is not supported by this gateway "
-                               f"(supported: {', '.join(SUPPORTED_ACTIONS)})")
+        raise _RuleSyntaxError(
+            f"Postfix action {action} is not supported by this gateway (supported: {', '.join(SUPPORTED_ACTIONS)})"
+        )
     if action not in SUPPORTED_ACTIONS:
         raise _RuleSyntaxError(f"unknown action {action_word!r} (supported: {', '.join(SUPPORTED_ACTIONS)})")
     template = _parse_template(text) if action not in ("IGNORE", "DUNNO", "OK") else ()
@@ -259,8 +272,7 @@ def _translate(pattern: str) -> str:
         ch = pattern[i]
         if ch == "\\" and i + 1 < n:
             following = pattern[i + 1]
-            out.append(r"\b(?=\w)" if following == "<" else r"\b(?<=\w)" if following == ">"
-                       else pattern[i:i + 2])
+            out.append(r"\b(?=\w)" if following == "<" else r"\b(?<=\w)" if following == ">" else pattern[i : i + 2])
             i += 2
             continue
         if ch != "[":
@@ -272,13 +284,13 @@ def _translate(pattern: str) -> str:
         if i < n and pattern[i] == "^":
             out.append("^")
             i += 1
-        if i < n and pattern[i] == "]":   # a leading ']' is literal in POSIX
+        if i < n and pattern[i] == "]":  # a leading ']' is literal in POSIX
             out.append(r"\]")
             i += 1
         while i < n and pattern[i] != "]":
             if pattern.startswith("[:", i):
                 end = pattern.find(":]", i + 2)
-                name = pattern[i + 2:end] if end >= 0 else ""
+                name = pattern[i + 2 : end] if end >= 0 else ""
                 if name not in _POSIX_CLASSES:
                     raise ValueError(f"unknown character class [:{name}:]")
                 out.append(_POSIX_CLASSES[name])
@@ -286,7 +298,7 @@ def _translate(pattern: str) -> str:
             elif pattern.startswith(("[=", "[."), i):
                 raise ValueError("equivalence classes [=x=] and collating symbols [.x.] are not supported")
             elif pattern[i] == "\\" and i + 1 < n:
-                out.append(pattern[i:i + 2])
+                out.append(pattern[i : i + 2])
                 i += 2
             else:
                 out.append(r"\[" if pattern[i] == "[" else pattern[i])
@@ -302,7 +314,7 @@ def _parse_template(text: str) -> Template:
     parts: list[str | int] = []
     position = 0
     for macro in _MACRO.finditer(text):
-        parts.append(text[position:macro.start()])
+        parts.append(text[position : macro.start()])
         position = macro.end()
         if macro.group(1):
             parts.append("$")

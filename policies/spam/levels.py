@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from gateway import reply as replies
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.message import field_name, raw_fields
-from gateway import reply as replies
 from gateway.pipeline.section import Section
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
 
@@ -60,8 +60,10 @@ class SpamLevels:
         """
         section = Section(SECTION, config.section(SECTION), _KNOWN)
         defaults = cls()
-        levels = {key: cast(float, section.number(key, getattr(defaults, key)))
-                  for key in ("tag_level", "tag2_level", "kill_level")}
+        levels = {
+            key: cast(float, section.number(key, getattr(defaults, key)))
+            for key in ("tag_level", "tag2_level", "kill_level")
+        }
         subject_tag = section.text("subject_tag", defaults.subject_tag) or ""
         if "\r" in subject_tag or "\n" in subject_tag:
             raise ConfigError(section.key("subject_tag"), subject_tag, "a single-line string")
@@ -73,8 +75,13 @@ class SpamLevels:
                 if high in section.table and low not in section.table:
                     raise ConfigError(section.key(high), high_value, f"at least {low} ({low_value:g})")
                 raise ConfigError(section.key(low), low_value, f"at most {high} ({high_value:g})")
-        return cls(tag_level=levels["tag_level"], tag2_level=levels["tag2_level"],
-                   kill_level=levels["kill_level"], subject_tag=subject_tag, kill_action=kill_action)
+        return cls(
+            tag_level=levels["tag_level"],
+            tag2_level=levels["tag2_level"],
+            kill_level=levels["kill_level"],
+            subject_tag=subject_tag,
+            kill_action=kill_action,
+        )
 
     def verdict(self, *, engine: str, score: float, tests: Sequence[str], message: bytes) -> Verdict:
         """The verdict for ``score`` by the levels (see the module docstring).
@@ -89,32 +96,47 @@ class SpamLevels:
         detail = f"{engine} score={score:.3f} tests={','.join(_tokens(tests))}"
         if score >= self.kill_level:
             if self.kill_action == "hold":
-                return Verdict(Action.HOLD, headers=self.spam_headers(engine=engine, score=score, tests=tests,
-                                                                       message=message),
-                               reason="spam", detail=detail)
+                return Verdict(
+                    Action.HOLD,
+                    headers=self.spam_headers(engine=engine, score=score, tests=tests, message=message),
+                    reason="spam",
+                    detail=detail,
+                )
             return Verdict(Action.REJECT, replies.SPAM_REJECTED, reason="spam", detail=detail)
         if score >= self.tag2_level:
-            return Verdict(Action.CONTINUE, headers=self.spam_headers(engine=engine, score=score, tests=tests,
-                                                                       message=message),
-                           reason="spam_tagged", detail=detail)
+            return Verdict(
+                Action.CONTINUE,
+                headers=self.spam_headers(engine=engine, score=score, tests=tests, message=message),
+                reason="spam_tagged",
+                detail=detail,
+            )
         if score >= self.tag_level:
-            return Verdict(Action.CONTINUE, headers=self.status_headers(engine=engine, score=score, tests=tests,
-                                                                         spam=False),
-                           detail=detail)
+            return Verdict(
+                Action.CONTINUE,
+                headers=self.status_headers(engine=engine, score=score, tests=tests, spam=False),
+                detail=detail,
+            )
         return CONTINUE
 
     def status_headers(self, *, engine: str, score: float, tests: Sequence[str], spam: bool) -> HeaderEdit:
         """``X-Spam-Flag``, ``X-Spam-Score`` and ``X-Spam-Status`` (amavis names) without a Subject change."""
         score = _clean(score)
-        status = (f"{'Yes' if spam else 'No'}, score={score:.3f} tag={self.tag_level:g} "
-                  f"tag2={self.tag2_level:g} kill={self.kill_level:g} engine={_token(engine)} "
-                  f"tests=[{', '.join(_tokens(tests))}]")
-        return HeaderEdit(prepend=(("X-Spam-Flag", "YES" if spam else "NO"),
-                                   ("X-Spam-Score", f"{score:.3f}"),
-                                   ("X-Spam-Status", _fold("X-Spam-Status", status))))
+        status = (
+            f"{'Yes' if spam else 'No'}, score={score:.3f} tag={self.tag_level:g} "
+            f"tag2={self.tag2_level:g} kill={self.kill_level:g} engine={_token(engine)} "
+            f"tests=[{', '.join(_tokens(tests))}]"
+        )
+        return HeaderEdit(
+            prepend=(
+                ("X-Spam-Flag", "YES" if spam else "NO"),
+                ("X-Spam-Score", f"{score:.3f}"),
+                ("X-Spam-Status", _fold("X-Spam-Status", status)),
+            )
+        )
 
-    def spam_headers(self, *, engine: str, score: float, tests: Sequence[str], message: bytes,
-                     subject: str | None = None) -> HeaderEdit:
+    def spam_headers(
+        self, *, engine: str, score: float, tests: Sequence[str], message: bytes, subject: str | None = None
+    ) -> HeaderEdit:
         """The tag2 marking: status headers with ``Yes`` plus the Subject rewrite.
 
         ``subject`` (an ASCII value, e.g. rspamd's own ``subject``) replaces the Subject

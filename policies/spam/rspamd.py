@@ -44,23 +44,23 @@ unknown actions and timeouts raise :class:`~gateway.errors.ScannerError`.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
+import dataclasses
 import importlib
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
+from gateway import reply as replies
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import FileText
 from gateway.pipeline.policy import Policy, PolicyContext, ScannerProbe
-from gateway import reply as replies
 from gateway.pipeline.section import ON_ERROR_CHOICES, Section
 from gateway.verdict import CONTINUE, Action, Verdict
 from policies.spam.levels import SpamLevels
@@ -133,8 +133,15 @@ class Rspamd(Policy):
         secure = parts.scheme == "https"
         assert parts.hostname is not None  # checked in __init__
         request = f"GET {parts.path}/ping HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode("latin-1")
-        return ScannerProbe(self.name, self.url, request, b"pong", host=parts.hostname,
-                            port=parts.port or (443 if secure else 80), tls=secure)
+        return ScannerProbe(
+            self.name,
+            self.url,
+            request,
+            b"pong",
+            host=parts.hostname,
+            port=parts.port or (443 if secure else 80),
+            tls=secure,
+        )
 
     def request_headers(self, ctx: PolicyContext) -> CIMultiDict[str]:
         """The rspamd protocol headers for this transaction (control characters dropped)."""
@@ -166,8 +173,9 @@ class Rspamd(Policy):
             return self.levels.verdict(engine=self.name, score=score, tests=tests, message=message)
         return self.action_verdict(result["action"], result, score, tests, message)
 
-    def action_verdict(self, action: str, result: dict[str, Any], score: float, tests: list[str],
-                       message: bytes) -> Verdict:
+    def action_verdict(
+        self, action: str, result: dict[str, Any], score: float, tests: list[str], message: bytes
+    ) -> Verdict:
         """Map rspamd's ``action`` to a verdict (list in the module docstring).
 
         Raises:
@@ -175,8 +183,7 @@ class Rspamd(Policy):
         """
         detail = f"rspamd action={action!r} score={score:.3f}"
         if action == "reject":
-            return Verdict(Action.REJECT, replies.scanner_rejected(_smtp_message(result)),
-                           reason="spam", detail=detail)
+            return Verdict(Action.REJECT, replies.scanner_rejected(_smtp_message(result)), reason="spam", detail=detail)
         if action == "soft reject":
             return Verdict(Action.TEMPFAIL, replies.SPAM_SOFT_REJECT, reason="spam_soft_reject", detail=detail)
         if action == "greylist":
@@ -185,8 +192,9 @@ class Rspamd(Policy):
         if action == "rewrite subject":
             subject = result.get("subject")
             usable = isinstance(subject, str) and subject.isascii() and not _UNSAFE.search(subject)
-            headers = self.levels.spam_headers(engine=self.name, score=score, tests=tests, message=message,
-                                               subject=subject if usable else None)
+            headers = self.levels.spam_headers(
+                engine=self.name, score=score, tests=tests, message=message, subject=subject if usable else None
+            )
             return Verdict(Action.CONTINUE, headers=headers, reason="spam_tagged", detail=detail)
         if action == "add header":
             headers = self.levels.status_headers(engine=self.name, score=score, tests=tests, spam=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 from typing import ClassVar
 
-
 from gateway.config import Config
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import whole_bytes
@@ -39,8 +38,11 @@ from policies.spam.levels import SpamLevels
 
 SECTION = "spamassassin"
 _KNOWN = {"address", "timeout", "on_error", "max_size", "user"}
-SKIPPED_TOO_LARGE = Verdict(Action.CONTINUE, headers=HeaderEdit(
-    prepend=(("X-Spam-Checker", "spamassassin skipped (too large)"),)), reason="spam_skipped_size")
+SKIPPED_TOO_LARGE = Verdict(
+    Action.CONTINUE,
+    headers=HeaderEdit(prepend=(("X-Spam-Checker", "spamassassin skipped (too large)"),)),
+    reason="spam_skipped_size",
+)
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -38,9 +38,11 @@ def docker_engine() -> Iterator[DockerEngine]:
 def labelled(engine: DockerEngine, run_id: str) -> dict[str, list[str]]:
     """IDs of the containers, volumes and images that carry this run's label, by kind."""
     label = f"label={LABEL}={run_id}"
-    return {"containers": engine.docker("ps", "--all", "--quiet", "--filter", label).stdout.split(),
-            "volumes": engine.docker("volume", "ls", "--quiet", "--filter", label).stdout.split(),
-            "images": engine.docker("images", "--quiet", "--filter", label).stdout.split()}
+    return {
+        "containers": engine.docker("ps", "--all", "--quiet", "--filter", label).stdout.split(),
+        "volumes": engine.docker("volume", "ls", "--quiet", "--filter", label).stdout.split(),
+        "images": engine.docker("images", "--quiet", "--filter", label).stdout.split(),
+    }
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +55,22 @@ def gateway_image(docker_engine: DockerEngine, run_id: str) -> Iterator[str]:
     base, base_imported_here = ensure_base_image(docker_engine)
     tag = f"smtp-gateway-test:{run_id}"
     try:
-        docker_engine.docker("build", "--force-rm", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "--label",
-                             f"{LABEL}={run_id}", "--file", "deploy/Dockerfile", "--tag", tag, str(ROOT),
-                             timeout=BUILD_TIMEOUT)
+        docker_engine.docker(
+            "build",
+            "--force-rm",
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE_IMAGE={base}",
+            "--label",
+            f"{LABEL}={run_id}",
+            "--file",
+            "deploy/Dockerfile",
+            "--tag",
+            tag,
+            str(ROOT),
+            timeout=BUILD_TIMEOUT,
+        )
         yield tag
     finally:
         left = labelled(docker_engine, run_id)

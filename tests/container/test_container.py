@@ -82,14 +82,30 @@ class GatewayContainer:
     def run(self, variables: dict[str, str]) -> None:
         """``docker run -d --init --network host`` with ``variables`` as its environment."""
         environment = [arg for key, value in variables.items() for arg in ("--env", f"{key}={value}")]
-        self.engine.docker("run", "--detach", "--init", "--network", "host", "--name", self.name, "--label",
-                           f"{LABEL}={self.run_id}", "--health-interval", "1s", "--health-retries", "3",
-                           *self.volumes, *environment, self.image)
+        self.engine.docker(
+            "run",
+            "--detach",
+            "--init",
+            "--network",
+            "host",
+            "--name",
+            self.name,
+            "--label",
+            f"{LABEL}={self.run_id}",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "3",
+            *self.volumes,
+            *environment,
+            self.image,
+        )
 
     def state(self) -> dict[str, object]:
         """``docker inspect``'s ``State`` (Status, ExitCode, Health, ...)."""
-        state: dict[str, object] = json.loads(self.engine.docker("inspect", "--format", "{{json .State}}",
-                                                                 self.name).stdout)
+        state: dict[str, object] = json.loads(
+            self.engine.docker("inspect", "--format", "{{json .State}}", self.name).stdout
+        )
         return state
 
     def logs(self) -> str:
@@ -138,10 +154,16 @@ class GatewayContainer:
 
 def seed_variables(container: GatewayContainer, sink: SmtpSink, **extra: str) -> dict[str, str]:
     """The ServerContainers mail-gateway variables of these tests (plus the two ``GATEWAY_*`` port moves)."""
-    return {"MAIL_FQDN": "mx.example.com", "RELAYHOST": f"[127.0.0.1]:{sink.port}", "DISABLE_AMAVIS": "1",
-            "DKIM_DOMAINS": "example.com", "POSTFIX_RELAY_DOMAINS": "example.net",
-            "GATEWAY_LISTEN": f"smtp=127.0.0.1:{container.smtp_port}/starttls",
-            "GATEWAY_METRICS_LISTEN": f"127.0.0.1:{container.metrics_port}", **extra}
+    return {
+        "MAIL_FQDN": "mx.example.com",
+        "RELAYHOST": f"[127.0.0.1]:{sink.port}",
+        "DISABLE_AMAVIS": "1",
+        "DKIM_DOMAINS": "example.com",
+        "POSTFIX_RELAY_DOMAINS": "example.net",
+        "GATEWAY_LISTEN": f"smtp=127.0.0.1:{container.smtp_port}/starttls",
+        "GATEWAY_METRICS_LISTEN": f"127.0.0.1:{container.metrics_port}",
+        **extra,
+    }
 
 
 def send(port: int, subject: str) -> str:
@@ -163,6 +185,7 @@ def send(port: int, subject: str) -> str:
 
 def dkim_verifies(data: bytes, records: dict[str, str]) -> bool:
     """dkimpy's verdict on the message's DKIM-Signature, its key looked up in ``records`` instead of DNS."""
+
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
         return records[name.decode().rstrip(".")].encode()
 
@@ -185,8 +208,7 @@ def test_seeded_container_turns_healthy_and_relays_dkim_signed_mail(container: G
         container.run(seed_variables(container, sink))
         container.wait_healthy()
         assert "generating it from the environment" in container.logs()
-        assert 'myhostname = "mx.example.com"' in container.engine.docker("exec", container.name, "cat",
-                                                                          CONFIG).stdout
+        assert 'myhostname = "mx.example.com"' in container.engine.docker("exec", container.name, "cat", CONFIG).stdout
         assert container.engine.docker("exec", container.name, "id", "-u").stdout.strip() == "10025"
         queue_id = send(container.smtp_port, "through the container")
         (message,) = sink.wait_for_messages(1, timeout=DELIVERY_TIMEOUT)
@@ -200,8 +222,7 @@ def test_seeded_container_turns_healthy_and_relays_dkim_signed_mail(container: G
     assert re.search(rf"{queue_id}: to=<{RECIPIENT}>.*status=sent", container.logs())
 
 
-def test_docker_stop_keeps_queued_mail_in_the_volume_and_a_restart_delivers_it(
-        container: GatewayContainer) -> None:
+def test_docker_stop_keeps_queued_mail_in_the_volume_and_a_restart_delivers_it(container: GatewayContainer) -> None:
     sink = SmtpSink()  # bound, not listening: the relayhost is down
     try:
         # A deferred message is due again after minimal_backoff_time: 1 s here instead of 300 s, so the
@@ -211,8 +232,7 @@ def test_docker_stop_keeps_queued_mail_in_the_volume_and_a_restart_delivers_it(
         queue_id = send(container.smtp_port, "queued while the relayhost is down")
         container.wait_for_log(rf"{queue_id}: to=<{RECIPIENT}>.*status=deferred")
 
-        stopped = container.engine.docker("stop", "--time", str(STOP_GRACE), container.name,
-                                          timeout=STOP_GRACE + 30)
+        stopped = container.engine.docker("stop", "--time", str(STOP_GRACE), container.name, timeout=STOP_GRACE + 30)
         assert stopped.returncode == 0
         state = container.state()
         assert state["Status"] == "exited" and state["ExitCode"] == 0, (state, container.logs()[-3000:])
@@ -220,9 +240,18 @@ def test_docker_stop_keeps_queued_mail_in_the_volume_and_a_restart_delivers_it(
         assert container.logs().rstrip().endswith("gateway stopped")
 
         # The spool volume, read by the image's own `gateway queue list` in a one-off container:
-        listed = container.engine.docker("run", "--rm", "--network", "none", "--label",
-                                         f"{LABEL}={container.run_id}", *container.volumes, container.image,
-                                         "queue", "list").stdout
+        listed = container.engine.docker(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--label",
+            f"{LABEL}={container.run_id}",
+            *container.volumes,
+            container.image,
+            "queue",
+            "list",
+        ).stdout
         assert queue_id in listed and RECIPIENT in listed, listed
 
         sink.start()
@@ -238,9 +267,23 @@ def test_docker_stop_keeps_queued_mail_in_the_volume_and_a_restart_delivers_it(
 
 
 def test_a_variable_the_gateway_cannot_honour_stops_the_container_with_status_2(
-        docker_engine: DockerEngine, gateway_image: str, run_id: str) -> None:
-    done = docker_engine.docker("run", "--rm", "--network", "none", "--label", f"{LABEL}={run_id}",
-                                "--env", "MAIL_FQDN=mx.example.com", "--env", "DISABLE_AMAVIS=1",
-                                "--env", "POSTFIX_MYDESTINATION=example.com", gateway_image, check=False)
+    docker_engine: DockerEngine, gateway_image: str, run_id: str
+) -> None:
+    done = docker_engine.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--label",
+        f"{LABEL}={run_id}",
+        "--env",
+        "MAIL_FQDN=mx.example.com",
+        "--env",
+        "DISABLE_AMAVIS=1",
+        "--env",
+        "POSTFIX_MYDESTINATION=example.com",
+        gateway_image,
+        check=False,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "refused POSTFIX_MYDESTINATION" in done.stderr

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.dkim.keys import dns_txt_value
-from tests.harness.helpers import relay_config
 from tests.harness.dns_server import TestDnsServer
+from tests.harness.helpers import relay_config
 
 OUTSIDER = "127.0.0.2"  # the untrusted client: its mail to relay_domains takes the inbound pipeline
 
@@ -36,7 +36,8 @@ def dns(sender_key):
 
 def gateway_config(sink_port: int, dns_port: int, extra: str = "") -> str:
     return relay_config(sink_port, f'dns_nameservers = ["127.0.0.1:{dns_port}"]\n') + (
-        '[pipeline]\ninbound = ["sender_auth"]\n[sender_auth]\n' + extra)
+        '[pipeline]\ninbound = ["sender_auth"]\n[sender_auth]\n' + extra
+    )
 
 
 def send(port: int, sender: str, message: bytes) -> tuple[int, bytes]:
@@ -57,12 +58,15 @@ def results_of(data: bytes) -> list[str]:
 
 
 def test_signed_aligned_mail_passes_and_forged_results_are_removed(gateway_factory, sink, dns, sender_key):
-    body = (b"Authentication-Results: gw.test; spf=pass smtp.mailfrom=evil.example; dkim=pass\r\n"
-            b"Authentication-Results: other.example; spf=fail\r\n"
-            b"From: Ann <ann@good.example>\r\nTo: user@example.net\r\nSubject: hi\r\n"
-            b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <a1@good.example>\r\n\r\nHello.\r\n")
-    pem = sender_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption())
+    body = (
+        b"Authentication-Results: gw.test; spf=pass smtp.mailfrom=evil.example; dkim=pass\r\n"
+        b"Authentication-Results: other.example; spf=fail\r\n"
+        b"From: Ann <ann@good.example>\r\nTo: user@example.net\r\nSubject: hi\r\n"
+        b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <a1@good.example>\r\n\r\nHello.\r\n"
+    )
+    pem = sender_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     signed = dkim.sign(body, b"sel", b"good.example", pem, include_headers=[b"from", b"to", b"subject"]) + body
     with gateway_factory(gateway_config(sink.port, dns.port)) as gateway:
         assert send(gateway.port, "ann@good.example", signed)[0] == 250
@@ -72,13 +76,15 @@ def test_signed_aligned_mail_passes_and_forged_results_are_removed(gateway_facto
     assert "spf=pass smtp.mailfrom=good.example" in ours[0]
     assert "dkim=pass header.d=good.example" in ours[0]
     assert "dmarc=pass" in ours[0] and "header.from=good.example" in ours[0]
-    assert b"evil.example" not in message.data                      # the forged one is gone
-    assert b"Authentication-Results: other.example; spf=fail" in message.data   # others are kept
+    assert b"evil.example" not in message.data  # the forged one is gone
+    assert b"Authentication-Results: other.example; spf=fail" in message.data  # others are kept
 
 
 def test_spf_fail_and_dmarc_reject_when_enabled(gateway_factory, sink, dns):
-    body = (b"From: Boss <boss@strict.example>\r\nTo: user@example.net\r\nSubject: wire money\r\n"
-            b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@strict.example>\r\n\r\nNow.\r\n")
+    body = (
+        b"From: Boss <boss@strict.example>\r\nTo: user@example.net\r\nSubject: wire money\r\n"
+        b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@strict.example>\r\n\r\nNow.\r\n"
+    )
     with gateway_factory(gateway_config(sink.port, dns.port, "dmarc_reject = true\n")) as gateway:
         code, text = send(gateway.port, "boss@strict.example", body)
         assert code == 550 and text.startswith(b"5.7.1 Message rejected by the DMARC policy of strict.example")

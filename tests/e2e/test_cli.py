@@ -17,19 +17,23 @@ from tests.harness.smtp_sink import SmtpSink
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
-                          env=environ, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=environ, timeout=60
+    )
 
 
-@pytest.mark.parametrize("config, key, value", [
-    ('maximal_queue_lifetime = "5 days"\n', "maximal_queue_lifetime", "5 days"),
-    ('relayhost = ["[10.0.0.1]:99999"]\n', "relayhost", "[10.0.0.1]:99999"),
-    ('mynetworks = ["10.0.0.300/8"]\n', "mynetworks", "10.0.0.300/8"),
-    ('smtp_tls_security_level = "sometimes"\n', "smtp_tls_security_level", "sometimes"),
-    ('relay_clientcerts = ["AB:CD"]\n', "relay_clientcerts", "AB:CD"),
-    ('mydestination = "x"\n', "mydestination", "x"),
-    ('[[listener]]\naddress = "127.0.0.1:25"\ntls = "maybe"\n', "listener[0].tls", "maybe"),
-])
+@pytest.mark.parametrize(
+    "config, key, value",
+    [
+        ('maximal_queue_lifetime = "5 days"\n', "maximal_queue_lifetime", "5 days"),
+        ('relayhost = ["[10.0.0.1]:99999"]\n', "relayhost", "[10.0.0.1]:99999"),
+        ('mynetworks = ["10.0.0.300/8"]\n', "mynetworks", "10.0.0.300/8"),
+        ('smtp_tls_security_level = "sometimes"\n', "smtp_tls_security_level", "sometimes"),
+        ('relay_clientcerts = ["AB:CD"]\n', "relay_clientcerts", "AB:CD"),
+        ('mydestination = "x"\n', "mydestination", "x"),
+        ('[[listener]]\naddress = "127.0.0.1:25"\ntls = "maybe"\n', "listener[0].tls", "maybe"),
+    ],
+)
 def test_check_config_names_the_bad_key(tmp_path, config, key, value):
     path = tmp_path / "bad.toml"
     path.write_text(config)
@@ -54,8 +58,7 @@ def test_check_config_prints_the_effective_config(tmp_path):
 def test_queue_commands_next_to_a_running_gateway(gateway_factory):
     sink = SmtpSink()  # relayhost down: mail stays deferred
     try:
-        gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1h"',
-                                                maximal_backoff_time='"2h"'))
+        gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"2h"'))
         with gateway:
             with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
                 client.sendmail("alice@example.com", ["bob@elsewhere.org"], b"Subject: q1\r\n\r\none\r\n")
@@ -72,8 +75,10 @@ def test_queue_commands_next_to_a_running_gateway(gateway_factory):
             assert "state: deferred" in shown and "Subject: q1" in shown
 
             assert gateway.cli("queue", "hold", first["queue_id"]).returncode == 0
-            assert {r["queue_id"]: r["state"] for r in map(json.loads, gateway.cli(
-                "queue", "list", "--json").stdout.splitlines())}[first["queue_id"]] == "hold"
+            assert {
+                r["queue_id"]: r["state"]
+                for r in map(json.loads, gateway.cli("queue", "list", "--json").stdout.splitlines())
+            }[first["queue_id"]] == "hold"
             assert gateway.cli("queue", "delete", second["queue_id"]).returncode == 0
             missing = gateway.cli("queue", "show", second["queue_id"], check=False)
             assert missing.returncode == 1 and "no such message" in missing.stderr
@@ -92,8 +97,7 @@ def test_queue_commands_next_to_a_running_gateway(gateway_factory):
 def test_flush_retries_deferred_mail_now(gateway_factory):
     sink = SmtpSink()
     try:
-        gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1h"',
-                                                maximal_backoff_time='"2h"'))
+        gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"2h"'))
         with gateway:
             with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
                 client.sendmail("alice@example.com", ["bob@elsewhere.org"], b"Subject: f\r\n\r\nx\r\n")
@@ -112,14 +116,19 @@ def test_bad_queue_id_is_a_clear_error(gateway_factory):
     assert result.returncode == 1 and "is not a queue ID" in result.stderr
 
 
-@pytest.mark.parametrize("config, key", [
-    ('[pipeline]\ninbound = ["antivirus", "nonsense"]\n', "pipeline.inbound"),
-    ('[pipeline]\ninbound = ["antivirus"]\n[antivirus]\nclamd = "carrier-pigeon"\n', "antivirus.clamd"),
-    ('[spam_levels]\ntag_level = 9.0\ntag2_level = 3.0\n[pipeline]\ninbound = ["spamassassin"]\n',
-     "spam_levels.tag_level"),
-    ('[dkim]\ndomains = ["example.com"]\nalgorithms = ["rsa-sha1"]\n', "dkim.algorithms"),
-    ('[antivirsu]\nclamd = "tcp:127.0.0.1:3310"\n', "antivirsu"),  # a table no module owns (a typo)
-])
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ('[pipeline]\ninbound = ["antivirus", "nonsense"]\n', "pipeline.inbound"),
+        ('[pipeline]\ninbound = ["antivirus"]\n[antivirus]\nclamd = "carrier-pigeon"\n', "antivirus.clamd"),
+        (
+            '[spam_levels]\ntag_level = 9.0\ntag2_level = 3.0\n[pipeline]\ninbound = ["spamassassin"]\n',
+            "spam_levels.tag_level",
+        ),
+        ('[dkim]\ndomains = ["example.com"]\nalgorithms = ["rsa-sha1"]\n', "dkim.algorithms"),
+        ('[antivirsu]\nclamd = "tcp:127.0.0.1:3310"\n', "antivirsu"),  # a table no module owns (a typo)
+    ],
+)
 def test_check_config_validates_policy_tables(tmp_path, config, key):
     path = tmp_path / "bad.toml"
     path.write_text(config)
@@ -144,11 +153,10 @@ FILE_KEYS = {
     "smtp_tls_cert_file": 'smtp_tls_cert_file = "{missing}"\nsmtp_tls_key_file = "{key}"\n',
     "smtp_tls_key_file": 'smtp_tls_cert_file = "{cert}"\nsmtp_tls_key_file = "{missing}"\n',
     "header_checks.file": '[pipeline]\ninbound = ["header_checks"]\n[header_checks]\nfile = "{missing}"\n',
-    "dkim.domain.example.com.rsa_key":
-        '[dkim]\ndomains = ["example.com"]\n[dkim.domain."example.com"]\nrsa_key = "{missing}"\n',
-    "dkim.domain.example.com.ed25519_key":
-        '[dkim]\ndomains = ["example.com"]\nalgorithms = ["ed25519-sha256"]\n'
-        '[dkim.domain."example.com"]\ned25519_key = "{missing}"\n',
+    "dkim.domain.example.com.rsa_key": '[dkim]\ndomains = ["example.com"]\n'
+    '[dkim.domain."example.com"]\nrsa_key = "{missing}"\n',
+    "dkim.domain.example.com.ed25519_key": '[dkim]\ndomains = ["example.com"]\nalgorithms = ["ed25519-sha256"]\n'
+    '[dkim.domain."example.com"]\ned25519_key = "{missing}"\n',
 }
 
 
@@ -172,9 +180,11 @@ def test_check_config_and_run_refuse_the_same_missing_file(tmp_path, key):
     missing = tmp_path / "no-such-file.pem"
     top, _, tables = FILE_KEYS[key].format(missing=missing, cert=cert, key=private_key).partition("[")
     path = tmp_path / "gateway.toml"
-    path.write_text(f'state_dir = "{tmp_path / "var"}"\nmetrics_listen = ""\n{top}'
-                    f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\ntls = "starttls"\n'
-                    + (f"[{tables}" if tables else ""))
+    path.write_text(
+        f'state_dir = "{tmp_path / "var"}"\nmetrics_listen = ""\n{top}'
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\ntls = "starttls"\n'
+        + (f"[{tables}" if tables else "")
+    )
 
     checked = run_cli("--config", str(path), "check-config")
     ran = run_cli("--config", str(path), "run")
@@ -190,8 +200,9 @@ def test_check_config_passes_what_run_starts_with(tmp_path):
     ca_file = tmp_path / "client-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     path = tmp_path / "gateway.toml"
-    path.write_text(f'state_dir = "{tmp_path / "var"}"\nsmtpd_tls_CAfile = "{ca_file}"\n'
-                    f'smtp_tls_CAfile = "{ca_file}"\n')
+    path.write_text(
+        f'state_dir = "{tmp_path / "var"}"\nsmtpd_tls_CAfile = "{ca_file}"\nsmtp_tls_CAfile = "{ca_file}"\n'
+    )
     result = run_cli("--config", str(path), "check-config")
     assert result.returncode == 0, result.stderr
     assert f"smtpd_tls_CAfile = {ca_file}" in result.stdout

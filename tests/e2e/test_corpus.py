@@ -13,8 +13,8 @@ import smtplib
 import pytest
 
 from gateway.message import mbox_separator
-from tests.harness.samples import CORPUS as CORPUS_DIR
 from tests.harness.helpers import relay_config
+from tests.harness.samples import CORPUS as CORPUS_DIR
 from tests.harness.smtp_sink import SmtpSink
 
 CORPUS = sorted(p for p in CORPUS_DIR.rglob("*") if p.is_file() and p.name != "LICENSE")
@@ -59,4 +59,4 @@ def test_corpus_message_relays_byte_intact(corpus_gateway, path):
     assert message.data.startswith(separator)
     trace = RECEIVED.match(message.data, len(separator))
     assert trace, message.data[:200]
-    assert separator + message.data[trace.end():] == expected
+    assert separator + message.data[trace.end() :] == expected

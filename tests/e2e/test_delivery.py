@@ -6,7 +6,6 @@ import email
 import email.policy
 import smtplib
 
-
 from tests.harness.helpers import relay_config
 from tests.harness.ports import free_port
 from tests.harness.smtp_sink import SmtpSink
@@ -33,21 +32,27 @@ def parse_dsn(data: bytes) -> email.message.EmailMessage:
 
 def delivery_status(dsn: email.message.EmailMessage) -> str:
     part = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
-    return b"".join(bytes(sub) for sub in part.get_payload()).decode() if part.is_multipart() \
+    return (
+        b"".join(bytes(sub) for sub in part.get_payload()).decode()
+        if part.is_multipart()
         else part.get_payload(decode=True).decode()
+    )
 
 
 def test_relayhost_failover_to_second_host(gateway_factory, sink):
     dead_port = free_port()  # nothing listens here
-    gateway = gateway_factory(relay_config(
-        sink.port, relayhost=f'["[127.0.0.1]:{dead_port}", "[127.0.0.1]:{sink.port}"]'))
+    gateway = gateway_factory(
+        relay_config(sink.port, relayhost=f'["[127.0.0.1]:{dead_port}", "[127.0.0.1]:{sink.port}"]')
+    )
     with gateway:
         queue_id = submit(gateway.port, "a@example.com", ["b@elsewhere.org"])
         (message,) = sink.wait_for_messages(1)
         assert message.rcpt_tos == ["b@elsewhere.org"]
         gateway.wait_for_log(rf"{queue_id}: host 127\.0\.0\.1\[127\.0\.0\.1\]:{dead_port} refused to talk")
-        gateway.wait_for_log(rf"{queue_id}: to=<b@elsewhere\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}"
-                             r".*status=sent")
+        gateway.wait_for_log(
+            rf"{queue_id}: to=<b@elsewhere\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:{sink.port}"
+            r".*status=sent"
+        )
 
 
 def test_4xx_then_success_delivers_exactly_once(gateway_factory, sink):
@@ -65,8 +70,12 @@ def test_4xx_then_success_delivers_exactly_once(gateway_factory, sink):
 def test_5xx_bounces_with_a_dsn_to_the_sender(gateway_factory, sink):
     sink.rcpt_replies["nobody@elsewhere.org"] = ["550 5.1.1 No such user"]
     with gateway_factory(relay_config(sink.port)) as gateway:
-        queue_id = submit(gateway.port, "alice@example.com", ["nobody@elsewhere.org", "ok@elsewhere.org"],
-                          b"Subject: will bounce\r\nMessage-ID: <m1@example.com>\r\n\r\nsecret body\r\n")
+        queue_id = submit(
+            gateway.port,
+            "alice@example.com",
+            ["nobody@elsewhere.org", "ok@elsewhere.org"],
+            b"Subject: will bounce\r\nMessage-ID: <m1@example.com>\r\n\r\nsecret body\r\n",
+        )
         messages = sink.wait_for_messages(2)
         gateway.wait_for_log(rf"{queue_id}: sender non-delivery notification")
     delivered = [m for m in messages if m.mail_from == "alice@example.com"]
@@ -108,14 +117,17 @@ def test_queue_lifetime_expiry_bounces_with_a_dsn(gateway_factory, sink):
 def test_partial_delivery_sends_nothing_twice(gateway_factory, sink):
     sink.rcpt_replies["second@elsewhere.org"] = ["452 4.2.2 mailbox full", "452 4.2.2 mailbox full"]
     with gateway_factory(relay_config(sink.port)) as gateway:
-        queue_id = submit(gateway.port, "a@example.com", ["first@elsewhere.org", "second@elsewhere.org",
-                                                          "third@elsewhere.org"])
+        queue_id = submit(
+            gateway.port, "a@example.com", ["first@elsewhere.org", "second@elsewhere.org", "third@elsewhere.org"]
+        )
         gateway.wait_for_log(rf"{queue_id}: to=<second@elsewhere\.org>.*attempts=3, status=sent", timeout=20)
         gateway.wait_for_log(rf"{queue_id}: removed")
     assert sink.delivered == {"first@elsewhere.org": 1, "second@elsewhere.org": 1, "third@elsewhere.org": 1}
     assert sink.attempts["first@elsewhere.org"] == 1 and sink.attempts["third@elsewhere.org"] == 1
-    assert [m.rcpt_tos for m in sink.messages] == [["first@elsewhere.org", "third@elsewhere.org"],
-                                                    ["second@elsewhere.org"]]
+    assert [m.rcpt_tos for m in sink.messages] == [
+        ["first@elsewhere.org", "third@elsewhere.org"],
+        ["second@elsewhere.org"],
+    ]
 
 
 def test_sigkill_right_after_250_then_restart_delivers(gateway_factory):
@@ -131,8 +143,7 @@ def test_sigkill_right_after_250_then_restart_delivers(gateway_factory):
         sink.start()
         gateway.start()
         messages = sink.wait_for_messages(3, timeout=20)
-        assert sorted(m.rcpt_tos[0] for m in messages) == ["r0@elsewhere.org", "r1@elsewhere.org",
-                                                          "r2@elsewhere.org"]
+        assert sorted(m.rcpt_tos[0] for m in messages) == ["r0@elsewhere.org", "r1@elsewhere.org", "r2@elsewhere.org"]
         for queue_id in queue_ids:
             gateway.wait_for_log(rf"{queue_id}: removed")
         assert gateway.cli("queue", "list").stdout.strip() == "Mail queue is empty"
@@ -144,9 +155,11 @@ def test_routing_to_mx_via_dns(gateway_factory, sink):
     """Direct MX delivery: the loopback test DNS names the sink as the domain's MX."""
     from tests.harness.dns_server import TestDnsServer
 
-    records = {("mx-domain.test", "MX"): ["10 mx1.mx-domain.test.", "20 mx2.mx-domain.test."],
-               ("mx1.mx-domain.test", "A"): ["127.0.0.9"],        # nothing listens there
-               ("mx2.mx-domain.test", "A"): ["127.0.0.1"]}
+    records = {
+        ("mx-domain.test", "MX"): ["10 mx1.mx-domain.test.", "20 mx2.mx-domain.test."],
+        ("mx1.mx-domain.test", "A"): ["127.0.0.9"],  # nothing listens there
+        ("mx2.mx-domain.test", "A"): ["127.0.0.1"],
+    }
     with TestDnsServer(records) as dns_server:
         config = relay_config(sink.port, relayhost="[]")
         config += f'dns_nameservers = ["127.0.0.1:{dns_server.port}"]\nsmtp_default_port = {sink.port}\n'
@@ -154,8 +167,10 @@ def test_routing_to_mx_via_dns(gateway_factory, sink):
         with gateway_factory(config) as gateway:
             queue_id = submit(gateway.port, "a@example.com", ["user@mx-domain.test"])
             (message,) = sink.wait_for_messages(1)
-            gateway.wait_for_log(rf"{queue_id}: to=<user@mx-domain\.test>, relay=mx2\.mx-domain\.test"
-                                 rf"\[127\.0\.0\.1\]:{sink.port}.*status=sent")
+            gateway.wait_for_log(
+                rf"{queue_id}: to=<user@mx-domain\.test>, relay=mx2\.mx-domain\.test"
+                rf"\[127\.0\.0\.1\]:{sink.port}.*status=sent"
+            )
     assert message.rcpt_tos == ["user@mx-domain.test"]
 
 
@@ -165,8 +180,9 @@ def test_smtputf8_addresses_relay_with_smtputf8(gateway_factory, sink):
             client.ehlo("client.test")
             assert client.has_extn("smtputf8")
             body = "Subject: héllo\r\nFrom: José <josé@exämple.com>\r\n\r\nünïcode body\r\n".encode()
-            refused = client.sendmail("josé@exämple.com", ["zoë@elsewhere.org"], body,
-                                      mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            refused = client.sendmail(
+                "josé@exämple.com", ["zoë@elsewhere.org"], body, mail_options=["SMTPUTF8", "BODY=8BITMIME"]
+            )
             assert refused == {}
         (message,) = sink.wait_for_messages(1)
     assert message.mail_from == "josé@exämple.com" and message.rcpt_tos == ["zoë@elsewhere.org"]
@@ -193,8 +209,9 @@ def test_a_dsn_lives_at_most_bounce_queue_lifetime_and_is_never_bounced(gateway_
 def test_a_large_message_is_relayed_byte_for_byte_in_pieces(gateway_factory, sink):
     # About 6 MB: the relay writes it in many DATA pieces under flow control (gateway/relay/client.py).
     lines = [b"Subject: large\r\n", b"\r\n"]
-    lines += [b"." + (b"%07d " % n) * 9 + b"\r\n" if n % 7 == 0 else (b"%07d " % n) * 9 + b"\r\n"
-              for n in range(80_000)]
+    lines += [
+        b"." + (b"%07d " % n) * 9 + b"\r\n" if n % 7 == 0 else (b"%07d " % n) * 9 + b"\r\n" for n in range(80_000)
+    ]
     body = b"".join(lines)
     with gateway_factory(relay_config(sink.port, message_size_limit='"20M"')) as gateway:
         queue_id = submit(gateway.port, "a@example.com", ["big@elsewhere.org"], body)

@@ -39,11 +39,11 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.migrate import servercontainers as seed_env
 from gateway.config import build
+from gateway.migrate import servercontainers as seed_env
 from gateway.values import parse_listen
-from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
 from tests.harness import prometheus as prometheus_harness
+from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -82,10 +82,15 @@ def selected(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 # ---- YAML ----
 
+
 def test_there_are_yaml_files_to_check():
     names = {p.relative_to(DEPLOY).as_posix() for p in YAML_FILES}
-    assert {"docker-compose.yml", "prometheus.yml", "k8s/statefulset.yaml",
-            "grafana/provisioning/datasources/prometheus.yml"} <= names
+    assert {
+        "docker-compose.yml",
+        "prometheus.yml",
+        "k8s/statefulset.yaml",
+        "grafana/provisioning/datasources/prometheus.yml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -96,10 +101,14 @@ def test_every_yaml_file_parses(path):
 
 # ---- Kubernetes ----
 
+
 def _schema_versions() -> list[str]:
     from kubernetes_validate import utils
-    versions = sorted((v for v in utils.all_versions() if not v.endswith("-strict")),
-                      key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)[:3]))
+
+    versions = sorted(
+        (v for v in utils.all_versions() if not v.endswith("-strict")),
+        key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)[:3]),
+    )
     usable = [v for v in versions if tuple(int(x) for x in re.findall(r"\d+", v)[:2]) >= (1, 27)]
     return sorted({re.match(r"\d+\.\d+\.\d+", usable[0]).group(), re.match(r"\d+\.\d+\.\d+", usable[-1]).group()})
 
@@ -116,7 +125,7 @@ def test_kubernetes_manifests_validate_against_the_openapi_schemas(version):
         except kubernetes_validate.SchemaNotFoundError:
             structural.append(doc["kind"])
     assert {"StatefulSet", "Service", "ConfigMap", "Secret", "PodDisruptionBudget", "Pod"} <= set(validated)
-    assert structural == ["ServiceMonitor"]   # a CRD: checked in test_service_monitor_scrapes_the_metrics_port
+    assert structural == ["ServiceMonitor"]  # a CRD: checked in test_service_monitor_scrapes_the_metrics_port
 
 
 def test_every_manifest_has_api_version_kind_and_name():
@@ -126,7 +135,9 @@ def test_every_manifest_has_api_version_kind_and_name():
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders_every_resource():
-    rendered = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False)
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert rendered.returncode == 0, rendered.stderr
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
@@ -174,7 +185,7 @@ def test_services_expose_smtp_and_metrics_ports_of_the_pods():
     container_ports = {p["name"] for p in pod_template["spec"]["containers"][0]["ports"]}
     smtp = find("Service", "smtp-gateway")
     assert {p["port"] for p in smtp["spec"]["ports"]} == {25, 465, 587}
-    assert smtp["spec"]["externalTrafficPolicy"] == "Local"   # client addresses decide relay permission
+    assert smtp["spec"]["externalTrafficPolicy"] == "Local"  # client addresses decide relay permission
     for service in (smtp, find("Service", "smtp-gateway-headless")):
         assert selected(service["spec"]["selector"], pod_template["metadata"]["labels"])
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
@@ -190,12 +201,16 @@ def test_pod_disruption_budget_selects_the_pods():
 def test_service_monitor_scrapes_the_metrics_port():
     monitor = find("ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    services = [s for s in k8s_documents() if s["kind"] == "Service"
-                and selected(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    services = [
+        s
+        for s in k8s_documents()
+        if s["kind"] == "Service" and selected(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     assert [s["metadata"]["name"] for s in services] == ["smtp-gateway-headless"]
     port_names = {p["name"] for p in services[0]["spec"]["ports"]}
-    assert monitor["spec"]["endpoints"] and all(e["port"] in port_names and e.get("path", "/metrics") == "/metrics"
-                                                for e in monitor["spec"]["endpoints"])
+    assert monitor["spec"]["endpoints"] and all(
+        e["port"] in port_names and e.get("path", "/metrics") == "/metrics" for e in monitor["spec"]["endpoints"]
+    )
 
 
 def test_drain_pod_runs_the_statefulset_config_on_a_spool_claim_outside_every_service():
@@ -221,7 +236,7 @@ def test_configmap_and_secrets_are_mounted_with_every_file_the_config_names():
     assert mount["mountPath"] == "/etc/gateway" and mount["readOnly"] is True
     files = {}
     for source in volume["projected"]["sources"]:
-        (kind, ref), = source.items()
+        ((kind, ref),) = source.items()
         obj = find({"configMap": "ConfigMap", "secret": "Secret"}[kind], ref["name"])
         keys = set(obj.get("data", {})) | set(obj.get("stringData", {}))
         for item in ref["items"]:
@@ -229,8 +244,11 @@ def test_configmap_and_secrets_are_mounted_with_every_file_the_config_names():
             files[f"/etc/gateway/{item['path']}"] = kind
     assert files["/etc/gateway/gateway.toml"] == "configMap"
     raw = tomllib.loads(find("ConfigMap")["data"]["gateway.toml"])
-    named = [raw["smtpd_tls_cert_file"], raw["smtpd_tls_key_file"],
-             *(d["rsa_key"] for d in raw["dkim"]["domain"].values())]
+    named = [
+        raw["smtpd_tls_cert_file"],
+        raw["smtpd_tls_key_file"],
+        *(d["rsa_key"] for d in raw["dkim"]["domain"].values()),
+    ]
     assert all(files.get(path) == "secret" for path in named), (named, files)
 
 
@@ -252,6 +270,7 @@ def test_configmap_gateway_toml_is_a_valid_gateway_config():
 
 # ---- docker compose ----
 
+
 def compose() -> dict[str, Any]:
     return load_yaml(DEPLOY / "docker-compose.yml")[0]
 
@@ -265,9 +284,14 @@ def test_compose_services_images_and_build():
     assert context == ROOT and (context / gateway["build"]["dockerfile"]).is_file()
     assert (context / "pyproject.toml").is_file()
     images = {name: service.get("image", "").split(":")[0] for name, service in services.items()}
-    assert images == {"gateway": "smtp-gateway", "submission": "smtp-gateway", "clamav": "clamav/clamav",
-                      "rspamd": "rspamd/rspamd",
-                      "prometheus": "prom/prometheus", "grafana": "grafana/grafana"}
+    assert images == {
+        "gateway": "smtp-gateway",
+        "submission": "smtp-gateway",
+        "clamav": "clamav/clamav",
+        "rspamd": "rspamd/rspamd",
+        "prometheus": "prom/prometheus",
+        "grafana": "grafana/grafana",
+    }
     for name, service in services.items():
         assert "build" in service or ":" in service["image"], name
         for dependency in service.get("depends_on", {}):
@@ -288,9 +312,14 @@ def test_compose_ports_volumes_and_networks():
         assert gateway["sysctls"]["net.ipv4.ip_unprivileged_port_start"] in ("0", 0)
         assert gateway["stop_signal"] == "SIGTERM"
         # the healthcheck asks the running gateway (its /readyz), with the config the service runs
-        assert gateway["healthcheck"]["test"] == ["CMD", "gateway", "--config", "/etc/gateway/gateway.toml",
-                                                  "health"], name
-    assert len(spools) == 2   # one spool volume per gateway, never shared
+        assert gateway["healthcheck"]["test"] == [
+            "CMD",
+            "gateway",
+            "--config",
+            "/etc/gateway/gateway.toml",
+            "health",
+        ], name
+    assert len(spools) == 2  # one spool volume per gateway, never shared
     listen = spec["services"]["gateway"]["environment"]["GATEWAY_LISTEN"]
     assert [table["address"] for table in parse_listen(listen)] == ["0.0.0.0:25"]
     declared_volumes = set(spec["volumes"])
@@ -303,7 +332,7 @@ def test_compose_ports_volumes_and_networks():
             else:
                 assert source in declared_volumes, (name, source)
         assert set(service.get("networks", [])) <= declared_networks, name
-    for published in (spec["services"]["prometheus"]["ports"] + spec["services"]["grafana"]["ports"]):
+    for published in spec["services"]["prometheus"]["ports"] + spec["services"]["grafana"]["ports"]:
         assert published.startswith("127.0.0.1:"), published
 
 
@@ -346,13 +375,20 @@ def test_prometheus_scrapes_the_gateway_service():
     targets = [t for job in spec["scrape_configs"] for group in job["static_configs"] for t in group["targets"]]
     assert targets == ["gateway:9464", "submission:9464"]
     assert {target.split(":")[0] for target in targets} <= set(compose()["services"])
-    assert compose()["services"]["prometheus"]["volumes"][0].startswith("./prometheus.yml:/etc/prometheus/prometheus.yml")
+    assert compose()["services"]["prometheus"]["volumes"][0].startswith(
+        "./prometheus.yml:/etc/prometheus/prometheus.yml"
+    )
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_promtool_accepts_the_prometheus_config():
-    checked = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus.yml")],
-                             capture_output=True, text=True, timeout=60, check=False)
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(DEPLOY / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -412,15 +448,23 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert gateway.exists()
     unit = tmp_path / "gateway.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/gateway", str(gateway)))
-    verified = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
-                              timeout=60, cwd=tmp_path, check=False)
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
     assert verified.returncode == 0 and "gateway.service" not in verified.stderr, verified.stderr
-    security = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(unit)],
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=25", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
     assert security.returncode == 0, security.stdout[-2000:] + security.stderr
 
 
 # ---- Dockerfile and entrypoint ----
+
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -449,7 +493,7 @@ def test_dockerfile_runs_as_a_non_root_user_with_healthcheck_and_volumes():
     assert int(users[-1].split(":")[0]) == GATEWAY_UID
     run = " ".join(args for name, args in instructions if name == "RUN")
     assert f"--uid {GATEWAY_UID}" in run and f"--gid {GATEWAY_UID}" in run
-    assert "pip install -c requirements.lock ." in run   # the versions the tests passed with (make lock)
+    assert "pip install -c requirements.lock ." in run  # the versions the tests passed with (make lock)
     assert names.index("USER") < names.index("ENTRYPOINT")
     (healthcheck,) = [args for name, args in instructions if name == "HEALTHCHECK"]
     command = healthcheck.split("CMD", 1)[1].split()
@@ -490,7 +534,9 @@ def test_dockerfile_copies_only_what_exists_and_the_ignore_file_keeps():
 def test_entrypoint_script_syntax():
     for shell in ("sh", "bash"):
         if shutil.which(shell):
-            checked = subprocess.run([shell, "-n", str(DEPLOY / "docker-entrypoint.sh")], capture_output=True, text=True, check=False)
+            checked = subprocess.run(
+                [shell, "-n", str(DEPLOY / "docker-entrypoint.sh")], capture_output=True, text=True, check=False
+            )
             assert checked.returncode == 0, checked.stderr
 
 
@@ -498,32 +544,39 @@ def _entrypoint(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[subpro
     """Run the real entrypoint with its config path moved into tmp_path (no /etc/gateway here)."""
     config = tmp_path / "etc" / "gateway.toml"
     script = tmp_path / "docker-entrypoint.sh"
-    script.write_text((DEPLOY / "docker-entrypoint.sh").read_text()
-                      .replace("CONFIG=/etc/gateway/gateway.toml", f"CONFIG={config}"))
+    script.write_text(
+        (DEPLOY / "docker-entrypoint.sh").read_text().replace("CONFIG=/etc/gateway/gateway.toml", f"CONFIG={config}")
+    )
     bin_dir = str(Path(sys.executable).parent)
     environ = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **env}
-    done = subprocess.run(["sh", str(script), *args], capture_output=True, text=True, env=environ,
-                          timeout=60, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        ["sh", str(script), *args], capture_output=True, text=True, env=environ, timeout=60, cwd=tmp_path, check=False
+    )
     return done, config
 
 
 def test_entrypoint_generates_the_config_from_the_image_variables(tmp_path):
-    env = {"MAIL_FQDN": "mx.example.com", "RELAYHOST": "[smtp.example.com]:587", "DISABLE_AMAVIS": "1",
-           "POSTFIX_RELAY_DOMAINS": "example.com"}
+    env = {
+        "MAIL_FQDN": "mx.example.com",
+        "RELAYHOST": "[smtp.example.com]:587",
+        "DISABLE_AMAVIS": "1",
+        "POSTFIX_RELAY_DOMAINS": "example.com",
+    }
     done, config = _entrypoint(tmp_path, env, "check-config")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "generating it from the environment" in done.stderr
     assert "myhostname = mx.example.com" in done.stdout and "relayhost = [smtp.example.com]:587" in done.stdout
     assert config.read_text().startswith("# Generated by")
     config.write_text(config.read_text().replace("mx.example.com", "kept.example.com"))
-    again, _ = _entrypoint(tmp_path, env, "check-config")   # an existing config is left alone
+    again, _ = _entrypoint(tmp_path, env, "check-config")  # an existing config is left alone
     assert again.returncode == 0 and "myhostname = kept.example.com" in again.stdout
     assert "generating" not in again.stderr
 
 
 def test_entrypoint_stops_with_exit_2_on_a_refused_variable(tmp_path):
-    done, config = _entrypoint(tmp_path, {"MAIL_FQDN": "mx.example.com", "DISABLE_AMAVIS": "1",
-                                          "POSTFIX_MYDESTINATION": "example.com"}, "run")
+    done, config = _entrypoint(
+        tmp_path, {"MAIL_FQDN": "mx.example.com", "DISABLE_AMAVIS": "1", "POSTFIX_MYDESTINATION": "example.com"}, "run"
+    )
     assert done.returncode == 2 and "refused POSTFIX_MYDESTINATION" in done.stderr
     assert not config.exists()
 
@@ -535,8 +588,22 @@ def test_entrypoint_runs_other_commands_as_given(tmp_path):
 
 # ---- Grafana dashboard ----
 
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-                   "and", "or", "unless", "inf", "nan", "atan2"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "and",
+    "or",
+    "unless",
+    "inf",
+    "nan",
+    "atan2",
+}
 
 
 def dashboard() -> dict[str, Any]:
@@ -549,13 +616,13 @@ def dashboard_expressions() -> list[str]:
 
 def metric_names(expression: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers that are not functions, keywords or labels."""
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expression)           # string literals
-    text = re.sub(r"\{[^}]*\}", "", text)                            # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)                           # range selectors
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expression)  # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # range selectors
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", text):
-        following = text[match.end():].lstrip()[:1]
+        following = text[match.end() :].lstrip()[:1]
         if following != "(" and match.group() not in PROMQL_KEYWORDS:
             names.add(match.group())
     return names
@@ -573,7 +640,9 @@ def template_metric_names() -> set[str]:
 
 
 def test_metric_name_extraction():
-    assert metric_names('histogram_quantile(0.99, sum by (le, scanner) (rate(a_bucket{x="y(", z=~"$v"}[$__rate_interval])))') == {"a_bucket"}
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (le, scanner) (rate(a_bucket{x="y(", z=~"$v"}[$__rate_interval])))'
+    ) == {"a_bucket"}
     assert metric_names("sum(rate(a_total[5m])) / sum(b) and on(instance) c - time() > 1e3") == {"a_total", "b", "c"}
 
 
@@ -595,11 +664,18 @@ def test_dashboard_structure():
 
 def test_dashboard_covers_what_an_operator_needs():
     expressions = "\n".join(dashboard_expressions())
-    for needed in ("rate(gateway_messages_received_total", "gateway_messages_rejected_total",
-                   "sum by (state) (gateway_queue_messages", "gateway_queue_oldest_message_age_seconds",
-                   "gateway_delivery_attempt_duration_seconds_bucket", "gateway_recipients_total",
-                   "gateway_scan_duration_seconds_bucket", "gateway_scanner_up",
-                   "gateway_tls_certificate_expiry_timestamp_seconds{", "- time()"):
+    for needed in (
+        "rate(gateway_messages_received_total",
+        "gateway_messages_rejected_total",
+        "sum by (state) (gateway_queue_messages",
+        "gateway_queue_oldest_message_age_seconds",
+        "gateway_delivery_attempt_duration_seconds_bucket",
+        "gateway_recipients_total",
+        "gateway_scan_duration_seconds_bucket",
+        "gateway_scanner_up",
+        "gateway_tls_certificate_expiry_timestamp_seconds{",
+        "- time()",
+    ):
         assert needed in expressions, needed
     assert "histogram_quantile(" in expressions
 
@@ -641,8 +717,7 @@ def test_every_dashboard_metric_exists_in_a_running_gateway(gateway_factory, sin
 
 
 def _grafana_to_promql(expression: str) -> str:
-    return (expression.replace("$__rate_interval", "1m").replace('"$job"', '".*"')
-            .replace('"$instance"', '".*"'))
+    return expression.replace("$__rate_interval", "1m").replace('"$job"', '".*"').replace('"$instance"', '".*"')
 
 
 @pytest.mark.skipif(not prometheus_harness.available(), reason="the Debian prometheus package is missing")

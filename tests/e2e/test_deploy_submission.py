@@ -45,11 +45,19 @@ def shipped_config_on_loopback(sink_port: int, clamd_address: str, ports: dict[s
 def entrypoint_passwd(config: Path, login: str, password: str) -> subprocess.CompletedProcess[str]:
     """``docker compose run --rm -T submission passwd LOGIN < password``: the real entrypoint, config path moved."""
     script = config.parent / "docker-entrypoint.sh"
-    script.write_text((DEPLOY / "docker-entrypoint.sh").read_text()
-                      .replace("CONFIG=/etc/gateway/gateway.toml", f"CONFIG={config}"))
+    script.write_text(
+        (DEPLOY / "docker-entrypoint.sh").read_text().replace("CONFIG=/etc/gateway/gateway.toml", f"CONFIG={config}")
+    )
     environ = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(config.parent)}
-    return subprocess.run(["sh", str(script), "passwd", login], input=password + "\n", capture_output=True,
-                          text=True, env=environ, timeout=60, check=False)
+    return subprocess.run(
+        ["sh", str(script), "passwd", login],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_the_submission_service_starts_without_users_then_takes_the_first_one_added(gateway_factory, sink, clamd):
@@ -69,10 +77,17 @@ def test_the_submission_service_starts_without_users_then_takes_the_first_one_ad
         assert added.stdout.startswith(f"added alice@example.com in {gateway.state_dir / 'passwd'}")
 
         for listener, tls_option in (("submission", "--tls"), ("smtps", "--tlsc")):
-            sent = swaks_login_and_send(ports[listener], mechanism="PLAIN", user="alice@example.com",
-                                        password="first-secret", sender="alice@example.com",
-                                        recipient="friend@elsewhere.org", source=OUTSIDER, tls_option=tls_option,
-                                        subject=f"compose {listener}")
+            sent = swaks_login_and_send(
+                ports[listener],
+                mechanism="PLAIN",
+                user="alice@example.com",
+                password="first-secret",
+                sender="alice@example.com",
+                recipient="friend@elsewhere.org",
+                source=OUTSIDER,
+                tls_option=tls_option,
+                subject=f"compose {listener}",
+            )
             assert sent.returncode == 0, sent.stdout + sent.stderr
         messages = sink.wait_for_messages(2)
     for message in messages:

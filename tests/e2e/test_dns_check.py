@@ -12,8 +12,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -34,12 +34,18 @@ class Gateway:
         self.config_path.write_text(
             f'myhostname = "{HOST}"\nstate_dir = "{self.state_dir}"\n'
             f'dns_nameservers = ["127.0.0.1:{dns_port}"]\nrelay_domains = ["example.net"]\n'
-            '[dkim]\ndomains = ["example.com"]\n')
+            '[dkim]\ndomains = ["example.com"]\n'
+        )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "gateway", "--config", str(self.config_path), *args],
-                                capture_output=True, text=True, env=self.env, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(self.config_path), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
@@ -103,8 +109,14 @@ def published(gateway: Gateway, dns_server: TestDnsServer) -> str:
     return record
 
 
-ALL_CHECKS = {f"{HOST}  A/AAAA": "PASS", f"{HOST}  PTR 127.0.0.1": "PASS", "example.com  MX": "PASS",
-              "example.com  SPF": "PASS", "example.com  DKIM mail (rsa)": "PASS", "example.com  DMARC": "PASS"}
+ALL_CHECKS = {
+    f"{HOST}  A/AAAA": "PASS",
+    f"{HOST}  PTR 127.0.0.1": "PASS",
+    "example.com  MX": "PASS",
+    "example.com  SPF": "PASS",
+    "example.com  DKIM mail (rsa)": "PASS",
+    "example.com  DMARC": "PASS",
+}
 
 
 def test_published_records_pass_every_check(gateway, published):
@@ -158,12 +170,18 @@ def test_dmarc_txt_that_is_not_dmarc_fails(gateway, dns_server, published):
     assert lines_of(result.stdout)["example.com  DMARC"] == "FAIL"
 
 
-@pytest.mark.parametrize("spf, fix", [
-    ("v=spf1 -all", 'example.com. IN TXT "v=spf1 ip4:127.0.0.1 -all"'),
-    ("v=spf1 ip4:192.0.2.0/24 ~all", 'example.com. IN TXT "v=spf1 ip4:192.0.2.0/24 ip4:127.0.0.1 ~all"'),
-    ("v=spf1 include:_spf.example.net -all", 'example.com. IN TXT "v=spf1 include:_spf.example.net ip4:127.0.0.1 -all"'),
-    (None, 'example.com. IN TXT "v=spf1 ip4:127.0.0.1 -all"'),
-])
+@pytest.mark.parametrize(
+    "spf, fix",
+    [
+        ("v=spf1 -all", 'example.com. IN TXT "v=spf1 ip4:127.0.0.1 -all"'),
+        ("v=spf1 ip4:192.0.2.0/24 ~all", 'example.com. IN TXT "v=spf1 ip4:192.0.2.0/24 ip4:127.0.0.1 ~all"'),
+        (
+            "v=spf1 include:_spf.example.net -all",
+            'example.com. IN TXT "v=spf1 include:_spf.example.net ip4:127.0.0.1 -all"',
+        ),
+        (None, 'example.com. IN TXT "v=spf1 ip4:127.0.0.1 -all"'),
+    ],
+)
 def test_spf_that_does_not_authorize_the_gateway_fails(gateway, dns_server, published, spf, fix):
     dns_server.add("_spf.example.net", "TXT", ["v=spf1 ip4:198.51.100.0/24 -all"])
     dns_server.add("example.com", "TXT", [spf] if spf else ["unrelated text"])
@@ -194,7 +212,7 @@ def test_dkim_record_of_another_key_fails(gateway, dns_server, published):
 def test_dkim_record_with_folded_p_value_passes(gateway, dns_server, published):
     owner, value = paste(dns_server, published)
     head, _, key = value.partition("p=")
-    dns_server.add(owner, "TXT", [f"{head}  p= " + " ".join(key[i:i + 60] for i in range(0, len(key), 60))])
+    dns_server.add(owner, "TXT", [f"{head}  p= " + " ".join(key[i : i + 60] for i in range(0, len(key), 60))])
     result = gateway.run("dns-check", "example.com")
     assert result.returncode == 0, result.stdout
 
@@ -208,14 +226,21 @@ def test_missing_dkim_record_fails(gateway, dns_server, published):
 
 
 def test_domain_without_key_fails_dkim(gateway, dns_server, published):
-    for name, rdtype, value in [("example.org", "MX", "10 mx.example.com."),
-                                ("example.org", "TXT", "v=spf1 a:mx.example.com -all"),
-                                ("_dmarc.example.org", "TXT", "v=DMARC1; p=none")]:
+    for name, rdtype, value in [
+        ("example.org", "MX", "10 mx.example.com."),
+        ("example.org", "TXT", "v=spf1 a:mx.example.com -all"),
+        ("_dmarc.example.org", "TXT", "v=DMARC1; p=none"),
+    ]:
         dns_server.add(name, rdtype, [value])
     result = gateway.run("dns-check", "example.com", "example.org")
     assert result.returncode == 1
-    assert lines_of(result.stdout) == {**ALL_CHECKS, "example.org  MX": "PASS", "example.org  SPF": "PASS",
-                                       "example.org  DKIM": "FAIL", "example.org  DMARC": "PASS"}, result.stdout
+    assert lines_of(result.stdout) == {
+        **ALL_CHECKS,
+        "example.org  MX": "PASS",
+        "example.org  SPF": "PASS",
+        "example.org  DKIM": "FAIL",
+        "example.org  DMARC": "PASS",
+    }, result.stdout
     assert "gateway dkim genkey example.org" in result.stdout
 
 
@@ -223,8 +248,9 @@ def test_ed25519_key(gateway, dns_server, published):
     clash = gateway.run("dkim", "genkey", "example.com", "--algorithm", "ed25519")
     assert clash.returncode == 1 and "--selector" in clash.stderr  # one key record per selector name
     record = gateway.genkey("example.com", "--selector", "ed", "--algorithm", "ed25519")
-    assert re.fullmatch(r'ed\._domainkey\.example\.com\.  IN TXT \( "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}=" \)',
-                        record), record
+    assert re.fullmatch(
+        r'ed\._domainkey\.example\.com\.  IN TXT \( "v=DKIM1; k=ed25519; p=[A-Za-z0-9+/]{43}=" \)', record
+    ), record
     owner, value = paste(dns_server, record)
     assert len(base64.b64decode(value.partition("p=")[2])) == 32
     shown = gateway.run("dkim", "show", "example.com")
@@ -274,6 +300,11 @@ def test_dns_check_without_domains_is_a_usage_error(tmp_path, dns_server):
     config = tmp_path / "gateway.toml"
     config.write_text(f'state_dir = "{tmp_path}"\ndns_nameservers = ["127.0.0.1:{dns_server.port}"]\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    result = subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "dns-check"],
-                            capture_output=True, text=True, env=env, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "dns-check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert result.returncode == 2 and "no domains" in result.stderr

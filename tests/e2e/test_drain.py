@@ -24,7 +24,7 @@ from tests.harness.helpers import http_get, relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 LATER = "451 4.2.0 Mailbox busy, try later"
-DEFERRED = [f"d{n}@elsewhere.org" for n in range(1, 6)]   # the relayhost keeps tempfailing these
+DEFERRED = [f"d{n}@elsewhere.org" for n in range(1, 6)]  # the relayhost keeps tempfailing these
 
 
 @pytest.fixture
@@ -50,8 +50,9 @@ def replica_and_peer(gateway_factory, relayhost, final, extra: str = "") -> tupl
 
 def send(port: int, recipients: list[str], subject: str, **options) -> None:
     with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
-        client.sendmail("sender@example.com", recipients, f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode(),
-                        **options)
+        client.sendmail(
+            "sender@example.com", recipients, f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode(), **options
+        )
 
 
 def queue_ids(gateway: GatewayProcess) -> dict[str, str]:
@@ -63,14 +64,20 @@ def queue_ids(gateway: GatewayProcess) -> dict[str, str]:
 def fill_queue(replica: GatewayProcess, relayhost: SmtpSink) -> None:
     """Four deferred messages (one with DSN parameters, one partly delivered, one held)."""
     send(replica.port, [DEFERRED[0]], "plain")
-    send(replica.port, [DEFERRED[1]], "with-dsn", mail_options=["RET=HDRS", "ENVID=env-42"],
-         rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;list@example.org"])
+    send(
+        replica.port,
+        [DEFERRED[1]],
+        "with-dsn",
+        mail_options=["RET=HDRS", "ENVID=env-42"],
+        rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;list@example.org"],
+    )
     send(replica.port, ["early@elsewhere.org", DEFERRED[2]], "partly")
     send(replica.port, [DEFERRED[3]], "held")
     replica.wait_for_log(r"status=deferred", count=4)
     relayhost.wait_for_recipient("early@elsewhere.org")
-    held = [queue_id for queue_id in queue_ids(replica)
-            if "Subject: held" in replica.cli("queue", "show", queue_id).stdout]
+    held = [
+        queue_id for queue_id in queue_ids(replica) if "Subject: held" in replica.cli("queue", "show", queue_id).stdout
+    ]
     assert len(held) == 1
     replica.cli("queue", "hold", held[0])
     assert sorted(queue_ids(replica).values()) == ["deferred", "deferred", "deferred", "hold"]
@@ -80,7 +87,7 @@ def assert_every_message_once_at_final(final: SmtpSink, relayhost: SmtpSink, rec
     final.wait_for_messages(len(recipients), timeout=20)
     time.sleep(0.5)  # nothing more may come
     assert final.delivered == {address: 1 for address in recipients}
-    assert relayhost.delivered == {"early@elsewhere.org": 1}   # delivered before the drain, not sent again
+    assert relayhost.delivered == {"early@elsewhere.org": 1}  # delivered before the drain, not sent again
     assert "early@elsewhere.org" not in final.delivered
     with_dsn = final.messages_for(DEFERRED[1])[0]
     assert "RET=HDRS" in with_dsn.mail_options and "ENVID=env-42" in with_dsn.mail_options, with_dsn.mail_options
@@ -108,8 +115,13 @@ def test_drain_hands_a_running_replicas_queue_to_its_peer(gateway_factory, relay
         open_session.ehlo("client.test")
         open_session.mail("sender@example.com")
         open_session.rcpt(DEFERRED[4])
-        drain = subprocess.Popen(replica.command("drain", "--to", f"[127.0.0.1]:{peer.port}"), env=replica.env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        drain = subprocess.Popen(
+            replica.command("drain", "--to", f"[127.0.0.1]:{peer.port}"),
+            env=replica.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             replica.wait_for_log(r"drain requested: hand-off to \[127\.0\.0\.1\]:\d+")
             status, text = http_get(replica.metrics_url + "/readyz")
@@ -135,11 +147,14 @@ def test_drain_hands_a_running_replicas_queue_to_its_peer(gateway_factory, relay
 def test_sigterm_with_drain_to_drains_into_the_peer(gateway_factory, relayhost, final):
     replica, peer = replica_and_peer(gateway_factory, relayhost, final)
     with peer:
-        replica.config_path.write_text(replica.config_path.read_text().replace(
-            'drain_timeout = "3s"\n', f'drain_timeout = "3s"\ndrain_to = "[127.0.0.1]:{peer.port}"\n'))
+        replica.config_path.write_text(
+            replica.config_path.read_text().replace(
+                'drain_timeout = "3s"\n', f'drain_timeout = "3s"\ndrain_to = "[127.0.0.1]:{peer.port}"\n'
+            )
+        )
         replica.start()
         fill_queue(replica, relayhost)
-        assert replica.stop(timeout=60) == 0   # SIGTERM
+        assert replica.stop(timeout=60) == 0  # SIGTERM
         assert_every_message_once_at_final(final, relayhost, DEFERRED[:4])
     assert spool_records(replica) == []
     replica.wait_for_log(r"drain done: 4 messages handed to \[127\.0\.0\.1\]:\d+, 0 left")
@@ -149,7 +164,7 @@ def test_drain_of_a_stopped_replicas_spool(gateway_factory, relayhost, final):
     replica, peer = replica_and_peer(gateway_factory, relayhost, final)
     replica.start()
     fill_queue(replica, relayhost)
-    assert replica.stop() == 0   # SIGTERM without drain_to: the queue stays in the volume
+    assert replica.stop() == 0  # SIGTERM without drain_to: the queue stays in the volume
     before = spool_records(replica)
     assert len(before) == 4
     nobody = replica.cli("drain", check=False)

@@ -25,12 +25,24 @@ from tests.harness.ports import free_port
 
 TRUSTED, OUTSIDER = "127.0.0.1", "127.0.0.3"
 RECIPIENTS = "adam@example.com\nbob@example.com\n@lists.example.org\n"
-ALIASES = "support@example.com adam@example.com, bob@example.com\nsales@example.com nobody@example.com\n" \
-          "forward@example.com friend@elsewhere.test\n"
+ALIASES = (
+    "support@example.com adam@example.com, bob@example.com\nsales@example.com nobody@example.com\n"
+    "forward@example.com friend@elsewhere.test\n"
+)
 CASES = [  # (source, login, sender, recipients)
     (TRUSTED, None, "a@inside.test", ["x@elsewhere.test", "adam@example.com", "nobody@example.com"]),
-    (OUTSIDER, None, "a@outside.test", ["x@elsewhere.test", "adam@example.com", "nobody@example.com",
-                                        "anyone@lists.example.org", "adam+tag@example.com"]),
+    (
+        OUTSIDER,
+        None,
+        "a@outside.test",
+        [
+            "x@elsewhere.test",
+            "adam@example.com",
+            "nobody@example.com",
+            "anyone@lists.example.org",
+            "adam+tag@example.com",
+        ],
+    ),
     (OUTSIDER, None, "a@outside.test", ["support@example.com", "sales@example.com", "forward@example.com"]),
     (OUTSIDER, None, "a@outside.test", ["user%elsewhere.test@example.com", "x@elsewhere.test"]),
     (OUTSIDER, None, "sender@[999.1.1.1]", ["adam@example.com"]),  # an invalid address literal
@@ -50,14 +62,19 @@ def explained_gateway(tmp_path_factory, request):
 
 def start(gateway_factory, folder, sink_port: int):
     ports = {"smtp": free_port(), "submission": free_port()}
-    config = relay_config(sink_port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{folder}/passwd"\n',
-                          relay_domains='["example.com", "lists.example.org"]',
-                          relay_recipient_maps=f'["{folder}/relay_recipients"]',
-                          virtual_alias_maps=f'["{folder}/virtual"]',
-                          transport_maps='{ "lists.example.org" = "[127.0.0.1]:2525" }')
-    config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["smtp"]}"\ntls = "starttls"\n'
-               f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
-               'tls = "starttls"\nauth = "optional"\n')
+    config = relay_config(
+        sink_port,
+        f'[auth]\nbackend = "passwd_file"\npasswd_file = "{folder}/passwd"\n',
+        relay_domains='["example.com", "lists.example.org"]',
+        relay_recipient_maps=f'["{folder}/relay_recipients"]',
+        virtual_alias_maps=f'["{folder}/virtual"]',
+        transport_maps='{ "lists.example.org" = "[127.0.0.1]:2525" }',
+    )
+    config += (
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["smtp"]}"\ntls = "starttls"\n'
+        f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
+        'tls = "starttls"\nauth = "optional"\n'
+    )
     gateway = gateway_factory(config)
     gateway.ports = ports
     return gateway
@@ -91,8 +108,10 @@ def explain(gateway, source, login, sender, recipients) -> tuple[subprocess.Comp
         args += ["--login", login, "--listener", "submission"]
     done = gateway.cli(*args, check=False)
     mail = re.search(r"^MAIL FROM:<[^\n]*?>: (\d{3}) (\d\.\d+\.\d+)?", done.stdout, re.M)
-    rcpts = {m.group(1): f"{m.group(2)} {m.group(3)}".strip()
-             for m in re.finditer(r"^RCPT TO:<(.*?)>: (\d{3}) (\d\.\d+\.\d+)?", done.stdout, re.M)}
+    rcpts = {
+        m.group(1): f"{m.group(2)} {m.group(3)}".strip()
+        for m in re.finditer(r"^RCPT TO:<(.*?)>: (\d{3}) (\d\.\d+\.\d+)?", done.stdout, re.M)
+    }
     return done, f"{mail.group(1)} {mail.group(2) or ''}".strip() if mail else "", rcpts
 
 
@@ -111,8 +130,13 @@ def test_explain_gives_the_servers_replies(gateway_factory, sink, explained_gate
 
 def test_explain_names_the_rules_and_the_next_hops(gateway_factory, sink, explained_gateway):
     with start(gateway_factory, explained_gateway, sink.port) as gateway:
-        outside, _, _ = explain(gateway, OUTSIDER, None, "a@outside.test",
-                                ["support@example.com", "nobody@example.com", "anyone@lists.example.org"])
+        outside, _, _ = explain(
+            gateway,
+            OUTSIDER,
+            None,
+            "a@outside.test",
+            ["support@example.com", "nobody@example.com", "anyone@lists.example.org"],
+        )
         inside, _, _ = explain(gateway, TRUSTED, None, "a@inside.test", ["x@elsewhere.test"])
         denied, _, _ = explain(gateway, OUTSIDER, None, "a@outside.test", ["x@elsewhere.test"])
         gateway_line = server_answers(gateway, OUTSIDER, None, "a@outside.test", ["x@elsewhere.test"])
@@ -120,14 +144,18 @@ def test_explain_names_the_rules_and_the_next_hops(gateway_factory, sink, explai
         gateway.wait_for_log(r"554 5\.7\.1 <x@elsewhere\.test>: Relay access denied; .* rule=reject_unauth_destination")
     assert "client 127.0.0.3: not trusted" in outside.stdout
     assert "inbound mail, the inbound pipeline runs at DATA" in outside.stdout
-    assert ("RCPT TO:<support@example.com>: 250 2.1.5 Ok, delivered to adam@example.com, bob@example.com "
-            "(virtual_alias_maps)"
-            in outside.stdout)
-    assert re.search(r"RCPT TO:<nobody@example.com>: 550 5\.1\.1 .*reason=user_unknown rule=relay_recipient_maps",
-                     outside.stdout)
+    assert (
+        "RCPT TO:<support@example.com>: 250 2.1.5 Ok, delivered to adam@example.com, bob@example.com "
+        "(virtual_alias_maps)" in outside.stdout
+    )
+    assert re.search(
+        r"RCPT TO:<nobody@example.com>: 550 5\.1\.1 .*reason=user_unknown rule=relay_recipient_maps", outside.stdout
+    )
     assert "anyone@lists.example.org: next hop [127.0.0.1]:2525 (transport_maps)" in outside.stdout
-    assert ("RCPT TO:<x@elsewhere.test>: 554 5.7.1 <x@elsewhere.test>: Relay access denied "
-            "(reason=relay_denied rule=reject_unauth_destination)") in denied.stdout
+    assert (
+        "RCPT TO:<x@elsewhere.test>: 554 5.7.1 <x@elsewhere.test>: Relay access denied "
+        "(reason=relay_denied rule=reject_unauth_destination)"
+    ) in denied.stdout
     assert "client 127.0.0.1: trusted by mynetworks 127.0.0.1/32" in inside.stdout
     assert re.search(r"x@elsewhere.test: next hop \[127\.0\.0\.1\]:\d+ \(relayhost\)", inside.stdout)
     assert "outbound mail" in inside.stdout and inside.returncode == 0

@@ -83,7 +83,7 @@ def test_sigterm_closes_idle_sessions_with_421_and_lets_open_transactions_finish
     gateway.start()
     idle = [smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) for _ in range(3)]
     for client in idle[1:]:
-        client.ehlo("idle.test")   # idle[0] never said anything after the greeting
+        client.ehlo("idle.test")  # idle[0] never said anything after the greeting
     busy = smtplib.SMTP("127.0.0.1", gateway.port, timeout=10)
     busy.ehlo("busy.test")
     assert busy.mail("a@example.com")[0] == 250
@@ -97,10 +97,11 @@ def test_sigterm_closes_idle_sessions_with_421_and_lets_open_transactions_finish
     code, text = busy.data(b"Subject: finished during shutdown\r\n\r\nbody\r\n")
     assert code == 250 and text.startswith(b"2.0.0 Ok: queued as "), (code, text)
     assert busy.getreply() == (421, b"4.3.2 Service shutting down, closing transmission channel")
-    assert gateway.process.wait(20) == 0   # well before shutdown_timeout: nobody held it
+    assert gateway.process.wait(20) == 0  # well before shutdown_timeout: nobody held it
     queued = text.decode().rsplit(" ", 1)[1]
-    assert any(f"{queued}: removed" in line for line in gateway.lines) or \
-        queued in gateway.cli("queue", "list").stdout   # relayed before the stop, or kept in the spool
+    assert (
+        any(f"{queued}: removed" in line for line in gateway.lines) or queued in gateway.cli("queue", "list").stdout
+    )  # relayed before the stop, or kept in the spool
     for client in [*idle, busy]:
         client.close()
 

@@ -18,7 +18,7 @@ UNTRUSTED = "127.0.0.3"  # outside mynetworks: only a listed client certificate 
 
 
 def _colon(hex_digest: str) -> str:
-    return ":".join(hex_digest[i:i + 2] for i in range(0, len(hex_digest), 2)).upper()
+    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +47,16 @@ def client_certs(client_ca, tmp_path_factory):
 def tls_gateway(gateway_factory, sink, client_certs):
     ca_path, certs = client_certs
     starttls_port, implicit_port, required_port = free_port(), free_port(), free_port()
-    listed = [f"{_colon(certs['by-sha256'][2])} sha256.client.test",
-              f"SHA1 Fingerprint={_colon(certs['by-sha1'][3])}"]
-    config = relay_config(sink.port, f'smtpd_tls_CAfile = "{ca_path}"\nrelay_clientcerts = {listed!r}\n'.replace("'", '"'))
-    config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{starttls_port}"\ntls = "starttls"\n'
-               f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{implicit_port}"\ntls = "implicit"\n'
-               f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{required_port}"\ntls = "starttls"\n'
-               'require_tls = true\n')
+    listed = [f"{_colon(certs['by-sha256'][2])} sha256.client.test", f"SHA1 Fingerprint={_colon(certs['by-sha1'][3])}"]
+    config = relay_config(
+        sink.port, f'smtpd_tls_CAfile = "{ca_path}"\nrelay_clientcerts = {listed!r}\n'.replace("'", '"')
+    )
+    config += (
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{starttls_port}"\ntls = "starttls"\n'
+        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{implicit_port}"\ntls = "implicit"\n'
+        f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{required_port}"\ntls = "starttls"\n'
+        "require_tls = true\n"
+    )
     gateway = gateway_factory(config)
     gateway.ports = {"starttls": starttls_port, "implicit": implicit_port, "required": required_port}
     with gateway:
@@ -89,8 +92,9 @@ def test_tls_below_1_2_is_refused(tls_gateway):
 
 
 def test_implicit_tls_listener(tls_gateway, sink):
-    with smtplib.SMTP_SSL("127.0.0.1", tls_gateway.ports["implicit"], timeout=10,
-                          context=client_tls(tls_gateway.ca_file)) as client:
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", tls_gateway.ports["implicit"], timeout=10, context=client_tls(tls_gateway.ca_file)
+    ) as client:
         client.ehlo("client.test")
         assert not client.has_extn("starttls")
         assert client.docmd("STARTTLS")[0] == 554
@@ -112,8 +116,7 @@ def test_require_tls_refuses_mail_before_starttls(tls_gateway):
 def test_client_certificate_fingerprints(tls_gateway, client_certs, sink, name, relays):
     _, certs = client_certs
     cert, key, _, _ = certs[name]
-    with smtplib.SMTP("127.0.0.1", tls_gateway.ports["starttls"], source_address=(UNTRUSTED, 0),
-                      timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", tls_gateway.ports["starttls"], source_address=(UNTRUSTED, 0), timeout=10) as client:
         client.ehlo("client.test")
         client.starttls(context=client_tls(tls_gateway.ca_file, (cert, key)))
         client.ehlo("client.test")
@@ -125,16 +128,17 @@ def test_client_certificate_fingerprints(tls_gateway, client_certs, sink, name, 
         assert code == 250, text
         # the log names the fingerprint in the form the config listed it, so an operator can find the entry
         listed = f"sha256={certs[name][2]}" if name == "by-sha256" else f"sha1={certs[name][3]}"
-        tls_gateway.wait_for_log(rf"to=<d@elsewhere\.org>, size=\d+, relay=permitted rule=relay_clientcerts "
-                                 rf"{listed}, result=queued")
+        tls_gateway.wait_for_log(
+            rf"to=<d@elsewhere\.org>, size=\d+, relay=permitted rule=relay_clientcerts "
+            rf"{listed}, result=queued"
+        )
     else:
         assert (code, text[:5]) == (554, b"5.7.1")
     tls_gateway.wait_for_log(r"STARTTLS from \S*\[127\.0\.0\.3\].* cert_sha256=" + certs[name][2])
 
 
 def test_without_a_certificate_the_same_client_is_refused(tls_gateway):
-    with smtplib.SMTP("127.0.0.1", tls_gateway.ports["starttls"], source_address=(UNTRUSTED, 0),
-                      timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", tls_gateway.ports["starttls"], source_address=(UNTRUSTED, 0), timeout=10) as client:
         client.ehlo("client.test")
         client.starttls(context=client_tls(tls_gateway.ca_file))
         client.ehlo("client.test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import smtplib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trustme
@@ -26,10 +26,10 @@ def test_prometheus_counts_match_what_happened(gateway_factory):
             target = gateway.metrics_url.removeprefix("http://")
             with PrometheusServer(target) as prometheus:
                 with smtplib.SMTP("127.0.0.1", gateway.port, timeout=10) as client:
-                    for index in range(4):   # delivered
+                    for index in range(4):  # delivered
                         client.sendmail("a@example.com", [f"ok{index}@elsewhere.org"], b"Subject: ok\r\n\r\nx\r\n")
                     client.sendmail("a@example.com", ["later@elsewhere.org"], b"Subject: d\r\n\r\nx\r\n")  # deferred
-                for _ in range(3):          # rejected: relay denied from an untrusted address
+                for _ in range(3):  # rejected: relay denied from an untrusted address
                     with smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.2", 0), timeout=10) as c:
                         c.ehlo("outsider.test")
                         c.mail("x@example.com")
@@ -37,17 +37,18 @@ def test_prometheus_counts_match_what_happened(gateway_factory):
                 sink.wait_for_messages(4)
                 gateway.wait_for_log(r"deferred, 1 recipient\(s\) left")
                 prometheus.wait_for('sum(gateway_messages_received_total{result="incoming"})', 5)
-                prometheus.wait_for('sum(gateway_messages_rejected_total{stage="rcpt",reason="relay_denied",'
-                                    'reply_class="5xx"})', 3)
+                prometheus.wait_for(
+                    'sum(gateway_messages_rejected_total{stage="rcpt",reason="relay_denied",reply_class="5xx"})', 3
+                )
                 prometheus.wait_for('sum(gateway_recipients_total{status="delivered"})', 4)
                 prometheus.wait_for('sum(gateway_recipients_total{status="deferred"})', 1)
                 prometheus.wait_for('gateway_queue_messages{state="deferred"}', 1)
-                prometheus.wait_for('sum(gateway_queue_messages)', 1)
-                assert prometheus.value('gateway_queue_oldest_message_age_seconds') > 0
-                assert prometheus.value('gateway_spool_bytes') > 0
-                assert prometheus.value('sum(gateway_smtp_connections_total)') == 4
-                assert prometheus.value('gateway_tls_certificate_expiry_timestamp_seconds') > 0
-                assert prometheus.value('process_resident_memory_bytes') > 0
+                prometheus.wait_for("sum(gateway_queue_messages)", 1)
+                assert prometheus.value("gateway_queue_oldest_message_age_seconds") > 0
+                assert prometheus.value("gateway_spool_bytes") > 0
+                assert prometheus.value("sum(gateway_smtp_connections_total)") == 4
+                assert prometheus.value("gateway_tls_certificate_expiry_timestamp_seconds") > 0
+                assert prometheus.value("process_resident_memory_bytes") > 0
 
 
 def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
@@ -56,8 +57,10 @@ def test_metric_names_and_labels_follow_the_conventions(gateway_factory, sink):
     assert status == 200
     families = dict(re.findall(r"^# TYPE (gateway_\S+) (\S+)$", text, re.M))
     assert len(families) >= 15, families
-    assert families["gateway_recipients_total" if "gateway_recipients_total" in families
-                    else "gateway_recipients"] == "counter"
+    assert (
+        families["gateway_recipients_total" if "gateway_recipients_total" in families else "gateway_recipients"]
+        == "counter"
+    )
     for name, kind in families.items():
         if kind == "counter":
             base = name.removesuffix("_total")
@@ -100,8 +103,7 @@ def test_readyz_reports_each_check(gateway_factory, sink):
 
 def test_readyz_fails_when_the_certificate_expires_within_3_days(gateway_factory, sink, tmp_path):
     ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1",
-                         not_after=datetime.now(timezone.utc) + timedelta(days=2))
+    leaf = ca.issue_cert("localhost", "127.0.0.1", not_after=datetime.now(UTC) + timedelta(days=2))
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))

@@ -37,8 +37,11 @@ def send(port: int, recipients: list[str], count: int = 1) -> None:
 
 def test_verify_level_with_auth_delivers_over_verified_tls(gateway_factory, tls_sink, sink_ca):
     _, ca_path = sink_ca
-    config = relay_config(tls_sink.port, f'smtp_tls_security_level = "verify"\nsmtp_tls_CAfile = "{ca_path}"\n'
-                          f'smtp_sasl_password_maps = {{ "[127.0.0.1]:{tls_sink.port}" = "relayuser:s3cret" }}\n')
+    config = relay_config(
+        tls_sink.port,
+        f'smtp_tls_security_level = "verify"\nsmtp_tls_CAfile = "{ca_path}"\n'
+        f'smtp_sasl_password_maps = {{ "[127.0.0.1]:{tls_sink.port}" = "relayuser:s3cret" }}\n',
+    )
     with gateway_factory(config) as gateway:
         send(gateway.port, ["b@elsewhere.org"])
         (message,) = tls_sink.wait_for_messages(1)
@@ -71,8 +74,9 @@ def test_may_level_uses_tls_when_offered_and_none_never(gateway_factory, tls_sin
 
 
 def test_wrong_auth_credentials_defer(gateway_factory, tls_sink):
-    config = relay_config(tls_sink.port, f'smtp_sasl_password_maps = {{ "[127.0.0.1]:{tls_sink.port}" = '
-                          '"relayuser:wrong" }\n')
+    config = relay_config(
+        tls_sink.port, f'smtp_sasl_password_maps = {{ "[127.0.0.1]:{tls_sink.port}" = "relayuser:wrong" }}\n'
+    )
     with gateway_factory(config) as gateway:
         send(gateway.port, ["b@elsewhere.org"])
         gateway.wait_for_log(r"to=<b@elsewhere\.org>.*status=deferred \(451 4\.7\.8 SASL authentication failed")

@@ -16,8 +16,10 @@ from tests.harness.helpers import http_get, relay_config
 
 LIMITED, EXEMPT = "127.0.0.3", "127.0.0.1"
 # One worker: the counts are per process (README "Rate limits"), so exact numbers need one.
-LIMITS = ("smtpd_client_connection_rate_limit = 3\nsmtpd_client_message_rate_limit = 2\n"
-          "smtpd_client_recipient_rate_limit = 4\nanvil_rate_time_unit = \"60s\"\nworkers = 1\n")
+LIMITS = (
+    "smtpd_client_connection_rate_limit = 3\nsmtpd_client_message_rate_limit = 2\n"
+    'smtpd_client_recipient_rate_limit = 4\nanvil_rate_time_unit = "60s"\nworkers = 1\n'
+)
 
 
 def connect(gateway, source: str) -> smtplib.SMTP:
@@ -46,8 +48,10 @@ def test_the_connection_rate_limit_closes_with_421_and_spares_mynetworks(gateway
             raise AssertionError("the fourth connection within the minute was greeted")
         for _ in range(5):  # mynetworks: never limited
             connect(gateway, EXEMPT).quit()
-        gateway.wait_for_log(r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.3\]:\d+: 421 4\.7\.0 Error: too many "
-                             r"connections from 127\.0\.0\.3")
+        gateway.wait_for_log(
+            r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.3\]:\d+: 421 4\.7\.0 Error: too many "
+            r"connections from 127\.0\.0\.3"
+        )
         assert rejected(gateway, "connection_rate_limit") == 1
 
 
@@ -66,11 +70,19 @@ def test_message_and_recipient_rate_limits_answer_450(gateway_factory, sink):
             assert client.docmd("MAIL", "FROM:<a@example.org>") == (450, b"4.7.1 Error: too much mail from 127.0.0.3")
         with connect(gateway, EXEMPT) as client:  # mynetworks: as many as it likes
             for number in range(4):
-                assert client.sendmail("a@example.org", [f"x{n}@elsewhere.test" for n in range(5)],
-                                       f"Subject: exempt {number}\r\n\r\nbody\r\n".encode()) == {}
+                assert (
+                    client.sendmail(
+                        "a@example.org",
+                        [f"x{n}@elsewhere.test" for n in range(5)],
+                        f"Subject: exempt {number}\r\n\r\nbody\r\n".encode(),
+                    )
+                    == {}
+                )
         assert len(sink.wait_for_messages(5)) == 5
-        gateway.wait_for_log(r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.3\]:\d+: 450 4\.7\.1 Error: too much mail "
-                             r"from 127\.0\.0\.3; from=<a@example\.org>")
+        gateway.wait_for_log(
+            r"NOQUEUE: reject: MAIL from unknown\[127\.0\.0\.3\]:\d+: 450 4\.7\.1 Error: too much mail "
+            r"from 127\.0\.0\.3; from=<a@example\.org>"
+        )
         assert rejected(gateway, "message_rate_limit") == 1 and rejected(gateway, "recipient_rate_limit") == 1
 
 
@@ -78,7 +90,7 @@ def test_listed_exceptions_replace_mynetworks(gateway_factory, sink):
     limits = LIMITS + 'smtpd_client_event_limit_exceptions = ["127.0.0.3/32"]\n'
     with gateway_factory(relay_config(sink.port, limits, relay_domains='["example.net"]')) as gateway:
         for _ in range(5):
-            connect(gateway, LIMITED).quit()   # listed: never limited
+            connect(gateway, LIMITED).quit()  # listed: never limited
         for _ in range(3):
             connect(gateway, EXEMPT).quit()
         try:

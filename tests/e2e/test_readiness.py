@@ -30,22 +30,25 @@ RECEIVED_BY = re.compile(rb"by gw-(\w)\.test")
 
 def scanning(clamd: str, on_error: str) -> str:
     """Config tables: both directions scanned by the clamd at ``clamd`` with ``on_error``."""
-    return (f'[antivirus]\nclamd = "{clamd}"\non_error = "{on_error}"\n'
-            '[pipeline]\ninbound = ["antivirus"]\noutbound = ["antivirus"]\n')
+    return (
+        f'[antivirus]\nclamd = "{clamd}"\non_error = "{on_error}"\n'
+        '[pipeline]\ninbound = ["antivirus"]\noutbound = ["antivirus"]\n'
+    )
 
 
 def test_readyz_follows_a_fail_closed_scanner_and_healthz_stays_liveness(gateway_factory, sink):
     with ClamdDaemon() as clamd:
         # a fixed metrics port: `gateway health` asks the running gateway's /readyz there
-        config = relay_config(sink.port, f'metrics_listen = "127.0.0.1:{free_port()}"\n'
-                                         + scanning(clamd.tcp_address, "tempfail"))
+        config = relay_config(
+            sink.port, f'metrics_listen = "127.0.0.1:{free_port()}"\n' + scanning(clamd.tcp_address, "tempfail")
+        )
         with gateway_factory(config) as gateway:
             status, text = http_get(gateway.metrics_url + "/readyz")
             assert status == 200 and f"ok   scanner:antivirus: {clamd.tcp_address} answers" in text, text
             clamd.stop()
             status, text = http_get(gateway.metrics_url + "/readyz")
             assert status == 503 and f"FAIL scanner:antivirus: {clamd.tcp_address} does not answer" in text, text
-            assert http_get(gateway.metrics_url + "/healthz")[0] == 200   # liveness: a restart would not help
+            assert http_get(gateway.metrics_url + "/healthz")[0] == 200  # liveness: a restart would not help
             health = gateway.cli("health", check=False)
             assert health.returncode == 1 and "FAIL scanner:antivirus" in health.stdout, health.stdout
             clamd.start()
@@ -84,12 +87,16 @@ def replicas(gateway_factory, sink, clamds):
     made = {}
     for name, clamd in clamds.items():
         port, metrics = free_port(), free_port()
-        config = relay_config(sink.port, f'metrics_listen = "127.0.0.1:{metrics}"\n'
-                                         'upstream_proxy_networks = ["127.0.0.1/32"]\n'
-                                         + scanning(clamd.tcp_address, "tempfail"),
-                              myhostname=f'"gw-{name}.test"')
-        config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
-                   'upstream_proxy_protocol = "haproxy"\n')
+        config = relay_config(
+            sink.port,
+            f'metrics_listen = "127.0.0.1:{metrics}"\n'
+            'upstream_proxy_networks = ["127.0.0.1/32"]\n' + scanning(clamd.tcp_address, "tempfail"),
+            myhostname=f'"gw-{name}.test"',
+        )
+        config += (
+            f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
+            'upstream_proxy_protocol = "haproxy"\n'
+        )
         gateway = gateway_factory(config, name=name)
         gateway.port, gateway.metrics_port = port, metrics
         made[name] = gateway
@@ -100,8 +107,12 @@ def send_through(balancer: HaproxyServer, count: int) -> None:
     """``count`` sessions through the balancer from CLIENT, each accepted (250)."""
     for number in range(count):
         with smtplib.SMTP("127.0.0.1", balancer.ports["smtp"], source_address=(CLIENT, 0), timeout=30) as client:
-            assert client.sendmail("someone@example.net", ["user@example.net"],
-                                   f"Subject: {number}\r\n\r\nclean\r\n".encode()) == {}
+            assert (
+                client.sendmail(
+                    "someone@example.net", ["user@example.net"], f"Subject: {number}\r\n\r\nclean\r\n".encode()
+                )
+                == {}
+            )
 
 
 def replicas_reached(sink) -> set[bytes]:
@@ -113,12 +124,13 @@ def test_haproxy_checking_readyz_sends_mail_only_to_replicas_whose_scanner_answe
     gateways = replicas(gateway_factory, sink, clamds)
     with gateways["a"], gateways["b"]:
         servers = [("127.0.0.1", gateways[name].port, gateways[name].metrics_port) for name in ("a", "b")]
-        with HaproxyServer({"smtp": (servers, "send-proxy-v2")}, health_check="httpchk GET /readyz",
-                           check_interval=0.2) as balancer:
+        with HaproxyServer(
+            {"smtp": (servers, "send-proxy-v2")}, health_check="httpchk GET /readyz", check_interval=0.2
+        ) as balancer:
             balancer.wait_for_states("smtp", {"s0": "UP", "s1": "UP"})
             clamds["b"].stop()
             balancer.wait_for_states("smtp", {"s0": "UP", "s1": "DOWN"})
-            send_through(balancer, 6)   # each accepted: none reached b, whose scans would fail
+            send_through(balancer, 6)  # each accepted: none reached b, whose scans would fail
             sink.wait_for_messages(6, timeout=30)
             assert replicas_reached(sink) == {b"a"}
             clamds["b"].start()

@@ -31,16 +31,23 @@ def test_make_run_then_the_readme_snippet_delivers_to_the_relayhost(tmp_path):
         env.update(GATEWAY_RELAYHOST=f"[127.0.0.1]:{sink.port}", GATEWAY_STATE_DIR=str(tmp_path / "var"))
         log_path = tmp_path / "make-run.log"
         with open(log_path, "w") as log:
-            make = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            make = subprocess.Popen(
+                ["make", "--no-print-directory", "run"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             deadline = time.monotonic() + 60
             while READY_LINE not in log_path.read_text():
                 assert make.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
-            client = subprocess.run([sys.executable, "-c", readme_client_snippet()], capture_output=True,
-                                    text=True, timeout=30)
+            client = subprocess.run(
+                [sys.executable, "-c", readme_client_snippet()], capture_output=True, text=True, timeout=30
+            )
             assert client.returncode == 0, client.stderr
             (message,) = sink.wait_for_messages(1)
             # the sink has the message a moment before the worker logs its delivery

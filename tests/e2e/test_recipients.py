@@ -49,8 +49,11 @@ def tables(tmp_path):
 
 
 def config(sink_port: int, recipients, aliases=None, **overrides: str) -> str:
-    keys = {"relay_domains": '["example.com", "example.org", "lists.example.com"]',
-            "relay_recipient_maps": f'["{recipients}"]', **overrides}
+    keys = {
+        "relay_domains": '["example.com", "example.org", "lists.example.com"]',
+        "relay_recipient_maps": f'["{recipients}"]',
+        **overrides,
+    }
     if aliases is not None:
         keys["virtual_alias_maps"] = f'["{aliases}"]'
     return relay_config(sink_port, **keys)
@@ -66,19 +69,36 @@ def rcpt_replies(gateway, recipients: list[str]) -> dict[str, tuple[int, bytes]]
 def test_unknown_recipients_are_refused_and_known_ones_taken(gateway_factory, sink, tables):
     recipients, _ = tables
     with gateway_factory(config(sink.port, recipients)) as gateway:
-        replies = rcpt_replies(gateway, ["adam@example.com", "Bob@Example.com", "adam+news@example.com",
-                                         "anyone@lists.example.com", "nobody@example.com", "carol@example.org",
-                                         "dave@example.org"])
+        replies = rcpt_replies(
+            gateway,
+            [
+                "adam@example.com",
+                "Bob@Example.com",
+                "adam+news@example.com",
+                "anyone@lists.example.com",
+                "nobody@example.com",
+                "carol@example.org",
+                "dave@example.org",
+            ],
+        )
         assert {address for address, (code, _) in replies.items() if code == 250} == {
-            "adam@example.com", "Bob@Example.com", "adam+news@example.com", "anyone@lists.example.com",
-            "carol@example.org"}
+            "adam@example.com",
+            "Bob@Example.com",
+            "adam+news@example.com",
+            "anyone@lists.example.com",
+            "carol@example.org",
+        }
         assert replies["nobody@example.com"] == (
-            550, b"5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in relay recipient table")
+            550,
+            b"5.1.1 <nobody@example.com>: Recipient address rejected: User unknown in relay recipient table",
+        )
         assert replies["dave@example.org"][0] == 550
-        gateway.wait_for_log(r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.3\]:\d+: 550 5\.1\.1 <nobody@example\.com>: "
-                             r"Recipient address rejected: User unknown in relay recipient table; "
-                             r"from=<someone@sender\.test> to=<nobody@example\.com> helo=<mx\.sender\.test> "
-                             r"rule=relay_recipient_maps")
+        gateway.wait_for_log(
+            r"NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.3\]:\d+: 550 5\.1\.1 <nobody@example\.com>: "
+            r"Recipient address rejected: User unknown in relay recipient table; "
+            r"from=<someone@sender\.test> to=<nobody@example\.com> helo=<mx\.sender\.test> "
+            r"rule=relay_recipient_maps"
+        )
         # a trusted client (mynetworks) relays without the table, as Postfix checks only relay_domains mail
         with smtplib.SMTP("127.0.0.1", gateway.port, timeout=15) as client:
             assert client.sendmail("a@example.org", ["nobody@example.com"], b"Subject: inside\r\n\r\nx\r\n") == {}
@@ -91,15 +111,22 @@ def test_aliases_lists_catch_all_and_recursion_reach_the_right_mailboxes_once(ga
     with gateway_factory(config(sink.port, recipients, aliases)) as gateway:
         with smtplib.SMTP("127.0.0.1", gateway.port, source_address=(OUTSIDER, 0), timeout=15) as client:
             client.ehlo("mx.sender.test")
-            for rcpt in (["support@example.com"], ["whoever@example.com"], ["adam+news@example.com"],
-                         ["team@example.org", "bob@example.com"]):
+            for rcpt in (
+                ["support@example.com"],
+                ["whoever@example.com"],
+                ["adam+news@example.com"],
+                ["team@example.org", "bob@example.com"],
+            ):
                 assert client.sendmail("someone@sender.test", rcpt, f"Subject: {rcpt[0]}\r\n\r\nx\r\n".encode()) == {}
             # an alias that leads to a mailbox that does not exist is an unknown recipient
             assert client.docmd("MAIL", "FROM:<someone@sender.test>")[0] == 250
             assert client.docmd("RCPT", "TO:<ghost@example.org>") == (
-                550, b"5.1.1 <ghost@example.org>: Recipient address rejected: User unknown in relay recipient table")
-        messages = {m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode(): m
-                    for m in sink.wait_for_messages(4)}
+                550,
+                b"5.1.1 <ghost@example.org>: Recipient address rejected: User unknown in relay recipient table",
+            )
+        messages = {
+            m.data.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode(): m for m in sink.wait_for_messages(4)
+        }
     # support: a list of adam and bob; adam is an alias of bob, so bob once
     assert messages["support@example.com"].rcpt_tos == ["bob@example.com"]
     # the catch-all (lowest precedence) leads to adam, and so to bob
@@ -115,8 +142,9 @@ def test_the_original_recipient_is_kept_in_the_queue_and_in_the_dsn(gateway_fact
     sink.rcpt_replies["bob@example.com"] = ["550 5.1.1 <bob@example.com>: mailbox closed"]
     with gateway_factory(config(sink.port, recipients, aliases)) as gateway:
         with smtplib.SMTP("127.0.0.1", gateway.port, source_address=(OUTSIDER, 0), timeout=15) as client:
-            assert client.sendmail("someone@sender.test", ["team@example.org"],
-                                   b"Subject: to the team\r\n\r\nx\r\n") == {}
+            assert (
+                client.sendmail("someone@sender.test", ["team@example.org"], b"Subject: to the team\r\n\r\nx\r\n") == {}
+            )
         messages = sink.wait_for_messages(2)  # the message (carol, friend) and the DSN about bob
     delivered = next(m for m in messages if m.mail_from == "someone@sender.test")
     assert delivered.rcpt_tos == ["carol@example.org", "friend@elsewhere.test"]

@@ -24,15 +24,20 @@ OUTSIDER = "127.0.0.3"
 @pytest.fixture
 def mailbox_server():
     with SmtpSink() as server:
-        server.rcpt_replies = {"nobody@example.net": ["550 5.1.1 <nobody@example.net>: user unknown"] * 5,
-                               "later@example.net": ["450 4.2.0 mailbox busy"] * 5}
+        server.rcpt_replies = {
+            "nobody@example.net": ["550 5.1.1 <nobody@example.net>: user unknown"] * 5,
+            "later@example.net": ["450 4.2.0 mailbox busy"] * 5,
+        }
         yield server
 
 
 def config(relay_port: int, mailbox_port: int) -> str:
-    return relay_config(relay_port, 'reject_unverified_recipient = true\naddress_verify_timeout = "10s"\n',
-                        relay_domains='["example.net"]',
-                        transport_maps=f'{{ "example.net" = "[127.0.0.1]:{mailbox_port}" }}')
+    return relay_config(
+        relay_port,
+        'reject_unverified_recipient = true\naddress_verify_timeout = "10s"\n',
+        relay_domains='["example.net"]',
+        transport_maps=f'{{ "example.net" = "[127.0.0.1]:{mailbox_port}" }}',
+    )
 
 
 def rcpt(gateway, address: str) -> tuple[int, bytes]:
@@ -42,16 +47,19 @@ def rcpt(gateway, address: str) -> tuple[int, bytes]:
         return client.docmd("RCPT", f"TO:<{address}>")
 
 
-def test_unknown_refused_after_one_probe_then_from_the_cache_even_after_a_restart(gateway_factory, sink,
-                                                                                 mailbox_server):
+def test_unknown_refused_after_one_probe_then_from_the_cache_even_after_a_restart(
+    gateway_factory, sink, mailbox_server
+):
     gateway = gateway_factory(config(sink.port, mailbox_server.port))
     with gateway:
         code, text = rcpt(gateway, "nobody@example.net")
-        assert code == 550 and text.startswith(b"5.1.1 <nobody@example.net>: Recipient address rejected: "
-                                               b"undeliverable address: 550 5.1.1 <nobody@example.net>: user unknown")
+        assert code == 550 and text.startswith(
+            b"5.1.1 <nobody@example.net>: Recipient address rejected: "
+            b"undeliverable address: 550 5.1.1 <nobody@example.net>: user unknown"
+        )
         assert rcpt(gateway, "alice@example.net")[0] == 250
         assert mailbox_server.attempts == {"nobody@example.net": 1, "alice@example.net": 1}
-        assert rcpt(gateway, "nobody@example.net")[0] == 550   # from the cache: no second probe
+        assert rcpt(gateway, "nobody@example.net")[0] == 550  # from the cache: no second probe
         assert rcpt(gateway, "ALICE@example.net")[0] == 250
         assert mailbox_server.attempts == {"nobody@example.net": 1, "alice@example.net": 1}
         gateway.wait_for_log(r"recipients: nobody@example\.net undeliverable \(address verification cache")
@@ -66,9 +74,10 @@ def test_a_probe_that_tempfails_gives_450_and_is_asked_again(gateway_factory, si
     with gateway_factory(config(sink.port, mailbox_server.port)) as gateway:
         for _ in range(2):
             code, text = rcpt(gateway, "later@example.net")
-            assert code == 450 and text.startswith(b"4.1.1 <later@example.net>: Recipient address rejected: "
-                                                   b"unverified address: 450 4.2.0 mailbox busy")
-        assert mailbox_server.attempts["later@example.net"] == 2   # a temporary answer is not remembered
+            assert code == 450 and text.startswith(
+                b"4.1.1 <later@example.net>: Recipient address rejected: unverified address: 450 4.2.0 mailbox busy"
+            )
+        assert mailbox_server.attempts["later@example.net"] == 2  # a temporary answer is not remembered
         # mail for a verified recipient is delivered to the mailbox server as usual
         with smtplib.SMTP("127.0.0.1", gateway.port, source_address=(OUTSIDER, 0), timeout=30) as client:
             assert client.sendmail("someone@sender.test", ["alice@example.net"], b"Subject: v\r\n\r\nx\r\n") == {}
@@ -79,12 +88,15 @@ def test_a_probe_that_tempfails_gives_450_and_is_asked_again(gateway_factory, si
 def test_check_config_and_explain_keep_no_cache(gateway_factory, sink, mailbox_server):
     gateway = gateway_factory(config(sink.port, mailbox_server.port))  # not started: the CLI only
     assert gateway.cli("check-config").returncode == 0
-    done = gateway.cli("explain", "--client", OUTSIDER, "--from", "someone@sender.test", "--to", "nobody@example.net",
-                       check=False)
+    done = gateway.cli(
+        "explain", "--client", OUTSIDER, "--from", "someone@sender.test", "--to", "nobody@example.net", check=False
+    )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert ("RCPT TO:<nobody@example.net>: 550 5.1.1 <nobody@example.net>: Recipient address rejected: "
-            "undeliverable address: 550 5.1.1") in done.stdout
-    assert mailbox_server.attempts == {"nobody@example.net": 1}   # explain asked the mailbox server ...
+    assert (
+        "RCPT TO:<nobody@example.net>: 550 5.1.1 <nobody@example.net>: Recipient address rejected: "
+        "undeliverable address: 550 5.1.1"
+    ) in done.stdout
+    assert mailbox_server.attempts == {"nobody@example.net": 1}  # explain asked the mailbox server ...
     assert not (gateway.state_dir / "address_verify.sqlite").exists()  # ... and kept nothing
 
 

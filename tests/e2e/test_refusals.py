@@ -27,16 +27,21 @@ CATALOGUE = {ROOT / "gateway/reply.py", ROOT / "gateway/smtpd/replies.py", ROOT 
 
 def _rejected(gateway) -> dict[tuple[str, str, str], float]:
     _, text = http_get(gateway.metrics_url + "/metrics")
-    return {(s.labels["stage"], s.labels["reason"], s.labels["reply_class"]): s.value
-            for family in text_string_to_metric_families(text) if family.name == "gateway_messages_rejected"
-            for s in family.samples if s.name.endswith("_total")}
+    return {
+        (s.labels["stage"], s.labels["reason"], s.labels["reply_class"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "gateway_messages_rejected"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
 
 
 def test_each_stage_refused_is_counted_and_logged(gateway_factory, sink):
     # workers = 1: back-to-back sessions under a per-client limit of 1; with several workers the next
     # connection can reach another worker before the last one's close is counted (as with Postfix's anvil)
-    gateway = gateway_factory(relay_config(sink.port, 'message_size_limit = "4k"\n'
-                                                      "smtpd_client_connection_count_limit = 1\nworkers = 1\n"))
+    gateway = gateway_factory(
+        relay_config(sink.port, 'message_size_limit = "4k"\nsmtpd_client_connection_count_limit = 1\nworkers = 1\n')
+    )
     with gateway:
         port = gateway.port
 
@@ -47,13 +52,28 @@ def test_each_stage_refused_is_counted_and_logged(gateway_factory, sink):
         assert send([b"HELO bad\x1bname"])[1].startswith(b"501 5.5.2 ")
         assert send([b"EHLO bad\x07name"])[1].startswith(b"501 5.5.2 ")
         assert send([b"EHLO client.test", b"MAIL FROM:<a\x01b@example.com>"])[2].startswith(b"501 5.1.7 ")
-        assert send([b"EHLO client.test", b"MAIL FROM:<a@example.com>",
-                               b"RCPT TO:<x@elsewhere.org>"])[3].startswith(b"554 5.7.1 ")
-        data = send([b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<x@example.net>",
-                               b"DATA", hops + b"\r\nbody\r\n."])
+        assert send([b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<x@elsewhere.org>"])[3].startswith(
+            b"554 5.7.1 "
+        )
+        data = send(
+            [
+                b"EHLO client.test",
+                b"MAIL FROM:<a@example.com>",
+                b"RCPT TO:<x@example.net>",
+                b"DATA",
+                hops + b"\r\nbody\r\n.",
+            ]
+        )
         assert data[5].startswith(b"554 5.4.6 "), data
-        big = send([b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<x@example.net>",
-                              b"DATA", b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 80 + b"."])
+        big = send(
+            [
+                b"EHLO client.test",
+                b"MAIL FROM:<a@example.com>",
+                b"RCPT TO:<x@example.net>",
+                b"DATA",
+                b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 80 + b".",
+            ]
+        )
         assert big[5].startswith(b"552 5.3.4 "), big
         with socket.create_connection(("127.0.0.1", port), source_address=(UNTRUSTED, 0), timeout=10) as first:
             first.recv(100)
@@ -64,9 +84,15 @@ def test_each_stage_refused_is_counted_and_logged(gateway_factory, sink):
         gateway.wait_for_log(r"result=reject \(554 5\.4\.6 Too many hops\) reason=hopcount")
         gateway.wait_for_log(r"NOQUEUE: reject: DATA from unknown\[127\.0\.0\.3\]:\d+: 552 5\.3\.4 ")
         counted = _rejected(gateway)
-    expected = {("helo", "invalid_helo", "5xx"), ("ehlo", "invalid_helo", "5xx"), ("mail", "bad_address", "5xx"),
-                ("rcpt", "relay_denied", "5xx"), ("data", "hopcount", "5xx"), ("data", "message_size_limit", "5xx"),
-                ("connect", "connection_limit", "4xx")}
+    expected = {
+        ("helo", "invalid_helo", "5xx"),
+        ("ehlo", "invalid_helo", "5xx"),
+        ("mail", "bad_address", "5xx"),
+        ("rcpt", "relay_denied", "5xx"),
+        ("data", "hopcount", "5xx"),
+        ("data", "message_size_limit", "5xx"),
+        ("connect", "connection_limit", "4xx"),
+    }
     assert {key: counted.get(key) for key in expected} == {key: 1.0 for key in expected}, counted
 
 

@@ -34,14 +34,14 @@ from tests.harness.haproxy import HaproxyServer
 from tests.harness.helpers import relay_config
 from tests.harness.ports import free_port
 
-CLIENT = "127.0.0.5"                     # the real client, not haproxy's 127.0.0.1
+CLIENT = "127.0.0.5"  # the real client, not haproxy's 127.0.0.1
 REPLICAS = {"a": "127.0.0.11", "b": "127.0.0.12", "c": "127.0.0.13"}
-SERVER_NAMES = {"a": "s0", "b": "s1", "c": "s2"}   # haproxy's names, in the order given
+SERVER_NAMES = {"a": "s0", "b": "s1", "c": "s2"}  # haproxy's names, in the order given
 VICTIM = "b"
 SENDERS = 6
 MESSAGES_PER_SENDER = 15
 ATTEMPTS_PER_MESSAGE = 10
-SENDER_DEADLINE = 120.0                  # seconds for a sender thread, whatever happens
+SENDER_DEADLINE = 120.0  # seconds for a sender thread, whatever happens
 MESSAGE_ID_RE = re.compile(rb"^Message-ID: <([^>]+)@replicas\.test>\r$", re.MULTILINE)
 RECEIVED_RE = re.compile(rb"Received: from (\S+) \(unknown \[([0-9.]+)\]\)\s+by gw-(\w)\.test")
 QUEUE_ID = r"[0-9A-F]{19}"
@@ -81,8 +81,10 @@ class Sender(threading.Thread):
                     time.sleep(0.1)
 
     def _send(self, tag: str) -> str:
-        body = (f"Message-ID: <{tag}@replicas.test>\r\nSubject: replicas {tag}\r\n"
-                f"From: <s{self.index}@outside.test>\r\n\r\nbody of {tag}\r\n").encode()
+        body = (
+            f"Message-ID: <{tag}@replicas.test>\r\nSubject: replicas {tag}\r\n"
+            f"From: <s{self.index}@outside.test>\r\n\r\nbody of {tag}\r\n"
+        ).encode()
         with smtplib.SMTP("127.0.0.1", self.port, source_address=(CLIENT, 0), timeout=30) as client:
             client.ehlo("client.test")
             for verb, argument in (("MAIL", f"FROM:<s{self.index}@outside.test>"), ("RCPT", f"TO:<{tag}@example.net>")):
@@ -102,14 +104,17 @@ def fleet(gateway_factory, sink):
     for name, address in REPLICAS.items():
         port = free_port()
         config = relay_config(sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\n', myhostname=f'"gw-{name}.test"')
-        config += (f'[[listener]]\nname = "smtp"\naddress = "{address}:{port}"\ntls = "starttls"\n'
-                   'upstream_proxy_protocol = "haproxy"\n')
+        config += (
+            f'[[listener]]\nname = "smtp"\naddress = "{address}:{port}"\ntls = "starttls"\n'
+            'upstream_proxy_protocol = "haproxy"\n'
+        )
         replicas[name] = gateway_factory(config, name=name)
         replicas[name].port = port
         replicas[name].start()
     servers = [(REPLICAS[name], replicas[name].port) for name in REPLICAS]
-    with HaproxyServer({"smtp": (servers, "send-proxy-v2")}, health_check="smtpchk EHLO lb.test",
-                       check_interval=0.2) as balancer:
+    with HaproxyServer(
+        {"smtp": (servers, "send-proxy-v2")}, health_check="smtpchk EHLO lb.test", check_interval=0.2
+    ) as balancer:
         balancer.wait_for_states("smtp", {server: "UP" for server in SERVER_NAMES.values()})
         yield replicas, balancer
 
@@ -171,8 +176,12 @@ def test_replicas_share_the_load_and_a_killed_one_loses_nothing(fleet, sink):
         return counts
 
     try:
-        wait_until(lambda: set(acknowledged) <= set(arrived()), timeout=60, interval=0.2,
-                   what="every acknowledged message at the sink")
+        wait_until(
+            lambda: set(acknowledged) <= set(arrived()),
+            timeout=60,
+            interval=0.2,
+            what="every acknowledged message at the sink",
+        )
     except AssertionError:
         pass  # reported below as losses, by tag and queue ID
     counts = arrived()
@@ -183,20 +192,23 @@ def test_replicas_share_the_load_and_a_killed_one_loses_nothing(fleet, sink):
     for message in sink.messages:
         received = RECEIVED_RE.search(message.data.replace(b"\r\n\t", b" ").replace(b"\r\n ", b" "))
         assert received is not None, message.data[:400]
-        assert received.group(2) == CLIENT.encode(), received.group(0)   # the client, not the balancer
+        assert received.group(2) == CLIENT.encode(), received.group(0)  # the client, not the balancer
         relayed_by[received.group(3).decode()] += 1
-        if message.rcpt_tos[0].startswith(f"s{SENDERS}-"):   # the late sender's
+        if message.rcpt_tos[0].startswith(f"s{SENDERS}-"):  # the late sender's
             relayed_late[received.group(3).decode()] += 1
-    sessions = {name: client_connects(victim_log_before if name == VICTIM else replicas[name].log_text)
-                for name in REPLICAS}
-    print(f"{total} acknowledged of {len(attempts)} sessions; failed sessions {len(failed)} (begun before the kill); "
-          f"{sum(1 for a in attempts if killed_at < a.started <= down_at)} sessions begun between the kill and DOWN "
-          f"({down_at - killed_at:.2f}s later); client sessions per replica {sessions}; "
-          f"relayed per replica {dict(relayed_by)} (after DOWN {dict(relayed_late)}); "
-          f"duplicates at the sink {len(duplicates)} {duplicates}; "
-          f"unacknowledged attempts delivered anyway "
-          f"{sum(1 for a in failed if counts[a.tag])}; {recovered.split('recovered: ', 1)[-1]}")
+    sessions = {
+        name: client_connects(victim_log_before if name == VICTIM else replicas[name].log_text) for name in REPLICAS
+    }
+    print(
+        f"{total} acknowledged of {len(attempts)} sessions; failed sessions {len(failed)} (begun before the kill); "
+        f"{sum(1 for a in attempts if killed_at < a.started <= down_at)} sessions begun between the kill and DOWN "
+        f"({down_at - killed_at:.2f}s later); client sessions per replica {sessions}; "
+        f"relayed per replica {dict(relayed_by)} (after DOWN {dict(relayed_late)}); "
+        f"duplicates at the sink {len(duplicates)} {duplicates}; "
+        f"unacknowledged attempts delivered anyway "
+        f"{sum(1 for a in failed if counts[a.tag])}; {recovered.split('recovered: ', 1)[-1]}"
+    )
     assert not lost, f"acknowledged and never delivered: {lost}"
-    assert all(count > 0 for count in sessions.values()), sessions        # the load spread over the three
+    assert all(count > 0 for count in sessions.values()), sessions  # the load spread over the three
     assert set(relayed_by) == set(REPLICAS), relayed_by
     assert relayed_late == {name: 2 for name in REPLICAS if name != VICTIM}, relayed_late  # the dead one skipped

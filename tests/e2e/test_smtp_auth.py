@@ -24,8 +24,12 @@ from tests.harness.ports import free_port
 
 OUTSIDER = "127.0.0.3"  # not in mynetworks
 FAST_ARGON2 = argon2.using(type="ID", rounds=1, memory_cost=1024)  # cheap parameters: tests, not secrets
-USERS = {"alice@example.com": "alice-secret", "bob": "bob secret with spaces", "carol": "carol-pw",
-         "dave@example.com": "dave-pw"}
+USERS = {
+    "alice@example.com": "alice-secret",
+    "bob": "bob secret with spaces",
+    "carol": "carol-pw",
+    "dave@example.com": "dave-pw",
+}
 
 
 def b64(text: str) -> str:
@@ -39,7 +43,8 @@ def passwd_text() -> str:
         f"alice@example.com:{{BLF-CRYPT}}{bcrypt.using(rounds=5).hash(USERS['alice@example.com'])}::::::\n"
         f"bob:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash(USERS['bob'])}\n"
         f"carol:{apr_md5_crypt.hash(USERS['carol'])}\n"
-        f"dave@example.com:{{ARGON2ID}}{FAST_ARGON2.hash(USERS['dave@example.com'])}\n")
+        f"dave@example.com:{{ARGON2ID}}{FAST_ARGON2.hash(USERS['dave@example.com'])}\n"
+    )
 
 
 def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra: str = ""):
@@ -47,13 +52,17 @@ def start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text, auth_extra:
     passwd = tmp_path / "passwd"
     passwd.write_text(passwd_text)
     ports = {"submission": free_port(), "smtps": free_port(), "smtp": free_port()}
-    config = relay_config(sink.port, f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n{auth_extra}'
-                                     '[dkim]\ndomains = ["example.com"]\n')
-    config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
-               'tls = "starttls"\nauth = "required"\n'
-               f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
-               'auth = "optional"\n'
-               f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["smtp"]}"\ntls = "starttls"\n')
+    config = relay_config(
+        sink.port,
+        f'[auth]\nbackend = "passwd_file"\npasswd_file = "{passwd}"\n{auth_extra}[dkim]\ndomains = ["example.com"]\n',
+    )
+    config += (
+        f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
+        'tls = "starttls"\nauth = "required"\n'
+        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
+        'auth = "optional"\n'
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["smtp"]}"\ntls = "starttls"\n'
+    )
     gateway = gateway_factory(config)
     gateway.ports = ports
     gateway.passwd = passwd
@@ -88,11 +97,18 @@ def test_each_hash_scheme_logs_in_and_relays_signed_esmtpsa(auth_gateway, sink, 
         with submission(auth_gateway) as client:
             assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
             client.user, client.password = login, password
-            code, text = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"),
-                                     initial_response_ok=mechanism == "PLAIN")
+            code, text = client.auth(
+                mechanism, getattr(client, f"auth_{mechanism.lower()}"), initial_response_ok=mechanism == "PLAIN"
+            )
             assert (code, text) == (235, b"2.7.0 Authentication successful")
-            assert client.sendmail("sender@example.com", [f"r{number}@elsewhere.org"],
-                                   f"From: sender@example.com\r\nSubject: {login}\r\n\r\nbody\r\n".encode()) == {}
+            assert (
+                client.sendmail(
+                    "sender@example.com",
+                    [f"r{number}@elsewhere.org"],
+                    f"From: sender@example.com\r\nSubject: {login}\r\n\r\nbody\r\n".encode(),
+                )
+                == {}
+            )
     messages = sink.wait_for_messages(len(USERS))
     for message in messages:
         assert_signed_and_esmtpsa(message)
@@ -112,7 +128,9 @@ def test_login_challenges_are_plain_words_and_mail_needs_auth_on_submission(auth
 def test_refusals_of_the_exchange(auth_gateway, sink):
     with submission(auth_gateway) as client:
         assert client.docmd("AUTH", "PLAIN " + b64("\0alice@example.com\0wrong")) == (
-            535, b"5.7.8 Error: authentication failed: authentication failure")
+            535,
+            b"5.7.8 Error: authentication failed: authentication failure",
+        )
         assert client.docmd("AUTH", "PLAIN " + b64("\0nobody@example.com\0alice-secret"))[0] == 535
         assert client.docmd("AUTH", "PLAIN !!notbase64") == (501, b"5.5.2 Cannot decode response")
         assert client.docmd("AUTH", "LOGIN") == (334, b64("Username:").encode())
@@ -124,39 +142,59 @@ def test_refusals_of_the_exchange(auth_gateway, sink):
         # an authorization identity other than the login is refused, even with the right password
         assert client.docmd("AUTH", "PLAIN " + b64("carol\0alice@example.com\0alice-secret"))[0] == 535
         assert client.docmd("AUTH", "PLAIN =")[0] == 535  # an empty initial response: no login in it
-    auth_gateway.wait_for_log(rf"warning: unknown\[{OUTSIDER}\]: SASL PLAIN authentication failed: "
-                              r"authentication failure$", count=4)
+    auth_gateway.wait_for_log(
+        rf"warning: unknown\[{OUTSIDER}\]: SASL PLAIN authentication failed: "
+        r"authentication failure$",
+        count=4,
+    )
     log_text = "\n".join(auth_gateway.lines)
     assert "alice-secret" not in log_text and "wrong" not in log_text
     assert sink.messages == []
 
 
 def test_auth_only_inside_tls_and_not_during_a_transaction(auth_gateway):
-    with smtplib.SMTP("127.0.0.1", auth_gateway.ports["submission"], source_address=(OUTSIDER, 0),
-                      timeout=30) as client:
+    with smtplib.SMTP(
+        "127.0.0.1", auth_gateway.ports["submission"], source_address=(OUTSIDER, 0), timeout=30
+    ) as client:
         client.ehlo("client.test")
         assert "auth" not in client.esmtp_features  # not offered before STARTTLS
         assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
-            538, b"5.7.11 Encryption required for requested authentication mechanism")
+            538,
+            b"5.7.11 Encryption required for requested authentication mechanism",
+        )
     with smtplib.SMTP("127.0.0.1", auth_gateway.ports["smtp"], source_address=(OUTSIDER, 0), timeout=30) as client:
         client.ehlo("client.test")
         client.starttls(context=client_tls(auth_gateway.ca_file))
         client.ehlo("client.test")
         assert "auth" not in client.esmtp_features  # a listener without auth
         assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
-            502, b"5.5.1 Error: authentication not enabled")
-    with smtplib.SMTP_SSL("127.0.0.1", auth_gateway.ports["smtps"], source_address=(OUTSIDER, 0), timeout=30,
-                          context=client_tls(auth_gateway.ca_file)) as client:
+            502,
+            b"5.5.1 Error: authentication not enabled",
+        )
+    with smtplib.SMTP_SSL(
+        "127.0.0.1",
+        auth_gateway.ports["smtps"],
+        source_address=(OUTSIDER, 0),
+        timeout=30,
+        context=client_tls(auth_gateway.ca_file),
+    ) as client:
         client.ehlo("client.test")
         assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]  # implicit TLS offers it
         assert client.docmd("MAIL", "FROM:<a@example.com>")[0] == 250  # optional here
         assert client.docmd("AUTH", "PLAIN " + b64("\0carol\0carol-pw")) == (
-            503, b"5.5.1 Error: MAIL transaction in progress")
+            503,
+            b"5.5.1 Error: MAIL transaction in progress",
+        )
 
 
 def test_an_auth_parameter_grants_nothing(auth_gateway, sink):
-    with smtplib.SMTP_SSL("127.0.0.1", auth_gateway.ports["smtps"], source_address=(OUTSIDER, 0), timeout=30,
-                          context=client_tls(auth_gateway.ca_file)) as client:
+    with smtplib.SMTP_SSL(
+        "127.0.0.1",
+        auth_gateway.ports["smtps"],
+        source_address=(OUTSIDER, 0),
+        timeout=30,
+        context=client_tls(auth_gateway.ca_file),
+    ) as client:
         client.ehlo("client.test")
         assert client.docmd("MAIL", "FROM:<alice@example.com> AUTH=<alice@example.com>")[0] == 250
         assert client.docmd("RCPT", "TO:<victim@elsewhere.org>")[0] == 554  # relay access denied
@@ -171,8 +209,14 @@ def test_an_auth_parameter_grants_nothing(auth_gateway, sink):
 
 def test_gateway_passwd_adds_and_changes_users_that_then_log_in(auth_gateway):
     def passwd(login: str, password: str, *options: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*auth_gateway.command("passwd"), login, *options], input=password + "\n",
-                              capture_output=True, text=True, timeout=60, env=auth_gateway.env)
+        return subprocess.run(
+            [*auth_gateway.command("passwd"), login, *options],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=auth_gateway.env,
+        )
 
     mode = auth_gateway.passwd.stat().st_mode & 0o777
     added = passwd("frank@example.com", "frank pw 1")
@@ -183,13 +227,19 @@ def test_gateway_passwd_adds_and_changes_users_that_then_log_in(auth_gateway):
     text = auth_gateway.passwd.read_text()
     assert "frank@example.com:{BLF-CRYPT}$2y$12$" in text and "carol:{ARGON2ID}$argon2id$" in text
     assert auth_gateway.passwd.stat().st_mode & 0o777 == mode  # replaced in one rename, mode kept
-    for login, password, code in [("frank@example.com", "frank pw 1", 235), ("carol", "carol-new", 235),
-                                  ("carol", "carol-pw", 535), ("bob", USERS["bob"], 235)]:
+    for login, password, code in [
+        ("frank@example.com", "frank pw 1", 235),
+        ("carol", "carol-new", 235),
+        ("carol", "carol-pw", 535),
+        ("bob", USERS["bob"], 235),
+    ]:
         with submission(auth_gateway) as client:
             assert client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{password}"))[0] == code, login
-    for bad_login, password, complaint in [("with:colon", "x", "login 'with:colon'"),
-                                           ("white space", "x", "login 'white space'"),
-                                           ("erin", "", "an empty password is refused")]:
+    for bad_login, password, complaint in [
+        ("with:colon", "x", "login 'with:colon'"),
+        ("white space", "x", "login 'white space'"),
+        ("erin", "", "an empty password is refused"),
+    ]:
         refused = passwd(bad_login, password)
         assert refused.returncode == 1 and complaint in refused.stderr, refused
     assert "erin" not in auth_gateway.passwd.read_text()
@@ -204,37 +254,50 @@ def test_an_edited_password_file_applies_without_a_reload(auth_gateway, passwd_t
 
 def test_a_login_sends_only_as_the_addresses_it_owns(gateway_factory, sink, tmp_path, passwd_text):
     table = tmp_path / "sender_logins"
-    table.write_text("# address   logins\n"
-                     "alice@example.com  alice@example.com\n"
-                     "sales@example.com  alice@example.com, BOB\n"
-                     "@example.org\tcarol\n"
-                     "postmaster         bob\n")
-    with start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text,
-                            f'smtpd_sender_login_maps = "{table}"\n') as gateway:
-        expected = {("alice@example.com", "Alice@Example.com"): 250, ("alice@example.com", "sales@example.com"): 250,
-                    ("bob", "sales@example.com"): 250, ("bob", "postmaster@example.net"): 250,
-                    ("carol", "anyone@example.org"): 250, ("carol", "alice@example.com"): 553,
-                    ("bob", "alice@example.com"): 553, ("alice@example.com", "unlisted@example.com"): 553,
-                    ("alice@example.com", ""): 250}
+    table.write_text(
+        "# address   logins\n"
+        "alice@example.com  alice@example.com\n"
+        "sales@example.com  alice@example.com, BOB\n"
+        "@example.org\tcarol\n"
+        "postmaster         bob\n"
+    )
+    with start_auth_gateway(
+        gateway_factory, sink, tmp_path, passwd_text, f'smtpd_sender_login_maps = "{table}"\n'
+    ) as gateway:
+        expected = {
+            ("alice@example.com", "Alice@Example.com"): 250,
+            ("alice@example.com", "sales@example.com"): 250,
+            ("bob", "sales@example.com"): 250,
+            ("bob", "postmaster@example.net"): 250,
+            ("carol", "anyone@example.org"): 250,
+            ("carol", "alice@example.com"): 553,
+            ("bob", "alice@example.com"): 553,
+            ("alice@example.com", "unlisted@example.com"): 553,
+            ("alice@example.com", ""): 250,
+        }
         for (login, sender), code in expected.items():
             with submission(gateway) as client:
                 assert client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{USERS[login]}"))[0] == 235
                 reply = client.docmd("MAIL", f"FROM:<{sender}>")
                 assert reply[0] == code, (login, sender, reply)
                 if code == 553:
-                    assert reply[1] == (f"5.7.1 <{sender}>: Sender address rejected: "
-                                        f"not owned by user {login}").encode()
+                    assert (
+                        reply[1] == (f"5.7.1 <{sender}>: Sender address rejected: not owned by user {login}").encode()
+                    )
         gateway.wait_for_log(r"reject: MAIL from .*553 5\.7\.1 <unlisted@example\.com>: Sender address rejected")
 
 
 def test_check_from_header_holds_the_author_to_the_login(gateway_factory, sink, tmp_path, passwd_text):
     table = tmp_path / "sender_logins"
     table.write_text("alice@example.com  alice@example.com\nsales@example.com  alice@example.com, bob\n")
-    with start_auth_gateway(gateway_factory, sink, tmp_path, passwd_text,
-                            f'smtpd_sender_login_maps = "{table}"\ncheck_from_header = true\n') as gateway:
-        for login, author, code in [("alice@example.com", "Sales <sales@example.com>", 250),
-                                    ("bob", "Alice <alice@example.com>", 550),
-                                    ("bob", "undisclosed-recipients:;", 550)]:
+    with start_auth_gateway(
+        gateway_factory, sink, tmp_path, passwd_text, f'smtpd_sender_login_maps = "{table}"\ncheck_from_header = true\n'
+    ) as gateway:
+        for login, author, code in [
+            ("alice@example.com", "Sales <sales@example.com>", 250),
+            ("bob", "Alice <alice@example.com>", 550),
+            ("bob", "undisclosed-recipients:;", 550),
+        ]:
             with submission(gateway) as client:
                 assert client.docmd("AUTH", "PLAIN " + b64(f"\0{login}\0{USERS[login]}"))[0] == 235
                 assert client.docmd("MAIL", "FROM:<sales@example.com>")[0] == 250  # the envelope is owned
@@ -245,11 +308,15 @@ def test_check_from_header_holds_the_author_to_the_login(gateway_factory, sink, 
                 assert reply[0] == code, (login, author, reply)
                 if code == 550:
                     shown = "<alice@example.com>" if "alice" in author else "<>"
-                    assert reply[1] == f"5.7.1 {shown}: From: header address rejected: not owned by user {login}".encode()
+                    assert (
+                        reply[1] == f"5.7.1 {shown}: From: header address rejected: not owned by user {login}".encode()
+                    )
         (message,) = sink.wait_for_messages(1)
         assert b"From: Sales <sales@example.com>" in message.data
-        gateway.wait_for_log(r"sasl_username=bob, result=reject \(550 5\.7\.1 <alice@example\.com>: From: header "
-                             r"address rejected: not owned by user bob\) reason=from_login_mismatch")
+        gateway.wait_for_log(
+            r"sasl_username=bob, result=reject \(550 5\.7\.1 <alice@example\.com>: From: header "
+            r"address rejected: not owned by user bob\) reason=from_login_mismatch"
+        )
 
 
 def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_gateway, tmp_path):
@@ -270,12 +337,15 @@ def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_
             client = submission(auth_gateway)
     # the right password now gets no check either: no oracle for a throttled client
     assert attempt(client, "alice@example.com", USERS["alice@example.com"]) == (
-        454, b"4.7.0 Error: too many failed logins, try again later")
+        454,
+        b"4.7.0 Error: too many failed logins, try again later",
+    )
     client.close()
     assert replies[:10] == [535, 535, 421] * 3 + [535] and replies[10:] == [454] * 10
     # the attacked login is slowed from another address too; other logins from there are not
-    with smtplib.SMTP("127.0.0.1", auth_gateway.ports["submission"], source_address=("127.0.0.4", 0),
-                      timeout=30) as other:
+    with smtplib.SMTP(
+        "127.0.0.1", auth_gateway.ports["submission"], source_address=("127.0.0.4", 0), timeout=30
+    ) as other:
         other.ehlo("other.test")
         other.starttls(context=client_tls(auth_gateway.ca_file))
         other.ehlo("other.test")
@@ -287,8 +357,12 @@ def test_brute_force_is_throttled_and_fail2ban_counts_exactly_the_failures(auth_
     log_file.write_text("\n".join(auth_gateway.lines) + "\n")
     fail2ban = shutil.which("fail2ban-regex")
     assert fail2ban, "fail2ban is installed by make test-peers (tests/peers/install-debian-packages.sh)"
-    result = subprocess.run([fail2ban, "--print-all-matched", str(log_file), "postfix[mode=auth]"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [fail2ban, "--print-all-matched", str(log_file), "postfix[mode=auth]"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     matched = re.search(r"Lines: \d+ lines, \d+ ignored, (\d+) matched", result.stdout)
     assert matched and int(matched.group(1)) == 10, result.stdout[-3000:]

@@ -50,13 +50,18 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         passwd.write_text(f"{LOGIN}:{{BLF-CRYPT}}{bcrypt.using(rounds=5).hash(PASSWORD)}\n")
         yield Backend("passwd_file", f'backend = "passwd_file"\npasswd_file = "{passwd}"\n')
     elif request.param == "dovecot":
-        with DovecotAuthServer([f"{LOGIN}:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash(PASSWORD)}"]) as dovecot:
+        with DovecotAuthServer(
+            [f"{LOGIN}:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash(PASSWORD)}"]
+        ) as dovecot:
             yield Backend("dovecot", f'backend = "dovecot"\nsmtpd_sasl_path = "{dovecot.socket_path}"\n')
     else:
         with SlapdServer({"alice": (LOGIN, PASSWORD, True)}) as slapd:
-            yield Backend("ldap", f'backend = "ldap"\nldap_url = "{slapd.url}"\n'
-                                  'ldap_search_base = "ou=people,dc=example,dc=org"\nldap_filter = "(mail=%s)"\n'
-                                  'ldap_group_filter = "(memberOf=cn=mail-senders,ou=groups,dc=example,dc=org)"\n')
+            yield Backend(
+                "ldap",
+                f'backend = "ldap"\nldap_url = "{slapd.url}"\n'
+                'ldap_search_base = "ou=people,dc=example,dc=org"\nldap_filter = "(mail=%s)"\n'
+                'ldap_group_filter = "(memberOf=cn=mail-senders,ou=groups,dc=example,dc=org)"\n',
+            )
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +72,19 @@ def shared_sink(backend: Backend) -> Iterator[SmtpSink]:
 
 
 @pytest.fixture(scope="module")
-def shared_gateway(shared_sink: SmtpSink, backend: Backend,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def shared_gateway(
+    shared_sink: SmtpSink, backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     """One gateway per back end, for every client and listener: submission (STARTTLS) and smtps
     (implicit TLS), both ``auth = "required"``; example.com signed."""
     ports = {name: free_port() for name in LISTENERS}
     config = relay_config(shared_sink.port, f'[auth]\n{backend.auth_table}[dkim]\ndomains = ["example.com"]\n')
-    config += (f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
-               'tls = "starttls"\nauth = "required"\n'
-               f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
-               'auth = "required"\n')
+    config += (
+        f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{ports["submission"]}"\n'
+        'tls = "starttls"\nauth = "required"\n'
+        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["smtps"]}"\ntls = "implicit"\n'
+        'auth = "required"\n'
+    )
     with GatewayProcess(tmp_path_factory.mktemp(f"gw-{backend.name}"), config) as started:
         started.ports = ports  # type: ignore[attr-defined]
         yield started
@@ -95,8 +103,10 @@ def gateway(shared_gateway: GatewayProcess, request: pytest.FixtureRequest) -> I
     yield shared_gateway
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
-        print(f"---- log of gateway {shared_gateway.state_dir.name} during the test ----\n"
-              + "\n".join(shared_gateway.lines[shared_gateway.log_mark:]))  # type: ignore[attr-defined]
+        print(
+            f"---- log of gateway {shared_gateway.state_dir.name} during the test ----\n"
+            + "\n".join(shared_gateway.lines[shared_gateway.log_mark :])
+        )  # type: ignore[attr-defined]
 
 
 def assert_relayed_signed_esmtpsa(sink, gateway, mechanism: str = "(PLAIN|LOGIN)") -> None:
@@ -108,8 +118,8 @@ def assert_relayed_signed_esmtpsa(sink, gateway, mechanism: str = "(PLAIN|LOGIN)
     assert len(signatures) == 1 and b" d=example.com;" in signatures[0], head
     assert b"with ESMTPSA id" in message.data and PASSWORD.encode() not in message.data
     login = rf"unknown\[{OUTSIDER}\]:\d+: sasl_method={mechanism}, sasl_username={LOGIN}"
-    before = sum(1 for line in gateway.lines[:gateway.log_mark] if re.search(login, line))
-    gateway.wait_for_log(login, count=before + 1)   # logged during this test
+    before = sum(1 for line in gateway.lines[: gateway.log_mark] if re.search(login, line))
+    gateway.wait_for_log(login, count=before + 1)  # logged during this test
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
@@ -126,21 +136,31 @@ def test_smtplib(gateway, sink, listener, mechanism):
         client.ehlo("client.test")
         assert client.esmtp_features["auth"].split() == ["PLAIN", "LOGIN"]
         client.user, client.password = LOGIN, PASSWORD
-        code, text = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"),
-                                 initial_response_ok=mechanism == "PLAIN")
+        code, text = client.auth(
+            mechanism, getattr(client, f"auth_{mechanism.lower()}"), initial_response_ok=mechanism == "PLAIN"
+        )
         assert (code, text) == (235, b"2.7.0 Authentication successful")
-        assert client.sendmail(LOGIN, ["someone@elsewhere.org"],
-                               MESSAGE.format(subject=f"smtplib {listener}").encode()) == {}
+        assert (
+            client.sendmail(LOGIN, ["someone@elsewhere.org"], MESSAGE.format(subject=f"smtplib {listener}").encode())
+            == {}
+        )
     assert_relayed_signed_esmtpsa(sink, gateway, mechanism)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_swaks(gateway, sink, listener, mechanism):
-    result = swaks_login_and_send(gateway.ports[listener], mechanism=mechanism, user=LOGIN, password=PASSWORD,
-                                  sender=LOGIN, recipient="someone@elsewhere.org", source=OUTSIDER,
-                                  tls_option="--tls" if listener == "submission" else "--tlsc",
-                                  subject=f"swaks {listener} {mechanism}")
+    result = swaks_login_and_send(
+        gateway.ports[listener],
+        mechanism=mechanism,
+        user=LOGIN,
+        password=PASSWORD,
+        sender=LOGIN,
+        recipient="someone@elsewhere.org",
+        source=OUTSIDER,
+        tls_option="--tls" if listener == "submission" else "--tlsc",
+        subject=f"swaks {listener} {mechanism}",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "235 2.7.0 Authentication successful" in result.stdout
     assert_relayed_signed_esmtpsa(sink, gateway, mechanism)
@@ -154,12 +174,25 @@ def test_msmtp(gateway, sink, tmp_path, listener, mechanism):
     password_file = tmp_path / "msmtp-password"
     password_file.write_text(PASSWORD + "\n")
     result = subprocess.run(
-        [msmtp, "--host=127.0.0.1", f"--port={gateway.ports[listener]}", "--tls=on",
-         f"--tls-starttls={'on' if listener == 'submission' else 'off'}",
-         f"--tls-trust-file={gateway.ca_file}", f"--auth={mechanism}", f"--user={LOGIN}",
-         f"--passwordeval=cat {password_file}", "--source-ip=" + OUTSIDER, f"--from={LOGIN}",
-         "someone@elsewhere.org"],
-        input=MESSAGE.format(subject=f"msmtp {listener} {mechanism}"), capture_output=True, text=True, timeout=60)
+        [
+            msmtp,
+            "--host=127.0.0.1",
+            f"--port={gateway.ports[listener]}",
+            "--tls=on",
+            f"--tls-starttls={'on' if listener == 'submission' else 'off'}",
+            f"--tls-trust-file={gateway.ca_file}",
+            f"--auth={mechanism}",
+            f"--user={LOGIN}",
+            f"--passwordeval=cat {password_file}",
+            "--source-ip=" + OUTSIDER,
+            f"--from={LOGIN}",
+            "someone@elsewhere.org",
+        ],
+        input=MESSAGE.format(subject=f"msmtp {listener} {mechanism}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert_relayed_signed_esmtpsa(sink, gateway, mechanism.upper())
 
@@ -173,23 +206,50 @@ def test_curl(gateway, sink, tmp_path, listener, mechanism):
     message_file.write_text(MESSAGE.format(subject=f"curl {listener} {mechanism}"))
     scheme = "smtp" if listener == "submission" else "smtps"
     result = subprocess.run(
-        [curl, "--silent", "--show-error", "--url", f"{scheme}://127.0.0.1:{gateway.ports[listener]}",
-         "--ssl-reqd", "--cacert", str(gateway.ca_file), "--interface", OUTSIDER,
-         "--user", f"{LOGIN}:{PASSWORD}", "--login-options", f"AUTH={mechanism}",
-         "--mail-from", LOGIN, "--mail-rcpt", "someone@elsewhere.org", "--upload-file", str(message_file)],
-        capture_output=True, text=True, timeout=60)
+        [
+            curl,
+            "--silent",
+            "--show-error",
+            "--url",
+            f"{scheme}://127.0.0.1:{gateway.ports[listener]}",
+            "--ssl-reqd",
+            "--cacert",
+            str(gateway.ca_file),
+            "--interface",
+            OUTSIDER,
+            "--user",
+            f"{LOGIN}:{PASSWORD}",
+            "--login-options",
+            f"AUTH={mechanism}",
+            "--mail-from",
+            LOGIN,
+            "--mail-rcpt",
+            "someone@elsewhere.org",
+            "--upload-file",
+            str(message_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert_relayed_signed_esmtpsa(sink, gateway, mechanism)
 
 
 def test_postfix_with_smtp_sasl_password_maps(gateway, sink):
     port = gateway.ports["submission"]
-    settings = {"relayhost": f"[127.0.0.1]:{port}", "smtp_sasl_auth_enable": "yes",
-                "smtp_sasl_password_maps": "texthash:{folder}/sasl_passwd",
-                "smtp_sasl_security_options": "noanonymous", "smtp_sasl_tls_security_options": "noanonymous",
-                "smtp_tls_security_level": "encrypt", "smtp_bind_address": OUTSIDER}
+    settings = {
+        "relayhost": f"[127.0.0.1]:{port}",
+        "smtp_sasl_auth_enable": "yes",
+        "smtp_sasl_password_maps": "texthash:{folder}/sasl_passwd",
+        "smtp_sasl_security_options": "noanonymous",
+        "smtp_sasl_tls_security_options": "noanonymous",
+        "smtp_tls_security_level": "encrypt",
+        "smtp_bind_address": OUTSIDER,
+    }
     with PostfixInstance(settings, {"sasl_passwd": f"[127.0.0.1]:{port} {LOGIN}:{PASSWORD}\n"}) as postfix:
         with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as client:
-            assert client.sendmail(LOGIN, ["someone@elsewhere.org"],
-                                   MESSAGE.format(subject="via Postfix").encode()) == {}
+            assert (
+                client.sendmail(LOGIN, ["someone@elsewhere.org"], MESSAGE.format(subject="via Postfix").encode()) == {}
+            )
         assert_relayed_signed_esmtpsa(sink, gateway)

@@ -27,9 +27,11 @@ def b64(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def dovecot():
-    lines = [f"carol:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash('carol-pw')}",
-             "closed:{PLAIN}closed-pw::::::nologin=y reason=account closed",
-             "moved:{PLAIN}moved-pw::::::proxy=y host=192.0.2.9"]
+    lines = [
+        f"carol:{{SHA512-CRYPT}}{sha512_crypt.using(rounds=5000).hash('carol-pw')}",
+        "closed:{PLAIN}closed-pw::::::nologin=y reason=account closed",
+        "moved:{PLAIN}moved-pw::::::proxy=y host=192.0.2.9",
+    ]
     with DovecotAuthServer(lines) as server:
         yield server
 
@@ -59,8 +61,9 @@ def test_dovecot_says_who_may_log_in(gateway_factory, sink, dovecot, transport):
         code, text, client = login(gateway, "carol", "carol-pw")
         with client:
             assert (code, text) == (235, b"2.7.0 Authentication successful")
-            assert client.sendmail("carol@example.com", ["friend@elsewhere.org"],
-                                   b"Subject: dovecot\r\n\r\nx\r\n") == {}
+            assert (
+                client.sendmail("carol@example.com", ["friend@elsewhere.org"], b"Subject: dovecot\r\n\r\nx\r\n") == {}
+            )
         (message,) = sink.wait_for_messages(1)
         assert b"with ESMTPSA id" in message.data
         for user, password in [("carol", "wrong"), ("nobody", "x"), ("closed", "closed-pw"), ("moved", "moved-pw")]:
@@ -79,8 +82,11 @@ def test_a_dovecot_that_is_down_or_mute_gives_454_never_535(gateway_factory, sin
     listener.bind(str(mute))
     listener.listen(5)  # accepts, never answers
     try:
-        for sasl_path, extra in [(str(tmp_path / "absent.sock"), ""), (f"inet:127.0.0.1:{free_port()}", ""),
-                                 (str(mute), 'timeout = "1s"\n')]:
+        for sasl_path, extra in [
+            (str(tmp_path / "absent.sock"), ""),
+            (f"inet:127.0.0.1:{free_port()}", ""),
+            (str(mute), 'timeout = "1s"\n'),
+        ]:
             with start_gateway(gateway_factory, sink, sasl_path, extra) as gateway:
                 code, text, client = login(gateway, "carol", "carol-pw")
                 client.close()

@@ -35,9 +35,12 @@ def slapd():
 
 def start_gateway(gateway_factory, sink, url: str, extra: str = ""):
     port = free_port()
-    config = relay_config(sink.port, f'[auth]\nbackend = "ldap"\nldap_url = "{url}"\n'
-                                     f'ldap_search_base = "ou=people,dc=example,dc=org"\nldap_filter = "(mail=%s)"\n'
-                                     f'ldap_group_filter = "(memberOf={SENDERS_GROUP})"\n{extra}')
+    config = relay_config(
+        sink.port,
+        f'[auth]\nbackend = "ldap"\nldap_url = "{url}"\n'
+        f'ldap_search_base = "ou=people,dc=example,dc=org"\nldap_filter = "(mail=%s)"\n'
+        f'ldap_group_filter = "(memberOf={SENDERS_GROUP})"\n{extra}',
+    )
     config += f'[[listener]]\nname = "submission"\naddress = "127.0.0.1:{port}"\ntls = "starttls"\nauth = "required"\n'
     gateway = gateway_factory(config)
     gateway.submission_port = port
@@ -60,10 +63,15 @@ def test_only_members_of_the_sender_group_log_in_and_relay(gateway_factory, sink
             assert client.sendmail("ann@example.org", ["friend@elsewhere.org"], b"Subject: ldap\r\n\r\nx\r\n") == {}
         (message,) = sink.wait_for_messages(1)
         assert b"with ESMTPSA id" in message.data
-        refused = [("ben@example.org", "ben-pw"),   # right password, not in the group
-                   ("ann@example.org", "wrong"), ("ann@example.org", ""),
-                   ("*", "ann-pw"), ("ann@example.org)(mail=*", "ann-pw"), ("nobody@example.org", "x")]
-        for number, (user, password) in enumerate(refused):
+        refused = [
+            ("ben@example.org", "ben-pw"),  # right password, not in the group
+            ("ann@example.org", "wrong"),
+            ("ann@example.org", ""),
+            ("*", "ann-pw"),
+            ("ann@example.org)(mail=*", "ann-pw"),
+            ("nobody@example.org", "x"),
+        ]
+        for _number, (user, password) in enumerate(refused):
             reply, client = login(gateway, user, password)
             client.close()
             assert reply == (535, b"5.7.8 Error: authentication failed: authentication failure"), (user, password)
@@ -75,8 +83,10 @@ def test_an_ldap_server_that_is_down_or_mute_gives_454(gateway_factory, sink, tm
     mute.bind(("127.0.0.1", 0))
     mute.listen(5)  # accepts, never answers
     try:
-        for url, extra in [(f"ldap://127.0.0.1:{free_port()}", 'timeout = "2s"\n'),
-                           (f"ldap://127.0.0.1:{mute.getsockname()[1]}", 'timeout = "1s"\n')]:
+        for url, extra in [
+            (f"ldap://127.0.0.1:{free_port()}", 'timeout = "2s"\n'),
+            (f"ldap://127.0.0.1:{mute.getsockname()[1]}", 'timeout = "1s"\n'),
+        ]:
             with start_gateway(gateway_factory, sink, url, extra) as gateway:
                 reply, client = login(gateway, "ann@example.org", "ann-pw")
                 client.close()

@@ -11,8 +11,10 @@ import pytest
 from gateway.reply import parse_reply_line
 from tests.harness.helpers import relay_config
 
-CONFIG_EXTRA = ('smtpd_recipient_limit = 3\nmessage_size_limit = 20000\nsmtpd_timeout = "2s"\n'
-                'smtpd_data_timeout = "3s"\nsmtpd_client_connection_count_limit = 4\n')
+CONFIG_EXTRA = (
+    'smtpd_recipient_limit = 3\nmessage_size_limit = 20000\nsmtpd_timeout = "2s"\n'
+    'smtpd_data_timeout = "3s"\nsmtpd_client_connection_count_limit = 4\n'
+)
 
 
 @pytest.fixture
@@ -76,15 +78,31 @@ def test_every_reply_carries_an_enhanced_status_code(gateway):
     client = RawClient(gateway.port)
     try:
         client.reply()
-        seen = [client.command("MAIL FROM:<a@example.com>")]           # before EHLO
-        client.send(b"EHLO client.test\r\n"); client.reply()
-        for line in ["RCPT TO:<b@example.org>", "DATA", "MAIL FROM:<bad address>", "MAIL FROM:<a@example.com>",
-                     "MAIL FROM:<a@example.com>", "RCPT TO:<not an address>", "RCPT TO:<b@elsewhere.org>",
-                     "VRFY postmaster", "EXPN staff", "NOOP", "HELP", "FOOBAR", "RSET", "MAIL FROM:<x@y> SIZE=99999999",
-                     "MAIL FROM:<x@y> BODY=9BIT", "AUTH PLAIN AGFhAGI=", "QUIT"]:
+        seen = [client.command("MAIL FROM:<a@example.com>")]  # before EHLO
+        client.send(b"EHLO client.test\r\n")
+        client.reply()
+        for line in [
+            "RCPT TO:<b@example.org>",
+            "DATA",
+            "MAIL FROM:<bad address>",
+            "MAIL FROM:<a@example.com>",
+            "MAIL FROM:<a@example.com>",
+            "RCPT TO:<not an address>",
+            "RCPT TO:<b@elsewhere.org>",
+            "VRFY postmaster",
+            "EXPN staff",
+            "NOOP",
+            "HELP",
+            "FOOBAR",
+            "RSET",
+            "MAIL FROM:<x@y> SIZE=99999999",
+            "MAIL FROM:<x@y> BODY=9BIT",
+            "AUTH PLAIN AGFhAGI=",
+            "QUIT",
+        ]:
             seen.append(client.command(line))
         for line in seen:
-            if not line.startswith(("214", "250 Syntax")):   # HELP text is informational
+            if not line.startswith(("214", "250 Syntax")):  # HELP text is informational
                 assert_enhanced(line)
         assert seen[-1].startswith("221 2.0.0")
     finally:
@@ -125,13 +143,16 @@ def test_bare_lf_or_cr_dot_never_ends_the_message(gateway, sink):
     client = RawClient(gateway.port)
     try:
         client.reply()
-        client.send(b"EHLO client.test\r\n"); client.reply()
+        client.send(b"EHLO client.test\r\n")
+        client.reply()
         assert client.command("MAIL FROM:<a@example.com>").startswith("250")
         assert client.command("RCPT TO:<victim@elsewhere.org>").startswith("250")
         assert client.command("DATA").startswith("354")
-        smuggled = (b"Subject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@example.com>\n"
-                    b"RCPT TO:<smuggled@elsewhere.org>\nDATA\nSubject: smuggled\n\nevil\r.\r"
-                    b"more\r\n.\r\n")
+        smuggled = (
+            b"Subject: first\r\n\r\nhello\n.\nMAIL FROM:<evil@example.com>\n"
+            b"RCPT TO:<smuggled@elsewhere.org>\nDATA\nSubject: smuggled\n\nevil\r.\r"
+            b"more\r\n.\r\n"
+        )
         client.send(smuggled)
         final = client.reply()[-1]
         assert final.startswith("250 2.0.0 Ok: queued as ")
@@ -151,18 +172,24 @@ def test_bare_cr_in_a_header_field_is_refused_and_never_relayed(gateway, sink):
     client = RawClient(gateway.port)
     try:
         client.reply()
-        client.send(b"EHLO client.test\r\n"); client.reply()
-        for message in (b"Subject: hi\rBcc: injected@elsewhere.org\r\n\r\nbody\r\n",
-                        b"Subject: folded\r\n\tsecond line\rX-Injected: yes\r\n\r\nbody\r\n",
-                        b"Subject: last\r"):  # no body at all: the CR is still in the header section
+        client.send(b"EHLO client.test\r\n")
+        client.reply()
+        for message in (
+            b"Subject: hi\rBcc: injected@elsewhere.org\r\n\r\nbody\r\n",
+            b"Subject: folded\r\n\tsecond line\rX-Injected: yes\r\n\r\nbody\r\n",
+            b"Subject: last\r",
+        ):  # no body at all: the CR is still in the header section
             assert client.command("MAIL FROM:<a@example.com>").startswith("250")
             assert client.command("RCPT TO:<victim@elsewhere.org>").startswith("250")
             assert client.command("DATA").startswith("354")
             client.send(message + b"\r\n.\r\n")
             final = client.reply()[-1]
             assert final == "550 5.5.2 Error: bare <CR> received in the header section", final
-        gateway.wait_for_log(r"result=reject \(550 5\.5\.2 Error: bare <CR> received in the header section\) "
-                             r"reason=bare_cr", count=3)
+        gateway.wait_for_log(
+            r"result=reject \(550 5\.5\.2 Error: bare <CR> received in the header section\) "
+            r"reason=bare_cr",
+            count=3,
+        )
         # a lone CR in the body is still taken (and sent on as a line end)
         assert client.command("MAIL FROM:<a@example.com>").startswith("250")
         assert client.command("RCPT TO:<victim@elsewhere.org>").startswith("250")
@@ -226,7 +253,8 @@ def test_client_stalling_in_data_is_cut_and_nothing_is_queued(gateway, sink):
     port = client.sock.getsockname()[1]
     try:
         client.reply()
-        client.send(b"EHLO client.test\r\n"); client.reply()
+        client.send(b"EHLO client.test\r\n")
+        client.reply()
         client.command("MAIL FROM:<a@example.com>")
         client.command("RCPT TO:<b@elsewhere.org>")
         assert client.command("DATA").startswith("354")

@@ -73,8 +73,10 @@ def test_an_unterminated_path_and_an_invalid_address_literal_are_syntax_errors(g
     assert talk.say(b"RCPT TO:<x@[192.0.2.1]>").startswith(b"250 ")  # a valid literal (a trusted client relays)
     assert talk.say(b"EHLO again.test").startswith(b"250 ")
     talk.close()
-    gateway.wait_for_log(r"NOQUEUE: reject: RCPT from .*501 5\.1\.3 Bad recipient address syntax; "
-                         r"from=<a@example\.org> to=<x@\[999\.999\.999\.999\]>")
+    gateway.wait_for_log(
+        r"NOQUEUE: reject: RCPT from .*501 5\.1\.3 Bad recipient address syntax; "
+        r"from=<a@example\.org> to=<x@\[999\.999\.999\.999\]>"
+    )
 
 
 def test_a_nul_in_a_command_is_refused_and_the_session_goes_on(gateway):
@@ -85,8 +87,10 @@ def test_a_nul_in_a_command_is_refused_and_the_session_goes_on(gateway):
     assert talk.say(b"MAIL FROM:<a\x00b@example.org>")[:4] == b"501 "
     assert talk.say(b"QUIT").startswith(b"221 ")
     talk.close()
-    gateway.wait_for_log(r"NOQUEUE: reject: SESSION from .*501 5\.5\.2 Error: NUL character in command "
-                         r"detail=EHLO client\^@\.test")  # the log shows control characters in caret notation
+    gateway.wait_for_log(
+        r"NOQUEUE: reject: SESSION from .*501 5\.5\.2 Error: NUL character in command "
+        r"detail=EHLO client\^@\.test"
+    )  # the log shows control characters in caret notation
 
 
 def test_a_noop_flood_is_closed_after_the_junk_command_limit(gateway, sink):
@@ -118,8 +122,10 @@ def test_an_untrusted_early_talker_is_refused_and_closed(gateway):
     assert early.reply() == b"554 5.5.1 Error: SMTP protocol synchronization: talked before the greeting\r\n"
     assert early.closed()
     early.close()
-    gateway.wait_for_log(r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.3\]:\d+: 554 5\.5\.1 Error: SMTP "
-                         r"protocol synchronization: talked before the greeting detail=b'EHLO bot\.test")
+    gateway.wait_for_log(
+        r"NOQUEUE: reject: CONNECT from unknown\[127\.0\.0\.3\]:\d+: 554 5\.5\.1 Error: SMTP "
+        r"protocol synchronization: talked before the greeting detail=b'EHLO bot\.test"
+    )
     # one that waits for the greeting is served; a trusted client is never held back or tested
     still_serving(gateway, source=OUTSIDER)
     trusted = Conversation(gateway.port, source=TRUSTED, read_greeting=False)

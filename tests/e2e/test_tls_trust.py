@@ -22,8 +22,8 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.harness.helpers import client_tls, relay_config
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import client_tls, relay_config
 from tests.harness.ports import free_port
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: only a listed client certificate lets it relay
@@ -49,10 +49,14 @@ def pki(tmp_path_factory):
     kept, removed, stranger = trustme.CA(), trustme.CA(), trustme.CA()
     for name, ca in (("kept", kept), ("removed", removed)):
         ca.cert_pem.write_to_path(str(folder / f"{name}-ca.pem"))
-    return {"folder": folder,
-            "kept": ClientCert(kept, "kept", folder), "removed": ClientCert(removed, "removed", folder),
-            "stranger": ClientCert(stranger, "stranger", folder),
-            "kept_ca": (folder / "kept-ca.pem").read_text(), "removed_ca": (folder / "removed-ca.pem").read_text()}
+    return {
+        "folder": folder,
+        "kept": ClientCert(kept, "kept", folder),
+        "removed": ClientCert(removed, "removed", folder),
+        "stranger": ClientCert(stranger, "stranger", folder),
+        "kept_ca": (folder / "kept-ca.pem").read_text(),
+        "removed_ca": (folder / "removed-ca.pem").read_text(),
+    }
 
 
 def _config(sink_port: int, ports: dict[str, int], ca_file: Path | None, listed: list[ClientCert]) -> str:
@@ -63,13 +67,13 @@ def _config(sink_port: int, ports: dict[str, int], ca_file: Path | None, listed:
         extra += "relay_clientcerts = [" + ", ".join(f'"{c.sha256}"' for c in listed) + "]\n"
     return relay_config(sink_port, extra) + (
         f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{ports["starttls"]}"\ntls = "starttls"\n'
-        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["implicit"]}"\ntls = "implicit"\n')
+        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{ports["implicit"]}"\ntls = "implicit"\n'
+    )
 
 
 def _reload(gateway: GatewayProcess, config_text: str) -> None:
     done = len([line for line in gateway.lines if "reload done" in line])
-    gateway.config_path.write_text(f'state_dir = "{gateway.state_dir}"\nmetrics_listen = "127.0.0.1:0"\n'
-                                   + config_text)
+    gateway.config_path.write_text(f'state_dir = "{gateway.state_dir}"\nmetrics_listen = "127.0.0.1:0"\n' + config_text)
     gateway.process.send_signal(signal.SIGHUP)
     gateway.wait_for_log("reload done", count=done + 1)
 
@@ -79,8 +83,9 @@ def _connect(gateway: GatewayProcess, listener: str, cert: ClientCert | None) ->
     context = client_tls(gateway.ca_file, (cert.cert, cert.key) if cert else None)
     port = gateway.ports[listener]
     if listener == "implicit":
-        client: smtplib.SMTP = smtplib.SMTP_SSL("127.0.0.1", port, source_address=(UNTRUSTED, 0),
-                                                timeout=10, context=context)
+        client: smtplib.SMTP = smtplib.SMTP_SSL(
+            "127.0.0.1", port, source_address=(UNTRUSTED, 0), timeout=10, context=context
+        )
     else:
         client = smtplib.SMTP("127.0.0.1", port, source_address=(UNTRUSTED, 0), timeout=10)
         client.ehlo("client.test")
@@ -106,6 +111,7 @@ def start(gateway_factory, sink):
         gateway.ports = ports  # type: ignore[attr-defined]
         gateway.sink_port = sink.port  # type: ignore[attr-defined]
         return gateway.start()
+
     return run
 
 
@@ -119,8 +125,7 @@ def test_a_ca_removed_by_sighup_no_longer_verifies_the_next_handshake(start, pki
     assert _relay_reply(gateway, listener, kept) == 250
     opened_before = None
     if listener == "starttls":  # a session that connected before the reload and starts TLS after it
-        opened_before = smtplib.SMTP("127.0.0.1", gateway.ports["starttls"], source_address=(UNTRUSTED, 0),
-                                     timeout=10)
+        opened_before = smtplib.SMTP("127.0.0.1", gateway.ports["starttls"], source_address=(UNTRUSTED, 0), timeout=10)
         opened_before.ehlo("client.test")
 
     ca_file.write_text(pki["kept_ca"])
@@ -129,8 +134,10 @@ def test_a_ca_removed_by_sighup_no_longer_verifies_the_next_handshake(start, pki
     with pytest.raises(HANDSHAKE_REFUSED):
         _relay_reply(gateway, listener, removed)
     name = "smtp" if listener == "starttls" else "smtps"
-    gateway.wait_for_log(rf"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener={name} "
-                         rf"cert_sha256={removed.sha256} cert_sha1={removed.sha1}: certificate verify failed")
+    gateway.wait_for_log(
+        rf"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener={name} "
+        rf"cert_sha256={removed.sha256} cert_sha1={removed.sha1}: certificate verify failed"
+    )
     if opened_before is not None:
         with pytest.raises(HANDSHAKE_REFUSED):
             opened_before.starttls(context=client_tls(gateway.ca_file, (removed.cert, removed.key)))
@@ -154,9 +161,11 @@ def test_a_ca_and_fingerprint_added_by_sighup_let_the_next_client_relay(start, p
     assert _relay_reply(gateway, listener, None) == 554  # no certificate: still not trusted
     with _connect(gateway, listener, kept) as client:
         client.sendmail("a@example.com", ["d@elsewhere.org"], b"Subject: by certificate\r\n\r\nx\r\n")
-    gateway.wait_for_log(rf"client=\S+\[127\.0\.0\.3\]:\d+, tls=TLSv1\.\d, from=<a@example\.com>, "
-                         rf"to=<d@elsewhere\.org>, size=\d+, relay=permitted rule=relay_clientcerts "
-                         rf"sha256={kept.sha256}, result=queued")
+    gateway.wait_for_log(
+        rf"client=\S+\[127\.0\.0\.3\]:\d+, tls=TLSv1\.\d, from=<a@example\.com>, "
+        rf"to=<d@elsewhere\.org>, size=\d+, relay=permitted rule=relay_clientcerts "
+        rf"sha256={kept.sha256}, result=queued"
+    )
 
 
 @pytest.mark.parametrize("listener", ["starttls", "implicit"])
@@ -168,8 +177,9 @@ def test_a_failed_handshake_names_client_listener_and_certificate(start, pki, tm
     stranger = pki["stranger"]
     context = client_tls(gateway.ca_file, (stranger.cert, stranger.key))
     context.maximum_version = tls_version
-    with socket.create_connection(("127.0.0.1", gateway.ports[listener]), timeout=10,
-                                  source_address=(UNTRUSTED, 0)) as raw:
+    with socket.create_connection(
+        ("127.0.0.1", gateway.ports[listener]), timeout=10, source_address=(UNTRUSTED, 0)
+    ) as raw:
         client_port = raw.getsockname()[1]
         if listener == "starttls":
             reader = raw.makefile("rb")
@@ -192,8 +202,9 @@ def test_a_handshake_without_a_certificate_that_fails_says_so(start, pki, tmp_pa
     context = client_tls(gateway.ca_file)
     context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("AES128-SHA")  # no AEAD: the gateway's suites refuse it
-    with socket.create_connection(("127.0.0.1", gateway.ports["implicit"]), timeout=10,
-                                  source_address=(UNTRUSTED, 0)) as raw:
+    with socket.create_connection(
+        ("127.0.0.1", gateway.ports["implicit"]), timeout=10, source_address=(UNTRUSTED, 0)
+    ) as raw:
         client_port = raw.getsockname()[1]
         with pytest.raises(HANDSHAKE_REFUSED):
             context.wrap_socket(raw, server_hostname="127.0.0.1")

@@ -28,14 +28,20 @@ OUTSIDER, INSIDER, STRANGER = "127.0.0.3", "127.0.0.1", "127.0.0.4"
 @pytest.fixture
 def proxied(gateway_factory, sink):
     port = free_port()
-    config = relay_config(sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\n'
-                                     'smtpd_upstream_proxy_timeout = "1s"\nsmtpd_client_connection_count_limit = 2\n')
-    config += (f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "starttls"\n'
-               'upstream_proxy_protocol = "haproxy"\n')
+    config = relay_config(
+        sink.port,
+        'upstream_proxy_networks = ["127.0.0.1/32"]\n'
+        'smtpd_upstream_proxy_timeout = "1s"\nsmtpd_client_connection_count_limit = 2\n',
+    )
+    config += (
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "starttls"\n'
+        'upstream_proxy_protocol = "haproxy"\n'
+    )
     with gateway_factory(config) as gateway:
         gateway.port = port
-        with HaproxyServer({"v1": ([("127.0.0.1", port)], "send-proxy"),
-                            "v2": ([("127.0.0.1", port)], "send-proxy-v2")}) as balancer:
+        with HaproxyServer(
+            {"v1": ([("127.0.0.1", port)], "send-proxy"), "v2": ([("127.0.0.1", port)], "send-proxy-v2")}
+        ) as balancer:
             yield gateway, balancer
 
 
@@ -93,7 +99,9 @@ def test_headers_from_elsewhere_missing_or_slow_close_the_connection(proxied):
     with socket.create_connection(("127.0.0.1", gateway.port), source_address=(STRANGER, 0)) as sock:
         sock.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 25\r\n")
         assert greeting_or_close(sock) == b""
-    gateway.wait_for_log(r"PROXY refused from unknown\[127\.0\.0\.4\]:\d+ listener=smtp: not in upstream_proxy_networks")
+    gateway.wait_for_log(
+        r"PROXY refused from unknown\[127\.0\.0\.4\]:\d+ listener=smtp: not in upstream_proxy_networks"
+    )
     # from the balancer's address, but no header: SMTP straight away
     with socket.create_connection(("127.0.0.1", gateway.port), source_address=(INSIDER, 0)) as sock:
         sock.sendall(b"EHLO direct.test\r\n")
@@ -111,7 +119,7 @@ def test_the_per_client_limit_counts_real_clients_not_the_balancer(proxied):
     try:
         for source in (OUTSIDER, OUTSIDER, "127.0.0.5", "127.0.0.5", "127.0.0.6"):  # limit 2 per client
             client = smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(source, 0), timeout=30)
-            held.append(client)   # five connections through one balancer address: all greeted
+            held.append(client)  # five connections through one balancer address: all greeted
         with pytest.raises(smtplib.SMTPConnectError) as refused:
             smtplib.SMTP("127.0.0.1", balancer.ports["v2"], source_address=(OUTSIDER, 0), timeout=30)
         assert refused.value.smtp_code == 421
@@ -123,12 +131,21 @@ def test_the_per_client_limit_counts_real_clients_not_the_balancer(proxied):
 @pytest.mark.parametrize("option", ["send-proxy", "send-proxy-v2"])
 def test_implicit_tls_behind_the_balancer(gateway_factory, sink, option):
     port = free_port()
-    config = relay_config(sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\nsmtpd_upstream_proxy_timeout = "1s"\n')
-    config += (f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
-               'upstream_proxy_protocol = "haproxy"\n')
+    config = relay_config(
+        sink.port, 'upstream_proxy_networks = ["127.0.0.1/32"]\nsmtpd_upstream_proxy_timeout = "1s"\n'
+    )
+    config += (
+        f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+        'upstream_proxy_protocol = "haproxy"\n'
+    )
     with gateway_factory(config) as gateway, HaproxyServer({"tls": ([("127.0.0.1", port)], option)}) as balancer:
-        with smtplib.SMTP_SSL("127.0.0.1", balancer.ports["tls"], source_address=(OUTSIDER, 0), timeout=30,
-                              context=client_tls(gateway.ca_file)) as client:
+        with smtplib.SMTP_SSL(
+            "127.0.0.1",
+            balancer.ports["tls"],
+            source_address=(OUTSIDER, 0),
+            timeout=30,
+            context=client_tls(gateway.ca_file),
+        ) as client:
             send_as_outsider(client, "465 via haproxy")
         (message,) = sink.wait_for_messages(1)
         # straight to the port without a header: closed before any TLS

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -59,7 +59,7 @@ def test_two_workers_both_accept_and_deliver_and_metrics_count_each_message_once
         sink.wait_for_messages(30, timeout=30)
         gateway.wait_for_log(r"[0-9A-F]{19}: removed", count=30)
         assert set(pids_matching(gateway, ACCEPTED_RE)) == workers  # both accepted sessions ...
-        assert set(pids_matching(gateway, SENT_RE)) == workers      # ... and both delivered
+        assert set(pids_matching(gateway, SENT_RE)) == workers  # ... and both delivered
         assert sink.delivered == {f"r{number}@elsewhere.org": 1 for number in range(30)}
         status, page = http_get(gateway.metrics_url + "/metrics")  # served by the supervisor
         assert status == 200
@@ -134,8 +134,9 @@ def test_sighup_reloads_every_worker(gateway_factory, sink):
         gateway = gateway_factory(relay_config(sink.port) + WORKERS)
         with gateway:
             workers = worker_pids(gateway)
-            gateway.config_path.write_text(gateway.config_path.read_text().replace(
-                f"[127.0.0.1]:{sink.port}", f"[127.0.0.1]:{second_sink.port}"))
+            gateway.config_path.write_text(
+                gateway.config_path.read_text().replace(f"[127.0.0.1]:{sink.port}", f"[127.0.0.1]:{second_sink.port}")
+            )
             gateway.process.send_signal(signal.SIGHUP)
             reloaded = gateway.wait_for_log(r"gateway\[\d+\]: reload done", count=2)
             assert {int(re.search(r"gateway\[(\d+)\]", line)[1]) for line in reloaded} == workers  # type: ignore[index]
@@ -183,10 +184,13 @@ def test_connection_limits_count_the_sessions_of_both_workers(gateway_factory, s
             for _ in range(4):  # spread over both workers by the kernel
                 client = smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.3", 0), timeout=10)
                 held.append(client)
-            holders = set(pids_matching(gateway, re.compile(r"gateway\.smtpd\[(\d+)\]: connect from unknown\[127\.0\.0\.3\]")))
+            holders = set(
+                pids_matching(gateway, re.compile(r"gateway\.smtpd\[(\d+)\]: connect from unknown\[127\.0\.0\.3\]"))
+            )
             for _ in range(6):  # the fifth and later: refused whichever worker they reach
-                with socket.create_connection(("127.0.0.1", gateway.port), source_address=("127.0.0.3", 0),
-                                              timeout=10) as extra:
+                with socket.create_connection(
+                    ("127.0.0.1", gateway.port), source_address=("127.0.0.3", 0), timeout=10
+                ) as extra:
                     assert extra.recv(200).startswith(b"421 4.7.0 ")
             refused_by = set(pids_matching(gateway, re.compile(r"gateway\.smtpd\[(\d+)\]: .*connection limit reached")))
             with smtplib.SMTP("127.0.0.1", gateway.port, source_address=("127.0.0.4", 0), timeout=10) as other:
@@ -202,8 +206,10 @@ def test_connection_limits_count_the_sessions_of_both_workers(gateway_factory, s
 
 
 def test_a_config_its_prepare_step_refuses_stops_the_supervisor_with_status_2(gateway_factory, sink):
-    gateway = gateway_factory(relay_config(sink.port) + WORKERS + 'smtpd_tls_cert_file = "/nonexistent/server.crt"\n'
-                              'smtpd_tls_key_file = "/nonexistent/server.key"\n')
+    gateway = gateway_factory(
+        relay_config(sink.port) + WORKERS + 'smtpd_tls_cert_file = "/nonexistent/server.crt"\n'
+        'smtpd_tls_key_file = "/nonexistent/server.key"\n'
+    )
     done = subprocess.run(gateway.command("run"), capture_output=True, text=True, env=gateway.env, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "configuration error" in done.stderr and "smtpd_tls_cert_file" in done.stderr
@@ -232,7 +238,8 @@ def test_the_supervisor_maps_neither_cryptography_nor_the_smtp_stack(gateway_fac
         supervisor = psutil.Process(gateway.process.pid)
         mapped = {Path(region.path).name for region in supervisor.memory_maps()}
         assert not {name for name in mapped if name.startswith("_rust.abi3")}, mapped  # cryptography's
-        worker_maps = {Path(region.path).name for pid in worker_pids(gateway)
-                       for region in psutil.Process(pid).memory_maps()}
+        worker_maps = {
+            Path(region.path).name for pid in worker_pids(gateway) for region in psutil.Process(pid).memory_maps()
+        }
         assert any(name.startswith("_rust.abi3") for name in worker_maps)  # the workers do read the certificate
         assert gateway.ca_file.exists()

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
-from tests.harness.helpers import client_tls
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import client_tls
 from tests.harness.ports import free_port
 
-TRUSTED = "127.0.0.1"     # in mynetworks = 127.0.0.1/32 (relay_config)
-UNTRUSTED = "127.0.0.2"   # loopback too, but outside mynetworks: the inbound pipeline applies
+TRUSTED = "127.0.0.1"  # in mynetworks = 127.0.0.1/32 (relay_config)
+UNTRUSTED = "127.0.0.2"  # loopback too, but outside mynetworks: the inbound pipeline applies
 
 # "250-", "250 ": a three-digit code, 2xx..5xx, then a separator (RFC 5321 §4.2).
 _CODE_RE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)")
@@ -41,7 +41,8 @@ class SmtpLine:
 
     def __init__(self, port: int, source: str = TRUSTED, timeout: float = 15.0) -> None:
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
-            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
+        )
         self.buffer = b""
 
     def send(self, data: bytes) -> None:
@@ -136,8 +137,9 @@ def still_serving(port: int) -> None:
         assert client.command("QUIT").startswith("221 ")
 
 
-def submit(port: int, sender: str, recipients: list[str], body: bytes, *, source: str = TRUSTED,
-           timeout: float = 15.0) -> str:
+def submit(
+    port: int, sender: str, recipients: list[str], body: bytes, *, source: str = TRUSTED, timeout: float = 15.0
+) -> str:
     """Send one message with smtplib; returns the queue ID from ``250 2.0.0 Ok: queued as <id>``."""
     with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=timeout) as client:
         client.ehlo("client.test")
@@ -160,8 +162,7 @@ def data_reply(port: int, sender: str, recipient: str, body: bytes) -> tuple[int
 
 
 @contextlib.contextmanager
-def running_gateway(state_dir: Path, config_text: str, *, port: int | None = None
-                    ) -> Iterator[GatewayProcess]:
+def running_gateway(state_dir: Path, config_text: str, *, port: int | None = None) -> Iterator[GatewayProcess]:
     """A gateway with a STARTTLS listener on 127.0.0.1 (``.port``), for module-scoped fixtures.
 
     Prints its log when the block raised, and always stops it.
@@ -210,8 +211,13 @@ def mount_tmpfs(path: Path, size: str) -> str | None:
     if os.geteuid() != 0:
         return f"mounting a tmpfs needs root (running as uid {os.geteuid()})"
     try:
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                                capture_output=True, text=True, timeout=30, check=False)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError) as error:
         return f"mount could not run: {error}"
     if result.returncode != 0:

@@ -13,15 +13,16 @@ from gateway.relay.bounce import UNTRUSTED_HEADER_LIMIT
 from gateway.relay.dsn_rate import DSN_COUNT
 from tests.harness.helpers import relay_config
 
-ATTACKER = "127.0.0.3"   # untrusted: may only send to relay_domains (example.net)
+ATTACKER = "127.0.0.3"  # untrusted: may only send to relay_domains (example.net)
 VICTIM = "victim@third-party.example"
 JUNK = b"".join(b"X-Junk-%04d: %s\r\n" % (n, b"j" * 60) for n in range(1000))  # about 77 kB of headers
 
 
 def _send(port: int, source: str, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=10) as client:
-        refused = client.sendmail(VICTIM, ["nobody@example.net"], b"Subject: " + subject.encode() + b"\r\n" + JUNK
-                                  + b"\r\nbody\r\n")
+        refused = client.sendmail(
+            VICTIM, ["nobody@example.net"], b"Subject: " + subject.encode() + b"\r\n" + JUNK + b"\r\nbody\r\n"
+        )
         assert refused == {}
 
 

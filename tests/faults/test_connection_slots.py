@@ -14,8 +14,8 @@ import socket
 import time
 from pathlib import Path
 
-from tests.harness.helpers import client_tls, closed_within, http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import client_tls, closed_within, http_get, relay_config
 from tests.harness.ports import free_port
 
 HOLDER = "127.0.0.3"
@@ -36,9 +36,10 @@ def _closed_now(sock: socket.socket) -> bool:
 
 def test_pre_handshake_connections_beyond_the_limit_are_closed_and_handshakes_time_out(gateway_factory, sink):
     port = free_port()
-    gateway = gateway_factory(relay_config(sink.port, "smtpd_client_connection_count_limit = 3\n"
-                                                      'smtpd_starttls_timeout = "2s"\n')
-                              + f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n')
+    gateway = gateway_factory(
+        relay_config(sink.port, 'smtpd_client_connection_count_limit = 3\nsmtpd_starttls_timeout = "2s"\n')
+        + f'[[listener]]\nname = "smtps"\naddress = "127.0.0.1:{port}"\ntls = "implicit"\n'
+    )
     with gateway:
         held = [socket.create_connection(("127.0.0.1", port), source_address=(HOLDER, 0)) for _ in range(5)]
         try:
@@ -53,24 +54,32 @@ def test_pre_handshake_connections_beyond_the_limit_are_closed_and_handshakes_ti
             held = [sock for sock, gone in zip(held, closed) if not gone] + [s for s, g in zip(held, closed) if g]
             gateway.wait_for_log(r"connection limit reached, refusing 127\.0\.0\.3", count=2)
             # another client is served meanwhile
-            with smtplib.SMTP_SSL("127.0.0.1", port, source_address=("127.0.0.4", 0), timeout=10,
-                                  context=client_tls(gateway.ca_file)) as client:
+            with smtplib.SMTP_SSL(
+                "127.0.0.1", port, source_address=("127.0.0.4", 0), timeout=10, context=client_tls(gateway.ca_file)
+            ) as client:
                 assert client.ehlo()[0] == 250
             # a handshake never started is given up after smtpd_starttls_timeout, and the slot is free again
             assert all(closed_within(sock, 5.0) for sock in held[:3])
-            gateway.wait_for_log(r"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener=smtps "
-                                 r"no client certificate: .*2\.0 seconds", count=3)
+            gateway.wait_for_log(
+                r"TLS handshake failed from unknown\[127\.0\.0\.3\]:\d+ listener=smtps "
+                r"no client certificate: .*2\.0 seconds",
+                count=3,
+            )
         finally:
             for sock in held:
                 sock.close()
-        with smtplib.SMTP_SSL("127.0.0.1", port, source_address=(HOLDER, 0), timeout=10,
-                              context=client_tls(gateway.ca_file)) as client:
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", port, source_address=(HOLDER, 0), timeout=10, context=client_tls(gateway.ca_file)
+        ) as client:
             assert client.ehlo()[0] == 250
 
 
 def test_the_soft_open_file_limit_is_raised_at_start(tmp_path):
-    gateway = GatewayProcess(tmp_path / "gw", f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\n'
-                                              'tls = "none"\n', wrapper=["prlimit", "--nofile=256:4096"])
+    gateway = GatewayProcess(
+        tmp_path / "gw",
+        f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{free_port()}"\ntls = "none"\n',
+        wrapper=["prlimit", "--nofile=256:4096"],
+    )
     with gateway:
         gateway.wait_for_log(r"open files: soft limit raised from 256 to 4096")
         limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()

@@ -34,19 +34,19 @@ import threading
 import time
 from collections import Counter
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import wait_until
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
-SENDERS = 4                     # concurrent sessions
+SENDERS = 4  # concurrent sessions
 MESSAGES_PER_SENDER = 60
 KILL_CYCLES = 10
-CONCURRENCY = 5                 # default_destination_concurrency_limit: the transactions in flight at a kill
-TEMPFAIL_SHARE = 0.3            # of the recipients: refused with 451 once (or twice) before they are taken
+CONCURRENCY = 5  # default_destination_concurrency_limit: the transactions in flight at a kill
+TEMPFAIL_SHARE = 0.3  # of the recipients: refused with 451 once (or twice) before they are taken
 TEMPFAIL = "451 4.3.0 Try again later"
-ATTEMPTS_PER_MESSAGE = 40       # connection attempts for one message while the gateway is down
-SENDER_DEADLINE = 90.0          # seconds for a sender thread, whatever happens
+ATTEMPTS_PER_MESSAGE = 40  # connection attempts for one message while the gateway is down
+SENDER_DEADLINE = 90.0  # seconds for a sender thread, whatever happens
 MESSAGE_ID_RE = re.compile(rb"^Message-ID: <([^>]+)@faults\.test>\r$", re.MULTILINE | re.IGNORECASE)
 
 
@@ -62,7 +62,7 @@ class Sender(threading.Thread):
         super().__init__(name=f"sender-{index}", daemon=True)
         self.index, self.port, self.stop = index, port, stop
         self.acked: dict[str, tuple[str, list[str]]] = {}  # tag -> (queue ID of the 250, recipients)
-        self.unacked: list[str] = []         # tags sent without a 250 (may or may not arrive)
+        self.unacked: list[str] = []  # tags sent without a 250 (may or may not arrive)
         self.errors: Counter[str] = Counter()
 
     def run(self) -> None:
@@ -84,8 +84,10 @@ class Sender(threading.Thread):
                 break
 
     def _send(self, tag: str, recipients: list[str]) -> str:
-        body = (f"Message-ID: <{tag}@faults.test>\r\nSubject: crash test {tag}\r\n"
-                f"From: <s{self.index}@example.com>\r\n\r\nbody of {tag}\r\n").encode()
+        body = (
+            f"Message-ID: <{tag}@faults.test>\r\nSubject: crash test {tag}\r\n"
+            f"From: <s{self.index}@example.com>\r\n\r\nbody of {tag}\r\n"
+        ).encode()
         with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
             client.ehlo("crash.test")
             code, text = client.mail(f"s{self.index}@example.com")
@@ -115,8 +117,13 @@ def deliveries(sink: SmtpSink) -> Counter[tuple[str, str]]:
 
 def first_taken(sink: SmtpSink, tag: str, recipient: str) -> float:
     """``time.monotonic()`` when the relayhost first took ``tag`` for ``recipient`` (right before its 250)."""
-    return min(m.accepted_at for m in sink.messages if recipient in (r.lower() for r in m.rcpt_tos)
-               and (match := MESSAGE_ID_RE.search(m.data)) is not None and match.group(1).decode() == tag)
+    return min(
+        m.accepted_at
+        for m in sink.messages
+        if recipient in (r.lower() for r in m.rcpt_tos)
+        and (match := MESSAGE_ID_RE.search(m.data)) is not None
+        and match.group(1).decode() == tag
+    )
 
 
 def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway_factory, sink, fault_workers):
@@ -135,7 +142,8 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
     print(f"{len(planned)} recipients, {len(sink.rcpt_replies)} tempfailed; kill after transactions {targets}")
 
     gateway: GatewayProcess = gateway_factory(
-        relay_config(sink.port, f"default_destination_concurrency_limit = {CONCURRENCY}\n"))
+        relay_config(sink.port, f"default_destination_concurrency_limit = {CONCURRENCY}\n")
+    )
     gateway.start()
     logs: list[str] = []
     down: list[tuple[float, float]] = []  # time.monotonic() of each SIGKILL and of the restart after it
@@ -146,17 +154,25 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
     try:
         for cycle in range(KILL_CYCLES):
             target = targets[cycle]
-            wait_until(lambda target=target: len(sink.messages) >= target  # type: ignore[misc]
-                       or not any(s.is_alive() for s in senders) and "Mail queue is empty"
-                       in gateway.cli("queue", "list").stdout,
-                       timeout=60, interval=0.01, what=f"{target} transactions at the relayhost")
+            wait_until(
+                lambda target=target: (
+                    len(sink.messages) >= target  # type: ignore[misc]
+                    or not any(s.is_alive() for s in senders)
+                    and "Mail queue is empty" in gateway.cli("queue", "list").stdout
+                ),
+                timeout=60,
+                interval=0.01,
+                what=f"{target} transactions at the relayhost",
+            )
             time.sleep(delays[cycle])
             killed_at = time.monotonic()
             gateway.kill()
             assert gateway.process is not None and gateway.process.returncode == -9
             logs.append(gateway.log_text)
-            print(f"cycle {cycle + 1}: SIGKILL with {sum(len(s.acked) for s in senders)} acknowledged, "
-                  f"{len(sink.messages)} transactions at the relayhost")
+            print(
+                f"cycle {cycle + 1}: SIGKILL with {sum(len(s.acked) for s in senders)} acknowledged, "
+                f"{len(sink.messages)} transactions at the relayhost"
+            )
             time.sleep(downtimes[cycle])
             down.append((killed_at, time.monotonic()))
             gateway.start(timeout=30)
@@ -173,12 +189,20 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
     assert len(acked) >= total // 2, f"only {len(acked)} of {total} messages were acknowledged; errors {errors}"
     wanted = {(tag, recipient) for tag, (_, recipients) in acked.items() for recipient in recipients}
     try:
-        wait_until(lambda: wanted <= set(deliveries(sink)), timeout=60, interval=0.2,
-                   what="every acknowledged recipient at the relayhost")
+        wait_until(
+            lambda: wanted <= set(deliveries(sink)),
+            timeout=60,
+            interval=0.2,
+            what="every acknowledged recipient at the relayhost",
+        )
     except AssertionError:
         pass  # reported below as losses, with their queue IDs
-    wait_until(lambda: "Mail queue is empty" in gateway.cli("queue", "list").stdout, timeout=30, interval=0.5,
-               what="an empty queue")
+    wait_until(
+        lambda: "Mail queue is empty" in gateway.cli("queue", "list").stdout,
+        timeout=30,
+        interval=0.5,
+        what="an empty queue",
+    )
     logs.append(gateway.log_text)
 
     counts = deliveries(sink)
@@ -206,11 +230,15 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
     extra_copies = sum(per_kill.values()) - while_down
     # each worker process gets its share of the limit, rounded up (gateway.workers.role)
     in_flight = -(-CONCURRENCY // fault_workers) * fault_workers * 2
-    print(f"seed {seed}: {len(acked)} acknowledged ({len(wanted)} recipients), {len(unacked)} attempts without "
-          f"250 ({len({tag for tag, _ in counts} & unacked)} of those delivered anyway), "
-          f"client errors {dict(errors)}")
-    print(f"deliveries repeated: {extra_copies} in {KILL_CYCLES} kills, and {while_down} taken by the relayhost "
-          f"while the gateway was down; per kill {dict(sorted(per_kill.items()))}")
+    print(
+        f"seed {seed}: {len(acked)} acknowledged ({len(wanted)} recipients), {len(unacked)} attempts without "
+        f"250 ({len({tag for tag, _ in counts} & unacked)} of those delivered anyway), "
+        f"client errors {dict(errors)}"
+    )
+    print(
+        f"deliveries repeated: {extra_copies} in {KILL_CYCLES} kills, and {while_down} taken by the relayhost "
+        f"while the gateway was down; per kill {dict(sorted(per_kill.items()))}"
+    )
     for (tag, recipient), how in list(repeated.items())[:20]:
         print(f"  {tag} to {recipient}: {how}")
         queue_id = acked[tag][0] if tag in acked else None
@@ -218,12 +246,16 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
             for line in log.splitlines():
                 if queue_id is not None and queue_id in line and "relay" in line:
                     print(f"    run {run}: {line}")
-    assert not lost, (f"seed {seed}: {len(lost)} acknowledged deliveries lost: "
-                      + ", ".join(f"{tag} to {rcpt} (queue ID {acked[tag][0]})" for tag, rcpt in lost))
+    assert not lost, f"seed {seed}: {len(lost)} acknowledged deliveries lost: " + ", ".join(
+        f"{tag} to {rcpt} (queue ID {acked[tag][0]})" for tag, rcpt in lost
+    )
     assert not [tag for tag, _ in counts if tag not in acked and tag not in unacked], "unknown messages arrived"
     assert not per_kill[0], f"seed {seed}: deliveries repeated without a kill: {repeated}"
     assert max(per_kill.values(), default=0) <= in_flight, (
-        f"seed {seed}: more deliveries repeated at one kill than can be in flight ({in_flight}): {dict(per_kill)}")
-    assert extra_copies <= KILL_CYCLES, (f"seed {seed}: {extra_copies} deliveries repeated in {KILL_CYCLES} kills "
-                                         f"(at most one per kill on average): {repeated}")
+        f"seed {seed}: more deliveries repeated at one kill than can be in flight ({in_flight}): {dict(per_kill)}"
+    )
+    assert extra_copies <= KILL_CYCLES, (
+        f"seed {seed}: {extra_copies} deliveries repeated in {KILL_CYCLES} kills "
+        f"(at most one per kill on average): {repeated}"
+    )
     assert all("Traceback" not in log for log in logs), "the gateway logged a traceback"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.helpers import DataSession, http_get, relay_config
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import DataSession, http_get, relay_config
 
 UNTRUSTED = "127.0.0.3"  # outside mynetworks: may only send to relay_domains (example.net)
 
@@ -42,8 +42,9 @@ def gateway(gateway_factory, sink):
         yield gw
 
 
-@pytest.mark.parametrize("name, line, size", [("empty lines", b"\r\n", 9_000_000),
-                                              ("78-character lines", b"x" * 76 + b"\r\n", 10_000_000)])
+@pytest.mark.parametrize(
+    "name, line, size", [("empty lines", b"\r\n", 9_000_000), ("78-character lines", b"x" * 76 + b"\r\n", 10_000_000)]
+)
 def test_one_message_raises_peak_memory_by_less_than_twice_its_size(gateway, sink, name, line, size):
     message = b"From: a@example.org\r\nSubject: big\r\n\r\n" + line * (size // len(line))
     pid = gateway.process.pid
@@ -77,7 +78,7 @@ def test_a_message_past_the_shared_budget_stays_in_its_file_and_is_accepted(gate
     # one process: with workers = N each worker holds 1/N of the budget (gateway.workers.role.worker_share)
     gw = gateway_factory(relay_config(sink.port, 'smtpd_data_memory_limit = "1M"\nworkers = 1\n'))
     with gw:
-        body = b"Subject: half\r\n\r\n" + (b"y" * 98 + b"\r\n") * 6_000   # 600 kB: in memory while it arrives
+        body = b"Subject: half\r\n\r\n" + (b"y" * 98 + b"\r\n") * 6_000  # 600 kB: in memory while it arrives
         holder = DataSession(gw.port, "holder@example.net", UNTRUSTED, timeout=30)
         holder.sock.sendall(body)  # ... and held there while this client pauses
         _wait_for_data_memory(gw, len(body) - 100)

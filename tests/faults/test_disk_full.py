@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     fill_filesystem,
     mount_tmpfs,
@@ -24,6 +23,7 @@ from tests.faults.helpers import (
     wait_until,
 )
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 SPOOL_SIZE = "2m"
@@ -32,8 +32,9 @@ SPOOL_SIZE = "2m"
 def body(number: int, size: int) -> bytes:
     """A message of about ``size`` bytes, unique per ``number``."""
     line = f"line of message {number} ".ljust(70, "x").encode() + b"\r\n"
-    return f"Subject: disk {number}\r\nMessage-ID: <disk{number}@faults.test>\r\n\r\n".encode() \
-        + line * (size // len(line))
+    return f"Subject: disk {number}\r\nMessage-ID: <disk{number}@faults.test>\r\n\r\n".encode() + line * (
+        size // len(line)
+    )
 
 
 @pytest.fixture
@@ -78,16 +79,18 @@ def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tm
     spool, started = tmpfs_spool
     sink = SmtpSink()  # down: accepted mail stays queued
     # Deferred mail is not retried during the test unless flushed (the retry on a full spool has its own test below).
-    config = relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"1h"',
-                          spool_sync_method=f'"{sync_method}"')
+    config = relay_config(
+        sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"1h"', spool_sync_method=f'"{sync_method}"'
+    )
     gateway = gateway_factory(config, name="gw")
     started.append(gateway)
     gateway.start()
     try:
         earlier = {}
         for number in range(3):
-            queue_id = submit(gateway.port, "sender@example.com", [f"early{number}@elsewhere.org"],
-                              body(number, 100_000))
+            queue_id = submit(
+                gateway.port, "sender@example.com", [f"early{number}@elsewhere.org"], body(number, 100_000)
+            )
             earlier[queue_id] = (f"early{number}@elsewhere.org", body(number, 100_000))
         for queue_id in earlier:
             gateway.wait_for_log(rf"{queue_id}: deferred, 1 recipient\(s\) left")
@@ -105,8 +108,10 @@ def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tm
         (code, text), after = reply_to_data(gateway.port, "late10@elsewhere.org", body(10, 50_000))
         assert (code, text) == (452, b"4.3.1 Insufficient system storage"), (code, text)
         assert after == 250  # the session goes on
-        gateway.wait_for_log(r"result=tempfail \(452 4\.3\.1 Insufficient system storage\) reason=spool_full "
-                             r"detail=spool file system full")
+        gateway.wait_for_log(
+            r"result=tempfail \(452 4\.3\.1 Insufficient system storage\) reason=spool_full "
+            r"detail=spool file system full"
+        )
         assert mail_reply(gateway.port, 50_000) == (452, b"4.3.1 Insufficient system storage")
         still_serving(gateway.port)
 
@@ -129,8 +134,7 @@ def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tm
             gateway.wait_for_log(rf"{queue_id}: removed", timeout=30)
     finally:
         sink.stop()
-    expected = {**{recipient: data for recipient, data in earlier.values()},
-                "late12@elsewhere.org": body(12, 50_000)}
+    expected = {**{recipient: data for recipient, data in earlier.values()}, "late12@elsewhere.org": body(12, 50_000)}
     assert sink.delivered == {recipient: 1 for recipient in expected}
     for recipient, data in expected.items():
         (message,) = sink.messages_for(recipient)
@@ -141,25 +145,27 @@ def test_full_spool_gets_452_keeps_earlier_mail_and_recovers(gateway_factory, tm
 def test_retry_during_full_spool_is_delivered_once_space_returns(gateway_factory, tmpfs_spool):
     spool, started = tmpfs_spool
     sink = SmtpSink()  # down while the disk is full
-    gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1s"', maximal_backoff_time='"1s"'),
-                              name="gw")
+    gateway = gateway_factory(
+        relay_config(sink.port, minimal_backoff_time='"1s"', maximal_backoff_time='"1s"'), name="gw"
+    )
     started.append(gateway)
     gateway.start()
     try:
-        queue_ids = [submit(gateway.port, "sender@example.com", [f"stuck{n}@elsewhere.org"], body(n, 20_000))
-                     for n in range(3)]
+        queue_ids = [
+            submit(gateway.port, "sender@example.com", [f"stuck{n}@elsewhere.org"], body(n, 20_000)) for n in range(3)
+        ]
         for queue_id in queue_ids:
             gateway.wait_for_log(rf"{queue_id}: deferred, 1 recipient\(s\) left")
         filler = spool / "filler"
         fill_filesystem(filler)
         # Let every message have at least one more (failing) attempt while the spool is full.
         for queue_id in queue_ids:
-            gateway.wait_for_log(rf"{queue_id}: to=<stuck\d@elsewhere\.org>, .*attempts=2, status=deferred",
-                                 timeout=20)
+            gateway.wait_for_log(rf"{queue_id}: to=<stuck\d@elsewhere\.org>, .*attempts=2, status=deferred", timeout=20)
             # ... and let that pass conclude before space returns: its deferral is either written
             # (a second "deferred" line) or fails on the full disk ("delivery pass failed").
-            gateway.wait_for_log(rf"{queue_id}: (deferred, \d+ recipient\(s\) left|delivery pass failed)",
-                                 timeout=10, count=2)
+            gateway.wait_for_log(
+                rf"{queue_id}: (deferred, \d+ recipient\(s\) left|delivery pass failed)", timeout=10, count=2
+            )
         filler.unlink()
         sink.start()
         # Space and the relayhost are back: each message must be delivered without a restart.
@@ -173,8 +179,9 @@ def test_size_beyond_the_free_space_gets_452_at_mail_and_low_space_is_unhealthy(
     from tests.harness.helpers import http_get
 
     spool, started = tmpfs_spool
-    gateway = gateway_factory(relay_config(SmtpSink().port, message_size_limit='"1M"', queue_minfree='"200k"'),
-                              name="gw")
+    gateway = gateway_factory(
+        relay_config(SmtpSink().port, message_size_limit='"1M"', queue_minfree='"200k"'), name="gw"
+    )
     started.append(gateway)
     gateway.start()
     status, text = http_get(gateway.metrics_url + "/readyz")

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     SmtpLine,
     assert_enhanced,
@@ -27,12 +26,15 @@ from tests.faults.helpers import (
     wait_until,
 )
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 RECIPIENT_LIMIT = 5
 SIZE_LIMIT = 50_000
-HOSTILE_EXTRA = (f'smtpd_recipient_limit = {RECIPIENT_LIMIT}\nmessage_size_limit = {SIZE_LIMIT}\n'
-                 'smtpd_timeout = "10s"\nsmtpd_data_timeout = "2s"\n')
+HOSTILE_EXTRA = (
+    f"smtpd_recipient_limit = {RECIPIENT_LIMIT}\nmessage_size_limit = {SIZE_LIMIT}\n"
+    'smtpd_timeout = "10s"\nsmtpd_data_timeout = "2s"\n'
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def queued_id(line: str) -> str:
 
 # ---- overlong lines ----
 
+
 def test_overlong_command_lines_get_500_and_keep_the_transaction(gw, hsink):
     with greet(gw.port) as client:
         start_transaction(client, "long-kept@elsewhere.org")
@@ -112,8 +115,11 @@ def test_overlong_header_line_in_data_is_refused_and_998_octets_pass(gw, hsink):
 
 # ---- NUL and 8-bit bytes ----
 
-@pytest.mark.parametrize("command", [b"NO\x00OP", b"\x00\x00\x00", b"\x00EHLO client.test", b"RSET\x00",
-                                     b"MAIL FROM:<nul@example.com> SIZE=\x00"])
+
+@pytest.mark.parametrize(
+    "command",
+    [b"NO\x00OP", b"\x00\x00\x00", b"\x00EHLO client.test", b"RSET\x00", b"MAIL FROM:<nul@example.com> SIZE=\x00"],
+)
 def test_nul_bytes_in_commands_get_a_clear_reply(gw, command):
     with greet(gw.port) as client:
         line = client.command(command)
@@ -143,9 +149,11 @@ def test_nul_bytes_in_data_get_a_clear_reply_and_are_kept_intact_if_accepted(gw,
 
 def test_8bit_body_without_body_8bitmime_is_relayed_byte_intact(gw, hsink):
     eight_bit = bytes(range(0x80, 0x100))
-    body = (b"Subject: 8bit \xe9t\xe9\r\nX-Raw: \xff\xfe\xc3\x28\r\n\r\n"
-            + b"\r\n".join(eight_bit[i:i + 32] for i in range(0, len(eight_bit), 32))
-            + b"\r\nlatin-1: caf\xe9, invalid UTF-8: \xc3\x28 \xa0\xa1, valid: \xc3\xa9\r\n")
+    body = (
+        b"Subject: 8bit \xe9t\xe9\r\nX-Raw: \xff\xfe\xc3\x28\r\n\r\n"
+        + b"\r\n".join(eight_bit[i : i + 32] for i in range(0, len(eight_bit), 32))
+        + b"\r\nlatin-1: caf\xe9, invalid UTF-8: \xc3\x28 \xa0\xa1, valid: \xc3\xa9\r\n"
+    )
     with greet(gw.port) as client:
         start_transaction(client, "eight-bit@elsewhere.org")  # no BODY=8BITMIME
         queue_id = queued_id(send_data(client, body))
@@ -162,11 +170,14 @@ def test_control_characters_in_envelope_addresses_never_block_delivery(gateway_f
     with gateway_factory(config) as gateway:
         expected = []
         with greet(gateway.port) as client:
-            for number, (sender, recipient) in enumerate([
+            for number, (sender, recipient) in enumerate(
+                [
                     (b"nul\x00sender@example.com", b"fine0@elsewhere.org"),
                     (b"del\x7fsender@example.com", b"fine1@elsewhere.org"),
                     (b"alice@example.com", b"nul\x00rcpt@elsewhere.org"),
-                    (b"alice@example.com", b"del\x7frcpt@elsewhere.org")]):
+                    (b"alice@example.com", b"del\x7frcpt@elsewhere.org"),
+                ]
+            ):
                 line = client.command(b"MAIL FROM:<" + sender + b">")
                 assert_enhanced(line)
                 if not line.startswith("250"):
@@ -182,14 +193,21 @@ def test_control_characters_in_envelope_addresses_never_block_delivery(gateway_f
                 expected.append(f"good{number}@elsewhere.org")
             client.command("QUIT")
         # Whatever was accepted: its good recipients get it, the rest bounces or expires; nothing stays queued.
-        wait_until(lambda: all(sink.messages_for(r) for r in expected), timeout=10,
-                   what=f"the good recipients {expected} at the relayhost")
-        wait_until(lambda: "Mail queue is empty" in gateway.cli("queue", "list").stdout, timeout=15,
-                   what="an empty queue after maximal_queue_lifetime")
+        wait_until(
+            lambda: all(sink.messages_for(r) for r in expected),
+            timeout=10,
+            what=f"the good recipients {expected} at the relayhost",
+        )
+        wait_until(
+            lambda: "Mail queue is empty" in gateway.cli("queue", "list").stdout,
+            timeout=15,
+            what="an empty queue after maximal_queue_lifetime",
+        )
         assert "Traceback" not in gateway.log_text
 
 
 # ---- limits ----
+
 
 def test_message_over_the_size_limit_pipelined_gets_552_and_the_session_goes_on(gw, hsink):
     big = b"Subject: too big\r\n\r\n" + (b"x" * 78 + b"\r\n") * (SIZE_LIMIT // 80 + 100)
@@ -231,19 +249,20 @@ def test_too_many_recipients_the_accepted_ones_get_the_message(gw, hsink):
 
 # ---- commands out of order ----
 
+
 def test_commands_out_of_order_get_503_5_5_1(gw, hsink):
     with SmtpLine(gw.port) as client:
         assert client.reply()[0].startswith("220 ")
-        assert_enhanced(client.command("MAIL FROM:<early@example.com>"), "503", "5.5.1")   # before EHLO
+        assert_enhanced(client.command("MAIL FROM:<early@example.com>"), "503", "5.5.1")  # before EHLO
         assert client.command("EHLO client.test").startswith("250 ")
-        assert_enhanced(client.command("DATA"), "503", "5.5.1")                            # before MAIL
-        assert_enhanced(client.command("RCPT TO:<order@elsewhere.org>"), "503", "5.5.1")   # before MAIL
+        assert_enhanced(client.command("DATA"), "503", "5.5.1")  # before MAIL
+        assert_enhanced(client.command("RCPT TO:<order@elsewhere.org>"), "503", "5.5.1")  # before MAIL
         assert client.command("MAIL FROM:<order@example.com>").startswith("250 ")
-        assert_enhanced(client.command("MAIL FROM:<again@example.com>"), "503", "5.5.1")   # MAIL twice
-        assert_enhanced(client.command("DATA"), "503", "5.5.1")                            # no RCPT yet
+        assert_enhanced(client.command("MAIL FROM:<again@example.com>"), "503", "5.5.1")  # MAIL twice
+        assert_enhanced(client.command("DATA"), "503", "5.5.1")  # no RCPT yet
         assert client.command("RCPT TO:<order@elsewhere.org>").startswith("250 ")
         assert client.command("RSET").startswith("250 ")
-        assert_enhanced(client.command("DATA"), "503", "5.5.1")                            # RSET forgot it
+        assert_enhanced(client.command("DATA"), "503", "5.5.1")  # RSET forgot it
         assert_enhanced(client.command("RCPT TO:<order@elsewhere.org>"), "503", "5.5.1")
         # A proper transaction still works, and only it is delivered (as the first MAIL said nothing).
         start_transaction(client, "order-ok@elsewhere.org", sender="order2@example.com")
@@ -258,15 +277,20 @@ def test_commands_out_of_order_get_503_5_5_1(gw, hsink):
 
 # ---- STARTTLS ----
 
-@pytest.mark.parametrize("injected", [
-    b"MAIL FROM:<injected@example.com>\r\n",
-    b"EHLO evil.test\r\nMAIL FROM:<injected@example.com>\r\nRCPT TO:<injected@elsewhere.org>\r\n",
-], ids=["MAIL", "EHLO-MAIL-RCPT"])
+
+@pytest.mark.parametrize(
+    "injected",
+    [
+        b"MAIL FROM:<injected@example.com>\r\n",
+        b"EHLO evil.test\r\nMAIL FROM:<injected@example.com>\r\nRCPT TO:<injected@elsewhere.org>\r\n",
+    ],
+    ids=["MAIL", "EHLO-MAIL-RCPT"],
+)
 def test_commands_pipelined_after_starttls_close_the_session_unanswered(gw, hsink, injected):
     """CVE-2011-0411's injection: STARTTLS must end its group (RFC 3207 §4, RFC 2920), so the session is refused
     ``554 5.5.0`` (smtpd_forbid_unauth_pipelining) and closed; nothing injected is answered or runs."""
     with greet(gw.port) as client:
-        client.send(b"STARTTLS\r\n" + injected)   # one write: the injection rides with STARTTLS
+        client.send(b"STARTTLS\r\n" + injected)  # one write: the injection rides with STARTTLS
         assert_enhanced(client.reply()[-1], "554", "5.5.0")
         assert client.closed_by_peer(5)
         assert client.buffer == b""  # nothing after the 554: no 220, no reply to anything injected
@@ -304,12 +328,21 @@ def test_second_starttls_inside_tls_gets_554_5_5_1(gw):
 
 # ---- end-of-data smuggling ----
 
-@pytest.mark.parametrize("fake_end", [b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\r\n.\r\r\n"],
-                         ids=["CRLF.LF", "LF.CRLF", "CRLF.CR", "CR.CRLF", "CRLF.CRCRLF"])
+
+@pytest.mark.parametrize(
+    "fake_end",
+    [b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\r\n.\r\r\n"],
+    ids=["CRLF.LF", "LF.CRLF", "CRLF.CR", "CR.CRLF", "CRLF.CRCRLF"],
+)
 def test_bare_line_endings_never_end_data_and_nothing_is_smuggled(gw, hsink, fake_end):
     tag = fake_end.hex()
-    smuggled = (b"MAIL FROM:<evil-" + tag.encode() + b"@example.com>\r\nRCPT TO:<smuggled-" + tag.encode()
-                + b"@elsewhere.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n")
+    smuggled = (
+        b"MAIL FROM:<evil-"
+        + tag.encode()
+        + b"@example.com>\r\nRCPT TO:<smuggled-"
+        + tag.encode()
+        + b"@elsewhere.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
+    )
     body = b"Subject: first\r\n\r\nhello" + fake_end + smuggled
     with greet(gw.port) as client:
         start_transaction(client, f"victim-{tag}@elsewhere.org")
@@ -327,6 +360,7 @@ def test_bare_line_endings_never_end_data_and_nothing_is_smuggled(gw, hsink, fak
 
 
 # ---- slow clients ----
+
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["stall", "trickle"])
 def test_client_slow_in_data_is_cut_at_the_data_timeout(gw, hsink, trickle):
@@ -355,14 +389,14 @@ def test_client_slow_in_data_is_cut_at_the_data_timeout(gw, hsink, trickle):
         assert closed, "the server did not cut the slow client at smtpd_data_timeout"
         assert b"250" not in client.buffer
     gw.wait_for_log(rf"disconnect from unknown\[\S+\]:{port}$")
-    wait_until(lambda: "Mail queue is empty" in gw.cli("queue", "list").stdout, timeout=10,
-               what="an empty queue")
+    wait_until(lambda: "Mail queue is empty" in gw.cli("queue", "list").stdout, timeout=10, what="an empty queue")
     assert hsink.messages_for(recipient) == []
     assert f"to=<{recipient}>, size=" not in gw.log_text
     served(gw)
 
 
 # ---- connection flood ----
+
 
 def test_connection_flood_over_the_total_limit_gets_421_and_the_server_goes_on(gateway_factory, sink):
     config = relay_config(sink.port, "smtpd_connection_limit = 100\nsmtpd_client_connection_count_limit = 1000\n")
@@ -393,8 +427,12 @@ def test_connection_flood_over_the_total_limit_gets_421_and_the_server_goes_on(g
         gateway.wait_for_log(r"connection limit reached, refusing 127\.0\.0\.1")
         # Once they are gone the server keeps serving: a normal message is accepted.
         wait_until(lambda: _ehlo_ok(gateway.port), timeout=15, interval=0.2, what="a 220 after the flood")
-        queue_id = submit(gateway.port, "after@example.com", ["after-flood@elsewhere.org"],
-                          b"Subject: after the flood\r\n\r\nbody\r\n")
+        queue_id = submit(
+            gateway.port,
+            "after@example.com",
+            ["after-flood@elsewhere.org"],
+            b"Subject: after the flood\r\n\r\nbody\r\n",
+        )
         gateway.wait_for_log(rf"{queue_id}: removed")
         assert "Traceback" not in gateway.log_text
     assert [m.rcpt_tos for m in sink.messages] == [["after-flood@elsewhere.org"]]

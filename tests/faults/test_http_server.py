@@ -12,8 +12,8 @@ import subprocess
 import time
 from urllib.parse import urlparse
 
-from tests.harness.helpers import closed_within, http_get
 from gateway.ops.http_server import HEAD_TIMEOUT, MAX_CONNECTIONS
+from tests.harness.helpers import closed_within, http_get
 
 METRICS_TIMEOUT = 2.0  # seconds; the config key under test (the default is HEAD_TIMEOUT)
 
@@ -60,8 +60,12 @@ def test_bad_requests_get_clear_answers_and_keep_alive_works_with_curl(gateway_f
             assert sock.recv(200).startswith(b"HTTP/1.1 405 ")
         assert http_get(gateway.metrics_url + "/nothing")[0] == 404
         # curl: two requests over one connection, as Prometheus scrapes
-        done = subprocess.run(["curl", "-sS", "-v", f"http://{host}:{port}/healthz", f"http://{host}:{port}/metrics"],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["curl", "-sS", "-v", f"http://{host}:{port}/healthz", f"http://{host}:{port}/metrics"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
         assert "Re-using existing connection" in done.stderr or "Reusing existing connection" in done.stderr
         assert "gateway_smtp_data_memory_bytes" in done.stdout

@@ -37,7 +37,7 @@ def _relayed_body(data: bytes) -> bytes:
     """What the sink got, below our Received: field."""
     trace = RECEIVED.match(data)
     assert trace, data[:300]
-    return data[trace.end():]
+    return data[trace.end() :]
 
 
 def test_a_50_mb_message_relays_byte_intact_in_a_few_mb_of_memory(gateway_factory, sink):
@@ -49,7 +49,7 @@ def test_a_50_mb_message_relays_byte_intact_in_a_few_mb_of_memory(gateway_factor
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # the high-water mark starts again from now
         before = _memory(pid)["VmRSS"]
         session = DataSession(gw.port, "fifty@example.net", UNTRUSTED)
-        reply = session.finish(pieces=[message[i:i + (1 << 20)] for i in range(0, len(message), 1 << 20)])
+        reply = session.finish(pieces=[message[i : i + (1 << 20)] for i in range(0, len(message), 1 << 20)])
         assert reply.startswith(b"250 2.0.0 "), reply
         gw.wait_for_log(r"to=<fifty@example\.net>, .*status=sent", timeout=120)
         (delivered,) = sink.messages_for("fifty@example.net")
@@ -66,8 +66,13 @@ FAKE_ENDS = [b"\r\n.\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r\n", b"\r\n.\r\r\n"]
 def test_smuggling_sequences_at_chunk_boundaries_never_end_the_message(gateway_factory, sink, fake_end):
     gw = gateway_factory(relay_config(sink.port, 'message_size_limit = "10M"\n'))
     tag = fake_end.hex()
-    smuggled = (b"MAIL FROM:<evil-" + tag.encode() + b"@example.com>\r\nRCPT TO:<smuggled-" + tag.encode()
-                + b"@elsewhere.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n")
+    smuggled = (
+        b"MAIL FROM:<evil-"
+        + tag.encode()
+        + b"@example.com>\r\nRCPT TO:<smuggled-"
+        + tag.encode()
+        + b"@elsewhere.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n"
+    )
     # A fake end of data with smuggled commands behind it, and around every 64 kB multiple a
     # stretch of fake ends 2 kB long: whatever the length of the Received: field the spool file
     # starts with, the relay client's 256 kB reads and the spool's 1 MB checksum reads of that

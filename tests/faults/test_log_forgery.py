@@ -24,9 +24,11 @@ VICTIM = "198.51.100.77"
 FILTER = Path("/etc/fail2ban/filter.d/postfix.conf")
 # A HELO that carries a victim's address in the shape of a Postfix client, a fake follow-on line
 # after a bare CR (a command line ends at LF), terminal escapes, C1 controls and a line separator.
-HELO = ("mx.victim.example[198.51.100.77]:25: 554 5.7.1 <x@victim.example>: Relay access denied"
-        "\rDec  4 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.51.100.77]: 554 5.7.1 "
-        "<y@victim.example>: Relay access denied\x1b[2K\x1b]0;title\x07 \u009b31m \u009d \u2028end")
+HELO = (
+    "mx.victim.example[198.51.100.77]:25: 554 5.7.1 <x@victim.example>: Relay access denied"
+    "\rDec  4 10:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.51.100.77]: 554 5.7.1 "
+    "<y@victim.example>: Relay access denied\x1b[2K\x1b]0;title\x07 \u009b31m \u009d \u2028end"
+)
 
 
 FORGED_HELO = HELO.split("\r", 1)[0]  # the victim's address in Postfix's client shape, nothing else odd
@@ -37,8 +39,12 @@ def _session(port: int, helo: str) -> list[bytes]:
     with socket.create_connection(("127.0.0.1", port), source_address=(ATTACKER, 0), timeout=10) as sock:
         reader = sock.makefile("rb")
         reader.readline()
-        for command in (b"EHLO " + helo.encode("utf-8"), b"MAIL FROM:<a@example.com>",
-                        b"RCPT TO:<x@other.example>", b"QUIT"):
+        for command in (
+            b"EHLO " + helo.encode("utf-8"),
+            b"MAIL FROM:<a@example.com>",
+            b"RCPT TO:<x@other.example>",
+            b"QUIT",
+        ):
             sock.sendall(command + b"\r\n")
             while (reply := reader.readline())[3:4] == b"-":
                 pass
@@ -49,8 +55,9 @@ def _session(port: int, helo: str) -> list[bytes]:
 def _fail2ban_addresses(log_lines: list[str], tmp_path: Path) -> list[str]:
     log_file = tmp_path / "gateway.log"
     log_file.write_text("\n".join(log_lines) + "\n", encoding="utf-8", errors="surrogateescape")
-    done = subprocess.run(["fail2ban-regex", "-o", "ip", str(log_file), str(FILTER)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        ["fail2ban-regex", "-o", "ip", str(log_file), str(FILTER)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
@@ -73,16 +80,20 @@ def test_a_forged_helo_makes_fail2ban_read_the_real_client_only(gateway_factory,
     assert not re.search(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]", raw)
     rejects = [line for line in lines if "Relay access denied;" in line and "RCPT from" in line]
     assert len(rejects) == 1  # the fake follow-on line stayed inside the EHLO line, which the filter does not read
-    helo_rejects = [json.loads(line)["msg"] if log_format == "json" else line
-                    for line in lines if "Helo command rejected" in line]
+    helo_rejects = [
+        json.loads(line)["msg"] if log_format == "json" else line for line in lines if "Helo command rejected" in line
+    ]
     assert len(helo_rejects) == 1, helo_rejects
     helo_reject = helo_rejects[0]
     assert "Relay access denied^MDec  4 " in helo_reject and "denied^[[2K^[]0;title^G" in helo_reject
     assert "M-^[31m M-^] \\u2028end>" in helo_reject
     if log_format == "text":
         (reject,) = rejects
-        assert re.search(r"gateway\.smtpd\[\d+\]: NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.3\]:\d+: "
-                         r"554 5\.7\.1 <x@other\.example>: Relay access denied; ", reject)
+        assert re.search(
+            r"gateway\.smtpd\[\d+\]: NOQUEUE: reject: RCPT from unknown\[127\.0\.0\.3\]:\d+: "
+            r"554 5\.7\.1 <x@other\.example>: Relay access denied; ",
+            reject,
+        )
         assert "helo=<mx.victim.example[198.51.100.77]:25: 554" in reject
         assert _fail2ban_addresses(lines, tmp_path) == [ATTACKER]  # the filter reads it: the real client only
     else:

@@ -16,8 +16,10 @@ from tests.harness.ports import free_port
 
 
 def _message(hops: int) -> bytes:
-    trace = b"".join(b"Received: from hop%d.example by hop%d.example; Fri, 4 Dec 2026 10:00:00 +0000\r\n" % (i, i)
-                     for i in range(hops))
+    trace = b"".join(
+        b"Received: from hop%d.example by hop%d.example; Fri, 4 Dec 2026 10:00:00 +0000\r\n" % (i, i)
+        for i in range(hops)
+    )
     return trace + b"From: a@example.com\r\nSubject: hops\r\n\r\nbody\r\n"
 
 
@@ -35,8 +37,10 @@ def test_received_fields_beyond_the_limit_get_554_5_4_6(gateway_factory, sink, h
             assert message.data.count(b"\r\nReceived: ") + message.data.startswith(b"Received: ") == hops + 1
         else:
             assert (code, text) == (554, b"5.4.6 Too many hops")
-            gateway.wait_for_log(rf"result=reject \(554 5\.4\.6 Too many hops\) reason=hopcount "
-                                 rf"detail={hops + 1} Received fields with ours, limit 50")
+            gateway.wait_for_log(
+                rf"result=reject \(554 5\.4\.6 Too many hops\) reason=hopcount "
+                rf"detail={hops + 1} Received fields with ours, limit 50"
+            )
             assert client.noop()[0] == 250  # the session goes on
     assert accepted or sink.messages == []
 
@@ -44,8 +48,9 @@ def test_received_fields_beyond_the_limit_get_554_5_4_6(gateway_factory, sink, h
 def test_a_gateway_relaying_to_itself_stops_the_loop(gateway_factory):
     port = free_port()
     # relayhost is the gateway itself: every delivery comes back in as a new message
-    gateway = gateway_factory(relay_config(0, relayhost=f'["[127.0.0.1]:{port}"]',
-                                           smtp_tls_security_level='"none"'), port=port)
+    gateway = gateway_factory(
+        relay_config(0, relayhost=f'["[127.0.0.1]:{port}"]', smtp_tls_security_level='"none"'), port=port
+    )
     with gateway:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             client.sendmail("a@example.com", ["b@elsewhere.org"], b"Subject: loop\r\n\r\nround and round\r\n")

@@ -36,7 +36,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import (
     UNTRUSTED,
     SmtpLine,
@@ -46,18 +45,29 @@ from tests.faults.helpers import (
     wait_until,
 )
 from tests.harness.gateway_process import GatewayProcess
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 # Hypothesis' own caches (constants, Unicode tables) go to /tmp, not into the working tree.
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-faults")
 
 MAX_STEPS = 20
-PROPERTY_EXTRA = ('smtpd_recipient_limit = 4\nmessage_size_limit = 5000\nsmtpd_timeout = "20s"\n'
-                  'smtpd_data_timeout = "10s"\n')
+PROPERTY_EXTRA = (
+    'smtpd_recipient_limit = 4\nmessage_size_limit = 5000\nsmtpd_timeout = "20s"\nsmtpd_data_timeout = "10s"\n'
+)
 ENHANCED_RE = re.compile(r"^([2-5])\d\d[ -]([2-5])\.(\d{1,3})\.(\d{1,3})( |$)")
-SETTINGS = {"deadline": None, "database": None, "derandomize": False, "print_blob": True,
-            "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                      HealthCheck.data_too_large, HealthCheck.large_base_example]}
+SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "derandomize": False,
+    "print_blob": True,
+    "suppress_health_check": [
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +78,14 @@ def psink(fault_workers: int) -> Iterator[SmtpSink]:  # one per shape: fresh mes
 
 @pytest.fixture(scope="module")
 def pgw(psink: SmtpSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    with running_gateway(tmp_path_factory.mktemp("properties") / "gw",
-                         relay_config(psink.port, PROPERTY_EXTRA)) as gateway:
+    with running_gateway(
+        tmp_path_factory.mktemp("properties") / "gw", relay_config(psink.port, PROPERTY_EXTRA)
+    ) as gateway:
         yield gateway
 
 
 # ---------------------------------------------------------------- (a) dialogues
+
 
 def _printable_bytes(max_size: int) -> st.SearchStrategy[bytes]:
     """Argument fuzz: printable ASCII and 8-bit bytes, no control characters (see the module docstring)."""
@@ -82,46 +94,119 @@ def _printable_bytes(max_size: int) -> st.SearchStrategy[bytes]:
 
 
 _junk_line = st.one_of(
-    st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")),          # anything but a line end
-    st.integers(min_value=480, max_value=3000).map(lambda n: b"X" * n),      # around and over the limits
-    st.sampled_from([b"", b" ", b"\x00", b"\r", b"\xff\xfe", b"MAIL", b"RCPT", b"DATA x", b"BDAT 10 LAST",
-                     b"AUTH LOGIN", b"AUTH PLAIN AGFhAGI=", b"XCLIENT ADDR=1.2.3.4", b"ETRN example.com",
-                     b"TURN", b"STARTTLS now", b"QUIT now"]),
+    st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")),  # anything but a line end
+    st.integers(min_value=480, max_value=3000).map(lambda n: b"X" * n),  # around and over the limits
+    st.sampled_from(
+        [
+            b"",
+            b" ",
+            b"\x00",
+            b"\r",
+            b"\xff\xfe",
+            b"MAIL",
+            b"RCPT",
+            b"DATA x",
+            b"BDAT 10 LAST",
+            b"AUTH LOGIN",
+            b"AUTH PLAIN AGFhAGI=",
+            b"XCLIENT ADDR=1.2.3.4",
+            b"ETRN example.com",
+            b"TURN",
+            b"STARTTLS now",
+            b"QUIT now",
+        ]
+    ),
 )
 _host = st.sampled_from([b"client.test", b"[127.0.0.1]", b"x", b"\xc3\xa9xample.test", b"a" * 300])
 _sender = st.one_of(
-    st.sampled_from([b"<a@example.com>", b"<>", b"<bad>", b"<a@[127.0.0.1]>", b"a@example.com",
-                     b"<@route.example:a@example.com>", b"<j\xc3\xb6@ex\xc3\xa4mple.com>", b"<a@b@c>",
-                     b"<\"quoted local\"@example.com>", b"<a@example.com", b""]),
+    st.sampled_from(
+        [
+            b"<a@example.com>",
+            b"<>",
+            b"<bad>",
+            b"<a@[127.0.0.1]>",
+            b"a@example.com",
+            b"<@route.example:a@example.com>",
+            b"<j\xc3\xb6@ex\xc3\xa4mple.com>",
+            b"<a@b@c>",
+            b'<"quoted local"@example.com>',
+            b"<a@example.com",
+            b"",
+        ]
+    ),
     _printable_bytes(40).map(lambda b: b"<" + b + b">"),
 )
 _recipient = st.one_of(
-    st.sampled_from([b"<b@elsewhere.org>", b"<user@example.net>", b"<x%y@example.net>", b"<postmaster>",
-                     b"<>", b"<b@>", b"<@example.net:b@elsewhere.org>", b"<u!v@example.net>",
-                     b"<\"a@b\"@example.net>", b"<z\xc3\xbc@example.net>", b"b@elsewhere.org"]),
+    st.sampled_from(
+        [
+            b"<b@elsewhere.org>",
+            b"<user@example.net>",
+            b"<x%y@example.net>",
+            b"<postmaster>",
+            b"<>",
+            b"<b@>",
+            b"<@example.net:b@elsewhere.org>",
+            b"<u!v@example.net>",
+            b'<"a@b"@example.net>',
+            b"<z\xc3\xbc@example.net>",
+            b"b@elsewhere.org",
+        ]
+    ),
     _printable_bytes(40).map(lambda b: b"<" + b + b">"),
 )
-_mail_params = st.lists(st.sampled_from([b" SIZE=100", b" SIZE=99999999", b" SIZE=x", b" BODY=8BITMIME",
-                                         b" BODY=7BIT", b" BODY=BOGUS", b" SMTPUTF8", b" FOO=BAR", b" AUTH=<>",
-                                         b" RET=HDRS", b" ENVID=x"]), max_size=3).map(b"".join)
-_rcpt_params = st.lists(st.sampled_from([b" NOTIFY=NEVER", b" ORCPT=rfc822;x@y", b" FOO", b" SIZE=1"]),
-                        max_size=2).map(b"".join)
+_mail_params = st.lists(
+    st.sampled_from(
+        [
+            b" SIZE=100",
+            b" SIZE=99999999",
+            b" SIZE=x",
+            b" BODY=8BITMIME",
+            b" BODY=7BIT",
+            b" BODY=BOGUS",
+            b" SMTPUTF8",
+            b" FOO=BAR",
+            b" AUTH=<>",
+            b" RET=HDRS",
+            b" ENVID=x",
+        ]
+    ),
+    max_size=3,
+).map(b"".join)
+_rcpt_params = st.lists(st.sampled_from([b" NOTIFY=NEVER", b" ORCPT=rfc822;x@y", b" FOO", b" SIZE=1"]), max_size=2).map(
+    b"".join
+)
 _body = st.one_of(
     st.lists(st.binary(max_size=90).map(lambda b: b.replace(b"\r", b"")), max_size=6),
     st.lists(st.sampled_from([b"y" * 1200, b".", b"..", b"\x00", b"\xff" * 80, b"Subject: x"]), max_size=4),
-    st.integers(min_value=60, max_value=120).map(lambda n: [b"z" * 78] * n),   # over message_size_limit
+    st.integers(min_value=60, max_value=120).map(lambda n: [b"z" * 78] * n),  # over message_size_limit
 )
 
 _command = st.one_of(
-    st.tuples(st.sampled_from([b"EHLO", b"HELO", b"ehlo", b"Helo"]), st.one_of(st.just(b""), _host))
-        .map(lambda t: t[0] + (b" " + t[1] if t[1] else b"")),
-    st.tuples(st.sampled_from([b"MAIL FROM:", b"mail from:", b"MAIL FROM: ", b"MAIL TO:"]), _sender, _mail_params)
-        .map(b"".join),
-    st.tuples(st.sampled_from([b"RCPT TO:", b"rcpt to:", b"RCPT TO: ", b"RCPT FROM:"]), _recipient, _rcpt_params)
-        .map(b"".join),
+    st.tuples(st.sampled_from([b"EHLO", b"HELO", b"ehlo", b"Helo"]), st.one_of(st.just(b""), _host)).map(
+        lambda t: t[0] + (b" " + t[1] if t[1] else b"")
+    ),
+    st.tuples(st.sampled_from([b"MAIL FROM:", b"mail from:", b"MAIL FROM: ", b"MAIL TO:"]), _sender, _mail_params).map(
+        b"".join
+    ),
+    st.tuples(st.sampled_from([b"RCPT TO:", b"rcpt to:", b"RCPT TO: ", b"RCPT FROM:"]), _recipient, _rcpt_params).map(
+        b"".join
+    ),
     st.just(b"DATA"),
-    st.sampled_from([b"RSET", b"NOOP", b"NOOP hello", b"QUIT", b"VRFY postmaster", b"EXPN staff", b"HELP",
-                     b"HELP MAIL", b"HELP BOGUS", b"STARTTLS", b"RSET x"]),
+    st.sampled_from(
+        [
+            b"RSET",
+            b"NOOP",
+            b"NOOP hello",
+            b"QUIT",
+            b"VRFY postmaster",
+            b"EXPN staff",
+            b"HELP",
+            b"HELP MAIL",
+            b"HELP BOGUS",
+            b"STARTTLS",
+            b"RSET x",
+        ]
+    ),
     _junk_line,
 )
 
@@ -129,15 +214,27 @@ _command = st.one_of(
 @dataclass
 class Step:
     line: bytes
-    body: list[bytes]   # sent after a 354 (dot-stuffed, CRLF . CRLF appended)
+    body: list[bytes]  # sent after a 354 (dot-stuffed, CRLF . CRLF appended)
 
 
 _step = st.builds(Step, _command, _body)
 _no_body: list[bytes] = []
-_good_sender = st.sampled_from([b"MAIL FROM:<a@example.com>", b"MAIL FROM:<>", b"MAIL FROM:<a@example.com> SIZE=100",
-                                b"MAIL FROM:<j\xc3\xb6@ex\xc3\xa4mple.com> SMTPUTF8 BODY=8BITMIME"])
-_good_recipient = st.sampled_from([b"RCPT TO:<b@elsewhere.org>", b"RCPT TO:<user@example.net>",
-                                   b"RCPT TO:<c@elsewhere.org> NOTIFY=NEVER", b"RCPT TO:<z\xc3\xbc@example.net>"])
+_good_sender = st.sampled_from(
+    [
+        b"MAIL FROM:<a@example.com>",
+        b"MAIL FROM:<>",
+        b"MAIL FROM:<a@example.com> SIZE=100",
+        b"MAIL FROM:<j\xc3\xb6@ex\xc3\xa4mple.com> SMTPUTF8 BODY=8BITMIME",
+    ]
+)
+_good_recipient = st.sampled_from(
+    [
+        b"RCPT TO:<b@elsewhere.org>",
+        b"RCPT TO:<user@example.net>",
+        b"RCPT TO:<c@elsewhere.org> NOTIFY=NEVER",
+        b"RCPT TO:<z\xc3\xbc@example.net>",
+    ]
+)
 _transaction = st.tuples(
     _good_sender.map(lambda line: Step(line, _no_body)),
     st.lists(_good_recipient.map(lambda line: Step(line, _no_body)), min_size=1, max_size=3),
@@ -147,8 +244,9 @@ _skeleton = st.tuples(
     st.sampled_from([Step(b"EHLO client.test", _no_body), Step(b"HELO client.test", _no_body)]),
     st.lists(_transaction, min_size=1, max_size=3),
 ).map(lambda t: [t[0]] + [step for group in t[1] for step in group])
-_mutation = st.tuples(st.integers(min_value=0, max_value=MAX_STEPS), st.sampled_from(["insert", "replace", "delete"]),
-                      _step)
+_mutation = st.tuples(
+    st.integers(min_value=0, max_value=MAX_STEPS), st.sampled_from(["insert", "replace", "delete"]), _step
+)
 
 
 def _mutate(skeleton: list[Step], mutations: list[tuple[int, str, Step]]) -> list[Step]:
@@ -249,7 +347,7 @@ def test_random_dialogues_get_well_formed_replies_and_never_crash_the_server(pgw
     print(f"{examples} dialogues: {dict(sorted(stats.items()))}")
     assert examples >= 100
     log = pgw.log_text
-    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
     assert pgw.process is not None and pgw.process.poll() is None, "the gateway exited"
 
 
@@ -262,8 +360,8 @@ UTF8_LETTERS = "äöüéßжπ中"
 
 @dataclass(frozen=True)
 class Address:
-    route: str        # "" or "@a.example,@b.example:"
-    local: str        # as written (dot-atom or quoted-string)
+    route: str  # "" or "@a.example,@b.example:"
+    local: str  # as written (dot-atom or quoted-string)
     domain: str
 
     @property
@@ -287,31 +385,69 @@ class Address:
     @property
     def plain(self) -> bool:
         """A dot-atom of letters and digits at example.net, no route: must be accepted."""
-        return (not self.route and re.fullmatch(r"[A-Za-z0-9]+(\.[A-Za-z0-9]+)*", self.local) is not None
-                and self.domain.lower() == "example.net")
+        return (
+            not self.route
+            and re.fullmatch(r"[A-Za-z0-9]+(\.[A-Za-z0-9]+)*", self.local) is not None
+            and self.domain.lower() == "example.net"
+        )
 
 
 _atom = st.text(alphabet=ATEXT, min_size=1, max_size=8)
 _dot_atom = st.lists(_atom, min_size=1, max_size=3).map(".".join)
-_quoted = st.lists(st.one_of(st.sampled_from(list(QTEXT)), st.sampled_from(['\\"', "\\\\", "\\@", "\\%"])),
-                   max_size=12).map(lambda parts: '"' + "".join(parts) + '"')
+_quoted = st.lists(
+    st.one_of(st.sampled_from(list(QTEXT)), st.sampled_from(['\\"', "\\\\", "\\@", "\\%"])), max_size=12
+).map(lambda parts: '"' + "".join(parts) + '"')
 _utf8_local = st.text(alphabet=string.ascii_lowercase + UTF8_LETTERS, min_size=1, max_size=8)
-_local = st.one_of(_dot_atom, _quoted, _utf8_local,
-                   st.sampled_from(["user", "user%elsewhere.org", "elsewhere.org!user", '"user@elsewhere.org"',
-                                    '"user"', "us.er", '"user%x"', "user+tag", '"a b"', "postmaster"]))
+_local = st.one_of(
+    _dot_atom,
+    _quoted,
+    _utf8_local,
+    st.sampled_from(
+        [
+            "user",
+            "user%elsewhere.org",
+            "elsewhere.org!user",
+            '"user@elsewhere.org"',
+            '"user"',
+            "us.er",
+            '"user%x"',
+            "user+tag",
+            '"a b"',
+            "postmaster",
+        ]
+    ),
+)
 _label = st.text(alphabet=string.ascii_lowercase + string.digits + "-", min_size=1, max_size=10)
 _idn_label = st.text(alphabet=string.ascii_lowercase + UTF8_LETTERS, min_size=1, max_size=8)
 _random_domain = st.lists(st.one_of(_label, _idn_label), min_size=1, max_size=3).map(".".join)
 _domain = st.one_of(
-    st.sampled_from(["example.net", "EXAMPLE.NET", "Example.Net", "example.net.", "sub.example.net",
-                     "example.net.evil.org", "example.netx", "xexample.net", "example.org", "elsewhere.org",
-                     "exämple.net", "xn--exmple-cua.net", "[127.0.0.1]", "[IPv6:::1]", "localhost",
-                     "example..net", "example.net.example.org"]),
+    st.sampled_from(
+        [
+            "example.net",
+            "EXAMPLE.NET",
+            "Example.Net",
+            "example.net.",
+            "sub.example.net",
+            "example.net.evil.org",
+            "example.netx",
+            "xexample.net",
+            "example.org",
+            "elsewhere.org",
+            "exämple.net",
+            "xn--exmple-cua.net",
+            "[127.0.0.1]",
+            "[IPv6:::1]",
+            "localhost",
+            "example..net",
+            "example.net.example.org",
+        ]
+    ),
     _random_domain.map(lambda d: d + ".example.net"),
     _random_domain,
 )
-_route = st.one_of(st.just(""), st.lists(_domain, min_size=1, max_size=2)
-                   .map(lambda ds: ",".join("@" + d for d in ds) + ":"))
+_route = st.one_of(
+    st.just(""), st.lists(_domain, min_size=1, max_size=2).map(lambda ds: ",".join("@" + d for d in ds) + ":")
+)
 _address = st.builds(Address, _route, _local, _domain)
 
 
@@ -365,8 +501,11 @@ def test_untrusted_rcpt_is_accepted_only_for_example_net_without_routing_charact
     # Every transaction was delivered (to its marker at least); a refused address never went anywhere.
     for case in cases:
         pgw.wait_for_log(rf"{case.queue_id}: removed", timeout=30)
-    wait_until(lambda: all(psink.messages_for(f"marker{c.number}@example.net") for c in cases), timeout=30,
-               what="every marker message at the relayhost")
+    wait_until(
+        lambda: all(psink.messages_for(f"marker{c.number}@example.net") for c in cases),
+        timeout=30,
+        what="every marker message at the relayhost",
+    )
     for case in refused:
         from_case = [m for m in psink.messages if m.mail_from == f"case{case.number}@ext.example"]
         assert [m.rcpt_tos for m in from_case] == [[f"marker{case.number}@example.net"]], (case, from_case)

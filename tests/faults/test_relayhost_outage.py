@@ -13,23 +13,31 @@ import re
 from collections import defaultdict
 from itertools import pairwise
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import submit
+from tests.harness.helpers import relay_config
 from tests.harness.smtp_sink import SmtpSink
 
 MIN_BACKOFF = 1.0
 MAX_BACKOFF = 2.0  # seconds: the schedule 1, 2, 2 ... still shows the doubling and the cap
-DEFERRED_RE = re.compile(r"(?P<id>[0-9A-F]+): to=<(?P<rcpt>[^>]+)>, relay=\S+, delay=(?P<delay>[0-9.]+), "
-                         r"attempts=(?P<attempts>\d+), status=deferred \((?P<reply>[^)]*)")
+DEFERRED_RE = re.compile(
+    r"(?P<id>[0-9A-F]+): to=<(?P<rcpt>[^>]+)>, relay=\S+, delay=(?P<delay>[0-9.]+), "
+    r"attempts=(?P<attempts>\d+), status=deferred \((?P<reply>[^)]*)"
+)
 NEXT_RE = re.compile(r"(?P<id>[0-9A-F]+): deferred, \d+ recipient\(s\) left, next attempt in (?P<next>\d+)s")
-SENT_RE = re.compile(r"(?P<id>[0-9A-F]+): to=<(?P<rcpt>[^>]+)>, relay=\S+, delay=(?P<delay>[0-9.]+), "
-                     r"attempts=(?P<attempts>\d+), status=sent")
+SENT_RE = re.compile(
+    r"(?P<id>[0-9A-F]+): to=<(?P<rcpt>[^>]+)>, relay=\S+, delay=(?P<delay>[0-9.]+), "
+    r"attempts=(?P<attempts>\d+), status=sent"
+)
 
 
 def test_relayhost_down_then_421_then_back_delivers_everything_exactly_once(gateway_factory):
     sink = SmtpSink()  # bound, not started: connections are refused
-    config = relay_config(sink.port, minimal_backoff_time=f'"{MIN_BACKOFF:g}s"',
-                          maximal_backoff_time=f'"{MAX_BACKOFF:g}s"', queue_run_delay='"1s"')
+    config = relay_config(
+        sink.port,
+        minimal_backoff_time=f'"{MIN_BACKOFF:g}s"',
+        maximal_backoff_time=f'"{MAX_BACKOFF:g}s"',
+        queue_run_delay='"1s"',
+    )
     try:
         with gateway_factory(config) as gateway:
             messages = {}
@@ -74,8 +82,9 @@ def test_relayhost_down_then_421_then_back_delivers_everything_exactly_once(gate
     announced: dict[str, list[int]] = defaultdict(list)
     for line in log.splitlines():
         if match := DEFERRED_RE.search(line):
-            attempts[(match["id"], match["rcpt"])].append((int(match["attempts"]), float(match["delay"]),
-                                                          match["reply"]))
+            attempts[(match["id"], match["rcpt"])].append(
+                (int(match["attempts"]), float(match["delay"]), match["reply"])
+            )
         elif match := NEXT_RE.search(line):
             announced[match["id"]].append(int(match["next"]))
     for line in log.splitlines():

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness.helpers import relay_config
 from tests.faults.helpers import TRUSTED, UNTRUSTED, HungPeer, SmtpLine, submit
+from tests.harness.helpers import relay_config
 
 
 @pytest.fixture
@@ -30,8 +30,10 @@ def hung_clamd() -> Iterator[HungPeer]:
 
 @pytest.fixture
 def gateway(gateway_factory, sink, hung_clamd):
-    extra = (f'\n[pipeline]\ninbound = ["antivirus"]\n\n[antivirus]\nclamd = "tcp:127.0.0.1:{hung_clamd.port}"\n'
-             'timeout = "2s"\n')
+    extra = (
+        f'\n[pipeline]\ninbound = ["antivirus"]\n\n[antivirus]\nclamd = "tcp:127.0.0.1:{hung_clamd.port}"\n'
+        'timeout = "2s"\n'
+    )
     gw = gateway_factory(relay_config(sink.port, extra))
     gw.start()
     yield gw
@@ -110,7 +112,8 @@ def test_several_hung_scans_do_not_starve_other_sessions(gateway, sink, hung_cla
     answered = [session.reply for session in sessions if session.replied.is_set()]
     for session in sessions:
         session.join(60)
-    assert all(s.reply is not None and s.reply[0] == 451 and s.reply[1].startswith(b"4.7.1") for s in sessions), \
-        [s.reply or s.error for s in sessions]
+    assert all(s.reply is not None and s.reply[0] == 451 and s.reply[1].startswith(b"4.7.1") for s in sessions), [
+        s.reply or s.error for s in sessions
+    ]
     assert answered == [], f"the outbound message was only accepted after scans timed out: {answered}"
     gateway.wait_for_log(rf"{queue_id}: removed")

@@ -22,14 +22,23 @@ SECRET = "root:$6$not-for-your-eyes"
 
 def _queue(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.run([sys.executable, "-m", "gateway", "--config", str(config), "queue", *args],
-                          capture_output=True, text=True, env=environ, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), "queue", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=30,
+    )
 
 
 def _commit(spool: Spool, sender: str) -> str:
-    entry = SpoolEntry(queue_id=new_queue_id(), arrival=1_700_000_000.0, sender=sender,
-                       recipients=[RecipientStatus("b@example.org")],
-                       client=ClientInfo(address=ipaddress.ip_address("192.0.2.1"), port=1, listener="smtp"))
+    entry = SpoolEntry(
+        queue_id=new_queue_id(),
+        arrival=1_700_000_000.0,
+        sender=sender,
+        recipients=[RecipientStatus("b@example.org")],
+        client=ClientInfo(address=ipaddress.ip_address("192.0.2.1"), port=1, listener="smtp"),
+    )
     spool.commit(entry, b"Subject: kept\r\n\r\nbody\r\n", QueueState.DEFERRED)
     return entry.queue_id
 

@@ -14,19 +14,30 @@ from tests.harness.helpers import raw_session, relay_config
 
 # C0 controls but tab and newline, DEL, C1 controls (as UTF-8), LS/PS: none may be printed as they are.
 _RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]|\xe2\x80[\xa8\xa9]")
-HOSTILE_HEADERS = (b"Subject: \x1b]0;owned\x07title \x1b[2J\x1b[H cleared\r\n"
-                   b"X-Clip: \x1b]52;c;ZWNobyBvd25lZA==\x07\r\n"
-                   b"X-C1: \xc2\x9b31mred \xe2\x80\xa8 \x9b\r\n")
+HOSTILE_HEADERS = (
+    b"Subject: \x1b]0;owned\x07title \x1b[2J\x1b[H cleared\r\n"
+    b"X-Clip: \x1b]52;c;ZWNobyBvd25lZA==\x07\r\n"
+    b"X-C1: \xc2\x9b31mred \xe2\x80\xa8 \x9b\r\n"
+)
 
 
 def test_queue_list_and_show_print_no_raw_control_byte(gateway_factory, sink):
     sink.rcpt_replies["escape@elsewhere.org"] = ["451 4.3.0 \x1b[2J\x1b]0;x\x07 \x9b1;31m busy"] * 10
     gateway = gateway_factory(relay_config(sink.port, minimal_backoff_time='"1h"', maximal_backoff_time='"2h"'))
     with gateway:
-        replies = raw_session(gateway.port, [
-            b"EHLO client.test", b"MAIL FROM:<a@example.com>", b"RCPT TO:<escape@elsewhere.org>",
-            b"RCPT TO:<raw\x9bbyte@elsewhere.org>", b"RCPT TO:<c1\xc2\x9bcsi@elsewhere.org>", b"DATA",
-            HOSTILE_HEADERS + b"\r\nbody\r\n.", b"QUIT"])
+        replies = raw_session(
+            gateway.port,
+            [
+                b"EHLO client.test",
+                b"MAIL FROM:<a@example.com>",
+                b"RCPT TO:<escape@elsewhere.org>",
+                b"RCPT TO:<raw\x9bbyte@elsewhere.org>",
+                b"RCPT TO:<c1\xc2\x9bcsi@elsewhere.org>",
+                b"DATA",
+                HOSTILE_HEADERS + b"\r\nbody\r\n.",
+                b"QUIT",
+            ],
+        )
         # not UTF-8, or a C1 control: never deliverable, so refused (it also took the good recipient down)
         assert replies[4].startswith(b"501 5.1.3 ") and replies[5].startswith(b"501 5.1.3 "), replies
         assert replies[-2].startswith(b"250 2.0.0 Ok: queued as "), replies

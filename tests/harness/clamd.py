@@ -65,8 +65,14 @@ class ClamdDaemon:
         socket_path: the Unix socket.
     """
 
-    def __init__(self, *, stream_max_length: str = "50M", ready_timeout: float = 60.0,
-                 stop_timeout: float = 15.0, binary: Path = CLAMD_BINARY) -> None:
+    def __init__(
+        self,
+        *,
+        stream_max_length: str = "50M",
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 15.0,
+        binary: Path = CLAMD_BINARY,
+    ) -> None:
         self.binary = binary
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -130,7 +136,8 @@ class ClamdDaemon:
             f"TemporaryDirectory {self.folder}\n"
             f"LogFile {self.log_path}\n"
             f"StreamMaxLength {stream_max_length}\n"
-            "MaxThreads 4\n")
+            "MaxThreads 4\n"
+        )
 
     def start(self) -> None:
         """Start clamd and wait until it answers ``zPING`` on both sockets.
@@ -153,8 +160,7 @@ class ClamdDaemon:
         if SETPRIV.exists() and threading.current_thread() is threading.main_thread():
             command = [str(SETPRIV), "--pdeathsig", "TERM", *command]
         with open(self.output_path, "ab") as output:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
-                                             stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -226,9 +232,11 @@ def clamd() -> Iterator[ClamdDaemon]:
     """One clamd for the whole test session (EICAR-only DB; TCP and Unix socket)."""
     if not CLAMD_BINARY.exists() or not os.access(CLAMD_BINARY, os.X_OK):
         # Not a skip: CI must test the antivirus; `make test` installs the Debian packages.
-        pytest.fail(f"{CLAMD_BINARY} not found: run `make test`, which installs the Debian test "
-                    "peers (clamav-daemon, clamdscan; see tests/peers/install-debian-packages.sh)",
-                    pytrace=False)
+        pytest.fail(
+            f"{CLAMD_BINARY} not found: run `make test`, which installs the Debian test "
+            "peers (clamav-daemon, clamdscan; see tests/peers/install-debian-packages.sh)",
+            pytrace=False,
+        )
     daemon = ClamdDaemon()
     try:
         daemon.start()

@@ -56,7 +56,7 @@ def _one_line_entries(text: str) -> list[tuple[str, str, str, list[str]]]:
         if words and words[0] in ("deb", "deb-src"):
             if len(words) > 1 and words[1].startswith("["):  # [options] may hold spaces: skip to the "]"
                 end = next((i for i, word in enumerate(words) if word.endswith("]")), len(words) - 1)
-                words = [words[0], *words[end + 1:]]
+                words = [words[0], *words[end + 1 :]]
             if len(words) >= 4:
                 entries.append((words[0], words[1], words[2], words[3:]))
     return entries
@@ -79,9 +79,12 @@ def _deb822_entries(text: str) -> list[tuple[str, str, str, list[str]]]:
             fields[key] = value.strip()
         if fields.get("enabled", "yes").lower() == "no":
             continue
-        entries += [(kind, uri, suite, fields.get("components", "").split())
-                    for kind in fields.get("types", "").split() for uri in fields.get("uris", "").split()
-                    for suite in fields.get("suites", "").split()]
+        entries += [
+            (kind, uri, suite, fields.get("components", "").split())
+            for kind in fields.get("types", "").split()
+            for uri in fields.get("uris", "").split()
+            for suite in fields.get("suites", "").split()
+        ]
     return entries
 
 
@@ -122,9 +125,14 @@ def build_root_tar(mirror: str, target: Path) -> None:
     try:
         rootfs, log_path = work / "rootfs", work / "debootstrap.log"
         with open(log_path, "wb") as log:
-            done = subprocess.run([str(DEBOOTSTRAP), "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-                                   str(rootfs), mirror], stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=DEBOOTSTRAP_TIMEOUT, check=False)
+            done = subprocess.run(
+                [str(DEBOOTSTRAP), "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=DEBOOTSTRAP_TIMEOUT,
+                check=False,
+            )
         assert done.returncode == 0, f"debootstrap exited {done.returncode}: {log_path.read_text()[-3000:]}"
         shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
         (rootfs / "etc/pip.conf").write_text(PIP_CONF)
@@ -133,8 +141,13 @@ def build_root_tar(mirror: str, target: Path) -> None:
                 if path.is_file():
                     path.unlink()
         partial = target.with_suffix(".partial")
-        packed = subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(partial), "."],
-                                capture_output=True, text=True, timeout=300, check=False)
+        packed = subprocess.run(
+            ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(partial), "."],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert packed.returncode == 0, packed.stderr
         partial.rename(target)
     finally:
@@ -158,6 +171,14 @@ def ensure_base_image(engine: DockerEngine) -> tuple[str, bool]:
         for stale in CACHE_DIR.glob(f"{REPOSITORY}-*.tar"):  # older recipes or CA bundles: keep one
             stale.unlink()
         build_root_tar(mirror, tar_path)
-    engine.docker("import", "--change", "ENV LANG=C.UTF-8", "--change", 'CMD ["/bin/bash"]', str(tar_path), tag,
-                  timeout=IMPORT_TIMEOUT)
+    engine.docker(
+        "import",
+        "--change",
+        "ENV LANG=C.UTF-8",
+        "--change",
+        'CMD ["/bin/bash"]',
+        str(tar_path),
+        tag,
+        timeout=IMPORT_TIMEOUT,
+    )
     return tag, True

@@ -89,9 +89,7 @@ def _rdatas(rdtype: dns.rdatatype.RdataType, values: list[str]) -> list[dns.rdat
             result.append(TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks))
         return result
     return [
-        dns.rdata.from_text(
-            dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False
-        )
+        dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root, relativize=False)
         for value in values
     ]
 
@@ -199,8 +197,9 @@ class TestDnsServer:
         udp.dns = tcp.dns = self
         self._udp, self._tcp, self.port = udp, tcp, port
         self._threads = [
-            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                             name=f"dns-{kind}-{port}", daemon=True)
+            threading.Thread(
+                target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name=f"dns-{kind}-{port}", daemon=True
+            )
             for kind, srv in (("udp", udp), ("tcp", tcp))
         ]
         for thread in self._threads:
@@ -274,9 +273,7 @@ class TestDnsServer:
         question = query.question[0]
         qname, qtype = question.name.canonicalize(), question.rdtype
         with self._lock:
-            self._queries.append(
-                (qname.to_text(omit_final_dot=True), dns.rdatatype.to_text(qtype), transport)
-            )
+            self._queries.append((qname.to_text(omit_final_dot=True), dns.rdatatype.to_text(qtype), transport))
             scripted = self._rcodes.get((qname, qtype))
             if scripted == TIMEOUT:
                 return None
@@ -298,8 +295,7 @@ class TestDnsServer:
             response.flags |= dns.flags.TC
             return response.to_wire(max_size=max_size)
 
-    def _fill(self, response: dns.message.Message, qname: dns.name.Name,
-              qtype: dns.rdatatype.RdataType) -> None:
+    def _fill(self, response: dns.message.Message, qname: dns.name.Name, qtype: dns.rdatatype.RdataType) -> None:
         """Add the answer for (qname, qtype) to ``response``; caller holds the lock."""
         name = qname
         for _ in range(_MAX_CNAME_CHAIN):
@@ -324,10 +320,7 @@ class TestDnsServer:
             return
 
     def _name_exists(self, name: dns.name.Name) -> bool:
-        return any(
-            (n == name or n.is_subdomain(name)) and rdatas
-            for (n, _), rdatas in self._table.items()
-        )
+        return any((n == name or n.is_subdomain(name)) and rdatas for (n, _), rdatas in self._table.items())
 
 
 class _UdpServer(socketserver.UDPServer):

@@ -79,10 +79,26 @@ class DockerEngine(FolderDaemon):
         self.made_shim_dirs = [path for path in SHIM_SOCKETS if not path.exists()]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [str(DOCKERD), "--host", self.host, "--data-root", str(self.folder / "data"),
-                 "--exec-root", str(self.folder / "exec"), "--pidfile", str(self.folder / "dockerd.pid"),
-                 "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    str(DOCKERD),
+                    "--host",
+                    self.host,
+                    "--data-root",
+                    str(self.folder / "data"),
+                    "--exec-root",
+                    str(self.folder / "exec"),
+                    "--pidfile",
+                    str(self.folder / "dockerd.pid"),
+                    "--bridge=none",
+                    "--iptables=false",
+                    "--ip-forward=false",
+                    "--ip-masq=false",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.started_here = True
         deadline = time.monotonic() + START_TIMEOUT
         while not self._answers(self.host):
@@ -109,8 +125,13 @@ class DockerEngine(FolderDaemon):
 
     def _answers(self, host: str) -> bool:
         try:
-            probe = subprocess.run([str(DOCKER), "--host", host, "version", "--format", "{{.Server.Version}}"],
-                                   capture_output=True, text=True, timeout=15, check=False)
+            probe = subprocess.run(
+                [str(DOCKER), "--host", host, "version", "--format", "{{.Server.Version}}"],
+                capture_output=True,
+                text=True,
+                timeout=15,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             return False
         return probe.returncode == 0 and bool(probe.stdout.strip())
@@ -132,15 +153,23 @@ class DockerEngine(FolderDaemon):
         """
         environ = {**os.environ, "DOCKER_BUILDKIT": "0"}
         environ.pop("DOCKER_HOST", None)
-        done = subprocess.run([str(DOCKER), "--host", self.host, *args], stdin=subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, env=environ, check=False)
-        finished = subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
-                                               done.stderr.decode(errors="replace"))
+        done = subprocess.run(
+            [str(DOCKER), "--host", self.host, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            env=environ,
+            check=False,
+        )
+        finished = subprocess.CompletedProcess(
+            done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+        )
         if check and finished.returncode != 0:
-            raise DockerError(f"docker {' '.join(args)[:300]} exited {finished.returncode}:\n"
-                              f"{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}")
+            raise DockerError(
+                f"docker {' '.join(args)[:300]} exited {finished.returncode}:\n"
+                f"{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
+            )
         return finished
-
 
 
 def unmount_below(folder: Path) -> None:

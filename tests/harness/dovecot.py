@@ -85,8 +85,12 @@ service anvil {{
 
     def start(self) -> None:
         """Run Dovecot and wait (at most 20 s) until its socket and port accept connections."""
-        self.process = subprocess.Popen([str(DOVECOT), "-F", "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [str(DOVECOT), "-F", "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -100,7 +104,6 @@ service anvil {{
     def stop(self) -> None:
         """SIGTERM the master (by its PID) and wait for it; SIGKILL after 10 s."""
         terminate(self.process)
-
 
 
 def _port_open(port: int) -> bool:

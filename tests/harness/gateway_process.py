@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-
 READY_LINE = "gateway ready"
 
 
@@ -37,8 +36,9 @@ class GatewayProcess:
 
     default_workers: int = 1
 
-    def __init__(self, state_dir: Path, config_text: str, env: dict[str, str] | None = None,
-                 wrapper: list[str] | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, config_text: str, env: dict[str, str] | None = None, wrapper: list[str] | None = None
+    ) -> None:
         self.wrapper = list(wrapper or [])
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -66,14 +66,21 @@ class GatewayProcess:
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a CLI subcommand (``queue list`` ...) with this config."""
-        return subprocess.run(self.command(*args), capture_output=True, text=True, env=self.env,
-                              timeout=60, check=check)
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, env=self.env, timeout=60, check=check
+        )
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         """Start and wait for readiness; raises AssertionError with the log on failure."""
         self.lines = []
-        self.process = subprocess.Popen(self.command("run"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=self.env, errors="replace")
+        self.process = subprocess.Popen(
+            self.command("run"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            errors="replace",
+        )
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
         try:
@@ -110,9 +117,10 @@ class GatewayProcess:
                 left = deadline - time.monotonic()
                 exited = self.process is not None and self.process.poll() is not None
                 if left <= 0 or exited:
-                    raise AssertionError(f"no {count} log line(s) matching {pattern!r} "
-                                         f"(process {'exited' if exited else 'running'}); log:\n"
-                                         + "\n".join(self.lines[-80:]))
+                    raise AssertionError(
+                        f"no {count} log line(s) matching {pattern!r} "
+                        f"(process {'exited' if exited else 'running'}); log:\n" + "\n".join(self.lines[-80:])
+                    )
                 self._cond.wait(min(left, 0.2))
 
     @property

@@ -42,22 +42,41 @@ class HaproxyServer(FolderDaemon):
         max_connections: haproxy's ``maxconn`` (connections at once, whole process).
     """
 
-    def __init__(self, frontends: dict[str, tuple[list[tuple[str, int] | tuple[str, int, int]], str]], *,
-                 health_check: str | None = None,
-                 check_interval: float = 2.0, max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        frontends: dict[str, tuple[list[tuple[str, int] | tuple[str, int, int]], str]],
+        *,
+        health_check: str | None = None,
+        check_interval: float = 2.0,
+        max_connections: int = 200,
+    ) -> None:
         assert HAPROXY.exists(), "haproxy is installed by make test-peers (tests/peers/install-debian-packages.sh)"
         self.folder = Path(tempfile.mkdtemp(prefix="haproxy-"))
         self.log_path = self.folder / "haproxy.log"
         self.admin_socket = self.folder / "admin.sock"
         self.ports = {name: free_port() for name in frontends}
         check = f" check inter {round(check_interval * 1000)} fall 2 rise 1" if health_check else ""
-        lines = ["global", f"    maxconn {max_connections}",
-                 f"    stats socket {self.admin_socket} mode 600 level admin",
-                 "defaults", "    mode tcp", "    timeout connect 5s", "    timeout client 60s",
-                 "    timeout server 60s", "    timeout check 5s", "    retries 2", "    option redispatch 1"]
+        lines = [
+            "global",
+            f"    maxconn {max_connections}",
+            f"    stats socket {self.admin_socket} mode 600 level admin",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 5s",
+            "    timeout client 60s",
+            "    timeout server 60s",
+            "    timeout check 5s",
+            "    retries 2",
+            "    option redispatch 1",
+        ]
         for name, (servers, option) in frontends.items():
-            lines += [f"frontend {name}", f"    bind 127.0.0.1:{self.ports[name]}",
-                      f"    default_backend {name}_servers", f"backend {name}_servers", "    balance roundrobin"]
+            lines += [
+                f"frontend {name}",
+                f"    bind 127.0.0.1:{self.ports[name]}",
+                f"    default_backend {name}_servers",
+                f"backend {name}_servers",
+                "    balance roundrobin",
+            ]
             lines += [f"    option {health_check}"] if health_check else []
             for index, (host, port, *check_port) in enumerate(servers):
                 on_port = f" port {check_port[0]}" if check and check_port else ""
@@ -68,8 +87,12 @@ class HaproxyServer(FolderDaemon):
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(HAPROXY), "-db", "-f", str(self.config)], stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [str(HAPROXY), "-db", "-f", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 15
         for port in self.ports.values():
             while True:
@@ -103,8 +126,11 @@ class HaproxyServer(FolderDaemon):
         """Server name (``s0``...) -> haproxy's status of it in ``frontend``'s backend: ``UP``, ``DOWN``,
         ``UP 1/2`` (going down), ``DOWN 1/1`` (going up), ``no check`` (checks off), ``MAINT``."""
         rows = csv.DictReader(self.command("show stat").lstrip("# ").splitlines())
-        return {row["svname"]: row["status"] for row in rows
-                if row["pxname"] == f"{frontend}_servers" and row["svname"] not in ("FRONTEND", "BACKEND")}
+        return {
+            row["svname"]: row["status"]
+            for row in rows
+            if row["pxname"] == f"{frontend}_servers" and row["svname"] not in ("FRONTEND", "BACKEND")
+        }
 
     def wait_for_states(self, frontend: str, wanted: dict[str, str], timeout: float = 30.0) -> dict[str, str]:
         """Poll :meth:`server_states` until each server named in ``wanted`` has that status; the states.

@@ -29,9 +29,15 @@ def relay_config(sink_port: int, extra: str = "", **overrides: str) -> str:
 
     ``overrides`` replace a default key's TOML value text, e.g. ``minimal_backoff_time='"1h"'``.
     """
-    keys = {"relayhost": f'["[127.0.0.1]:{sink_port}"]', "mynetworks": '["127.0.0.1/32"]',
-            "relay_domains": '["example.net"]', "minimal_backoff_time": '"1s"',
-            "maximal_backoff_time": '"2s"', "queue_run_delay": '"1s"', "myhostname": '"gw.test"'}
+    keys = {
+        "relayhost": f'["[127.0.0.1]:{sink_port}"]',
+        "mynetworks": '["127.0.0.1/32"]',
+        "relay_domains": '["example.net"]',
+        "minimal_backoff_time": '"1s"',
+        "maximal_backoff_time": '"2s"',
+        "queue_run_delay": '"1s"',
+        "myhostname": '"gw.test"',
+    }
     keys.update(overrides)
     return "".join(f"{key} = {value}\n" for key, value in keys.items()) + extra
 
@@ -75,7 +81,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
         return sock.recv(100) == b""
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
@@ -92,8 +98,13 @@ class DataSession:
         self.sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = self.sock.makefile("rb")
-        for command in (None, b"EHLO client.test", b"MAIL FROM:<a@example.org>", f"RCPT TO:<{recipient}>".encode(),
-                        b"DATA"):
+        for command in (
+            None,
+            b"EHLO client.test",
+            b"MAIL FROM:<a@example.org>",
+            f"RCPT TO:<{recipient}>".encode(),
+            b"DATA",
+        ):
             if command is not None:
                 self.sock.sendall(command + b"\r\n")
             while (reply := self.reader.readline())[3:4] == b"-":
@@ -115,14 +126,45 @@ class DataSession:
         return reply
 
 
-def swaks_login_and_send(port: int, *, mechanism: str, user: str, password: str, sender: str, recipient: str,
-                         source: str = "127.0.0.1", tls_option: str = "--tls",
-                         subject: str = "swaks") -> subprocess.CompletedProcess[str]:
+def swaks_login_and_send(
+    port: int,
+    *,
+    mechanism: str,
+    user: str,
+    password: str,
+    sender: str,
+    recipient: str,
+    source: str = "127.0.0.1",
+    tls_option: str = "--tls",
+    subject: str = "swaks",
+) -> subprocess.CompletedProcess[str]:
     """Send one message with swaks after ``AUTH mechanism`` (``tls_option``: ``--tls`` STARTTLS, ``--tlsc`` 465)."""
     swaks = shutil.which("swaks")
     assert swaks, "swaks is installed by make test-peers (tests/peers/install-debian-packages.sh)"
     return subprocess.run(
-        [swaks, "--server", "127.0.0.1", "--port", str(port), tls_option, "--local-interface", source,
-         "--auth", mechanism, "--auth-user", user, "--auth-password", password, "--from", sender,
-         "--to", recipient, "--header", f"Subject: {subject}"],
-        capture_output=True, text=True, timeout=60)
+        [
+            swaks,
+            "--server",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            tls_option,
+            "--local-interface",
+            source,
+            "--auth",
+            mechanism,
+            "--auth-user",
+            user,
+            "--auth-password",
+            password,
+            "--from",
+            sender,
+            "--to",
+            recipient,
+            "--header",
+            f"Subject: {subject}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

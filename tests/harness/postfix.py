@@ -74,23 +74,39 @@ class PostfixInstance(FolderDaemon):
             path.chmod(0o600)
             shutil.chown(path, "postfix")
         self.port = free_port()
-        main = {"compatibility_level": "3.6", "config_directory": str(self.config_dir),
-                "queue_directory": str(self.queue_dir), "data_directory": str(self.data_dir),
-                "meta_directory": "/etc/postfix", "mail_owner": "postfix", "setgid_group": "postdrop",
-                "syslog_name": "postfix-test", "maillog_file": str(self.log_path),
-                "maillog_file_prefixes": str(self.folder), "myhostname": "postfix.test", "mydomain": "localhost",
-                "mydestination": "", "local_recipient_maps": "", "alias_maps": "", "alias_database": "",
-                "local_transport": "error:local delivery is disabled", "inet_interfaces": "127.0.0.1",
-                "inet_protocols": "ipv4", "mynetworks": "127.0.0.0/8", "smtpd_tls_security_level": "none",
-                "biff": "no"}
+        main = {
+            "compatibility_level": "3.6",
+            "config_directory": str(self.config_dir),
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "meta_directory": "/etc/postfix",
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "syslog_name": "postfix-test",
+            "maillog_file": str(self.log_path),
+            "maillog_file_prefixes": str(self.folder),
+            "myhostname": "postfix.test",
+            "mydomain": "localhost",
+            "mydestination": "",
+            "local_recipient_maps": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "local_transport": "error:local delivery is disabled",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "smtpd_tls_security_level": "none",
+            "biff": "no",
+        }
         main.update({key: value.replace("{folder}", str(self.folder)) for key, value in settings.items()})
         (self.config_dir / "main.cf").write_text("".join(f"{key} = {value}\n" for key, value in main.items()))
         (self.config_dir / "master.cf").write_text(MASTER_CF.format(port=self.port))
 
     def _postfix(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = " ".join([str(POSTFIX), "-c", str(self.config_dir), *args])
-        return subprocess.run([SCRIPT, "-qec", command, "/dev/null"], capture_output=True, text=True,
-                              timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [SCRIPT, "-qec", command, "/dev/null"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
 
     def master_pid(self) -> int | None:
         try:

@@ -31,7 +31,8 @@ class PrometheusServer:
             "scrape_configs:\n"
             "  - job_name: gateway\n"
             f"    scrape_interval: {interval_ms}ms\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,9 +44,15 @@ class PrometheusServer:
         """Start and wait until it is ready (``/-/ready``)."""
         log = open(self.folder / "prometheus.log", "wb")
         self.process = subprocess.Popen(
-            [str(BINARY), f"--config.file={self.folder / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.folder / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                str(BINARY),
+                f"--config.file={self.folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while True:

@@ -19,7 +19,9 @@ class RedisServer(FolderDaemon):
     :meth:`start` again to take it away and bring it back on the same port."""
 
     def __init__(self) -> None:
-        assert REDIS_SERVER.exists(), "redis-server is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+        assert REDIS_SERVER.exists(), (
+            "redis-server is installed by make test-peers (tests/peers/install-debian-packages.sh)"
+        )
         self.folder = Path(tempfile.mkdtemp(prefix="redis-"))
         self.log_path = self.folder / "redis.log"
         self.port = free_port()
@@ -28,9 +30,27 @@ class RedisServer(FolderDaemon):
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.folder), "--logfile", str(self.log_path), "--daemonize", "no"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(REDIS_SERVER),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.log_path),
+                "--daemonize",
+                "no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 15
         while True:
             assert self.process.poll() is None, f"redis-server exited: {self.log_text()}"

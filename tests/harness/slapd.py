@@ -59,12 +59,16 @@ rootpw {ROOT_PASSWORD}
 directory {self.folder}/db
 overlay memberof
 """)
-        entries = [f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
-                   f"dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n",
-                   f"dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n"]
+        entries = [
+            f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n",
+            f"dn: ou=people,{SUFFIX}\nobjectClass: organizationalUnit\nou: people\n",
+            f"dn: ou=groups,{SUFFIX}\nobjectClass: organizationalUnit\nou: groups\n",
+        ]
         for uid, (mail, password, _) in users.items():
-            entries.append(f"dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\n"
-                           f"sn: Test\nmail: {mail}\nuserPassword: {password}\n")
+            entries.append(
+                f"dn: uid={uid},ou=people,{SUFFIX}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\n"
+                f"sn: Test\nmail: {mail}\nuserPassword: {password}\n"
+            )
         members = [f"member: uid={uid},ou=people,{SUFFIX}\n" for uid, (_, _, member) in users.items() if member]
         entries.append(f"dn: {SENDERS_GROUP}\nobjectClass: groupOfNames\ncn: mail-senders\n" + "".join(members))
         self.ldif = "\n".join(entries)
@@ -73,12 +77,21 @@ overlay memberof
     def start(self) -> None:
         """Run slapd, wait (at most 20 s) until it answers, add the tree."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen([str(SLAPD), "-d", "0", "-f", str(self.config), "-h", self.url + "/"],
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+            self.process = subprocess.Popen(
+                [str(SLAPD), "-d", "0", "-f", str(self.config), "-h", self.url + "/"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + 20
         while True:
-            added = subprocess.run([str(LDAPADD), "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD],
-                                   input=self.ldif, capture_output=True, text=True, timeout=20)
+            added = subprocess.run(
+                [str(LDAPADD), "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PASSWORD],
+                input=self.ldif,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
             if added.returncode == 0:
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:

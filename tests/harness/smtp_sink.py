@@ -30,9 +30,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -341,14 +342,14 @@ class SmtpSink:
                     return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"no message for <{address}> within {timeout:g} s\n"
-                                         + self._describe_timeout(len(self._messages) + 1, timeout))
+                    raise AssertionError(
+                        f"no message for <{address}> within {timeout:g} s\n"
+                        + self._describe_timeout(len(self._messages) + 1, timeout)
+                    )
                 self._cond.wait(remaining)
 
     def _describe_timeout(self, count: int, timeout: float) -> str:
-        got = [
-            f"  from=<{m.mail_from}> to={m.rcpt_tos} {len(m.data)} bytes" for m in self._messages
-        ]
+        got = [f"  from=<{m.mail_from}> to={m.rcpt_tos} {len(m.data)} bytes" for m in self._messages]
         pending_rcpt = {k: v for k, v in self.rcpt_replies.items() if v}
         return (
             f"SmtpSink on {self.host}:{self.port}: expected {count} message(s) within "
@@ -431,8 +432,9 @@ class _SinkHandler:
         self._sink = sink
         self.dsn = sink.dsn
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if self.dsn:
             responses.insert(len(responses) - 1, "250-DSN")
@@ -501,4 +503,3 @@ class _SinkHandler:
             )
         )
         return reply
-

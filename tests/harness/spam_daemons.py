@@ -85,9 +85,23 @@ rspamd_config:register_symbol({
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: ignore *_proxy
 
 # rspamd modules that fetch remote maps or query remote services (test-peers.md §3)
-_RSPAMD_OFF = ("fuzzy_check", "rbl", "multimap", "phishing", "whitelist", "asn", "neural", "dcc",
-               "url_redirector", "replies", "greylist", "ratelimit", "history_redis", "reputation",
-               "emails")
+_RSPAMD_OFF = (
+    "fuzzy_check",
+    "rbl",
+    "multimap",
+    "phishing",
+    "whitelist",
+    "asn",
+    "neural",
+    "dcc",
+    "url_redirector",
+    "replies",
+    "greylist",
+    "ratelimit",
+    "history_redis",
+    "reputation",
+    "emails",
+)
 
 
 _hyperscan_cache: Path | None = None
@@ -129,8 +143,10 @@ def _subreaper() -> Iterator[None]:
 def require_binary(path: Path) -> None:
     """Fail (not skip) the test when a peer daemon is not installed."""
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `make test` (it installs the test peers, "
-                    "see shared/test-peers.md §0)", pytrace=False)
+        pytest.fail(
+            f"{path} is missing: run `make test` (it installs the test peers, see shared/test-peers.md §0)",
+            pytrace=False,
+        )
 
 
 class _Daemon:
@@ -138,7 +154,7 @@ class _Daemon:
 
     kind = "daemon"
     ready_timeout = 30.0  # seconds
-    stop_timeout = 15.0   # seconds before SIGKILL
+    stop_timeout = 15.0  # seconds before SIGKILL
 
     def __init__(self) -> None:
         self.host = HOST
@@ -183,14 +199,14 @@ class _Daemon:
         if self.running:
             return
         with open(self.dir / "stdout.log", "ab") as out:
-            self.process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=subprocess.STDOUT, cwd=self.dir)
+            self.process = subprocess.Popen(
+                self._command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir
+            )
         (self.dir / f"{self.kind}.pid").write_text(f"{self.process.pid}\n")
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with {self.process.returncode} during start\n"
-                                   f"{self.log_text()}")
+                raise RuntimeError(f"{self.kind} exited with {self.process.returncode} during start\n{self.log_text()}")
             if self._probe():
                 return
             time.sleep(0.2)
@@ -265,11 +281,21 @@ class SpamdDaemon(_Daemon):
         return [self.dir / "stdout.log", self.dir / "spamd.log"]
 
     def _command(self) -> list[str]:
-        command = [str(SPAMD_BIN), f"--listen={self.host}:{self.port}", f"--allowed-ips={self.host}",
-                   "--local", "--nouser-config", f"--helper-home-dir={self.dir / 'home'}",
-                   "--cf=dns_available no", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0",
-                   f"--max-children={self.children}", "--min-children=1",
-                   f"--pidfile={self.dir / 'spamd.pidfile'}", f"--syslog={self.dir / 'spamd.log'}"]
+        command = [
+            str(SPAMD_BIN),
+            f"--listen={self.host}:{self.port}",
+            f"--allowed-ips={self.host}",
+            "--local",
+            "--nouser-config",
+            f"--helper-home-dir={self.dir / 'home'}",
+            "--cf=dns_available no",
+            "--cf=use_bayes 0",
+            "--cf=bayes_auto_learn 0",
+            f"--max-children={self.children}",
+            "--min-children=1",
+            f"--pidfile={self.dir / 'spamd.pidfile'}",
+            f"--syslog={self.dir / 'spamd.log'}",
+        ]
         if self.as_root:
             command.append("--username=nobody")
         return command
@@ -315,14 +341,17 @@ class RspamdDaemon(_Daemon):
         override = etc / "override.d"
         (override / "worker-normal.inc").write_text(f'bind_socket = "{self.host}:{self.port}";\ncount = 1;\n')
         (override / "worker-controller.inc").write_text(
-            f'bind_socket = "{self.host}:{self.controller_port}";\ncount = 1;\n')
+            f'bind_socket = "{self.host}:{self.controller_port}";\ncount = 1;\n'
+        )
         (override / "worker-proxy.inc").write_text(
-            f'bind_socket = "{self.host}:{self.proxy_port}";\nenabled = false;\n')
+            f'bind_socket = "{self.host}:{self.proxy_port}";\nenabled = false;\n'
+        )
         # DNS only to loopback (nothing listens on :53 here, lookups fail fast); fuzzy_check is off
         (etc / "local.d" / "options.inc").write_text(
             f'filters = "chartable,dkim,regexp";\ntempdir = "{self.dir / "tmp"}";\n'
             f'hs_cache_dir = "{shared_hyperscan_cache(self.as_root)}/";\n'
-            f'dns {{ nameserver = ["{self.dns}"]; timeout = 0.2s; retransmits = 1; }}\n')
+            f'dns {{ nameserver = ["{self.dns}"]; timeout = 0.2s; retransmits = 1; }}\n'
+        )
         (etc / "rspamd.local.lua").write_text(RSPAMD_TEST_LUA)
         for module in _RSPAMD_OFF:
             (etc / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
@@ -337,9 +366,14 @@ class RspamdDaemon(_Daemon):
         command = [str(RSPAMD_BIN), "-f"]
         if self.as_root:
             command += ["-u", "nobody", "-g", "nogroup"]
-        return command + ["-c", "/etc/rspamd/rspamd.conf", f"--var=LOCAL_CONFDIR={self.dir / 'etc'}",
-                          f"--var=DBDIR={self.dir / 'db'}", f"--var=RUNDIR={self.dir / 'run'}",
-                          f"--var=LOGDIR={self.dir / 'log'}"]
+        return command + [
+            "-c",
+            "/etc/rspamd/rspamd.conf",
+            f"--var=LOCAL_CONFDIR={self.dir / 'etc'}",
+            f"--var=DBDIR={self.dir / 'db'}",
+            f"--var=RUNDIR={self.dir / 'run'}",
+            f"--var=LOGDIR={self.dir / 'log'}",
+        ]
 
     def _probe(self) -> bool:
         try:

@@ -14,19 +14,29 @@ MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\
 NOW = 1_700_000_000.0
 
 
-def make_entry(queue_id: str | None = None, *, arrival: float = NOW, sender: str = "a@example.org",
-               recipients: tuple[str, ...] = ("b@example.net",)) -> SpoolEntry:
+def make_entry(
+    queue_id: str | None = None,
+    *,
+    arrival: float = NOW,
+    sender: str = "a@example.org",
+    recipients: tuple[str, ...] = ("b@example.net",),
+) -> SpoolEntry:
     return SpoolEntry(
-        queue_id=queue_id or new_queue_id(arrival), arrival=arrival, sender=sender,
+        queue_id=queue_id or new_queue_id(arrival),
+        arrival=arrival,
+        sender=sender,
         recipients=[RecipientStatus(address) for address in recipients],
         client=ClientInfo(ipaddress.ip_address("192.0.2.10"), 40000, "smtp", helo="client.example.org"),
-        message_size=0, message_sha256="")
+        message_size=0,
+        message_sha256="",
+    )
 
 
 def files_under(spool: Spool) -> list[str]:
     """Every regular file in the spool except the lock, as relative paths."""
-    return sorted(str(path.relative_to(spool.root)) for path in spool.root.rglob("*")
-                  if path.is_file() and path.name != "lock")
+    return sorted(
+        str(path.relative_to(spool.root)) for path in spool.root.rglob("*") if path.is_file() and path.name != "lock"
+    )
 
 
 def slowed(spool: Spool, delay: float, started: threading.Event | None = None) -> list[int]:

@@ -32,12 +32,15 @@ def loaded_after(code: str) -> set[str]:
 
 def test_a_worker_without_tls_dkim_or_scanners_loads_none_of_the_optional_libraries(tmp_path):
     config = tmp_path / "gateway.toml"
-    config.write_text(f'state_dir = "{tmp_path}"\nrelayhost = ["[127.0.0.1]:2599"]\n'
-                      '[[listener]]\nname = "smtp"\naddress = "127.0.0.1:2599"\ntls = "none"\n')
+    config.write_text(
+        f'state_dir = "{tmp_path}"\nrelayhost = ["[127.0.0.1]:2599"]\n'
+        '[[listener]]\nname = "smtp"\naddress = "127.0.0.1:2599"\ntls = "none"\n'
+    )
     loaded = loaded_after(
         "import asyncio\nfrom pathlib import Path\nimport gateway.cli, gateway.app, gateway.workers.role\n"
         "from gateway.config import load\nfrom gateway.prepare import prepare\n"
-        f"prepared = prepare(load(Path({str(config)!r})))\nasyncio.run(prepared.pipelines.aclose())\n")
+        f"prepared = prepare(load(Path({str(config)!r})))\nasyncio.run(prepared.pipelines.aclose())\n"
+    )
     assert "aiosmtpd" in loaded and "gateway" in loaded  # the probe did load the gateway
     assert not loaded & set(OPTIONAL), sorted(loaded & set(OPTIONAL))
 
@@ -51,12 +54,16 @@ def test_the_supervisor_loads_no_smtp_stack_and_no_optional_library():
 def test_a_signing_gateway_does_load_cryptography_and_dkimpy(tmp_path):
     # the other side of the lazy imports: configured features still load what they need
     config = tmp_path / "gateway.toml"
-    config.write_text(f'state_dir = "{tmp_path}"\nrelayhost = ["[127.0.0.1]:2599"]\n'
-                      '[[listener]]\nname = "smtp"\naddress = "127.0.0.1:2599"\ntls = "none"\n'
-                      '[dkim]\ndomains = ["example.com"]\n')
+    config.write_text(
+        f'state_dir = "{tmp_path}"\nrelayhost = ["[127.0.0.1]:2599"]\n'
+        '[[listener]]\nname = "smtp"\naddress = "127.0.0.1:2599"\ntls = "none"\n'
+        '[dkim]\ndomains = ["example.com"]\n'
+    )
     loaded = loaded_after(
-        "import asyncio\nfrom pathlib import Path\nfrom gateway.config import load\nfrom gateway.prepare import prepare\n"
-        f"prepared = prepare(load(Path({str(config)!r})))\nasyncio.run(prepared.pipelines.aclose())\n")
+        "import asyncio\nfrom pathlib import Path\n"
+        "from gateway.config import load\nfrom gateway.prepare import prepare\n"
+        f"prepared = prepare(load(Path({str(config)!r})))\nasyncio.run(prepared.pipelines.aclose())\n"
+    )
     assert {"cryptography", "dkim"} <= loaded
 
 

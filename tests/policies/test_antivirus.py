@@ -67,8 +67,9 @@ def eicar_mail() -> bytes:
     message["Date"] = "Mon, 01 Jan 2024 00:00:00 +0000"
     message["Message-ID"] = "<eicar@example.com>"
     message.set_content("Please see the attached file.\n")
-    message.add_attachment(ClamdDaemon.eicar_bytes(), maintype="application", subtype="octet-stream",
-                           filename="invoice.com")
+    message.add_attachment(
+        ClamdDaemon.eicar_bytes(), maintype="application", subtype="octet-stream", filename="invoice.com"
+    )
     raw = message.as_bytes(policy=email.policy.SMTP)
     # clamd must find it in the decoded attachment, not in plain text.
     assert b"Content-Transfer-Encoding: base64\r\n" in raw and ClamdDaemon.eicar_bytes() not in raw
@@ -78,8 +79,10 @@ def eicar_mail() -> bytes:
 def clean_mail(body_size: int = 0) -> bytes:
     """A plain text message with about ``body_size`` bytes of extra body."""
     lines = b"".join(b"line %06d of a long and harmless body\r\n" % i for i in range(body_size // 40 + 1))
-    return (b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: lunch\r\n"
-            b"Message-ID: <clean@example.com>\r\n\r\nSee you at noon.\r\n" + lines)
+    return (
+        b"From: alice@example.com\r\nTo: bob@example.net\r\nSubject: lunch\r\n"
+        b"Message-ID: <clean@example.com>\r\n\r\nSee you at noon.\r\n" + lines
+    )
 
 
 def assert_virus_rejected(verdict: Verdict) -> None:
@@ -91,6 +94,7 @@ def assert_virus_rejected(verdict: Verdict) -> None:
 
 
 # ---- detection over both transports ----
+
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_eicar_attachment_is_rejected(clamd: ClamdDaemon, transport: str) -> None:
@@ -131,14 +135,18 @@ def test_corpus_is_there() -> None:
 
 # ---- off the event loop ----
 
+
 def test_concurrent_scans_each_get_their_own_verdict(clamd: ClamdDaemon) -> None:
     tcp_policy, unix_policy = make_policy(clamd=clamd.tcp_address), make_policy(clamd=clamd.unix_address)
     messages = [eicar_mail() if i % 2 else clean_mail(i * 1000) for i in range(8)]
 
     async def main() -> list[Verdict]:
-        return await asyncio.gather(*(
-            (tcp_policy if i % 4 < 2 else unix_policy).on_data(context(), message)
-            for i, message in enumerate(messages)))
+        return await asyncio.gather(
+            *(
+                (tcp_policy if i % 4 < 2 else unix_policy).on_data(context(), message)
+                for i, message in enumerate(messages)
+            )
+        )
 
     verdicts = asyncio.run(main())
     for i, verdict in enumerate(verdicts):
@@ -188,6 +196,7 @@ def test_event_loop_keeps_running_during_a_scan(clamd: ClamdDaemon) -> None:
 
 
 # ---- scanner failures ----
+
 
 @pytest.fixture(scope="module")
 def private_clamd() -> Iterator[ClamdDaemon]:
@@ -279,13 +288,16 @@ class ScriptedClamd:
         self.listener.close()
 
 
-@pytest.mark.parametrize("answer", [
-    b"",                                      # closed without an answer (pyclamd: "clean")
-    b"stream: Can't allocate memory ERROR\n",
-    b"stream: something new\n",               # pyclamd: "clean"
-    b"PONG\n",                                # pyclamd: IndexError
-    b"stream: OK\nstream: Other.Sig FOUND\n",
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"",  # closed without an answer (pyclamd: "clean")
+        b"stream: Can't allocate memory ERROR\n",
+        b"stream: something new\n",  # pyclamd: "clean"
+        b"PONG\n",  # pyclamd: IndexError
+        b"stream: OK\nstream: Other.Sig FOUND\n",
+    ],
+)
 def test_unexpected_answer_raises_scanner_error(answer: bytes) -> None:
     server = ScriptedClamd(answer)
     try:
@@ -325,6 +337,7 @@ def test_silent_clamd_raises_scanner_error_at_timeout() -> None:
 
 # ---- max_size ----
 
+
 def test_message_over_max_size_is_not_scanned(clamd: ClamdDaemon) -> None:
     message = eicar_mail()
     skipped = Verdict(Action.CONTINUE, headers=HeaderEdit(prepend=(SKIPPED_HEADER,)))
@@ -340,36 +353,47 @@ def test_max_size_takes_size_units(clamd: ClamdDaemon) -> None:
 
 # ---- configuration ----
 
+
 def test_defaults() -> None:
     policy = Antivirus(gateway_config.build({}))
     assert str(policy.address) == "unix:/run/clamav/clamd.ctl"
     assert (policy.action, policy.timeout, policy.on_error, policy.max_size) == (
-        "reject", 60.0, "tempfail", 25 * 1024 * 1024)
+        "reject",
+        60.0,
+        "tempfail",
+        25 * 1024 * 1024,
+    )
 
 
 def test_settings_are_read() -> None:
-    policy = make_policy(clamd="tcp:clamav.internal:3310", action="hold", timeout="2m", on_error="pass",
-                         max_size="10M")
+    policy = make_policy(clamd="tcp:clamav.internal:3310", action="hold", timeout="2m", on_error="pass", max_size="10M")
     assert (policy.address.host, policy.address.port) == ("clamav.internal", 3310)
     assert (policy.action, policy.timeout, policy.on_error, policy.max_size) == (
-        "hold", 120.0, "pass", 10 * 1024 * 1024)
+        "hold",
+        120.0,
+        "pass",
+        10 * 1024 * 1024,
+    )
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({"clamd": "127.0.0.1:3310"}, "antivirus.clamd"),
-    ({"clamd": "tcp:127.0.0.1"}, "antivirus.clamd"),
-    ({"clamd": "tcp:127.0.0.1:99999"}, "antivirus.clamd"),
-    ({"clamd": "tcp:[::1]:3310"}, "antivirus.clamd"),
-    ({"clamd": "unix:relative/clamd.sock"}, "antivirus.clamd"),
-    ({"clamd": 3310}, "antivirus.clamd"),
-    ({"action": "discard"}, "antivirus.action"),
-    ({"timeout": "soon"}, "antivirus.timeout"),
-    ({"timeout": 0}, "antivirus.timeout"),
-    ({"on_error": "ignore"}, "antivirus.on_error"),
-    ({"max_size": "huge"}, "antivirus.max_size"),
-    ({"max_size": 0}, "antivirus.max_size"),
-    ({"scanner": "clamd"}, "antivirus.scanner"),
-])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"clamd": "127.0.0.1:3310"}, "antivirus.clamd"),
+        ({"clamd": "tcp:127.0.0.1"}, "antivirus.clamd"),
+        ({"clamd": "tcp:127.0.0.1:99999"}, "antivirus.clamd"),
+        ({"clamd": "tcp:[::1]:3310"}, "antivirus.clamd"),
+        ({"clamd": "unix:relative/clamd.sock"}, "antivirus.clamd"),
+        ({"clamd": 3310}, "antivirus.clamd"),
+        ({"action": "discard"}, "antivirus.action"),
+        ({"timeout": "soon"}, "antivirus.timeout"),
+        ({"timeout": 0}, "antivirus.timeout"),
+        ({"on_error": "ignore"}, "antivirus.on_error"),
+        ({"max_size": "huge"}, "antivirus.max_size"),
+        ({"max_size": 0}, "antivirus.max_size"),
+        ({"scanner": "clamd"}, "antivirus.scanner"),
+    ],
+)
 def test_config_errors_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         make_policy(**table)

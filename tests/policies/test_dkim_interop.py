@@ -44,8 +44,8 @@ from gateway.dkim.settings import DkimSettings
 from gateway.dkim.signer import DkimSigner
 from gateway.message import field_name, insert_fields, mbox_separator, raw_fields
 from tests.harness.dns_server import TestDnsServer
-from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary
 from tests.harness.samples import CORPUS, CORPUS_FILES
+from tests.harness.spam_daemons import RSPAMD_BIN, RspamdDaemon, require_binary
 
 NEW_FROM = b"From: Sender <sender@example.com>\r\n"
 DOMAIN = "example.com"
@@ -75,7 +75,8 @@ EXTRA = {
     "extra/obs-wsp-before-colon.eml": (
         b"From  : Old Style <old@example.com>\r\nTo    : Mary Smith <mary@example.net>\r\n"
         b"Subject     : Saying Hello\r\nDate  : Fri, 21 Nov 1997 09:55:06 -0600\r\n"
-        b"Message-ID  : <1234@local.machine.example>\r\n\r\nThis is a message just to say hello.\r\n"),
+        b"Message-ID  : <1234@local.machine.example>\r\n\r\nThis is a message just to say hello.\r\n"
+    ),
 }
 NAMES = [path.relative_to(CORPUS).as_posix() for path in CORPUS_FILES] + sorted(EXTRA)
 
@@ -139,8 +140,7 @@ for my $file (@files) {
 def require_nacl() -> None:
     """Fail (not skip) when PyNaCl is missing: dkimpy needs it to verify ed25519-sha256."""
     if importlib.util.find_spec("nacl") is None:
-        pytest.fail("PyNaCl is not installed: `pip install pynacl` (dkimpy verifies ed25519 through it)",
-                    pytrace=False)
+        pytest.fail("PyNaCl is not installed: `pip install pynacl` (dkimpy verifies ed25519 through it)", pytrace=False)
 
 
 def with_sender(raw: bytes) -> bytes:
@@ -149,7 +149,7 @@ def with_sender(raw: bytes) -> bytes:
     offset = 0
     for field in raw_fields(raw):
         if field_name(field) == "from":
-            return raw[:offset] + NEW_FROM + raw[offset + len(field):]
+            return raw[:offset] + NEW_FROM + raw[offset + len(field) :]
         offset += len(field)
     return NEW_FROM + raw
 
@@ -166,8 +166,9 @@ class SignedCorpus:
 _DKIM_FIELDS = re.compile(rb"(?:DKIM-Signature:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
 
 
-def _through_gateway(state: Path, messages: dict[str, bytes], extra: str = ""
-                     ) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, str]]:
+def _through_gateway(
+    state: Path, messages: dict[str, bytes], extra: str = ""
+) -> tuple[dict[str, tuple[bytes, bytes]], dict[str, str]]:
     """Relay each message through a real gateway that dual-signs; split what the sink got into
     (message as relayed, the DKIM-Signature fields the gateway put on top). ``extra``: more config keys."""
     import smtplib
@@ -175,40 +176,47 @@ def _through_gateway(state: Path, messages: dict[str, bytes], extra: str = ""
     from prometheus_client.parser import text_string_to_metric_families
 
     from gateway.dkim.keys import dns_txt_value, list_keys, load_private_key
-    from tests.harness.helpers import http_get
     from tests.harness.gateway_process import GatewayProcess
+    from tests.harness.helpers import http_get
     from tests.harness.ports import free_port
     from tests.harness.smtp_sink import SmtpSink
 
     result = {}
     with SmtpSink() as sink:
         port = free_port()
-        config = (f'relayhost = ["[127.0.0.1]:{sink.port}"]\nmynetworks = ["127.0.0.1/32"]\n'
-                  f'myhostname = "gw.test"\nmessage_size_limit = "50M"\n{extra}'
-                  f'[dkim]\ndomains = ["{DOMAIN}"]\nalgorithms = {list(SELECTORS)!r}\n'.replace("'", '"')
-                  + f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n')
+        config = (
+            f'relayhost = ["[127.0.0.1]:{sink.port}"]\nmynetworks = ["127.0.0.1/32"]\n'
+            f'myhostname = "gw.test"\nmessage_size_limit = "50M"\n{extra}'
+            f'[dkim]\ndomains = ["{DOMAIN}"]\nalgorithms = {list(SELECTORS)!r}\n'.replace("'", '"')
+            + f'[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{port}"\ntls = "none"\n'
+        )
         with GatewayProcess(state, config) as gateway:
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-                for index, (name, message) in enumerate(messages.items()):
+                for index, message in enumerate(messages.values()):
                     assert client.sendmail("sender@example.com", [f"r{index}@elsewhere.org"], message) == {}
             for index, name in enumerate(messages):
                 (received,) = sink.wait_for_recipient(f"r{index}@elsewhere.org", timeout=30)
                 separator = mbox_separator(received.data)  # fields go below a leading mbox line
                 signatures = _DKIM_FIELDS.match(received.data, len(separator)).group(0)
-                result[name] = (separator + received.data[len(separator) + len(signatures):], signatures)
+                result[name] = (separator + received.data[len(separator) + len(signatures) :], signatures)
                 assert insert_fields(*result[name]) == received.data
             # each field added is counted by domain and algorithm and logged with the queue ID
             signed = sum(1 for _, fields in result.values() if fields)
             _, scrape = http_get(gateway.metrics_url + "/metrics")
-            counted = {(sample.labels["domain"], sample.labels["algorithm"]): sample.value
-                       for family in text_string_to_metric_families(scrape)
-                       for sample in family.samples if sample.name == "gateway_dkim_signatures_total"}
+            counted = {
+                (sample.labels["domain"], sample.labels["algorithm"]): sample.value
+                for family in text_string_to_metric_families(scrape)
+                for sample in family.samples
+                if sample.name == "gateway_dkim_signatures_total"
+            }
             assert counted == {(DOMAIN, algorithm): signed for algorithm in SELECTORS}, (counted, signed)
             for algorithm in SELECTORS:
                 pattern = rf"[0-9A-F]{{19}}: DKIM-Signature added: d={re.escape(DOMAIN)} a={algorithm}$"
                 assert len(gateway.wait_for_log(pattern, count=signed)) == signed, algorithm
-    records = {f"{key.selector}._domainkey.{key.domain}": dns_txt_value(load_private_key(key.path))
-               for key in list_keys(state / "dkim")}
+    records = {
+        f"{key.selector}._domainkey.{key.domain}": dns_txt_value(load_private_key(key.path))
+        for key in list_keys(state / "dkim")
+    }
     return result, records
 
 
@@ -218,14 +226,14 @@ def signed_corpus(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     relayed through the real gateway (file-held: each message stays in the DATA reader's file and
     the signer reads it from there in chunks, the body hash in one streaming pass)."""
     state = tmp_path_factory.mktemp("dkim-state")
-    prepared = {name: EXTRA[name] if name in EXTRA else with_sender((CORPUS / name).read_bytes())
-                for name in NAMES}
+    prepared = {name: EXTRA[name] if name in EXTRA else with_sender((CORPUS / name).read_bytes()) for name in NAMES}
     if request.param.startswith("gateway"):
         spill = "smtpd_data_spill_size = 1\n" if request.param == "gateway-file-held" else ""
         messages, records = _through_gateway(state, prepared, spill)
     else:
-        config = gateway_config.build({"state_dir": str(state), "dkim": {
-            "domains": [DOMAIN], "algorithms": list(SELECTORS)}})
+        config = gateway_config.build(
+            {"state_dir": str(state), "dkim": {"domains": [DOMAIN], "algorithms": list(SELECTORS)}}
+        )
         signer = DkimSigner(DkimSettings.from_config(config))
         records = {record.name: record.value for record in signer.prepare()}
         messages = {name: (message, signer.sign(message)) for name, message in prepared.items()}
@@ -266,6 +274,7 @@ def _signed(signed_corpus: SignedCorpus, name: str) -> bytes:
 
 # ---- (a) Perl Mail::DKIM, RSA -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mail_dkim_results(signed_corpus: SignedCorpus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Mail::DKIM's per-signature results for every signed file, from a single perl run."""
@@ -277,8 +286,9 @@ def mail_dkim_results(signed_corpus: SignedCorpus, tmp_path_factory: pytest.Temp
     message, signature = signed_corpus.messages[TAMPERED_FROM]
     (work / "tampered.eml").write_bytes(insert_fields(message, signature) + b"P.S. added on the way\r\n")
     files = sorted(signed_corpus.directory.iterdir()) + [work / "tampered.eml"]
-    done = subprocess.run(["perl", str(script), str(records), *map(str, files)], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        ["perl", str(script), str(records), *map(str, files)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     results = {}
     for line in done.stdout.splitlines():
@@ -290,15 +300,16 @@ def mail_dkim_results(signed_corpus: SignedCorpus, tmp_path_factory: pytest.Temp
 
 
 @pytest.mark.parametrize("name", SIGNED_NAMES)
-def test_mail_dkim_verifies_rsa(signed_corpus: SignedCorpus, mail_dkim_results: dict[str, str],
-                                name: str) -> None:
+def test_mail_dkim_verifies_rsa(signed_corpus: SignedCorpus, mail_dkim_results: dict[str, str], name: str) -> None:
     _signed(signed_corpus, name)
     result = mail_dkim_results[name]
     ours = {part for part in result.split("\t") if part.startswith(f"d={DOMAIN};")}
     assert f"d={DOMAIN};s=mail;a=rsa-sha256=pass(pass)" in ours, result
     # Debian 12's Mail::DKIM has no Ed25519: that signature is "invalid", never "fail"
-    assert ours & {f"d={DOMAIN};s=mail-ed25519;a=ed25519-sha256=" + outcome for outcome in (
-        "invalid(invalid (unsupported algorithm ed25519-sha256))", "pass(pass)")}, result
+    assert ours & {
+        f"d={DOMAIN};s=mail-ed25519;a=ed25519-sha256=" + outcome
+        for outcome in ("invalid(invalid (unsupported algorithm ed25519-sha256))", "pass(pass)")
+    }, result
 
 
 def test_mail_dkim_rejects_a_tampered_body(mail_dkim_results: dict[str, str]) -> None:
@@ -309,6 +320,7 @@ def test_mail_dkim_rejects_a_tampered_body(mail_dkim_results: dict[str, str]) ->
 
 
 # ---- (b) rspamd, RSA and Ed25519 ----------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def dkim_rspamd(signed_corpus: SignedCorpus) -> Iterator[RspamdDaemon]:
@@ -326,8 +338,11 @@ def dkim_rspamd(signed_corpus: SignedCorpus) -> Iterator[RspamdDaemon]:
 
 def rspamd_symbols(daemon: RspamdDaemon, message: bytes) -> dict[str, list[str]]:
     """Symbol name → options of rspamd's /checkv2 answer for ``message`` from CLIENT_IP."""
-    request = urllib.request.Request(f"{daemon.url}/checkv2", data=message, headers={
-        "IP": CLIENT_IP, "Helo": "mx.example.com", "From": "sender@example.com", "Rcpt": "rcpt@example.org"})
+    request = urllib.request.Request(
+        f"{daemon.url}/checkv2",
+        data=message,
+        headers={"IP": CLIENT_IP, "Helo": "mx.example.com", "From": "sender@example.com", "Rcpt": "rcpt@example.org"},
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: ignore *_proxy
     with opener.open(request, timeout=30) as response:
         answer = json.load(response)
@@ -348,8 +363,7 @@ def rspamd_log_since(daemon: RspamdDaemon, offset: int, needle: str, timeout: fl
 
 
 @pytest.mark.parametrize("name", SIGNED_NAMES)
-def test_rspamd_verifies_rsa_and_ed25519(signed_corpus: SignedCorpus, dkim_rspamd: RspamdDaemon,
-                                         name: str) -> None:
+def test_rspamd_verifies_rsa_and_ed25519(signed_corpus: SignedCorpus, dkim_rspamd: RspamdDaemon, name: str) -> None:
     signed = _signed(signed_corpus, name)
     log_offset = (dkim_rspamd.dir / "log" / "rspamd.log").stat().st_size
     symbols = rspamd_symbols(dkim_rspamd, signed)
@@ -361,8 +375,9 @@ def test_rspamd_verifies_rsa_and_ed25519(signed_corpus: SignedCorpus, dkim_rspam
         assert needle in rspamd_log_since(dkim_rspamd, log_offset, needle)
         return
     allowed = symbols.get("R_DKIM_ALLOW", [])
-    assert sorted(o for o in allowed if o.startswith(f"{DOMAIN}:")) == \
-        sorted(f"{DOMAIN}:s={s}" for s in SELECTORS.values()), symbols
+    assert sorted(o for o in allowed if o.startswith(f"{DOMAIN}:")) == sorted(
+        f"{DOMAIN}:s={s}" for s in SELECTORS.values()
+    ), symbols
     rejected = [o for o in symbols.get("R_DKIM_REJECT", []) if o.startswith(f"{DOMAIN}:")]
     assert not rejected, symbols
 
@@ -377,6 +392,7 @@ def test_rspamd_rejects_a_tampered_body(signed_corpus: SignedCorpus, dkim_rspamd
 
 
 # ---- (c) dkimpy, RSA and Ed25519 ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", SIGNED_NAMES)
 def test_dkimpy_verifies_rsa_and_ed25519(signed_corpus: SignedCorpus, name: str) -> None:
@@ -409,8 +425,10 @@ def test_bodies_the_relay_client_rewrites_still_verify(tmp_path: Path) -> None:
     as CRLF lines (gateway.relay.client.data_chunks); the signature covers what is sent, so the
     receiver's dkimpy verifies both algorithms on the bytes the sink got."""
     require_nacl()
-    messages = {"lone-cr": NEW_FROM + b"Subject: lone CR\r\n\r\nline one\rline two\r\nend\r\n",
-                "no-final-line-end": NEW_FROM + b"Subject: no final line end\r\n\r\nfirst\r\nlast line \t"}
+    messages = {
+        "lone-cr": NEW_FROM + b"Subject: lone CR\r\n\r\nline one\rline two\r\nend\r\n",
+        "no-final-line-end": NEW_FROM + b"Subject: no final line end\r\n\r\nfirst\r\nlast line \t",
+    }
     relayed, records = _through_gateway(tmp_path / "state", messages)
 
     def dnsfunc(record_name: bytes, timeout: float = 5) -> bytes:

@@ -22,14 +22,15 @@ from tests.harness.samples import CORPUS, CORPUS_FILES
 
 QUEUE_ID = "4AB1C2D3E4F"
 
-RECEIVED_MX = (b"Received: from mx.example.org (mx.example.org [192.0.2.1])\r\n"
-               b"\tby gw.example.com with ESMTP; Mon, 1 Jan 2024 10:00:00 +0000")
-RECEIVED_LAPTOP = (b"Received: from laptop (unknown [10.1.2.3])\r\n"
-                   b"\tby mx.example.org with ESMTPSA; Mon, 1 Jan 2024 09:59:59 +0000")
+RECEIVED_MX = (
+    b"Received: from mx.example.org (mx.example.org [192.0.2.1])\r\n"
+    b"\tby gw.example.com with ESMTP; Mon, 1 Jan 2024 10:00:00 +0000"
+)
+RECEIVED_LAPTOP = (
+    b"Received: from laptop (unknown [10.1.2.3])\r\n\tby mx.example.org with ESMTPSA; Mon, 1 Jan 2024 09:59:59 +0000"
+)
 MESSAGE = (
-    RECEIVED_MX + b"\r\n"
-    + RECEIVED_LAPTOP + b"\r\n"
-    + b"From: Alice <alice@example.org>\r\n"
+    RECEIVED_MX + b"\r\n" + RECEIVED_LAPTOP + b"\r\n" + b"From: Alice <alice@example.org>\r\n"
     b"To: Bob <bob@example.com>\r\n"
     b"Subject: Quarterly report\r\n"
     b" for 2024\r\n"
@@ -56,8 +57,7 @@ def make(tmp_path: Path, rules: str, **extra: object) -> HeaderChecks:
 
 def context() -> PolicyContext:
     client = ClientInfo(ipaddress.ip_address("192.0.2.10"), 40000, "smtp", helo="client.example.org")
-    return PolicyContext(client=client, envelope=Envelope("alice@example.org", ["bob@example.com"]),
-                         queue_id=QUEUE_ID)
+    return PolicyContext(client=client, envelope=Envelope("alice@example.org", ["bob@example.com"]), queue_id=QUEUE_ID)
 
 
 def check(policy: HeaderChecks, message: bytes = MESSAGE) -> Verdict:
@@ -65,7 +65,7 @@ def check(policy: HeaderChecks, message: bytes = MESSAGE) -> Verdict:
 
 
 def body(raw: bytes) -> bytes:
-    return raw[header_end(raw):]
+    return raw[header_end(raw) :]
 
 
 # --- each action on a real message -----------------------------------------------------
@@ -77,17 +77,20 @@ def test_reject_default_reply(tmp_path: Path) -> None:
     assert verdict.reply == Reply(550, "5.7.1", "message content rejected")
     assert verdict.reason == "header_checks"
     assert "Subject: Quarterly report for 2024" in verdict.detail
-    assert ":1" in verdict.detail   # the rule's file:line
+    assert ":1" in verdict.detail  # the rule's file:line
 
 
-@pytest.mark.parametrize(("action", "reply"), [
-    ("REJECT 5.7.0 no reports please", Reply(550, "5.7.0", "no reports please")),
-    ("REJECT go away", Reply(550, "5.7.1", "go away")),
-    ("reject 5.7.9", Reply(550, "5.7.9", "message content rejected")),
-    ("REJECT 5.7.1 subject '$1' refused", Reply(550, "5.7.1", "subject 'Quarterly' refused")),
-    ("REJECT $2 is not wanted", Reply(550, "5.7.1", "report is not wanted")),
-    ("REJECT cost $$5 for ${1}X", Reply(550, "5.7.1", "cost $5 for QuarterlyX")),
-])
+@pytest.mark.parametrize(
+    ("action", "reply"),
+    [
+        ("REJECT 5.7.0 no reports please", Reply(550, "5.7.0", "no reports please")),
+        ("REJECT go away", Reply(550, "5.7.1", "go away")),
+        ("reject 5.7.9", Reply(550, "5.7.9", "message content rejected")),
+        ("REJECT 5.7.1 subject '$1' refused", Reply(550, "5.7.1", "subject 'Quarterly' refused")),
+        ("REJECT $2 is not wanted", Reply(550, "5.7.1", "report is not wanted")),
+        ("REJECT cost $$5 for ${1}X", Reply(550, "5.7.1", "cost $5 for QuarterlyX")),
+    ],
+)
 def test_reject_custom_code_and_text(tmp_path: Path, action: str, reply: Reply) -> None:
     verdict = check(make(tmp_path, f"/^Subject: (\\w+) (\\w+)/ {action}\n"))
     assert verdict.action is Action.REJECT
@@ -102,9 +105,7 @@ def test_discard(tmp_path: Path) -> None:
 
 
 def test_hold_keeps_edits_and_later_headers_still_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rules = ("/^Received: from laptop/ HOLD internal relay\n"
-             "/^X-Mailer:/ IGNORE\n"
-             "/^Message-ID:/ WARN seen after hold\n")
+    rules = "/^Received: from laptop/ HOLD internal relay\n/^X-Mailer:/ IGNORE\n/^Message-ID:/ WARN seen after hold\n"
     with caplog.at_level(logging.INFO):
         verdict = check(make(tmp_path, rules))
     assert verdict.action is Action.HOLD
@@ -113,11 +114,8 @@ def test_hold_keeps_edits_and_later_headers_still_checked(tmp_path: Path, caplog
     assert any("seen after hold" in r.getMessage() for r in caplog.records)
 
 
-def test_reject_after_hold_wins_and_reject_stops_processing(tmp_path: Path,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
-    rules = ("/^Received:/ HOLD\n"
-             "/^Subject:/ REJECT 5.7.1 no\n"
-             "/^X-Mailer:/ WARN never logged\n")
+def test_reject_after_hold_wins_and_reject_stops_processing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rules = "/^Received:/ HOLD\n/^Subject:/ REJECT 5.7.1 no\n/^X-Mailer:/ WARN never logged\n"
     with caplog.at_level(logging.INFO):
         verdict = check(make(tmp_path, rules))
     assert verdict.action is Action.REJECT
@@ -192,8 +190,10 @@ def test_no_match_is_plain_continue(tmp_path: Path) -> None:
 
 def test_body_and_mime_part_headers_are_not_checked(tmp_path: Path) -> None:
     rules = "/^Subject: a body line/ REJECT\n/^X-Mailer: also/ REJECT\n/^Content-Type: image/ REJECT\n"
-    mime = (b"Subject: pic\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-            b"--b\r\nContent-Type: image/png\r\n\r\nxx\r\n--b--\r\n")
+    mime = (
+        b"Subject: pic\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: image/png\r\n\r\nxx\r\n--b--\r\n"
+    )
     policy = make(tmp_path, rules)
     assert check(policy).action is Action.CONTINUE
     assert check(policy, mime).action is Action.CONTINUE
@@ -211,18 +211,21 @@ def test_ignore_drops_a_folded_field_with_its_continuation_lines(tmp_path: Path)
     verdict = check(make(tmp_path, "/^Subject:/ IGNORE\n"))
     assert verdict.headers.drop == (b"Subject: Quarterly report\r\n for 2024",)
     edited = apply_edits(MESSAGE, b"", (verdict.headers,))
-    assert b"for 2024" not in edited[:header_end(edited)]
+    assert b"for 2024" not in edited[: header_end(edited)]
     assert body(edited) == body(MESSAGE)
 
 
-@pytest.mark.parametrize(("rule", "matches"), [
-    ("/^subject: quarterly/ REJECT", True),        # case-insensitive by default
-    ("/^SUBJECT: QUARTERLY/ REJECT", True),
-    ("/^subject: quarterly/i REJECT", False),      # i toggles to case-sensitive
-    ("/^Subject: Quarterly/i REJECT", True),
-    ("/^subject: quarterly/ii REJECT", True),      # toggled twice
-    ("/^Subject: Quarterly$/m REJECT", False),     # m: no embedded newlines after unfolding
-])
+@pytest.mark.parametrize(
+    ("rule", "matches"),
+    [
+        ("/^subject: quarterly/ REJECT", True),  # case-insensitive by default
+        ("/^SUBJECT: QUARTERLY/ REJECT", True),
+        ("/^subject: quarterly/i REJECT", False),  # i toggles to case-sensitive
+        ("/^Subject: Quarterly/i REJECT", True),
+        ("/^subject: quarterly/ii REJECT", True),  # toggled twice
+        ("/^Subject: Quarterly$/m REJECT", False),  # m: no embedded newlines after unfolding
+    ],
+)
 def test_case_sensitivity_flag(tmp_path: Path, rule: str, matches: bool) -> None:
     verdict = check(make(tmp_path, rule + "\n"))
     assert (verdict.action is Action.REJECT) is matches
@@ -240,20 +243,23 @@ def test_negated_rule(tmp_path: Path) -> None:
 
 def test_double_negation_and_legacy_second_pattern(tmp_path: Path) -> None:
     assert check(make(tmp_path, "!!/^Subject:/ REJECT\n")).action is Action.REJECT
-    rules = "/^Received:/!/laptop/ IGNORE\n"   # Received but not from the laptop
+    rules = "/^Received:/!/laptop/ IGNORE\n"  # Received but not from the laptop
     verdict = check(make(tmp_path, rules))
     assert verdict.headers.drop == (RECEIVED_MX,)
 
 
-@pytest.mark.parametrize("rule", [
-    "%^Subject: .*/?report% REJECT",
-    "|^Subject: Quarterly| REJECT",
-    "@^Subject: [a-z]+ report@ REJECT",
-    "!#^X-Nothing#  REJECT",                        # negated: '#' cannot start a rule, '!#' can
-    "!%^Received:%i REJECT",
-    r"/^Subject: Quarterly\/? report/ REJECT",     # escaped delimiter
-    r",^Subject: (Quarterly\, )?Quarterly, REJECT",
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "%^Subject: .*/?report% REJECT",
+        "|^Subject: Quarterly| REJECT",
+        "@^Subject: [a-z]+ report@ REJECT",
+        "!#^X-Nothing#  REJECT",  # negated: '#' cannot start a rule, '!#' can
+        "!%^Received:%i REJECT",
+        r"/^Subject: Quarterly\/? report/ REJECT",  # escaped delimiter
+        r",^Subject: (Quarterly\, )?Quarterly, REJECT",
+    ],
+)
 def test_alternative_delimiters(tmp_path: Path, rule: str) -> None:
     assert check(make(tmp_path, rule + "\n")).action is Action.REJECT
 
@@ -265,34 +271,32 @@ def test_hash_at_line_start_is_a_comment_as_in_postfix(tmp_path: Path) -> None:
 
 
 def test_posix_classes_and_word_anchors(tmp_path: Path) -> None:
-    assert check(make(tmp_path, "/^Subject:[[:space:]]+[[:upper:]][[:alpha:]]+ report/i REJECT\n")
-                 ).action is Action.REJECT
+    assert (
+        check(make(tmp_path, "/^Subject:[[:space:]]+[[:upper:]][[:alpha:]]+ report/i REJECT\n")).action is Action.REJECT
+    )
     assert check(make(tmp_path, r"/\<report\>/ REJECT" + "\n")).action is Action.REJECT
     assert check(make(tmp_path, r"/\<repo\>/ REJECT" + "\n")).action is Action.CONTINUE
 
 
 def test_if_endif(tmp_path: Path) -> None:
-    rules = ("if /^Received:/\n"
-             "/laptop/ IGNORE\n"
-             "endif\n"
-             "if !/^Received:/\n"
-             "/laptop/ REJECT\n"
-             "endif\n")
+    rules = "if /^Received:/\n/laptop/ IGNORE\nendif\nif !/^Received:/\n/laptop/ REJECT\nendif\n"
     verdict = check(make(tmp_path, rules))
     assert verdict.action is Action.CONTINUE
     assert verdict.headers.drop == (RECEIVED_LAPTOP,)
 
 
 def test_comments_blank_lines_and_continuation_lines(tmp_path: Path) -> None:
-    rules = ("# header_checks for the test\n"
-             "\n"
-             "   # an indented comment\n"
-             "/^Subject:.*report/ REJECT 5.7.1 reports are\n"
-             "# a comment inside a logical line does not end it\n"
-             "\n"
-             "    not accepted here\n"
-             "/^X-Mailer:/\n"
-             "\tIGNORE\n")
+    rules = (
+        "# header_checks for the test\n"
+        "\n"
+        "   # an indented comment\n"
+        "/^Subject:.*report/ REJECT 5.7.1 reports are\n"
+        "# a comment inside a logical line does not end it\n"
+        "\n"
+        "    not accepted here\n"
+        "/^X-Mailer:/\n"
+        "\tIGNORE\n"
+    )
     policy = make(tmp_path, rules)
     assert [(rule.line, rule.action) for rule in policy.rules] == [(4, "REJECT"), (8, "IGNORE")]
     verdict = check(policy)
@@ -317,8 +321,9 @@ def test_non_utf8_header_bytes_do_not_crash(tmp_path: Path, caplog: pytest.LogCa
     assert all(r.getMessage().isprintable() for r in caplog.records)
 
 
-def test_prepend_from_substitution_that_is_not_a_field_is_skipped(tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_prepend_from_substitution_that_is_not_a_field_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
         verdict = check(make(tmp_path, "/^Subject: (\\w+)/ PREPEND $1\n"))
     assert verdict.headers.prepend == ()
@@ -334,7 +339,7 @@ def test_reload(tmp_path: Path) -> None:
     policy.path.write_text("/^Subject:/ BOGUS\n")
     with pytest.raises(ConfigError):
         policy.load()
-    assert check(policy).action is Action.HOLD   # a failed reload keeps the old table
+    assert check(policy).action is Action.HOLD  # a failed reload keeps the old table
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -353,16 +358,19 @@ def test_regexp_prefix_is_accepted(tmp_path: Path) -> None:
     assert check(policy).action is Action.DISCARD
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({}, "header_checks.file"),
-    ({"file": ""}, "header_checks.file"),
-    ({"file": 42}, "header_checks.file"),
-    ({"file": "/nonexistent/header_checks"}, "header_checks.file"),
-    ({"file": "FILE", "timeout": "soon"}, "header_checks.timeout"),
-    ({"file": "FILE", "timeout": 0}, "header_checks.timeout"),
-    ({"file": "FILE", "on_error": "ignore"}, "header_checks.on_error"),
-    ({"file": "FILE", "pattern": "/x/"}, "header_checks.pattern"),
-])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({}, "header_checks.file"),
+        ({"file": ""}, "header_checks.file"),
+        ({"file": 42}, "header_checks.file"),
+        ({"file": "/nonexistent/header_checks"}, "header_checks.file"),
+        ({"file": "FILE", "timeout": "soon"}, "header_checks.timeout"),
+        ({"file": "FILE", "timeout": 0}, "header_checks.timeout"),
+        ({"file": "FILE", "on_error": "ignore"}, "header_checks.on_error"),
+        ({"file": "FILE", "pattern": "/x/"}, "header_checks.pattern"),
+    ],
+)
 def test_bad_settings(tmp_path: Path, table: dict[str, object], key: str) -> None:
     (tmp_path / "hc").write_text("/x/ DUNNO\n")
     table = {k: str(tmp_path / "hc") if v == "FILE" else v for k, v in table.items()}
@@ -371,35 +379,38 @@ def test_bad_settings(tmp_path: Path, table: dict[str, object], key: str) -> Non
     assert caught.value.key == key
 
 
-@pytest.mark.parametrize(("rules", "line", "message"), [
-    ("/^Subject:/ FROBNICATE\n", 1, "unknown action"),
-    ("# c\n\n/^Subject:/ REPLACE Subject: x\n", 3, "not supported"),
-    ("/x/ DUNNO\n/^Subject: (unclosed/ REJECT\n", 2, "bad regular expression"),
-    ("/x/ DUNNO\n/x/ DUNNO\n/^Subject: [z-a]/ REJECT\n", 3, "bad regular expression"),
-    ("/^Subject: no end REJECT\n", 1, "no closing pattern delimiter"),
-    ("/^Subject:/ \n", 1, "no action"),
-    ("/^Subject:/q REJECT\n", 1, "unknown pattern flag"),
-    ("/^Subject:/x REJECT\n", 1, "flag 'x'"),
-    ("/^Subject:/ REJECT 4.7.1 try later\n", 1, "5.x.x"),
-    ("/^Subject: (.*)/ REJECT 4.7.1 $1\n", 1, "5.x.x"),
-    ("/^Subject:/ REJECT 2.0.0 fine\n", 1, "5.x.x"),
-    ("/^Subject:/ REJECT caf\u00e9 refused\n", 1, "printable ASCII"),
-    ("/^Subject:/ PREPEND\n", 1, "PREPEND needs"),
-    ("/^Subject:/ PREPEND not a header\n", 1, "not a header field"),
-    ("/^Subject: (.*)/ REJECT $2\n", 1, "only 1 group"),
-    ("!/^Subject: (.*)/ REJECT $1\n", 1, "negated"),
-    ("/^Subject:/ REJECT costs $5x\n", 1, "non-numeric"),
-    ("/^Subject:/ REJECT costs $ 5\n", 1, "write $$"),
-    ("/^Subject:/ REJECT costs $0\n", 1, "out of range"),
-    ("REJECT everything\n", 1, "pattern delimiter"),
-    ("  /^Subject:/ REJECT\n", 1, "continuation line"),
-    ("/x/ DUNNO\nendif\n", 2, "endif without"),
-    ("/x/ DUNNO\nif /^Subject:/\n/y/ DUNNO\n", 2, "if without"),
-    ("if /^Subject:/ /x/ REJECT\nendif\n", 1, "unexpected text"),
-    ("/[[:letters:]]/ REJECT\n", 1, "unknown character class"),
-    ("/[[=a=]]/ REJECT\n", 1, "equivalence"),
-    ("a/x/ REJECT\n", 1, "pattern delimiter"),
-])
+@pytest.mark.parametrize(
+    ("rules", "line", "message"),
+    [
+        ("/^Subject:/ FROBNICATE\n", 1, "unknown action"),
+        ("# c\n\n/^Subject:/ REPLACE Subject: x\n", 3, "not supported"),
+        ("/x/ DUNNO\n/^Subject: (unclosed/ REJECT\n", 2, "bad regular expression"),
+        ("/x/ DUNNO\n/x/ DUNNO\n/^Subject: [z-a]/ REJECT\n", 3, "bad regular expression"),
+        ("/^Subject: no end REJECT\n", 1, "no closing pattern delimiter"),
+        ("/^Subject:/ \n", 1, "no action"),
+        ("/^Subject:/q REJECT\n", 1, "unknown pattern flag"),
+        ("/^Subject:/x REJECT\n", 1, "flag 'x'"),
+        ("/^Subject:/ REJECT 4.7.1 try later\n", 1, "5.x.x"),
+        ("/^Subject: (.*)/ REJECT 4.7.1 $1\n", 1, "5.x.x"),
+        ("/^Subject:/ REJECT 2.0.0 fine\n", 1, "5.x.x"),
+        ("/^Subject:/ REJECT caf\u00e9 refused\n", 1, "printable ASCII"),
+        ("/^Subject:/ PREPEND\n", 1, "PREPEND needs"),
+        ("/^Subject:/ PREPEND not a header\n", 1, "not a header field"),
+        ("/^Subject: (.*)/ REJECT $2\n", 1, "only 1 group"),
+        ("!/^Subject: (.*)/ REJECT $1\n", 1, "negated"),
+        ("/^Subject:/ REJECT costs $5x\n", 1, "non-numeric"),
+        ("/^Subject:/ REJECT costs $ 5\n", 1, "write $$"),
+        ("/^Subject:/ REJECT costs $0\n", 1, "out of range"),
+        ("REJECT everything\n", 1, "pattern delimiter"),
+        ("  /^Subject:/ REJECT\n", 1, "continuation line"),
+        ("/x/ DUNNO\nendif\n", 2, "endif without"),
+        ("/x/ DUNNO\nif /^Subject:/\n/y/ DUNNO\n", 2, "if without"),
+        ("if /^Subject:/ /x/ REJECT\nendif\n", 1, "unexpected text"),
+        ("/[[:letters:]]/ REJECT\n", 1, "unknown character class"),
+        ("/[[=a=]]/ REJECT\n", 1, "equivalence"),
+        ("a/x/ REJECT\n", 1, "pattern delimiter"),
+    ],
+)
 def test_rule_errors_name_file_and_line(tmp_path: Path, rules: str, line: int, message: str) -> None:
     path = tmp_path / "header_checks"
     path.write_text(rules)
@@ -455,8 +466,7 @@ def test_corpus_message(tmp_path: Path, path: Path) -> None:
         assert dropped + b"\r\n" in fields
     edited = apply_edits(raw, b"", (verdict.headers,))
     assert body(edited) == body(raw)
-    assert len(list(raw_fields(edited))) == (
-        len(fields) - len(verdict.headers.drop) + len(verdict.headers.prepend))
+    assert len(list(raw_fields(edited))) == (len(fields) - len(verdict.headers.drop) + len(verdict.headers.prepend))
 
 
 def test_non_field_lines_are_skipped_and_later_fields_checked(tmp_path: Path) -> None:

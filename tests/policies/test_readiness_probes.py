@@ -49,7 +49,9 @@ def test_clamd_on_its_unix_socket_and_on_tcp():
 
 
 def test_a_scanner_that_may_fail_open_has_no_probe():
-    for policy in (SpamAssassin(gateway_config.build({"spamassassin": {"on_error": "pass"}})),
-                   Rspamd(gateway_config.build({"rspamd": {"on_error": "pass"}})),
-                   Antivirus(gateway_config.build({"antivirus": {"on_error": "pass"}}))):
+    for policy in (
+        SpamAssassin(gateway_config.build({"spamassassin": {"on_error": "pass"}})),
+        Rspamd(gateway_config.build({"rspamd": {"on_error": "pass"}})),
+        Antivirus(gateway_config.build({"antivirus": {"on_error": "pass"}})),
+    ):
         assert policy.readiness_probe() is None, policy.name

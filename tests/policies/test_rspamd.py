@@ -37,10 +37,10 @@ from gateway.envelope import ClientInfo, Envelope
 from gateway.errors import ConfigError, ScannerError
 from gateway.message import apply_edits, field_name, field_value, raw_fields
 from gateway.pipeline.policy import PolicyContext
-from gateway.reply import Reply
+from gateway.reply import SPAM_SOFT_REJECT, Reply
 from gateway.verdict import CONTINUE, Action, Verdict
-from gateway.reply import SPAM_SOFT_REJECT
 from policies.spam.rspamd import Rspamd
+from tests.harness.ports import free_ports
 from tests.harness.samples import (  # noqa: F401
     CORPUS,
     CORPUS_FILES,
@@ -51,36 +51,35 @@ from tests.harness.samples import (  # noqa: F401
     UNDATED,
 )
 from tests.harness.spam_daemons import RspamdDaemon
-from tests.harness.ports import free_ports
 
 # Corpus messages rspamd scores at or above 6.9, the amavis kill level (calibrated for
 # SpamAssassin), with the symbol that weighs most. They are parser test cases with broken
 # headers. rspamd's default levels here follow its own scale (kill 15), where all pass;
 # with kill_level = 6.9 set in [rspamd] exactly these are rejected.
 CORPUS_SPAM = {
-    "mail-gem/attachment_emails/attachment_message_rfc822.eml": "BROKEN_HEADERS",             # 7.9
+    "mail-gem/attachment_emails/attachment_message_rfc822.eml": "BROKEN_HEADERS",  # 7.9
     "mail-gem/attachment_emails/attachment_message_rfc822_inline_image.eml": "BROKEN_HEADERS",  # 7.9
-    "mail-gem/attachment_emails/attachment_pdf_non_ascii.eml": "R_BAD_CTE_7BIT",              # 7.0
-    "mail-gem/attachment_emails/attachment_pdf_non_ascii_lf.eml": "R_BAD_CTE_7BIT",           # 7.0
-    "mail-gem/error_emails/bad_encoded_subject.eml": "MISSING_FROM",                          # 9.2
-    "mail-gem/error_emails/bad_subject.eml": "FROM_EXCESS_BASE64",                            # 10.5
-    "mail-gem/error_emails/content_transfer_encoding_empty.eml": "R_BAD_CTE_7BIT",            # 8.1
-    "mail-gem/error_emails/empty_group_lists.eml": "SPAM_FLAG",                               # 9.0
-    "mail-gem/error_emails/missing_body.eml": "BROKEN_HEADERS",                               # 10.0
-    "mail-gem/error_emails/multiple_content_types.eml": "MULTIPLE_UNIQUE_HEADERS",            # 8.4
-    "mail-gem/error_emails/multiple_references_with_one_invalid.eml": "BROKEN_HEADERS",       # 8.4
-    "mail-gem/mime_emails/raw_email_with_binary_encoded.eml": "MULTIPLE_UNIQUE_HEADERS",      # 8.4
+    "mail-gem/attachment_emails/attachment_pdf_non_ascii.eml": "R_BAD_CTE_7BIT",  # 7.0
+    "mail-gem/attachment_emails/attachment_pdf_non_ascii_lf.eml": "R_BAD_CTE_7BIT",  # 7.0
+    "mail-gem/error_emails/bad_encoded_subject.eml": "MISSING_FROM",  # 9.2
+    "mail-gem/error_emails/bad_subject.eml": "FROM_EXCESS_BASE64",  # 10.5
+    "mail-gem/error_emails/content_transfer_encoding_empty.eml": "R_BAD_CTE_7BIT",  # 8.1
+    "mail-gem/error_emails/empty_group_lists.eml": "SPAM_FLAG",  # 9.0
+    "mail-gem/error_emails/missing_body.eml": "BROKEN_HEADERS",  # 10.0
+    "mail-gem/error_emails/multiple_content_types.eml": "MULTIPLE_UNIQUE_HEADERS",  # 8.4
+    "mail-gem/error_emails/multiple_references_with_one_invalid.eml": "BROKEN_HEADERS",  # 8.4
+    "mail-gem/mime_emails/raw_email_with_binary_encoded.eml": "MULTIPLE_UNIQUE_HEADERS",  # 8.4
     "mail-gem/mime_emails/raw_email_with_multipart_mixed_quoted_boundary.eml": "MULTIPLE_UNIQUE_HEADERS",  # 8.4
-    "mail-gem/plain_emails/raw_email10.eml": "R_BAD_CTE_7BIT",                                # 8.9
-    "mail-gem/plain_emails/raw_email5.eml": "R_BAD_CTE_7BIT",                                 # 7.5
-    "mail-gem/plain_emails/raw_email6.eml": "R_BAD_CTE_7BIT",                                 # 8.9
-    "mail-gem/plain_emails/raw_email_bad_time.eml": "DATE_IN_FUTURE",                         # 12.95, year 3609
-    "mail-gem/plain_emails/raw_email_incorrect_header.eml": "BROKEN_HEADERS",                 # 7.9
-    "mail-gem/plain_emails/raw_email_multiple_from.eml": "BROKEN_HEADERS",                    # 8.9
-    "mail-gem/plain_emails/raw_email_with_at_display_name.eml": "MULTIPLE_FROM",              # 7.9
-    "mail-gem/plain_emails/raw_email_with_bad_date.eml": "MISSING_MIME_VERSION",              # 7.0
-    "mail-gem/rfc2822/example13.eml": "BROKEN_HEADERS",                                       # 7.9
-    "mail-gem/rfc6532/utf8_headers.eml": "INVALID_FROM_8BIT",                                 # 7.9
+    "mail-gem/plain_emails/raw_email10.eml": "R_BAD_CTE_7BIT",  # 8.9
+    "mail-gem/plain_emails/raw_email5.eml": "R_BAD_CTE_7BIT",  # 7.5
+    "mail-gem/plain_emails/raw_email6.eml": "R_BAD_CTE_7BIT",  # 8.9
+    "mail-gem/plain_emails/raw_email_bad_time.eml": "DATE_IN_FUTURE",  # 12.95, year 3609
+    "mail-gem/plain_emails/raw_email_incorrect_header.eml": "BROKEN_HEADERS",  # 7.9
+    "mail-gem/plain_emails/raw_email_multiple_from.eml": "BROKEN_HEADERS",  # 8.9
+    "mail-gem/plain_emails/raw_email_with_at_display_name.eml": "MULTIPLE_FROM",  # 7.9
+    "mail-gem/plain_emails/raw_email_with_bad_date.eml": "MISSING_MIME_VERSION",  # 7.0
+    "mail-gem/rfc2822/example13.eml": "BROKEN_HEADERS",  # 7.9
+    "mail-gem/rfc6532/utf8_headers.eml": "INVALID_FROM_8BIT",  # 7.9
 }
 
 
@@ -90,10 +89,13 @@ def make_policy(url: str, **table: Any) -> Rspamd:
     return Rspamd(gateway_config.build({"rspamd": {"url": url, **table}, "spam_levels": levels}))
 
 
-def context(sender: str = "a@example.com", recipients: tuple[str, ...] = ("b@example.org",),
-            auth_user: str | None = None, address: str = "127.0.0.1") -> PolicyContext:
-    client = ClientInfo(ipaddress.ip_address(address), 40000, "smtp", helo="client.example.com",
-                        auth_user=auth_user)
+def context(
+    sender: str = "a@example.com",
+    recipients: tuple[str, ...] = ("b@example.org",),
+    auth_user: str | None = None,
+    address: str = "127.0.0.1",
+) -> PolicyContext:
+    client = ClientInfo(ipaddress.ip_address(address), 40000, "smtp", helo="client.example.com", auth_user=auth_user)
     return PolicyContext(client, Envelope(sender, list(recipients)), queue_id="RSTESTQUEUE")
 
 
@@ -114,6 +116,7 @@ def check(policy: Rspamd, message: bytes, ctx: PolicyContext | None = None) -> d
             return await policy.check(ctx or context(), message)
         finally:
             await policy.aclose()
+
     return asyncio.run(run())
 
 
@@ -133,34 +136,49 @@ def to_crlf(data: bytes) -> bytes:
 
 # ---- configuration ----
 
+
 def test_defaults():
     policy = Rspamd(gateway_config.build({}))
-    assert (policy.url, policy.timeout, policy.on_error, policy.password, policy.use_actions) == \
-        ("http://127.0.0.1:11333", 30.0, "tempfail", None, False)
+    assert (policy.url, policy.timeout, policy.on_error, policy.password, policy.use_actions) == (
+        "http://127.0.0.1:11333",
+        30.0,
+        "tempfail",
+        None,
+        False,
+    )
     assert policy.name == "rspamd"
 
 
 def test_settings_are_read():
-    policy = make_policy("https://rspamd.example.net:11333/", timeout="5s", on_error="pass", password="s3cret",
-                         use_actions=True)
-    assert (policy.url, policy.timeout, policy.on_error, policy.password, policy.use_actions) == \
-        ("https://rspamd.example.net:11333", 5.0, "pass", "s3cret", True)
+    policy = make_policy(
+        "https://rspamd.example.net:11333/", timeout="5s", on_error="pass", password="s3cret", use_actions=True
+    )
+    assert (policy.url, policy.timeout, policy.on_error, policy.password, policy.use_actions) == (
+        "https://rspamd.example.net:11333",
+        5.0,
+        "pass",
+        "s3cret",
+        True,
+    )
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({"url": "127.0.0.1:11333"}, "rspamd.url"),
-    ({"url": "ftp://127.0.0.1/"}, "rspamd.url"),
-    ({"url": "http://127.0.0.1:99999"}, "rspamd.url"),
-    ({"url": "http:///checkv2"}, "rspamd.url"),
-    ({"url": 11333}, "rspamd.url"),
-    ({"timeout": "forever"}, "rspamd.timeout"),
-    ({"timeout": "0s"}, "rspamd.timeout"),
-    ({"on_error": "accept"}, "rspamd.on_error"),
-    ({"password": "a\r\nb"}, "rspamd.password"),
-    ({"use_actions": "yes"}, "rspamd.use_actions"),
-    ({"use_action": True}, "rspamd.use_action"),
-    ({"spam_levels": {"tag2_level": 9}}, "spam_levels.tag2_level"),
-])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"url": "127.0.0.1:11333"}, "rspamd.url"),
+        ({"url": "ftp://127.0.0.1/"}, "rspamd.url"),
+        ({"url": "http://127.0.0.1:99999"}, "rspamd.url"),
+        ({"url": "http:///checkv2"}, "rspamd.url"),
+        ({"url": 11333}, "rspamd.url"),
+        ({"timeout": "forever"}, "rspamd.timeout"),
+        ({"timeout": "0s"}, "rspamd.timeout"),
+        ({"on_error": "accept"}, "rspamd.on_error"),
+        ({"password": "a\r\nb"}, "rspamd.password"),
+        ({"use_actions": "yes"}, "rspamd.use_actions"),
+        ({"use_action": True}, "rspamd.use_action"),
+        ({"spam_levels": {"tag2_level": 9}}, "spam_levels.tag2_level"),
+    ],
+)
 def test_config_errors_name_the_key(table, key):
     table = dict(table)
     with pytest.raises(ConfigError) as caught:
@@ -176,13 +194,20 @@ def test_password_is_not_in_the_error_message():
 
 # ---- the request ----
 
+
 def test_request_headers_carry_the_envelope():
     policy = make_policy("http://127.0.0.1:11333", password="pw")
     headers = policy.request_headers(context(recipients=("b@example.org", "c@example.org"), auth_user="alice"))
     assert list(headers.items()) == [
-        ("IP", "127.0.0.1"), ("Helo", "client.example.com"), ("From", "a@example.com"),
-        ("Rcpt", "b@example.org"), ("Rcpt", "c@example.org"), ("Queue-Id", "RSTESTQUEUE"),
-        ("User", "alice"), ("Password", "pw")]
+        ("IP", "127.0.0.1"),
+        ("Helo", "client.example.com"),
+        ("From", "a@example.com"),
+        ("Rcpt", "b@example.org"),
+        ("Rcpt", "c@example.org"),
+        ("Queue-Id", "RSTESTQUEUE"),
+        ("User", "alice"),
+        ("Password", "pw"),
+    ]
     assert "Hostname" not in headers
 
 
@@ -196,8 +221,14 @@ def test_rspamd_receives_the_envelope(rspamd):
     ctx = context(recipients=("b@example.org", "c@example.org"), auth_user="alice")
     result = check(make_policy(rspamd.url), HAM, ctx)
     assert result["symbols"]["GATEWAY_TEST_ENVELOPE"]["options"] == [
-        "ip=127.0.0.1", "helo=client.example.com", "from=a@example.com", "rcpt=b@example.org",
-        "rcpt=c@example.org", "queue_id=RSTESTQUEUE", "user=alice"]
+        "ip=127.0.0.1",
+        "helo=client.example.com",
+        "from=a@example.com",
+        "rcpt=b@example.org",
+        "rcpt=c@example.org",
+        "queue_id=RSTESTQUEUE",
+        "user=alice",
+    ]
     # rspamd compared the envelope with the message: To matches Rcpt, From matches MAIL FROM
     assert {"TO_MATCH_ENVRCPT_ALL", "FROM_EQ_ENVFROM"} <= set(result["symbols"])
 
@@ -214,6 +245,7 @@ def test_null_sender_reaches_rspamd_as_empty(rspamd):
 
 
 # ---- verdicts by the score levels (use_actions = false) ----
+
 
 def test_gtube_is_rejected_by_score(rspamd):
     policy = make_policy(rspamd.url)
@@ -252,6 +284,7 @@ def test_levels_ignore_rspamd_action_when_use_actions_is_off(rspamd):
 
 # ---- verdicts by rspamd's action (use_actions = true) ----
 
+
 def test_gtube_is_rejected_by_action(rspamd):
     verdict = scan(make_policy(rspamd.url, use_actions=True), GTUBE_MAIL)
     assert verdict.action is Action.REJECT
@@ -269,10 +302,13 @@ def test_no_action_above_tag_level_gets_status_no(rspamd):
     assert headers_of(verdict)["X-Spam-Flag"] == "NO" and verdict.headers.replace == ()
 
 
-@pytest.mark.parametrize(("action", "expected", "reply", "reason"), [
-    ("reject", Action.REJECT, Reply(554, "5.7.1", "forced by test"), "spam"),
-    ("soft reject", Action.TEMPFAIL, SPAM_SOFT_REJECT, "spam_soft_reject"),
-])
+@pytest.mark.parametrize(
+    ("action", "expected", "reply", "reason"),
+    [
+        ("reject", Action.REJECT, Reply(554, "5.7.1", "forced by test"), "spam"),
+        ("soft reject", Action.TEMPFAIL, SPAM_SOFT_REJECT, "spam_soft_reject"),
+    ],
+)
 def test_refusing_actions(rspamd, action, expected, reply, reason):
     verdict = scan(make_policy(rspamd.url, use_actions=True), forced(action))
     assert (verdict.action, verdict.reply, verdict.reason) == (expected, reply, reason)
@@ -316,13 +352,14 @@ def test_rewrite_subject_uses_rspamd_subject(rspamd):
 def test_rewrite_subject_keeps_rspamd_encoded_words(rspamd):
     message = forced("rewrite subject", HAM.replace(b"Subject: lunch", b"Subject: =?UTF-8?B?TMO8bmNo?="))
     verdict = scan(make_policy(rspamd.url, use_actions=True), message)
-    (name, value), = verdict.headers.replace
+    ((name, value),) = verdict.headers.replace
     assert name == "Subject" and value.isascii() and value.startswith("=?UTF-8?")
     decoded = str(email.header.make_header(email.header.decode_header(value)))
     assert decoded.endswith("Lünch") and "SPAM" in decoded
 
 
 # ---- failures ----
+
 
 def test_nothing_listening_is_a_scanner_error():
     port = free_ports(1)[0]
@@ -361,8 +398,9 @@ class FakeRspamd:
                 pass
         return web.Response(status=self.status, body=self.body, content_type="application/json")
 
-    async def run(self, policy_table: dict[str, Any], message: bytes = HAM,
-                  ctx: PolicyContext | None = None) -> Verdict:
+    async def run(
+        self, policy_table: dict[str, Any], message: bytes = HAM, ctx: PolicyContext | None = None
+    ) -> Verdict:
         self.release = asyncio.Event()
         app = web.Application()
         app.router.add_post("/checkv2", self.handle)
@@ -378,24 +416,28 @@ class FakeRspamd:
             await runner.cleanup()
 
 
-@pytest.mark.parametrize(("status", "body", "table"), [
-    (500, b'{"error": "internal"}', {}),
-    (200, b"<html>hello</html>", {}),
-    (200, b"[1, 2]", {}),
-    (200, b'{"score": 1.0, "symbols": {}}', {}),                          # no action
-    (200, b'{"action": "no action", "symbols": {}}', {}),                 # no score
-    (200, b'{"action": "no action", "score": "high"}', {}),
-    (200, b'{"action": "no action", "score": 1.0, "symbols": []}', {}),
-    (200, b'{"action": "quarantine", "score": 1.0}', {"use_actions": True}),  # not an action we know
-])
+@pytest.mark.parametrize(
+    ("status", "body", "table"),
+    [
+        (500, b'{"error": "internal"}', {}),
+        (200, b"<html>hello</html>", {}),
+        (200, b"[1, 2]", {}),
+        (200, b'{"score": 1.0, "symbols": {}}', {}),  # no action
+        (200, b'{"action": "no action", "symbols": {}}', {}),  # no score
+        (200, b'{"action": "no action", "score": "high"}', {}),
+        (200, b'{"action": "no action", "score": 1.0, "symbols": []}', {}),
+        (200, b'{"action": "quarantine", "score": 1.0}', {"use_actions": True}),  # not an action we know
+    ],
+)
 def test_bad_answers_are_scanner_errors(status, body, table):
     with pytest.raises(ScannerError):
         asyncio.run(FakeRspamd(status, body).run({"timeout": "5s", **table}))
 
 
 def test_minimal_answer_is_enough():
-    verdict = asyncio.run(FakeRspamd(200, json.dumps({"action": "no action", "score": 17.5}).encode())
-                          .run({"timeout": "5s"}))
+    verdict = asyncio.run(
+        FakeRspamd(200, json.dumps({"action": "no action", "score": 17.5}).encode()).run({"timeout": "5s"})
+    )
     assert verdict.action is Action.REJECT and "tests=" in verdict.detail
 
 
@@ -410,7 +452,7 @@ def test_password_and_message_are_sent():
     fake = FakeRspamd(200, b'{"action": "no action", "score": 0.0, "symbols": {}}')
     ctx = context(recipients=("b@example.org", "c@example.org"))
     asyncio.run(fake.run({"password": "s3cret"}, HAM, ctx))
-    (headers, body), = fake.requests
+    ((headers, body),) = fake.requests
     assert headers["Password"] == ["s3cret"] and headers["Rcpt"] == ["b@example.org", "c@example.org"]
     assert body == HAM
 
@@ -431,6 +473,7 @@ def test_aclose_closes_the_session_and_a_later_scan_reopens(rspamd):
 
 # ---- the corpus ----
 
+
 def corpus_envelope(message: bytes) -> Envelope:
     """The envelope a client would likely send: MAIL FROM = From:, RCPT TO = To:/Cc: (fallbacks when absent).
 
@@ -441,8 +484,11 @@ def corpus_envelope(message: bytes) -> Envelope:
 
     def addresses(*names: str) -> list[str]:
         values = [str(value) for name in names for value in (parsed.get_all(name) or [])]
-        return [address for _, address in email.utils.getaddresses(values)
-                if "@" in address and address.isascii() and " " not in address]
+        return [
+            address
+            for _, address in email.utils.getaddresses(values)
+            if "@" in address and address.isascii() and " " not in address
+        ]
 
     senders, recipients = addresses("From"), addresses("To", "Cc")
     return Envelope(senders[0] if senders else "a@example.com", recipients or ["b@example.org"])

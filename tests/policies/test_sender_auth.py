@@ -41,7 +41,6 @@ from policies.auth.sender_auth import (
 from tests.harness.dns_server import TestDnsServer
 from tests.harness.samples import CORPUS, CORPUS_FILES
 
-
 AUTHSERV_ID = "mx.gw.test"
 GOOD_IP = "192.0.2.10"  # inside every test domain's SPF record
 BAD_IP = "198.51.100.7"  # outside all of them
@@ -51,11 +50,13 @@ SPF_RECORD = "v=spf1 ip4:192.0.2.0/24 -all"
 
 # ---- fixtures ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def private_key() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +87,19 @@ def zone(private_key: bytes) -> Iterator[TestDnsServer]:
         ("_dmarc.badp.test", "TXT"): ["v=DMARC1; p=bogus"],
         ("_dmarc.rua.test", "TXT"): ["v=DMARC1; p=bogus; rua=mailto:dmarc@rua.test"],
     }
-    for domain in ("none.test", "quarantine.test", "reject.test", "pct.test", "strict.test", "mail.strict.test",
-                   "nodmarc.test", "twice.test", "badp.test", "rua.test", "dnsfail.test"):
+    for domain in (
+        "none.test",
+        "quarantine.test",
+        "reject.test",
+        "pct.test",
+        "strict.test",
+        "mail.strict.test",
+        "nodmarc.test",
+        "twice.test",
+        "badp.test",
+        "rua.test",
+        "dnsfail.test",
+    ):
         records[(domain, "TXT")] = [SPF_RECORD]
     with TestDnsServer(records) as server:
         server.set_rcode("servfail.test", "TXT", "SERVFAIL")
@@ -99,8 +111,11 @@ def zone(private_key: bytes) -> Iterator[TestDnsServer]:
 
 def make_policy(zone: TestDnsServer, **table: Any) -> SenderAuthentication:
     """The policy built the way the gateway builds it, pointed at the test DNS server."""
-    return SenderAuthentication(gateway_config.build({
-        "myhostname": AUTHSERV_ID, "dns_nameservers": [f"127.0.0.1:{zone.port}"], "sender_auth": table}))
+    return SenderAuthentication(
+        gateway_config.build(
+            {"myhostname": AUTHSERV_ID, "dns_nameservers": [f"127.0.0.1:{zone.port}"], "sender_auth": table}
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,22 +125,37 @@ def policy(zone: TestDnsServer) -> SenderAuthentication:
 
 # ---- helpers ----------------------------------------------------------------
 
+
 def mail(author: str = "Alice <alice@example.com>", body: bytes = b"Hello.\r\n", extra: bytes = b"") -> bytes:
     """A small CRLF message; ``extra`` is header bytes (CRLF-terminated) put on top."""
     head = f"From: {author}\r\nTo: bob@example.net\r\nSubject: test\r\n" if author else "To: bob@example.net\r\n"
-    return (extra + head.encode() + b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n"
-            b"Message-ID: <t1@example.com>\r\n\r\n" + body)
+    return (
+        extra + head.encode() + b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <t1@example.com>\r\n\r\n" + body
+    )
 
 
-def sign(message: bytes, key: bytes, domain: str = "example.com", selector: str = "sel",
-         algorithm: bytes = b"rsa-sha256") -> bytes:
-    signature = dkim.sign(message, selector.encode(), domain.encode(), key, signature_algorithm=algorithm,
-                          include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+def sign(
+    message: bytes, key: bytes, domain: str = "example.com", selector: str = "sel", algorithm: bytes = b"rsa-sha256"
+) -> bytes:
+    signature = dkim.sign(
+        message,
+        selector.encode(),
+        domain.encode(),
+        key,
+        signature_algorithm=algorithm,
+        include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
+    )
     return signature + message
 
 
-def run(policy: SenderAuthentication, message: bytes, sender: str = "alice@example.com", ip: str = GOOD_IP,
-        helo: str = "mail.example.com", trusted: bool = False) -> Verdict:
+def run(
+    policy: SenderAuthentication,
+    message: bytes,
+    sender: str = "alice@example.com",
+    ip: str = GOOD_IP,
+    helo: str = "mail.example.com",
+    trusted: bool = False,
+) -> Verdict:
     client = ClientInfo(ipaddress.ip_address(ip), 40000, "smtp", helo=helo, trusted=trusted)
     ctx = PolicyContext(client, Envelope(sender, ["bob@example.net"]), queue_id="TESTQUEUEID")
     return asyncio.run(policy.on_data(ctx, message))
@@ -164,16 +194,20 @@ def one(verdict: Verdict, method: str) -> tuple[str, dict[str, str]]:
 
 # ---- SPF --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("sender", "ip", "expected"), [
-    ("alice@example.com", GOOD_IP, "pass"),
-    ("alice@example.com", BAD_IP, "fail"),
-    ("a@softfail.test", GOOD_IP, "softfail"),
-    ("a@neutral.test", GOOD_IP, "neutral"),
-    ("a@nospf.test", GOOD_IP, "none"),         # the name exists, no TXT
-    ("a@nxdomain.test", GOOD_IP, "none"),      # NXDOMAIN
-    ("a@servfail.test", GOOD_IP, "temperror"),
-    ("a@broken.test", GOOD_IP, "permerror"),
-])
+
+@pytest.mark.parametrize(
+    ("sender", "ip", "expected"),
+    [
+        ("alice@example.com", GOOD_IP, "pass"),
+        ("alice@example.com", BAD_IP, "fail"),
+        ("a@softfail.test", GOOD_IP, "softfail"),
+        ("a@neutral.test", GOOD_IP, "neutral"),
+        ("a@nospf.test", GOOD_IP, "none"),  # the name exists, no TXT
+        ("a@nxdomain.test", GOOD_IP, "none"),  # NXDOMAIN
+        ("a@servfail.test", GOOD_IP, "temperror"),
+        ("a@broken.test", GOOD_IP, "permerror"),
+    ],
+)
 def test_spf_results(policy: SenderAuthentication, sender: str, ip: str, expected: str) -> None:
     verdict = run(policy, mail(), sender=sender, ip=ip)
     assert one(verdict, "spf") == (expected, {"smtp.mailfrom": sender.partition("@")[2]})
@@ -205,10 +239,10 @@ def test_spf_none_for_an_address_literal_helo(policy: SenderAuthentication, zone
 
 # ---- DKIM -------------------------------------------------------------------
 
+
 def test_dkim_pass(policy: SenderAuthentication, private_key: bytes) -> None:
     verdict = run(policy, sign(mail(), private_key), ip=BAD_IP)
-    assert one(verdict, "dkim") == ("pass", {"header.d": "example.com", "header.s": "sel",
-                                             "header.a": "rsa-sha256"})
+    assert one(verdict, "dkim") == ("pass", {"header.d": "example.com", "header.s": "sel", "header.a": "rsa-sha256"})
     assert one(verdict, "spf")[0] == "fail"
     assert one(verdict, "dmarc") == ("pass", {"header.from": "example.com"})  # aligned DKIM is enough
     assert verdict.action is Action.CONTINUE
@@ -229,18 +263,23 @@ def test_dkim_none_for_an_unsigned_message(policy: SenderAuthentication) -> None
 
 def test_dkim_temperror_when_the_key_lookup_fails(policy: SenderAuthentication, private_key: bytes) -> None:
     verdict = run(policy, sign(mail(), private_key, selector="tmp"), ip=BAD_IP)
-    assert one(verdict, "dkim") == ("temperror", {"header.d": "example.com", "header.s": "tmp",
-                                                  "header.a": "rsa-sha256"})
+    assert one(verdict, "dkim") == (
+        "temperror",
+        {"header.d": "example.com", "header.s": "tmp", "header.a": "rsa-sha256"},
+    )
     # The aligned signature could not be checked: no DMARC failure on a DNS hiccup.
     assert one(verdict, "dmarc")[0] == "temperror"
     assert verdict.headers.prepend == ((AR_HEADER, our_value(verdict)),)
 
 
-@pytest.mark.parametrize(("selector", "algorithm"), [
-    ("missing", b"rsa-sha256"),   # no key record (NXDOMAIN)
-    ("badkey", b"rsa-sha256"),    # a key record that does not parse
-    ("sel", b"rsa-sha1"),         # RFC 8301 §3.1
-])
+@pytest.mark.parametrize(
+    ("selector", "algorithm"),
+    [
+        ("missing", b"rsa-sha256"),  # no key record (NXDOMAIN)
+        ("badkey", b"rsa-sha256"),  # a key record that does not parse
+        ("sel", b"rsa-sha1"),  # RFC 8301 §3.1
+    ],
+)
 def test_dkim_permerror(policy: SenderAuthentication, private_key: bytes, selector: str, algorithm: bytes) -> None:
     verdict = run(policy, sign(mail(), private_key, selector=selector, algorithm=algorithm), ip=BAD_IP)
     assert one(verdict, "dkim")[0] == "permerror"
@@ -257,12 +296,15 @@ def test_dkim_permerror_when_from_is_not_signed(policy: SenderAuthentication, pr
 def test_dkim_reports_every_signature_in_order(policy: SenderAuthentication, private_key: bytes) -> None:
     message = sign(sign(mail(), private_key), private_key, domain="other.test")
     verdict = run(policy, message, ip=BAD_IP)
-    assert [(r, p["header.d"]) for r, p in results(verdict)["dkim"]] == [("permerror", "other.test"),
-                                                                       ("pass", "example.com")]
+    assert [(r, p["header.d"]) for r, p in results(verdict)["dkim"]] == [
+        ("permerror", "other.test"),
+        ("pass", "example.com"),
+    ]
     assert one(verdict, "dmarc")[0] == "pass"
 
 
 # ---- DMARC ------------------------------------------------------------------
+
 
 def test_dmarc_pass_by_aligned_spf_relaxed(policy: SenderAuthentication) -> None:
     verdict = run(policy, mail(), sender="bounces@bounce.example.com", ip=GOOD_IP)
@@ -285,10 +327,13 @@ def test_dmarc_dkim_alignment_relaxed_and_strict(policy: SenderAuthentication, p
     relaxed = run(policy, sign(mail("a@sub.example.com"), private_key), sender="a@sub.example.com", ip=BAD_IP)
     assert one(relaxed, "dkim")[0] == "pass"
     assert one(relaxed, "dmarc") == ("pass", {"header.from": "sub.example.com"})
-    strict = run(policy, sign(mail("a@strict.test"), private_key, domain="mail.strict.test"),
-                 sender="a@strict.test", ip=BAD_IP)
-    assert one(strict, "dkim") == ("pass", {"header.d": "mail.strict.test", "header.s": "sel",
-                                            "header.a": "rsa-sha256"})
+    strict = run(
+        policy, sign(mail("a@strict.test"), private_key, domain="mail.strict.test"), sender="a@strict.test", ip=BAD_IP
+    )
+    assert one(strict, "dkim") == (
+        "pass",
+        {"header.d": "mail.strict.test", "header.s": "sel", "header.a": "rsa-sha256"},
+    )
     assert one(strict, "dmarc")[0] == "fail"  # adkim=s
 
 
@@ -361,12 +406,15 @@ def test_dmarc_pct_zero_applies_the_next_milder_policy(zone: TestDnsServer) -> N
     assert verdict.action is Action.CONTINUE and QUARANTINE_HEADER in verdict.headers.prepend
 
 
-@pytest.mark.parametrize(("domain", "expected"), [
-    ("twice.test", "permerror"),    # two v=DMARC1 records
-    ("badp.test", "permerror"),     # p=bogus and no rua=
-    ("rua.test", "fail"),           # p=bogus with rua=: treated as p=none
-    ("dnsfail.test", "temperror"),  # SERVFAIL at _dmarc
-])
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("twice.test", "permerror"),  # two v=DMARC1 records
+        ("badp.test", "permerror"),  # p=bogus and no rua=
+        ("rua.test", "fail"),  # p=bogus with rua=: treated as p=none
+        ("dnsfail.test", "temperror"),  # SERVFAIL at _dmarc
+    ],
+)
 def test_dmarc_record_errors(policy: SenderAuthentication, domain: str, expected: str) -> None:
     verdict = run(policy, mail(f"a@{domain}"), sender=f"a@{domain}", ip=BAD_IP)
     assert one(verdict, "dmarc") == (expected, {"header.from": domain})
@@ -377,8 +425,10 @@ def test_dmarc_checks_every_from_domain(zone: TestDnsServer, private_key: bytes)
     strict = make_policy(zone, dmarc_reject=True)
     message = sign(mail("alice@example.com, Bob <bob@reject.test>"), private_key)
     verdict = run(strict, message, ip=BAD_IP)
-    assert results(verdict)["dmarc"] == [("pass", {"header.from": "example.com"}),
-                                         ("fail", {"header.from": "reject.test"})]
+    assert results(verdict)["dmarc"] == [
+        ("pass", {"header.from": "example.com"}),
+        ("fail", {"header.from": "reject.test"}),
+    ]
     assert verdict.action is Action.REJECT and "reject.test" in verdict.reply.text  # type: ignore[union-attr]
 
 
@@ -399,7 +449,12 @@ def test_author_domains() -> None:
 def test_dmarc_record_parsing_and_organizational_domains() -> None:
     record = parse_record("v=DMARC1; p=Quarantine; sp=reject; adkim=s; aspf=x; pct=150; fo=1")
     assert (record.policy, record.subdomain_policy, record.adkim, record.aspf, record.pct) == (
-        "quarantine", "reject", "s", "r", 100)
+        "quarantine",
+        "reject",
+        "s",
+        "r",
+        100,
+    )
     assert organizational_domain("a.b.example.co.uk") == "example.co.uk"
     assert organizational_domain("Mail.Example.COM.") == "example.com"
     assert organizational_domain("co.uk") == "co.uk"
@@ -407,14 +462,16 @@ def test_dmarc_record_parsing_and_organizational_domains() -> None:
 
 # ---- the Authentication-Results field ---------------------------------------
 
-def test_forged_authentication_results_of_ours_are_removed(policy: SenderAuthentication,
-                                                           private_key: bytes) -> None:
-    forged = (b"Authentication-Results: MX.GW.Test; spf=pass smtp.mailfrom=example.com;\r\n"
-              b"\tdkim=pass header.d=example.com\r\n"
-              b"Authentication-Results: (forged) mx.gw.test; dmarc=pass header.from=example.com\r\n"
-              b'Authentication-Results: "mx.gw.test"; dmarc=pass\r\n'
-              b"Authentication-Results: other.example; dkim=pass header.d=example.com\r\n"
-              b"Authentication-Results: mx.gw.test.other.example; spf=pass\r\n")
+
+def test_forged_authentication_results_of_ours_are_removed(policy: SenderAuthentication, private_key: bytes) -> None:
+    forged = (
+        b"Authentication-Results: MX.GW.Test; spf=pass smtp.mailfrom=example.com;\r\n"
+        b"\tdkim=pass header.d=example.com\r\n"
+        b"Authentication-Results: (forged) mx.gw.test; dmarc=pass header.from=example.com\r\n"
+        b'Authentication-Results: "mx.gw.test"; dmarc=pass\r\n'
+        b"Authentication-Results: other.example; dkim=pass header.d=example.com\r\n"
+        b"Authentication-Results: mx.gw.test.other.example; spf=pass\r\n"
+    )
     message = sign(mail(extra=forged), private_key)
     verdict = run(policy, message, ip=BAD_IP)
     assert len(verdict.headers.drop) == 3
@@ -423,7 +480,7 @@ def test_forged_authentication_results_of_ours_are_removed(policy: SenderAuthent
     ids = [authserv_id_of(field_value(field)) for field in fields]
     assert ids == [AUTHSERV_ID, "other.example", "mx.gw.test.other.example"]
     assert field_value(fields[0]) == our_value(verdict).replace("\r\n", "")
-    assert edited[header_end(edited):] == message[header_end(message):]
+    assert edited[header_end(edited) :] == message[header_end(message) :]
     assert one(verdict, "dkim")[0] == "pass"  # dropping fields above the signature breaks nothing
 
 
@@ -443,10 +500,11 @@ def test_trusted_clients_are_skipped(policy: SenderAuthentication, zone: TestDns
 
 # ---- ARC --------------------------------------------------------------------
 
-def test_arc_is_reported_only_when_enabled(zone: TestDnsServer, policy: SenderAuthentication,
-                                           private_key: bytes) -> None:
-    signed = sign(mail(extra=b"Authentication-Results: other.example; dkim=pass header.d=example.com\r\n"),
-                  private_key)
+
+def test_arc_is_reported_only_when_enabled(
+    zone: TestDnsServer, policy: SenderAuthentication, private_key: bytes
+) -> None:
+    signed = sign(mail(extra=b"Authentication-Results: other.example; dkim=pass header.d=example.com\r\n"), private_key)
     sealed = b"".join(dkim.arc_sign(signed, b"sel", b"example.com", private_key, b"other.example")) + signed
     assert "arc" not in results(run(policy, sealed, ip=BAD_IP))
     arc = make_policy(zone, arc=True)
@@ -457,16 +515,26 @@ def test_arc_is_reported_only_when_enabled(zone: TestDnsServer, policy: SenderAu
 
 # ---- configuration and failures ---------------------------------------------
 
+
 def test_defaults(policy: SenderAuthentication) -> None:
     assert policy.authserv_id == AUTHSERV_ID
     assert (policy.dmarc_reject, policy.dmarc_quarantine, policy.arc) == (False, "tag", False)
     assert (policy.timeout, policy.on_error) == (30.0, "tempfail")
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("authserv_id", "mx example"), ("authserv_id", "mx;example"), ("dmarc_reject", "yes"),
-    ("dmarc_quarantine", "junk"), ("arc", 1), ("timeout", "0s"), ("on_error", "ignore"), ("reject", True),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("authserv_id", "mx example"),
+        ("authserv_id", "mx;example"),
+        ("dmarc_reject", "yes"),
+        ("dmarc_quarantine", "junk"),
+        ("arc", 1),
+        ("timeout", "0s"),
+        ("on_error", "ignore"),
+        ("reject", True),
+    ],
+)
 def test_bad_configuration(zone: TestDnsServer, key: str, value: object) -> None:
     with pytest.raises(ConfigError) as error:
         make_policy(zone, **{key: value})
@@ -484,14 +552,19 @@ def test_a_broken_resolver_is_a_scanner_error(zone: TestDnsServer) -> None:
 
 # ---- the corpus -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[str(p.relative_to(CORPUS)) for p in CORPUS_FILES])
 def test_corpus(policy: SenderAuthentication, path: Path) -> None:
     message = re.sub(rb"\r?\n", b"\r\n", path.read_bytes())
     verdict = run(policy, message, sender="sender@corpus.test", ip=BAD_IP, helo="client.corpus.test")
     assert verdict.action is Action.CONTINUE
     edited = apply_edits(message, b"", (verdict.headers,))
-    ours = [field for field in raw_fields(edited) if field_name(field) == "authentication-results"
-            and (authserv_id_of(field_value(field)) or "").lower() == AUTHSERV_ID]
+    ours = [
+        field
+        for field in raw_fields(edited)
+        if field_name(field) == "authentication-results"
+        and (authserv_id_of(field_value(field)) or "").lower() == AUTHSERV_ID
+    ]
     assert len(ours) == 1
     assert one(verdict, "spf") == ("none", {"smtp.mailfrom": "corpus.test"})
-    assert edited[header_end(edited):] == message[header_end(message):]
+    assert edited[header_end(edited) :] == message[header_end(message) :]

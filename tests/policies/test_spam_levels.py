@@ -21,12 +21,14 @@ from gateway.message import apply_edits, field_name, field_value, raw_fields
 from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, HeaderEdit, Verdict
-from policies.spam.rspamd import Rspamd
 from policies.spam.levels import SpamLevels, tagged_subject
+from policies.spam.rspamd import Rspamd
 from policies.spam.spamassassin import SpamAssassin
 
-HAM = (b"From: a@example.com\r\nTo: b@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
-       b"Subject: lunch\r\nMessage-ID: <h@example.com>\r\n\r\nSee you at noon.\r\n")
+HAM = (
+    b"From: a@example.com\r\nTo: b@example.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+    b"Subject: lunch\r\nMessage-ID: <h@example.com>\r\n\r\nSee you at noon.\r\n"
+)
 # No Date and no Message-ID: SpamAssassin scores 3.3 (MISSING_DATE, MISSING_MID), rspamd 3.4
 # (MISSING_DATE, MISSING_MID, MIME_GOOD); observed with Debian 12's rules, offline.
 UNDATED = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: lunch\r\n\r\nSee you at noon.\r\n"
@@ -47,6 +49,7 @@ def fields(raw: bytes) -> list[tuple[str, str]]:
 
 # ---- configuration ----
 
+
 def test_defaults_are_amavis_like():
     assert levels() == SpamLevels(2.0, 6.2, 6.9, "***SPAM*** ", "reject")
 
@@ -60,22 +63,25 @@ def test_equal_levels_are_allowed():
     assert levels(tag_level=5, tag2_level=5, kill_level=5).kill_level == 5.0
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({"tag_level": "high"}, "spam_levels.tag_level"),
-    ({"tag2_level": True}, "spam_levels.tag2_level"),
-    ({"kill_level": float("nan")}, "spam_levels.kill_level"),
-    ({"subject_tag": 3}, "spam_levels.subject_tag"),
-    ({"subject_tag": "[spam]\r\nBcc: x@example.com"}, "spam_levels.subject_tag"),
-    ({"kill_action": "discard"}, "spam_levels.kill_action"),
-    ({"kill_levle": 9}, "spam_levels.kill_levle"),
-    # ordering: tag_level <= tag2_level <= kill_level
-    ({"tag_level": 7.0}, "spam_levels.tag_level"),              # above the default tag2 6.2
-    ({"tag2_level": 8.0}, "spam_levels.tag2_level"),            # above the default kill 6.9
-    ({"kill_level": 5.0}, "spam_levels.kill_level"),            # only kill given: it is the wrong one
-    ({"tag2_level": 1.0}, "spam_levels.tag2_level"),            # only tag2 given, below tag 2.0
-    ({"tag_level": 3, "tag2_level": 2, "kill_level": 9}, "spam_levels.tag_level"),
-    ({"tag_level": 1, "tag2_level": 9, "kill_level": 8}, "spam_levels.tag2_level"),
-])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"tag_level": "high"}, "spam_levels.tag_level"),
+        ({"tag2_level": True}, "spam_levels.tag2_level"),
+        ({"kill_level": float("nan")}, "spam_levels.kill_level"),
+        ({"subject_tag": 3}, "spam_levels.subject_tag"),
+        ({"subject_tag": "[spam]\r\nBcc: x@example.com"}, "spam_levels.subject_tag"),
+        ({"kill_action": "discard"}, "spam_levels.kill_action"),
+        ({"kill_levle": 9}, "spam_levels.kill_levle"),
+        # ordering: tag_level <= tag2_level <= kill_level
+        ({"tag_level": 7.0}, "spam_levels.tag_level"),  # above the default tag2 6.2
+        ({"tag2_level": 8.0}, "spam_levels.tag2_level"),  # above the default kill 6.9
+        ({"kill_level": 5.0}, "spam_levels.kill_level"),  # only kill given: it is the wrong one
+        ({"tag2_level": 1.0}, "spam_levels.tag2_level"),  # only tag2 given, below tag 2.0
+        ({"tag_level": 3, "tag2_level": 2, "kill_level": 9}, "spam_levels.tag_level"),
+        ({"tag_level": 1, "tag2_level": 9, "kill_level": 8}, "spam_levels.tag2_level"),
+    ],
+)
 def test_config_errors_name_the_key(table, key):
     with pytest.raises(ConfigError) as caught:
         levels(**table)
@@ -91,6 +97,7 @@ def test_scanner_policies_validate_spam_levels_too():
 
 
 # ---- verdicts by score ----
+
 
 def test_kill_level_rejects():
     verdict = levels().verdict(engine="spamassassin", score=6.9, tests=["GTUBE"], message=HAM)
@@ -121,9 +128,11 @@ def test_tag_level_adds_status_with_no():
     verdict = levels().verdict(engine="spamassassin", score=2.0, tests=TESTS, message=HAM)
     assert verdict.action is Action.CONTINUE
     assert headers_of(verdict) == {
-        "X-Spam-Flag": "NO", "X-Spam-Score": "2.000",
+        "X-Spam-Flag": "NO",
+        "X-Spam-Score": "2.000",
         "X-Spam-Status": "No, score=2.000 tag=2 tag2=6.2 kill=6.9 engine=spamassassin\r\n"
-                         " tests=[MISSING_DATE, MISSING_MID]"}
+        " tests=[MISSING_DATE, MISSING_MID]",
+    }
     assert verdict.headers.replace == ()
 
 
@@ -145,6 +154,7 @@ def test_empty_subject_tag_leaves_the_subject_alone():
 
 # ---- header shapes ----
 
+
 def test_long_status_is_folded_at_spaces_and_unfolds_to_one_line():
     tests = [f"SOME_QUITE_LONG_RULE_NAME_{i}" for i in range(40)]
     verdict = levels().verdict(engine="spamassassin", score=6.5, tests=tests, message=HAM)
@@ -153,13 +163,13 @@ def test_long_status_is_folded_at_spaces_and_unfolds_to_one_line():
     lines = status.split(b"\r\n")[:-1]
     assert len(lines) > 5 and all(len(line) <= 78 for line in lines)
     assert all(line.startswith(b" ") for line in lines[1:])
-    assert field_value(status) == ("Yes, score=6.500 tag=2 tag2=6.2 kill=6.9 engine=spamassassin tests=["
-                                   + ", ".join(tests) + "]")
+    assert field_value(status) == (
+        "Yes, score=6.500 tag=2 tag2=6.2 kill=6.9 engine=spamassassin tests=[" + ", ".join(tests) + "]"
+    )
 
 
 def test_rule_names_cannot_inject_header_lines():
-    verdict = levels().verdict(engine="rspamd", score=6.5, tests=["OK_RULE", "EVIL\r\nBcc: x@example.com"],
-                               message=HAM)
+    verdict = levels().verdict(engine="rspamd", score=6.5, tests=["OK_RULE", "EVIL\r\nBcc: x@example.com"], message=HAM)
     status = headers_of(verdict)["X-Spam-Status"]
     assert all(line.startswith(" ") for line in status.split("\r\n")[1:])  # only folds, no new field
     assert "tests=[OK_RULE, EVILBcc:xexample.com]" in status.replace("\r\n", "")
@@ -167,9 +177,12 @@ def test_rule_names_cannot_inject_header_lines():
 
 # ---- Subject rewrite ----
 
+
 def test_encoded_words_and_folding_of_the_subject_are_kept():
-    message = (b"From: a@example.com\r\nSubject: =?UTF-8?B?TMO8bmNo?= und\r\n =?UTF-8?Q?K=C3=A4se?=\r\n"
-               b"To: b@example.org\r\n\r\nbody\r\n")
+    message = (
+        b"From: a@example.com\r\nSubject: =?UTF-8?B?TMO8bmNo?= und\r\n =?UTF-8?Q?K=C3=A4se?=\r\n"
+        b"To: b@example.org\r\n\r\nbody\r\n"
+    )
     verdict = levels().verdict(engine="rspamd", score=6.5, tests=[], message=message)
     out = apply_edits(message, b"", (verdict.headers,))
     assert b"Subject: ***SPAM*** =?UTF-8?B?TMO8bmNo?= und\r\n =?UTF-8?Q?K=C3=A4se?=\r\nTo: b@example.org" in out
@@ -179,8 +192,12 @@ def test_encoded_words_and_folding_of_the_subject_are_kept():
 def test_subject_keeps_its_place_and_only_the_first_is_tagged():
     message = b"From: a@example.com\r\nSubject: one\r\nTo: b@example.org\r\nSubject: two\r\n\r\nbody\r\n"
     out = apply_edits(message, b"", (levels().verdict(engine="x", score=6.5, tests=[], message=message).headers,))
-    assert fields(out)[3:] == [("from", "a@example.com"), ("subject", "***SPAM*** one"),
-                               ("to", "b@example.org"), ("subject", "two")]
+    assert fields(out)[3:] == [
+        ("from", "a@example.com"),
+        ("subject", "***SPAM*** one"),
+        ("to", "b@example.org"),
+        ("subject", "two"),
+    ]
 
 
 def test_missing_subject_is_created():
@@ -199,6 +216,7 @@ def test_raw_8bit_subject_survives_byte_for_byte():
 
 # ---- with the real engines ----
 
+
 def _ctx() -> PolicyContext:
     client = ClientInfo(ipaddress.ip_address("127.0.0.1"), 40000, "smtp", helo="client.example.com")
     return PolicyContext(client, Envelope("a@example.com", ["b@example.org"]), queue_id="LEVELSTEST")
@@ -208,8 +226,7 @@ def test_both_engines_mark_the_same_message_and_subject_is_tagged_once(spamd, rs
     """Levels around the observed scores (SpamAssassin 3.3, rspamd 3.4): tag 1, tag2 2, kill 10
     (rspamd keeps its own levels in [rspamd])."""
     levels = {"tag_level": 1.0, "tag2_level": 2.0, "kill_level": 10.0}
-    table = {"spam_levels": levels, "spamassassin": {"address": spamd.address},
-             "rspamd": {"url": rspamd.url, **levels}}
+    table = {"spam_levels": levels, "spamassassin": {"address": spamd.address}, "rspamd": {"url": rspamd.url, **levels}}
     config = gateway_config.build(table)
 
     async def both() -> list[Verdict]:

@@ -32,6 +32,7 @@ from gateway.pipeline.policy import PolicyContext
 from gateway.reply import Reply
 from gateway.verdict import CONTINUE, Action, Verdict
 from policies.spam.spamassassin import SKIPPED_TOO_LARGE, SpamAssassin
+from tests.harness.ports import free_ports
 from tests.harness.samples import (  # noqa: F401
     CORPUS,
     CORPUS_FILES,
@@ -42,27 +43,25 @@ from tests.harness.samples import (  # noqa: F401
     UNDATED,
 )
 from tests.harness.spam_daemons import SpamdDaemon
-from tests.harness.ports import free_ports
 
 # Corpus messages SpamAssassin scores at or above the default kill_level 6.9, with the rule
 # that carries them there. They are parser test cases (broken dates, advance-fee text, a
 # header-less part), so the REJECT is legitimate; every other message must pass.
 CORPUS_SPAM = {
-    "mail-gem/error_emails/bad_date_header2.eml": "DATE_IN_FUTURE_12_24",       # 8.9
-    "mail-gem/error_emails/bad_subject.eml": "FROM_EXCESS_BASE64",              # 11.1
+    "mail-gem/error_emails/bad_date_header2.eml": "DATE_IN_FUTURE_12_24",  # 8.9
+    "mail-gem/error_emails/bad_subject.eml": "FROM_EXCESS_BASE64",  # 11.1
     "mail-gem/error_emails/content_transfer_encoding_empty.eml": "HTTP_EXCESSIVE_ESCAPES",  # 11.1
-    "mail-gem/error_emails/content_transfer_encoding_text-html.eml": "LOTS_OF_MONEY",   # 11.9
+    "mail-gem/error_emails/content_transfer_encoding_text-html.eml": "LOTS_OF_MONEY",  # 11.9
     "mail-gem/error_emails/empty_group_lists.eml": "ADVANCE_FEE_3_NEW_MONEY",  # 12.5
-    "mail-gem/plain_emails/raw_email_bad_time.eml": "DATE_IN_FUTURE_Q_PLUS",    # 20.2, year 3609
-    "mail-gem/sample_output_multipart": "NO_HEADERS_MESSAGE",                   # 7.4, a bare MIME part
+    "mail-gem/plain_emails/raw_email_bad_time.eml": "DATE_IN_FUTURE_Q_PLUS",  # 20.2, year 3609
+    "mail-gem/sample_output_multipart": "NO_HEADERS_MESSAGE",  # 7.4, a bare MIME part
 }
 
 
 def make_policy(address: str, **table: Any) -> SpamAssassin:
     """A SpamAssassin policy built the way the gateway builds it."""
     levels = table.pop("spam_levels", {})
-    return SpamAssassin(gateway_config.build({"spamassassin": {"address": address, **table},
-                                              "spam_levels": levels}))
+    return SpamAssassin(gateway_config.build({"spamassassin": {"address": address, **table}, "spam_levels": levels}))
 
 
 def context() -> PolicyContext:
@@ -85,32 +84,48 @@ def headers_of(verdict: Verdict) -> dict[str, str]:
 
 # ---- configuration ----
 
+
 def test_defaults():
     policy = SpamAssassin(gateway_config.build({}))
-    assert (policy.host, policy.port, policy.timeout, policy.on_error, policy.max_size, policy.user) == \
-        ("127.0.0.1", 783, 30.0, "tempfail", 512 * 1024, None)
+    assert (policy.host, policy.port, policy.timeout, policy.on_error, policy.max_size, policy.user) == (
+        "127.0.0.1",
+        783,
+        30.0,
+        "tempfail",
+        512 * 1024,
+        None,
+    )
     assert policy.name == "spamassassin"
 
 
 def test_settings_are_read():
     policy = make_policy("[::1]:10783", timeout="2m", on_error="pass", max_size="1M", user="filter")
-    assert (policy.host, policy.port, policy.timeout, policy.on_error, policy.max_size, policy.user) == \
-        ("::1", 10783, 120.0, "pass", 1024 * 1024, "filter")
+    assert (policy.host, policy.port, policy.timeout, policy.on_error, policy.max_size, policy.user) == (
+        "::1",
+        10783,
+        120.0,
+        "pass",
+        1024 * 1024,
+        "filter",
+    )
 
 
-@pytest.mark.parametrize(("table", "key"), [
-    ({"address": "127.0.0.1"}, "spamassassin.address"),
-    ({"address": "127.0.0.1:0"}, "spamassassin.address"),
-    ({"address": "localhost:spamd"}, "spamassassin.address"),
-    ({"address": 783}, "spamassassin.address"),
-    ({"timeout": "soon"}, "spamassassin.timeout"),
-    ({"timeout": 0}, "spamassassin.timeout"),
-    ({"on_error": "ignore"}, "spamassassin.on_error"),
-    ({"max_size": "big"}, "spamassassin.max_size"),
-    ({"user": ["a"]}, "spamassassin.user"),
-    ({"adress": "127.0.0.1:783"}, "spamassassin.adress"),
-    ({"spam_levels": {"kill_level": "x"}}, "spam_levels.kill_level"),
-])
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"address": "127.0.0.1"}, "spamassassin.address"),
+        ({"address": "127.0.0.1:0"}, "spamassassin.address"),
+        ({"address": "localhost:spamd"}, "spamassassin.address"),
+        ({"address": 783}, "spamassassin.address"),
+        ({"timeout": "soon"}, "spamassassin.timeout"),
+        ({"timeout": 0}, "spamassassin.timeout"),
+        ({"on_error": "ignore"}, "spamassassin.on_error"),
+        ({"max_size": "big"}, "spamassassin.max_size"),
+        ({"user": ["a"]}, "spamassassin.user"),
+        ({"adress": "127.0.0.1:783"}, "spamassassin.adress"),
+        ({"spam_levels": {"kill_level": "x"}}, "spam_levels.kill_level"),
+    ],
+)
 def test_config_errors_name_the_key(table, key):
     table = dict(table)
     with pytest.raises(ConfigError) as caught:
@@ -119,6 +134,7 @@ def test_config_errors_name_the_key(table, key):
 
 
 # ---- verdicts from the real spamd ----
+
 
 def test_gtube_is_rejected(spamd):
     policy = make_policy(spamd.address)
@@ -217,6 +233,7 @@ def test_messages_after_the_first_build_no_ssl_contexts(spamd, monkeypatch):
 
 # ---- failures ----
 
+
 def test_nothing_listening_is_a_scanner_error():
     port = free_ports(1)[0]
     with pytest.raises(ScannerError, match=f"127.0.0.1:{port}"):
@@ -235,8 +252,9 @@ def test_stopped_daemon_is_a_scanner_error_and_recovers_after_restart():
         assert scan(policy, GTUBE_MAIL).action is Action.REJECT
 
 
-async def _with_server(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-                       policy_table: dict[str, Any]) -> Verdict:
+async def _with_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], policy_table: dict[str, Any]
+) -> Verdict:
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -252,16 +270,20 @@ def _answering(answer: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamW
         writer.write(answer)
         await writer.drain()
         writer.close()
+
     return handler
 
 
-@pytest.mark.parametrize("answer", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",                       # not spamd at all
-    b"SPAMD/1.1 76 Bad header line: (Content-length mismatch)\r\n\r\n",       # spamd error status
-    b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\n\r\nGTUBE",                   # no Spam header
-    b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; x / 5.0\r\nContent-length: 0\r\n\r\n",  # unparsable Spam header
-    b"",                                                                    # closed without a word
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",  # not spamd at all
+        b"SPAMD/1.1 76 Bad header line: (Content-length mismatch)\r\n\r\n",  # spamd error status
+        b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\n\r\nGTUBE",  # no Spam header
+        b"SPAMD/1.1 0 EX_OK\r\nSpam: Maybe ; x / 5.0\r\nContent-length: 0\r\n\r\n",  # unparsable Spam header
+        b"",  # closed without a word
+    ],
+)
 def test_garbage_answers_are_scanner_errors(answer):
     with pytest.raises(ScannerError):
         asyncio.run(_with_server(_answering(answer), {"timeout": "5s"}))
@@ -278,6 +300,7 @@ def test_silent_server_times_out_as_scanner_error():
 
 
 # ---- the corpus ----
+
 
 @pytest.fixture(scope="module")
 def corpus_verdicts(spamd: SpamdDaemon) -> dict[str, Verdict | BaseException]:

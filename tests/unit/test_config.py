@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from gateway.config import Config, build, describe, load
-from gateway.values import ListenerConfig, NextHop, parse_network, parse_next_hop
 from gateway.errors import ConfigError
+from gateway.values import ListenerConfig, NextHop, parse_network, parse_next_hop
 
 SHA256_HEX = "ab" * 32
 SHA1_HEX = "cd" * 20
@@ -76,10 +76,19 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 # ---- durations and sizes
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [
-    ("5d", 432000.0), ("300s", 300.0), ("10m", 600.0), ("2h", 7200.0), ("1w", 604800.0),
-    ("300", 300.0), (300, 300.0), (1.5, 1.5),
-])
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("5d", 432000.0),
+        ("300s", 300.0),
+        ("10m", 600.0),
+        ("2h", 7200.0),
+        ("1w", 604800.0),
+        ("300", 300.0),
+        (300, 300.0),
+        (1.5, 1.5),
+    ],
+)
 def test_postfix_duration_forms(raw: object, seconds: float) -> None:
     config = build({"maximal_queue_lifetime": raw, "smtp_timeout": raw, "metrics_timeout": raw})
     assert config.maximal_queue_lifetime == seconds
@@ -104,36 +113,43 @@ def test_nan_duration_is_refused() -> None:
 # ---- next hops
 
 
-@pytest.mark.parametrize(("text", "hop"), [
-    ("[10.0.0.1]:25", NextHop("10.0.0.1", 25, False)),
-    ("[relay.example.com]:587", NextHop("relay.example.com", 587, False)),
-    ("[relay.example.com]", NextHop("relay.example.com", None, False)),
-    ("relay.example.com:2525", NextHop("relay.example.com", 2525, True)),
-    ("relay.example.com", NextHop("relay.example.com", None, True)),
-    ("Relay.Example.COM.", NextHop("relay.example.com", None, True)),
-    ("[::1]:25", NextHop("::1", 25, False)),
-    ("[2001:db8::1]", NextHop("2001:db8::1", None, False)),
-    ("smtp:[10.0.0.1]:25", NextHop("10.0.0.1", 25, False)),
-    ("relay:mx.example.net", NextHop("mx.example.net", None, True)),
-    ("  [10.0.0.2]:26  ", NextHop("10.0.0.2", 26, False)),
-])
+@pytest.mark.parametrize(
+    ("text", "hop"),
+    [
+        ("[10.0.0.1]:25", NextHop("10.0.0.1", 25, False)),
+        ("[relay.example.com]:587", NextHop("relay.example.com", 587, False)),
+        ("[relay.example.com]", NextHop("relay.example.com", None, False)),
+        ("relay.example.com:2525", NextHop("relay.example.com", 2525, True)),
+        ("relay.example.com", NextHop("relay.example.com", None, True)),
+        ("Relay.Example.COM.", NextHop("relay.example.com", None, True)),
+        ("[::1]:25", NextHop("::1", 25, False)),
+        ("[2001:db8::1]", NextHop("2001:db8::1", None, False)),
+        ("smtp:[10.0.0.1]:25", NextHop("10.0.0.1", 25, False)),
+        ("relay:mx.example.net", NextHop("mx.example.net", None, True)),
+        ("  [10.0.0.2]:26  ", NextHop("10.0.0.2", 26, False)),
+    ],
+)
 def test_parse_next_hop(text: str, hop: NextHop) -> None:
     assert parse_next_hop(text) == hop
 
 
-@pytest.mark.parametrize(("hop", "text"), [
-    (NextHop("10.0.0.1", 25, False), "[10.0.0.1]:25"),
-    (NextHop("relay.example.com", None, True), "relay.example.com"),
-    (NextHop("relay.example.com", 2525, True), "relay.example.com:2525"),
-    (NextHop("::1", 25, False), "[::1]:25"),
-])
+@pytest.mark.parametrize(
+    ("hop", "text"),
+    [
+        (NextHop("10.0.0.1", 25, False), "[10.0.0.1]:25"),
+        (NextHop("relay.example.com", None, True), "relay.example.com"),
+        (NextHop("relay.example.com", 2525, True), "relay.example.com:2525"),
+        (NextHop("::1", 25, False), "[::1]:25"),
+    ],
+)
 def test_next_hop_str_round_trips(hop: NextHop, text: str) -> None:
     assert str(hop) == text
     assert parse_next_hop(str(hop)) == hop
 
 
-@pytest.mark.parametrize("text", ["", "[]:25", ":25", "[10.0.0.1]25", "[10.0.0.1]:", "host:0",
-                                  "host:65536", "host:port", "[10.0.0.1]:-1"])
+@pytest.mark.parametrize(
+    "text", ["", "[]:25", ":25", "[10.0.0.1]25", "[10.0.0.1]:", "host:0", "host:65536", "host:port", "[10.0.0.1]:-1"]
+)
 def test_parse_next_hop_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_next_hop(text)
@@ -166,10 +182,14 @@ def test_relayhost_wrong_type() -> None:
 
 
 def test_transport_maps_table_form() -> None:
-    config = build({"transport_maps": {
-        "Example.COM.": "[10.0.0.5]:25",
-        "other.example": "[10.0.0.6]:2525, mx.other.example",
-    }})
+    config = build(
+        {
+            "transport_maps": {
+                "Example.COM.": "[10.0.0.5]:25",
+                "other.example": "[10.0.0.6]:2525, mx.other.example",
+            }
+        }
+    )
     assert dict(config.transport_maps) == {
         "example.com": (NextHop("10.0.0.5", 25, False),),
         "other.example": (NextHop("10.0.0.6", 2525, False), NextHop("mx.other.example", None, True)),
@@ -178,10 +198,14 @@ def test_transport_maps_table_form() -> None:
 
 # Regression: table values used to be str()ed, turning an array of hops into "['[10.0.0.6]:2525', ...]".
 def test_transport_maps_table_with_array_of_hops() -> None:
-    config = build({"transport_maps": {
-        "Example.COM.": "[10.0.0.5]:25",
-        "other.example": ["[10.0.0.6]:2525", "mx.other.example"],
-    }})
+    config = build(
+        {
+            "transport_maps": {
+                "Example.COM.": "[10.0.0.5]:25",
+                "other.example": ["[10.0.0.6]:2525", "mx.other.example"],
+            }
+        }
+    )
     assert dict(config.transport_maps) == {
         "example.com": (NextHop("10.0.0.5", 25, False),),
         "other.example": (NextHop("10.0.0.6", 2525, False), NextHop("mx.other.example", None, True)),
@@ -216,24 +240,29 @@ def test_transport_maps_errors() -> None:
 
 
 def test_env_overrides_toml(tmp_path: Path) -> None:
-    path = _write(tmp_path, 'relayhost = ["[10.9.9.9]:25"]\nmynetworks = ["127.0.0.0/8"]\n'
-                            'message_size_limit = "1M"\n')
-    config = load(path, {
-        "GATEWAY_RELAYHOST": "[10.0.0.1]:25, [10.0.0.2]:2525",
-        "GATEWAY_MYNETWORKS": "10.0.0.0/8, 192.168.0.0/16 [::1]/128",
-        "GATEWAY_RELAY_DOMAINS": "example.com,.example.org",
-        "GATEWAY_SMTPD_RECIPIENT_LIMIT": "50",
-        "GATEWAY_AUTO_TRUST_NETWORKS": "yes",
-        "GATEWAY_MAXIMAL_QUEUE_LIFETIME": "2d",
-        "GATEWAY_SMTP_TLS_SECURITY_LEVEL": "ENCRYPT",
-        "GATEWAY_SMTPD_TLS_CAFILE": "/etc/ca.pem",
-        "OTHER_RELAYHOST": "[6.6.6.6]:25",
-        "GATEWAY_UNKNOWN_THING": "ignored",
-        "GATEWAY_LISTENER": "ignored",
-    })
+    path = _write(tmp_path, 'relayhost = ["[10.9.9.9]:25"]\nmynetworks = ["127.0.0.0/8"]\nmessage_size_limit = "1M"\n')
+    config = load(
+        path,
+        {
+            "GATEWAY_RELAYHOST": "[10.0.0.1]:25, [10.0.0.2]:2525",
+            "GATEWAY_MYNETWORKS": "10.0.0.0/8, 192.168.0.0/16 [::1]/128",
+            "GATEWAY_RELAY_DOMAINS": "example.com,.example.org",
+            "GATEWAY_SMTPD_RECIPIENT_LIMIT": "50",
+            "GATEWAY_AUTO_TRUST_NETWORKS": "yes",
+            "GATEWAY_MAXIMAL_QUEUE_LIFETIME": "2d",
+            "GATEWAY_SMTP_TLS_SECURITY_LEVEL": "ENCRYPT",
+            "GATEWAY_SMTPD_TLS_CAFILE": "/etc/ca.pem",
+            "OTHER_RELAYHOST": "[6.6.6.6]:25",
+            "GATEWAY_UNKNOWN_THING": "ignored",
+            "GATEWAY_LISTENER": "ignored",
+        },
+    )
     assert config.relayhost == (NextHop("10.0.0.1", 25, False), NextHop("10.0.0.2", 2525, False))
-    assert config.mynetworks == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.0.0/16"),
-                                 ipaddress.ip_network("::1/128"))
+    assert config.mynetworks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.168.0.0/16"),
+        ipaddress.ip_network("::1/128"),
+    )
     assert config.relay_domains == ("example.com", ".example.org")
     assert config.smtpd_recipient_limit == 50
     assert config.auto_trust_networks is True
@@ -272,7 +301,9 @@ def test_os_environ_is_used_when_environ_is_none(monkeypatch: pytest.MonkeyPatch
 
 
 def test_listener_parsing(tmp_path: Path) -> None:
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 [[listener]]
 name = "submission"
 address = "0.0.0.0:587"
@@ -288,7 +319,8 @@ name = "plain"
 address = "127.0.0.1:2525"
 tls = "none"
 require_tls = "no"
-""")
+""",
+    )
     config = load(path, {})
     assert config.listeners == (
         ListenerConfig("submission", "0.0.0.0", 587, "starttls", True),
@@ -297,14 +329,17 @@ require_tls = "no"
     )
 
 
-@pytest.mark.parametrize(("listener", "key", "value"), [
-    ({"address": "0.0.0.0:25", "tls": "ssl"}, "listener[0].tls", "ssl"),
-    ({"address": "0.0.0.0"}, "listener[0].address", "0.0.0.0"),
-    ({"address": "0.0.0.0:70000"}, "listener[0].address", "0.0.0.0:70000"),
-    ({"address": 25}, "listener[0].address", 25),
-    ({"address": "0.0.0.0:25", "port": 25}, "listener[0].port", 25),
-    ({"address": "0.0.0.0:25", "require_tls": "maybe"}, "listener[0].require_tls", "maybe"),
-])
+@pytest.mark.parametrize(
+    ("listener", "key", "value"),
+    [
+        ({"address": "0.0.0.0:25", "tls": "ssl"}, "listener[0].tls", "ssl"),
+        ({"address": "0.0.0.0"}, "listener[0].address", "0.0.0.0"),
+        ({"address": "0.0.0.0:70000"}, "listener[0].address", "0.0.0.0:70000"),
+        ({"address": 25}, "listener[0].address", 25),
+        ({"address": "0.0.0.0:25", "port": 25}, "listener[0].port", 25),
+        ({"address": "0.0.0.0:25", "require_tls": "maybe"}, "listener[0].require_tls", "maybe"),
+    ],
+)
 def test_listener_errors_name_the_key(listener: dict[str, Any], key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         build({"listener": [listener]})
@@ -332,12 +367,16 @@ def test_duplicate_listener_names_are_refused() -> None:
 
 
 def test_relay_clientcerts_normalisation() -> None:
-    config = build({"relay_clientcerts": [
-        SHA256_COLONS,
-        f"{SHA1_COLONS} trusted.mailserver.example.tld",
-        "SHA256 Fingerprint=" + ":".join(["EF"] * 32),
-        "",
-    ]})
+    config = build(
+        {
+            "relay_clientcerts": [
+                SHA256_COLONS,
+                f"{SHA1_COLONS} trusted.mailserver.example.tld",
+                "SHA256 Fingerprint=" + ":".join(["EF"] * 32),
+                "",
+            ]
+        }
+    )
     assert config.relay_clientcerts == frozenset({SHA256_HEX, SHA1_HEX, "ef" * 32})
 
 
@@ -363,8 +402,10 @@ def test_relay_clientcerts_errors(value: str) -> None:
 def test_mynetworks_forms() -> None:
     config = build({"mynetworks": ["10.0.0.0/8", "[::1]/128", "192.168.1.7", "[2001:db8::]/32", "10.1.2.3/8"]})
     assert config.mynetworks == (
-        ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"),
-        ipaddress.ip_network("192.168.1.7/32"), ipaddress.ip_network("2001:db8::/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("192.168.1.7/32"),
+        ipaddress.ip_network("2001:db8::/32"),
         ipaddress.ip_network("10.0.0.0/8"),
     )
     assert parse_network(" [fe80::]/10 ") == ipaddress.ip_network("fe80::/10")
@@ -394,32 +435,35 @@ def test_smtpd_tls_cert_and_key(tmp_path: Path) -> None:
 # ---- every error names the key (and value)
 
 
-@pytest.mark.parametrize(("raw", "key", "value"), [
-    ({"relay_host": "[10.0.0.1]"}, "relay_host", "[10.0.0.1]"),
-    ({"listeners": []}, "listeners", []),
-    ({"maximal_queue_lifetime": "5 days"}, "maximal_queue_lifetime", "5 days"),
-    ({"smtpd_timeout": "-5s"}, "smtpd_timeout", "-5s"),
-    ({"minimal_backoff_time": -1}, "minimal_backoff_time", -1),
-    ({"queue_run_delay": True}, "queue_run_delay", True),
-    ({"listener": [{"address": "0.0.0.0:25", "tls": "ssl"}]}, "listener[0].tls", "ssl"),
-    ({"mynetworks": ["10.0.0.0/8", "10.0.0.0/33"]}, "mynetworks", "10.0.0.0/33"),
-    ({"mynetworks": "not-a-network"}, "mynetworks", "not-a-network"),
-    ({"minimal_backoff_time": "2h", "maximal_backoff_time": "1h"}, "minimal_backoff_time", 7200.0),
-    ({"minimal_backoff_time": "5000s"}, "minimal_backoff_time", 5000.0),
-    ({"smtp_tls_security_level": "dane"}, "smtp_tls_security_level", "dane"),
-    ({"message_size_limit": "50T"}, "message_size_limit", "50T"),
-    ({"message_size_limit": -1}, "message_size_limit", -1),
-    ({"smtpd_tls_cert_file": "/etc/cert.pem"}, "smtpd_tls_key_file", None),
-    ({"smtpd_tls_key_file": "/etc/key.pem"}, "smtpd_tls_cert_file", None),
-    ({"smtpd_recipient_limit": 0}, "smtpd_recipient_limit", 0),
-    ({"smtpd_recipient_limit": "1.5"}, "smtpd_recipient_limit", "1.5"),
-    ({"auto_trust_networks": "perhaps"}, "auto_trust_networks", "perhaps"),
-    ({"myhostname": "my host"}, "myhostname", "my host"),
-    ({"relay_domains": ["user@example.com"]}, "relay_domains", "user@example.com"),
-    ({"log_level": "verbose"}, "log_level", "verbose"),
-    ({"log_format": "xml"}, "log_format", "xml"),
-    ({"spool_sync_method": "fdatasync"}, "spool_sync_method", "fdatasync"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key", "value"),
+    [
+        ({"relay_host": "[10.0.0.1]"}, "relay_host", "[10.0.0.1]"),
+        ({"listeners": []}, "listeners", []),
+        ({"maximal_queue_lifetime": "5 days"}, "maximal_queue_lifetime", "5 days"),
+        ({"smtpd_timeout": "-5s"}, "smtpd_timeout", "-5s"),
+        ({"minimal_backoff_time": -1}, "minimal_backoff_time", -1),
+        ({"queue_run_delay": True}, "queue_run_delay", True),
+        ({"listener": [{"address": "0.0.0.0:25", "tls": "ssl"}]}, "listener[0].tls", "ssl"),
+        ({"mynetworks": ["10.0.0.0/8", "10.0.0.0/33"]}, "mynetworks", "10.0.0.0/33"),
+        ({"mynetworks": "not-a-network"}, "mynetworks", "not-a-network"),
+        ({"minimal_backoff_time": "2h", "maximal_backoff_time": "1h"}, "minimal_backoff_time", 7200.0),
+        ({"minimal_backoff_time": "5000s"}, "minimal_backoff_time", 5000.0),
+        ({"smtp_tls_security_level": "dane"}, "smtp_tls_security_level", "dane"),
+        ({"message_size_limit": "50T"}, "message_size_limit", "50T"),
+        ({"message_size_limit": -1}, "message_size_limit", -1),
+        ({"smtpd_tls_cert_file": "/etc/cert.pem"}, "smtpd_tls_key_file", None),
+        ({"smtpd_tls_key_file": "/etc/key.pem"}, "smtpd_tls_cert_file", None),
+        ({"smtpd_recipient_limit": 0}, "smtpd_recipient_limit", 0),
+        ({"smtpd_recipient_limit": "1.5"}, "smtpd_recipient_limit", "1.5"),
+        ({"auto_trust_networks": "perhaps"}, "auto_trust_networks", "perhaps"),
+        ({"myhostname": "my host"}, "myhostname", "my host"),
+        ({"relay_domains": ["user@example.com"]}, "relay_domains", "user@example.com"),
+        ({"log_level": "verbose"}, "log_level", "verbose"),
+        ({"log_format": "xml"}, "log_format", "xml"),
+        ({"spool_sync_method": "fdatasync"}, "spool_sync_method", "fdatasync"),
+    ],
+)
 def test_config_error_names_key_and_value(raw: dict[str, Any], key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         build(raw)
@@ -465,13 +509,16 @@ def test_bad_value_in_toml_file_names_key(tmp_path: Path) -> None:
 
 
 def test_sasl_password_maps_and_describe_hides_passwords(tmp_path: Path) -> None:
-    config = build({
-        "smtp_sasl_password_maps": {"[Relay.Example]:587": "alice:s3cret-pw", "mx.example.net": "bob:hunter2:x"},
-        "relayhost": ["[relay.example]:587"],
-        "transport_maps": {"a.com": "[1.2.3.4]:25"},
-        "listener": [{"name": "smtp", "address": "127.0.0.1:2525"}],
-        "relay_clientcerts": [SHA256_HEX],
-    }, tmp_path)
+    config = build(
+        {
+            "smtp_sasl_password_maps": {"[Relay.Example]:587": "alice:s3cret-pw", "mx.example.net": "bob:hunter2:x"},
+            "relayhost": ["[relay.example]:587"],
+            "transport_maps": {"a.com": "[1.2.3.4]:25"},
+            "listener": [{"name": "smtp", "address": "127.0.0.1:2525"}],
+            "relay_clientcerts": [SHA256_HEX],
+        },
+        tmp_path,
+    )
     assert dict(config.smtp_sasl_password_maps) == {
         "[relay.example]:587": ("alice", "s3cret-pw"),
         "mx.example.net": ("bob", "hunter2:x"),
@@ -506,18 +553,32 @@ def test_config_is_immutable() -> None:
 
 def test_gateway_listen_replaces_the_listener_tables(tmp_path: Path) -> None:
     path = _write(tmp_path, '[[listener]]\nname = "smtp"\naddress = "0.0.0.0:25"\n')
-    config = load(path, {"GATEWAY_LISTEN": "smtp=127.0.0.1:2525/starttls smtps=[::1]:2465/implicit, "
-                                           "submission=0.0.0.0:2587/starttls/require_tls"})
+    config = load(
+        path,
+        {
+            "GATEWAY_LISTEN": "smtp=127.0.0.1:2525/starttls smtps=[::1]:2465/implicit, "
+            "submission=0.0.0.0:2587/starttls/require_tls"
+        },
+    )
     assert config.listeners == (
         ListenerConfig("smtp", "127.0.0.1", 2525, "starttls", False),
         ListenerConfig("smtps", "::1", 2465, "implicit", False),
-        ListenerConfig("submission", "0.0.0.0", 2587, "starttls", True))
+        ListenerConfig("submission", "0.0.0.0", 2587, "starttls", True),
+    )
     assert load(path, {"GATEWAY_LISTEN": "  "}).listeners == (ListenerConfig("smtp", "0.0.0.0", 25),)
 
 
-@pytest.mark.parametrize("text", ["smtp=0.0.0.0:25", "smtp=0.0.0.0/starttls", "=0.0.0.0:25/none",
-                                  "smtp=0.0.0.0:25/none/required", "smtp=0.0.0.0:70000/none",
-                                  "a=127.0.0.1:1/none a=127.0.0.1:2/none"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "smtp=0.0.0.0:25",
+        "smtp=0.0.0.0/starttls",
+        "=0.0.0.0:25/none",
+        "smtp=0.0.0.0:25/none/required",
+        "smtp=0.0.0.0:70000/none",
+        "a=127.0.0.1:1/none a=127.0.0.1:2/none",
+    ],
+)
 def test_a_bad_gateway_listen_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(None, {"GATEWAY_LISTEN": text})
@@ -532,8 +593,10 @@ def test_event_loop_key_takes_uvloop_or_asyncio() -> None:
 
 
 def test_recipient_keys() -> None:
-    config = build({"virtual_alias_maps": "virtual, more", "relay_recipient_maps": ["/etc/r"],
-                    "recipient_delimiter": "+-"}, base_dir=Path("/base"))
+    config = build(
+        {"virtual_alias_maps": "virtual, more", "relay_recipient_maps": ["/etc/r"], "recipient_delimiter": "+-"},
+        base_dir=Path("/base"),
+    )
     assert config.virtual_alias_maps == (Path("/base/virtual"), Path("/base/more"))
     assert config.relay_recipient_maps == (Path("/etc/r"),) and config.recipient_delimiter == "+-"
     assert build({"recipient_delimiter": ""}).recipient_delimiter == ""

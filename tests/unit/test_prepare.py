@@ -25,8 +25,15 @@ def test_check_mode_builds_the_same_contexts_and_writes_nothing(tmp_path: Path) 
     ca = trustme.CA()
     ca_file = tmp_path / "client-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    config = build({"state_dir": str(tmp_path / "var"), "listener": LISTENER, "smtpd_tls_CAfile": str(ca_file),
-                    "dkim": {"domains": ["example.com"]}}, tmp_path)
+    config = build(
+        {
+            "state_dir": str(tmp_path / "var"),
+            "listener": LISTENER,
+            "smtpd_tls_CAfile": str(ca_file),
+            "dkim": {"domains": ["example.com"]},
+        },
+        tmp_path,
+    )
     checked = prepare(config, write_files=False)
     asyncio.run(checked.pipelines.aclose())
     assert not (tmp_path / "var").exists()
@@ -51,16 +58,20 @@ def test_check_mode_refuses_a_broken_local_ca_as_a_start_would(tmp_path: Path) -
 
 
 def test_no_tls_listener_needs_no_server_context(tmp_path: Path) -> None:
-    config = build({"state_dir": str(tmp_path / "var"), "smtpd_tls_CAfile": str(tmp_path / "missing.pem"),
-                    "listener": [{"name": "plain", "address": "127.0.0.1:2525", "tls": "none"}]}, tmp_path)
+    config = build(
+        {
+            "state_dir": str(tmp_path / "var"),
+            "smtpd_tls_CAfile": str(tmp_path / "missing.pem"),
+            "listener": [{"name": "plain", "address": "127.0.0.1:2525", "tls": "none"}],
+        },
+        tmp_path,
+    )
     prepared = prepare(config, write_files=False)  # nothing would ask for client certificates: as at start
     assert prepared.server_tls is None
 
 
-def test_each_dkim_record_is_logged_at_start_new_key_or_not(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                            ) -> None:
-    config = build({"state_dir": str(tmp_path / "var"), "dkim": {"domains": ["example.com", "example.org"]}},
-                   tmp_path)
+def test_each_dkim_record_is_logged_at_start_new_key_or_not(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = build({"state_dir": str(tmp_path / "var"), "dkim": {"domains": ["example.com", "example.org"]}}, tmp_path)
     records = []
     for _ in range(2):  # the first start creates the keys, the second finds them
         caplog.clear()
@@ -70,5 +81,6 @@ def test_each_dkim_record_is_logged_at_start_new_key_or_not(tmp_path: Path, capl
         asyncio.run(prepared.pipelines.aclose())
         records.append(sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("dkim: d=")))
     assert records[0] == records[1] and len(records[0]) == 2
-    assert records[0][0].startswith("dkim: d=example.com s=mail a=rsa-sha256: DNS record mail._domainkey."
-                                    "example.com.  IN TXT ( \"v=DKIM1; k=rsa; p=")
+    assert records[0][0].startswith(
+        'dkim: d=example.com s=mail a=rsa-sha256: DNS record mail._domainkey.example.com.  IN TXT ( "v=DKIM1; k=rsa; p='
+    )

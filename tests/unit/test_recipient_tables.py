@@ -18,10 +18,16 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_read_table_comments_continuations_case_and_missing_values(tmp_path: Path) -> None:
-    path = write(tmp_path, "# comment\n\nSupport@Example.com adam@example.com,   # a list\n"
-                           "   bob@example.com\n@example.com\tcatch@example.com # catch-all\nlone\n")
+    path = write(
+        tmp_path,
+        "# comment\n\nSupport@Example.com adam@example.com,   # a list\n"
+        "   bob@example.com\n@example.com\tcatch@example.com # catch-all\nlone\n",
+    )
     assert read_table(path, "k", values_required=False) == {
-        "support@example.com": "adam@example.com, bob@example.com", "@example.com": "catch@example.com", "lone": ""}
+        "support@example.com": "adam@example.com, bob@example.com",
+        "@example.com": "catch@example.com",
+        "lone": "",
+    }
     with pytest.raises(ConfigError) as raised:
         read_table(path, "virtual_alias_maps")
     assert raised.value.key == "virtual_alias_maps" and "line 6 has no value for lone" in str(raised.value)
@@ -31,7 +37,10 @@ def test_read_table_comments_continuations_case_and_missing_values(tmp_path: Pat
 
 def test_lookup_order_and_extensions() -> None:
     assert lookup_order("Adam+Tag@Example.com", "+") == [
-        ("adam+tag@example.com", ""), ("adam@example.com", "+tag"), ("@example.com", "")]
+        ("adam+tag@example.com", ""),
+        ("adam@example.com", "+tag"),
+        ("@example.com", ""),
+    ]
     assert lookup_order("adam@example.com", "+") == [("adam@example.com", ""), ("@example.com", "")]
     assert lookup_order("adam+tag@example.com", "") == [("adam+tag@example.com", ""), ("@example.com", "")]
     assert split_extension("+only@example.com", "+") == ("+only@example.com", "")

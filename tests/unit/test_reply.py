@@ -7,8 +7,7 @@ import pytest
 import gateway.reply
 from gateway.reply import Reply, parse_reply_line, queued
 
-CATALOGUE = sorted(
-    (name, value) for name, value in vars(gateway.reply).items() if isinstance(value, Reply))
+CATALOGUE = sorted((name, value) for name, value in vars(gateway.reply).items() if isinstance(value, Reply))
 
 
 def test_catalogue_is_not_empty() -> None:
@@ -43,9 +42,16 @@ def test_queued_reply() -> None:
     assert reply.is_success and not reply.is_transient and not reply.is_permanent
 
 
-@pytest.mark.parametrize(("code", "status"), [
-    (450, "5.7.1"), (550, "4.7.1"), (250, "5.0.0"), (550, "2.0.0"), (421, "2.0.0"),
-])
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (450, "5.7.1"),
+        (550, "4.7.1"),
+        (250, "5.0.0"),
+        (550, "2.0.0"),
+        (421, "2.0.0"),
+    ],
+)
 def test_mismatched_class_is_refused(code: int, status: str) -> None:
     with pytest.raises(ValueError, match="does not match"):
         Reply(code, status, "text")
@@ -166,18 +172,21 @@ def test_parse_reply_line() -> None:
     assert parse_reply_line("451 4.3.0 ") == Reply(451, "4.3.0", "")
 
 
-@pytest.mark.parametrize("line", [
-    "550 Relay access denied",      # no enhanced code
-    "450 5.7.1 mismatched",         # class differs
-    "550 4.7.1 mismatched",
-    "354 End data with <CR><LF>.<CR><LF>",
-    "354 3.0.0 intermediate",
-    "220 localhost ESMTP",
-    "550 5.7.1",                    # no separator before the (empty) text
-    "5505.7.1 x",
-    "",
-    "550 5.7 short",
-    "550 5.7.1 two\r\nlines",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "550 Relay access denied",  # no enhanced code
+        "450 5.7.1 mismatched",  # class differs
+        "550 4.7.1 mismatched",
+        "354 End data with <CR><LF>.<CR><LF>",
+        "354 3.0.0 intermediate",
+        "220 localhost ESMTP",
+        "550 5.7.1",  # no separator before the (empty) text
+        "5505.7.1 x",
+        "",
+        "550 5.7 short",
+        "550 5.7.1 two\r\nlines",
+    ],
+)
 def test_parse_reply_line_without_valid_enhanced_code(line: str) -> None:
     assert parse_reply_line(line) is None

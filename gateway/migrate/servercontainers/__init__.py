@@ -76,8 +76,24 @@ variable (not one of the image's), values the gateway has no equivalent for
 from __future__ import annotations
 
 from gateway.migrate.servercontainers.cli import main
-from gateway.migrate.servercontainers.image import IMAGE_NAMESPACES, IMAGE_VARIABLES, SCANNER_VARIABLES, Refusal, Refused
+from gateway.migrate.servercontainers.image import (
+    IMAGE_NAMESPACES,
+    IMAGE_VARIABLES,
+    SCANNER_VARIABLES,
+    Refusal,
+    Refused,
+)
 from gateway.migrate.servercontainers.toml_writer import to_toml
 from gateway.migrate.servercontainers.translator import Translator, translate
 
-__all__ = ["IMAGE_NAMESPACES", "IMAGE_VARIABLES", "SCANNER_VARIABLES", "Refusal", "Refused", "Translator", "main", "to_toml", "translate"]
+__all__ = [
+    "IMAGE_NAMESPACES",
+    "IMAGE_VARIABLES",
+    "SCANNER_VARIABLES",
+    "Refusal",
+    "Refused",
+    "Translator",
+    "main",
+    "to_toml",
+    "translate",
+]

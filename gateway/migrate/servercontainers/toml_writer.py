@@ -7,7 +7,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
 
@@ -39,7 +38,7 @@ def _value(value: Any) -> str:
             return "nan"
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
-        return repr(value)   # "5.0", "1e-05": both valid TOML floats
+        return repr(value)  # "5.0", "1e-05": both valid TOML floats
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, (list, tuple)):

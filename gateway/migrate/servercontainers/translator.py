@@ -10,18 +10,38 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.migrate.servercontainers import volumes
-from gateway.migrate.servercontainers.image import (DEFAULT_MAIL_FQDN, FALSE_LOOKING, FQDN, IMAGE_NAMESPACES,
-                                                    IMAGE_SPAM_LEVELS, IMAGE_VARIABLES, METRICS_LISTEN,
-                                                    RAW_CONFIG_PREFIX, Refusal, Refused, SPAM_VARIABLES,
-                                                    STATE_DIR, UNDEF_TAG_LEVEL, is_lookup_table, is_set,
-                                                    postfix_list)
+from gateway.migrate.servercontainers.image import (
+    DEFAULT_MAIL_FQDN,
+    FALSE_LOOKING,
+    FQDN,
+    IMAGE_NAMESPACES,
+    IMAGE_SPAM_LEVELS,
+    IMAGE_VARIABLES,
+    METRICS_LISTEN,
+    RAW_CONFIG_PREFIX,
+    SPAM_VARIABLES,
+    STATE_DIR,
+    UNDEF_TAG_LEVEL,
+    Refusal,
+    Refused,
+    is_lookup_table,
+    is_set,
+    postfix_list,
+)
 
 
 class Translator:
     """One translation: collects the config, the warnings, the refusals and where each key came from."""
 
-    def __init__(self, environ: Mapping[str, str], root: Path, state_dir: str, metrics_listen: str,
-                 listen: str | None, listen_origin: str) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        root: Path,
+        state_dir: str,
+        metrics_listen: str,
+        listen: str | None,
+        listen_origin: str,
+    ) -> None:
         self.env = environ
         self.root = root
         self.listen = listen
@@ -29,7 +49,7 @@ class Translator:
         self.config: dict[str, Any] = {"state_dir": state_dir, "metrics_listen": metrics_listen}
         self.warnings: list[str] = []
         self.refusals: list[Refusal] = []
-        self.origin: dict[str, str] = {}   # config key (dotted) → the variable or file it came from
+        self.origin: dict[str, str] = {}  # config key (dotted) → the variable or file it came from
 
     # ---- helpers ----
 
@@ -61,8 +81,10 @@ class Translator:
         if not is_set(self.env, name):
             return False
         if self.env[name].strip().lower() in FALSE_LOOKING:
-            self.warn(f"{name}={self.env[name]!r} is set, so it is ON: the image tested only whether the "
-                      "variable exists; unset it to turn it off")
+            self.warn(
+                f"{name}={self.env[name]!r} is set, so it is ON: the image tested only whether the "
+                "variable exists; unset it to turn it off"
+            )
         return True
 
     # ---- the variables ----
@@ -83,29 +105,44 @@ class Translator:
     def unknown_variables(self) -> None:
         for name in sorted(self.env):
             if name.startswith(RAW_CONFIG_PREFIX):
-                key = name[len(RAW_CONFIG_PREFIX):].lower()
+                key = name[len(RAW_CONFIG_PREFIX) :].lower()
                 from gateway.config import KNOWN_KEYS  # imported late: keep `--help` light
-                hint = (f"; the gateway has {key!r}: set GATEWAY_{key.upper()} instead" if key in KNOWN_KEYS
-                        else "; set the equivalent gateway key in gateway.toml, see README 'Configuration'")
+
+                hint = (
+                    f"; the gateway has {key!r}: set GATEWAY_{key.upper()} instead"
+                    if key in KNOWN_KEYS
+                    else "; set the equivalent gateway key in gateway.toml, see README 'Configuration'"
+                )
                 self.refuse(name, "raw Postfix main.cf settings are not interpreted by the gateway" + hint)
             elif name.startswith(IMAGE_NAMESPACES) and name not in IMAGE_VARIABLES:
-                self.refuse(name, "not a variable of the ServerContainers mail-gateway image (README "
-                                  "'Environment variables'); a misspelling or a fork's variable")
+                self.refuse(
+                    name,
+                    "not a variable of the ServerContainers mail-gateway image (README "
+                    "'Environment variables'); a misspelling or a fork's variable",
+                )
         if self.env.get("POSTFIX_MYDESTINATION", "").strip():
-            self.refuse("POSTFIX_MYDESTINATION", "the gateway delivers no mail locally (no mydestination); "
-                                                 "list the domains in POSTFIX_RELAY_DOMAINS and route them "
-                                                 "with a transport file instead")
+            self.refuse(
+                "POSTFIX_MYDESTINATION",
+                "the gateway delivers no mail locally (no mydestination); "
+                "list the domains in POSTFIX_RELAY_DOMAINS and route them "
+                "with a transport file instead",
+            )
 
     def hostname(self) -> None:
         raw = self.env.get("MAIL_FQDN")
         if raw is None:
             raw = DEFAULT_MAIL_FQDN
-            self.warn(f"MAIL_FQDN is unset: using the image's default {DEFAULT_MAIL_FQDN!r}; set MAIL_FQDN to "
-                      "the name the gateway's IP address resolves to")
+            self.warn(
+                f"MAIL_FQDN is unset: using the image's default {DEFAULT_MAIL_FQDN!r}; set MAIL_FQDN to "
+                "the name the gateway's IP address resolves to"
+            )
         name = raw.strip().lower().rstrip(".")
         if not FQDN.fullmatch(name):
-            self.refuse("MAIL_FQDN", f"{raw!r} is not a host name (letters, digits, '-' and '.'); the image "
-                                     "would have deleted the other characters")
+            self.refuse(
+                "MAIL_FQDN",
+                f"{raw!r} is not a host name (letters, digits, '-' and '.'); the image "
+                "would have deleted the other characters",
+            )
             return
         if "." not in name:
             self.warn(f"MAIL_FQDN={raw!r} has no dot: '.local' appended, as the image did")
@@ -115,8 +152,11 @@ class Translator:
         if banner is not None:
             expanded = re.sub(r"\$(?:\{myhostname\}|myhostname\b|\{MAIL_FQDN\}|MAIL_FQDN\b)", name, banner.strip())
             if expanded != f"{name} ESMTP":
-                self.refuse("POSTFIX_SMTPD_BANNER", f"the gateway's greeting is fixed as '220 {name} ESMTP' "
-                                                    "(from MAIL_FQDN); unset the variable to accept that")
+                self.refuse(
+                    "POSTFIX_SMTPD_BANNER",
+                    f"the gateway's greeting is fixed as '220 {name} ESMTP' "
+                    "(from MAIL_FQDN); unset the variable to accept that",
+                )
 
     def networks(self) -> None:
         networks = ["127.0.0.0/8"]
@@ -129,8 +169,9 @@ class Translator:
             if is_set(self.env, "ADDITIONAL_MYNETWORKS"):
                 self.warn("ADDITIONAL_MYNETWORKS is ignored because MYNETWORKS is set (as in the image)")
             if auto_trust:
-                self.warn("AUTO_TRUST_NETWORKS is ignored because MYNETWORKS replaces every trusted network "
-                          "(as in the image)")
+                self.warn(
+                    "AUTO_TRUST_NETWORKS is ignored because MYNETWORKS replaces every trusted network (as in the image)"
+                )
                 auto_trust = False
             networks = self.network_list("MYNETWORKS")
         self.set("mynetworks", networks, origin)
@@ -142,8 +183,11 @@ class Translator:
         items = postfix_list(self.env[name])
         for item in items:
             if is_lookup_table(item) or item.startswith("!"):
-                self.refuse(name, f"{item!r}: Postfix lookup tables, files and '!' exclusions are not "
-                                  "supported; list the networks (CIDR) themselves")
+                self.refuse(
+                    name,
+                    f"{item!r}: Postfix lookup tables, files and '!' exclusions are not "
+                    "supported; list the networks (CIDR) themselves",
+                )
         return [item for item in items if not (is_lookup_table(item) or item.startswith("!"))]
 
     def relayhost(self) -> None:
@@ -153,8 +197,10 @@ class Translator:
         self.set("relayhost", hops, "RELAYHOST")
 
     def lifetimes(self) -> None:
-        for variable, key in (("POSTFIX_QUEUE_LIFETIME_MAX", "maximal_queue_lifetime"),
-                              ("POSTFIX_QUEUE_LIFETIME_BOUNCE", "bounce_queue_lifetime")):
+        for variable, key in (
+            ("POSTFIX_QUEUE_LIFETIME_MAX", "maximal_queue_lifetime"),
+            ("POSTFIX_QUEUE_LIFETIME_BOUNCE", "bounce_queue_lifetime"),
+        ):
             value = self.env.get(variable, "").strip()
             if value:
                 # postconf(5): the default time unit of both parameters is d (days).
@@ -166,15 +212,19 @@ class Translator:
         items = postfix_list(self.env["POSTFIX_RELAY_DOMAINS"])
         for item in items:
             if is_lookup_table(item):
-                self.refuse("POSTFIX_RELAY_DOMAINS", f"{item!r}: Postfix lookup tables, files and $parameters are "
-                                                     "not supported; list the domains")
+                self.refuse(
+                    "POSTFIX_RELAY_DOMAINS",
+                    f"{item!r}: Postfix lookup tables, files and $parameters are not supported; list the domains",
+                )
         domains = [item for item in items if not is_lookup_table(item)]
         self.set("relay_domains", domains, "POSTFIX_RELAY_DOMAINS")
         plain = [d for d in domains if not d.startswith(".")]
         if plain:
-            self.warn("POSTFIX_RELAY_DOMAINS: " + ", ".join(plain) + " match(es) that domain only; Postfix "
-                      "before compatibility level 3 also matched subdomains: add '." + plain[0] + "' style "
-                      "entries if you relied on that")
+            self.warn(
+                "POSTFIX_RELAY_DOMAINS: " + ", ".join(plain) + " match(es) that domain only; Postfix "
+                "before compatibility level 3 also matched subdomains: add '." + plain[0] + "' style "
+                "entries if you relied on that"
+            )
 
     def scanning(self) -> None:
         disable_all = self.switch("DISABLE_AMAVIS")
@@ -188,28 +238,41 @@ class Translator:
         if disable_spam:
             filters["disable_spam_checks"] = True
         for key, flag in filters.items():
-            self.set(f"content_filter.{key}", flag, "DISABLE_" + {"disable_scanning": "AMAVIS",
-                                                                  "disable_virus_checks": "VIRUS_CHECKS",
-                                                                  "disable_spam_checks": "SPAM_CHECKS"}[key])
+            self.set(
+                f"content_filter.{key}",
+                flag,
+                "DISABLE_"
+                + {
+                    "disable_scanning": "AMAVIS",
+                    "disable_virus_checks": "VIRUS_CHECKS",
+                    "disable_spam_checks": "SPAM_CHECKS",
+                }[key],
+            )
         scanners: list[str] = []
         clamd = self.env.get("CLAMD_ADDRESS", "").strip()
         if clamd:
             self.set("antivirus.clamd", clamd, "CLAMD_ADDRESS")
             scanners.append("antivirus")
         elif not (disable_all or disable_virus):
-            self.refuse("DISABLE_VIRUS_CHECKS", "unset, so the image scanned every message with its built-in "
-                                                "ClamAV; the gateway needs an external clamd: set CLAMD_ADDRESS "
-                                                "(tcp:clamav:3310 or unix:/path), or set DISABLE_VIRUS_CHECKS=1")
+            self.refuse(
+                "DISABLE_VIRUS_CHECKS",
+                "unset, so the image scanned every message with its built-in "
+                "ClamAV; the gateway needs an external clamd: set CLAMD_ADDRESS "
+                "(tcp:clamav:3310 or unix:/path), or set DISABLE_VIRUS_CHECKS=1",
+            )
         for variable, section, key in (("RSPAMD_URL", "rspamd", "url"), ("SPAMD_ADDRESS", "spamassassin", "address")):
             value = self.env.get(variable, "").strip()
             if value:
                 self.set(f"{section}.{key}", value, variable)
                 scanners.append(section)
         if not {"rspamd", "spamassassin"} & set(scanners) and not (disable_all or disable_spam):
-            self.refuse("DISABLE_SPAM_CHECKS", "unset, so the image scored every message with its built-in "
-                                               "SpamAssassin; the gateway needs an external scanner: set "
-                                               "RSPAMD_URL (http://rspamd:11333) or SPAMD_ADDRESS (host:783), "
-                                               "or set DISABLE_SPAM_CHECKS=1")
+            self.refuse(
+                "DISABLE_SPAM_CHECKS",
+                "unset, so the image scored every message with its built-in "
+                "SpamAssassin; the gateway needs an external scanner: set "
+                "RSPAMD_URL (http://rspamd:11333) or SPAMD_ADDRESS (host:783), "
+                "or set DISABLE_SPAM_CHECKS=1",
+            )
         self.spam_levels(disable_all)
         pipeline = (["header_checks"] if "header_checks" in self.config else []) + scanners
         if pipeline:
@@ -233,8 +296,11 @@ class Translator:
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):
-                self.refuse(variable, f"{text!r} is not a number" + (" (undef is understood for the tag level "
-                                                                      "only)" if text == "undef" else ""))
+                self.refuse(
+                    variable,
+                    f"{text!r} is not a number"
+                    + (" (undef is understood for the tag level only)" if text == "undef" else ""),
+                )
                 continue
             self.set(f"spam_levels.{key}", value, variable)
 
@@ -260,7 +326,7 @@ class Translator:
             for name in dict.fromkeys(pipeline.strings("inbound") + pipeline.strings("outbound")):
                 if name not in REGISTRY:
                     raise ConfigError("pipeline.inbound", name, "one of " + ", ".join(sorted(REGISTRY)))
-                policy_class: Any = REGISTRY[name]   # concrete classes take the Config
+                policy_class: Any = REGISTRY[name]  # concrete classes take the Config
                 policy_class(config)
             ScanSwitches.from_config(config)
             SpamLevels.from_config(config)
@@ -276,9 +342,15 @@ class Translator:
         return key
 
 
-def translate(environ: Mapping[str, str], *, root: Path = Path("/"), state_dir: str = STATE_DIR,
-              metrics_listen: str = METRICS_LISTEN, listen: str | None = None,
-              listen_origin: str = "--listen") -> tuple[dict[str, Any], list[str]]:
+def translate(
+    environ: Mapping[str, str],
+    *,
+    root: Path = Path("/"),
+    state_dir: str = STATE_DIR,
+    metrics_listen: str = METRICS_LISTEN,
+    listen: str | None = None,
+    listen_origin: str = "--listen",
+) -> tuple[dict[str, Any], list[str]]:
     """Translate the ServerContainers mail-gateway variables into a gateway config (see module docstring).
 
     Args:

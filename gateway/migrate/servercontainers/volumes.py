@@ -7,9 +7,16 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
+from gateway.migrate.servercontainers.image import (
+    ADDITIONAL_DIR,
+    DKIM_SELECTOR,
+    IN_LEVELS,
+    OUT_LEVELS,
+    TLS_DIR,
+    is_set,
+    postfix_list,
+)
 from gateway.values import parse_listen
-from gateway.migrate.servercontainers.image import (ADDITIONAL_DIR, DKIM_SELECTOR, IN_LEVELS, OUT_LEVELS,
-                                                    TLS_DIR, is_set, postfix_list)
 
 if TYPE_CHECKING:
     from gateway.migrate.servercontainers.translator import Translator
@@ -17,8 +24,9 @@ if TYPE_CHECKING:
 
 def tls(t: Translator) -> None:
     for direction, cert_key, key_key, cert_default, key_default in (
-            ("IN", "smtpd_tls_cert_file", "smtpd_tls_key_file", "bundle.crt", "cert.key"),
-            ("OUT", "smtp_tls_cert_file", "smtp_tls_key_file", "client.crt", "client.key")):
+        ("IN", "smtpd_tls_cert_file", "smtpd_tls_key_file", "bundle.crt", "cert.key"),
+        ("OUT", "smtp_tls_cert_file", "smtp_tls_key_file", "client.crt", "client.key"),
+    ):
         cert_var, key_var = f"POSTFIX_SSL_{direction}_CERT", f"POSTFIX_SSL_{direction}_KEY"
         cert = t.env.get(cert_var) or str(TLS_DIR / cert_default)
         key = t.env.get(key_var) or str(TLS_DIR / key_default)
@@ -28,9 +36,14 @@ def tls(t: Translator) -> None:
             t.set(key_key, str(t.local(key)), key_var)
         elif explicit:
             missing = " and ".join(p for p in (cert, key) if not t.exists(p))
-            t.refuse(explicit[0], f"{missing} not found: the image then ran without this certificate; "
-                                     "mount the files there or unset the variable")
-    listeners(t, )
+            t.refuse(
+                explicit[0],
+                f"{missing} not found: the image then ran without this certificate; "
+                "mount the files there or unset the variable",
+            )
+    listeners(
+        t,
+    )
     level_var = "POSTFIX_SSL_OUT_SECURITY_LEVEL"
     if is_set(t.env, level_var):
         level = t.env[level_var].strip().lower()
@@ -60,21 +73,26 @@ def listeners(t: Translator) -> None:
             return
         for item in listeners:
             if level == "none" and item["tls"] != "none":
-                t.refuse(t.listen_origin, f"listener {item['name']} has tls={item['tls']}, but "
-                                                f"{level_var}=none turns TLS off")
+                t.refuse(
+                    t.listen_origin,
+                    f"listener {item['name']} has tls={item['tls']}, but {level_var}=none turns TLS off",
+                )
             if level == "encrypt" and item["tls"] == "starttls":
                 item["require_tls"] = True
         t.set("listener", listeners, t.listen_origin)
         return
     if level == "none":
-        listeners = [{"name": "smtp", "address": "0.0.0.0:25", "tls": "none"},
-                     {"name": "submission", "address": "0.0.0.0:587", "tls": "none"}]
+        listeners = [
+            {"name": "smtp", "address": "0.0.0.0:25", "tls": "none"},
+            {"name": "submission", "address": "0.0.0.0:587", "tls": "none"},
+        ]
         t.warn(f"{level_var}=none: no TLS on any listener and no port 465 listener")
     else:
-        listeners = [{"name": "smtp", "address": "0.0.0.0:25", "tls": "starttls",
-                      "require_tls": level == "encrypt"},
-                     {"name": "smtps", "address": "0.0.0.0:465", "tls": "implicit"},
-                     {"name": "submission", "address": "0.0.0.0:587", "tls": "starttls", "require_tls": True}]
+        listeners = [
+            {"name": "smtp", "address": "0.0.0.0:25", "tls": "starttls", "require_tls": level == "encrypt"},
+            {"name": "smtps", "address": "0.0.0.0:465", "tls": "implicit"},
+            {"name": "submission", "address": "0.0.0.0:587", "tls": "starttls", "require_tls": True},
+        ]
     t.set("listener", listeners, level_var)
 
 
@@ -85,21 +103,32 @@ def client_certificates(t: Translator) -> None:
     file_lines = []
     if t.exists(TLS_DIR / "relay_clientcerts"):
         # entrypoint.sh: the variable is appended to this file, and the file alone also enables it.
-        file_lines = [line.strip() for line in t.local(TLS_DIR / "relay_clientcerts").read_text().splitlines()
-                      if line.strip() and not line.lstrip().startswith("#")]
+        file_lines = [
+            line.strip()
+            for line in t.local(TLS_DIR / "relay_clientcerts").read_text().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     if t.exists(ca_file):
         t.set("smtpd_tls_CAfile", str(t.local(ca_file)), str(ca_file))
         if lines or file_lines:
-            t.warn(f"{ca_file}: the image let every client certificate signed by it relay "
-                      "(permit_tls_all_clientcerts); the gateway lets only the listed fingerprints relay")
+            t.warn(
+                f"{ca_file}: the image let every client certificate signed by it relay "
+                "(permit_tls_all_clientcerts); the gateway lets only the listed fingerprints relay"
+            )
         else:
-            t.refuse(str(ca_file), "the image let every client certificate signed by this CA relay "
-                                      "(permit_tls_all_clientcerts); the gateway lets only listed certificates "
-                                      f"relay: list their fingerprints in {fingerprints_var}")
+            t.refuse(
+                str(ca_file),
+                "the image let every client certificate signed by this CA relay "
+                "(permit_tls_all_clientcerts); the gateway lets only listed certificates "
+                f"relay: list their fingerprints in {fingerprints_var}",
+            )
     elif lines or file_lines:
-        t.refuse(fingerprints_var, f"the gateway asks for client certificates only with a CA bundle to "
-                                      f"verify them: mount {ca_file} (the clients' CA, or the self-signed "
-                                      "client certificates themselves)")
+        t.refuse(
+            fingerprints_var,
+            f"the gateway asks for client certificates only with a CA bundle to "
+            f"verify them: mount {ca_file} (the clients' CA, or the self-signed "
+            "client certificates themselves)",
+        )
     if lines or file_lines:
         t.set("relay_clientcerts", file_lines + lines, fingerprints_var)
 
@@ -107,8 +136,10 @@ def client_certificates(t: Translator) -> None:
 def files(t: Translator) -> None:
     for name in ("dh1024.pem", "dh512.pem"):
         if t.exists(TLS_DIR / name):
-            t.warn(f"{TLS_DIR / name} is not used: the gateway's TLS (Python ssl) negotiates ECDHE "
-                      "key exchange and needs no DH parameter file")
+            t.warn(
+                f"{TLS_DIR / name} is not used: the gateway's TLS (Python ssl) negotiates ECDHE "
+                "key exchange and needs no DH parameter file"
+            )
     header_checks = ADDITIONAL_DIR / "header_checks"
     if t.exists(header_checks):
         t.set("header_checks.file", str(t.local(header_checks)), str(header_checks))
@@ -138,8 +169,11 @@ def transport_maps(t: Translator, name: str, text: str) -> dict[str, str]:
         if not sep:
             transport, nexthop = "", result
         if "@" in pattern or pattern == "*":
-            t.refuse(where, f"{pattern!r}: the gateway routes by recipient domain only (no addresses, "
-                               "no '*'; use RELAYHOST for the default route)")
+            t.refuse(
+                where,
+                f"{pattern!r}: the gateway routes by recipient domain only (no addresses, "
+                "no '*'; use RELAYHOST for the default route)",
+            )
         elif transport not in ("", "smtp", "relay"):
             t.refuse(where, f"transport {transport!r}: the gateway delivers over SMTP only")
         elif not nexthop:
@@ -157,9 +191,11 @@ def dkim(t: Translator) -> None:
     t.set("dkim.selector", DKIM_SELECTOR, "DKIM_DOMAINS")
     opendkim = ADDITIONAL_DIR / "opendkim"
     if not t.exists(opendkim):
-        t.warn(f"DKIM_DOMAINS: the image signed only when {opendkim} existed; the gateway signs for "
-                  f"{', '.join(domains)} and creates missing keys (selector {DKIM_SELECTOR!r}) under "
-                  "state_dir/dkim: publish the DNS records it logs, or see `gateway dkim show`")
+        t.warn(
+            f"DKIM_DOMAINS: the image signed only when {opendkim} existed; the gateway signs for "
+            f"{', '.join(domains)} and creates missing keys (selector {DKIM_SELECTOR!r}) under "
+            "state_dir/dkim: publish the DNS records it logs, or see `gateway dkim show`"
+        )
         return
     overrides: dict[str, dict[str, str]] = {}
     for domain in domains:

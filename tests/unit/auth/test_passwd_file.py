@@ -19,19 +19,27 @@ FAST_ARGON2 = argon2.using(type="ID", rounds=1, memory_cost=1024)
 
 
 def config_with(tmp_path: Path, auth: dict[str, object], listener_auth: str = "required") -> gateway_config.Config:
-    return gateway_config.build({"state_dir": str(tmp_path), "auth": auth, "listener": [
-        {"name": "submission", "address": "127.0.0.1:2587", "tls": "starttls", "auth": listener_auth}]})
+    return gateway_config.build(
+        {
+            "state_dir": str(tmp_path),
+            "auth": auth,
+            "listener": [{"name": "submission", "address": "127.0.0.1:2587", "tls": "starttls", "auth": listener_auth}],
+        }
+    )
 
 
-@pytest.mark.parametrize(("line", "scheme"), [
-    ("alice:{BLF-CRYPT}" + FAST_BCRYPT.hash("pw") + "::::::", "bcrypt"),
-    ("alice:{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
-    ("alice:{SHA256-CRYPT}" + sha256_crypt.using(rounds=5000).hash("pw"), "sha256_crypt"),
-    ("alice:{ARGON2ID}" + FAST_ARGON2.hash("pw"), "argon2"),
-    ("alice:" + FAST_BCRYPT.hash("pw").replace("$2b$", "$2y$"), "bcrypt"),  # htpasswd -B
-    ("alice:" + apr_md5_crypt.hash("pw"), "apr_md5_crypt"),  # htpasswd -m
-    ("alice:" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
-])
+@pytest.mark.parametrize(
+    ("line", "scheme"),
+    [
+        ("alice:{BLF-CRYPT}" + FAST_BCRYPT.hash("pw") + "::::::", "bcrypt"),
+        ("alice:{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
+        ("alice:{SHA256-CRYPT}" + sha256_crypt.using(rounds=5000).hash("pw"), "sha256_crypt"),
+        ("alice:{ARGON2ID}" + FAST_ARGON2.hash("pw"), "argon2"),
+        ("alice:" + FAST_BCRYPT.hash("pw").replace("$2b$", "$2y$"), "bcrypt"),  # htpasswd -B
+        ("alice:" + apr_md5_crypt.hash("pw"), "apr_md5_crypt"),  # htpasswd -m
+        ("alice:" + sha512_crypt.using(rounds=5000).hash("pw"), "sha512_crypt"),
+    ],
+)
 def test_every_listed_scheme_is_read_and_checked(tmp_path: Path, line: str, scheme: str) -> None:
     login, hashed = parse_line(line)  # type: ignore[misc]
     assert login == "alice" and not hashed.startswith("{")
@@ -44,13 +52,16 @@ def test_every_listed_scheme_is_read_and_checked(tmp_path: Path, line: str, sche
     assert asyncio.run(backend.verify("alice", "pw", AuthClient("192.0.2.1", "127.0.0.1", True))) is AuthOutcome.OK
 
 
-@pytest.mark.parametrize(("line", "complaint"), [
-    ("alice:{PLAIN}secret", "scheme {PLAIN} is not one of"),
-    ("alice:secret", "plain text is refused"),
-    ("alice", "not login:hash"),
-    (":{BLF-CRYPT}" + FAST_BCRYPT.hash("pw"), "not login:hash"),
-    ("alice:{SHA512-CRYPT}" + FAST_BCRYPT.hash("pw"), "is not a SHA512-CRYPT hash"),
-])
+@pytest.mark.parametrize(
+    ("line", "complaint"),
+    [
+        ("alice:{PLAIN}secret", "scheme {PLAIN} is not one of"),
+        ("alice:secret", "plain text is refused"),
+        ("alice", "not login:hash"),
+        (":{BLF-CRYPT}" + FAST_BCRYPT.hash("pw"), "not login:hash"),
+        ("alice:{SHA512-CRYPT}" + FAST_BCRYPT.hash("pw"), "is not a SHA512-CRYPT hash"),
+    ],
+)
 def test_a_bad_line_is_a_config_error_naming_the_key_and_line(tmp_path: Path, line: str, complaint: str) -> None:
     path = tmp_path / "passwd"
     path.write_text("# users\n\n" + line + "\n")
@@ -94,16 +105,19 @@ def test_auth_settings_need_a_back_end_when_a_listener_offers_auth(tmp_path: Pat
     assert "auth.passwd_file" in str(raised.value)
 
 
-@pytest.mark.parametrize(("auth", "key"), [
-    ({"backend": "dovecot"}, "auth.smtpd_sasl_path"),
-    ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1"}, "auth.smtpd_sasl_path"),
-    ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1:99999"}, "auth.smtpd_sasl_path"),
-    ({"backend": "dovecot", "smtpd_sasl_path": "/run/dovecot/auth-client", "timeout": "soon"}, "auth.timeout"),
-    ({"backend": "passwd_file", "passwd_file": "p", "colour": "blue"}, "auth.colour"),
-    ({"backend": "passwd_file", "passwd_file": "p", "session_failure_limit": 0}, "auth.session_failure_limit"),
-    ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": True}, "auth.failure_limit"),
-    ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": 2.5}, "auth.failure_limit"),
-])
+@pytest.mark.parametrize(
+    ("auth", "key"),
+    [
+        ({"backend": "dovecot"}, "auth.smtpd_sasl_path"),
+        ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1"}, "auth.smtpd_sasl_path"),
+        ({"backend": "dovecot", "smtpd_sasl_path": "inet:127.0.0.1:99999"}, "auth.smtpd_sasl_path"),
+        ({"backend": "dovecot", "smtpd_sasl_path": "/run/dovecot/auth-client", "timeout": "soon"}, "auth.timeout"),
+        ({"backend": "passwd_file", "passwd_file": "p", "colour": "blue"}, "auth.colour"),
+        ({"backend": "passwd_file", "passwd_file": "p", "session_failure_limit": 0}, "auth.session_failure_limit"),
+        ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": True}, "auth.failure_limit"),
+        ({"backend": "passwd_file", "passwd_file": "p", "failure_limit": 2.5}, "auth.failure_limit"),
+    ],
+)
 def test_dovecot_settings_are_checked(tmp_path: Path, auth: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         AuthSettings.from_config(config_with(tmp_path, auth))
@@ -111,8 +125,9 @@ def test_dovecot_settings_are_checked(tmp_path: Path, auth: dict[str, object], k
 
 
 def test_dovecot_settings(tmp_path: Path) -> None:
-    settings = AuthSettings.from_config(config_with(tmp_path, {
-        "backend": "dovecot", "smtpd_sasl_path": "inet:[::1]:12345", "timeout": "3s"}))
+    settings = AuthSettings.from_config(
+        config_with(tmp_path, {"backend": "dovecot", "smtpd_sasl_path": "inet:[::1]:12345", "timeout": "3s"})
+    )
     assert settings is not None and settings.sasl_path == "inet:[::1]:12345" and settings.timeout == 3.0
 
 
@@ -133,8 +148,11 @@ def test_set_password_replaces_a_line_keeping_dovecot_fields_and_adds_new_users(
     from gateway.auth.passwd_file import hash_password, set_password
 
     path = tmp_path / "passwd"
-    path.write_text("# users\nalice:{SHA512-CRYPT}" + sha512_crypt.using(rounds=5000).hash("old")
-                    + ":1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n")
+    path.write_text(
+        "# users\nalice:{SHA512-CRYPT}"
+        + sha512_crypt.using(rounds=5000).hash("old")
+        + ":1000:1000::/home/alice::userdb_quota_rule=*:storage=1G\n"
+    )
     assert set_password(path, "alice", hash_password("new", "bcrypt")) is True
     assert set_password(path, "bob@example.com", hash_password("bob", "argon2id")) is False
     lines = path.read_text().splitlines()

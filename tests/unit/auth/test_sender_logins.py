@@ -17,8 +17,11 @@ def table(tmp_path: Path, text: str) -> SenderLogins:
 
 
 def test_lookup_order_address_then_local_part_then_domain(tmp_path: Path) -> None:
-    logins = table(tmp_path, "info@example.com  alice\ninfo  bob  # any domain\n@example.com\tcarol,dave\n"
-                             "\n# comment\nOther@Example.NET Eve\n")
+    logins = table(
+        tmp_path,
+        "info@example.com  alice\ninfo  bob  # any domain\n@example.com\tcarol,dave\n"
+        "\n# comment\nOther@Example.NET Eve\n",
+    )
     assert logins.lookup("info@example.com") == {"alice"}
     assert logins.lookup("INFO@example.org") == {"bob"}
     assert logins.lookup("someone@EXAMPLE.com") == {"carol", "dave"}
@@ -54,7 +57,7 @@ def test_from_header_addresses_are_held_to_the_table(tmp_path: Path) -> None:
     assert author("alice", b"From: Alice <alice@example.com>\r\nSubject: x\r\n") is None
     assert author("alice", b"From: alice@example.com,\r\n Sales <sales@example.com>\r\n") is None  # folded, two
     assert author("bob", b"From: alice@example.com, sales@example.com\r\n") == "alice@example.com"
-    assert author("bob", b"Subject: x\r\nFrom: \"Boss\" <boss@example.com>\r\n") == "boss@example.com"
+    assert author("bob", b'Subject: x\r\nFrom: "Boss" <boss@example.com>\r\n') == "boss@example.com"
     assert author("alice", b"Subject: no author\r\n") == ""
     assert author("alice", b"From: undisclosed\r\n") == ""
     assert author("alice", b"From: alice@example.com\r\nFrom: eve@example.com\r\n") == "eve@example.com"

@@ -1,4 +1,5 @@
-"""gateway.dkim.canon: the streaming relaxed body hash equals dkimpy's of the body as the relay client sends it, however cut."""
+"""gateway.dkim.canon: the streaming relaxed body hash equals dkimpy's of the body as the relay client
+sends it, however cut."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def dkimpy_body_hash(message: bytes) -> bytes:
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
-    return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
 def streamed_hash(message: bytes, size: int) -> bytes:
@@ -39,7 +40,7 @@ def streamed_hash(message: bytes, size: int) -> bytes:
     assert head + start + b"".join(rest) == message
     parsed = parse_message(head)
     assert parsed is not None and parsed[1] == b""  # the head holds the whole header section
-    return relaxed_body_hash([start, *pieces(message[len(head) + len(start):], size)])
+    return relaxed_body_hash([start, *pieces(message[len(head) + len(start) :], size)])
 
 
 BODY_BITS = st.sampled_from([b"x", b" ", b"\t", b"\r\n", b"\n", b"\r", b"  \t ", b"ab c", b"\r\r\n", b"."])
@@ -52,8 +53,10 @@ def test_any_body_cut_anywhere_hashes_as_dkimpy(body: bytes, size: int) -> None:
     assert streamed_hash(message, size) == dkimpy_body_hash(message)
 
 
-@pytest.mark.parametrize("body", [b"", b"\r\n", b"\r\n\r\n\r\n", b"a", b"a \t", b"a\r\n\r\n", b" \r\n \r\n",
-                                  b"a\r", b"\r\n\r\nx", b"x  \r\n\t\r\n"])
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"\r\n", b"\r\n\r\n\r\n", b"a", b"a \t", b"a\r\n\r\n", b" \r\n \r\n", b"a\r", b"\r\n\r\nx", b"x  \r\n\t\r\n"],
+)
 def test_edge_bodies(body: bytes) -> None:
     message = b"From: a@example.org\r\n\r\n" + body
     for size in (1, 2, 3, 1000):
@@ -75,6 +78,7 @@ def test_the_corpus_hashes_as_dkimpy() -> None:
 def reference_author_domain(value: str) -> str | None:
     """author_domain as email.utils reads every form (the signer's fallback)."""
     import email.utils
+
     for _, address in email.utils.getaddresses([value]):
         local, at, domain = address.rpartition("@")
         domain = domain.strip().rstrip(".").lower()
@@ -90,20 +94,36 @@ FROM_BITS = st.sampled_from(["<", ">", "a", "B", ".", "-", "+", "@", " ", "x.exa
 @given(value=st.lists(FROM_BITS, max_size=12).map("".join))
 def test_author_domain_reads_from_fields_as_email_utils(value: str) -> None:
     from gateway.dkim.signer import author_domain
+
     assert author_domain(value) == reference_author_domain(value)
 
 
-@pytest.mark.parametrize("value", ["<a@b.example>", "Ann Lee <a.b+c@X-Y.Example.org>", "a@b.example",
-                                   '"Lee, Ann" <a@b.example>', "a@b.example, c@d.example", "<a@b.example"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "<a@b.example>",
+        "Ann Lee <a.b+c@X-Y.Example.org>",
+        "a@b.example",
+        '"Lee, Ann" <a@b.example>',
+        "a@b.example, c@d.example",
+        "<a@b.example",
+    ],
+)
 def test_author_domain_common_forms(value: str) -> None:
     from gateway.dkim.signer import author_domain
+
     assert author_domain(value) == reference_author_domain(value)
 
 
 @settings(max_examples=1000, deadline=None)
-@given(headers=st.lists(st.tuples(st.sampled_from([b"From", b"SUBJECT ", b"x-A"]),
-                                  st.lists(BODY_BITS, max_size=12).map(b"".join)), max_size=5))
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from([b"From", b"SUBJECT ", b"x-A"]), st.lists(BODY_BITS, max_size=12).map(b"".join)),
+        max_size=5,
+    )
+)
 def test_relaxed_headers_as_dkimpy(headers) -> None:
     from gateway.dkim.canon import relaxed_headers
+
     pairs = [[name, value + b"\r\n"] for name, value in headers]
     assert relaxed_headers(pairs) == RELAXED.canonicalize_headers(pairs)

@@ -12,13 +12,15 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from gateway.config import build
 from gateway.dkim import keys as dkim_keys
 from gateway.dkim.settings import key_directory
-from gateway.config import build
 from gateway.errors import ConfigError
 
-MESSAGE = (b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
-           b"Date: Tue, 01 Apr 2025 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHi Bob.\r\n")
+MESSAGE = (
+    b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\nSubject: hello\r\n"
+    b"Date: Tue, 01 Apr 2025 10:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHi Bob.\r\n"
+)
 
 
 def _mode(path: Path) -> int:
@@ -37,24 +39,35 @@ def _record_strings(record: str) -> list[str]:
 
 def test_key_path_layout_and_normalisation(tmp_path):
     assert dkim_keys.key_path(tmp_path, "example.com", "mail", "rsa") == tmp_path / "example.com" / "mail.rsa.key"
-    assert (dkim_keys.key_path(tmp_path, "Example.COM.", "Sel.2025", "ed25519")
-            == tmp_path / "example.com" / "sel.2025.ed25519.key")
+    assert (
+        dkim_keys.key_path(tmp_path, "Example.COM.", "Sel.2025", "ed25519")
+        == tmp_path / "example.com" / "sel.2025.ed25519.key"
+    )
 
 
-@pytest.mark.parametrize("domain, selector, algorithm", [
-    ("../etc", "mail", "rsa"), ("example.com", "a/b", "rsa"), ("", "mail", "rsa"),
-    ("example.com", "mail", "dsa"), ("example..com", "mail", "rsa"),
-])
+@pytest.mark.parametrize(
+    "domain, selector, algorithm",
+    [
+        ("../etc", "mail", "rsa"),
+        ("example.com", "a/b", "rsa"),
+        ("", "mail", "rsa"),
+        ("example.com", "mail", "dsa"),
+        ("example..com", "mail", "rsa"),
+    ],
+)
 def test_key_path_rejects_bad_names(tmp_path, domain, selector, algorithm):
     with pytest.raises(ValueError):
         dkim_keys.key_path(tmp_path, domain, selector, algorithm)
 
 
-@pytest.mark.parametrize("algorithm, bits, key_type, size", [
-    ("rsa", 2048, rsa.RSAPrivateKey, 2048),
-    ("rsa", 1024, rsa.RSAPrivateKey, 1024),
-    ("ed25519", 2048, ed25519.Ed25519PrivateKey, None),
-])
+@pytest.mark.parametrize(
+    "algorithm, bits, key_type, size",
+    [
+        ("rsa", 2048, rsa.RSAPrivateKey, 2048),
+        ("rsa", 1024, rsa.RSAPrivateKey, 1024),
+        ("ed25519", 2048, ed25519.Ed25519PrivateKey, None),
+    ],
+)
 def test_generate_key_writes_private_pkcs8_pem(tmp_path, algorithm, bits, key_type, size):
     path = dkim_keys.key_path(tmp_path / "keys", "example.com", "mail", algorithm)
     dkim_keys.generate_key(path, algorithm, bits)
@@ -104,7 +117,9 @@ def test_ensure_key_is_idempotent(tmp_path):
     assert path.read_bytes() == content
 
 
-@pytest.mark.parametrize("content", [b"", b"not a key\n", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a key\n", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
+)
 def test_load_private_key_names_key_and_path(tmp_path, content):
     path = tmp_path / "bad.key"
     path.write_bytes(content)
@@ -117,14 +132,21 @@ def test_load_private_key_rejects_missing_encrypted_and_other_types(tmp_path):
     with pytest.raises(ConfigError, match="dkim"):
         dkim_keys.load_private_key(tmp_path / "missing.key")
     encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"secret")))
+    encrypted.write_bytes(
+        ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     with pytest.raises(ConfigError):
         dkim_keys.load_private_key(encrypted)
     other = tmp_path / "ec.key"
-    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(ConfigError, match="RSA"):
         dkim_keys.load_private_key(other)
 
@@ -164,11 +186,22 @@ def test_dkimpy_verifies_with_the_published_value(tmp_path, algorithm):
     published = "".join(_record_strings(record)).encode()
     secret = path.read_bytes()
     if isinstance(private_key, ed25519.Ed25519PrivateKey):  # dkimpy wants the base64 raw seed, not PEM
-        secret = base64.b64encode(private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
-    signed = dkim.sign(MESSAGE, b"mail", b"example.com", secret,
-                       signature_algorithm=b"ed25519-sha256" if algorithm == "ed25519" else b"rsa-sha256",
-                       include_headers=[b"from", b"to", b"subject"]) + MESSAGE
+        secret = base64.b64encode(
+            private_key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+        )
+    signed = (
+        dkim.sign(
+            MESSAGE,
+            b"mail",
+            b"example.com",
+            secret,
+            signature_algorithm=b"ed25519-sha256" if algorithm == "ed25519" else b"rsa-sha256",
+            include_headers=[b"from", b"to", b"subject"],
+        )
+        + MESSAGE
+    )
 
     def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"mail._domainkey.example.com."
@@ -208,9 +241,9 @@ def test_list_keys_finds_keys_and_ignores_other_files(tmp_path):
 
 def test_key_directory_from_config(tmp_path):
     assert key_directory(build({"state_dir": str(tmp_path)})) == tmp_path / "dkim"
-    assert (key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "keys"}}))
-            == tmp_path / "keys")
-    assert (key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "/etc/dkim"}}))
-            == Path("/etc/dkim"))
+    assert key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "keys"}})) == tmp_path / "keys"
+    assert key_directory(build({"state_dir": str(tmp_path), "dkim": {"key_directory": "/etc/dkim"}})) == Path(
+        "/etc/dkim"
+    )
     with pytest.raises(ConfigError, match="dkim.key_directory"):
         key_directory(build({"dkim": {"key_directory": 5}}))

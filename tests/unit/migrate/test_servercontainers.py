@@ -1,4 +1,5 @@
-"""gateway.migrate.servercontainers: every ServerContainers variable is mapped or refused; the TOML writer round-trips."""
+"""gateway.migrate.servercontainers: every ServerContainers variable is mapped or refused;
+the TOML writer round-trips."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gateway.migrate import servercontainers as seed_env
 from gateway.config import build, load
+from gateway.migrate import servercontainers as seed_env
 from gateway.migrate.servercontainers import IMAGE_VARIABLES, Refused, to_toml, translate
 
 SHA1 = "AA:BB:CC:DD:EE:FF:12:34:56:67:2E:FB:3F:34:99:90:AB:CD:EF:4C"  # the image README's example
@@ -53,6 +54,7 @@ def listener(config: dict, name: str) -> dict:
 
 # ---- host name, banner ----
 
+
 def test_mail_fqdn_becomes_myhostname(root):
     config, warnings = run(root, MAIL_FQDN="MX.Example.COM.")
     assert config["myhostname"] == "mx.example.com" and not warnings
@@ -87,6 +89,7 @@ def test_any_other_banner_is_refused(root):
 
 # ---- networks, relayhost ----
 
+
 def test_mynetworks_defaults_to_loopback_like_the_image(root):
     config, _ = run(root)
     assert config["mynetworks"] == ["127.0.0.0/8"] and config["auto_trust_networks"] is False
@@ -99,8 +102,9 @@ def test_additional_mynetworks_are_appended(root):
 
 
 def test_mynetworks_replaces_everything_including_auto_trust(root):
-    config, warnings = run(root, MYNETWORKS="172.16.0.0/12", ADDITIONAL_MYNETWORKS="10.0.0.0/8",
-                           AUTO_TRUST_NETWORKS="yes")
+    config, warnings = run(
+        root, MYNETWORKS="172.16.0.0/12", ADDITIONAL_MYNETWORKS="10.0.0.0/8", AUTO_TRUST_NETWORKS="yes"
+    )
     assert config["mynetworks"] == ["172.16.0.0/12"]
     assert config["auto_trust_networks"] is False
     assert any("ADDITIONAL_MYNETWORKS is ignored" in w for w in warnings)
@@ -130,12 +134,15 @@ def test_postfix_tables_in_mynetworks_are_refused(root):
     assert "'!' exclusions" in refused(root, MYNETWORKS="!10.1.0.0/16 10.0.0.0/8")["MYNETWORKS"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("[smtp.example.com]:587", ["[smtp.example.com]:587"]),
-    ("smtp.example.com", ["smtp.example.com"]),
-    ("[a.example.net]:25, [b.example.net]:25", ["[a.example.net]:25", "[b.example.net]:25"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("[smtp.example.com]:587", ["[smtp.example.com]:587"]),
+        ("smtp.example.com", ["smtp.example.com"]),
+        ("[a.example.net]:25, [b.example.net]:25", ["[a.example.net]:25", "[b.example.net]:25"]),
+        ("", []),
+    ],
+)
 def test_relayhost_postfix_syntax(root, value, expected):
     config, _ = run(root, RELAYHOST=value)
     assert config["relayhost"] == expected
@@ -152,15 +159,25 @@ def test_a_bad_relayhost_is_refused(root):
 
 # ---- TLS ----
 
+
 def test_incoming_and_outgoing_certificates_from_variables(root):
     for name in ("certs/in.crt", "certs/in.key", "certs/out.crt", "certs/out.key"):
         put(root, name)
-    config, _ = run(root, POSTFIX_SSL_IN_CERT="/certs/in.crt", POSTFIX_SSL_IN_KEY="/certs/in.key",
-                    POSTFIX_SSL_OUT_CERT="/certs/out.crt", POSTFIX_SSL_OUT_KEY="/certs/out.key")
+    config, _ = run(
+        root,
+        POSTFIX_SSL_IN_CERT="/certs/in.crt",
+        POSTFIX_SSL_IN_KEY="/certs/in.key",
+        POSTFIX_SSL_OUT_CERT="/certs/out.crt",
+        POSTFIX_SSL_OUT_KEY="/certs/out.key",
+    )
     assert (config["smtpd_tls_cert_file"], config["smtpd_tls_key_file"]) == (
-        str(root / "certs/in.crt"), str(root / "certs/in.key"))
+        str(root / "certs/in.crt"),
+        str(root / "certs/in.key"),
+    )
     assert (config["smtp_tls_cert_file"], config["smtp_tls_key_file"]) == (
-        str(root / "certs/out.crt"), str(root / "certs/out.key"))
+        str(root / "certs/out.crt"),
+        str(root / "certs/out.key"),
+    )
 
 
 def test_certificates_at_the_image_default_paths_are_used(root):
@@ -187,12 +204,19 @@ def test_a_named_certificate_that_is_missing_is_refused(root):
 @pytest.mark.parametrize(("level", "smtp_require", "tls"), [("may", False, "starttls"), ("encrypt", True, "starttls")])
 def test_incoming_security_level_shapes_the_listeners(root, level, smtp_require, tls):
     config, _ = run(root, POSTFIX_SSL_IN_SECURITY_LEVEL=level)
-    assert listener(config, "smtp") == {"name": "smtp", "address": "0.0.0.0:25", "tls": tls,
-                                        "require_tls": smtp_require}
+    assert listener(config, "smtp") == {
+        "name": "smtp",
+        "address": "0.0.0.0:25",
+        "tls": tls,
+        "require_tls": smtp_require,
+    }
     assert listener(config, "smtps")["tls"] == "implicit"
     assert listener(config, "submission")["require_tls"] is True
     assert [(item.name, item.port) for item in build(config).listeners] == [
-        ("smtp", 25), ("smtps", 465), ("submission", 587)]
+        ("smtp", 25),
+        ("smtps", 465),
+        ("submission", 587),
+    ]
 
 
 def test_incoming_security_level_none_turns_tls_off(root):
@@ -216,13 +240,21 @@ def test_outgoing_security_level(root, level):
 
 # ---- client certificates ----
 
+
 def test_fingerprints_newline_and_comma_separated_become_relay_clientcerts(root):
     put(root, "/etc/postfix/tls/rootCA.crt")
-    config, warnings = run(root, POSTFIX_SSL_IN_CERT_FINGERPRINTS=f"{SHA1} trusted.mailserver.example.tld\n"
-                                                                  f"{SHA256} a.example, {SHA1.lower()}")
-    assert config["relay_clientcerts"] == [f"{SHA1} trusted.mailserver.example.tld", f"{SHA256} a.example",
-                                           SHA1.lower()]
-    assert config["smtpd_tls_CAfile"] == str(root / "etc/postfix/tls/rootCA.crt")  # the file found, not the container path
+    config, warnings = run(
+        root,
+        POSTFIX_SSL_IN_CERT_FINGERPRINTS=f"{SHA1} trusted.mailserver.example.tld\n{SHA256} a.example, {SHA1.lower()}",
+    )
+    assert config["relay_clientcerts"] == [
+        f"{SHA1} trusted.mailserver.example.tld",
+        f"{SHA256} a.example",
+        SHA1.lower(),
+    ]
+    assert config["smtpd_tls_CAfile"] == str(
+        root / "etc/postfix/tls/rootCA.crt"
+    )  # the file found, not the container path
     assert build(config).relay_clientcerts == {SHA1.replace(":", "").lower(), SHA256.replace(":", "").lower()}
     assert any("permit_tls_all_clientcerts" in w for w in warnings)
 
@@ -253,8 +285,11 @@ def test_a_root_ca_alone_is_refused_because_it_let_every_certificate_relay(root)
 
 # ---- queue lifetimes, relay domains, mydestination ----
 
-@pytest.mark.parametrize(("value", "written", "seconds"), [("3d", "3d", 3 * 86400), ("7", "7d", 7 * 86400),
-                                                           ("12h", "12h", 12 * 3600), ("0", "0d", 0)])
+
+@pytest.mark.parametrize(
+    ("value", "written", "seconds"),
+    [("3d", "3d", 3 * 86400), ("7", "7d", 7 * 86400), ("12h", "12h", 12 * 3600), ("0", "0d", 0)],
+)
 def test_queue_lifetimes_with_postfix_day_default(root, value, written, seconds):
     config, _ = run(root, POSTFIX_QUEUE_LIFETIME_MAX=value, POSTFIX_QUEUE_LIFETIME_BOUNCE=value)
     assert config["maximal_queue_lifetime"] == config["bounce_queue_lifetime"] == written
@@ -284,6 +319,7 @@ def test_mydestination_is_refused_unless_empty(root):
 
 # ---- scanning ----
 
+
 def test_disable_amavis_turns_scanning_off_and_needs_no_scanner(root):
     config, _ = run(root, DISABLE_AMAVIS="true")
     assert config["content_filter"] == {"disable_scanning": True}
@@ -291,8 +327,9 @@ def test_disable_amavis_turns_scanning_off_and_needs_no_scanner(root):
 
 
 def test_disable_virus_and_spam_checks(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "DISABLE_VIRUS_CHECKS": "1", "DISABLE_SPAM_CHECKS": "1"},
-                          root=root)
+    config, _ = translate(
+        {"MAIL_FQDN": "mx.example.com", "DISABLE_VIRUS_CHECKS": "1", "DISABLE_SPAM_CHECKS": "1"}, root=root
+    )
     assert config["content_filter"] == {"disable_virus_checks": True, "disable_spam_checks": True}
 
 
@@ -305,20 +342,30 @@ def test_scanning_that_was_on_in_the_image_needs_external_scanners(root):
 
 
 def test_scanners_run_in_both_directions_with_the_image_spam_levels(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "CLAMD_ADDRESS": "tcp:clamav:3310",
-                           "RSPAMD_URL": "http://rspamd:11333", "SPAMD_ADDRESS": "spamd:783"}, root=root)
+    config, _ = translate(
+        {
+            "MAIL_FQDN": "mx.example.com",
+            "CLAMD_ADDRESS": "tcp:clamav:3310",
+            "RSPAMD_URL": "http://rspamd:11333",
+            "SPAMD_ADDRESS": "spamd:783",
+        },
+        root=root,
+    )
     assert config["antivirus"] == {"clamd": "tcp:clamav:3310"}
     assert config["rspamd"] == {"url": "http://rspamd:11333"}
     assert config["spamassassin"] == {"address": "spamd:783"}
-    assert config["pipeline"] == {"inbound": ["antivirus", "rspamd", "spamassassin"],
-                                  "outbound": ["antivirus", "rspamd", "spamassassin"]}
+    assert config["pipeline"] == {
+        "inbound": ["antivirus", "rspamd", "spamassassin"],
+        "outbound": ["antivirus", "rspamd", "spamassassin"],
+    }
     assert config["spam_levels"] == {"tag_level": -999.0, "tag2_level": 5.0, "kill_level": 20.0}
     assert "content_filter" not in config
 
 
 def test_only_spam_scanning_with_virus_checks_disabled(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "DISABLE_VIRUS_CHECKS": "",
-                           "RSPAMD_URL": "http://rspamd:11333"}, root=root)
+    config, _ = translate(
+        {"MAIL_FQDN": "mx.example.com", "DISABLE_VIRUS_CHECKS": "", "RSPAMD_URL": "http://rspamd:11333"}, root=root
+    )
     assert config["pipeline"]["inbound"] == ["rspamd"]
     assert config["content_filter"] == {"disable_virus_checks": True}
 
@@ -328,21 +375,36 @@ def test_a_bad_clamd_address_is_refused(root):
 
 
 def test_amavis_levels_become_spam_levels(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "RSPAMD_URL": "http://rspamd:11333",
-                           "DISABLE_VIRUS_CHECKS": "1", "AMAVIS_SA_TAG_LEVEL_DEFLT": "2",
-                           "AMAVIS_SA_TAG2_LEVEL_DEFLT": "6.31", "AMAVIS_SA_KILL_LEVEL_DEFLT": "10"}, root=root)
+    config, _ = translate(
+        {
+            "MAIL_FQDN": "mx.example.com",
+            "RSPAMD_URL": "http://rspamd:11333",
+            "DISABLE_VIRUS_CHECKS": "1",
+            "AMAVIS_SA_TAG_LEVEL_DEFLT": "2",
+            "AMAVIS_SA_TAG2_LEVEL_DEFLT": "6.31",
+            "AMAVIS_SA_KILL_LEVEL_DEFLT": "10",
+        },
+        root=root,
+    )
     assert config["spam_levels"] == {"tag_level": 2.0, "tag2_level": 6.31, "kill_level": 10.0}
     assert all(isinstance(v, float) for v in config["spam_levels"].values())
 
 
-@pytest.mark.parametrize(("variable", "value", "text"), [
-    ("AMAVIS_SA_KILL_LEVEL_DEFLT", "undef", "tag level only"),
-    ("AMAVIS_SA_TAG2_LEVEL_DEFLT", "high", "not a number"),
-    ("AMAVIS_SA_TAG2_LEVEL_DEFLT", "25", "at most kill_level"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "text"),
+    [
+        ("AMAVIS_SA_KILL_LEVEL_DEFLT", "undef", "tag level only"),
+        ("AMAVIS_SA_TAG2_LEVEL_DEFLT", "high", "not a number"),
+        ("AMAVIS_SA_TAG2_LEVEL_DEFLT", "25", "at most kill_level"),
+    ],
+)
 def test_bad_amavis_levels_are_refused(root, variable, value, text):
-    env = {"MAIL_FQDN": "mx.example.com", "RSPAMD_URL": "http://rspamd:11333", "DISABLE_VIRUS_CHECKS": "1",
-           variable: value}
+    env = {
+        "MAIL_FQDN": "mx.example.com",
+        "RSPAMD_URL": "http://rspamd:11333",
+        "DISABLE_VIRUS_CHECKS": "1",
+        variable: value,
+    }
     with pytest.raises(Refused) as caught:
         translate(env, root=root)
     reasons = {r.variable: r.reason for r in caught.value.refusals}
@@ -357,10 +419,12 @@ def test_amavis_levels_are_ignored_with_amavis_disabled_as_in_the_image(root):
 
 # ---- volume files ----
 
+
 def test_header_checks_file_runs_first_in_both_directions(root):
     put(root, "/etc/postfix/additional/header_checks", "/^Subject: .*viagra/ REJECT no thanks\n")
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "CLAMD_ADDRESS": "tcp:clamav:3310",
-                           "DISABLE_SPAM_CHECKS": "1"}, root=root)
+    config, _ = translate(
+        {"MAIL_FQDN": "mx.example.com", "CLAMD_ADDRESS": "tcp:clamav:3310", "DISABLE_SPAM_CHECKS": "1"}, root=root
+    )
     assert config["header_checks"] == {"file": str(root / "etc/postfix/additional/header_checks")}
     assert config["pipeline"]["inbound"] == config["pipeline"]["outbound"] == ["header_checks", "antivirus"]
 
@@ -371,17 +435,28 @@ def test_a_bad_header_checks_file_is_refused_by_its_name(root):
 
 
 def test_transport_file_becomes_transport_maps(root):
-    put(root, "/etc/postfix/additional/transport",
-        "# routes\nexample.com smtp:[10.0.0.5]:25\n.example.com   relay:[10.0.0.6]\nexample.org :[10.0.0.7]:2525\n")
+    put(
+        root,
+        "/etc/postfix/additional/transport",
+        "# routes\nexample.com smtp:[10.0.0.5]:25\n.example.com   relay:[10.0.0.6]\nexample.org :[10.0.0.7]:2525\n",
+    )
     config, _ = run(root)
-    assert config["transport_maps"] == {"example.com": "[10.0.0.5]:25", ".example.com": "[10.0.0.6]",
-                                        "example.org": "[10.0.0.7]:2525"}
+    assert config["transport_maps"] == {
+        "example.com": "[10.0.0.5]:25",
+        ".example.com": "[10.0.0.6]",
+        "example.org": "[10.0.0.7]:2525",
+    }
     assert str(build(config).transport_maps["example.org"][0]) == "[10.0.0.7]:2525"
 
 
-@pytest.mark.parametrize(("line", "text"), [("example.com error:no mail here", "SMTP only"),
-                                            ("user@example.com smtp:[10.0.0.5]", "recipient domain only"),
-                                            ("example.com smtp:", "without a next hop")])
+@pytest.mark.parametrize(
+    ("line", "text"),
+    [
+        ("example.com error:no mail here", "SMTP only"),
+        ("user@example.com smtp:[10.0.0.5]", "recipient domain only"),
+        ("example.com smtp:", "without a next hop"),
+    ],
+)
 def test_transport_entries_the_gateway_cannot_route_are_refused_by_file_and_line(root, line, text):
     put(root, "/etc/postfix/additional/transport", f"ok.example smtp:[10.0.0.5]\n{line}\n")
     assert text in refused(root)["/etc/postfix/additional/transport:2"]
@@ -395,6 +470,7 @@ def test_dh_parameter_files_are_not_needed(root):
 
 # ---- DKIM ----
 
+
 def test_dkim_domains_space_and_comma_separated(root):
     config, warnings = run(root, DKIM_DOMAINS="example.com, example.org  example.net")
     assert config["dkim"] == {"domains": ["example.com", "example.org", "example.net"], "selector": "default"}
@@ -405,7 +481,8 @@ def test_existing_opendkim_keys_are_reused(root):
     put(root, "/etc/postfix/additional/opendkim/keys/example.com/default.private", "key")
     config, warnings = run(root, DKIM_DOMAINS="example.com example.org")
     assert config["dkim"]["domain"] == {
-        "example.com": {"rsa_key": str(root / "etc/postfix/additional/opendkim/keys/example.com/default.private")}}
+        "example.com": {"rsa_key": str(root / "etc/postfix/additional/opendkim/keys/example.com/default.private")}
+    }
     assert any("no key" in w and "example.org" in w for w in warnings)
 
 
@@ -415,15 +492,20 @@ def test_a_bad_dkim_domain_is_refused(root):
 
 # ---- refusals of what the gateway has no equivalent for ----
 
+
 def test_raw_postfix_config_is_refused_with_a_hint(root):
-    reasons = refused(root, POSTFIX_RAW_CONFIG_MESSAGE_SIZE_LIMIT="52428800",
-                      POSTFIX_RAW_CONFIG_SMTPD_HELO_RESTRICTIONS="reject_invalid_helo_hostname")
+    reasons = refused(
+        root,
+        POSTFIX_RAW_CONFIG_MESSAGE_SIZE_LIMIT="52428800",
+        POSTFIX_RAW_CONFIG_SMTPD_HELO_RESTRICTIONS="reject_invalid_helo_hostname",
+    )
     assert "GATEWAY_MESSAGE_SIZE_LIMIT" in reasons["POSTFIX_RAW_CONFIG_MESSAGE_SIZE_LIMIT"]
     assert "not interpreted" in reasons["POSTFIX_RAW_CONFIG_SMTPD_HELO_RESTRICTIONS"]
 
 
-@pytest.mark.parametrize("name", ["POSTFIX_RELAY_DOMAIN", "DKIM_VERIFICATION",
-                                  "DISABLE_CLAMAV", "AMAVIS_SA_SPAM_SUBJECT_TAG"])
+@pytest.mark.parametrize(
+    "name", ["POSTFIX_RELAY_DOMAIN", "DKIM_VERIFICATION", "DISABLE_CLAMAV", "AMAVIS_SA_SPAM_SUBJECT_TAG"]
+)
 def test_unknown_variables_in_the_images_namespaces_are_refused(root, name):
     assert "not a variable of the ServerContainers" in refused(root, **{name: "1"})[name]
 
@@ -436,8 +518,12 @@ def test_other_environment_variables_are_ignored(root):
 def test_all_refusals_are_reported_at_once(root):
     with pytest.raises(Refused) as caught:
         translate({"POSTFIX_MYDESTINATION": "a", "POSTFIX_SMTPD_BANNER": "hi", "MYNETWORKS": "hash:/x"}, root=root)
-    assert {r.variable for r in caught.value.refusals} >= {"POSTFIX_MYDESTINATION", "POSTFIX_SMTPD_BANNER",
-                                                           "MYNETWORKS", "DISABLE_VIRUS_CHECKS"}
+    assert {r.variable for r in caught.value.refusals} >= {
+        "POSTFIX_MYDESTINATION",
+        "POSTFIX_SMTPD_BANNER",
+        "MYNETWORKS",
+        "DISABLE_VIRUS_CHECKS",
+    }
 
 
 def test_every_image_variable_is_in_the_migration_table():
@@ -448,15 +534,36 @@ def test_every_image_variable_is_in_the_migration_table():
 
 # ---- the TOML writer ----
 
+
 def test_toml_round_trip_of_awkward_values():
     data = {
-        "plain": "x", "quote": 'say "hi"', "backslash": "C:\\path\\", "newline": "a\nb\r\tc",
-        "control": "\x00\x01\x1f\x7f", "unicode": "Grüße ✉ \U0001F4E7", "empty": "",
-        "int": 0, "negative": -42, "big": 2**62, "float": 5.0, "small": 1e-05, "neg_float": -999.0,
-        "huge": 1.5e300, "inf": math.inf, "ninf": -math.inf, "true": True, "false": False,
-        "list": ["a", "b"], "empty_list": [], "numbers": [1, 2.5, -3], "nested": [[1, 2], ["x"]],
+        "plain": "x",
+        "quote": 'say "hi"',
+        "backslash": "C:\\path\\",
+        "newline": "a\nb\r\tc",
+        "control": "\x00\x01\x1f\x7f",
+        "unicode": "Grüße ✉ \U0001f4e7",
+        "empty": "",
+        "int": 0,
+        "negative": -42,
+        "big": 2**62,
+        "float": 5.0,
+        "small": 1e-05,
+        "neg_float": -999.0,
+        "huge": 1.5e300,
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "true": True,
+        "false": False,
+        "list": ["a", "b"],
+        "empty_list": [],
+        "numbers": [1, 2.5, -3],
+        "nested": [[1, 2], ["x"]],
         "inline": [{"a": 1}, "mixed"],
-        "key with spaces": 1, "dotted.key": 2, "ünïcode": 3, "": 4,
+        "key with spaces": 1,
+        "dotted.key": 2,
+        "ünïcode": 3,
+        "": 4,
         "table": {"k": "v", "sub": {"deep": {"x": 1}}, "example.com": {"rsa_key": "/k"}},
         "empty_table": {},
         "listener": [{"name": "a", "tls": {"mode": "x"}}, {"name": "b"}],
@@ -478,22 +585,33 @@ def test_toml_round_trip_of_a_full_translation(root):
     put(root, "/etc/postfix/tls/rootCA.crt")
     put(root, "/etc/postfix/additional/transport", "example.com smtp:[10.0.0.5]:25\n")
     put(root, "/etc/postfix/additional/opendkim/keys/example.com/default.private")
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", "RELAYHOST": "[smtp.example.com]:587",
-                           "POSTFIX_SSL_IN_CERT_FINGERPRINTS": f"{SHA1} host \"quoted\"",
-                           "CLAMD_ADDRESS": "tcp:clamav:3310", "RSPAMD_URL": "http://rspamd:11333",
-                           "DKIM_DOMAINS": "example.com", "POSTFIX_QUEUE_LIFETIME_MAX": "3"}, root=root)
+    config, _ = translate(
+        {
+            "MAIL_FQDN": "mx.example.com",
+            "RELAYHOST": "[smtp.example.com]:587",
+            "POSTFIX_SSL_IN_CERT_FINGERPRINTS": f'{SHA1} host "quoted"',
+            "CLAMD_ADDRESS": "tcp:clamav:3310",
+            "RSPAMD_URL": "http://rspamd:11333",
+            "DKIM_DOMAINS": "example.com",
+            "POSTFIX_QUEUE_LIFETIME_MAX": "3",
+        },
+        root=root,
+    )
     assert tomllib.loads(to_toml(config)) == config
 
 
 # ---- main ----
 
+
 @pytest.fixture
 def environ(monkeypatch):
     """os.environ without any variable of the image's namespaces; returns a setter."""
     import os
+
     for name in list(os.environ):
-        if name.startswith(seed_env.IMAGE_NAMESPACES + seed_env.SCANNER_VARIABLES + ("MAIL_FQDN", "RELAYHOST",
-                                                                                      "MYNETWORKS")):
+        if name.startswith(
+            seed_env.IMAGE_NAMESPACES + seed_env.SCANNER_VARIABLES + ("MAIL_FQDN", "RELAYHOST", "MYNETWORKS")
+        ):
             monkeypatch.delenv(name)
     for name in ("ADDITIONAL_MYNETWORKS", "AUTO_TRUST_NETWORKS"):
         monkeypatch.delenv(name, raising=False)
@@ -503,9 +621,14 @@ def environ(monkeypatch):
 def test_main_writes_a_config_the_gateway_loads(environ, root, tmp_path, capsys):
     ca = trustme.CA()
     put(root, "/etc/postfix/tls/rootCA.crt", ca.cert_pem.bytes().decode())
-    environ(MAIL_FQDN="mx.example.com", RELAYHOST="[smtp.example.com]:587", CLAMD_ADDRESS="tcp:clamav:3310",
-            RSPAMD_URL="http://rspamd:11333", POSTFIX_SSL_IN_CERT_FINGERPRINTS=SHA256,
-            POSTFIX_RELAY_DOMAINS="example.com")
+    environ(
+        MAIL_FQDN="mx.example.com",
+        RELAYHOST="[smtp.example.com]:587",
+        CLAMD_ADDRESS="tcp:clamav:3310",
+        RSPAMD_URL="http://rspamd:11333",
+        POSTFIX_SSL_IN_CERT_FINGERPRINTS=SHA256,
+        POSTFIX_RELAY_DOMAINS="example.com",
+    )
     output = tmp_path / "etc" / "gateway.toml"
     assert seed_env.main(["--output", str(output), "--root", str(root), "--state-dir", str(tmp_path / "state")]) == 0
     text = output.read_text()
@@ -516,20 +639,26 @@ def test_main_writes_a_config_the_gateway_loads(environ, root, tmp_path, capsys)
     assert [str(h) for h in config.relayhost] == ["[smtp.example.com]:587"]
     assert config.metrics_listen == ("0.0.0.0", 9464)
     assert config.section("pipeline")["inbound"] == ["antivirus", "rspamd"]
-    assert seed_env.main(["--output", str(output), "--root", str(root)]) == 1   # exists: not replaced
+    assert seed_env.main(["--output", str(output), "--root", str(root)]) == 1  # exists: not replaced
     assert "--force" in capsys.readouterr().err
-    assert seed_env.main(["--output", str(output), "--root", str(root), "--force",
-                          "--state-dir", str(tmp_path / "state")]) == 0
+    assert (
+        seed_env.main(["--output", str(output), "--root", str(root), "--force", "--state-dir", str(tmp_path / "state")])
+        == 0
+    )
 
 
 def test_main_refuses_with_exit_2_naming_each_variable(environ, root, tmp_path, capsys):
-    environ(MAIL_FQDN="mx.example.com", DISABLE_AMAVIS="1", POSTFIX_MYDESTINATION="example.com",
-            POSTFIX_RAW_CONFIG_INET_PROTOCOLS="ipv4")
+    environ(
+        MAIL_FQDN="mx.example.com",
+        DISABLE_AMAVIS="1",
+        POSTFIX_MYDESTINATION="example.com",
+        POSTFIX_RAW_CONFIG_INET_PROTOCOLS="ipv4",
+    )
     output = tmp_path / "gateway.toml"
     assert seed_env.main(["--output", str(output), "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "refused POSTFIX_MYDESTINATION: " in err and "refused POSTFIX_RAW_CONFIG_INET_PROTOCOLS: " in err
-    assert "ipv4" not in err   # raw values may hold secrets: never echoed
+    assert "ipv4" not in err  # raw values may hold secrets: never echoed
     assert not output.exists()
 
 
@@ -540,6 +669,7 @@ def test_main_writes_to_stdout(environ, root, capsys):
 
 
 # ---- --root: the config names the files found there ----
+
 
 def test_with_root_every_file_written_is_the_one_found_under_root(root):
     ca = trustme.CA()
@@ -568,38 +698,61 @@ def test_without_root_the_container_paths_are_written(tmp_path, monkeypatch):
 
 # ---- listeners from --listen / GATEWAY_LISTEN ----
 
+
 def test_listen_moves_the_listeners(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS}, root=root,
-                          listen="smtp=127.0.0.1:2525/starttls, smtps=[::1]:2465/implicit "
-                                 "submission=0.0.0.0:2587/starttls/require_tls")
+    config, _ = translate(
+        {"MAIL_FQDN": "mx.example.com", **NO_SCANNERS},
+        root=root,
+        listen="smtp=127.0.0.1:2525/starttls, smtps=[::1]:2465/implicit submission=0.0.0.0:2587/starttls/require_tls",
+    )
     assert config["listener"] == [
         {"name": "smtp", "address": "127.0.0.1:2525", "tls": "starttls", "require_tls": False},
         {"name": "smtps", "address": "[::1]:2465", "tls": "implicit", "require_tls": False},
-        {"name": "submission", "address": "0.0.0.0:2587", "tls": "starttls", "require_tls": True}]
+        {"name": "submission", "address": "0.0.0.0:2587", "tls": "starttls", "require_tls": True},
+    ]
     assert [(item.name, item.host, item.port) for item in build(config).listeners] == [
-        ("smtp", "127.0.0.1", 2525), ("smtps", "::1", 2465), ("submission", "0.0.0.0", 2587)]
+        ("smtp", "127.0.0.1", 2525),
+        ("smtps", "::1", 2465),
+        ("submission", "0.0.0.0", 2587),
+    ]
 
 
 def test_listen_with_the_encrypt_level_requires_tls_on_starttls_listeners(root):
-    config, _ = translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "encrypt"},
-                          root=root, listen="smtp=0.0.0.0:2525/starttls smtps=0.0.0.0:2465/implicit")
+    config, _ = translate(
+        {"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "encrypt"},
+        root=root,
+        listen="smtp=0.0.0.0:2525/starttls smtps=0.0.0.0:2465/implicit",
+    )
     assert [item["require_tls"] for item in config["listener"]] == [True, False]
 
 
 def test_a_tls_listener_with_the_none_level_is_refused(root):
     with pytest.raises(Refused) as caught:
-        translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "none"},
-                  root=root, listen="smtps=0.0.0.0:2465/implicit", listen_origin="GATEWAY_LISTEN")
+        translate(
+            {"MAIL_FQDN": "mx.example.com", **NO_SCANNERS, "POSTFIX_SSL_IN_SECURITY_LEVEL": "none"},
+            root=root,
+            listen="smtps=0.0.0.0:2465/implicit",
+            listen_origin="GATEWAY_LISTEN",
+        )
     (refusal,) = caught.value.refusals
     assert refusal.variable == "GATEWAY_LISTEN" and "tls=implicit" in refusal.reason
 
 
-@pytest.mark.parametrize("listen", ["smtp=0.0.0.0:99999/starttls", "smtp=0.0.0.0:25", "smtp:0.0.0.0:25/none",
-                                    "smtp=0.0.0.0:25/sometimes", "a=0.0.0.0:25/none a=0.0.0.0:26/none"])
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "smtp=0.0.0.0:99999/starttls",
+        "smtp=0.0.0.0:25",
+        "smtp:0.0.0.0:25/none",
+        "smtp=0.0.0.0:25/sometimes",
+        "a=0.0.0.0:25/none a=0.0.0.0:26/none",
+    ],
+)
 def test_a_bad_listen_list_is_refused_naming_it(root, listen):
     with pytest.raises(Refused) as caught:
-        translate({"MAIL_FQDN": "mx.example.com", **NO_SCANNERS}, root=root, listen=listen,
-                  listen_origin="GATEWAY_LISTEN")
+        translate(
+            {"MAIL_FQDN": "mx.example.com", **NO_SCANNERS}, root=root, listen=listen, listen_origin="GATEWAY_LISTEN"
+        )
     assert [r.variable for r in caught.value.refusals] == ["GATEWAY_LISTEN"]
 
 
@@ -612,8 +765,7 @@ def test_main_takes_gateway_listen_from_the_environment(monkeypatch, capsys, tmp
     monkeypatch.setenv("GATEWAY_LISTEN", "smtp=0.0.0.0:2525/starttls")
     assert seed_env.main(["--output", "-", "--root", str(tmp_path)]) == 0
     written = tomllib.loads(capsys.readouterr().out)
-    assert written["listener"] == [{"name": "smtp", "address": "0.0.0.0:2525", "tls": "starttls",
-                                    "require_tls": False}]
+    assert written["listener"] == [{"name": "smtp", "address": "0.0.0.0:2525", "tls": "starttls", "require_tls": False}]
     # the option wins over the variable
     assert seed_env.main(["--output", "-", "--root", str(tmp_path), "--listen", "in=127.0.0.1:26/none"]) == 0
     assert tomllib.loads(capsys.readouterr().out)["listener"][0]["name"] == "in"

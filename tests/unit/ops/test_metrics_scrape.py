@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from gateway import metrics
-from gateway.ops.health import HealthCheck
 from gateway.ops import queue_metrics
+from gateway.ops.health import HealthCheck
 from gateway.ops.http_server import MetricsServer
 from gateway.spool import QueueState, Spool, new_queue_id
 from tests.harness.spool_helpers import MESSAGE, NOW, make_entry
@@ -26,8 +26,11 @@ from tests.harness.spool_helpers import MESSAGE, NOW, make_entry
 
 def gauges(collector: queue_metrics.SpoolCollector) -> dict[tuple[str, str], float]:
     """{(sample name, state label or ""): value} of one collect()."""
-    return {(sample.name, sample.labels.get("state", "")): sample.value
-            for family in collector.collect() for sample in family.samples}
+    return {
+        (sample.name, sample.labels.get("state", "")): sample.value
+        for family in collector.collect()
+        for sample in family.samples
+    }
 
 
 @pytest.fixture
@@ -40,7 +43,8 @@ def spool(tmp_path: Path) -> Spool:
 def test_empty_spool(spool: Spool) -> None:
     values = gauges(queue_metrics.SpoolCollector(spool, clock=lambda: NOW))
     assert {state.value: values[("gateway_queue_messages", state.value)] for state in QueueState} == {
-        state.value: 0 for state in QueueState}
+        state.value: 0 for state in QueueState
+    }
     assert values[("gateway_queue_oldest_message_age_seconds", "")] == 0.0
     assert values[("gateway_spool_bytes", "")] == 0
 
@@ -54,7 +58,12 @@ def test_counts_oldest_age_and_bytes(spool: Spool) -> None:
     (spool.state_dir(QueueState.DEFERRED) / "notes.json").write_text("{}")  # not a record: not counted
     values = gauges(queue_metrics.SpoolCollector(spool, clock=lambda: NOW))
     assert {state.value: values[("gateway_queue_messages", state.value)] for state in QueueState} == {
-        "incoming": 1, "active": 0, "deferred": 2, "hold": 1, "corrupt": 1}
+        "incoming": 1,
+        "active": 0,
+        "deferred": 2,
+        "hold": 1,
+        "corrupt": 1,
+    }
     assert values[("gateway_queue_oldest_message_age_seconds", "")] == pytest.approx(100.0, abs=1e-3)
     assert values[("gateway_spool_bytes", "")] == 5 * len(MESSAGE) + len(b"longer\r\n")
 
@@ -91,8 +100,8 @@ def test_metrics_are_rendered_off_the_event_loop() -> None:
         try:
             async with aiohttp.ClientSession() as client:
                 scrape = asyncio.ensure_future(client.get(f"http://127.0.0.1:{server.bound_port}/metrics"))
-                while not collector.started.is_set():  # the SMTP sessions would be served here
-                    await asyncio.sleep(0.01)
+                # the loop serves meanwhile (the SMTP sessions would be served here)
+                assert await asyncio.to_thread(collector.started.wait, 10)
                 collector.loop_ran.set()
                 async with await scrape as answer:
                     return await answer.text(), threading.get_ident(), collector.thread
@@ -101,8 +110,7 @@ def test_metrics_are_rendered_off_the_event_loop() -> None:
             await server.stop()
 
     text, loop_thread, collect_thread = asyncio.run(asyncio.wait_for(scenario(), 30))
-    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
-              for sample in family.samples}
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
     assert values["test_loop_ran_during_scrape"] == 1.0
     assert collect_thread is not None and collect_thread != loop_thread
     assert "gateway_spool_commit_duration_seconds_count" in values  # the gateway's own metrics are there too

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ops import queue_admin
 from gateway.envelope import ClientInfo
 from gateway.errors import NotInQueue, SpoolError
+from gateway.ops import queue_admin
 from gateway.ops.queue_admin import MessageBusy, QueueRow, delete, flush, format_list, hold, release, rows, show
 from gateway.reply import Reply
 from gateway.spool import QueueState, RecipientState, RecipientStatus, Spool, SpoolEntry, new_queue_id
@@ -19,13 +19,18 @@ NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MESSAGE = b"From: a@example.org\r\nSubject: queued\r\n\r\nbody line\r\n"
 
 
-def make_entry(arrival: float, sender: str = "a@example.org",
-               recipients: tuple[str, ...] = ("b@example.net",)) -> SpoolEntry:
+def make_entry(
+    arrival: float, sender: str = "a@example.org", recipients: tuple[str, ...] = ("b@example.net",)
+) -> SpoolEntry:
     return SpoolEntry(
-        queue_id=new_queue_id(arrival), arrival=arrival, sender=sender,
+        queue_id=new_queue_id(arrival),
+        arrival=arrival,
+        sender=sender,
         recipients=[RecipientStatus(address) for address in recipients],
         client=ClientInfo(ipaddress.ip_address("192.0.2.10"), 40000, "smtp"),
-        message_size=0, message_sha256="")
+        message_size=0,
+        message_sha256="",
+    )
 
 
 @pytest.fixture
@@ -35,9 +40,15 @@ def spool(tmp_path: Path) -> Spool:
     return result
 
 
-def commit(spool: Spool, state: QueueState = QueueState.INCOMING, *, arrival: float = NOW,
-           sender: str = "a@example.org", recipients: tuple[str, ...] = ("b@example.net",),
-           message: bytes = MESSAGE) -> SpoolEntry:
+def commit(
+    spool: Spool,
+    state: QueueState = QueueState.INCOMING,
+    *,
+    arrival: float = NOW,
+    sender: str = "a@example.org",
+    recipients: tuple[str, ...] = ("b@example.net",),
+    message: bytes = MESSAGE,
+) -> SpoolEntry:
     entry = make_entry(arrival, sender, recipients)
     spool.commit(entry, message, state)
     return entry
@@ -56,8 +67,9 @@ def test_empty_queue(spool: Spool) -> None:
 
 
 def test_rows_and_format_list(spool: Spool) -> None:
-    incoming = commit(spool, arrival=NOW, sender="alice@example.org",
-                      recipients=("bob@example.net", "carol@example.net"))
+    incoming = commit(
+        spool, arrival=NOW, sender="alice@example.org", recipients=("bob@example.net", "carol@example.net")
+    )
     deferred = make_entry(NOW + 10, "", ("postmaster@example.com", "done@example.com"))
     deferred.recipients[0].state = RecipientState.DEFERRED
     deferred.recipients[0].last_reply = Reply(451, "4.4.1", "Connection timed out")
@@ -70,9 +82,15 @@ def test_rows_and_format_list(spool: Spool) -> None:
     listed = rows(spool)
     assert [row.queue_id for row in listed] == [incoming.queue_id, deferred.queue_id, held.queue_id]
     assert listed[0] == QueueRow(
-        queue_id=incoming.queue_id, state="incoming", size=len(MESSAGE), arrival=NOW,
-        sender="alice@example.org", recipients=("bob@example.net", "carol@example.net"),
-        next_attempt=None, last_error=None)
+        queue_id=incoming.queue_id,
+        state="incoming",
+        size=len(MESSAGE),
+        arrival=NOW,
+        sender="alice@example.org",
+        recipients=("bob@example.net", "carol@example.net"),
+        next_attempt=None,
+        last_error=None,
+    )
     assert listed[1].state == "deferred"
     assert listed[1].recipients == ("postmaster@example.com",)  # delivered recipients are not listed
     assert listed[1].next_attempt == NOW + 3600
@@ -102,7 +120,9 @@ def test_rows_include_active_and_corrupt(spool: Spool) -> None:
     assert spool.claim(active.queue_id, QueueState.INCOMING) is not None
     corrupt = commit(spool, QueueState.CORRUPT, arrival=NOW + 1)
     assert [(row.queue_id, row.state) for row in rows(spool)] == [
-        (active.queue_id, "active"), (corrupt.queue_id, "corrupt")]
+        (active.queue_id, "active"),
+        (corrupt.queue_id, "corrupt"),
+    ]
 
 
 def test_show(spool: Spool) -> None:
@@ -221,9 +241,13 @@ def test_delete_one(spool: Spool) -> None:
 def test_delete_all_skips_active(spool: Spool) -> None:
     active = commit(spool, arrival=NOW)
     assert spool.claim(active.queue_id, QueueState.INCOMING) is not None
-    others = [commit(spool, state, arrival=NOW + i)
-              for i, state in enumerate((QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD,
-                                         QueueState.CORRUPT, QueueState.INCOMING), start=1)]
+    others = [
+        commit(spool, state, arrival=NOW + i)
+        for i, state in enumerate(
+            (QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD, QueueState.CORRUPT, QueueState.INCOMING),
+            start=1,
+        )
+    ]
     deleted = delete(spool, all_messages=True)
     assert sorted(deleted) == sorted(entry.queue_id for entry in others)
     assert len(deleted) == 5
@@ -239,8 +263,12 @@ def test_delete_all_skips_active(spool: Spool) -> None:
 def test_active_message_is_busy(spool: Spool) -> None:
     entry = commit(spool)
     assert spool.claim(entry.queue_id, QueueState.INCOMING) is not None
-    for operation in (lambda: delete(spool, entry.queue_id), lambda: hold(spool, entry.queue_id),
-                      lambda: release(spool, entry.queue_id), lambda: flush(spool, entry.queue_id)):
+    for operation in (
+        lambda: delete(spool, entry.queue_id),
+        lambda: hold(spool, entry.queue_id),
+        lambda: release(spool, entry.queue_id),
+        lambda: flush(spool, entry.queue_id),
+    ):
         with pytest.raises(MessageBusy):
             operation()
     assert where(spool, entry.queue_id) == [QueueState.ACTIVE]
@@ -248,13 +276,16 @@ def test_active_message_is_busy(spool: Spool) -> None:
     assert issubclass(MessageBusy, SpoolError) and not issubclass(MessageBusy, NotInQueue)
 
 
-@pytest.mark.parametrize("queue_id", [
-    "0" * 19,                       # well-formed, not queued
-    "not-a-queue-id",
-    "../incoming/x",
-    "",
-    "abcdef0123456789abc",          # lower case
-])
+@pytest.mark.parametrize(
+    "queue_id",
+    [
+        "0" * 19,  # well-formed, not queued
+        "not-a-queue-id",
+        "../incoming/x",
+        "",
+        "abcdef0123456789abc",  # lower case
+    ],
+)
 def test_unknown_or_malformed_id_is_not_in_queue(spool: Spool, queue_id: str) -> None:
     entry = commit(spool, QueueState.DEFERRED)
     # flush() with no (empty) ID means "all deferred"; every other operation needs a real ID.
@@ -288,9 +319,16 @@ def test_module_lists_every_state() -> None:
 def test_queue_list_shows_control_characters_and_undecodable_bytes_cat_v_style() -> None:
     from gateway.ops.queue_admin import QueueRow, format_list
 
-    row = QueueRow(queue_id="661D365E7D83F0E168B", state="deferred", size=10, arrival=0.0,
-                   sender="\x1b]0;x\x07@example.com", recipients=("raw\udc9bbyte@example.org", "ok@example.org"),
-                   next_attempt=60.0, last_error="<raw\udc9bbyte@example.org>: 451 4.3.0 \x1b[2J\x9b1m\u2028")
+    row = QueueRow(
+        queue_id="661D365E7D83F0E168B",
+        state="deferred",
+        size=10,
+        arrival=0.0,
+        sender="\x1b]0;x\x07@example.com",
+        recipients=("raw\udc9bbyte@example.org", "ok@example.org"),
+        next_attempt=60.0,
+        last_error="<raw\udc9bbyte@example.org>: 451 4.3.0 \x1b[2J\x9b1m\u2028",
+    )
     text = format_list([row])
     text.encode("utf-8", "strict")  # an old record's undecodable byte cannot crash a strict stdout
     assert "^[]0;x^G@example.com" in text

@@ -14,8 +14,8 @@ from gateway import reply as replies
 from gateway.config import build
 from gateway.envelope import ClientInfo, Envelope
 from gateway.networks import NetworkSet
-from gateway.pipeline.runner import PolicyEntry, Pipeline, StageResult
 from gateway.pipeline.policy import Policy, PolicyContext
+from gateway.pipeline.runner import Pipeline, PolicyEntry, StageResult
 from gateway.reply import Reply
 from gateway.verdict import ACCEPT, CONTINUE, Action, HeaderEdit, Verdict, strongest
 from policies import REGISTRY
@@ -155,8 +155,13 @@ def test_hooks_get_their_stage_arguments() -> None:
     run(pipeline.mail(ctx, ""))
     run(pipeline.rcpt(ctx, "b@example.net"))
     run(pipeline.data(ctx, b"Subject: x\r\n\r\nbody\r\n"))
-    assert policy.calls == [("connect", None), ("helo", "client.example"), ("mail", ""),
-                            ("rcpt", "b@example.net"), ("data", b"Subject: x\r\n\r\nbody\r\n")]
+    assert policy.calls == [
+        ("connect", None),
+        ("helo", "client.example"),
+        ("mail", ""),
+        ("rcpt", "b@example.net"),
+        ("data", b"Subject: x\r\n\r\nbody\r\n"),
+    ]
 
 
 def test_rcpt_default_deny() -> None:
@@ -216,12 +221,14 @@ def test_header_edits_are_collected_in_order() -> None:
     first = HeaderEdit(prepend=(("X-Scanned", "one"),))
     second = HeaderEdit(remove=("X-Spam",))
     third = HeaderEdit(prepend=(("X-A", "1"), ("X-B", "2")), remove=("X-C",))
-    pipeline = Pipeline([
-        named(Verdict(Action.CONTINUE, headers=first), "p1"),
-        named(CONTINUE, "p2"),  # no edit: nothing collected
-        named(Verdict(Action.CONTINUE, headers=second), "p3"),
-        named(Verdict(Action.CONTINUE, headers=third), "p4"),
-    ])
+    pipeline = Pipeline(
+        [
+            named(Verdict(Action.CONTINUE, headers=first), "p1"),
+            named(CONTINUE, "p2"),  # no edit: nothing collected
+            named(Verdict(Action.CONTINUE, headers=second), "p3"),
+            named(Verdict(Action.CONTINUE, headers=third), "p4"),
+        ]
+    )
     result = run(pipeline.data(make_ctx(), b"x"))
     assert result.verdict.action is Action.ACCEPT
     assert result.headers == (first, second, third)
@@ -230,11 +237,13 @@ def test_header_edits_are_collected_in_order() -> None:
 def test_header_edits_before_a_terminal_verdict_are_returned_with_it() -> None:
     edit = HeaderEdit(prepend=(("X-Checked", "yes"),))
     late = HeaderEdit(prepend=(("X-Late", "never"),))
-    pipeline = Pipeline([
-        named(Verdict(Action.CONTINUE, headers=edit), "p1"),
-        named(HOLD, "p2"),
-        named(Verdict(Action.CONTINUE, headers=late), "p3"),
-    ])
+    pipeline = Pipeline(
+        [
+            named(Verdict(Action.CONTINUE, headers=edit), "p1"),
+            named(HOLD, "p2"),
+            named(Verdict(Action.CONTINUE, headers=late), "p3"),
+        ]
+    )
     result = run(pipeline.data(make_ctx(), b"x"))
     assert result.verdict is HOLD and result.policy == "p2"
     assert result.headers == (edit,)
@@ -279,8 +288,10 @@ FP1 = "b2" * 20
 
 
 def relay_access(tmp_path: Path, **raw: Any) -> RelayAccess:
-    defaults: dict[str, Any] = {"mynetworks": ["127.0.0.0/8", "10.1.0.0/16", "[2001:db8::]/32"],
-                                "relay_domains": ["example.net", ".sub.example.org"]}
+    defaults: dict[str, Any] = {
+        "mynetworks": ["127.0.0.0/8", "10.1.0.0/16", "[2001:db8::]/32"],
+        "relay_domains": ["example.net", ".sub.example.org"],
+    }
     defaults.update(raw)
     return RelayAccess(build(defaults, tmp_path))
 
@@ -294,9 +305,17 @@ def test_relay_access_is_registered() -> None:
     assert REGISTRY["relay_access"] is RelayAccess
 
 
-@pytest.mark.parametrize("address, network", [
-    ("127.0.0.1", "127.0.0.0/8"), ("127.9.9.9", "127.0.0.0/8"), ("10.1.200.3", "10.1.0.0/16"),
-    ("::ffff:10.1.2.3", "10.1.0.0/16"), ("::ffff:127.0.0.1", "127.0.0.0/8"), ("2001:db8::25", "2001:db8::/32")])
+@pytest.mark.parametrize(
+    "address, network",
+    [
+        ("127.0.0.1", "127.0.0.0/8"),
+        ("127.9.9.9", "127.0.0.0/8"),
+        ("10.1.200.3", "10.1.0.0/16"),
+        ("::ffff:10.1.2.3", "10.1.0.0/16"),
+        ("::ffff:127.0.0.1", "127.0.0.0/8"),
+        ("2001:db8::25", "2001:db8::/32"),
+    ],
+)
 def test_trusted_by_mynetworks(tmp_path: Path, address: str, network: str) -> None:
     policy = relay_access(tmp_path)
     ctx = make_ctx(address)
@@ -354,18 +373,21 @@ def test_classification_is_renewed_at_mail(tmp_path: Path) -> None:
     assert not ctx.client.trusted and ctx.client.trusted_by is None
 
 
-@pytest.mark.parametrize(("recipient", "accepted"), [
-    ("user@example.net", True),
-    ("User@EXAMPLE.NET.", True),
-    ("user@sub.example.org", False),      # ".sub.example.org" means subdomains only
-    ("user@a.sub.example.org", True),
-    ("user@x.y.sub.example.org", True),
-    ("user@example.org", False),
-    ("user@mail.example.net", False),     # "example.net" is exact
-    ("user@notexample.net", False),
-    ("user@example.net.evil.example", False),
-    ("user@elsewhere.example", False),
-])
+@pytest.mark.parametrize(
+    ("recipient", "accepted"),
+    [
+        ("user@example.net", True),
+        ("User@EXAMPLE.NET.", True),
+        ("user@sub.example.org", False),  # ".sub.example.org" means subdomains only
+        ("user@a.sub.example.org", True),
+        ("user@x.y.sub.example.org", True),
+        ("user@example.org", False),
+        ("user@mail.example.net", False),  # "example.net" is exact
+        ("user@notexample.net", False),
+        ("user@example.net.evil.example", False),
+        ("user@elsewhere.example", False),
+    ],
+)
 def test_untrusted_may_send_to_relay_domains_only(tmp_path: Path, recipient: str, accepted: bool) -> None:
     verdict = rcpt(relay_access(tmp_path), make_ctx("192.0.2.10"), recipient)
     if accepted:
@@ -374,12 +396,15 @@ def test_untrusted_may_send_to_relay_domains_only(tmp_path: Path, recipient: str
         assert verdict.action is Action.REJECT and verdict.reply == replies.RELAY_DENIED
 
 
-@pytest.mark.parametrize("recipient", [
-    "user%elsewhere.example@example.net",
-    "elsewhere.example!user@example.net",
-    '"user@elsewhere.example"@example.net',
-    '"user%elsewhere.example"@a.sub.example.org',
-])
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "user%elsewhere.example@example.net",
+        "elsewhere.example!user@example.net",
+        '"user@elsewhere.example"@example.net',
+        '"user%elsewhere.example"@a.sub.example.org',
+    ],
+)
 def test_routing_tricks_refused_for_untrusted_allowed_for_trusted(tmp_path: Path, recipient: str) -> None:
     policy = relay_access(tmp_path)
     untrusted = rcpt(policy, make_ctx("192.0.2.10"), recipient)

@@ -6,7 +6,7 @@ import ipaddress
 import math
 import random
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
@@ -23,14 +23,13 @@ set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-unit")
 
 
 def _reference(now: float) -> str:
-    return format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    return format_datetime(datetime.fromtimestamp(now, UTC))
 
 
 def _near_whole_seconds() -> list[float]:
     """Timestamps just around whole seconds, where fromtimestamp's microsecond rounding carries."""
     values = []
-    for second in (0, 1, 59, 86399, 951782399, 1700000000, 1735689599, 2**31 - 1, 2**31, 4102444799,
-                   253402300799):
+    for second in (0, 1, 59, 86399, 951782399, 1700000000, 1735689599, 2**31 - 1, 2**31, 4102444799, 253402300799):
         for delta in (-1e-6, -5e-7, -4.9e-7, -5.1e-7, -1e-7, -1e-9, 0.0, 1e-9, 5e-7, 0.0009, 0.001, 0.5):
             values.append(second + delta)
         value = float(second)
@@ -86,29 +85,44 @@ def test_date_out_of_range_raises_like_the_stdlib(now: float) -> None:
 
 
 def _client(**fields: object) -> ClientInfo:
-    return ClientInfo(address=ipaddress.ip_address("192.0.2.1"), port=2525, listener="inbound",
-                      **fields)  # type: ignore[arg-type]
+    return ClientInfo(address=ipaddress.ip_address("192.0.2.1"), port=2525, listener="inbound", **fields)  # type: ignore[arg-type]
 
 
 def test_received_header_single_recipient_over_tls() -> None:
     now = 1700000000.25
     client = _client(helo="mail.example.com", tls_version="TLSv1.3", tls_cipher="TLS_AES_256_GCM_SHA384")
-    field = received_header(client, by_host="gw.example.net", queue_id="4ABCDEF", recipients=["bob@example.org"],
-                            extended=True, smtputf8=False, now=now)
+    field = received_header(
+        client,
+        by_host="gw.example.net",
+        queue_id="4ABCDEF",
+        recipients=["bob@example.org"],
+        extended=True,
+        smtputf8=False,
+        now=now,
+    )
     assert field == (
         "Received: from mail.example.com (unknown [192.0.2.1])\r\n"
         "\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)\r\n"
         "\tby gw.example.net (gateway) with ESMTPS id 4ABCDEF\r\n"
-        f"\tfor <bob@example.org>; {_reference(now)}\r\n").encode("ascii")
+        f"\tfor <bob@example.org>; {_reference(now)}\r\n"
+    ).encode("ascii")
     assert field.endswith(b"; Tue, 14 Nov 2023 22:13:20 +0000\r\n")
 
 
 def test_received_header_several_recipients_and_odd_helo() -> None:
     now = 1735689599.9999996  # rounds up into 2025
-    field = received_header(_client(helo="bad helo\x00\xe9"), by_host="gw.example.net", queue_id="Q1",
-                            recipients=["a@example.org", "b@example.org"], extended=False, smtputf8=False, now=now)
+    field = received_header(
+        _client(helo="bad helo\x00\xe9"),
+        by_host="gw.example.net",
+        queue_id="Q1",
+        recipients=["a@example.org", "b@example.org"],
+        extended=False,
+        smtputf8=False,
+        now=now,
+    )
     assert field == (
         "Received: from bad?helo?? (unknown [192.0.2.1])\r\n"
         "\tby gw.example.net (gateway) with SMTP id Q1;\r\n"
-        "\tWed, 01 Jan 2025 00:00:00 +0000\r\n").encode("ascii")
+        "\tWed, 01 Jan 2025 00:00:00 +0000\r\n"
+    ).encode("ascii")
     assert _reference(now) == "Wed, 01 Jan 2025 00:00:00 +0000"

@@ -16,9 +16,7 @@ from gateway.relay.bounce import FailedRecipient, build_dsn, extract_headers, sh
 from gateway.reply import Reply
 from tests.harness.samples import CORPUS
 
-CORPUS_FILES = sorted(
-    path for path in CORPUS.rglob("*") if path.is_file() and not path.name.startswith("LICENSE")
-)
+CORPUS_FILES = sorted(path for path in CORPUS.rglob("*") if path.is_file() and not path.name.startswith("LICENSE"))
 # A few real messages for the full structure test: plain, MIME, LF-only, 8-bit headers.
 SAMPLE_FILES = [
     "mail-gem/plain_emails/basic_email.eml",
@@ -93,7 +91,10 @@ def parts_of(raw: bytes) -> tuple[EmailMessage, list[MIMEPart]]:
     assert message.get_param("report-type") == "delivery-status"
     parts = list(message.iter_parts())
     assert [part.get_content_type() for part in parts] == [
-        "text/plain", "message/delivery-status", "text/rfc822-headers"]
+        "text/plain",
+        "message/delivery-status",
+        "text/rfc822-headers",
+    ]
     return message, parts
 
 
@@ -211,17 +212,20 @@ def test_per_message_fields() -> None:
 def test_per_recipient_fields() -> None:
     recipients = [
         FailedRecipient("rcpt@example.net", USER_UNKNOWN, "mx.example.net"),
-        FailedRecipient("other@example.com", Reply(554, "5.7.1", "Message rejected as spam"),
-                        "mx2.example.com"),
+        FailedRecipient("other@example.com", Reply(554, "5.7.1", "Message rejected as spam"), "mx2.example.com"),
         FailedRecipient("late@example.org", REFUSED, None),  # expired after 4xx: failed, 4.x.x
     ]
     blocks = status_blocks(make_dsn(recipients))
     assert len(blocks) == 1 + len(recipients)
     expected = [
-        ("rfc822; rcpt@example.net", "failed", "5.1.1", "dns; mx.example.net",
-         f"smtp; {USER_UNKNOWN}"),
-        ("rfc822; other@example.com", "failed", "5.7.1", "dns; mx2.example.com",
-         "smtp; 554 5.7.1 Message rejected as spam"),
+        ("rfc822; rcpt@example.net", "failed", "5.1.1", "dns; mx.example.net", f"smtp; {USER_UNKNOWN}"),
+        (
+            "rfc822; other@example.com",
+            "failed",
+            "5.7.1",
+            "dns; mx2.example.com",
+            "smtp; 554 5.7.1 Message rejected as spam",
+        ),
         ("rfc822; late@example.org", "failed", "4.4.1", None, f"X-Unix; {REFUSED}"),
     ]
     for block, (final, action, status, remote, diagnostic) in zip(blocks[1:], expected):
@@ -254,16 +258,14 @@ def test_all_delayed_is_a_warning() -> None:
     recipients = [
         FailedRecipient("a@example.net", MAILBOX_FULL, "mx.example.net", action="delayed"),
         # A delayed recipient carries a 4.x.x status even after a 5xx reply.
-        FailedRecipient("b@example.net", Reply(550, "5.7.1", "try later"), "mx.example.net",
-                        action="delayed"),
+        FailedRecipient("b@example.net", Reply(550, "5.7.1", "try later"), "mx.example.net", action="delayed"),
     ]
     raw = make_dsn(recipients)
     message, parts = parts_of(raw)
     assert message["Subject"] == "Delayed Mail (still being retried)"
     assert "THIS IS A WARNING ONLY" in parts[0].get_content()
     blocks = status_blocks(raw)
-    assert [(b["Action"], b["Status"]) for b in blocks[1:]] == [
-        ("delayed", "4.2.2"), ("delayed", "4.7.1")]
+    assert [(b["Action"], b["Status"]) for b in blocks[1:]] == [("delayed", "4.2.2"), ("delayed", "4.7.1")]
     assert blocks[2]["Diagnostic-Code"] == "smtp; 550 5.7.1 try later"
 
 
@@ -276,8 +278,7 @@ def test_mixed_failed_and_delayed() -> None:
     message, parts = parts_of(raw)
     assert message["Subject"] == "Undelivered Mail Returned to Sender"
     text = parts[0].get_content()
-    assert text.index("<a@example.net>") < text.index("still being retried") < text.index(
-        "<b@example.net>")
+    assert text.index("<a@example.net>") < text.index("still being retried") < text.index("<b@example.net>")
     assert [b["Action"] for b in status_blocks(raw)[1:]] == ["failed", "delayed"]
 
 
@@ -286,15 +287,13 @@ def test_utf8_recipient_uses_utf8_address_type() -> None:
     block = status_blocks(raw)[1]
     # RFC 6533 §3 utf-8-addr-xtext: non-ASCII and "+" as \x{HEX}.
     assert block["Final-Recipient"] == r"utf-8; j\x{FC}rgen\x{2B}tag@b\x{FC}cher.example"
-    report = raw.split(b"Content-Type: message/delivery-status", 1)[1].split(
-        b"Content-Type: text/rfc822-headers", 1)[0]
+    report = raw.split(b"Content-Type: message/delivery-status", 1)[1].split(b"Content-Type: text/rfc822-headers", 1)[0]
     assert report.isascii()
 
 
 def test_utf8_sender_and_non_ascii_reply_text() -> None:
     reply = Reply(550, "5.1.1", "Benutzer unbekannt: jürgen")
-    raw = make_dsn([FailedRecipient("x@example.net", reply, "mx.example.net")],
-                   sender="björn@example.se")
+    raw = make_dsn([FailedRecipient("x@example.net", reply, "mx.example.net")], sender="björn@example.se")
     assert "To: <björn@example.se>\r\n".encode() in raw
     blocks = status_blocks(raw)
     assert blocks[0]["X-Gateway-Sender"] == r"utf-8; bj\x{F6}rn@example.se"
@@ -306,8 +305,12 @@ def test_long_reply_is_folded_under_998_octets() -> None:
     words = " ".join(f"word{i}" for i in range(400))
     long_reply = Reply(550, "5.7.1", words)
     blob = Reply(550, "5.7.1", "x" * 3000)  # no whitespace at all
-    raw = make_dsn([FailedRecipient("a@example.net", long_reply, "mx.example.net"),
-                    FailedRecipient("b@example.net", blob, "mx.example.net")])
+    raw = make_dsn(
+        [
+            FailedRecipient("a@example.net", long_reply, "mx.example.net"),
+            FailedRecipient("b@example.net", blob, "mx.example.net"),
+        ]
+    )
     assert_wire_clean(raw)
     blocks = status_blocks(raw)
     assert blocks[1]["Diagnostic-Code"] == f"smtp; 550 5.7.1 {words}"
@@ -353,8 +356,10 @@ def test_8bit_headers_are_kept_byte_exact() -> None:
         # Folded fields stay folded.
         (b"Subject: a\r\n\tb\r\n  c\r\n\r\nbody", b"Subject: a\r\n\tb\r\n  c\r\n"),
         # A leading mbox From_ line is kept, as Python's parser keeps it as unixfrom.
-        (b"From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nbody\n",
-         b"From a@b Mon Jan  1 00:00:00 2024\r\nSubject: x\r\n"),
+        (
+            b"From a@b Mon Jan  1 00:00:00 2024\nSubject: x\n\nbody\n",
+            b"From a@b Mon Jan  1 00:00:00 2024\r\nSubject: x\r\n",
+        ),
         # Empty message, or no headers at all.
         (b"", b""),
         (b"\r\nbody only\r\n", b""),
@@ -370,7 +375,7 @@ def test_extract_headers_edge_cases(original: bytes, expected: bytes) -> None:
 
 
 def test_overlong_original_header_line_is_folded() -> None:
-    value = " ".join(["<ref%04d@example.org>" % i for i in range(200)])
+    value = " ".join([f"<ref{i:04d}@example.org>" for i in range(200)])
     original = b"References: " + value.encode() + b"\r\nSubject: x\r\n\r\nbody\r\n"
     raw = make_dsn(original=original)
     assert_wire_clean(raw)
@@ -402,8 +407,7 @@ def test_dsn_for_real_messages(name: str) -> None:
     eight_bit = not header_section.isascii()
     assert parts[2]["Content-Transfer-Encoding"] == ("8bit" if eight_bit else "7bit")
     blocks = status_blocks(raw)
-    assert [(b["Action"], b["Status"]) for b in blocks[1:]] == [
-        ("failed", "5.1.1"), ("delayed", "4.2.2")]
+    assert [(b["Action"], b["Status"]) for b in blocks[1:]] == [("failed", "5.1.1"), ("delayed", "4.2.2")]
 
 
 def test_corpus_is_present() -> None:
@@ -441,8 +445,7 @@ def test_header_extraction_on_corpus(path: Path) -> None:
     section = original.split(b"\r\n\r\n", 1)[0] + b"\r\n" if original else b""
     lines = section.split(b"\r\n")[:-1]
     well_formed = all(
-        re.match(rb"^(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])", line)
-        or (index == 0 and line.startswith(b"From "))
+        re.match(rb"^(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])", line) or (index == 0 and line.startswith(b"From "))
         for index, line in enumerate(lines)
     )
     if well_formed and not original.startswith(b"\r\n"):
@@ -486,8 +489,12 @@ def test_no_recipients_is_refused() -> None:
 )
 def test_malformed_inputs_are_refused(kwargs: dict[str, object]) -> None:
     arguments: dict[str, object] = {
-        "reporting_mta": HOST, "original_sender": "s@example.org", "original_queue_id": QUEUE_ID,
-        "arrival": ARRIVAL, "now": NOW, "original_message": ORIGINAL,
+        "reporting_mta": HOST,
+        "original_sender": "s@example.org",
+        "original_queue_id": QUEUE_ID,
+        "arrival": ARRIVAL,
+        "now": NOW,
+        "original_message": ORIGINAL,
         "recipients": [FailedRecipient("rcpt@example.net", USER_UNKNOWN, "mx.example.net")],
     }
     arguments.update(kwargs)
@@ -506,8 +513,7 @@ def test_malformed_inputs_are_refused(kwargs: dict[str, object]) -> None:
         ("a@b", USER_UNKNOWN, " ", "failed"),
     ],
 )
-def test_failed_recipient_validation(address: str, reply: Reply, remote_mta: str | None,
-                                     action: str) -> None:
+def test_failed_recipient_validation(address: str, reply: Reply, remote_mta: str | None, action: str) -> None:
     with pytest.raises(ValueError):
         FailedRecipient(address, reply, remote_mta, action)
 

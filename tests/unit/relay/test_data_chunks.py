@@ -28,8 +28,9 @@ def aiosmtplib_encoding(message: bytes) -> bytes:
 
 
 # Lines made of the characters that matter: dots, CR, LF, and a little text.
-messages = st.lists(st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"x", b"..", b"ab", b".\r\n", b"\n."]),
-                    max_size=60).map(b"".join)
+messages = st.lists(
+    st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"x", b"..", b"ab", b".\r\n", b"\n."]), max_size=60
+).map(b"".join)
 
 
 @settings(max_examples=3000, deadline=None)

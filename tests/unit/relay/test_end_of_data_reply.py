@@ -58,14 +58,16 @@ async def serve(end_of_data_reply: bytes | None) -> asyncio.Server:
 async def attempt(end_of_data_reply: bytes | None, smtp_timeout: str) -> tuple[dict[str, str], float]:
     server = await serve(end_of_data_reply)
     port = server.sockets[0].getsockname()[1]
-    config = build({"relayhost": [f"[127.0.0.1]:{port}"], "smtp_tls_security_level": "none",
-                    "smtp_timeout": smtp_timeout})
+    config = build(
+        {"relayhost": [f"[127.0.0.1]:{port}"], "smtp_tls_security_level": "none", "smtp_timeout": smtp_timeout}
+    )
     client = SmtpClient(config, None, ConnectionCache(config.smtp_connection_cache_time_limit))
     host = TargetHost("127.0.0.1", "127.0.0.1", port, NextHop("127.0.0.1", port, False))
     started = time.monotonic()
     try:
-        result = await client.deliver(host, "a@example.org", ["b@example.net"], MESSAGE,
-                                      smtputf8=False, body_8bitmime=False)
+        result = await client.deliver(
+            host, "a@example.org", ["b@example.net"], MESSAGE, smtputf8=False, body_8bitmime=False
+        )
         return {address: str(reply) for address, reply in result.replies.items()}, time.monotonic() - started
     finally:
         await client.cache.close()

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 from gateway.config import build
-from gateway.resolver import make_resolver
 from gateway.relay.client import ConnectionCache, SmtpClient
 from gateway.relay.routing import Router
 from gateway.relay.worker import RelayWorker
-from gateway.spool.intake import Intake
+from gateway.resolver import make_resolver
 from gateway.spool import QueueState, Spool
 from gateway.spool.batcher import SpoolBatcher
+from gateway.spool.intake import Intake
 from gateway.tls.context import client_context
 from tests.harness.smtp_sink import SmtpSink
 from tests.harness.spool_helpers import make_entry
@@ -28,12 +28,17 @@ MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hand-over\r\n\r
 
 
 def make_worker(spool: Spool, sink_port: int, handoff_limit: int) -> RelayWorker:
-    config = build({"relayhost": [f"[127.0.0.1]:{sink_port}"], "mynetworks": ["127.0.0.1/32"],
-                    "spool_dir": str(spool.root)})
-    client = SmtpClient(config, client_context(config.smtp_tls_security_level, None, None, None),
-                        ConnectionCache(config.smtp_connection_cache_time_limit))
-    return RelayWorker(config, spool, Router(config, make_resolver(config)), client, SpoolBatcher(spool),
-                       handoff_limit=handoff_limit)
+    config = build(
+        {"relayhost": [f"[127.0.0.1]:{sink_port}"], "mynetworks": ["127.0.0.1/32"], "spool_dir": str(spool.root)}
+    )
+    client = SmtpClient(
+        config,
+        client_context(config.smtp_tls_security_level, None, None, None),
+        ConnectionCache(config.smtp_connection_cache_time_limit),
+    )
+    return RelayWorker(
+        config, spool, Router(config, make_resolver(config)), client, SpoolBatcher(spool), handoff_limit=handoff_limit
+    )
 
 
 def test_reservations_are_bounded_and_given_back(tmp_path: Path) -> None:
@@ -68,15 +73,19 @@ def test_handed_over_and_spooled_messages_are_all_delivered(tmp_path: Path) -> N
             notify = worker.notify
             worker.notify = lambda entry: (notified.append(entry.queue_id), notify(entry))  # type: ignore[method-assign]
             intake = Intake(worker.batcher, worker)
-            commits = [asyncio.create_task(intake.commit(make_entry(arrival=time.time(), recipients=(r,)),
-                                                         MESSAGE, QueueState.INCOMING))
-                       for r in recipients]
+            commits = [
+                asyncio.create_task(
+                    intake.commit(make_entry(arrival=time.time(), recipients=(r,)), MESSAGE, QueueState.INCOMING)
+                )
+                for r in recipients
+            ]
             await asyncio.sleep(0)  # every commit has started: reserved its room or not
             handed = worker.handoff_bytes // len(MESSAGE)
             await asyncio.gather(*commits)
             await asyncio.to_thread(sink.wait_for_messages, len(recipients), 20)
-            deadline = time.monotonic() + 10
-            while (worker.tasks or worker.batcher.busy) and time.monotonic() < deadline:
+            for _ in range(200):  # at most 10 s
+                if not (worker.tasks or worker.batcher.busy):
+                    break
                 await asyncio.sleep(0.05)
             assert worker.handoff_bytes == 0
             await worker.stop()

@@ -7,14 +7,17 @@ import pytest
 from gateway.smtpd.connection_limits import ConnectionLimiter, client_key
 
 
-@pytest.mark.parametrize("host, key", [
-    ("192.0.2.7", "192.0.2.7"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("fe80::1%eth0", "fe80::/64"),
-    ("not-an-address", "not-an-address"),
-])
+@pytest.mark.parametrize(
+    "host, key",
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
 def test_client_key(host: str, key: str) -> None:
     assert client_key(host) == key
 

@@ -27,7 +27,7 @@ def model(stream: bytes, size_limit: int | None, line_limit: int = 1001) -> tupl
     while True:
         end = stream.find(b"\r\n", position)
         assert end >= 0, "the stream has an end-of-data line"
-        line = stream[position:end + 2]
+        line = stream[position : end + 2]
         position = end + 2
         if line == b".\r\n":
             break
@@ -53,6 +53,7 @@ def read(pieces: list[bytes], size_limit: int | None, **options: object) -> tupl
         # a message kept in its file comes as a FileText; its octets compare as bytes
         text = result.content if isinstance(result.content, bytes) else result.content[:]
         return result.outcome, text, await reader.read(), result.received
+
     return asyncio.run(main())
 
 
@@ -68,12 +69,34 @@ def check(stream: bytes, pieces: list[bytes], size_limit: int | None = None, **o
     assert received == len(stream) - len(after)
 
 
-LINES = st.sampled_from([b".", b"..", b".x", b"x", b"", b"x.", b"\r", b"\n", b".\r", b".\n", b"\r.", b"\n.",
-                         b"a" * 999, b"b" * 1000, b"." + b"c" * 999, b"From me"])
+LINES = st.sampled_from(
+    [
+        b".",
+        b"..",
+        b".x",
+        b"x",
+        b"",
+        b"x.",
+        b"\r",
+        b"\n",
+        b".\r",
+        b".\n",
+        b"\r.",
+        b"\n.",
+        b"a" * 999,
+        b"b" * 1000,
+        b"." + b"c" * 999,
+        b"From me",
+    ]
+)
 
 
-@given(st.lists(LINES, max_size=12), st.lists(st.integers(0, 5000), max_size=6), st.booleans(),
-       st.sampled_from([None, 0, 5, 1500]))
+@given(
+    st.lists(LINES, max_size=12),
+    st.lists(st.integers(0, 5000), max_size=6),
+    st.booleans(),
+    st.sampled_from([None, 0, 5, 1500]),
+)
 @settings(max_examples=400, deadline=None)
 def test_same_as_aiosmtpd_for_any_lines_and_any_pieces(lines, cuts, pipelined, size_limit):
     stream = b"".join(line + b"\r\n" for line in lines) + b".\r\n"
@@ -82,21 +105,28 @@ def test_same_as_aiosmtpd_for_any_lines_and_any_pieces(lines, cuts, pipelined, s
     check(stream, split(stream, cuts), size_limit)
 
 
-@pytest.mark.parametrize("stream", [
-    b".\r\n",                                  # an empty message
-    b".\r\nQUIT\r\n",                          # ... and the next command
-    b"..\r\n.\r\n", b".x\r\n.\r\n", b"x\r\n.\r\n", b"\r\n.\r\n",
-    b"a\r\n..\r\n...\r\n.\r\nNOOP\r\n",
-    b"bare\n.\nstays\r.\rin\r\n.\r\n",          # only CRLF . CRLF ends it (smuggling)
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b".\r\n",  # an empty message
+        b".\r\nQUIT\r\n",  # ... and the next command
+        b"..\r\n.\r\n",
+        b".x\r\n.\r\n",
+        b"x\r\n.\r\n",
+        b"\r\n.\r\n",
+        b"a\r\n..\r\n...\r\n.\r\nNOOP\r\n",
+        b"bare\n.\nstays\r.\rin\r\n.\r\n",  # only CRLF . CRLF ends it (smuggling)
+    ],
+)
 def test_every_single_split_point(stream):
     for cut in range(len(stream) + 1):
         check(stream, [stream[:cut], stream[cut:]])
     check(stream, [bytes([b]) for b in stream])  # a byte at a time
 
 
-@pytest.mark.parametrize("length, outcome", [(999, DataOutcome.COMPLETE), (1000, DataOutcome.TOO_LONG),
-                                             (70_000, DataOutcome.TOO_LONG)])
+@pytest.mark.parametrize(
+    "length, outcome", [(999, DataOutcome.COMPLETE), (1000, DataOutcome.TOO_LONG), (70_000, DataOutcome.TOO_LONG)]
+)
 def test_line_limit(length, outcome):
     stream = b"Subject: x\r\n" + b"y" * length + b"\r\nafter\r\n.\r\nQUIT\r\n"
     check(stream, split(stream, [5, 600, 1200, 40_000]))
@@ -193,10 +223,11 @@ def test_nul_and_8bit_octets_are_found_as_the_text_arrives(tmp_path, spill_bytes
             result = await read_data(reader, size_limit=None, spill_dir=tmp_path, spill_bytes=spill_bytes)
             assert result.outcome is DataOutcome.COMPLETE
             return result.has_nul, result.has_8bit
+
         return asyncio.run(main())
 
     filler = b"x" * 70 + b"\r\n"
     assert found(b"Subject: a\r\n\r\n" + filler * 40) == (False, False)
     assert found(b"Subject: a\r\n\r\n" + filler * 40 + b"z\x00z\r\n") == (True, False)  # in the last piece
-    assert found("Subject: é\r\n\r\n".encode() + filler * 40) == (False, True)         # in the first
+    assert found("Subject: é\r\n\r\n".encode() + filler * 40) == (False, True)  # in the first
     assert found(b"S: \x00\r\n\r\n" + filler * 40 + "\u00e9\r\n".encode()) == (True, True)

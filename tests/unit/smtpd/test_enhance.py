@@ -41,8 +41,7 @@ def _aiosmtpd_reply_templates() -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr) and id(node) not in inside_fstring:
             text = "".join(part.value if isinstance(part, ast.Constant) else "NOOP" for part in node.values)
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
-              and id(node) not in inside_fstring):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside_fstring:
             text = _render_format(node.value)
         else:
             continue
@@ -50,19 +49,26 @@ def _aiosmtpd_reply_templates() -> list[tuple[int, str]]:
             found.append((node.lineno, text))
     # "'250 Syntax: ' + help_str" style concatenations: the literal is found, the tail is added here.
     for node in ast.walk(tree):
-        if (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)
-                and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str)
-                and _REPLY_START.match(node.left.value)):
+        if (
+            isinstance(node, ast.BinOp)
+            and isinstance(node.op, ast.Add)
+            and isinstance(node.left, ast.Constant)
+            and isinstance(node.left.value, str)
+            and _REPLY_START.match(node.left.value)
+        ):
             found.append((node.lineno, node.left.value + "MAIL FROM: <address>"))
     return sorted(set(found))
 
 
 def _excluded(line: str) -> bool:
     """Greeting and EHLO/HELO lines: the caller never passes them to enhance (RFC 2034 §3)."""
-    return (line.startswith("220 ") and line != "220 Ready to start TLS"
-            or line.startswith("250-")
-            or line == "250 HELP"
-            or line.startswith("250 ValueError"))  # '250 {}'.format(hostname): the HELO reply
+    return (
+        line.startswith("220 ")
+        and line != "220 Ready to start TLS"
+        or line.startswith("250-")
+        or line == "250 HELP"
+        or line.startswith("250 ValueError")
+    )  # '250 {}'.format(hostname): the HELO reply
 
 
 TEMPLATES = _aiosmtpd_reply_templates()
@@ -82,11 +88,19 @@ LINES = sorted({line for _, line in TEMPLATES if not _excluded(line)} | set(EXTR
 def test_aiosmtpd_source_scan_found_the_replies() -> None:
     # Guards the parametrization against an empty or broken scan.
     lines = {line for _, line in TEMPLATES}
-    for expected in ("503 Error: need MAIL command", "503 Error: need RCPT command",
-                     "500 Error: bad syntax", "554 Command refused due to lack of security",
-                     "552 Error: Too much mail data", "501 Syntax: MAIL FROM: <address>",
-                     "354 End data with <CR><LF>.<CR><LF>", "250 OK", "221 Bye",
-                     '500 Error: command "NOOP" not recognized', "503 Error: send NOOP first"):
+    for expected in (
+        "503 Error: need MAIL command",
+        "503 Error: need RCPT command",
+        "500 Error: bad syntax",
+        "554 Command refused due to lack of security",
+        "552 Error: Too much mail data",
+        "501 Syntax: MAIL FROM: <address>",
+        "354 End data with <CR><LF>.<CR><LF>",
+        "250 OK",
+        "221 Bye",
+        '500 Error: command "NOOP" not recognized',
+        "503 Error: send NOOP first",
+    ):
         assert expected in lines
     assert len(LINES) >= 50
 
@@ -122,46 +136,56 @@ def test_gateway_replies_are_untouched(reply: Reply) -> None:
     assert enhance(str(reply)) == str(reply)
 
 
-@pytest.mark.parametrize("line", [
-    "250-2.0.0 first of several",
-    "421 4.7.0 MAIL sent too many times",
-    "538 5.7.11 Encryption required for requested authentication mechanism",
-    "550 5.1.1",
-    # A handler's reply with an enhanced code is trusted as is, even an unusual one.
-    "250 2.6.0 Ok: queued",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "250-2.0.0 first of several",
+        "421 4.7.0 MAIL sent too many times",
+        "538 5.7.11 Encryption required for requested authentication mechanism",
+        "550 5.1.1",
+        # A handler's reply with an enhanced code is trusted as is, even an unusual one.
+        "250 2.6.0 Ok: queued",
+    ],
+)
 def test_already_enhanced_lines_are_untouched(line: str) -> None:
     assert enhance(line) == line
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("503 Error: need MAIL command", "503 5.5.1 Error: need MAIL command"),
-    ("503 Error: need RCPT command", "503 5.5.1 Error: need RCPT command"),
-    ("503 Error: nested MAIL command", "503 5.5.1 Error: nested MAIL command"),
-    ("503 Error: send HELO first", "503 5.5.1 Error: send HELO first"),
-    ("500 Error: bad syntax", "500 5.5.2 Error: bad syntax"),
-    ("500 Command line too long", "500 5.5.2 Error: line too long"),
-    ("500 Line too long (see RFC5321 4.5.3.1.6)", "500 5.5.2 Error: line too long"),
-    ("500 Error: strict ASCII mode", "500 5.6.7 Error: non-ASCII input without SMTPUTF8"),
-    ('500 Error: command "XYZZY" not recognized', "502 5.5.2 Error: command not recognized"),
-    ("552 Error: message size exceeds fixed maximum message size", str(gateway.reply.MESSAGE_TOO_BIG)),
-    ("552 Error: Too much mail data", str(gateway.reply.MESSAGE_TOO_BIG)),
-    ("530 Must issue a STARTTLS command first", str(gateway.reply.TLS_REQUIRED)),
-    ("454 TLS not available", "454 4.7.0 TLS not available"),
-    ("220 Ready to start TLS", "220 2.0.0 Ready to start TLS"),
-    ("501 Syntax: RCPT TO: <address>", "501 5.5.4 Syntax: RCPT TO: <address>"),
-    ("555 MAIL FROM parameters not recognized or not implemented",
-     "555 5.5.4 MAIL FROM parameters not recognized or not implemented"),
-    ("502 EXPN not implemented", "502 5.5.1 Error: command not implemented"),
-    ("502 Could not VRFY x", "502 5.5.1 Error: command not implemented"),
-    # Everything else gets the generic class code, text kept.
-    ("250 OK", "250 2.0.0 OK"),
-    ("221 Bye", "221 2.0.0 Bye"),
-    ("252 Cannot VRFY user, but will accept message and attempt delivery",
-     "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"),
-    ("503 Already authenticated", "503 5.0.0 Already authenticated"),
-    ("250-first", "250-2.0.0 first"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("503 Error: need MAIL command", "503 5.5.1 Error: need MAIL command"),
+        ("503 Error: need RCPT command", "503 5.5.1 Error: need RCPT command"),
+        ("503 Error: nested MAIL command", "503 5.5.1 Error: nested MAIL command"),
+        ("503 Error: send HELO first", "503 5.5.1 Error: send HELO first"),
+        ("500 Error: bad syntax", "500 5.5.2 Error: bad syntax"),
+        ("500 Command line too long", "500 5.5.2 Error: line too long"),
+        ("500 Line too long (see RFC5321 4.5.3.1.6)", "500 5.5.2 Error: line too long"),
+        ("500 Error: strict ASCII mode", "500 5.6.7 Error: non-ASCII input without SMTPUTF8"),
+        ('500 Error: command "XYZZY" not recognized', "502 5.5.2 Error: command not recognized"),
+        ("552 Error: message size exceeds fixed maximum message size", str(gateway.reply.MESSAGE_TOO_BIG)),
+        ("552 Error: Too much mail data", str(gateway.reply.MESSAGE_TOO_BIG)),
+        ("530 Must issue a STARTTLS command first", str(gateway.reply.TLS_REQUIRED)),
+        ("454 TLS not available", "454 4.7.0 TLS not available"),
+        ("220 Ready to start TLS", "220 2.0.0 Ready to start TLS"),
+        ("501 Syntax: RCPT TO: <address>", "501 5.5.4 Syntax: RCPT TO: <address>"),
+        (
+            "555 MAIL FROM parameters not recognized or not implemented",
+            "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+        ),
+        ("502 EXPN not implemented", "502 5.5.1 Error: command not implemented"),
+        ("502 Could not VRFY x", "502 5.5.1 Error: command not implemented"),
+        # Everything else gets the generic class code, text kept.
+        ("250 OK", "250 2.0.0 OK"),
+        ("221 Bye", "221 2.0.0 Bye"),
+        (
+            "252 Cannot VRFY user, but will accept message and attempt delivery",
+            "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+        ),
+        ("503 Already authenticated", "503 5.0.0 Already authenticated"),
+        ("250-first", "250-2.0.0 first"),
+    ],
+)
 def test_specific_mappings(line: str, expected: str) -> None:
     assert enhance(line) == expected
 

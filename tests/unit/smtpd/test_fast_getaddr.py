@@ -28,7 +28,9 @@ from gateway.smtpd.protocol import GatewaySMTP
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis-tests-unit")
 
 SETTINGS: dict[str, Any] = {
-    "deadline": None, "database": None, "max_examples": 3000,
+    "deadline": None,
+    "database": None,
+    "max_examples": 3000,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 }
 LOCAL_PART_LIMITS = (0, 64, 3)
@@ -40,8 +42,15 @@ def servers() -> Iterator[list[GatewaySMTP]]:
     loop = asyncio.new_event_loop()
     made = []
     for limit in LOCAL_PART_LIMITS:
-        server = GatewaySMTP(object(), limiter=ConnectionLimiter(10, 10), tls_mode="none", server_tls=None,
-                             data_timeout=1.0, hostname="gw.example.net", loop=loop)
+        server = GatewaySMTP(
+            object(),
+            limiter=ConnectionLimiter(10, 10),
+            tls_mode="none",
+            server_tls=None,
+            data_timeout=1.0,
+            hostname="gw.example.net",
+            loop=loop,
+        )
         server.local_part_limit = limit
         made.append(server)
     yield made
@@ -82,8 +91,9 @@ domain = st.one_of(dot_atom, domain_literal, encoded_word, st.text(alphabet=INTE
 route = st.sampled_from(["", "", "@a,@b:", "@relay.example:", "@a :", ",@a:"])
 space = st.text(alphabet=" \t\x0b\xa0", max_size=2)
 comment = st.sampled_from(["", "", "(c)", "(x (nested)) ", "(unclosed"])
-params = st.sampled_from(["", "SIZE=1000", "BODY=8BITMIME SMTPUTF8", "size=12 x", "=", "<b@c>", ".x", "@x",
-                          "(c) SIZE=1", "\u3000SIZE=1"])
+params = st.sampled_from(
+    ["", "SIZE=1000", "BODY=8BITMIME SMTPUTF8", "size=12 x", "=", "<b@c>", ".x", "@x", "(c) SIZE=1", "\u3000SIZE=1"]
+)
 
 
 @st.composite
@@ -107,36 +117,130 @@ def address_argument(draw: st.DrawFn) -> str:
 @st.composite
 def mutated_address(draw: st.DrawFn) -> str:
     """A common shape with one character inserted, replaced or removed somewhere."""
-    base = draw(st.sampled_from([
-        "<alice@example.com>", "<a.b.c@d.e.f> SIZE=100", "<>", "<> SIZE=100", "bob@example.org",
-        "bob@example.org BODY=8BITMIME", "<x@[192.0.2.7]>", "<j\xfcrgen@b\xfccher.example>", "<=x@y>",
-    ]))
+    base = draw(
+        st.sampled_from(
+            [
+                "<alice@example.com>",
+                "<a.b.c@d.e.f> SIZE=100",
+                "<>",
+                "<> SIZE=100",
+                "bob@example.org",
+                "bob@example.org BODY=8BITMIME",
+                "<x@[192.0.2.7]>",
+                "<j\xfcrgen@b\xfccher.example>",
+                "<=x@y>",
+            ]
+        )
+    )
     position = draw(st.integers(min_value=0, max_value=len(base)))
     char = draw(tricky_char)
     how = draw(st.sampled_from(["insert", "replace", "delete"]))
     if how == "insert":
         return base[:position] + char + base[position:]
     if how == "replace":
-        return base[:position] + char + base[position + 1:]
-    return base[:position] + base[position + 1:]
+        return base[:position] + char + base[position + 1 :]
+    return base[:position] + base[position + 1 :]
 
 
 # --- the properties ------------------------------------------------------------------------------
 
 EXAMPLES = [
-    "", " ", "<", ">", "<>", "<> ", "<>  SIZE=10", "<>x", "<> (c)", "<<>>", " <>", "\t<a@b>", "\n<a@b>",
-    "<a@b>", "<a@b> SIZE=10 BODY=8BITMIME", "<a@b>SIZE=10", "<a@b>  \x0b SIZE=1", "<a@b> (comment) SIZE=1",
-    "<a@b>(c)", "<a@b> \u3000x", "<a@b >", "<a @b>", "< a@b>", "<a@b", "<a@b x", "<a@b.>", "<a@.b>",
-    "<.a@b>", "<a.@b>", "<a..b@c>", "<a@b..c>", "<a@b@c>", "<@a,@b:x@y>", "<@a:x@y> SIZE=1", "<a>", "<a> x",
-    '<"a b"@c>', '<"ab"@c>', '<"a\\"b"@c>', '<""@c>', '<"a@b"@c>', "<a(c)@b>", "<a@b(c)>",
-    "<=?utf-8?q?x?=@b>", "<a@=?utf-8?q?x?=>", "<=?@b>", "<a=?x@b>", "<a@b=?>",
-    "<a@[1.2.3.4]>", "<a@[IPv6:::1]> SIZE=1", "<a@[]>", "<a@[1.2.3.4]", "<a@[ 1.2.3.4 ]>", "<a@[a\\]b]>",
-    "a@b", "a@b SIZE=1", "a@b  SIZE=1", "a@b\tSIZE=1", "a@b .c", "a@b @c", "a@b (c)", "a@b(c)", "a@b>",
-    "a@b,c", "a@[1.2.3.4] x", "a@[1.2.3.4] .x", "a@b\x0bc", "a", "a SIZE=1", "@b", "<@b>", "a@", "<a@>",
-    "<j\xfcrgen@b\xfccher.example>", "<\u4e2d\u6587@\u4f8b\u5b50.\u4e2d\u56fd>", "<a\udcff@b>", "<a@b\udc80>",
-    "<a\x00@b>", "<a@b\x00>", "<a\x7f@b>", "<a\r@b>", "<a@b\r\n>", "<a@b>\r\n", "<a\x85@b>", "<a@b\x85c>",
-    "<a@b\xa0c>", "<a\xa0b@c>", "<a@b\x1cc>", "<a@b\u2028c>", "<a@b\u200bc>", "x" * 100 + "@b",
-    "<" + "x" * 65 + "@b>", "<abcd@b>", "<abc@b>", "<ab.cd@b>", '<"abcd"@b>',
+    "",
+    " ",
+    "<",
+    ">",
+    "<>",
+    "<> ",
+    "<>  SIZE=10",
+    "<>x",
+    "<> (c)",
+    "<<>>",
+    " <>",
+    "\t<a@b>",
+    "\n<a@b>",
+    "<a@b>",
+    "<a@b> SIZE=10 BODY=8BITMIME",
+    "<a@b>SIZE=10",
+    "<a@b>  \x0b SIZE=1",
+    "<a@b> (comment) SIZE=1",
+    "<a@b>(c)",
+    "<a@b> \u3000x",
+    "<a@b >",
+    "<a @b>",
+    "< a@b>",
+    "<a@b",
+    "<a@b x",
+    "<a@b.>",
+    "<a@.b>",
+    "<.a@b>",
+    "<a.@b>",
+    "<a..b@c>",
+    "<a@b..c>",
+    "<a@b@c>",
+    "<@a,@b:x@y>",
+    "<@a:x@y> SIZE=1",
+    "<a>",
+    "<a> x",
+    '<"a b"@c>',
+    '<"ab"@c>',
+    '<"a\\"b"@c>',
+    '<""@c>',
+    '<"a@b"@c>',
+    "<a(c)@b>",
+    "<a@b(c)>",
+    "<=?utf-8?q?x?=@b>",
+    "<a@=?utf-8?q?x?=>",
+    "<=?@b>",
+    "<a=?x@b>",
+    "<a@b=?>",
+    "<a@[1.2.3.4]>",
+    "<a@[IPv6:::1]> SIZE=1",
+    "<a@[]>",
+    "<a@[1.2.3.4]",
+    "<a@[ 1.2.3.4 ]>",
+    "<a@[a\\]b]>",
+    "a@b",
+    "a@b SIZE=1",
+    "a@b  SIZE=1",
+    "a@b\tSIZE=1",
+    "a@b .c",
+    "a@b @c",
+    "a@b (c)",
+    "a@b(c)",
+    "a@b>",
+    "a@b,c",
+    "a@[1.2.3.4] x",
+    "a@[1.2.3.4] .x",
+    "a@b\x0bc",
+    "a",
+    "a SIZE=1",
+    "@b",
+    "<@b>",
+    "a@",
+    "<a@>",
+    "<j\xfcrgen@b\xfccher.example>",
+    "<\u4e2d\u6587@\u4f8b\u5b50.\u4e2d\u56fd>",
+    "<a\udcff@b>",
+    "<a@b\udc80>",
+    "<a\x00@b>",
+    "<a@b\x00>",
+    "<a\x7f@b>",
+    "<a\r@b>",
+    "<a@b\r\n>",
+    "<a@b>\r\n",
+    "<a\x85@b>",
+    "<a@b\x85c>",
+    "<a@b\xa0c>",
+    "<a\xa0b@c>",
+    "<a@b\x1cc>",
+    "<a@b\u2028c>",
+    "<a@b\u200bc>",
+    "x" * 100 + "@b",
+    "<" + "x" * 65 + "@b>",
+    "<abcd@b>",
+    "<abc@b>",
+    "<ab.cd@b>",
+    '<"abcd"@b>',
 ]
 
 
@@ -175,20 +279,27 @@ def test_every_character_in_the_common_shapes(servers: list[GatewaySMTP], templa
         _assert_same(servers[:1], template.replace("{c}", char))
 
 
-@pytest.mark.parametrize(("arg", "expected"), [
-    ("<alice@example.com>", ("alice@example.com", "")),
-    ("<bounce+x=y@lists.example.org> SIZE=1234 BODY=8BITMIME", ("bounce+x=y@lists.example.org",
-                                                                "SIZE=1234 BODY=8BITMIME")),
-    ("<>", ("<>", "")),
-    ("<> SIZE=10", ("<>", " SIZE=10")),
-    ("bob@example.org SIZE=1", ("bob@example.org", "SIZE=1")),
-    ("<x@[192.0.2.7]>", ("x@[192.0.2.7]", "")),
-    ("<j\xfcrgen@b\xfccher.example> SMTPUTF8", ("j\xfcrgen@b\xfccher.example", "SMTPUTF8")),
-    ("", ("", "")),
-])
-def test_common_shapes_take_the_fast_path(servers: list[GatewaySMTP], monkeypatch: pytest.MonkeyPatch,
-                                          arg: str, expected: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("arg", "expected"),
+    [
+        ("<alice@example.com>", ("alice@example.com", "")),
+        (
+            "<bounce+x=y@lists.example.org> SIZE=1234 BODY=8BITMIME",
+            ("bounce+x=y@lists.example.org", "SIZE=1234 BODY=8BITMIME"),
+        ),
+        ("<>", ("<>", "")),
+        ("<> SIZE=10", ("<>", " SIZE=10")),
+        ("bob@example.org SIZE=1", ("bob@example.org", "SIZE=1")),
+        ("<x@[192.0.2.7]>", ("x@[192.0.2.7]", "")),
+        ("<j\xfcrgen@b\xfccher.example> SMTPUTF8", ("j\xfcrgen@b\xfccher.example", "SMTPUTF8")),
+        ("", ("", "")),
+    ],
+)
+def test_common_shapes_take_the_fast_path(
+    servers: list[GatewaySMTP], monkeypatch: pytest.MonkeyPatch, arg: str, expected: tuple[str, str]
+) -> None:
     """The shapes seen in real traffic never reach email._header_value_parser."""
+
     def no_fallback(self: SMTP, arg: str) -> tuple[str | None, str | None]:
         raise AssertionError(f"fell back for {arg!r}")
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.smtpd.strict_input import (JUNK_VIOLATION, NUL_VIOLATION, PIPELINING_VIOLATION, CommandChecks,
-                                        InputRules, content_violation, unterminated_path)
+from gateway.smtpd.strict_input import (
+    JUNK_VIOLATION,
+    NUL_VIOLATION,
+    PIPELINING_VIOLATION,
+    CommandChecks,
+    InputRules,
+    content_violation,
+    unterminated_path,
+)
 
 
 def test_a_nul_in_an_argument_is_refused_and_the_session_goes_on() -> None:
@@ -24,7 +31,9 @@ def test_junk_commands_are_counted_until_the_limit_and_again_after_each_accepted
     assert JUNK_VIOLATION.closes and JUNK_VIOLATION.reply.code == 421
     checks.message_accepted()
     assert [checks.check("NOOP", None, pending_input=False, esmtp=True) for _ in range(4)][-2:] == [
-        None, JUNK_VIOLATION]
+        None,
+        JUNK_VIOLATION,
+    ]
     unlimited = CommandChecks(InputRules(junk_command_limit=0))
     assert all(unlimited.check("NOOP", None, pending_input=False, esmtp=True) is None for _ in range(5000))
 
@@ -51,10 +60,10 @@ def test_message_text_with_nul_or_undeclared_8bit() -> None:
         return found.reason if found else None
 
     assert reason(False, False, True, False) is None
-    assert reason(True, False, False, True) == "nul_in_message"     # whatever was declared
-    assert reason(False, True, False, False) is None                # 8-bit taken by default
+    assert reason(True, False, False, True) == "nul_in_message"  # whatever was declared
+    assert reason(False, True, False, False) is None  # 8-bit taken by default
     assert reason(False, True, True, False) == "strict_8bitmime"
-    assert reason(False, True, True, True) is None                  # BODY=8BITMIME or SMTPUTF8 declared
+    assert reason(False, True, True, True) is None  # BODY=8BITMIME or SMTPUTF8 declared
 
 
 def test_an_unterminated_path_is_found_whatever_the_case_and_spacing() -> None:

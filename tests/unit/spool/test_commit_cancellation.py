@@ -16,9 +16,9 @@ import time
 import pytest
 
 from gateway.envelope import ClientInfo
-from gateway.spool.intake import Intake
 from gateway.spool import QueueState, RecipientStatus, Spool, SpoolEntry, new_queue_id
 from gateway.spool.batcher import SpoolBatcher
+from gateway.spool.intake import Intake
 from tests.harness.spool_helpers import slowed
 
 
@@ -54,10 +54,15 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
     slowed(spool, 0.3, started)
     intake = RecordingIntake(room)
     committer = Intake(SpoolBatcher(spool), intake)
-    entry = SpoolEntry(queue_id=new_queue_id(), arrival=time.time(), sender="a@example.com",
-                       recipients=[RecipientStatus("b@example.org")],
-                       client=ClientInfo(ipaddress.ip_address("127.0.0.1"), 1, "smtp"),
-                       message_size=0, message_sha256="")
+    entry = SpoolEntry(
+        queue_id=new_queue_id(),
+        arrival=time.time(),
+        sender="a@example.com",
+        recipients=[RecipientStatus("b@example.org")],
+        client=ClientInfo(ipaddress.ip_address("127.0.0.1"), 1, "smtp"),
+        message_size=0,
+        message_sha256="",
+    )
 
     async def scenario() -> None:
         task = asyncio.create_task(committer.commit(entry, b"Subject: x\r\n\r\nbody\r\n", QueueState.INCOMING))
@@ -68,8 +73,11 @@ def test_commit_finishes_and_hands_over_after_cancellation(tmp_path, room):
         except asyncio.CancelledError:
             pass
         assert task.cancelled()
-        while committer.commits:  # the shielded commit goes on
+        for _ in range(200):  # the shielded commit goes on (at most 10 s)
+            if not committer.commits:
+                break
             await asyncio.sleep(0.05)
+        assert not committer.commits
 
     asyncio.run(scenario())
     message = b"Subject: x\r\n\r\nbody\r\n"

@@ -40,8 +40,11 @@ def test_marked_recipients_read_back_as_delivered_after_a_crash(spool: Spool) ->
     restarted = after_crash(spool)
     restarted.recover()
     stored = restarted.read(entry.queue_id, QueueState.INCOMING)
-    assert [r.state for r in stored.recipients] == [RecipientState.DELIVERED, RecipientState.PENDING,
-                                                   RecipientState.DELIVERED]
+    assert [r.state for r in stored.recipients] == [
+        RecipientState.DELIVERED,
+        RecipientState.PENDING,
+        RecipientState.DELIVERED,
+    ]
     assert [r.address for r in stored.pending()] == ["b@example.net"]
     assert f"{MARKS_DIR}/{entry.queue_id}.done" in files_under(restarted)  # kept until the record holds them
 
@@ -55,8 +58,11 @@ def test_rewriting_the_record_keeps_the_marks_and_deletes_their_file(spool: Spoo
     spool.update_and_move(stored, QueueState.DEFERRED)
     assert not os.path.exists(marks_path(spool, entry.queue_id))
     again = spool.read(entry.queue_id, QueueState.DEFERRED)
-    assert [r.state for r in again.recipients] == [RecipientState.PENDING, RecipientState.DELIVERED,
-                                                  RecipientState.PENDING]
+    assert [r.state for r in again.recipients] == [
+        RecipientState.PENDING,
+        RecipientState.DELIVERED,
+        RecipientState.PENDING,
+    ]
 
 
 def test_a_mark_never_overrides_a_bounce_and_garbage_lines_are_ignored(spool: Spool) -> None:
@@ -66,8 +72,11 @@ def test_a_mark_never_overrides_a_bounce_and_garbage_lines_are_ignored(spool: Sp
     # a torn tail (a power loss while extending the file) and indices the record does not have
     Path(marks_path(spool, entry.queue_id)).write_bytes(b"0\n2\n\x00\x00\n99\n-1\n1x\n")
     stored = spool.read(entry.queue_id, QueueState.ACTIVE)
-    assert [r.state for r in stored.recipients] == [RecipientState.BOUNCED, RecipientState.PENDING,
-                                                   RecipientState.DELIVERED]
+    assert [r.state for r in stored.recipients] == [
+        RecipientState.BOUNCED,
+        RecipientState.PENDING,
+        RecipientState.DELIVERED,
+    ]
 
 
 def test_a_marks_file_that_is_a_link_is_not_followed(spool: Spool, tmp_path: Path) -> None:

@@ -70,11 +70,17 @@ def test_commit_into_hold(spool: Spool) -> None:
     assert entry.state is QueueState.HOLD
 
 
-@pytest.mark.parametrize(("code", "error_type"), [
-    (errno.ENOSPC, SpoolFullError), (errno.EDQUOT, SpoolFullError), (errno.EIO, SpoolError),
-])
-def test_commit_failure_at_publish_leaves_nothing(spool: Spool, monkeypatch: pytest.MonkeyPatch,
-                                                   code: int, error_type: type[SpoolError]) -> None:
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        (errno.ENOSPC, SpoolFullError),
+        (errno.EDQUOT, SpoolFullError),
+        (errno.EIO, SpoolError),
+    ],
+)
+def test_commit_failure_at_publish_leaves_nothing(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, code: int, error_type: type[SpoolError]
+) -> None:
     def failing_rename(source: object, target: object) -> None:
         raise OSError(code, os.strerror(code))
 
@@ -231,12 +237,19 @@ def test_claim_moves_to_active_once(spool: Spool) -> None:
     assert state_of(spool, entry.queue_id) == [QueueState.ACTIVE]
 
 
-@pytest.mark.parametrize("content", [
-    b"{not json", b"[]", b'{"format_version": 1}', b"\xff\xfe garbage",
-    json.dumps({"format_version": FORMAT_VERSION + 1}).encode(),
-])
-def test_claim_of_malformed_record_goes_to_corrupt(spool: Spool, content: bytes,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"[]",
+        b'{"format_version": 1}',
+        b"\xff\xfe garbage",
+        json.dumps({"format_version": FORMAT_VERSION + 1}).encode(),
+    ],
+)
+def test_claim_of_malformed_record_goes_to_corrupt(
+    spool: Spool, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     queue_id = new_queue_id(NOW)
     spool.record_path(queue_id, QueueState.INCOMING).write_bytes(content)
     with caplog.at_level(logging.ERROR, logger="gateway.spool"):
@@ -354,7 +367,8 @@ def test_recover(spool: Spool) -> None:
     assert state_of(spool, already_corrupt.queue_id) == [QueueState.CORRUPT]
     assert list(spool.tmp_dir.iterdir()) == []
     assert sorted(path.name for path in spool.data_dir.iterdir()) == sorted(
-        f"{queue_id}.eml" for queue_id in (was_active.queue_id, waiting.queue_id, already_corrupt.queue_id))
+        f"{queue_id}.eml" for queue_id in (was_active.queue_id, waiting.queue_id, already_corrupt.queue_id)
+    )
     # Recovered messages are intact and claimable again.
     claimed = spool.claim(was_active.queue_id, QueueState.INCOMING)
     assert claimed is not None and spool.read_message(claimed) == MESSAGE
@@ -390,8 +404,9 @@ def test_lock_excludes_a_second_spool_object(spool: Spool) -> None:
 
 def test_entry_json_round_trip_with_non_ascii_and_surrogateescape(spool: Spool) -> None:
     raw_local = b"j\xfcrgen".decode("utf-8", "surrogateescape")  # Latin-1 bytes as received
-    entry = make_entry(sender="jürgen@bücher.example",
-                       recipients=("用户@例子.广告", f"{raw_local}@example.net", "plain@example.net"))
+    entry = make_entry(
+        sender="jürgen@bücher.example", recipients=("用户@例子.广告", f"{raw_local}@example.net", "plain@example.net")
+    )
     entry.smtputf8 = True
     entry.body_8bitmime = True
     entry.is_bounce = True
@@ -428,8 +443,9 @@ def test_newer_format_version_is_rejected() -> None:
     assert SpoolEntry.from_json(json.dumps(data).encode(), QueueState.INCOMING).format_version == FORMAT_VERSION
 
 
-@pytest.mark.parametrize("mutate", ["drop_sender", "drop_recipients", "bad_state", "bad_address",
-                                    "recipients_not_list", "not_object"])
+@pytest.mark.parametrize(
+    "mutate", ["drop_sender", "drop_recipients", "bad_state", "bad_address", "recipients_not_list", "not_object"]
+)
 def test_malformed_records_raise_value_error(mutate: str) -> None:
     data = json.loads(make_entry().to_json())
     if mutate == "drop_sender":

@@ -104,8 +104,7 @@ def test_failed_publish_of_one_message_leaves_nothing_of_it(spool: Spool, monkey
     assert files_under(spool) == sorted(message_files(spool, batch[0]) + message_files(spool, batch[2]))
 
 
-def test_failed_data_directory_fsync_fails_the_whole_batch(fsync_spool: Spool,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_data_directory_fsync_fails_the_whole_batch(fsync_spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     spool = fsync_spool
     real_fsync = os.fsync
     data_dir_inode = os.stat(spool.data_dir).st_ino
@@ -155,7 +154,8 @@ def test_a_failed_file_fsync_fails_only_its_message(fsync_spool: Spool, monkeypa
 
 
 def test_remove_many_removes_records_and_messages_with_one_directory_fsync(
-        fsync_spool: Spool, fsync_count: list[int]) -> None:
+    fsync_spool: Spool, fsync_count: list[int]
+) -> None:
     spool = fsync_spool
     entries = [make_entry() for _ in range(5)]
     for entry in entries:
@@ -170,7 +170,8 @@ def test_remove_many_removes_records_and_messages_with_one_directory_fsync(
 
 
 def test_syncfs_method_makes_two_syncfs_calls_per_batch_and_no_fsync(
-        tmp_path: Path, fsync_count: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, fsync_count: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     spool = Spool(tmp_path / "spool", "syncfs")
     spool.create()
     calls: list[int] = []
@@ -187,12 +188,14 @@ def test_syncfs_method_makes_two_syncfs_calls_per_batch_and_no_fsync(
     assert [p.error for p in batch] == [None] * 8
     assert len(calls) == 2 and fsync_count == []
     for pending in batch:
-        assert spool.read_message(spool.read(pending.entry.queue_id, QueueState.INCOMING)) == \
-            sent[pending.entry.queue_id]
+        assert (
+            spool.read_message(spool.read(pending.entry.queue_id, QueueState.INCOMING)) == sent[pending.entry.queue_id]
+        )
 
 
 def test_failed_syncfs_fails_the_whole_batch_and_leaves_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spool = Spool(tmp_path / "spool", "syncfs")
     spool.create()
 
@@ -247,9 +250,12 @@ def test_a_failed_commit_fails_only_its_own_session(spool: Spool) -> None:
 
     async def scenario() -> list[BaseException | None]:
         batcher = SpoolBatcher(spool)
-        results = await asyncio.gather(batcher.commit(make_entry(), MESSAGE),
-                                       batcher.commit(make_entry(taken.queue_id), MESSAGE),
-                                       batcher.commit(make_entry(), MESSAGE), return_exceptions=True)
+        results = await asyncio.gather(
+            batcher.commit(make_entry(), MESSAGE),
+            batcher.commit(make_entry(taken.queue_id), MESSAGE),
+            batcher.commit(make_entry(), MESSAGE),
+            return_exceptions=True,
+        )
         return list(results)
 
     first, clash, last = asyncio.run(scenario())
@@ -277,7 +283,8 @@ def test_a_commit_goes_on_when_its_session_is_cancelled(spool: Spool) -> None:
 
 
 def test_removals_are_batched_and_a_missing_record_is_not_an_error(
-        spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
     entries = [make_entry() for _ in range(6)]
     for entry in entries:
         spool.commit(entry, MESSAGE, QueueState.ACTIVE)

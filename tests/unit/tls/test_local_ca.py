@@ -9,7 +9,7 @@ import ssl
 import stat
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
-from gateway.tls.local_ca import LocalCertificates, certificate_not_after, ensure_local_certificates
 from gateway.tls.context import server_context
+from gateway.tls.local_ca import LocalCertificates, certificate_not_after, ensure_local_certificates
 
 HOSTNAME = "mx.example.test"
 TIMEOUT = 10.0
@@ -134,13 +134,11 @@ def test_client_rejects_name_not_in_certificate(tls_dir: Path) -> None:
 
 
 def test_ca_certificate_contents(tls_dir: Path) -> None:
-    now = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
     ensure_local_certificates(tls_dir, HOSTNAME, now=now)
     ca = _cert(tls_dir / "ca.crt")
 
-    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
-        f"{HOSTNAME} gateway local CA"
-    )
+    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (f"{HOSTNAME} gateway local CA")
     assert ca.issuer == ca.subject
     basic = ca.extensions.get_extension_for_class(x509.BasicConstraints)
     assert basic.critical and basic.value.ca
@@ -152,7 +150,7 @@ def test_ca_certificate_contents(tls_dir: Path) -> None:
 
 
 def test_server_certificate_contents(tls_dir: Path) -> None:
-    now = datetime(2030, 6, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
     ensure_local_certificates(tls_dir, HOSTNAME, now=now)
     server = _cert(tls_dir / "server.crt")
 
@@ -184,16 +182,14 @@ def test_second_call_keeps_certificate(tls_dir: Path) -> None:
 
 
 def test_renews_within_30_days_of_expiry(tls_dir: Path) -> None:
-    real_now = datetime.now(timezone.utc).replace(microsecond=0)
+    real_now = datetime.now(UTC).replace(microsecond=0)
     ensure_local_certificates(tls_dir, HOSTNAME, now=real_now)
     ca_before = (tls_dir / "ca.crt").read_bytes()
     server_before = (tls_dir / "server.crt").read_bytes()
     key_before = (tls_dir / "server.key").read_bytes()
 
     # 35 days left: not yet.
-    assert not ensure_local_certificates(
-        tls_dir, HOSTNAME, now=real_now + timedelta(days=330)
-    ).renewed
+    assert not ensure_local_certificates(tls_dir, HOSTNAME, now=real_now + timedelta(days=330)).renewed
     # 25 days left: renew, with the same CA.
     later = real_now + timedelta(days=340)
     certs = ensure_local_certificates(tls_dir, HOSTNAME, now=later)
@@ -254,11 +250,7 @@ def test_renews_when_hostname_changes(tls_dir: Path) -> None:
 
 def test_ip_literal_hostname(tls_dir: Path) -> None:
     ensure_local_certificates(tls_dir, "192.0.2.25")
-    san = (
-        _cert(tls_dir / "server.crt")
-        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        .value
-    )
+    san = _cert(tls_dir / "server.crt").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert ipaddress.ip_address("192.0.2.25") in san.get_values_for_type(x509.IPAddress)
     assert not ensure_local_certificates(tls_dir, "192.0.2.25").renewed
@@ -308,21 +300,31 @@ def test_a_certificate_for_another_domain_from_the_local_ca_key_does_not_verify(
     ca_cert = _cert(certs.ca_cert)
     ca_key = serialization.load_pem_private_key(certs.ca_cert.with_name("ca.key").read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
-    forged = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.test")]))
-              .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.test")]), critical=False)
-              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA256()))
+    now = datetime.now(UTC)
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bank.test")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bank.test")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     forged_dir = tmp_path / "forged"
     forged_dir.mkdir()
     (forged_dir / "server.crt").write_bytes(forged.public_bytes(serialization.Encoding.PEM))
-    (forged_dir / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                              serialization.PrivateFormat.PKCS8,
-                                                              serialization.NoEncryption()))
-    stolen = LocalCertificates(ca_cert=certs.ca_cert, server_cert=forged_dir / "server.crt",
-                               server_key=forged_dir / "server.key", renewed=False)
+    (forged_dir / "server.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    stolen = LocalCertificates(
+        ca_cert=certs.ca_cert,
+        server_cert=forged_dir / "server.crt",
+        server_key=forged_dir / "server.key",
+        renewed=False,
+    )
     with pytest.raises(ssl.SSLCertVerificationError, match="permitted subtree violation"):
         _handshake(stolen, "bank.test")
 

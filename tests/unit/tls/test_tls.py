@@ -7,7 +7,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.errors import ConfigError
-from gateway.tls.local_ca import ensure_local_certificates
 from gateway.tls.context import (
     client_context,
     normalize_fingerprint,
@@ -26,6 +25,7 @@ from gateway.tls.context import (
     server_context,
     tls_session_info,
 )
+from gateway.tls.local_ca import ensure_local_certificates
 
 TIMEOUT = 10.0
 
@@ -124,7 +124,7 @@ def self_signed_client_cert(common_name: str) -> tuple[bytes, bytes]:
     """A self-signed end-entity certificate (CA:FALSE, clientAuth), PEM cert and key."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -172,9 +172,7 @@ def trusting_client(server_ca: trustme.CA) -> ssl.SSLContext:
 # --------------------------------------------------------------------------- server_context
 
 
-def test_server_context_settings(
-    server_files: tuple[Path, Path], client_ca: tuple[trustme.CA, Path]
-) -> None:
+def test_server_context_settings(server_files: tuple[Path, Path], client_ca: tuple[trustme.CA, Path]) -> None:
     without = server_context(*server_files, None)
     assert without.minimum_version == ssl.TLSVersion.TLSv1_2
     assert without.verify_mode == ssl.CERT_NONE
@@ -186,9 +184,7 @@ def test_server_context_settings(
     assert with_ca.check_hostname is False
 
 
-def test_tls12_and_tls13_clients_are_accepted(
-    server_ca: trustme.CA, server_files: tuple[Path, Path]
-) -> None:
+def test_tls12_and_tls13_clients_are_accepted(server_ca: trustme.CA, server_files: tuple[Path, Path]) -> None:
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
         client_ctx = trusting_client(server_ca)
         client_ctx.minimum_version = client_ctx.maximum_version = version
@@ -210,9 +206,7 @@ def _tls11_client(server_ca: trustme.CA) -> ssl.SSLContext:
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
-def test_server_rejects_tls11_client(
-    server_ca: trustme.CA, server_files: tuple[Path, Path]
-) -> None:
+def test_server_rejects_tls11_client(server_ca: trustme.CA, server_files: tuple[Path, Path]) -> None:
     # Control: the same client does complete TLS 1.1 with a permissive server,
     # so the failure below comes from server_context, not from this OpenSSL.
     permissive = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -333,8 +327,8 @@ def test_expired_client_cert_from_configured_ca_fails_the_handshake(
     ca, ca_file = client_ca
     expired = ca.issue_cert(
         "old.example",
-        not_before=datetime(2000, 1, 1, tzinfo=timezone.utc),
-        not_after=datetime(2001, 1, 1, tzinfo=timezone.utc),
+        not_before=datetime(2000, 1, 1, tzinfo=UTC),
+        not_after=datetime(2001, 1, 1, tzinfo=UTC),
     )
     client_ctx = trusting_client(server_ca)
     expired.configure_cert(client_ctx)
@@ -370,9 +364,7 @@ def test_no_client_cert_yields_none(
     server_files: tuple[Path, Path],
     client_ca: tuple[trustme.CA, Path],
 ) -> None:
-    server, client = run_handshake(
-        server_context(*server_files, client_ca[1]), trusting_client(server_ca)
-    )
+    server, client = run_handshake(server_context(*server_files, client_ca[1]), trusting_client(server_ca))
 
     assert server.error is None and client.error is None
     # Under CERT_OPTIONAL with nothing sent, getpeercert() is None, not {}.
@@ -412,9 +404,7 @@ def test_unverified_peer_cert_gives_empty_dict_and_no_fingerprints(
 def test_fingerprints_and_session_info_without_handshake(server_ca: trustme.CA) -> None:
     assert peer_certificate_fingerprints(None) is None
     assert tls_session_info(None) == (None, None)
-    pending = trusting_client(server_ca).wrap_bio(
-        ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost"
-    )
+    pending = trusting_client(server_ca).wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="localhost")
     assert peer_certificate_fingerprints(pending) is None
     assert tls_session_info(pending) == (None, None)
 
@@ -447,9 +437,7 @@ def test_server_context_config_errors(
         assert info.value.key == config_key, args
 
 
-def test_encrypted_server_key_is_a_config_error_not_a_prompt(
-    server_files: tuple[Path, Path], tmp_path: Path
-) -> None:
+def test_encrypted_server_key_is_a_config_error_not_a_prompt(server_files: tuple[Path, Path], tmp_path: Path) -> None:
     cert, key = server_files
     loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
     encrypted = tmp_path / "encrypted.key"
@@ -471,7 +459,7 @@ def test_weak_server_certificate_blames_the_cert_file(tmp_path: Path) -> None:
     # load_cert_chain; that is the certificate's fault, not the key file's.
     key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.example")])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -29,9 +29,15 @@ def test_workers_key_takes_auto_or_a_positive_number() -> None:
 
 
 def test_each_worker_gets_its_share_of_the_gateway_wide_limits() -> None:
-    config = build({"smtpd_connection_limit": 501, "smtpd_data_memory_limit": "128M",
-                    "delivery_concurrency_limit": 100, "default_destination_concurrency_limit": 20,
-                    "smtpd_client_connection_count_limit": 50})
+    config = build(
+        {
+            "smtpd_connection_limit": 501,
+            "smtpd_data_memory_limit": "128M",
+            "delivery_concurrency_limit": 100,
+            "default_destination_concurrency_limit": 20,
+            "smtpd_client_connection_count_limit": 50,
+        }
+    )
     share = worker_share(config, 2)
     assert share.smtpd_connection_limit == 501  # counted together (gateway.workers.anvil)
     assert share.smtpd_data_memory_limit == 64 * 1024 * 1024
