@@ -41,7 +41,7 @@ from pathlib import Path
 
 from gateway import metrics
 from gateway.config import Config
-from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
+from gateway.ops.drain import deliver_until_idle, drain_requested, hand_off_spool
 from gateway.ops.health import HealthCheck, liveness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
@@ -310,12 +310,7 @@ class Gateway:
             log.info("worker %d: draining: no longer accepting connections", self.role.slot)
             asyncio.ensure_future(self._close_sessions())
             return
-        self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
-        log.info(
-            "drain requested: hand-off to %s after up to %gs of delivery",
-            self.drain_target or "nobody",
-            self.config.drain_timeout,
-        )
+        self.drain_target = drain_requested(self.config)
         self.stop_event.set()
 
     async def _close_sessions(self) -> None:

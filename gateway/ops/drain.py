@@ -83,6 +83,13 @@ def take_request(state_dir: Path, default: NextHop | None) -> NextHop | None:
         return default
 
 
+def drain_requested(config: Config) -> NextHop | None:
+    """At SIGUSR1 (or SIGTERM with ``drain_to``): the peer to hand the queue to (:func:`take_request`), logged."""
+    target = take_request(config.state_dir, config.drain_to)
+    log.info("drain requested: hand-off to %s after up to %gs of delivery", target or "nobody", config.drain_timeout)
+    return target
+
+
 async def deliver_until_idle(spool: Spool, timeout: float) -> bool:
     """Flush deferred mail once, then wait until nothing is queued for delivery; False at ``timeout`` seconds."""
     from gateway.ops.queue_admin import flush

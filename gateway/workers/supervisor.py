@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 from gateway import metrics
 from gateway.config import Config, load
 from gateway.errors import ChildFailed, GatewayError
-from gateway.ops.drain import deliver_until_idle, hand_off_spool, take_request
+from gateway.ops.drain import deliver_until_idle, drain_requested, hand_off_spool
 from gateway.ops.health import HealthCheck, liveness
 from gateway.ops.http_server import MetricsServer, start_metrics_server
 from gateway.ops.lifecycle import lock_and_recover, raise_open_file_limit, serve_until_stopped, unbindable
@@ -354,12 +354,7 @@ class Supervisor:
         if self.draining:
             return
         self.draining = True
-        self.drain_target = take_request(self.config.state_dir, self.config.drain_to)
-        log.info(
-            "drain requested: hand-off to %s after up to %gs of delivery",
-            self.drain_target or "nobody",
-            self.config.drain_timeout,
-        )
+        self.drain_target = drain_requested(self.config)
         self.stop_event.set()
 
     def _running(self) -> list[asyncio.subprocess.Process]:
