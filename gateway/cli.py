@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         "domains", nargs="*", metavar="DOMAIN", help="default: every domain that has a key"
     )
     commands.add_parser(
-        "health", help="the running gateway's /readyz, else check listeners, spool and certificate (exit 0 when ready)"
+        "health",
+        help="the running gateway's /readyz (not ready while it does not answer), else listeners, spool, certificate",
     )
     drain = commands.add_parser(
         "drain",
@@ -324,18 +325,23 @@ async def _check(config: Config) -> None:
 
 
 def _health(config: Config) -> int:
-    from gateway.ops.health import report, run_checks
+    from gateway.ops.health import HealthCheck, report, run_checks
     from gateway.ops.readiness import ask_running_gateway
     from gateway.prepare import server_certificate_file
 
-    if config.metrics_listen:
+    unanswered: list[HealthCheck] = []
+    if config.metrics_listen and config.metrics_listen[1]:  # port 0: the running gateway's port is unknown
         answer = ask_running_gateway(config.metrics_listen)
         if answer is not None:
             print(answer[1], end="")
             return 0 if answer[0] == 200 else 1
+        # Not ready even when the listeners accept: only /readyz knows the scanners and draining (and its
+        # listener comes up after the workers' SMTP listeners).
+        host, port = config.metrics_listen
+        unanswered = [HealthCheck("readyz", False, f"{host}:{port}/readyz does not answer (not running or starting)")]
     cert_file = server_certificate_file(config)
     listeners = [(listener.name, listener.host, listener.port) for listener in config.listeners]
-    results = asyncio.run(
+    results = unanswered + asyncio.run(
         run_checks(listeners, config.spool_dir, cert_file, config.queue_minfree + config.message_size_limit)
     )
     print(report(results), end="")

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import trustme
 
+from tests.harness.gateway_process import GatewayProcess
 from tests.harness.helpers import http_get, metrics_after_one_delivery, relay_config
+from tests.harness.ports import free_port
 from tests.harness.prometheus import PrometheusServer, available
 from tests.harness.smtp_sink import SmtpSink
 
@@ -122,3 +124,16 @@ def test_gateway_health_command(gateway_factory, sink):
         assert "ok   listener:smtp" in ok.stdout
     down = gateway.cli("health", check=False)
     assert down.returncode == 1 and "FAIL listener:smtp" in down.stdout
+
+
+def test_gateway_health_is_not_ready_while_readyz_does_not_answer(tmp_path, sink):
+    # The SMTP listener's address accepts connections (the sink listens there) but nothing serves
+    # metrics_listen: the moment a starting gateway's workers listen before its /readyz does, when its
+    # scanners have not been asked yet. The container HEALTHCHECK must not pass then.
+    config = relay_config(
+        sink.port,
+        f'metrics_listen = "127.0.0.1:{free_port()}"\n[[listener]]\nname = "smtp"\naddress = "127.0.0.1:{sink.port}"\n',
+    )
+    health = GatewayProcess(tmp_path, config).cli("health", check=False)
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert "FAIL readyz: 127.0.0.1:" in health.stdout and "ok   listener:smtp" in health.stdout, health.stdout
