@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import json
 import re
-import smtplib
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 
-import dkim
 import pytest
 
 from tests.container.conftest import LABEL
+from tests.container.mail import RECIPIENT, SENDER, dkim_records, dkim_verifies, send
 from tests.harness.docker_engine import DockerEngine
 from tests.harness.ports import free_ports
 from tests.harness.smtp_sink import SmtpSink
@@ -44,7 +42,6 @@ from tests.harness.smtp_sink import SmtpSink
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]  # the first test builds the images
 
 CONFIG = "/etc/gateway/gateway.toml"
-SENDER, RECIPIENT = "alice@example.com", "bob@example.org"
 HEALTHY_TIMEOUT = 120.0  # seconds for the HEALTHCHECK to pass (first start: TLS and DKIM keys are generated)
 DELIVERY_TIMEOUT = 60.0  # seconds for a message to reach the sink
 STOP_GRACE = 60  # seconds docker stop waits before SIGKILL
@@ -144,12 +141,7 @@ class GatewayContainer:
 
     def dkim_records(self) -> dict[str, str]:
         """The TXT records of the container's DKIM keys: ``{"default._domainkey.example.com": "v=DKIM1; ..."}``."""
-        records = {}
-        for line in self.gateway("dkim", "show").splitlines():
-            match = re.search(r"(\S+)\.\s+IN TXT \( (.*) \)", line)
-            if match:
-                records[match.group(1)] = "".join(re.findall(r'"([^"]*)"', match.group(2)))
-        return records
+        return dkim_records(self.gateway("dkim", "show"))
 
 
 def seed_variables(container: GatewayContainer, sink: SmtpSink, **extra: str) -> dict[str, str]:
@@ -164,32 +156,6 @@ def seed_variables(container: GatewayContainer, sink: SmtpSink, **extra: str) ->
         "GATEWAY_METRICS_LISTEN": f"127.0.0.1:{container.metrics_port}",
         **extra,
     }
-
-
-def send(port: int, subject: str) -> str:
-    """One message from 127.0.0.1 (a trusted network) with STARTTLS; the queue ID of the 250 reply."""
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = SENDER, RECIPIENT, subject
-    message.set_content(f"{subject}\n")
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-        client.starttls()  # the gateway's own certificate: not verified here, the client is the test
-        client.ehlo("client.example.com")
-        client.mail(SENDER)
-        client.rcpt(RECIPIENT)
-        code, reply = client.data(message.as_bytes())
-    assert code == 250, reply
-    match = re.search(rb"queued as (\S+)", reply)
-    assert match, reply
-    return match.group(1).decode()
-
-
-def dkim_verifies(data: bytes, records: dict[str, str]) -> bool:
-    """dkimpy's verdict on the message's DKIM-Signature, its key looked up in ``records`` instead of DNS."""
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes:
-        return records[name.decode().rstrip(".")].encode()
-
-    return bool(dkim.verify(data, dnsfunc=dnsfunc))
 
 
 @pytest.fixture

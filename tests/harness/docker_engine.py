@@ -33,6 +33,7 @@ from pathlib import Path
 from tests.harness.processes import FolderDaemon, terminate
 
 DOCKER = Path("/usr/bin/docker")  # Debian's client (docker.io), not whatever else is first on PATH
+DOCKER_COMPOSE = Path("/usr/bin/docker-compose")  # Debian's docker-compose 1.29 (Compose v1)
 DOCKERD = Path("/usr/sbin/dockerd")
 DEFAULT_SOCKET = Path("/var/run/docker.sock")
 SHIM_SOCKETS = (Path("/run/containerd/s"), Path("/run/containerd"))  # containerd 1.6 fixes this place
@@ -153,23 +154,44 @@ class DockerEngine(FolderDaemon):
         """
         environ = {**os.environ, "DOCKER_BUILDKIT": "0"}
         environ.pop("DOCKER_HOST", None)
-        done = subprocess.run(
-            [str(DOCKER), "--host", self.host, *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            env=environ,
-            check=False,
+        return _run([str(DOCKER), "--host", self.host, *args], environ, timeout, check)
+
+    def compose(
+        self, *args: str, environment: dict[str, str], timeout: float = 300.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run Debian's ``docker-compose ARGS`` (Compose v1) against this engine.
+
+        Args:
+            args: its command line, e.g. ``("-p", "name", "-f", "a.yml", "up", "-d")``.
+            environment: variables for the compose file's interpolation (``${NAME:-default}``), on top of
+                this process's environment without any ``COMPOSE_*`` or ``DOCKER_*`` variable of its own.
+            timeout: seconds before the command is killed (``subprocess.TimeoutExpired``).
+            check: raise :class:`DockerError` on a non-zero exit status.
+
+        Returns:
+            the finished command, ``stdout`` and ``stderr`` decoded as UTF-8.
+        """
+        assert DOCKER_COMPOSE.exists(), f"{DOCKER_COMPOSE} is missing: {INSTALL_HINT}"
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+        return _run(
+            [str(DOCKER_COMPOSE), *args], {**inherited, **environment, "DOCKER_HOST": self.host}, timeout, check
         )
-        finished = subprocess.CompletedProcess(
-            done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+
+
+def _run(command: list[str], environ: dict[str, str], timeout: float, check: bool) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` without input; its output decoded; :class:`DockerError` when ``check`` and it failed."""
+    done = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, env=environ, check=False
+    )
+    finished = subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    )
+    if check and finished.returncode != 0:
+        raise DockerError(
+            f"{Path(command[0]).name} {' '.join(command[1:])[:300]} exited {finished.returncode}:\n"
+            f"{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
         )
-        if check and finished.returncode != 0:
-            raise DockerError(
-                f"docker {' '.join(args)[:300]} exited {finished.returncode}:\n"
-                f"{finished.stdout[-3000:]}\n{finished.stderr[-3000:]}"
-            )
-        return finished
+    return finished
 
 
 def unmount_below(folder: Path) -> None:
