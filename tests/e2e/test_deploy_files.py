@@ -12,8 +12,11 @@ image on a real engine: tests/container):
   kustomize`` renders ``deploy/k8s`` when kubectl is installed; the ConfigMap's
   gateway.toml is validated by the gateway's own config code;
 * docker-compose.yml: structural checks (services, images and build, ports, volumes,
-  networks, depends_on) since no compose validator is installed; its seed environment
-  is translated by ``gateway.migrate.servercontainers`` without refusal;
+  networks, depends_on), ``docker-compose config`` (Debian's Compose v1, its schema) when installed
+  (``make test-container`` installs it and runs the file: tests/container/test_compose.py, all services
+  but Grafana, which has no Debian package), no top-level ``name:`` (Compose v1 refuses it; deploy/.env
+  names the project); its seed environment is translated by ``gateway.migrate.servercontainers``
+  without refusal;
 * prometheus.yml: ``promtool check config`` (Debian prometheus package) when present;
 * the systemd unit: ``systemd-analyze verify`` and ``systemd-analyze security --offline``
   when systemd-analyze exists, plus key-level checks always;
@@ -27,6 +30,7 @@ image on a real engine: tests/container):
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -334,6 +338,44 @@ def test_compose_ports_volumes_and_networks():
         assert set(service.get("networks", [])) <= declared_networks, name
     for published in spec["services"]["prometheus"]["ports"] + spec["services"]["grafana"]["ports"]:
         assert published.startswith("127.0.0.1:"), published
+
+
+def interpolated(text: str) -> str:
+    """``text`` with each ``${NAME:-default}`` of Compose's interpolation replaced by its default."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def test_compose_file_works_with_compose_v1_and_v2():
+    spec = compose()
+    assert "name" not in spec and "version" not in spec  # v1 refuses `name:`; v2 warns about `version:`
+    assert "COMPOSE_PROJECT_NAME=smtp-gateway\n" in (DEPLOY / ".env").read_text()
+    published = {
+        name: [interpolated(port) for port in service.get("ports", [])] for name, service in spec["services"].items()
+    }
+    assert published == {
+        "gateway": ["25:25"],
+        "submission": ["465:465", "587:587"],
+        "clamav": [],
+        "rspamd": [],
+        "prometheus": ["127.0.0.1:9090:9090"],
+        "grafana": ["127.0.0.1:3000:3000"],
+    }
+    if not Path("/usr/bin/docker-compose").exists():
+        pytest.skip("docker-compose (v1) not installed: tests/peers/install-container-packages.sh installs it")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_", "PUBLISH_"))}
+    done = subprocess.run(
+        ["/usr/bin/docker-compose", "--file", str(DEPLOY / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    assert set(rendered["services"]) == set(spec["services"])
+    gateway_ports = rendered["services"]["gateway"]["ports"]
+    assert [(port["published"], port["target"]) for port in gateway_ports] == [(25, 25)]
 
 
 def test_compose_seed_environment_translates_without_refusal(tmp_path):

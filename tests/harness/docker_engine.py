@@ -10,7 +10,14 @@ installed by ``tests/peers/install-container-packages.sh``) against:
 The private daemon touches nothing of the host's network set-up: ``--bridge=none --iptables=false
 --ip-forward=false --ip-masq=false`` (no ``docker0`` bridge, no iptables rules, ``ip_forward`` left as it
 is), so its containers run with ``--network host`` (or ``none``), and the tests talk to them on
-127.0.0.1 only. Its data root, exec root (containerd's state), pid file and API socket live in one
+127.0.0.1 only. User-defined bridge networks still work without iptables (tests/container/test_compose.py
+uses one for docker-compose): the containers on one bridge reach each other and the host's address on it
+directly (nothing is forwarded or NATed), published ports go through docker-proxy (the userland proxy) on
+the host address given (127.0.0.1 in the tests), and the bridge interface (``br-<id>``) goes with the
+network. This needs a host whose firewall lets bridged traffic through (``br_netfilter`` with the
+``FORWARD`` chain's policy ACCEPT here).
+
+Its data root, exec root (containerd's state), pid file and API socket live in one
 temporary folder under ``/tmp`` (short, because unix socket paths are limited to 107 bytes); its
 containerd puts shim sockets in ``/run/containerd/s/`` (fixed there), removed when empty and made by it.
 
