@@ -271,3 +271,25 @@ def test_compose_up_scans_signs_and_relays_mail_and_prometheus_scrapes_both_gate
 
     up = wait_for_scrapes(project.ports["PROMETHEUS_PORT"], {"gateway:9464", "submission:9464"})
     assert up == {"gateway:9464": "1", "submission:9464": "1"}
+
+
+def test_compose_v1_accepts_the_shipped_file():
+    """Debian's Compose v1 (installed by make test-container) renders the shipped file as it is."""
+    import os
+    import subprocess
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_", "PUBLISH_"))}
+    done = subprocess.run(
+        ["/usr/bin/docker-compose", "--file", str(ROOT / "deploy" / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rendered = yaml.safe_load(done.stdout)
+    shipped = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    assert set(rendered["services"]) == set(shipped["services"])
+    gateway_ports = rendered["services"]["gateway"]["ports"]
+    assert [(port["published"], port["target"]) for port in gateway_ports] == [(25, 25)]
