@@ -111,16 +111,13 @@ async def hand_off_spool(config: Config, spool: Spool, peer: NextHop | None) -> 
     The caller holds the spool lock and has stopped delivery.
     """
     await run_io(spool.recover)
+    # the relay client and the hand-off: loaded only to drain
+    from gateway.relay.handoff import HandoffReport, hand_off, queued_ids
+
     if peer is None:
-        left = {
-            queue_id: "no peer (drain_to)"
-            for state in (QueueState.INCOMING, QueueState.DEFERRED, QueueState.HOLD)
-            for queue_id in spool.ids(state)
-        }
-        result: dict[str, object] = {"handed": 0, "left": left, "peer_down": None}
+        result = HandoffReport(left=queued_ids(spool, "no peer (drain_to)")).to_dict()
     else:
-        from gateway.relay.client import ConnectionCache, SmtpClient  # the relay client: loaded only to drain
-        from gateway.relay.handoff import hand_off
+        from gateway.relay.client import ConnectionCache, SmtpClient
         from gateway.relay.routing import Router
         from gateway.resolver import LazyResolver
         from gateway.tls.context import client_context

@@ -30,9 +30,14 @@ class HealthCheck:
     detail: str
 
 
+def loopback_for(host: str) -> str:
+    """The address to ask for a listener bound to ``host``: a wildcard (``0.0.0.0``, ``::``, empty) on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
 async def check_listener(name: str, host: str, port: int, timeout: float = 2.0) -> HealthCheck:
     """Open and close a TCP connection to a listener (wildcard addresses are tried on loopback)."""
-    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    target = loopback_for(host)
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout)
     except (TimeoutError, OSError) as error:

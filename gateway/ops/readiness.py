@@ -26,7 +26,7 @@ import json
 import ssl
 from pathlib import Path
 
-from gateway.ops.health import HealthCheck, run_checks
+from gateway.ops.health import HealthCheck, loopback_for, run_checks
 from gateway.pipeline.policy import ScannerProbe
 
 PROBE_TIMEOUT = 2.0  # seconds for one scanner to answer its ping
@@ -136,7 +136,7 @@ def ask_running_gateway(address: tuple[str, int], timeout: float = 8.0) -> tuple
     """
     import http.client
 
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
+    host = loopback_for(address[0])
     connection = http.client.HTTPConnection(host, address[1], timeout=timeout)
     try:
         connection.request("GET", "/readyz")

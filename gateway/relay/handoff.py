@@ -67,7 +67,7 @@ async def hand_off(spool: Spool, router: Router, client: SmtpClient, peer: NextH
         hosts = await router.hosts(destination)
     except RoutingError as error:
         report.peer_down = str(error.reply)
-        _leave_all(spool, report, f"peer {peer}: {error.reply}")
+        report.left = queued_ids(spool, f"peer {peer}: {error.reply}")
         return report
     entries = await run_io(lambda: list(spool.entries(HANDED_STATES)))
     for entry in entries:
@@ -78,10 +78,9 @@ async def hand_off(spool: Spool, router: Router, client: SmtpClient, peer: NextH
     return report
 
 
-def _leave_all(spool: Spool, report: HandoffReport, why: str) -> None:
-    for state in HANDED_STATES:
-        for queue_id in spool.ids(state):
-            report.left[queue_id] = why
+def queued_ids(spool: Spool, why: str) -> dict[str, str]:
+    """Every queue ID a hand-off would take (incoming, deferred, held), each with ``why`` it stays."""
+    return {queue_id: why for state in HANDED_STATES for queue_id in spool.ids(state)}
 
 
 async def _hand_one(

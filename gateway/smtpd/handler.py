@@ -68,7 +68,7 @@ class SmtpHandler:
         self.sessions: set[GatewaySMTP] = set()
         self._rates: ClientRates | None = None
         self._rates_of: Config | None = None  # the config _rates was made from (a reload replaces it)
-        self._exceptions: tuple[bool, NetworkSet] = (False, NetworkSet(()))
+        self._exceptions: tuple[RateSettings, NetworkSet] = (RateSettings(), NetworkSet(()))
         self._exceptions_of: Config | None = None
 
     # ---- connection life ----
@@ -112,15 +112,11 @@ class SmtpHandler:
             return False
         if self._exceptions_of is not self.config:
             settings = RateSettings.from_config(self.config)
-            self._exceptions = (settings.exempt_mynetworks, NetworkSet(settings.exempt_networks))
+            self._exceptions = (settings, NetworkSet(settings.exempt_networks))
             self._exceptions_of = self.config
-        exempt_mynetworks, networks = self._exceptions
-        if exempt_mynetworks:
-            access = self.pipelines.access.policies[0]
-            trusts = getattr(access, "trusts_network_of", None)
-            if trusts is not None and trusts(address):
-                return True
-        return networks.match(address) is not None
+        settings, networks = self._exceptions
+        trusts = getattr(self.pipelines.access.policies[0], "trusts_network_of", None)
+        return settings.exempts(address, trusts is not None and bool(trusts(address)), networks)
 
     def client_rates(self) -> ClientRates | None:
         """The anvil-style rate counts of this process (:mod:`gateway.smtpd.rate_limits`); None when no limit is set."""

@@ -26,6 +26,7 @@ every worker of every replica (failing open when Redis does not answer).
 from __future__ import annotations
 
 import functools
+import ipaddress
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
@@ -58,6 +59,14 @@ class RateSettings:
     def enabled(self) -> bool:
         """True when any limit is set."""
         return bool(self.connection or self.message or self.recipient)
+
+    def exempts(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, in_trusted_network: bool, networks: NetworkSet
+    ) -> bool:
+        """``smtpd_client_event_limit_exceptions`` for one client: ``mynetworks`` listed and the client in a
+        trusted network (mynetworks or auto_trust_networks), or the client in one of the listed ``networks``
+        (this settings' ``exempt_networks`` as a :class:`NetworkSet`, built once by the caller)."""
+        return (self.exempt_mynetworks and in_trusted_network) or address in networks
 
     @classmethod
     def from_config(cls, config: Config) -> RateSettings:
@@ -94,9 +103,7 @@ class ClientRates:
 
     def exempt(self, client: ClientInfo) -> bool:
         """True for a client the limits do not apply to (``smtpd_client_event_limit_exceptions``)."""
-        if self.settings.exempt_mynetworks and client.trusted_by in _TRUSTED_BY_NETWORK:
-            return True
-        return client.address in self._exempt_networks
+        return self.settings.exempts(client.address, client.trusted_by in _TRUSTED_BY_NETWORK, self._exempt_networks)
 
     async def allow(self, event: str, client: ClientInfo) -> bool:
         """Count one ``event`` (``connection``, ``message`` or ``recipient``) of ``client``; False when over.
