@@ -25,7 +25,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -37,10 +37,14 @@ from gateway.errors import DeliveryError
 from gateway.message import FileText, crlf_line_ends, whole_lines
 from gateway.relay import replies
 from gateway.relay.dsn_format import xtext
+from gateway.relay.reply_watch import OnSuccess, watch_final_reply
 from gateway.relay.routing import TargetHost
 from gateway.reply import Reply
 
 log = logging.getLogger("gateway.relay")
+
+# (recipients the end-of-data 2xx delivers, whether the DSN parameters went with them)
+OnAccepted = Callable[[list[str], bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +260,13 @@ class SmtpClient:
         smtputf8: bool,
         body_8bitmime: bool,
         dsn: DsnOptions | None = None,
+        on_accepted: OnAccepted | None = None,
     ) -> AttemptResult:
         """Send ``message`` to ``recipients`` through ``host``.
+
+        ``on_accepted(recipients, dsn_passed)``: called at most once, from the transport's data callback the
+        moment ``host`` answers the end of data with 2xx (:mod:`gateway.relay.reply_watch`), with the
+        recipients that reply delivers and whether the DSN parameters went with them; before this returns.
 
         Raises:
             DeliveryError: when the attempt failed before per-recipient replies.
@@ -275,6 +284,7 @@ class SmtpClient:
                     body_8bitmime=body_8bitmime,
                     reused=True,
                     dsn=dsn,
+                    on_accepted=on_accepted,
                 )
             except _StaleSession:
                 pass
@@ -289,6 +299,7 @@ class SmtpClient:
             body_8bitmime=body_8bitmime,
             reused=False,
             dsn=dsn,
+            on_accepted=on_accepted,
         )
 
     async def _attempt_on(
@@ -303,6 +314,7 @@ class SmtpClient:
         body_8bitmime: bool,
         reused: bool,
         dsn: DsnOptions | None,
+        on_accepted: OnAccepted | None,
     ) -> AttemptResult:
         try:
             result = await self._transaction(
@@ -315,6 +327,7 @@ class SmtpClient:
                 body_8bitmime=body_8bitmime,
                 reused=reused,
                 dsn=dsn,
+                on_accepted=on_accepted,
             )
         except (DeliveryError, _StaleSession):
             smtp.close()
@@ -330,8 +343,11 @@ class SmtpClient:
         self.cache.put(host, smtp)
         return result
 
-    async def _send_data(self, smtp: aiosmtplib.SMTP, message: bytes | FileText) -> aiosmtplib.SMTPResponse:
-        """DATA, the message in pieces (:func:`data_chunks`) under flow control, and the final reply.
+    async def _send_data(
+        self, smtp: aiosmtplib.SMTP, message: bytes | FileText, on_success: OnSuccess | None = None
+    ) -> aiosmtplib.SMTPResponse:
+        """DATA, the message in pieces (:func:`data_chunks`) under flow control, and the final reply;
+        ``on_success()`` runs in the transport's callback if that reply is 2xx (:func:`watch_final_reply`).
 
         Raises:
             aiosmtplib.SMTPDataError: the server refused DATA or the message.
@@ -351,8 +367,9 @@ class SmtpClient:
             await self._drained(transport)
         # No await between the end of data and reading the reply: aiosmtplib only keeps a
         # reply that arrives while a read is pending.
-        protocol.write(b".\r\n")
-        response = await self._final_reply(protocol, transport)
+        with watch_final_reply(protocol, transport, on_success):
+            protocol.write(b".\r\n")
+            response = await self._final_reply(protocol, transport)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return response
@@ -412,6 +429,7 @@ class SmtpClient:
         body_8bitmime: bool,
         reused: bool = False,
         dsn: DsnOptions | None = None,
+        on_accepted: OnAccepted | None = None,
     ) -> AttemptResult:
         options = []
         encoding = "ascii"
@@ -460,7 +478,8 @@ class SmtpClient:
             await smtp.rset()
             return AttemptResult(per_recipient, host, dsn_passed)
         try:
-            response = await self._send_data(smtp, message)
+            on_success = None if on_accepted is None else lambda: on_accepted(accepted, dsn_passed)
+            response = await self._send_data(smtp, message, on_success)
             data_reply = Reply.from_remote(response.code, response.message)
         except aiosmtplib.SMTPDataError as error:
             data_reply = _reply(error)

@@ -277,6 +277,13 @@ class RelayWorker:
         last_reply = replies.NO_HOST_ANSWERED
         last_host = None
         for host in hosts:
+            marked: list[RecipientStatus] = []  # in the transport's callback, at the host's 2xx
+
+            def delivered_now(addresses: list[str], dsn_passed: bool, marked: list[RecipientStatus] = marked) -> None:
+                accepted = set(addresses)
+                marked.extend(r for r in recipients if r.address in accepted and not _wants_our_notice(r, dsn_passed))
+                self._mark_done(entry, marked)
+
             try:
                 result = await self.client.deliver(
                     host,
@@ -286,6 +293,7 @@ class RelayWorker:
                     smtputf8=entry.smtputf8,
                     body_8bitmime=entry.body_8bitmime,
                     dsn=dsn.dsn_options(entry, recipients),
+                    on_accepted=delivered_now,
                 )
             except DeliveryError as error:
                 assert isinstance(error.reply, Reply)
@@ -296,26 +304,22 @@ class RelayWorker:
             for recipient in recipients:
                 _settle(recipient, result.replies[recipient.address], host.describe(), now)
             # RFC 3461 §5.2.2.1: a next hop without DSN leaves the success notices to us
-            notices = (
-                []
-                if result.dsn_passed
-                else [
-                    r
-                    for r in recipients
-                    if r.state is RecipientState.DELIVERED and r.notify is not None and "SUCCESS" in r.notify
-                ]
-            )
+            notices = [
+                r for r in recipients if r.state is RecipientState.DELIVERED and _wants_our_notice(r, result.dsn_passed)
+            ]
             if notices:
                 self.success_notices.setdefault(entry.queue_id, []).extend(notices)
+            # Marked already unless the reply came by another way than the transport callback.
             self._mark_done(
                 entry,
                 [
                     r
                     for r in recipients
-                    if r.state is RecipientState.DELIVERED and not any(r is notice for notice in notices)
+                    if r.state is RecipientState.DELIVERED
+                    and not any(r is notice for notice in notices)
+                    and not any(r is done for done in marked)
                 ],
             )
-            await asyncio.sleep(0)  # replies that came in with this one are marked before any of them is logged
             for recipient in recipients:
                 self._report(entry, recipient, destination.label, now)
             return
@@ -323,14 +327,15 @@ class RelayWorker:
 
     def _mark_done(self, entry: SpoolEntry, delivered: list[RecipientStatus]) -> None:
         """Make the 2xx of ``delivered`` reach the kernel now, with no await before it
-        (:mod:`gateway.spool.marks`): the record goes to done/ when every recipient is delivered, else
-        the recipients are marked. A recipient with a success notice to send is never in ``delivered``:
-        its notice is committed first, at the end of the pass."""
+        (:mod:`gateway.spool.marks`): the record goes to done/ when every recipient is delivered (or in
+        ``delivered``, whose states may not be settled yet), else the recipients are marked. A recipient with
+        a success notice to send is never in ``delivered``: its notice is committed first, at the end of the
+        pass."""
         if not delivered:
             return
         try:
             if entry.queue_id not in self.success_notices and all(
-                r.state is RecipientState.DELIVERED for r in entry.recipients
+                r.state is RecipientState.DELIVERED or any(r is done for done in delivered) for r in entry.recipients
             ):
                 self.spool.finish_record(entry.queue_id)
                 self.early_removals[entry.queue_id] = self.batcher.remove(entry.queue_id, finished=True)
@@ -442,6 +447,11 @@ class RelayWorker:
     def _dsn_context(self) -> dsn.DsnContext:
         # made per call: a reload replaces the config, and the app shares out dsn_rate after construction
         return dsn.DsnContext(self.config, self.batcher, self.dsn_rate, self.notify)
+
+
+def _wants_our_notice(recipient: RecipientStatus, dsn_passed: bool) -> bool:
+    """RFC 3461 §5.2.2.1: a next hop without DSN leaves ``recipient``'s NOTIFY=SUCCESS notice to us."""
+    return not dsn_passed and recipient.notify is not None and "SUCCESS" in recipient.notify
 
 
 def _settle(recipient: RecipientStatus, reply: Reply, relay: str | None, now: float) -> None:
