@@ -6,7 +6,9 @@ delivery pass ends, in a spool thread. Until then a crash would deliver again
 every recipient the next hop had already accepted. So, as Postfix marks each
 recipient done in its queue file right after the 250 and deletes the file
 later, the relay worker makes each 2xx reach the kernel before it does anything
-else with that connection, with one system call on the event loop and no fsync:
+else with that connection, with one system call on the event loop and no fsync,
+made from the transport's data callback the moment the reply is parsed
+(:mod:`gateway.relay.reply_watch`), before any task runs:
 
 * when the 2xx finishes the message (every recipient delivered), the record is
   renamed from ``active/`` to ``done/<id>.json`` (:meth:`Spool.finish_record`);

@@ -36,99 +36,22 @@ from __future__ import annotations
 
 import os
 import random
-import smtplib
 import threading
 import time
 from collections import Counter
 
 from tests.faults.helpers import wait_until
+from tests.harness.crash_load import Sender, deliveries, recipients_of, repeats_per_kill, tempfail_schedule
 from tests.harness.gateway_process import GatewayProcess
 from tests.harness.helpers import relay_config
-from tests.harness.sink_process import Accepted, SinkProcess
+from tests.harness.sink_process import SinkProcess
 
 SENDERS = 4  # concurrent sessions
 MESSAGES_PER_SENDER = 90
 KILL_CYCLES = 20
 CONCURRENCY = 5  # default_destination_concurrency_limit (default 20): the transactions in flight at a kill
 TEMPFAIL_SHARE = 0.3  # of the recipients: refused with 451 once (or twice) before they are taken
-TEMPFAIL = "451 4.3.0 Try again later"
-ATTEMPTS_PER_MESSAGE = 40  # connection attempts for one message while the gateway is down
 SENDER_DEADLINE = 90.0  # seconds for a sender thread, whatever happens
-
-
-def recipients_of(sender: int, number: int) -> list[str]:
-    """The recipients of a message: the same for every attempt of it; every other message has two."""
-    return [f"s{sender}-m{number}-r{k}@elsewhere.org" for k in range(1 + number % 2)]
-
-
-class Sender(threading.Thread):
-    """Sends MESSAGES_PER_SENDER messages, each under a fresh tag per attempt; records the 250s."""
-
-    def __init__(self, index: int, port: int, stop: threading.Event) -> None:
-        super().__init__(name=f"sender-{index}", daemon=True)
-        self.index, self.port, self.stop = index, port, stop
-        self.acked: dict[str, tuple[str, list[str]]] = {}  # tag -> (queue ID of the 250, recipients)
-        self.unacked: list[str] = []  # tags sent without a 250 (may or may not arrive)
-        self.errors: Counter[str] = Counter()
-
-    def run(self) -> None:
-        deadline = time.monotonic() + SENDER_DEADLINE
-        for number in range(MESSAGES_PER_SENDER):
-            recipients = recipients_of(self.index, number)
-            for attempt in range(ATTEMPTS_PER_MESSAGE):
-                if self.stop.is_set() or time.monotonic() > deadline:
-                    return
-                tag = f"s{self.index}-m{number}-a{attempt}"
-                try:
-                    queue_id = self._send(tag, recipients)
-                except (OSError, smtplib.SMTPException) as error:
-                    self.errors[type(error).__name__] += 1
-                    self.unacked.append(tag)
-                    time.sleep(random.uniform(0.02, 0.08))  # clients retry at their own pace, not in step
-                    continue
-                self.acked[tag] = (queue_id, recipients)
-                break
-
-    def _send(self, tag: str, recipients: list[str]) -> str:
-        body = (
-            f"Message-ID: <{tag}@faults.test>\r\nSubject: crash test {tag}\r\n"
-            f"From: <s{self.index}@example.com>\r\n\r\nbody of {tag}\r\n"
-        ).encode()
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
-            client.ehlo("crash.test")
-            code, text = client.mail(f"s{self.index}@example.com")
-            if code != 250:
-                raise smtplib.SMTPException(f"MAIL {code} {text!r}")
-            for recipient in recipients:
-                code, text = client.rcpt(recipient)
-                if code != 250:
-                    raise smtplib.SMTPException(f"RCPT {code} {text!r}")
-            code, text = client.data(body)
-        if code != 250:
-            raise smtplib.SMTPException(f"DATA {code} {text!r}")
-        assert text.startswith(b"2.0.0 Ok: queued as "), text
-        return text.rsplit(b" ", 1)[1].decode()
-
-
-def tag_of(message: Accepted) -> str:
-    """The sender's tag of a message the relayhost took (its Message-ID is ``<tag@faults.test>``)."""
-    tag, at, domain = message.message_id.partition("@")
-    assert at and domain == "faults.test", message
-    return tag
-
-
-def deliveries(accepted: list[Accepted]) -> Counter[tuple[str, str]]:
-    """(tag, recipient) -> how many times the relayhost took that message for that recipient."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for message in accepted:
-        for recipient in message.rcpt_tos:
-            counts[(tag_of(message), recipient.lower())] += 1
-    return counts
-
-
-def first_taken(accepted: list[Accepted], tag: str, recipient: str) -> float:
-    """``time.monotonic()`` when the relayhost first took ``tag`` for ``recipient`` (right before its 250)."""
-    return min(m.accepted_at for m in accepted if recipient in (r.lower() for r in m.rcpt_tos) and tag_of(m) == tag)
 
 
 def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway_factory, tmp_path, fault_workers):
@@ -136,7 +59,7 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
     rng = random.Random(seed)
     print(f"kill schedule seed: FAULTS_SEED={seed}")
     planned = [r for s in range(SENDERS) for n in range(MESSAGES_PER_SENDER) for r in recipients_of(s, n)]
-    tempfails = {r: [TEMPFAIL] * rng.choice((1, 1, 2)) for r in rng.sample(planned, int(len(planned) * TEMPFAIL_SHARE))}
+    tempfails = tempfail_schedule(rng, SENDERS, MESSAGES_PER_SENDER, TEMPFAIL_SHARE)
     # Kill when the relayhost has taken this many transactions (spread over the drain), plus a random
     # delay that makes the kill land at any moment of a delivery, not right after the relayhost took one.
     total = SENDERS * MESSAGES_PER_SENDER
@@ -153,7 +76,7 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
         logs: list[str] = []
         down: list[tuple[float, float]] = []  # time.monotonic() of each SIGKILL and of the restart after it
         stop = threading.Event()
-        senders = [Sender(index, gateway.port, stop) for index in range(SENDERS)]
+        senders = [Sender(index, gateway.port, stop, MESSAGES_PER_SENDER, SENDER_DEADLINE) for index in range(SENDERS)]
         for sender in senders:
             sender.start()
         try:
@@ -216,23 +139,7 @@ def test_sigkill_while_the_queue_drains_loses_nothing_and_repeats_little(gateway
         # Two kinds, both counted: the relayhost took the first copy while the gateway was alive (the 250 was
         # on its way or unread when the kill came), or while it was down (it had sent the end of data, then
         # died before the reply: no spool can prevent those).
-        repeated: dict[tuple[str, str], str] = {}
-        per_kill: Counter[int] = Counter()  # kill number -> copies too many (0: after the last restart)
-        while_down = 0
-        for (tag, recipient), copies in sorted(counts.items()):
-            if copies > 1:
-                taken = first_taken(accepted, tag, recipient)
-                # the first kill whose restart came after the first copy: the copy was taken before or during it
-                number, (killed_at, _) = next(((n, k) for n, k in enumerate(down, 1) if k[1] >= taken), (0, (0.0, 0.0)))
-                per_kill[number] += copies - 1
-                if number and killed_at <= taken:
-                    while_down += copies - 1
-                    how = f"first taken while the gateway was down after SIGKILL {number}"
-                elif number:
-                    how = f"first taken {(killed_at - taken) * 1000:.1f} ms before SIGKILL {number}"
-                else:
-                    how = "first taken after the last restart"
-                repeated[(tag, recipient)] = f"{copies} copies, {how}"
+        per_kill, while_down, repeated = repeats_per_kill(accepted, counts, down)
         repeats = sum(per_kill.values())
         # each worker process gets its share of the limit, rounded up (gateway.workers.role)
         in_flight = -(-CONCURRENCY // fault_workers) * fault_workers * 2
