@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from bench.common import BODY_BYTES, RECIPIENT, SENDER, SESSIONS
+from bench.crash import crash_report
 from bench.load import RunResult
 from bench.profiles import PROFILE_BUCKETS, PROFILE_PATTERNS, STACK_WIDE_BUCKETS
 from bench.replicas import replicas_report
@@ -314,6 +315,7 @@ def report(
     filter_report(bench, lines)
     extras_report(bench, lines)
     replicas_report(bench.extras, lines)
+    crash_report(bench.extras, lines)
     targets_report(bench, lines)
     analysis_report(bench, lines)
     add("")

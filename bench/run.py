@@ -40,7 +40,8 @@ outage (the sink answers 4xx to every RCPT while the messages arrive, then a
 normal sink comes back on the same port); a profile of the gateway (py-spy
 sampling and an strace syscall count of both systems) on a separate, smaller
 run that is not part of the figures; three gateway replicas behind haproxy
-against one gateway (bench/replicas.py).
+against one gateway (bench/replicas.py); deliveries repeated after SIGKILL,
+the gateway and Postfix under the same crash harness (bench/crash.py).
 
 Results go to ``docs/benchmarks.md`` (and the raw numbers to
 ``bench/last-run.json``). Every wait is bounded; only processes this script
@@ -60,6 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import DEFAULT_VARIANTS, POSTCONF, POSTFIX, ROOT, SMTP_SINK, SMTP_SOURCE, VARIANTS, log
+from bench.crash import crash_extra
 from bench.filters import AMAVISD
 from bench.load import RunResult
 from bench.profiles import profiles_dir, summarise_py_spy
@@ -103,8 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--extras",
-        default="sessions,whatif,big,outage,profile,replicas",
-        help="comma list of sessions, whatif, big, outage, profile, replicas ('' for none)",
+        default="sessions,whatif,big,outage,profile,replicas,crash",
+        help="comma list of sessions, whatif, big, outage, profile, replicas, crash ('' for none)",
     )
     parser.add_argument(
         "--small-messages",
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "outage": bench.outage,
             "profile": bench.profile,
             "replicas": lambda: replicas_extra(bench),
+            "crash": lambda: crash_extra(bench),
         }
         for name, run_extra in extras.items():
             if name not in args.extras:
