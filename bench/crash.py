@@ -5,10 +5,10 @@ Issue 17's harness, against both systems with the same load in the same run:
 session per message, a fresh Message-ID per attempt) while the relayhost
 tempfails 30 % of the recipients once or twice, and the system is SIGKILLed 6
 times while its queue drains (each kill when the relayhost has taken a random
-share of the planned transactions, plus 20-200 ms), then restarted. The
-gateway is killed as a crash kills it (SIGKILL to its supervisor; its workers
-die with it); Postfix as a whole (SIGKILL to every process of the private
-instance's process group: master, qmgr, smtpd, smtp, cleanup, ...). Both relay
+share of the planned transactions, plus 20-200 ms), then restarted. Every
+process of the system is SIGKILLed at the same instant, as `docker kill` kills a
+container: the gateway's supervisor and workers, Postfix's whole process group
+(master, qmgr, smtpd, smtp, cleanup, ...). Both relay
 with their default destination concurrency (20) and 1 s retry timers
 (minimal/maximal backoff 1 s/2 s, queue run delay 1 s), so deferred mail comes
 back within the run. The relayhost is the test sink in a process of its own
@@ -24,6 +24,7 @@ reply).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -191,7 +192,7 @@ def _restart(system: System) -> None:
 
 
 def _kill(system: System) -> None:
-    """SIGKILL the whole system at once and wait until every one of its processes is gone (10 s at most)."""
+    """SIGKILL every process of the system at once and wait until every one of its processes is gone (10 s at most)."""
     if isinstance(system, GatewaySystem):
         assert system.process is not None
         root = system.process.pid
@@ -202,13 +203,15 @@ def _kill(system: System) -> None:
         root = master
     processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
     group = os.getpgid(root)
-    if isinstance(system, GatewaySystem):
-        os.kill(root, signal.SIGKILL)  # its workers die with their supervisor (PR_SET_PDEATHSIG)
-    elif group == root and group != os.getpgrp():
+    if isinstance(system, PostfixSystem) and group == root and group != os.getpgrp():
         os.killpg(group, signal.SIGKILL)  # master leads its own group: all of our instance at once
     else:
+        # The gateway's workers would die with their supervisor (PR_SET_PDEATHSIG), but only once the
+        # kernel has torn the supervisor down, milliseconds in which they go on relaying: all at once, as
+        # `docker kill` does to a container (PID 1 gone, the kernel kills the whole PID namespace).
         for process in processes:  # our instance's processes, by PID
-            process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
     psutil.wait_procs(processes, timeout=10)
     if isinstance(system, GatewaySystem) and system.process is not None:
         system.process.wait(10)

@@ -128,7 +128,7 @@ def repeats_per_kill(
         per_kill[number] += copies - 1
         if number and killed_at <= taken:
             while_down += copies - 1
-            how = f"first taken while the server was down after SIGKILL {number}"
+            how = f"first taken {(taken - killed_at) * 1000:.1f} ms after SIGKILL {number}, while the server was down"
         elif number:
             how = f"first taken {(killed_at - taken) * 1000:.1f} ms before SIGKILL {number}"
         else:
