@@ -37,7 +37,7 @@ from typing import Any
 
 import psutil
 
-from bench.common import log, port_open
+from bench.common import log, port_open, wait_until
 from bench.runs import Bench, failure
 from bench.systems import GatewaySystem, PostfixSystem, System
 from tests.harness.crash_load import Sender, deliveries, repeats_per_kill, tempfail_schedule
@@ -158,12 +158,9 @@ def crash_run(bench: Bench, kind: str, round_no: int, seed: int, messages: int, 
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    """Poll ``condition`` every 10 ms for ``timeout`` seconds; AssertionError naming ``what()`` if it never held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"crash run: waited {timeout:.0f} s in vain for: {what()}")
-        time.sleep(0.01)
+    """:func:`bench.common.wait_until` every 10 ms; AssertionError naming ``what()`` if it never held."""
+    if not wait_until(condition, timeout, 0.01):
+        raise AssertionError(f"crash run: waited {timeout:.0f} s in vain for: {what()}")
 
 
 def _wait_quiet(sink: SinkProcess, quiet: float, timeout: float) -> None:

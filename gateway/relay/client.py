@@ -135,6 +135,20 @@ def _reply(error: aiosmtplib.SMTPResponseException) -> Reply:
     return Reply.from_remote(error.code, error.message)
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What :meth:`SmtpClient.deliver` was asked to send, handed to each attempt at it (see its arguments)."""
+
+    host: TargetHost
+    sender: str
+    recipients: list[str]
+    message: bytes | FileText
+    smtputf8: bool
+    body_8bitmime: bool
+    dsn: DsnOptions | None
+    on_accepted: OnAccepted | None
+
+
 class _StaleSession(Exception):
     """A reused session failed at its first command: try again on a new connection."""
 
@@ -271,64 +285,19 @@ class SmtpClient:
         Raises:
             DeliveryError: when the attempt failed before per-recipient replies.
         """
+        job = _Job(host, sender, recipients, message, smtputf8, body_8bitmime, dsn, on_accepted)
         smtp = self.cache.take(host)
         if smtp is not None:
             try:
-                return await self._attempt_on(
-                    smtp,
-                    host,
-                    sender,
-                    recipients,
-                    message,
-                    smtputf8=smtputf8,
-                    body_8bitmime=body_8bitmime,
-                    reused=True,
-                    dsn=dsn,
-                    on_accepted=on_accepted,
-                )
+                return await self._attempt_on(smtp, job, reused=True)
             except _StaleSession:
                 pass
-        smtp = await self._open(host)
-        return await self._attempt_on(
-            smtp,
-            host,
-            sender,
-            recipients,
-            message,
-            smtputf8=smtputf8,
-            body_8bitmime=body_8bitmime,
-            reused=False,
-            dsn=dsn,
-            on_accepted=on_accepted,
-        )
+        return await self._attempt_on(await self._open(host), job, reused=False)
 
-    async def _attempt_on(
-        self,
-        smtp: aiosmtplib.SMTP,
-        host: TargetHost,
-        sender: str,
-        recipients: list[str],
-        message: bytes | FileText,
-        *,
-        smtputf8: bool,
-        body_8bitmime: bool,
-        reused: bool,
-        dsn: DsnOptions | None,
-        on_accepted: OnAccepted | None,
-    ) -> AttemptResult:
+    async def _attempt_on(self, smtp: aiosmtplib.SMTP, job: _Job, *, reused: bool) -> AttemptResult:
+        host = job.host
         try:
-            result = await self._transaction(
-                smtp,
-                host,
-                sender,
-                recipients,
-                message,
-                smtputf8=smtputf8,
-                body_8bitmime=body_8bitmime,
-                reused=reused,
-                dsn=dsn,
-                on_accepted=on_accepted,
-            )
+            result = await self._transaction(smtp, job, reused=reused)
         except (DeliveryError, _StaleSession):
             smtp.close()
             raise
@@ -336,7 +305,7 @@ class SmtpClient:
             # aiosmtplib refuses control characters or unencodable addresses: they never can be sent
             smtp.close()
             reply = replies.address_unsendable(error)
-            return AttemptResult({r: reply for r in recipients}, host)
+            return AttemptResult({r: reply for r in job.recipients}, host)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             smtp.close()
             raise DeliveryError(replies.lost_connection(host.describe(), error)) from None
@@ -417,20 +386,9 @@ class SmtpClient:
                 raise TimeoutError(f"no message bytes taken for {self.config.smtp_timeout:.0f}s")
             buffered = now_buffered
 
-    async def _transaction(
-        self,
-        smtp: aiosmtplib.SMTP,
-        host: TargetHost,
-        sender: str,
-        recipients: list[str],
-        message: bytes | FileText,
-        *,
-        smtputf8: bool,
-        body_8bitmime: bool,
-        reused: bool = False,
-        dsn: DsnOptions | None = None,
-        on_accepted: OnAccepted | None = None,
-    ) -> AttemptResult:
+    async def _transaction(self, smtp: aiosmtplib.SMTP, job: _Job, *, reused: bool) -> AttemptResult:
+        host, sender, recipients, message, dsn = job.host, job.sender, job.recipients, job.message, job.dsn
+        smtputf8, body_8bitmime, on_accepted = job.smtputf8, job.body_8bitmime, job.on_accepted
         options = []
         encoding = "ascii"
         needs_utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)

@@ -309,17 +309,15 @@ class RelayWorker:
             ]
             if notices:
                 self.success_notices.setdefault(entry.queue_id, []).extend(notices)
-            # Marked already unless the reply came by another way than the transport callback.
-            self._mark_done(
-                entry,
-                [
-                    r
-                    for r in recipients
-                    if r.state is RecipientState.DELIVERED
-                    and not any(r is notice for notice in notices)
-                    and not any(r is done for done in marked)
-                ],
-            )
+            if not marked:  # the 2xx did not come through the transport callback (or was not a 2xx)
+                self._mark_done(
+                    entry,
+                    [
+                        r
+                        for r in recipients
+                        if r.state is RecipientState.DELIVERED and not _wants_our_notice(r, result.dsn_passed)
+                    ],
+                )
             for recipient in recipients:
                 self._report(entry, recipient, destination.label, now)
             return
@@ -333,16 +331,17 @@ class RelayWorker:
         pass."""
         if not delivered:
             return
+        done = {id(r) for r in delivered}  # by identity: two recipients may share an address
         try:
             if entry.queue_id not in self.success_notices and all(
-                r.state is RecipientState.DELIVERED or any(r is done for done in delivered) for r in entry.recipients
+                r.state is RecipientState.DELIVERED or id(r) in done for r in entry.recipients
             ):
                 self.spool.finish_record(entry.queue_id)
                 self.early_removals[entry.queue_id] = self.batcher.remove(entry.queue_id, finished=True)
             else:
                 self.spool.mark_delivered(
                     entry.queue_id,
-                    [index for index, r in enumerate(entry.recipients) if any(r is done for done in delivered)],
+                    [index for index, r in enumerate(entry.recipients) if id(r) in done],
                 )
         except (OSError, SpoolError) as error:
             log.warning(
